@@ -1,0 +1,96 @@
+"""python -m train: domain-adapt DistilBERT on IMDB with whole-word masked language modelling.
+
+Examples:
+  python -m train                                   # the original DeNiro recipe (needs the hub)
+  python -m train --dataset ../shared/data/imdb --model ./my-distilbert   # offline, local checkpoint
+  python -m train --preset mini --dataset ../shared/data/imdb             # small model from scratch
+  python -m train --preset mini --dataset ../shared/data/imdb --resume    # continue a stopped run
+  accelerate launch -m train --precision bf16 ...                         # several GPUs
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import MISSING, fields
+
+from deniro_rt.errors import EXIT_USAGE, DeniroError
+
+from .config import PRESETS, TrainConfig, build_config
+
+HELP = {
+    "preset": "deniro: the original recipe (distilbert-base, 256-token chunks, lr 5e-5, 3 epochs); "
+              "mini: 2-layer 128-wide model + own 8k WordPiece, trained from scratch; tiny: for tests",
+    "model": "hub id or local save_pretrained folder to start from (with --init pretrained)",
+    "init": "pretrained: load --model; random: the preset's DistilBERT shape, randomly initialised",
+    "tokenizer": "hub id or folder; default: --model's tokenizer, or a new WordPiece for --init random",
+    "vocab_size": "size of the WordPiece vocabulary learned for --init random",
+    "dataset": "hub dataset id, or a local folder holding <split>.parquet files (e.g. ../shared/data/imdb)",
+    "train_splits": "comma-separated splits to train on",
+    "eval_split": "split whose chunks are masked once and scored each evaluation",
+    "tokenizer_splits": "comma-separated splits a new WordPiece vocabulary is learned from",
+    "text_column": "column holding the text",
+    "max_train_texts": "train on a seeded random subset of this many texts (smoke runs)",
+    "max_eval_texts": "evaluate on a seeded random subset of this many texts",
+    "chunk_size": "tokens per training example (texts are concatenated, then cut)",
+    "mlm_probability": "fraction of words masked (whole-word; 80/10/10 mask/random/keep per token)",
+    "eval_seed": "seed of the one-time masking of the evaluation set",
+    "epochs": "passes over the training chunks",
+    "max_steps": "optimizer steps in all; overrides --epochs",
+    "batch_size": "chunks per device per micro-step",
+    "grad_accum": "micro-steps per optimizer step",
+    "lr": "peak AdamW learning rate (linear decay to 0)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warm-up steps",
+    "precision": "fp32 (the recipe) | bf16 | fp16 (Accelerate mixed precision; bf16 on CPU works too)",
+    "seed": "seed of the data order, masks, dropout and random init",
+    "output": "folder for checkpoints, metrics.json and the final save_pretrained model",
+    "save_every": "optimizer steps between checkpoints (0: only at epoch ends)",
+    "eval_every": "optimizer steps between evaluations (0: only at epoch ends)",
+    "keep_checkpoints": "how many recent checkpoints to keep",
+    "resume": "continue from the last checkpoint in --output (same result as an uninterrupted run)",
+    "overwrite": "replace a non-empty --output",
+    "stop_after_steps": "stop after this many steps in this run; continue later with --resume",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        mini = PRESETS["mini"].get(f.name, MISSING)
+        note = f" (default: {default}" + ("" if mini is MISSING else f"; mini: {mini}") + ")"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=HELP[f.name] + note)
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+            if f.name in ("max_steps", "max_train_texts", "max_eval_texts", "stop_after_steps"):
+                kind = int
+            choices = {"preset": list(PRESETS), "init": ["pretrained", "random"],
+                       "precision": ["fp32", "bf16", "fp16"]}.get(f.name)
+            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS,
+                                help=HELP[f.name] + note)
+    explicit = vars(parser.parse_args(argv))
+    return build_config(explicit.pop("preset", "deniro"), explicit)
+
+
+def run(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("datasets", "transformers", "accelerate", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = parse_args(argv)
+    from .loop import main
+
+    try:
+        main(config)
+    except DeniroError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

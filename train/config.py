@@ -1,0 +1,88 @@
+"""TrainConfig: every knob of `python -m train`, and the presets that set many at once."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+BASE_MODEL_ID = "distilbert/distilbert-base-uncased"
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    preset: str = "deniro"  # deniro: the original recipe; mini/tiny: small from-scratch shapes
+    model: str = BASE_MODEL_ID  # hub id or local save_pretrained folder (start point for --init pretrained)
+    init: str = "pretrained"  # pretrained: load --model; random: the preset's shape from scratch
+    tokenizer: str | None = None  # hub id or folder; default: --model's, or a new WordPiece for --init random
+    vocab_size: int = 30522  # size of the WordPiece vocabulary trained for --init random
+    # data
+    dataset: str = "stanfordnlp/imdb"  # hub id, or a folder of <split>.parquet files
+    train_splits: str = "train"  # comma-separated splits to train on
+    eval_split: str = "test"
+    tokenizer_splits: str = "train,unsupervised"  # text a new WordPiece vocabulary is learned from
+    text_column: str = "text"
+    max_train_texts: int | None = None  # use a seeded random subset of the reviews (smoke runs)
+    max_eval_texts: int | None = None
+    chunk_size: int = 256
+    mlm_probability: float = 0.15
+    eval_seed: int = 1234  # the evaluation set is masked once, with this seed
+    # optimisation
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps; overrides --epochs when set
+    batch_size: int = 32  # per device
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through Accelerate)
+    seed: int = 42
+    # bookkeeping
+    output: str = "runs/deniro"
+    save_every: int = 500  # optimizer steps between checkpoints (0: only at epoch ends)
+    eval_every: int = 0  # optimizer steps between evaluations (0: only at epoch ends)
+    keep_checkpoints: int = 2
+    resume: bool = False  # continue from the last checkpoint in --output
+    overwrite: bool = False  # allow a non-empty --output without --resume
+    stop_after_steps: int | None = None  # end this run after N more steps (resume later with --resume)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """DistilBERT architecture; the defaults are distilbert-base-uncased's exact shape."""
+
+    n_layers: int = 6
+    dim: int = 768
+    n_heads: int = 12
+    hidden_dim: int = 3072
+    max_position_embeddings: int = 512
+
+
+SHAPES = {
+    "deniro": Shape(),
+    "mini": Shape(n_layers=2, dim=128, n_heads=2, hidden_dim=512),
+    "tiny": Shape(n_layers=1, dim=32, n_heads=2, hidden_dim=64, max_position_embeddings=128),
+}
+
+# What each preset changes relative to the TrainConfig defaults (the original DeNiro recipe).
+PRESETS: dict[str, dict] = {
+    "deniro": {},
+    "mini": dict(init="random", vocab_size=8192, train_splits="train,unsupervised", chunk_size=128, batch_size=32, lr=1e-3,
+                 warmup_steps=500, max_steps=12000, save_every=500, eval_every=1000,
+                 max_eval_texts=2000, output="runs/mini"),
+    "tiny": dict(init="random", vocab_size=1000, chunk_size=64, batch_size=8, lr=1e-3,
+                 max_steps=20, save_every=10, max_train_texts=200, max_eval_texts=50,
+                 tokenizer_splits="train", output="runs/tiny"),
+}
+
+
+def build_config(preset: str, overrides: dict) -> TrainConfig:
+    """Preset values first, then whatever the user gave explicitly."""
+    return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})

@@ -1,0 +1,296 @@
+"""`python -m train`: whole-word-masked LM domain adaptation of DistilBERT on IMDB with Accelerate.
+
+Deterministic and resumable: the data order and the masks of each step derive from (seed, epoch,
+step), dropout is reseeded per step, and checkpoints hold model, optimizer and scheduler, so a run
+that stops and resumes ends on the same weights as one that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, perplexity, premask,
+                             whole_word_mask)
+from deniro_rt.errors import DeniroError
+
+from .config import TrainConfig
+from .model import MaskedOnlyMLM, build_model, max_positions
+from .tokenizer import load_tokenizer, train_wordpiece
+
+log = logging.getLogger("train")
+CHECKPOINTS = "checkpoints"
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass
+class Prepared:
+    tokenizer: object
+    model: object
+    train: Chunks
+    eval: MaskedBatch
+
+
+# --------------------------------------------------------------------------- setup
+def check_output(config: TrainConfig) -> Path:
+    out = Path(config.output)
+    if out.exists() and not out.is_dir():
+        raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    busy = out.exists() and any(out.iterdir())
+    if busy and not (config.resume or config.overwrite):
+        raise DeniroError(f"--output {out} is not empty; pass --resume to continue it, --overwrite to "
+                          f"replace it, or another --output")
+    if config.resume and not latest_checkpoint(out):
+        raise DeniroError(f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume first")
+    if config.precision not in PRECISIONS:
+        raise DeniroError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    return out
+
+
+def subset(texts: list[str], limit: int | None, seed: int) -> list[str]:
+    """A seeded random subset (the parquet rows are sorted by label, so a prefix would be one-sided)."""
+    if limit is None or limit >= len(texts):
+        return texts
+    keep = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
+    return [texts[i] for i in keep]
+
+
+def get_tokenizer(config: TrainConfig, out: Path, texts: dict[str, list[str]]):
+    if config.resume:
+        return load_tokenizer(str(out))
+    if config.tokenizer or config.init == "pretrained":
+        return load_tokenizer(config.tokenizer or config.model)
+    splits = [s for s in config.tokenizer_splits.split(",") if s]
+    corpus = [t for s in splits for t in texts[s]]
+    return train_wordpiece(corpus, config.vocab_size)
+
+
+def prepare(config: TrainConfig, out: Path) -> Prepared:
+    """Everything that can fail on bad input happens here, before anything is written."""
+    train_splits = [s for s in config.train_splits.split(",") if s]
+    tok_splits = [s for s in config.tokenizer_splits.split(",") if s] if config.init == "random" else []
+    splits = list(dict.fromkeys(train_splits + [config.eval_split] + tok_splits))
+    texts = load_text_splits(config.dataset, splits, config.text_column)
+    tokenizer = get_tokenizer(config, out, texts)
+    model = build_model(config, tokenizer)
+    limit = max_positions(model)
+    if config.chunk_size > limit:
+        raise DeniroError(f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
+                          f"{limit} positions; pass --chunk-size {limit} or less")
+    backend = tokenizer.backend_tokenizer
+    train_texts = subset([t for s in train_splits for t in texts[s]], config.max_train_texts, config.seed)
+    eval_texts = subset(texts[config.eval_split], config.max_eval_texts, config.eval_seed)
+    train = chunk_texts(backend, train_texts, config.chunk_size)
+    eval_chunks = chunk_texts(backend, eval_texts, config.chunk_size)
+    if len(train) == 0 or len(eval_chunks) == 0:
+        raise DeniroError(f"not enough text for one chunk of {config.chunk_size} tokens "
+                          f"(train {len(train)}, eval {len(eval_chunks)} chunks); use more texts")
+    eval_set = premask(eval_chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer),
+                       config.mlm_probability)
+    log.info("data: %d train chunks, %d eval chunks of %d tokens", len(train), len(eval_chunks),
+             config.chunk_size)
+    return Prepared(tokenizer, model, train, eval_set)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / CHECKPOINTS).glob("step_*")) if (out / CHECKPOINTS).is_dir() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int) -> None:
+    """Write to a temp folder, then rename: a crash never leaves a half-written checkpoint."""
+    accelerator.wait_for_everyone()
+    final = out / CHECKPOINTS / f"step_{step:08d}"
+    tmp = out / CHECKPOINTS / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted((out / CHECKPOINTS).glob("step_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, out: Path) -> tuple[int, list]:
+    ckpt = latest_checkpoint(out)
+    accelerator.load_state(str(ckpt))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    log.info("resumed from %s (step %d)", ckpt, state["step"])
+    return state["step"], state["history"]
+
+
+def save_final(accelerator, wrapped, prepared: Prepared, config: TrainConfig, out: Path, history: list) -> None:
+    """save_pretrained folder (safetensors + tokenizer), written to a temp dir and moved in file by file."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    tmp = out / ".tmp_final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(wrapped).model.save_pretrained(tmp, safe_serialization=True)
+    prepared.tokenizer.save_pretrained(tmp)
+    config.save(tmp / "train_config.json")
+    metrics = {"config": asdict(config), "epochs": history}
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for item in tmp.iterdir():
+        os.replace(item, out / item.name)
+    tmp.rmdir()
+
+
+# --------------------------------------------------------------------------- steps
+@dataclass(frozen=True)
+class Schedule:
+    micro_batch: int  # chunks per process per micro-step
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+
+
+def make_schedule(config: TrainConfig, n_chunks: int, n_procs: int) -> Schedule:
+    per_step = config.batch_size * n_procs * config.grad_accum
+    steps_per_epoch = n_chunks // per_step
+    if steps_per_epoch == 0:
+        raise DeniroError(f"{n_chunks} training chunks are fewer than one step of {per_step}; "
+                          f"lower --batch-size/--grad-accum or use more texts")
+    total = config.max_steps or steps_per_epoch * config.epochs
+    return Schedule(config.batch_size, steps_per_epoch, total)
+
+
+def micro_batch(config: TrainConfig, train: Chunks, sched: Schedule, step: int, micro: int,
+                rank: int, n_procs: int, tokenizer) -> MaskedBatch:
+    """The (deterministic) chunks and masks of one micro-step of one process."""
+    epoch, in_epoch = divmod(step, sched.steps_per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(train))
+    global_micro = in_epoch * config.grad_accum + micro
+    start = (global_micro * n_procs + rank) * sched.micro_batch
+    rows = order[start:start + sched.micro_batch]
+    rng = np.random.default_rng([config.seed, epoch, global_micro, rank])
+    return whole_word_mask(train.input_ids[rows], train.word_ids[rows], rng,
+                           tokenizer.mask_token_id, len(tokenizer), config.mlm_probability)
+
+
+@torch.no_grad()
+def evaluate(accelerator, wrapped, eval_set: MaskedBatch, batch_size: int) -> float:
+    """Perplexity on the premasked eval set: exp(sum CE / masked tokens), over all processes."""
+    wrapped.eval()
+    rank, n_procs = accelerator.process_index, accelerator.num_processes
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # [nll, tokens]
+    for start in range(rank * batch_size, len(eval_set.input_ids), batch_size * n_procs):
+        ids = torch.from_numpy(eval_set.input_ids[start:start + batch_size]).to(accelerator.device)
+        labels = torch.from_numpy(eval_set.labels[start:start + batch_size]).to(accelerator.device)
+        with accelerator.autocast():
+            nll = wrapped(input_ids=ids, labels=labels, reduction="sum")
+        total += torch.stack([nll.double(), (labels != -100).sum().double()])
+    total = accelerator.reduce(total, reduction="sum")
+    wrapped.train()
+    return perplexity(float(total[0]), int(total[1]))
+
+
+def train_step(accelerator, wrapped, optimizer, batches: list[MaskedBatch]) -> torch.Tensor:
+    """One optimizer step over `grad_accum` micro-batches; returns the mean loss (on device)."""
+    total = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(batches):
+        ids = torch.from_numpy(batch.input_ids).to(accelerator.device)  # [batch, seq]
+        labels = torch.from_numpy(batch.labels).to(accelerator.device)  # [batch, seq]
+        last = i == len(batches) - 1
+        with accelerator.no_sync(wrapped) if not last else nullcontext():
+            with accelerator.autocast():
+                loss = wrapped(input_ids=ids, labels=labels) / len(batches)
+            accelerator.backward(loss)
+        total += loss.detach()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def format_table(history: list[dict]) -> str:
+    lines = ["| epoch | step | train loss | eval perplexity |", "|---|---|---|---|"]
+    for row in history:
+        loss = "—" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+        lines.append(f"| {row['epoch']} | {row['step']} | {loss} | {row['perplexity']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(config: TrainConfig) -> list[dict]:
+    """Train; returns the evaluation history (one row per evaluation)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    out = check_output(config)
+    accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision])
+    log.info("config: %s", json.dumps(asdict(config)))
+    prepared = prepare(config, out)
+    if accelerator.is_main_process:
+        if config.overwrite and not config.resume:
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "train_config.json")
+        prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
+    wrapped = MaskedOnlyMLM(prepared.model)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
+    # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.
+    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, sched.total_steps)
+    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    step, history = load_checkpoint(accelerator, out) if config.resume else (0, [])
+    if step == 0:
+        history.append({"epoch": 0, "step": 0, "train_loss": None,
+                        "perplexity": evaluate(accelerator, wrapped, prepared.eval, config.batch_size)})
+    stop_at = min(sched.total_steps, step + config.stop_after_steps) if config.stop_after_steps else sched.total_steps
+    step, history = run_steps(accelerator, wrapped, optimizer, scheduler, prepared, config, sched,
+                              step, stop_at, history, out, tqdm)
+    if step >= sched.total_steps:
+        save_final(accelerator, wrapped, prepared, config, out, history)
+        log.info("final model saved to %s\n%s", out, format_table(history))
+    else:
+        log.info("stopped at step %d of %d; continue with --resume", step, sched.total_steps)
+    return history
+
+
+def run_steps(accelerator, wrapped, optimizer, scheduler, prepared, config, sched, step, stop_at,
+              history, out, tqdm) -> tuple[int, list]:
+    rank, n_procs = accelerator.process_index, accelerator.num_processes
+    tokens_per_step = config.batch_size * config.chunk_size * config.grad_accum * n_procs
+    bar = tqdm(total=sched.total_steps, initial=step, disable=not accelerator.is_local_main_process,
+               desc="train", dynamic_ncols=True)
+    epoch_loss, epoch_steps, started, run_steps_done = torch.zeros((), device=accelerator.device), 0, time.perf_counter(), 0
+    wrapped.train()
+    while step < stop_at:
+        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout depends on the step alone: resumable
+        batches = [micro_batch(config, prepared.train, sched, step, m, rank, n_procs, prepared.tokenizer)
+                   for m in range(config.grad_accum)]
+        loss = train_step(accelerator, wrapped, optimizer, batches)
+        scheduler.step()
+        step, run_steps_done = step + 1, run_steps_done + 1
+        epoch_loss += loss
+        epoch_steps += 1
+        bar.update(1)
+        if step % 10 == 0 or step == stop_at:
+            rate = run_steps_done * tokens_per_step / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:,.0f}")
+        epoch_end = step % sched.steps_per_epoch == 0
+        if epoch_end or step == sched.total_steps or (config.eval_every and step % config.eval_every == 0):
+            ppl = evaluate(accelerator, wrapped, prepared.eval, config.batch_size)
+            mean_loss = float(accelerator.reduce(epoch_loss, reduction="mean")) / max(epoch_steps, 1)
+            history.append({"epoch": round(step / sched.steps_per_epoch, 3), "step": step,
+                            "train_loss": mean_loss, "perplexity": ppl})
+            log.info(">>> step %d (epoch %.2f): perplexity %.2f", step, step / sched.steps_per_epoch, ppl)
+            epoch_loss, epoch_steps = torch.zeros((), device=accelerator.device), 0
+        if epoch_end or step == stop_at or (config.save_every and step % config.save_every == 0):
+            save_checkpoint(accelerator, out, step, history, config.keep_checkpoints)
+    bar.close()
+    return step, history
