@@ -1,1 +1,53 @@
-"""deniro_rt: fast batched fill-mask on ONNX Runtime. Imports no torch and no transformers."""
+"""deniro_rt: fast batched fill-mask on ONNX Runtime. Imports no torch and no transformers.
+
+    import deniro_rt
+    deniro_rt.fill(["This is a great [MASK]!"])          # the shipped IMDB model, offline
+    fm = deniro_rt.FillMask("path/to/export", device="cuda")  # reuse one session
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from .data import MaskedBatch
+from .errors import ArtifactError, DeniroError
+from .runtime import FillMask
+
+__all__ = ["FillMask", "fill", "perplexity", "DeniroError", "ArtifactError"]
+__version__ = "0.1.0"
+
+
+@lru_cache(maxsize=4)
+def _runtime(model: str | None, device: str, precision: str | None) -> FillMask:
+    """Sessions are costly to build: module-level calls reuse one per (model, device, precision)."""
+    return FillMask(model, device=device, precision=precision)
+
+
+def fill(texts: str | Sequence[str], top_k: int = 5, targets: Sequence[str] | str | None = None,
+         batch_size: int = 64, model: str | Path | None = None, device: str = "auto",
+         precision: str | None = None, truncation: bool = False, joint: bool = False):
+    """Predict the word at each [MASK].
+
+    texts: a string or a list of strings, each with one or more [MASK] (case-sensitive).
+    Returns, like transformers' FillMaskPipeline, per text and per mask a list of top_k dicts
+    {"score": probability over the whole vocabulary, "token": id, "token_str", "sequence"}; a text
+    with one mask gives that mask's list directly, a single string gives its text's result directly.
+    targets: rank only these words; a word of several word pieces is scored as a whole word (its mask
+    is widened to one mask per piece and the score is the product of the pieces' probabilities;
+    "token" is then the tuple of piece ids). joint=True fills all masks of a text together (greedy:
+    the most confident mask first, then re-run) and returns one {"sequence", "score", "tokens",
+    "token_strs"} per text. truncation=True keeps a window around the masks of a text longer than
+    the model's maximum (masks outside it get [] and a warning) instead of raising.
+    model: an export folder (python -m export --onnx --output DIR); default: the shipped model.
+    """
+    runtime = _runtime(None if model is None else str(model), device, precision)
+    return runtime.fill(texts, top_k=top_k, targets=targets, batch_size=batch_size,
+                        truncation=truncation, joint=joint)
+
+
+def perplexity(masked: MaskedBatch, model: str | Path | None = None, device: str = "auto",
+               precision: str | None = None, batch_size: int = 64) -> dict:
+    """Perplexity on premasked rows (deniro_rt.data.premask): {"perplexity", "nll", "tokens"}."""
+    runtime = _runtime(None if model is None else str(model), device, precision)
+    return runtime.perplexity(masked, batch_size=batch_size)

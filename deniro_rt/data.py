@@ -169,13 +169,14 @@ def load_text_splits(source: str, splits: Iterable[str], text_column: str = "tex
     """
     splits = list(splits)
     try:
-        from datasets import load_dataset
+        from datasets import disable_progress_bars, load_dataset
     except ImportError as exc:  # pragma: no cover - the runtime-only install
         raise DeniroError("loading datasets needs the 'datasets' package: pip install 'deniro[train]'") from exc
+    disable_progress_bars()  # split generation of local parquet is instant; bars would bury error lines
     path = Path(source).expanduser()
     if path.exists():
         ds = _load_parquet_dir(load_dataset, path, splits)
-    elif _looks_like_path(source):
+    elif looks_like_path(source):
         raise DeniroError(f"dataset folder not found: {source} (pass --dataset with a folder of "
                           f"<split>.parquet files, e.g. ../shared/data/imdb)")
     else:
@@ -187,7 +188,7 @@ def load_text_splits(source: str, splits: Iterable[str], text_column: str = "tex
     return {split: list(ds[split][text_column]) for split in splits}
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, perplexity, premask,
-                             whole_word_mask)
+from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, looks_like_path, perplexity,
+                             premask, whole_word_mask)
 from deniro_rt.errors import DeniroError
 
-from .config import TrainConfig
+from .config import BASE_MODEL_ID, TrainConfig
 from .model import MaskedOnlyMLM, build_model, max_positions
 from .tokenizer import load_tokenizer, train_wordpiece
 
@@ -74,8 +74,17 @@ def get_tokenizer(config: TrainConfig, out: Path, texts: dict[str, list[str]]):
     return train_wordpiece(corpus, config.vocab_size)
 
 
+def check_sources(config: TrainConfig) -> None:
+    for flag, source in (("--model", config.model if config.init == "pretrained" else None),
+                         ("--tokenizer", config.tokenizer)):
+        if source and looks_like_path(source) and not Path(source).expanduser().exists():
+            raise DeniroError(f"{flag} {source}: no such checkpoint folder; pass a save_pretrained "
+                              f"folder or a hub id (e.g. {BASE_MODEL_ID})")
+
+
 def prepare(config: TrainConfig, out: Path) -> Prepared:
     """Everything that can fail on bad input happens here, before anything is written."""
+    check_sources(config)
     train_splits = [s for s in config.train_splits.split(",") if s]
     tok_splits = [s for s in config.tokenizer_splits.split(",") if s] if config.init == "random" else []
     splits = list(dict.fromkeys(train_splits + [config.eval_split] + tok_splits))

@@ -1,0 +1,75 @@
+"""python -m deniro_rt: fill [MASK] in texts from the command line (or stdin, one text per line).
+
+Examples:
+  python -m deniro_rt "This is a great [MASK]!"
+  python -m deniro_rt "The acting was [MASK]." --top-k 3 --json
+  cat sentences.txt | python -m deniro_rt --model exports/deniro --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import EXIT_USAGE, DeniroError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m deniro_rt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("texts", nargs="*", help="texts with [MASK]; none: read lines from stdin")
+    parser.add_argument("--top-k", type=int, default=5, help="predictions per mask (default: 5)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated words to rank instead of the whole vocabulary (default: none)")
+    parser.add_argument("--model", default=None,
+                        help="export folder from `python -m export --onnx` (default: the shipped IMDB model)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default: auto)")
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"],
+                        help="graph to run (default: int8 on CPU if exported, fp16 on CUDA, else fp32)")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
+    parser.add_argument("--joint", action="store_true", help="fill all masks of a text together (greedy)")
+    parser.add_argument("--truncation", action="store_true",
+                        help="keep a window around the masks of over-long texts instead of failing")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per text) instead of a table")
+    return parser.parse_args(argv)
+
+
+def format_table(text: str, result, joint: bool) -> str:
+    lines = [text]
+    if joint:
+        return "\n".join(lines + [f"  {result['sequence']}  (score {result['score']:.4f})"])
+    per_mask = [result] if result and isinstance(result[0], dict) else result
+    for m, predictions in enumerate(per_mask):
+        if len(per_mask) > 1:
+            lines.append(f"  mask {m + 1}:")
+        for rank, p in enumerate(predictions, 1):
+            lines.append(f"  {rank:>2}  {p['token_str']:<20} {p['score']:.4f}")
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = parse_args(argv)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    from .runtime import FillMask
+
+    try:
+        runtime = FillMask(args.model, device=args.device, precision=args.precision)
+        targets = args.targets.split(",") if args.targets else None
+        results = runtime.fill(texts, top_k=args.top_k, targets=targets, batch_size=args.batch_size,
+                               truncation=args.truncation, joint=args.joint)
+    except DeniroError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for text, result in zip(texts, results):
+        if args.json:
+            print(json.dumps({"text": text, "result": result}))
+        else:
+            print(format_table(text, result, args.joint))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,114 @@
+"""The exported artifact folder: what `python -m export` writes and what the runtime loads.
+
+Layout of an artifact folder (all written by export/, read here without torch):
+
+    deniro.json            manifest (below)
+    model.onnx             optional full graph, Optimum layout:
+                             input_ids int64 [batch, seq], attention_mask int64 [batch, seq]
+                             -> logits float32 [batch, seq, vocab]
+    fast.onnx              fast graph, fp32; fast_fp16.onnx / fast_int8.onnx: other precisions
+                             inputs:  input_ids      int64 [batch, seq]
+                                      attention_mask int64 [batch, seq]
+                                      mask_index     int64 [n]      flat index b * seq + t of each mask
+                                      target_ids     int64 [n, t]   ids whose log-prob is wanted per mask
+                                      top_k          int64 [1]      k of the in-graph top-k
+                             outputs: topk_logprobs   float32 [n, k]  log-softmax over the whole vocab
+                                      topk_ids        int64   [n, k]
+                                      target_logprobs float32 [n, t]
+    config.json            the transformers model config (Optimum needs it next to model.onnx)
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json
+
+Manifest keys (deniro.json): format ("deniro-onnx"), format_version, graphs {precision: file},
+full_graph (file or null), files {file: sha256}, vocab_size, max_positions, mask_token,
+mask_token_id, pad_token_id, top_k_max (null: any k), opset, fused_ops {precision: {op: count}},
+validation {precision: {...}}, source {model, sha256}, export_config {...}, versions {...}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ArtifactError
+
+FORMAT = "deniro-onnx"
+FORMAT_VERSION = 1
+MANIFEST = "deniro.json"
+FULL_GRAPH = "model.onnx"
+FAST_GRAPHS = {"fp32": "fast.onnx", "fp16": "fast_fp16.onnx", "int8": "fast_int8.onnx"}
+FAST_INPUTS = ("input_ids", "attention_mask", "mask_index", "target_ids", "top_k")
+FAST_OUTPUTS = ("topk_logprobs", "topk_ids", "target_logprobs")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    folder: Path
+    graphs: dict[str, str]  # precision -> fast graph file
+    files: dict[str, str]  # file -> sha256
+    vocab_size: int
+    max_positions: int
+    mask_token: str
+    mask_token_id: int
+    pad_token_id: int
+    raw: dict = field(repr=False)
+
+    def graph_path(self, precision: str) -> Path:
+        return self.folder / self.graphs[precision]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read and check deniro.json; raises ArtifactError naming the problem and the fix."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ArtifactError(f"model folder not found: {folder} (pass an export folder made by "
+                            f"`python -m export --onnx --output DIR`)")
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {MANIFEST}: it is not a deniro export; run "
+                            f"`python -m export --onnx --model {folder} --output DIR` and pass DIR")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run the export") from exc
+    _check_format(raw, path)
+    try:
+        return Manifest(folder=folder, graphs=dict(raw["graphs"]), files=dict(raw["files"]),
+                        vocab_size=int(raw["vocab_size"]), max_positions=int(raw["max_positions"]),
+                        mask_token=raw["mask_token"], mask_token_id=int(raw["mask_token_id"]),
+                        pad_token_id=int(raw["pad_token_id"]), raw=raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path} lacks or mangles the field {exc}; re-run the export") from exc
+
+
+def _check_format(raw: dict, path: Path) -> None:
+    if raw.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a {FORMAT} manifest (format={raw.get('format')!r})")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {version}, this deniro_rt reads "
+                            f"{FORMAT_VERSION}; re-export with this version or upgrade deniro")
+
+
+def verify_file(manifest: Manifest, name: str) -> Path:
+    """The path of `name` after checking it exists and its sha256 matches the manifest."""
+    path = manifest.folder / name
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing from the artifact; re-run the export")
+    expected = manifest.files.get(name)
+    if expected is None:
+        raise ArtifactError(f"{name} is not listed in {MANIFEST}; the artifact was edited by hand")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(f"{path} is corrupted or was replaced (sha256 {actual[:12]}… != "
+                            f"{expected[:12]}… in {MANIFEST}); re-run the export")
+    return path

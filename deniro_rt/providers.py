@@ -1,0 +1,67 @@
+"""Resolve device -> ONNX Runtime execution provider, and precision -> graph, once, with clear errors."""
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+from .errors import DeniroError
+
+DEVICES = ("auto", "cpu", "cuda")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+# What each provider runs best, in order of preference when the caller does not choose.
+PREFERRED_PRECISION = {CPU: ("int8", "fp32"), CUDA: ("fp16", "fp32")}
+RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
+GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
+
+
+def resolve_provider(device: str) -> str:
+    """'auto' | 'cpu' | 'cuda' -> the execution provider name; CUDA must really be available."""
+    if device not in DEVICES:
+        raise DeniroError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return CPU
+    if CUDA in available:
+        return CUDA
+    if device == "cuda":
+        raise DeniroError(f"device='cuda' needs ONNX Runtime's CUDAExecutionProvider, but this "
+                          f"onnxruntime has only {', '.join(available)}; install the GPU build: "
+                          f"{GPU_INSTALL_HINT}")
+    return CPU
+
+
+def resolve_precision(requested: str | None, provider: str, available: dict[str, str]) -> str:
+    """Pick the graph precision: the caller's, checked, or the provider's best that the artifact has."""
+    if requested is None:
+        for precision in PREFERRED_PRECISION[provider]:
+            if precision in available:
+                return precision
+        raise DeniroError(f"the artifact has no graph for {provider} (it has {', '.join(available)}); "
+                          f"re-export with --precision fp32")
+    if requested not in RUNS_ON:
+        raise DeniroError(f"precision must be one of {', '.join(RUNS_ON)}, got {requested!r}")
+    if provider not in RUNS_ON[requested]:
+        raise DeniroError(f"precision {requested} does not run on {provider}; use one of "
+                          f"{', '.join(p for p, on in RUNS_ON.items() if provider in on)}")
+    if requested not in available:
+        raise DeniroError(f"the artifact has no {requested} graph (it has {', '.join(available)}); "
+                          f"re-export with --precision {requested}")
+    return requested
+
+
+def session_options(provider: str, threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if provider == CPU:
+        # One intra-op thread per core: more threads than cores only adds contention.
+        options.intra_op_num_threads = threads or usable_cores()
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers etc. are noise to an app
+    return options
+
+
+def usable_cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the cores this process may use
+    return max(1, len(affinity(0)) if affinity else (os.cpu_count() or 1))

@@ -1,0 +1,317 @@
+"""FillMask: one ONNX Runtime session on the fast graph (mask-only head, top-k in the graph).
+
+Hot path per call: validate -> `encode_batch` -> sort by length, pad per batch -> one session.run
+per batch (only mask rows cross back: top-k ids and log-probs) -> restore order -> decode strings.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
+from .data import IGNORE_INDEX, MaskedBatch, perplexity
+from .errors import DeniroError
+from .models import DEFAULT_MODEL_DIR
+from .providers import CPU, resolve_precision, resolve_provider, session_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Graph outputs for the mask rows of one sequence."""
+
+    topk_logprobs: np.ndarray  # [n_masks, k]
+    topk_ids: np.ndarray  # [n_masks, k]
+    target_logprobs: np.ndarray  # [n_masks, t]
+
+
+class FillMask:
+    """A reusable fill-mask runtime; thread-safe (one session, no per-call mutable state)."""
+
+    def __init__(self, model: str | Path | None = None, device: str = "auto",
+                 precision: str | None = None, threads: int | None = None):
+        self.manifest = load_manifest(model or DEFAULT_MODEL_DIR)
+        self.provider = resolve_provider(device)
+        self.precision = resolve_precision(precision, self.provider, self.manifest.graphs)
+        graph = verify_file(self.manifest, self.manifest.graphs[self.precision])
+        providers = [self.provider] + ([CPU] if self.provider != CPU else [])
+        self.session = ort.InferenceSession(str(graph), session_options(self.provider, threads),
+                                            providers=providers)
+        self._check_graph()
+        self.tokenizer = Tokenizer.from_file(str(verify_file(self.manifest, TOKENIZER_FILE)))
+        self.tokenizer.no_truncation()  # long texts are reported (or windowed), never cut silently
+        self.tokenizer.no_padding()
+        self.mask_token, self.mask_id = self.manifest.mask_token, self.manifest.mask_token_id
+        self.pad_id = self.manifest.pad_token_id
+        self._drop_ids = np.array([self.tokenizer.token_to_id(t) for t in self._edge_tokens()], np.int64)
+        self.token_str = lru_cache(maxsize=None)(self._decode_id)
+        log.info("deniro_rt: %s (%s, %s)", self.manifest.folder, self.precision, self.provider)
+
+    def _check_graph(self) -> None:
+        names = tuple(i.name for i in self.session.get_inputs())
+        if names != FAST_INPUTS:
+            raise DeniroError(f"{self.manifest.graphs[self.precision]} has inputs {names}, expected "
+                              f"{FAST_INPUTS}: the artifact is from another version; re-export it")
+
+    def _edge_tokens(self) -> list[str]:
+        """[CLS]/[SEP]/[PAD]: dropped from decoded sequences (other [MASK]s stay visible)."""
+        specials = [self.tokenizer.id_to_token(self.pad_id)]
+        probe = self.tokenizer.encode("")
+        specials += [self.tokenizer.id_to_token(i) for i in probe.ids]
+        return [t for t in specials if t is not None]
+
+    def _decode_id(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ public API
+    def fill(self, texts: str | Sequence[str], top_k: int = 5, targets: Sequence[str] | str | None = None,
+             batch_size: int = 64, truncation: bool = False, joint: bool = False):
+        """Predict each [MASK]; see deniro_rt.fill for the full description."""
+        batch, single = validate_texts(texts, self.mask_token)
+        if not batch:
+            return []
+        top_k = check_top_k(top_k)
+        encoded, dropped = self.encode(batch, truncation)
+        if joint:
+            results = fill_jointly(self, encoded, batch_size)
+        elif targets is not None:
+            results = score_targets(self, encoded, targets, top_k, batch_size)
+        else:
+            results = self._fill_topk(encoded, top_k, batch_size)
+        results = [restore_dropped(r, d) for r, d in zip(results, dropped)] if not joint else results
+        return results[0] if single else results
+
+    def perplexity(self, masked: MaskedBatch, batch_size: int = 64) -> dict:
+        """Token-weighted perplexity of premasked rows (deniro_rt.data.premask), as train/ scores it."""
+        labels = np.asarray(masked.labels)  # [rows, seq]
+        rows = [r for r in range(len(labels)) if (labels[r] != IGNORE_INDEX).any()]
+        seqs = [np.asarray(masked.input_ids[r], np.int64) for r in rows]
+        positions = [np.flatnonzero(labels[r] != IGNORE_INDEX) for r in rows]
+        targets = [labels[r][p][:, None] for r, p in zip(rows, positions)]  # [n_masks, 1] each
+        scored = self.score(seqs, positions, targets, top_k=1, batch_size=batch_size)
+        nll = -sum(float(s.target_logprobs.astype(np.float64).sum()) for s in scored)
+        tokens = sum(len(p) for p in positions)
+        return {"perplexity": perplexity(nll, tokens), "nll": nll, "tokens": tokens}
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, texts: list[str], truncation: bool) -> tuple[list[np.ndarray], list[list[int]]]:
+        """Token ids per text (with [CLS]/[SEP]); with truncation, a window around the masks."""
+        encodings = self.tokenizer.encode_batch(texts)
+        encoded, dropped = [], []
+        for index, (text, enc) in enumerate(zip(texts, encodings)):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            if not (ids == self.mask_id).any():
+                raise DeniroError(no_mask_message(text, index, self.mask_token))
+            ids, lost = fit_window(ids, self.manifest.max_positions, self.mask_id, truncation, index)
+            encoded.append(ids)
+            dropped.append(lost)
+        return encoded, dropped
+
+    # ------------------------------------------------------------------ the graph
+    def score(self, seqs: list[np.ndarray], positions: list[np.ndarray] | None = None,
+              targets: list[np.ndarray] | None = None, top_k: int = 5, batch_size: int = 64) -> list[Scored]:
+        """Run the fast graph over sequences, batched by length; results in input order.
+
+        positions: rows to score per sequence (default: its [MASK]s); targets: [n_rows, t] ids whose
+        log-probs are wanted per sequence (default: none).
+        """
+        if positions is None:
+            positions = [np.flatnonzero(s == self.mask_id) for s in seqs]
+        order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths share a batch
+        results: list[Scored | None] = [None] * len(seqs)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outputs = self._run_batch([seqs[i] for i in chunk], [positions[i] for i in chunk],
+                                      None if targets is None else [targets[i] for i in chunk], top_k)
+            for i, scored in zip(chunk, outputs):
+                results[i] = scored
+        return results
+
+    def _run_batch(self, seqs, positions, targets, top_k: int) -> list[Scored]:
+        seq_len = max(len(s) for s in seqs)
+        input_ids = np.full((len(seqs), seq_len), self.pad_id, dtype=np.int64)  # [batch, seq]
+        attention = np.zeros((len(seqs), seq_len), dtype=np.int64)  # [batch, seq]
+        for row, ids in enumerate(seqs):
+            input_ids[row, :len(ids)] = ids
+            attention[row, :len(ids)] = 1
+        mask_index = np.concatenate([row * seq_len + p for row, p in enumerate(positions)])  # [n]
+        counts = [len(p) for p in positions]
+        if targets is None:
+            target_ids = np.zeros((len(mask_index), 1), dtype=np.int64)  # [n, 1] unused
+        else:
+            target_ids = np.concatenate(targets).astype(np.int64)  # [n, t]
+        k = np.array([min(top_k, self.manifest.vocab_size)], dtype=np.int64)
+        feed = {"input_ids": input_ids, "attention_mask": attention, "mask_index": mask_index.astype(np.int64),
+                "target_ids": target_ids, "top_k": k}
+        topk_lp, topk_ids, target_lp = self.session.run(None, feed)
+        splits = np.cumsum(counts)[:-1]
+        return [Scored(a, b, c) for a, b, c in zip(np.split(topk_lp, splits), np.split(topk_ids, splits),
+                                                    np.split(target_lp, splits))]
+
+    # ------------------------------------------------------------------ results
+    def _fill_topk(self, encoded: list[np.ndarray], top_k: int, batch_size: int) -> list[list[list[dict]]]:
+        scored = self.score(encoded, top_k=top_k, batch_size=batch_size)
+        candidates = []  # (ids, position, token) for every returned prediction
+        for ids, s in zip(encoded, scored):
+            for position, row in zip(np.flatnonzero(ids == self.mask_id), s.topk_ids):
+                candidates.extend((ids, position, int(t)) for t in row)
+        sequences = iter(self.decode_filled(candidates))
+        results = []
+        for s in scored:
+            results.append([[self._prediction(float(lp), int(t), next(sequences))
+                             for lp, t in zip(lps, ts)] for lps, ts in zip(s.topk_logprobs, s.topk_ids)])
+        return results
+
+    def _prediction(self, logprob: float, token, sequence: str) -> dict:
+        token_str = self.token_str(token) if isinstance(token, int) else self.decode_ids(token)
+        return {"score": float(np.exp(logprob)), "token": token, "token_str": token_str, "sequence": sequence}
+
+    def decode_filled(self, candidates: list[tuple[np.ndarray, int, object]]) -> list[str]:
+        """Decode each sequence with its mask at `position` replaced by token id(s), in one batch call."""
+        filled = []
+        for ids, position, token in candidates:
+            pieces = [token] if isinstance(token, int) else list(token)
+            filled.append(np.concatenate([ids[:position], pieces, ids[position + 1:]]))
+        return self.decode_batch(filled)
+
+    def decode_batch(self, sequences: list[np.ndarray]) -> list[str]:
+        kept = [s[~np.isin(s, self._drop_ids)].tolist() for s in sequences]
+        return self.tokenizer.decode_batch(kept, skip_special_tokens=False)
+
+    def decode_ids(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+# ---------------------------------------------------------------------- input checks
+def validate_texts(texts, mask_token: str) -> tuple[list[str], bool]:
+    if texts is None:
+        raise DeniroError("texts is None; pass a string or a list of strings, each with "
+                          f"{mask_token} where a word should be predicted")
+    if isinstance(texts, str):
+        texts, single = [texts], True
+    elif isinstance(texts, (list, tuple)):
+        texts, single = list(texts), False
+    else:
+        raise DeniroError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DeniroError(f"text {index} is {type(text).__name__}, expected a string with {mask_token}")
+        if not text.strip():
+            raise DeniroError(f"text {index} is empty; pass a sentence with {mask_token} in it")
+    return texts, single
+
+
+def no_mask_message(text: str, index: int, mask_token: str) -> str:
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    hint = (f" (the mask token is case-sensitive: write {mask_token})"
+            if mask_token.lower() in text.lower() else f"; put {mask_token} where a word should be predicted")
+    return f"text {index} has no {mask_token}: {shown!r}{hint}"
+
+
+def check_top_k(top_k) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise DeniroError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
+
+
+def fit_window(ids: np.ndarray, max_len: int, mask_id: int, truncation: bool, index: int):
+    """Keep [CLS] + a window of the text centred on its masks + [SEP]; returns (ids, lost mask numbers)."""
+    if len(ids) <= max_len:
+        return ids, []
+    if not truncation:
+        raise DeniroError(f"text {index} is {len(ids)} tokens, more than the model's maximum of "
+                          f"{max_len}; shorten it, or pass truncation=True to keep a window around the masks")
+    inner, budget = ids[1:-1], max_len - 2
+    masks = np.flatnonzero(inner == mask_id)  # [n_masks]
+    centre = (masks[0] + masks[-1]) // 2
+    start = int(np.clip(centre - budget // 2, 0, len(inner) - budget))
+    lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]
+    if lost:
+        warnings.warn(f"text {index}: masks {lost} (0-based) lie outside the {max_len}-token window "
+                      f"kept by truncation; their predictions are empty lists", stacklevel=4)
+    return np.concatenate([ids[:1], inner[start:start + budget], ids[-1:]]), lost
+
+
+def restore_dropped(per_mask: list, lost: list[int]) -> list:
+    """Re-insert an empty prediction list for each mask that truncation cut away; unwrap one mask."""
+    for n in lost:
+        per_mask.insert(n, [])
+    return per_mask[0] if len(per_mask) == 1 else per_mask
+
+
+# ---------------------------------------------------------------------- targets and joint fill
+def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
+    words = [targets] if isinstance(targets, str) else list(targets)
+    if not words or not all(isinstance(w, str) and w.strip() for w in words):
+        raise DeniroError(f"targets must be a non-empty list of non-empty strings, got {targets!r}")
+    words = list(dict.fromkeys(w.strip() for w in words))
+    encodings = fm.tokenizer.encode_batch(words, add_special_tokens=False)
+    pieces = [(w, list(e.ids)) for w, e in zip(words, encodings)]
+    empty = [w for w, p in pieces if not p]
+    if empty:
+        raise DeniroError(f"targets {empty} tokenize to nothing; pass words the vocabulary can spell")
+    return pieces
+
+
+def score_targets(fm: FillMask, encoded, targets, top_k: int, batch_size: int):
+    """Rank the given words at each mask. A word of m pieces is scored as a whole word: its mask is
+    widened to m masks and the score is the product of each piece's probability at its position
+    (one forward pass; the m masks are predicted independently, as for several masks)."""
+    pieces = target_pieces(fm, targets)
+    variants, owners = [], []  # one sequence per (text, mask, width)
+    for t, ids in enumerate(encoded):
+        for m, position in enumerate(np.flatnonzero(ids == fm.mask_id)):
+            for width in sorted({len(p) for _, p in pieces}):
+                widened = np.concatenate([ids[:position], [fm.mask_id] * width, ids[position + 1:]])
+                variants.append((widened, np.arange(position, position + width)))
+                owners.append((t, m, width, position))
+    columns = {w: [p for _, p in pieces if len(p) == w] for w in {len(p) for _, p in pieces}}
+    tgt = [np.array(columns[len(pos)], np.int64).T for _, pos in variants]  # [width, n_words]
+    scored = fm.score([v for v, _ in variants], [p for _, p in variants], tgt, top_k=1, batch_size=batch_size)
+    return collect_targets(fm, encoded, pieces, owners, columns, scored, top_k)
+
+
+def collect_targets(fm, encoded, pieces, owners, columns, scored, top_k):
+    per_mask: dict[tuple[int, int], list] = {}
+    for (t, m, width, position), s in zip(owners, scored):
+        word_lp = s.target_logprobs.astype(np.float64).sum(axis=0)  # [n_words of this width]
+        for ids_, lp in zip(columns[width], word_lp):
+            token = ids_[0] if width == 1 else tuple(ids_)
+            per_mask.setdefault((t, m), []).append((float(lp), token, encoded[t], position))
+    results = []
+    for t, ids in enumerate(encoded):
+        n_masks = int((ids == fm.mask_id).sum())
+        ranked = [sorted(per_mask[(t, m)], key=lambda c: -c[0])[:top_k] for m in range(n_masks)]
+        sequences = iter(fm.decode_filled([(ids_, pos, tok) for row in ranked for _, tok, ids_, pos in row]))
+        results.append([[fm._prediction(lp, tok, next(sequences)) for lp, tok, _, _ in row] for row in ranked])
+    return results
+
+
+def fill_jointly(fm: FillMask, encoded, batch_size: int) -> list[dict]:
+    """Greedy joint fill: put the single most confident prediction in, re-run, until no mask is left."""
+    current = [ids.copy() for ids in encoded]
+    logprob = np.zeros(len(current))
+    while True:
+        active = [i for i, ids in enumerate(current) if (ids == fm.mask_id).any()]
+        if not active:
+            break
+        scored = fm.score([current[i] for i in active], top_k=1, batch_size=batch_size)
+        for i, s in zip(active, scored):
+            best = int(np.argmax(s.topk_logprobs[:, 0]))
+            position = np.flatnonzero(current[i] == fm.mask_id)[best]
+            current[i][position] = s.topk_ids[best, 0]
+            logprob[i] += float(s.topk_logprobs[best, 0])
+    sequences = fm.decode_batch(current)
+    return [{"sequence": seq, "score": float(np.exp(lp)),
+             "tokens": [int(t) for t in ids[orig == fm.mask_id]],
+             "token_strs": [fm.token_str(int(t)) for t in ids[orig == fm.mask_id]]}
+            for seq, lp, ids, orig in zip(sequences, logprob, current, encoded)]

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real IMDB parquet (read from ../shared) and tiny models built from it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IMDB_DIR = REPO.parent / "shared" / "data" / "imdb"
+
+
+@pytest.fixture(scope="session")
+def imdb_dir() -> Path:
+    if not (IMDB_DIR / "train.parquet").is_file():
+        pytest.skip(f"IMDB parquet not found at {IMDB_DIR}")
+    return IMDB_DIR
+
+
+@pytest.fixture(scope="session")
+def imdb_texts(imdb_dir) -> dict[str, list[str]]:
+    import pyarrow.parquet as pq
+
+    return {split: pq.read_table(imdb_dir / f"{split}.parquet", columns=["text"]).column("text")
+            .to_pylist()[::50] for split in ("train", "test")}  # 500 reviews each, both labels
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(imdb_texts):
+    from train.tokenizer import train_wordpiece
+
+    return train_wordpiece(imdb_texts["train"], vocab_size=600, model_max_length=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A random-init 2-layer DistilBERT MLM with its own WordPiece vocabulary, save_pretrained."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=32, n_layers=2, n_heads=2,
+                              hidden_dim=64, max_position_embeddings=128,
+                              pad_token_id=tiny_tokenizer.pad_token_id)
+    model = DistilBertForMaskedLM(config).eval()
+    with torch.no_grad():  # sharpen the random head so top-k orders are well separated
+        model.vocab_projector.weight.mul_(8.0)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
