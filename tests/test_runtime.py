@@ -1,0 +1,264 @@
+"""deniro_rt against transformers' FillMaskPipeline on the same tiny checkpoint, and its error handling."""
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import deniro_rt
+from deniro_rt import FillMask
+from deniro_rt.__main__ import run as cli
+from deniro_rt.data import chunk_texts, premask
+from deniro_rt.errors import ArtifactError, DeniroError
+
+TEXTS = [
+    "this movie is [MASK] .",
+    "the acting was [MASK] and the story was good , i would watch it again .",
+    "[MASK] !",
+    "i have seen this film twice and the ending still makes me [MASK] every time .",
+]
+
+
+@pytest.fixture(scope="module")
+def fm(tiny_artifact):
+    return FillMask(tiny_artifact, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    return pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+                    device="cpu")
+
+
+def assert_same_predictions(ours, theirs):
+    assert [p["token"] for p in ours] == [p["token"] for p in theirs]
+    assert [p["token_str"] for p in ours] == [p["token_str"] for p in theirs]
+    np.testing.assert_allclose([p["score"] for p in ours], [p["score"] for p in theirs], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 12])
+def test_single_mask_parity(fm, pipe, top_k):
+    ours = fm.fill(TEXTS, top_k=top_k)
+    theirs = pipe(TEXTS, top_k=top_k)
+    assert len(ours) == len(TEXTS)  # aligned with the input order despite length bucketing
+    for o, t in zip(ours, theirs):
+        assert len(o) == top_k
+        assert_same_predictions(o, t)
+        assert [p["sequence"] for p in o] == [p["sequence"] for p in t]
+
+
+def test_single_string_gives_its_list_directly(fm, pipe):
+    assert_same_predictions(fm.fill(TEXTS[0]), pipe(TEXTS[0]))
+
+
+def test_several_masks_parity(fm, pipe):
+    text = "the [MASK] was great but the [MASK] was too long ."
+    ours, theirs = fm.fill(text, top_k=4), pipe(text, top_k=4)
+    assert len(ours) == 2
+    for o, t in zip(ours, theirs):
+        assert_same_predictions(o, t)
+    # the sequence is decoded cleanly: no [CLS]/[SEP], the other mask left visible
+    seq = ours[0][0]["sequence"]
+    assert "[CLS]" not in seq and "[SEP]" not in seq and seq.count("[MASK]") == 1
+
+
+def test_single_piece_targets_parity(fm, pipe, tiny_tokenizer):
+    words = [w for w in ["the", "and", "movie", "film", "good", "bad", "it"]
+             if len(tiny_tokenizer.tokenize(w)) == 1]
+    assert len(words) >= 4
+    for text in TEXTS[:2]:
+        assert_same_predictions(fm.fill(text, targets=words, top_k=3), pipe(text, targets=words, top_k=3))
+
+
+def test_multi_piece_target_is_scored_as_a_whole_word(fm, tiny_model_dir, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    word = next(w for w in ["masterpiece", "unwatchable", "cinematography", "disappointing"]
+                if len(tiny_tokenizer.tokenize(w)) >= 2)
+    pieces = tiny_tokenizer.convert_tokens_to_ids(tiny_tokenizer.tokenize(word))
+    [result] = fm.fill("this movie is a [MASK] .", targets=[word])
+    widened = "this movie is a " + " ".join(["[MASK]"] * len(pieces)) + " ."
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    batch = tiny_tokenizer(widened, return_tensors="pt")
+    with torch.no_grad():
+        logp = model(**batch).logits[0].log_softmax(-1)  # [seq, vocab]
+    positions = (batch["input_ids"][0] == tiny_tokenizer.mask_token_id).nonzero().ravel()
+    expected = float(sum(logp[p, t] for p, t in zip(positions, pieces)).exp())
+    assert result["token"] == tuple(pieces) and result["token_str"] == word
+    assert result["score"] == pytest.approx(expected, rel=1e-4)
+    assert result["sequence"] == f"this movie is a {word}."
+
+
+def test_joint_fill(fm):
+    single = fm.fill("this movie is [MASK] .", joint=True)
+    assert single["tokens"] == [fm.fill("this movie is [MASK] .", top_k=1)[0]["token"]]
+    text = "the [MASK] was great but the [MASK] was too long ."
+    joint = fm.fill(text, joint=True)
+    independent = fm.fill(text, top_k=1)
+    first = int(np.argmax([m[0]["score"] for m in independent]))  # the most confident mask goes first
+    assert joint["tokens"][first] == independent[first][0]["token"]
+    assert "[MASK]" not in joint["sequence"] and len(joint["tokens"]) == 2 and 0 < joint["score"] <= 1
+
+
+def test_perplexity_matches_pytorch(fm, tiny_model_dir, tiny_tokenizer, imdb_texts):
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    chunks = chunk_texts(tiny_tokenizer.backend_tokenizer, imdb_texts["test"][:20], 64)
+    masked = premask(chunks, seed=5, mask_token_id=tiny_tokenizer.mask_token_id, vocab_size=len(tiny_tokenizer))
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(masked.input_ids)).logits
+        labels = torch.from_numpy(masked.labels)
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(), labels.flatten(), reduction="sum")
+    expected = float(torch.exp(nll / (labels != -100).sum()))
+    result = fm.perplexity(masked)
+    assert result["tokens"] == int((masked.labels != -100).sum())
+    assert result["perplexity"] == pytest.approx(expected, rel=1e-4)
+    assert deniro_rt.perplexity(masked, model=fm.manifest.folder, device="cpu",
+                                precision="fp32")["perplexity"] == pytest.approx(result["perplexity"])
+
+
+def test_threads_share_one_session(fm):
+    texts = TEXTS * 8
+    serial = fm.fill(texts, top_k=3, batch_size=5)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = fm.fill(texts, top_k=3, batch_size=3 + i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert [[p["token"] for p in o] for o in r] == [[p["token"] for p in o] for o in serial]
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("texts, message", [
+    (["a fine [MASK] .", "no mask here"], "text 1 has no [MASK]: 'no mask here'; put [MASK]"),
+    (["this is [mask] ."], "text 0 has no [MASK]: 'this is [mask] .' (the mask token is case-sensitive"),
+    ([""], "text 0 is empty"),
+    (["ok [MASK]", "   "], "text 1 is empty"),
+    (None, "texts is None"),
+    (["ok [MASK]", 3], "text 1 is int, expected a string"),
+    (42, "texts must be a string or a list of strings, got int"),
+])
+def test_bad_texts(fm, texts, message):
+    with pytest.raises(DeniroError) as info:
+        fm.fill(texts)
+    assert message in str(info.value)
+
+
+def test_empty_list_returns_empty_list(fm):
+    assert fm.fill([]) == []
+
+
+def test_bad_top_k(fm):
+    with pytest.raises(DeniroError, match="top_k must be a positive integer, got 0"):
+        fm.fill("a [MASK]", top_k=0)
+
+
+def test_too_long_text_and_truncation_window(fm):
+    filler = "the movie was long and slow . " * 40  # > 128 tokens (the tiny model's maximum)
+    text = filler + "the ending was [MASK] ." + " and then it was over ." * 10
+    with pytest.raises(DeniroError, match=r"text 0 is \d+ tokens, more than the model's maximum of 128"):
+        fm.fill(text)
+    kept = fm.fill(text, truncation=True, top_k=3)
+    window = fm.fill(" ".join(text.split()[-60:]), top_k=3)  # same right-hand context
+    assert len(kept) == 3 and all(0 < p["score"] <= 1 for p in kept)
+    assert len(window) == 3
+    far = "[MASK] was the first word . " + filler + "the ending was [MASK] ."
+    with pytest.warns(UserWarning, match=r"masks \[0\] \(0-based\) lie outside the 128-token window"):
+        result = fm.fill(far, truncation=True, top_k=2)
+    assert result[0] == [] and len(result[1]) == 2
+
+
+def test_thousand_masks(fm):
+    text = " ".join(["[MASK]"] * 1000)
+    with pytest.raises(DeniroError, match="text 0 is 1002 tokens"):
+        fm.fill(text)
+    with pytest.warns(UserWarning, match="lie outside"):
+        result = fm.fill(text, truncation=True, top_k=1)
+    assert len(result) == 1000 and sum(1 for r in result if r) == 126
+
+
+def test_control_characters_and_emoji(fm, pipe):
+    text = "what a \x07 great [MASK] \U0001F600 \u200b !"
+    assert_same_predictions(fm.fill(text), pipe(text))
+
+
+# ---------------------------------------------------------------------- providers and artifacts
+def test_cuda_without_the_gpu_build(tiny_artifact):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(DeniroError) as info:
+        FillMask(tiny_artifact, device="cuda")
+    message = str(info.value)
+    assert "CUDAExecutionProvider" in message and "CPUExecutionProvider" in message
+    assert 'pip install "deniro[gpu]"' in message
+
+
+def test_precision_choice(tiny_artifact):
+    assert FillMask(tiny_artifact, device="cpu").precision == "int8"  # CPU prefers the int8 graph
+    with pytest.raises(DeniroError, match="precision fp16 does not run on CPUExecutionProvider"):
+        FillMask(tiny_artifact, device="cpu", precision="fp16")
+    with pytest.raises(DeniroError, match="device must be one of auto, cpu, cuda, got 'tpu'"):
+        FillMask(tiny_artifact, device="tpu")
+
+
+def test_int8_agrees_with_fp32_on_top1(tiny_artifact, fm):
+    int8 = FillMask(tiny_artifact, device="cpu", precision="int8")
+    texts = TEXTS * 3
+    same = [a[0]["token"] == b[0]["token"] for a, b in zip(fm.fill(texts, top_k=1), int8.fill(texts, top_k=1))]
+    assert np.mean(same) >= 0.75  # a random tiny model has near-ties; real models are checked in bench
+
+
+def test_corrupted_and_missing_artifacts(tiny_artifact, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_artifact, broken)
+    graph = broken / "fast.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="fast.onnx is corrupted or was replaced"):
+        FillMask(broken, device="cpu", precision="fp32")
+    with pytest.raises(ArtifactError, match="model folder not found"):
+        FillMask(tmp_path / "nowhere")
+    manifest = json.loads((broken / "deniro.json").read_text())
+    manifest["format_version"] = 99
+    (broken / "deniro.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format_version 99"):
+        FillMask(broken)
+
+
+# ---------------------------------------------------------------------- CLI and packaging
+def test_cli_json_and_stdin(tiny_artifact, capsys, monkeypatch):
+    assert cli(["this movie is [MASK] .", "--model", str(tiny_artifact), "--json", "--top-k", "2",
+                "--precision", "fp32", "--device", "cpu"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == "this movie is [MASK] ." and len(row["result"]) == 2
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("a [MASK] day\n\nthe [MASK] end\n"))
+    assert cli(["--model", str(tiny_artifact), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "a [MASK] day" in out and "the [MASK] end" in out
+    assert cli(["no mask", "--model", str(tiny_artifact)]) == 2
+    assert capsys.readouterr().err.strip() == "error: text 0 has no [MASK]: 'no mask'; put [MASK] where a word should be predicted"
+
+
+def test_import_pulls_in_neither_torch_nor_transformers():
+    code = ("import sys, deniro_rt, deniro_rt.runtime, deniro_rt.data, deniro_rt.__main__; "
+            "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
