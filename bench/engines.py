@@ -1,0 +1,292 @@
+"""Every fill-mask engine behind one tiny interface: `Engine.fill_batch(texts, batch_size)`.
+
+Each call is end to end: raw strings in, tokenization, the model, top-k and the decoded
+suggestions (token strings and filled-in sequences, as transformers' fill-mask pipeline returns)
+out. The returned `Prediction` keeps the top-k ids and their log-probabilities for the parity and
+agreement checks; the decoded strings are built and dropped, as a caller would use them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deniro_rt.errors import DeniroError
+
+log = logging.getLogger(__name__)
+CPU_PRECISIONS = ("fp32", "int8")
+CUDA_PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass
+class Prediction:
+    ids: np.ndarray  # [n_texts, k] int64, best first
+    logprobs: np.ndarray  # [n_texts, k] float64 (NaN where the engine gives no probabilities)
+
+
+@dataclass
+class Context:
+    """What every engine of a run shares: the device, the artifact and the PyTorch checkpoint."""
+
+    device: str  # cpu | cuda
+    artifact: Path
+    manifest: object  # deniro_rt.artifact.Manifest
+    torch_model: Path | None
+    top_k: int
+    _tokenizer: object = None
+    _models: dict | None = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.torch_model))
+        return self._tokenizer
+
+    def model(self, precision: str = "fp32"):
+        """The transformers masked LM on the device, loaded once per precision and shared."""
+        self._models = self._models or {}
+        if precision not in self._models:
+            self._models[precision] = load_torch_model(self.torch_model, self.device, precision)
+        return self._models[precision]
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+
+def load_torch_model(path: Path, device: str, precision: str):
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(str(path))
+    except Exception as exc:
+        raise DeniroError(f"could not load a transformers masked LM from {path} ({type(exc).__name__}); "
+                          f"pass --torch-model with the save_pretrained folder the artifact was "
+                          f"exported from") from exc
+    model = model.half() if precision == "fp16" else model
+    return model.to(device).eval()
+
+
+class Engine:
+    name = "engine"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        self.ctx = ctx
+        self.precision = precision
+        self.provider = f"torch-{ctx.device}"
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        raise NotImplementedError
+
+    def batch_sizes(self, wanted: list[int]) -> list[int]:
+        """The batch sizes this engine is measured at (pytorch-card: one text at a time)."""
+        return wanted
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.precision}"
+
+
+# --------------------------------------------------------------------------- PyTorch engines
+class PytorchCard(Engine):
+    """The model card's code: one text at a time, full logits, torch.topk, decode, replace.
+
+    Wrapped in torch.no_grad() (what a careful user adds; the card's snippet leaves autograd on).
+    """
+
+    name = "pytorch-card"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        super().__init__(ctx, precision)
+        self.tokenizer, self.model = ctx.tokenizer(), ctx.model(precision)
+
+    def batch_sizes(self, wanted: list[int]) -> list[int]:
+        return [1]
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        import torch
+
+        rows = []
+        with torch.no_grad():
+            for text in texts:
+                rows.append(self._one(text, torch))
+        ids = np.array(rows, dtype=np.int64)
+        return Prediction(ids, np.full(ids.shape, np.nan))
+
+    def _one(self, text: str, torch) -> list[int]:
+        tok = self.tokenizer
+        inputs = tok(text, return_tensors="pt").to(self.ctx.device)
+        token_logits = self.model(**inputs).logits
+        mask_token_index = torch.where(inputs["input_ids"] == tok.mask_token_id)[1]
+        mask_token_logits = token_logits[0, mask_token_index, :]
+        top_tokens = torch.topk(mask_token_logits, self.ctx.top_k, dim=1).indices[0].tolist()
+        _ = [text.replace(tok.mask_token, tok.decode([token])) for token in top_tokens]
+        return top_tokens
+
+
+class PytorchBatched(Engine):
+    """transformers batched: pad a batch, one forward, log-softmax and top-k at the masks, decode."""
+
+    name = "pytorch-batched"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        super().__init__(ctx, precision)
+        self.tokenizer, self.model = ctx.tokenizer(), ctx.model(precision)
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        parts = [self._batch(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return Prediction(np.concatenate([p.ids for p in parts]), np.concatenate([p.logprobs for p in parts]))
+
+    def _batch(self, texts: list[str]) -> Prediction:
+        import torch
+
+        with torch.inference_mode():
+            logprobs, input_ids, where = mask_logprobs(self.model, self.tokenizer, texts, self.ctx.device)
+            top = torch.topk(logprobs, self.ctx.top_k, dim=-1)
+            ids, values = top.indices.cpu().numpy(), top.values.double().cpu().numpy()
+        decode_suggestions(self.tokenizer, input_ids.cpu().numpy(), where.cpu().numpy(), ids)
+        return Prediction(ids.astype(np.int64), values)
+
+
+def mask_logprobs(model, tokenizer, texts: list[str], device: str):
+    """(log-softmax float32 [n_texts, vocab] at each text's single mask, input_ids, (row, col) of masks)."""
+    import torch
+
+    enc = tokenizer(texts, padding=True, return_tensors="pt").to(device)
+    logits = model(**enc).logits  # [batch, seq, vocab]
+    where = torch.nonzero(enc["input_ids"] == tokenizer.mask_token_id)  # [n_masks, 2]
+    if where.shape[0] != len(texts):
+        raise DeniroError(f"{where.shape[0]} masks in {len(texts)} texts: the workload has one per text")
+    rows = logits[where[:, 0], where[:, 1]].float()
+    return torch.log_softmax(rows, dim=-1), enc["input_ids"], where
+
+
+def decode_suggestions(tokenizer, input_ids: np.ndarray, where: np.ndarray, ids: np.ndarray) -> list:
+    """What the fill-mask pipeline returns per candidate: token_str and the filled-in sequence."""
+    out = []
+    for (row, col), candidates in zip(where, ids):
+        tokens = input_ids[row][input_ids[row] != tokenizer.pad_token_id]
+        filled = []
+        for token in candidates:
+            tokens[col] = token
+            filled.append({"token": int(token), "token_str": tokenizer.decode([int(token)]),
+                           "sequence": tokenizer.decode(tokens, skip_special_tokens=True)})
+        out.append(filled)
+    return out
+
+
+# --------------------------------------------------------------------------- pipelines
+def from_fill_results(results, n_texts: int, k: int) -> Prediction:
+    """Pipeline-style output (per text a list of {"score", "token", ...}) -> Prediction."""
+    if n_texts == 1 and results and isinstance(results[0], dict):
+        results = [results]  # a one-text call returns the flat list of its mask
+    if len(results) != n_texts:
+        raise DeniroError(f"engine returned {len(results)} results for {n_texts} texts")
+    ids = np.zeros((n_texts, k), dtype=np.int64)
+    logprobs = np.zeros((n_texts, k), dtype=np.float64)
+    for i, candidates in enumerate(results):
+        if candidates and not isinstance(candidates[0], dict):
+            raise DeniroError("engine returned several masks for one text; the workload has one per text")
+        ids[i] = [c["token"] for c in candidates]
+        logprobs[i] = [math.log(c["score"]) if c["score"] > 0 else -math.inf for c in candidates]
+    return Prediction(ids, logprobs)
+
+
+class HfPipeline(Engine):
+    """transformers `pipeline("fill-mask")` fed the whole list with batch_size (the documented way)."""
+
+    name = "hf-pipeline"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        super().__init__(ctx, precision)
+        self.pipe = self._pipeline(ctx.model(precision))
+
+    def _pipeline(self, model):
+        from transformers import pipeline
+
+        return pipeline("fill-mask", model=model, tokenizer=self.ctx.tokenizer(), device=self.ctx.device)
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        results = self.pipe(list(texts), batch_size=batch_size, top_k=self.ctx.top_k)
+        return from_fill_results(results, len(texts), self.ctx.top_k)
+
+
+class OptimumOrt(HfPipeline):
+    """Optimum's ORTModelForMaskedLM on the artifact's model.onnx, in the same pipeline."""
+
+    name = "optimum-ort"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        from optimum.onnxruntime import ORTModelForMaskedLM
+
+        Engine.__init__(self, ctx, precision)
+        full = ctx.manifest.raw.get("full_graph")
+        if not full or not (ctx.artifact / full).is_file():
+            raise Skip("the artifact has no full graph (model.onnx); export with it to compare Optimum")
+        self.provider = "CUDAExecutionProvider" if ctx.device == "cuda" else "CPUExecutionProvider"
+        model = ORTModelForMaskedLM.from_pretrained(str(ctx.artifact), file_name=full, provider=self.provider)
+        self.pipe = self._pipeline(model)
+
+    def _pipeline(self, model):
+        from transformers import pipeline
+
+        return pipeline("fill-mask", model=model, tokenizer=self.ctx.tokenizer())
+
+
+class DeniroRt(Engine):
+    name = "deniro_rt"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        import deniro_rt
+
+        super().__init__(ctx, precision)
+        self.fm = deniro_rt.FillMask(model=str(ctx.artifact), device=ctx.device, precision=precision)
+        self.provider = str(self.fm.provider)
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        results = self.fm.fill(list(texts), top_k=self.ctx.top_k, batch_size=batch_size)
+        return from_fill_results(results, len(texts), self.ctx.top_k)
+
+
+class Skip(Exception):
+    """An engine that cannot run in this setup; the report lists it with the reason."""
+
+
+ENGINE_CLASSES = {cls.name: cls for cls in (PytorchCard, PytorchBatched, HfPipeline, OptimumOrt, DeniroRt)}
+
+
+def torch_precisions(name: str, device: str) -> list[str]:
+    """pytorch-batched also runs fp16 on CUDA; every other PyTorch engine is fp32 (the card's setup)."""
+    return ["fp32", "fp16"] if name == "pytorch-batched" and device == "cuda" else ["fp32"]
+
+
+def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:
+    """The precisions to run: --precisions, else those the artifact has that suit the device."""
+    have = list(manifest.graphs)
+    if wanted:
+        asked = [p.strip() for p in wanted.split(",") if p.strip()]
+        missing = [p for p in asked if p not in have]
+        if missing:
+            raise DeniroError(f"--precisions {', '.join(missing)}: the artifact has only {', '.join(have)}")
+        return asked
+    suits = CUDA_PRECISIONS if device == "cuda" else CPU_PRECISIONS
+    return [p for p in suits if p in have]
+
+
+def make_engines(ctx: Context, names: list[str], precisions: list[str]) -> tuple[list[Engine], list[dict]]:
+    """The engines to compare, in a fixed order; those that cannot run are returned as skips."""
+    engines, skipped = [], []
+    for name in names:
+        for precision in precisions if name == "deniro_rt" else torch_precisions(name, ctx.device):
+            try:
+                engines.append(ENGINE_CLASSES[name](ctx, precision))
+            except Skip as exc:
+                log.warning("%s/%s skipped: %s", name, precision, exc)
+                skipped.append({"engine": name, "precision": precision, "reason": str(exc)})
+    return engines, skipped

@@ -1,0 +1,183 @@
+"""main(BenchConfig): set up once, run the chosen benchmarks, write the reports, return the exit code."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from deniro_rt.artifact import load_manifest
+from deniro_rt.data import load_text_splits
+from deniro_rt.errors import DeniroError
+
+from . import report
+from .config import MODEL_CARD_PROMPT, BenchConfig
+from .engines import Context, Engine, deniro_precisions, make_engines
+from .parity import eval_chunks, eval_settings, run_parity
+from .timing import Timing, latency, throughput
+from .train_bench import run_train
+from .workload import PROMPT, Workload, bucket_lengths, build_workload, load_tokenizer
+
+log = logging.getLogger("bench")
+EXIT_PARITY = 1  # a parity threshold failed (the reports are written all the same)
+REFERENCE = ("pytorch-batched", "fp32")  # what the engines' top-1 agreement is measured against
+
+
+# --------------------------------------------------------------------------- setup
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeniroError("--device cuda: PyTorch sees no CUDA GPU here; run on a GPU machine or pass --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise DeniroError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def resolve_artifact(model: str | None) -> Path:
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    return Path(model) if model else DEFAULT_MODEL_DIR
+
+
+def resolve_torch_model(explicit: str | None, artifact: Path, manifest) -> Path:
+    """--torch-model, else the manifest's source.model, else the artifact if it is a checkpoint too."""
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        source = (manifest.raw.get("source") or {}).get("model")
+        candidates = ([Path(source), artifact / source] if source else []) + [artifact]
+    for path in candidates:
+        if is_checkpoint(path):
+            return path
+    raise DeniroError(f"no transformers checkpoint for the PyTorch side (looked at "
+                      f"{', '.join(str(c) for c in candidates)}); pass --torch-model with the "
+                      f"save_pretrained folder the artifact was exported from")
+
+
+def is_checkpoint(path: Path) -> bool:
+    weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
+    return (path / "config.json").is_file() and bool(weights)
+
+
+def make_context(cfg: BenchConfig, device: str) -> Context:
+    artifact = resolve_artifact(cfg.model)
+    manifest = load_manifest(artifact)
+    torch_model = resolve_torch_model(cfg.torch_model, artifact, manifest)
+    log.info("artifact %s, PyTorch checkpoint %s, device %s", artifact, torch_model, device)
+    return Context(device=device, artifact=artifact, manifest=manifest, torch_model=torch_model, top_k=cfg.top_k)
+
+
+def make_workload(cfg: BenchConfig, ctx: Context, reviews: list[str], per_bucket: int) -> Workload:
+    lengths = bucket_lengths(cfg.length_list(), ctx.manifest.max_positions)
+    tokenizer = load_tokenizer(ctx.artifact)
+    workload = build_workload(reviews, tokenizer, lengths, per_bucket, cfg.seed, ctx.manifest.mask_token,
+                              MODEL_CARD_PROMPT)
+    log.info("workload: %s", json.dumps(workload.summary()["buckets"]))
+    return workload
+
+
+# --------------------------------------------------------------------------- speed
+def speed_rows(cfg: BenchConfig, ctx: Context, workload: Workload, engines: list[Engine],
+               modes: set[str]) -> list[dict]:
+    """One row per engine x precision x provider x batch x length (latency at batch 1)."""
+    timing = Timing(warmup=cfg.warmup, sync=ctx.sync, seconds=cfg.throughput_seconds)
+    rows, predictions = [], {}
+    for engine in engines:
+        started = time.perf_counter()
+        lengths = list(workload.buckets) + ([PROMPT] if "latency" in modes else [])
+        for length in lengths:
+            rows += engine_rows(cfg, engine, workload, length, modes, timing, predictions)
+        log.info("%s (%s): measured in %.0f s", engine.label, engine.provider, time.perf_counter() - started)
+    agreement(rows, predictions)
+    return rows
+
+
+def engine_rows(cfg, engine: Engine, workload: Workload, length, modes, timing, predictions) -> list[dict]:
+    texts, rows = workload.texts(length), {}
+    desc = f"{engine.label} {length}"
+    if "latency" in modes:
+        rows[1] = _row(engine, 1, length)
+        rows[1]["latency"] = latency(engine, texts, cfg.latency_samples, timing, desc + " latency")
+    if "throughput" in modes and length != PROMPT:
+        for batch in engine.batch_sizes(cfg.batch_list()):
+            row = rows.setdefault(batch, _row(engine, batch, length))
+            row["throughput"], pred = throughput(engine, texts, cfg.throughput_sentences, batch, timing,
+                                                 f"{desc} batch {batch}")
+            predictions[(engine.name, engine.precision, batch, length)] = pred
+    return list(rows.values())
+
+
+def _row(engine: Engine, batch: int, length) -> dict:
+    return {"engine": engine.name, "precision": engine.precision, "provider": engine.provider,
+            "batch": batch, "length": length, "latency": None, "throughput": None, "top1_vs_pytorch": None}
+
+
+def agreement(rows: list[dict], predictions: dict) -> None:
+    """Top-1 agreement of each engine's throughput predictions with pytorch-batched fp32's (same texts)."""
+    for row in rows:
+        mine = predictions.get((row["engine"], row["precision"], row["batch"], row["length"]))
+        refs = [p for (e, prec, _, n), p in predictions.items() if (e, prec) == REFERENCE and n == row["length"]]
+        if mine is None or not refs:
+            continue
+        n = min(len(mine.ids), len(refs[0].ids))
+        row["top1_vs_pytorch"] = float((mine.ids[:n, 0] == refs[0].ids[:n, 0]).mean())
+
+
+# --------------------------------------------------------------------------- main
+def main(cfg: BenchConfig) -> int:
+    """Run `cfg.command`; write the reports; 1 when a parity threshold fails, else 0."""
+    wanted = {"parity", "latency", "throughput", "train"} if cfg.command == "all" else {cfg.command}
+    device = resolve_device(cfg.device)
+    cfg.engine_list(), cfg.length_list(), cfg.batch_list()  # bad lists fail now, not after minutes
+    result = {"header": report.header(device, cfg.cli()), "config": cfg.__dict__.copy()}
+    if wanted & {"parity", "latency", "throughput"}:
+        result.update(model_benchmarks(cfg, device, wanted))
+    if "train" in wanted:
+        result["train"] = run_train([s for s in cfg.train_shapes.split(",") if s], cfg.train_steps,
+                                    cfg.train_warmup, cfg.train_batch_size, cfg.train_chunk_size,
+                                    cfg.train_precision, device)
+    stem = "bench" if cfg.command == "all" else cfg.command
+    report.write(result, cfg.out_dir(), stem)
+    failed = [f for r in result.get("parity", []) for f in r["failures"]]
+    for line in failed:
+        log.error("parity failed: %s", line)
+    return EXIT_PARITY if failed else 0
+
+
+def model_benchmarks(cfg: BenchConfig, device: str, wanted: set[str]) -> dict:
+    ctx = make_context(cfg, device)
+    precisions = deniro_precisions(ctx.manifest, device, cfg.precisions)
+    if not precisions:
+        raise DeniroError(f"the artifact has no deniro_rt graph that runs on {device} (it has "
+                          f"{', '.join(ctx.manifest.graphs) or 'none'}); re-export it with fp32")
+    bucket_lengths(cfg.length_list(), ctx.manifest.max_positions)
+    reviews = load_text_splits(cfg.dataset, [cfg.split], cfg.text_column)[cfg.split]
+    modes = wanted & {"latency", "throughput"}
+    per_bucket = max([cfg.latency_samples] + ([cfg.throughput_sentences] if "throughput" in modes else [])
+                     + ([cfg.parity_sentences // 4 + 1] if "parity" in wanted else []))
+    workload = make_workload(cfg, ctx, reviews, per_bucket)
+    out = {"model": {"artifact": str(ctx.artifact), "torch_model": str(ctx.torch_model),
+                     "manifest_source": ctx.manifest.raw.get("source"), "precisions": precisions},
+           "workload": workload.summary()}
+    if "parity" in wanted:
+        out["parity"] = parity(cfg, ctx, workload, reviews, precisions)
+    if modes:
+        engines, out["skipped"] = make_engines(ctx, cfg.engine_list(), precisions)
+        out["rows"] = speed_rows(cfg, ctx, workload, engines, modes)
+        out["speedups"] = report.speedups(out["rows"])
+    return out
+
+
+def parity(cfg: BenchConfig, ctx: Context, workload: Workload, reviews: list[str], precisions) -> list[dict]:
+    settings = eval_settings(ctx.torch_model, ctx.manifest.max_positions, cfg.chunk_size, cfg.eval_seed)
+    masked = eval_chunks(load_tokenizer(ctx.artifact), reviews, cfg.parity_texts, settings,
+                         ctx.manifest.mask_token_id)
+    log.info("parity: %d premasked chunks of %d tokens (seed %d), %d sentences", len(masked.input_ids),
+             settings.chunk_size, settings.eval_seed, len(workload.sample(cfg.parity_sentences)))
+    results = run_parity(ctx, masked, workload.sample(cfg.parity_sentences), precisions, cfg.batch_list()[0])
+    for r in results:
+        r["eval"] = {**settings.__dict__, "texts": cfg.parity_texts, "chunks": int(len(masked.input_ids))}
+    return results

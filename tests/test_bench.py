@@ -1,0 +1,248 @@
+"""bench/: the harness on the tiny model (--quick), so it cannot rot. Checks structure and parity, never speed."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import parity, report
+from bench.__main__ import parse_args, run
+from bench.config import BenchConfig
+from bench.engines import Prediction, from_fill_results
+from bench.run import resolve_torch_model
+from bench.workload import PROMPT, build_workload, load_tokenizer
+from deniro_rt.errors import DeniroError
+
+ENGINES = ["pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt"]
+
+
+def bench_args(command, tiny_artifact, tiny_model_dir, imdb_dir, out, *extra) -> list[str]:
+    return [command, "--quick", "--device", "cpu", "--model", str(tiny_artifact),
+            "--torch-model", str(tiny_model_dir), "--dataset", str(imdb_dir), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def quick(tiny_artifact, imdb_dir, tmp_path_factory):
+    """`python -m bench all --quick` on the tiny artifact: (exit code, bench.json, out folder).
+
+    No --torch-model: the PyTorch side is found through the manifest's source.model.
+    """
+    out = tmp_path_factory.mktemp("bench")
+    code = run(["all", "--quick", "--device", "cpu", "--model", str(tiny_artifact), "--dataset", str(imdb_dir),
+                "--out", str(out)])
+    return code, json.loads((out / "bench.json").read_text()), out
+
+
+# --------------------------------------------------------------------------- the quick run
+def test_quick_all_writes_every_report(quick):
+    code, result, out = quick
+    assert code == 0
+    assert set(result) >= {"header", "config", "model", "workload", "parity", "rows", "speedups", "train"}
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "bench.md").read_text()
+    for title in ("## Parity", "## Latency and throughput", "## Speedup of deniro_rt", "## Training loop"):
+        assert title in md
+    assert md.count("\n| deniro_rt |") == sum(r["engine"] == "deniro_rt" for r in result["rows"])
+
+
+def test_torch_model_comes_from_the_manifest(quick, tiny_artifact, tiny_model_dir):
+    model = quick[1]["model"]
+    assert model["artifact"] == str(tiny_artifact) and model["torch_model"] == str(tiny_model_dir)
+    assert model["precisions"] == ["fp32", "int8"]
+
+
+def test_torch_model_fallbacks(tmp_path, tiny_artifact):
+    from deniro_rt.artifact import load_manifest
+
+    manifest = load_manifest(tiny_artifact)
+    assert resolve_torch_model(None, tiny_artifact, manifest) == Path(manifest.raw["source"]["model"])
+    bare = replace(manifest, raw={**manifest.raw, "source": {"model": str(tmp_path / "gone")}})
+    with pytest.raises(DeniroError, match="pass --torch-model"):
+        resolve_torch_model(None, tiny_artifact, bare)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert resolve_torch_model(None, tmp_path, bare) == tmp_path  # the artifact holds the weights itself
+
+
+def test_header_names_hardware_and_versions(quick):
+    header = quick[1]["header"]
+    assert header["device"] == "cpu"
+    assert {"cpu", "physical_cores", "logical_cores", "memory_gib", "gpu", "gpu_driver"} <= set(header["hardware"])
+    assert header["hardware"]["cpu"] and header["hardware"]["logical_cores"] >= 1
+    versions = header["versions"]
+    for package in ("python", "torch", "transformers", "onnxruntime", "optimum"):
+        assert versions[package], package
+
+
+def test_one_row_per_engine_precision_provider_batch_length(quick):
+    rows = quick[1]["rows"]
+    keys = [(r["engine"], r["precision"], r["provider"], r["batch"], r["length"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    seen = {(r["engine"], r["precision"]) for r in rows}
+    assert seen == {(e, "fp32") for e in ENGINES} | {("deniro_rt", "int8")}
+    lengths = [16, 64]
+    for engine, precision in seen:
+        mine = {(r["batch"], r["length"]): r for r in rows if (r["engine"], r["precision"]) == (engine, precision)}
+        batches = {1} if engine == "pytorch-card" else {1, 16}
+        assert set(mine) == {(b, n) for b in batches for n in lengths} | {(1, PROMPT)}, engine
+        for n in lengths + [PROMPT]:
+            assert_latency(mine[(1, n)]["latency"])
+        for b in batches - ({1} if engine != "pytorch-card" else set()):
+            for n in lengths:
+                assert_throughput(mine[(b, n)]["throughput"])
+
+
+def assert_latency(lat):
+    assert lat["samples"] == 8
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+
+
+def assert_throughput(thr):
+    assert thr["sentences"] == 48 and thr["sentences_per_s"] > 0 and math.isfinite(thr["sentences_per_s"])
+
+
+def test_every_engine_predicts_what_pytorch_predicts(quick):
+    """Same workload for every engine: each one's top-1 matches pytorch-batched's (a fast wrong engine fails)."""
+    for row in quick[1]["rows"]:
+        if row["throughput"]:
+            assert row["top1_vs_pytorch"] >= (0.97 if row["precision"] == "int8" else 0.999), row
+
+
+def test_speedups_cover_every_other_engine(quick):
+    result = quick[1]
+    speedups = result["speedups"]
+    assert all(s["speedup"] > 0 and s["deniro_rt"].startswith("deniro_rt/") for s in speedups)
+    latency = {(s["deniro_rt"], s["length"], s["versus"]) for s in speedups if s["metric"] == "latency"}
+    others = {f"{e}/fp32" for e in ENGINES if e != "deniro_rt"}
+    assert latency == {(f"deniro_rt/{p}", n, v) for p in ("fp32", "int8") for n in (16, 64, PROMPT) for v in others}
+    through = {(s["deniro_rt"], s["length"], s["versus"]) for s in speedups if s["metric"] == "throughput"}
+    assert through == {(f"deniro_rt/{p}", n, v) for p in ("fp32", "int8") for n in (16, 64) for v in others}
+
+
+def test_parity_passes_the_export_thresholds(quick):
+    results = {r["precision"]: r for r in quick[1]["parity"]}
+    assert set(results) == {"fp32", "int8"}
+    fp32 = results["fp32"]
+    assert fp32["passed"] and not fp32["failures"]
+    assert fp32["sentences"]["top5_identical"] >= 0.999
+    assert fp32["chunks"]["rel_diff"] <= 1e-4
+    assert fp32["sentences"]["max_abs_logprob_diff"] < 1e-3
+    assert fp32["chunks"]["torch"]["tokens"] == fp32["chunks"]["deniro_rt"]["tokens"] > 0
+    int8 = results["int8"]
+    assert int8["passed"], int8["failures"]
+    assert int8["sentences"]["top1_agreement"] >= 0.97 and int8["chunks"]["rel_diff"] <= 0.03
+
+
+def test_thresholds_are_the_export_validation_ones():
+    assert parity.THRESHOLDS == {
+        "fp32": {"top5_identical": 0.999, "perplexity_rel_diff": 1e-4},
+        "fp16": {"top1_agreement": 0.995, "perplexity_rel_diff": 5e-3},
+        "int8": {"top1_agreement": 0.97, "perplexity_rel_diff": 0.03},
+    }
+
+
+def test_train_rows(quick):
+    (row,) = quick[1]["train"]
+    assert row["shape"] == "tiny" and row["steps"] == 2 and row["batch_size"] == 4
+    assert row["tokens_per_s"] > 0 and row["step_ms_mean"] > 0 and math.isfinite(row["last_loss"])
+
+
+# --------------------------------------------------------------------------- failures
+def test_parity_failure_exits_1(tiny_artifact, tiny_model_dir, imdb_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(parity.THRESHOLDS, "fp32", {"top5_identical": 1.5, "perplexity_rel_diff": -1.0})
+    code = run(bench_args("parity", tiny_artifact, tiny_model_dir, imdb_dir, tmp_path, "--precisions", "fp32"))
+    assert code == 1
+    (result,) = json.loads((tmp_path / "parity.json").read_text())["parity"]
+    assert not result["passed"] and len(result["failures"]) == 2
+    assert "rows" not in json.loads((tmp_path / "parity.json").read_text())
+
+
+def test_check_flags_each_threshold():
+    result = {"chunks": {"rel_diff": 0.02}, "sentences": {"top1_agreement": 0.96, "top5_identical": 1.0}}
+    assert len(parity.check("int8", result)) == 1  # top-1 too low; perplexity within 3 %
+    assert len(parity.check("fp32", result)) == 1  # perplexity off by 2 %
+    result["chunks"]["rel_diff"] = float("nan")
+    assert len(parity.check("fp16", result)) == 2  # a NaN never passes
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "/nonexistent/export"], "model folder not found"),
+    (["--lengths", "512"], "no --lengths fit"),
+    (["--engines", "pytorch,deniro_rt"], "unknown pytorch"),
+    (["--precisions", "fp16"], "has only"),
+])
+def test_bad_input_is_one_error_line(tiny_artifact, tiny_model_dir, imdb_dir, tmp_path, capsys, extra, message):
+    code = run(bench_args("latency", tiny_artifact, tiny_model_dir, imdb_dir, tmp_path) + extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_help_documents_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(BenchConfig):
+        if f.name != "command":
+            assert "--" + f.name.replace("_", "-") in text
+    assert text.count("(default") >= len(fields(BenchConfig)) - 1
+
+
+def test_quick_values_yield_to_explicit_flags():
+    cfg = parse_args(["throughput", "--quick", "--throughput-sentences", "100"])
+    assert cfg.quick and cfg.throughput_sentences == 100 and cfg.latency_samples == 8
+    assert parse_args(["throughput"]).throughput_sentences == 10000
+
+
+# --------------------------------------------------------------------------- pieces
+def test_workload_buckets_are_seeded_and_in_range(tiny_artifact, imdb_texts):
+    tokenizer = load_tokenizer(tiny_artifact)
+    make = lambda seed: build_workload(imdb_texts["test"], tokenizer, [16, 64], 20, seed, "[MASK]",  # noqa: E731
+                                       "This is a great [MASK]!")
+    work = make(0)
+    assert work.prompt == "This is a great [MASK]!" and set(work.buckets) == {16, 64}
+    for n, texts in work.buckets.items():
+        assert len(texts) == 20 and len(set(texts)) == 20
+        for text in texts:
+            assert text.count("[MASK]") == 1 and "<br" not in text
+            assert 3 * n // 4 <= len(tokenizer.encode(text).ids) <= n
+    assert make(0).buckets == work.buckets and make(1).buckets != work.buckets
+
+
+def test_compare_sentences_against_a_known_reference():
+    rng = np.random.default_rng(0)
+    reference = np.log(rng.dirichlet(np.ones(50), size=8)).astype(np.float32)  # [8, 50]
+    ids = np.argsort(-reference, axis=1)[:, :5]
+    logprobs = np.take_along_axis(reference, ids, axis=1).astype(np.float64)
+    assert parity.compare_sentences(reference, ids, logprobs) == {
+        "sentences": 8, "top1_agreement": 1.0, "top5_identical": 1.0, "max_abs_logprob_diff": 0.0}
+    swapped = ids.copy()
+    swapped[0, [3, 4]] = swapped[0, [4, 3]]
+    logprobs[1, 0] += 0.5
+    got = parity.compare_sentences(reference, swapped, logprobs)
+    assert got["top1_agreement"] == 1.0 and got["top5_identical"] == 7 / 8
+    gap = abs(float(reference[0, ids[0, 3]]) - float(reference[0, ids[0, 4]]))
+    assert got["max_abs_logprob_diff"] == pytest.approx(max(0.5, gap))
+
+
+def test_fill_results_one_text_and_many():
+    one = [{"score": 0.5, "token": 7}, {"score": 0.25, "token": 3}]
+    pred = from_fill_results(one, 1, 2)
+    assert isinstance(pred, Prediction) and pred.ids.tolist() == [[7, 3]]
+    assert np.allclose(pred.logprobs, np.log([[0.5, 0.25]]))
+    assert from_fill_results([one, one], 2, 2).ids.shape == (2, 2)
+
+
+def test_speedups_pair_same_length_and_batch():
+    def row(engine, batch, p50=None, sps=None):
+        return {"engine": engine, "precision": "fp32", "provider": "x", "batch": batch, "length": 16,
+                "latency": p50 and {"p50_ms": p50}, "throughput": sps and {"sentences_per_s": sps}}
+
+    rows = [row("pytorch-card", 1, p50=10.0, sps=100.0), row("pytorch-batched", 64, sps=400.0),
+            row("deniro_rt", 1, p50=2.0), row("deniro_rt", 64, sps=800.0)]
+    got = {(s["metric"], s["versus"]): s["speedup"] for s in report.speedups(rows)}
+    assert got == {("latency", "pytorch-card/fp32"): 5.0, ("throughput", "pytorch-card/fp32"): 8.0,
+                   ("throughput", "pytorch-batched/fp32"): 2.0}
