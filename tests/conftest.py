@@ -48,3 +48,14 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
+    """`tiny_model_dir` exported (fast fp32 + int8 graphs and the full graph), validated on IMDB."""
+    from export.config import ExportConfig
+    from export.pipeline import main
+
+    folder = tmp_path_factory.mktemp("tiny_artifact")
+    return main(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(folder), precision=("fp32", "int8"),
+                             full_graph=True, validate=True, dataset=str(imdb_dir)))

@@ -1,0 +1,113 @@
+"""python -m export: write a self-contained ONNX artifact folder that deniro_rt serves without torch.
+
+Writes fast.onnx (encoder + LM head on the [MASK] rows + log-softmax + top-k, fp32) and one fast graph
+per extra --precision (fast_int8.onnx for CPU, fast_fp16.onnx for CUDA), model.onnx (the standard
+Optimum fill-mask graph, unless --no-full-graph), the tokenizer, config.json and deniro.json (the
+manifest: sha256 of every file, fused-op counts, validation results, versions). Every graph is
+validated against PyTorch first; if a threshold fails nothing is written and the exit code is 1.
+
+Examples:
+  python -m export --onnx --model runs/mini --output exports/mini --dataset ../shared/data/imdb
+  python -m export --onnx --model runs/mini --output deniro_rt/models/default --no-full-graph --overwrite
+  python -m export --onnx --model runs/deniro --output exports/deniro-gpu --device cuda   # fp32 + fp16
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from deniro_rt.errors import EXIT_USAGE, DeniroError
+
+from .config import ATTN_IMPLEMENTATIONS, DEFAULT_PRECISIONS, DEVICES, ExportConfig, split_precisions
+
+EXIT_VALIDATION = 1
+HELP = {
+    "onnx": "export to ONNX (the only format; required)",
+    "model": "save_pretrained folder of a DistilBertForMaskedLM (e.g. python -m train's --output) or hub id",
+    "tokenizer": "folder or hub id of the tokenizer (default: --model's)",
+    "output": "artifact folder to write (required, no default); built in a temp folder next to it and "
+              "renamed into place on success",
+    "overwrite": "replace a non-empty --output",
+    "precision": "fast graphs to write, repeatable or comma-separated: fp32 (always written), int8 (CPU), "
+                 "fp16 (CUDA only); default: "
+                 + "; ".join(f"{d}: {','.join(p)}" for d, p in DEFAULT_PRECISIONS.items()),
+    "device": "execution provider the graphs are validated on; cuda needs onnxruntime-gpu",
+    "full_graph": "skip model.onnx (the Optimum-layout graph with logits at every position)",
+    "fuse": "skip ONNX Runtime's fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); without "
+            "this flag the export fails if attention is not fused",
+    "attn_implementation": "transformers attention implementation traced; sdpa is the one whose graph "
+                           "onnxruntime fuses with transformers 4.57",
+    "opset": "ONNX opset",
+    "per_channel": "int8: one scale per weight tensor instead of per output channel",
+    "validate": "skip the comparison with PyTorch",
+    "dataset": "hub dataset id or folder of <split>.parquet files with the validation text (e.g. "
+               "../shared/data/imdb); random token ids are used if it cannot be loaded",
+    "split": "split the validation sentences and chunks come from",
+    "text_column": "column holding the text",
+    "sentences": "IMDB sentences with one word masked (one per review, seeded)",
+    "random_sequences": "random-id sequences with 1-3 masks each",
+    "perplexity_chunks": "chunks masked once (whole-word, seeded) and scored for perplexity",
+    "chunk_size": "tokens per perplexity chunk",
+    "batch_size": "sequences per validation batch",
+    "seed": "seed of the validation sample and masks",
+}
+NEGATED = {"full_graph", "fuse", "validate", "per_channel"}  # default on: the flag is --no-...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = ExportConfig()
+    choices = {"device": list(DEVICES), "attn_implementation": list(ATTN_IMPLEMENTATIONS)}
+    for f in fields(ExportConfig):
+        default = getattr(defaults, f.name)
+        flag = "--" + ("no-" if f.name in NEGATED else "") + f.name.replace("_", "-")
+        if f.name == "precision":
+            parser.add_argument(flag, action="append", metavar="P[,P]", help=HELP[f.name])
+        elif isinstance(default, bool):
+            action = "store_false" if f.name in NEGATED else "store_true"
+            note = f" (default: {f.name.replace('_', ' ')} on)" if f.name in NEGATED else " (default: off)"
+            parser.add_argument(flag, dest=f.name, action=action, default=default, help=HELP[f.name] + note)
+        else:
+            kind = int if isinstance(default, int) else str
+            note = "" if default is None else f" (default: {default})"  # None: the help text says it
+            parser.add_argument(flag, dest=f.name, type=kind, choices=choices.get(f.name), default=default,
+                                help=HELP[f.name] + note)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> ExportConfig:
+    values = vars(build_parser().parse_args(argv))
+    values["precision"] = split_precisions(values["precision"])
+    return ExportConfig(**values)
+
+
+def run(argv: list[str] | None = None) -> int:
+    # Our own progress at INFO; onnxruntime's optimizer and quantizer log every rewrite at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for ours in ("export", "deniro_rt"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    for noisy in ("huggingface_hub", "datasets", "fsspec"):  # offline: one retry warning per attempt
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    config = parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from .pipeline import main
+    from .validate import ValidationFailed
+
+    hf_logging.set_verbosity_error()  # e.g. "weights not initialized": we raise our own error for that
+    try:
+        main(config)
+    except ValidationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_VALIDATION
+    except DeniroError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,108 @@
+"""ExportConfig: every knob of `python -m export`, and the checks that need no model."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from deniro_rt.artifact import FAST_GRAPHS
+from deniro_rt.errors import DeniroError
+
+DEVICES = ("cpu", "cuda")
+DEFAULT_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
+
+
+@dataclass
+class ExportConfig:
+    # what to export
+    onnx: bool = False  # the export format; ONNX is the only one, the flag keeps the CLI explicit
+    model: str = "runs/deniro"  # save_pretrained folder (python -m train's default output) or hub id
+    tokenizer: str | None = None  # folder or hub id; default: --model's tokenizer
+    output: str | None = None  # the artifact folder to write
+    overwrite: bool = False  # replace a non-empty --output
+    # graphs
+    precision: tuple[str, ...] = ()  # fast graphs to write; empty: the --device default
+    device: str = "cpu"  # cpu | cuda: execution provider used to validate (and fp16 needs cuda)
+    full_graph: bool = True  # also write model.onnx (Optimum layout, logits for every position)
+    fuse: bool = True  # ONNX Runtime transformer fusions; refuse to export if attention is not fused
+    attn_implementation: str = "sdpa"  # how transformers builds attention before tracing (see model.py)
+    opset: int = 17
+    per_channel: bool = True  # int8: one scale per output channel of each weight
+    # validation
+    validate: bool = True  # compare every graph against PyTorch; write nothing if a threshold fails
+    dataset: str = "stanfordnlp/imdb"  # hub id or folder of <split>.parquet; random ids if unavailable
+    split: str = "test"
+    text_column: str = "text"
+    sentences: int = 256  # masked IMDB sentences (one masked word each)
+    random_sequences: int = 64  # random-id sequences with 1-3 masks each
+    perplexity_chunks: int = 32  # premasked chunks scored for perplexity
+    chunk_size: int = 128
+    batch_size: int = 16
+    seed: int = 0
+
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions to write, fp32 always first (it is the reference graph)."""
+        chosen = self.precision or DEFAULT_PRECISIONS.get(self.device, ("fp32",))
+        return tuple(dict.fromkeys(("fp32", *chosen)))
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def split_precisions(values: list[str] | None) -> tuple[str, ...]:
+    """`--precision fp32 --precision int8` and `--precision fp32,int8` both give ('fp32', 'int8')."""
+    parts = [p.strip().lower() for v in values or [] for p in v.split(",")]
+    return tuple(dict.fromkeys(p for p in parts if p))
+
+
+def check_config(config: ExportConfig) -> Path:
+    """Everything that can be refused before loading a model; returns the output folder."""
+    if not config.onnx:
+        raise DeniroError("nothing to export: pass --onnx (ONNX is the only export format)")
+    if not config.output:
+        raise DeniroError("pass --output DIR: the artifact folder to write")
+    if config.device not in DEVICES:
+        raise DeniroError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    unknown = [p for p in config.precisions() if p not in FAST_GRAPHS]
+    if unknown:
+        raise DeniroError(f"unknown --precision {', '.join(unknown)}; choose from {', '.join(FAST_GRAPHS)}")
+    if "fp16" in config.precisions() and config.device != "cuda":
+        raise DeniroError("--precision fp16 needs --device cuda (onnxruntime runs fp16 graphs on CUDA "
+                          "only); on CPU use --precision fp32,int8")
+    if config.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise DeniroError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if config.batch_size < 1:
+        raise DeniroError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if min(config.sentences, config.random_sequences, config.perplexity_chunks) < 0:
+        raise DeniroError("--sentences, --random-sequences and --perplexity-chunks must not be negative")
+    if config.chunk_size < 2:
+        raise DeniroError(f"--chunk-size must be at least 2, got {config.chunk_size}")
+    return check_output(config)
+
+
+def check_output(config: ExportConfig) -> Path:
+    out = Path(config.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        raise DeniroError(f"--output {out} is not empty; pass --overwrite to replace it, or another --output")
+    return out
+
+
+def resolve_providers(device: str) -> list[str]:
+    """The onnxruntime execution providers for --device, resolved once; a clear error if missing."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise DeniroError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider (available: "
+                          f"{', '.join(available)}); on a CUDA machine run: {GPU_INSTALL}")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]

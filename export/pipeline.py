@@ -1,0 +1,154 @@
+"""`python -m export --onnx`: trace, optimise, quantize, validate and write a deniro_rt artifact folder.
+
+Everything is written to a temporary folder next to --output and renamed into place only after
+validation passed, so a failed export never leaves a half-written or wrong artifact behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from deniro_rt.artifact import FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, sha256_file
+
+from .config import ExportConfig, check_config, resolve_providers
+from .graphs import export_fast, export_full
+from .model import Source, load_source
+from .optimize import Arch, build_graph
+from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, build_validation_set, failures,
+                       load_texts, validate)
+
+log = logging.getLogger(__name__)
+RAW = ".raw"  # traced, unoptimised graphs; removed before the folder is published
+VERSIONED = ("torch", "transformers", "onnxruntime", "onnx", "optimum", "optimum-onnx", "numpy", "tokenizers")
+
+
+def precision_providers(config: ExportConfig) -> dict[str, list[str]]:
+    """onnxruntime providers per precision, --device resolved once (errors before any work)."""
+    device = resolve_providers(config.device)
+    # Dynamically quantized ops (MatMulInteger, DynamicQuantizeLinear) have CPU kernels only.
+    return {p: ["CPUExecutionProvider"] if p == "int8" else device for p in config.precisions()}
+
+
+def validation_set(config: ExportConfig, source: Source) -> ValidationSet:
+    texts, origin = load_texts(config.dataset, config.split, config.text_column)
+    cfg = source.model.config
+    return build_validation_set(source.tokenizer, cfg.vocab_size, cfg.max_position_embeddings, texts, origin,
+                                sentences=config.sentences, random_sequences=config.random_sequences,
+                                perplexity_chunks=config.perplexity_chunks, chunk_size=config.chunk_size,
+                                batch_size=config.batch_size, seed=config.seed)
+
+
+def main(config: ExportConfig) -> Path:
+    """Export `config.model` to the artifact folder `config.output`; returns the folder."""
+    started = time.perf_counter()
+    out = check_config(config)
+    providers = precision_providers(config)
+    log.info("loading %s", config.model)
+    source = load_source(config.model, config.tokenizer, config.attn_implementation)
+    data = validation_set(config, source) if config.validate else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    stage.chmod(0o755)  # mkdtemp's 0700 would follow the folder when it is renamed into place
+    try:
+        build_artifact(config, source, data, providers, stage, started)
+        publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report(out, time.perf_counter() - started)
+    return out
+
+
+def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | None,
+                   providers: dict[str, list[str]], stage: Path, started: float) -> None:
+    fused = write_graphs(config, source, stage)
+    validation = {}
+    if data is not None:
+        full = stage / FULL_GRAPH if config.full_graph else None
+        graphs = {p: stage / FAST_GRAPHS[p] for p in config.precisions()}
+        validating = time.perf_counter()
+        validation = validate(source.model, graphs, data, providers, full)
+        log.info("validated in %.1f s", time.perf_counter() - validating)
+        failed = failures(validation)
+        if failed:
+            raise ValidationFailed(f"validation failed, nothing written to {config.output}: " + " | ".join(failed))
+    source.tokenizer.save_pretrained(str(stage))
+    source.model.config.save_pretrained(str(stage))  # config.json: Optimum loads model.onnx with it
+    manifest = build_manifest(config, source, fused, validation, stage)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str, dict[str, int]]:
+    """Trace once per graph kind, then build each precision from the traced fp32 graph."""
+    raw = stage / RAW
+    raw.mkdir()
+    arch = Arch.of(source.model.config)
+    started = time.perf_counter()
+    export_fast(source.model, raw / FAST_GRAPHS["fp32"], config.opset)
+    log.info("traced the fast graph in %.1f s", time.perf_counter() - started)
+    fused = {p: build_graph(p, raw / FAST_GRAPHS["fp32"], stage / FAST_GRAPHS[p], arch, config.fuse,
+                            config.per_channel) for p in config.precisions()}
+    if config.full_graph:
+        export_full(source.model, raw / FULL_GRAPH, config.opset)
+        fused[FULL_GRAPH_KEY] = build_graph("fp32", raw / FULL_GRAPH, stage / FULL_GRAPH, arch, config.fuse,
+                                            config.per_channel)
+    shutil.rmtree(raw)
+    return fused
+
+
+def build_manifest(config: ExportConfig, source: Source, fused: dict, validation: dict, stage: Path) -> dict:
+    """deniro.json: the keys deniro_rt.artifact documents (plus sizes and export time)."""
+    tok, cfg = source.tokenizer, source.model.config
+    files = sorted(p for p in stage.iterdir() if p.is_file() and p.name != MANIFEST)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (cfg.pad_token_id or 0)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "graphs": {p: FAST_GRAPHS[p] for p in config.precisions()},
+        "full_graph": FULL_GRAPH if config.full_graph else None,
+        "files": {p.name: sha256_file(p) for p in files},
+        "sizes": {p.name: p.stat().st_size for p in files},
+        "vocab_size": cfg.vocab_size, "max_positions": cfg.max_position_embeddings,
+        "mask_token": tok.mask_token, "mask_token_id": tok.mask_token_id, "pad_token_id": pad_id,
+        "top_k_max": None, "opset": config.opset,
+        "fused_ops": fused, "validation": validation,
+        "source": {"model": config.model, "sha256": source.sha256, "weights": source.weights},
+        "export_config": config.to_json(),
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Rename the finished folder into place; an old --output (--overwrite) goes only after that."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def report(out: Path, seconds: float) -> None:
+    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    total = sum(sizes.values())
+    log.info("exported %s in %.1f s, %.1f MB:", out, seconds, total / 1e6)
+    for name, size in sizes.items():
+        log.info("  %-24s %9.2f MB", name, size / 1e6)

@@ -1,0 +1,390 @@
+"""python -m export: graphs equal PyTorch, the artifact matches the deniro_rt contract, bad input is refused."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from deniro_rt.artifact import (FAST_GRAPHS, FAST_INPUTS, FAST_OUTPUTS, FORMAT, FORMAT_VERSION, FULL_GRAPH,
+                                MANIFEST, load_manifest, sha256_file, verify_file)
+from deniro_rt.errors import ArtifactError, EXIT_USAGE
+from export import optimize, validate
+from export.__main__ import EXIT_VALIDATION, build_parser, run
+from export.config import ExportConfig, split_precisions
+
+CPU = ["CPUExecutionProvider"]
+SMALL_VALIDATION = ["--sentences", "24", "--random-sequences", "8", "--perplexity-chunks", "4"]
+MANIFEST_KEYS = {"format", "format_version", "graphs", "full_graph", "files", "vocab_size", "max_positions",
+                 "mask_token", "mask_token_id", "pad_token_id", "top_k_max", "opset", "fused_ops",
+                 "validation", "source", "export_config", "versions"}
+
+
+# --------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+SENTENCES = ["This movie was [MASK] and the acting was great.",
+             "I [MASK] it.",
+             "The plot made no sense at all, but the [MASK] was beautiful and the music [MASK] too."]
+
+
+def padded_batch(tokenizer):
+    """Three sentences of different lengths (so two rows are padded) and their [MASK] positions."""
+    enc = tokenizer(SENTENCES, padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)  # [batch, seq]
+    mask_index = np.flatnonzero(ids.ravel() == tokenizer.mask_token_id).astype(np.int64)  # [n]
+    assert mask.min() == 0 and len(mask_index) == 4
+    return ids, mask, mask_index
+
+
+def torch_mask_logprobs(model, ids, mask, mask_index) -> torch.Tensor:
+    """transformers' own forward, log-softmax at the mask rows: [n, vocab]."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+    return torch.log_softmax(logits.reshape(-1, logits.shape[-1])[torch.from_numpy(mask_index)], dim=-1)
+
+
+def run_fast(path: Path, ids, mask, mask_index, target_ids, k: int):
+    session = ort.InferenceSession(str(path), providers=CPU)
+    return session.run(list(FAST_OUTPUTS), {"input_ids": ids, "attention_mask": mask, "mask_index": mask_index,
+                                            "target_ids": target_ids, "top_k": np.array([k], np.int64)})
+
+
+def cli(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """run(argv) -> (exit code, stderr lines)."""
+    code = run(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_error(lines: list[str], *needles: str) -> None:
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+# --------------------------------------------------------------------------- graphs vs PyTorch
+def test_full_graph_logits_equal_transformers(tiny_artifact, tiny):
+    model, tokenizer = tiny
+    ids, mask, _ = padded_batch(tokenizer)
+    session = ort.InferenceSession(str(tiny_artifact / FULL_GRAPH), providers=CPU)
+    logits = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]  # [batch, seq, vocab]
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    valid = mask.astype(bool)  # padded positions are not defined outputs
+    assert logits.shape == expected.shape
+    np.testing.assert_allclose(logits[valid], expected[valid], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_fast_graph_topk_equals_torch_topk(tiny_artifact, tiny, k):
+    model, tokenizer = tiny
+    ids, mask, mask_index = padded_batch(tokenizer)
+    target_ids = np.zeros((len(mask_index), 1), np.int64)
+    topk_logprobs, topk_ids, _ = run_fast(tiny_artifact / FAST_GRAPHS["fp32"], ids, mask, mask_index, target_ids, k)
+    expected = torch.topk(torch_mask_logprobs(model, ids, mask, mask_index), k, dim=-1)
+    assert topk_ids.shape == (len(mask_index), k)  # k is a runtime input, not baked in at trace time
+    np.testing.assert_array_equal(topk_ids, expected.indices.numpy())
+    np.testing.assert_allclose(topk_logprobs, expected.values.numpy(), atol=1e-4, rtol=0)
+
+
+def test_fast_graph_target_logprobs_equal_torch(tiny_artifact, tiny):
+    model, tokenizer = tiny
+    ids, mask, mask_index = padded_batch(tokenizer)
+    vocab = model.config.vocab_size
+    target_ids = np.random.default_rng(0).integers(0, vocab, size=(len(mask_index), 6)).astype(np.int64)
+    _, _, target_logprobs = run_fast(tiny_artifact / FAST_GRAPHS["fp32"], ids, mask, mask_index, target_ids, 5)
+    expected = torch_mask_logprobs(model, ids, mask, mask_index).gather(1, torch.from_numpy(target_ids))
+    assert target_logprobs.shape == target_ids.shape
+    np.testing.assert_allclose(target_logprobs, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_int8_graph_is_quantized_and_agrees_at_top1(tiny_artifact, tiny):
+    model, tokenizer = tiny
+    ids, mask, mask_index = padded_batch(tokenizer)
+    ops = {n.op_type for n in onnx.load(str(tiny_artifact / FAST_GRAPHS["int8"])).graph.node}
+    assert {"QAttention", "MatMulInteger"} <= ops
+    _, topk_ids, _ = run_fast(tiny_artifact / FAST_GRAPHS["int8"], ids, mask, mask_index,
+                              np.zeros((len(mask_index), 1), np.int64), 1)
+    expected = torch_mask_logprobs(model, ids, mask, mask_index).argmax(-1).numpy()
+    np.testing.assert_array_equal(topk_ids[:, 0], expected)
+
+
+def test_optimum_loads_full_graph(tiny_artifact, tiny):
+    from optimum.onnxruntime import ORTModelForMaskedLM
+
+    model, tokenizer = tiny
+    ids, mask, _ = padded_batch(tokenizer)
+    ort_model = ORTModelForMaskedLM.from_pretrained(tiny_artifact, file_name=FULL_GRAPH)
+    with torch.no_grad():
+        got = ort_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+        expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+    valid = torch.from_numpy(mask).bool()
+    torch.testing.assert_close(torch.as_tensor(got)[valid], expected[valid], atol=1e-4, rtol=0)
+
+
+def test_fast_graph_keeps_the_contract_and_never_builds_a_vocab_per_position_tensor(tiny_artifact):
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    vocab = load_manifest(tiny_artifact).vocab_size
+    for precision, name in FAST_GRAPHS.items():
+        if not (tiny_artifact / name).exists():
+            continue
+        graph = onnx.load(str(tiny_artifact / name)).graph
+        assert [i.name for i in graph.input] == list(FAST_INPUTS)
+        assert [o.name for o in graph.output] == list(FAST_OUTPUTS)
+        assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in graph.input)
+        assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64,
+                                                                        onnx.TensorProto.FLOAT]
+        dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+        assert dims == {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"], "mask_index": ["n"],
+                        "target_ids": ["n", "t"], "top_k": [1]}
+
+    def vocab_tensors(path: Path) -> list[list]:
+        inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=True)
+        shapes = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+                  for v in [*inferred.graph.value_info, *inferred.graph.output]]
+        return [s for s in shapes if len(s) >= 3 and s[-1] == vocab]
+
+    assert vocab_tensors(tiny_artifact / FULL_GRAPH)  # the check sees [batch, seq, vocab] where it exists
+    assert vocab_tensors(tiny_artifact / FAST_GRAPHS["fp32"]) == []
+
+
+def test_fast_wrapper_equals_transformers_forward(tiny):
+    """The traced module itself (before ONNX) computes what transformers computes."""
+    from export.model import FastFillMask
+
+    model, tokenizer = tiny
+    ids, mask, mask_index = padded_batch(tokenizer)
+    target = torch.tensor([[1, 2]] * len(mask_index))
+    with torch.no_grad():
+        values, indices, target_lp = FastFillMask(model)(torch.from_numpy(ids), torch.from_numpy(mask),
+                                                         torch.from_numpy(mask_index), target, torch.tensor([4]))
+    expected = torch_mask_logprobs(model, ids, mask, mask_index)
+    torch.testing.assert_close(values, torch.topk(expected, 4).values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(target_lp, expected.gather(1, target), atol=1e-5, rtol=0)
+
+
+def test_fp16_graph_keeps_fp32_io_and_agrees(tmp_path, tiny_model_dir, imdb_dir):
+    """fp16 cannot be exported on CPU (CUDA only), but its builder can be checked here: onnxruntime's
+    CPU provider runs the fp16 graph, slowly."""
+    from export.graphs import export_fast
+    from export.model import load_source
+
+    source = load_source(str(tiny_model_dir), None, "sdpa")
+    export_fast(source.model, tmp_path / "raw.onnx", 17)
+    counts = optimize.build_graph("fp16", tmp_path / "raw.onnx", tmp_path / "fp16.onnx",
+                                  optimize.Arch.of(source.model.config), True, True)
+    assert counts["Attention"] == source.model.config.n_layers
+    proto = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert {o.type.tensor_type.elem_type for o in proto.graph.output} == {onnx.TensorProto.FLOAT,
+                                                                          onnx.TensorProto.INT64}
+    assert {i.data_type for i in proto.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
+    texts, origin = validate.load_texts(str(imdb_dir), "test", "text")
+    cfg = source.model.config
+    data = validate.build_validation_set(source.tokenizer, cfg.vocab_size, cfg.max_position_embeddings, texts,
+                                         origin, sentences=64, random_sequences=16, perplexity_chunks=4)
+    metrics = validate.score_fast_graph(validate.session_for(tmp_path / "fp16.onnx", CPU), data,
+                                        validate.torch_reference(source.model, data))
+    assert validate.check(metrics, validate.THRESHOLDS["fp16"]) == [], metrics
+
+
+# --------------------------------------------------------------------------- the artifact folder
+def test_manifest_describes_the_folder(tiny_artifact, tiny_model_dir):
+    manifest = load_manifest(tiny_artifact)
+    raw = manifest.raw
+    assert MANIFEST_KEYS <= set(raw)
+    assert raw["format"] == FORMAT and raw["format_version"] == FORMAT_VERSION
+    assert manifest.graphs == {"fp32": FAST_GRAPHS["fp32"], "int8": FAST_GRAPHS["int8"]}
+    assert raw["full_graph"] == FULL_GRAPH
+    on_disk = {p.name for p in tiny_artifact.iterdir()} - {MANIFEST}
+    assert set(manifest.files) == on_disk
+    assert {"tokenizer.json", "config.json", FULL_GRAPH} <= on_disk
+    for name in manifest.files:
+        verify_file(manifest, name)
+    assert manifest.vocab_size == json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    assert (manifest.mask_token, manifest.max_positions) == ("[MASK]", 128)
+    assert raw["source"]["sha256"] == sha256_file(tiny_model_dir / "model.safetensors")
+    assert raw["export_config"]["model"] == str(tiny_model_dir)
+    assert raw["opset"] == 17
+    n_layers = 2
+    assert raw["fused_ops"]["fp32"]["Attention"] == n_layers
+    assert raw["fused_ops"]["fp32"]["SkipLayerNormalization"] == 2 * n_layers
+    assert raw["fused_ops"]["fp32"]["EmbedLayerNormalization"] == 1
+    assert raw["fused_ops"]["int8"]["QAttention"] == n_layers
+    assert {"fp32", "int8", "full_graph"} == set(raw["validation"])
+    assert all(v["passed"] for v in raw["validation"].values())
+    assert raw["validation"]["fp32"]["metrics"]["top5_identical"] >= 0.999
+    assert {"torch", "transformers", "onnxruntime", "onnx"} <= {k for k, v in raw["versions"].items() if v}
+
+
+def copy_artifact(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_graph_is_refused(tiny_artifact, tmp_path):
+    folder = copy_artifact(tiny_artifact, tmp_path / "art")
+    path = folder / FAST_GRAPHS["fp32"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    manifest = load_manifest(folder)
+    verify_file(manifest, FAST_GRAPHS["int8"])  # untouched files still pass
+    with pytest.raises(ArtifactError, match="corrupted"):
+        verify_file(manifest, FAST_GRAPHS["fp32"])
+
+
+def test_mismatched_manifest_is_refused(tiny_artifact, tmp_path):
+    folder = copy_artifact(tiny_artifact, tmp_path / "art")
+    raw = json.loads((folder / MANIFEST).read_text())
+
+    def rewrite(**changes) -> None:
+        (folder / MANIFEST).write_text(json.dumps({**raw, **changes}))
+
+    rewrite(format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ArtifactError, match="format_version"):
+        load_manifest(folder)
+    rewrite(files={**raw["files"], "tokenizer.json": "0" * 64})
+    with pytest.raises(ArtifactError, match="corrupted"):
+        verify_file(load_manifest(folder), "tokenizer.json")
+    rewrite(files={k: v for k, v in raw["files"].items() if k != FAST_GRAPHS["fp32"]})
+    with pytest.raises(ArtifactError, match="not listed"):
+        verify_file(load_manifest(folder), FAST_GRAPHS["fp32"])
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_failed_validation_leaves_no_output(tiny_model_dir, imdb_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(validate.THRESHOLDS["fp32"], "top5_identical", (">=", 1.01))  # impossible
+    out = tmp_path / "out"
+    code, lines = cli(["--onnx", "--model", str(tiny_model_dir), "--output", str(out), "--precision", "fp32",
+                       "--no-full-graph", "--dataset", str(imdb_dir), *SMALL_VALIDATION], capsys)
+    assert code == EXIT_VALIDATION
+    assert_one_error(lines, "validation failed", "top5_identical 1 (needs >= 1.01)")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the temp folder is left behind
+
+
+def test_unfused_attention_fails_loudly_unless_no_fuse(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    real = optimize.fusion_options
+
+    def no_attention(embed_layer_norm=True):
+        options = real(embed_layer_norm)
+        options.enable_attention = False
+        return options
+
+    monkeypatch.setattr(optimize, "fusion_options", no_attention)
+    base = ["--onnx", "--model", str(tiny_model_dir), "--precision", "fp32", "--no-full-graph", "--no-validate"]
+    code, lines = cli([*base, "--output", str(tmp_path / "fused")], capsys)
+    assert code == EXIT_USAGE
+    assert_one_error(lines, "fused 0 of 2 attention layers", "--no-fuse")
+    assert not (tmp_path / "fused").exists()
+    code, _ = cli([*base, "--output", str(tmp_path / "unfused"), "--no-fuse"], capsys)
+    assert code == 0
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "unfused" / FAST_GRAPHS["fp32"])).graph.node}
+    assert "Attention" not in ops and "Softmax" in ops
+
+
+def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old export")
+    argv = ["--onnx", "--model", str(tiny_model_dir), "--output", str(out), "--precision", "fp32,int8",
+            "--no-full-graph", "--dataset", str(tmp_path / "no-such-dataset"), *SMALL_VALIDATION]
+    code, lines = cli(argv, capsys)
+    assert code == EXIT_USAGE
+    assert_one_error(lines, "not empty", "--overwrite")
+    assert (out / "stale.txt").exists()
+    with caplog.at_level("WARNING"):
+        assert run([*argv, "--overwrite"]) == 0
+    assert "falling back to random token ids" in caplog.text
+    assert not (out / "stale.txt").exists()
+    raw = load_manifest(out).raw
+    assert raw["full_graph"] is None and not (out / FULL_GRAPH).exists()
+    assert raw["validation"]["int8"]["passed"] and raw["validation"]["int8"]["source"].startswith("random ids")
+
+
+def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    no_head = tmp_path / "no_head"
+    DistilBertModel(DistilBertConfig.from_pretrained(tiny_model_dir)).save_pretrained(no_head)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tiny_model_dir / name, no_head / name)
+    cases = [(str(tmp_path / "missing"), "folder not found"), (str(no_head), "has no masked-LM head")]
+    for model, needle in cases:
+        out = tmp_path / "out"
+        code, lines = cli(["--onnx", "--model", model, "--output", str(out), "--no-validate"], capsys)
+        assert code == EXIT_USAGE
+        assert_one_error(lines, needle)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--onnx", "--output", "{out}", "--precision", "fp16", "--device", "cpu"], "--precision fp16 needs --device cuda"),
+    (["--onnx", "--output", "{out}", "--precision", "fp32,bf16"], "unknown --precision bf16"),
+    (["--output", "{out}"], "pass --onnx"),
+    (["--onnx"], "pass --output"),
+])
+def test_bad_options_are_refused(argv, needle, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, lines = cli(["--model", str(tiny_model_dir), *(a.format(out=out) for a in argv)], capsys)
+    assert code == EXIT_USAGE
+    assert_one_error(lines, needle)
+    assert not out.exists()
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available")
+def test_cuda_without_cuda_provider_names_the_gpu_extra(tiny_model_dir, tmp_path, capsys):
+    code, lines = cli(["--onnx", "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"),
+                       "--device", "cuda"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_error(lines, "CUDAExecutionProvider", 'pip install "deniro[gpu]"', "CPUExecutionProvider")
+
+
+def test_help_gives_every_option_and_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        if action.dest == "help":
+            continue
+        assert action.option_strings[0] in text
+        assert "default" in action.help, action.option_strings
+
+
+def test_precisions_parse_and_default_per_device():
+    assert split_precisions(["fp32,int8", "INT8", " fp16 "]) == ("fp32", "int8", "fp16")
+    assert ExportConfig(precision=("int8",)).precisions() == ("fp32", "int8")  # fp32 is always written
+    assert ExportConfig().precisions() == ("fp32", "int8")
+    assert ExportConfig(device="cuda").precisions() == ("fp32", "fp16")
+
+
+def test_compare_topk_counts_agreement_and_forgives_only_near_ties():
+    ref = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    got = np.array([[1, 2, 3], [4, 6, 5], [9, 8, 7]])
+    assert validate.compare_topk(ref, got, k=3) == {"top1_agreement": 2 / 3, "top3_identical": 1 / 3,
+                                                    "top3_overlap": 1.0}
+    scores = np.zeros((3, 10))
+    scores[1, [5, 6]] = 1.0  # 5 and 6 tie in row 1: swapping them is not a disagreement
+    scores[2, [7, 9]] = [2.0, 1.0]  # row 2's swap of 7 and 9 is real
+    tied = validate.compare_topk(ref, got, k=3, ref_scores=scores, tie_tol=1e-6)
+    assert tied["top3_identical"] == 2 / 3 and tied["top1_agreement"] == 2 / 3
+
+
+def test_check_reports_failed_thresholds():
+    thresholds = {"top1_agreement": (">=", 0.97), "perplexity_rel_diff": ("<=", 0.03)}
+    assert validate.check({"top1_agreement": 0.99, "perplexity_rel_diff": None}, thresholds) == []
+    failed = validate.check({"top1_agreement": 0.9, "perplexity_rel_diff": float("nan")}, thresholds)
+    assert len(failed) == 2 and failed[0].startswith("top1_agreement 0.9 ")
