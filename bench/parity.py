@@ -18,17 +18,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from deniro_rt.data import IGNORE_INDEX, MaskedBatch, chunk_texts, perplexity, premask
+from export.validate import THRESHOLDS as EXPORT_THRESHOLDS
 
 from .engines import Context, DeniroRt, mask_logprobs
 
 log = logging.getLogger(__name__)
 
-# The export validation thresholds: {precision: {metric: bound}} (top*: at least, rel diff: at most).
-THRESHOLDS = {
-    "fp32": {"top5_identical": 0.999, "perplexity_rel_diff": 1e-4},
-    "fp16": {"top1_agreement": 0.995, "perplexity_rel_diff": 5e-3},
-    "int8": {"top1_agreement": 0.97, "perplexity_rel_diff": 0.03},
-}
+PARITY_METRICS = ("top5_identical", "top1_agreement", "perplexity_rel_diff")
+# export validation's thresholds, the one source: {precision: {metric: bound}} (top*: at least, rel diff: at most).
+THRESHOLDS = {precision: {m: bound for m, (_, bound) in rules.items() if m in PARITY_METRICS}
+              for precision, rules in EXPORT_THRESHOLDS.items() if precision in ("fp32", "fp16", "int8")}
 
 
 @dataclass(frozen=True)

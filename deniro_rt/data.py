@@ -165,43 +165,56 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def load_text_splits(source: str, splits: Iterable[str], text_column: str = "text") -> dict[str, list[str]]:
     """Texts of each split, from a local folder of `<split>.parquet` files or a hub dataset id.
 
-    Uses the `datasets` library (installed by the train/export/bench extras, not by the runtime).
+    Uses the `datasets` library (the train/export/bench extras install it); a local folder is read
+    with pyarrow alone where `datasets` is missing (e.g. on a GPU box that only has the runtime).
     """
     splits = list(splits)
-    try:
-        from datasets import disable_progress_bars, load_dataset
-    except ImportError as exc:  # pragma: no cover - the runtime-only install
-        raise DeniroError("loading datasets needs the 'datasets' package: pip install 'deniro[train]'") from exc
-    disable_progress_bars()  # split generation of local parquet is instant; bars would bury error lines
     path = Path(source).expanduser()
     if path.exists():
-        ds = _load_parquet_dir(load_dataset, path, splits)
+        tables = _load_parquet_dir(path, splits)
     elif looks_like_path(source):
         raise DeniroError(f"dataset folder not found: {source} (pass --dataset with a folder of "
                           f"<split>.parquet files, e.g. ../shared/data/imdb)")
     else:
-        ds = _load_hub(load_dataset, source, splits)
+        tables = _load_hub(source, splits)
     for split in splits:
-        if text_column not in ds[split].column_names:
+        if text_column not in tables[split].column_names:
             raise DeniroError(f"dataset {source!r} split {split!r} has no {text_column!r} column "
-                              f"(columns: {ds[split].column_names}); pass --text-column")
-    return {split: list(ds[split][text_column]) for split in splits}
+                              f"(columns: {tables[split].column_names}); pass --text-column")
+    return {split: _column(tables[split], text_column) for split in splits}
 
 
 def looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
 
 
-def _load_parquet_dir(load_dataset, path: Path, splits: list[str]):
+def _column(table, name: str) -> list[str]:
+    """A column of a datasets.Dataset or a pyarrow.Table as a list."""
+    return table.column(name).to_pylist() if hasattr(table, "to_batches") else list(table[name])
+
+
+def _load_parquet_dir(path: Path, splits: list[str]):
     missing = [s for s in splits if not (path / f"{s}.parquet").is_file()]
     if missing:
         raise DeniroError(f"dataset folder {path} has no {', '.join(s + '.parquet' for s in missing)} "
                           f"(it needs one parquet file per split: {', '.join(splits)})")
     files = {s: str(path / f"{s}.parquet") for s in splits}
+    try:
+        from datasets import disable_progress_bars, load_dataset
+    except ImportError:
+        import pyarrow.parquet as pq
+
+        return {s: pq.read_table(f) for s, f in files.items()}
+    disable_progress_bars()  # split generation of local parquet is instant; bars would bury error lines
     return load_dataset("parquet", data_files=files)
 
 
-def _load_hub(load_dataset, dataset_id: str, splits: list[str]):
+def _load_hub(dataset_id: str, splits: list[str]):
+    try:
+        from datasets import load_dataset
+    except ImportError as exc:
+        raise DeniroError(f"loading {dataset_id!r} from the hub needs the 'datasets' package: "
+                          f"pip install 'deniro[train]', or pass a local folder of .parquet files") from exc
     try:
         return load_dataset(dataset_id, split=None)
     except Exception as exc:  # the hub is unreachable or the id is unknown

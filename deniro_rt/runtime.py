@@ -230,7 +230,7 @@ def check_top_k(top_k) -> int:
 
 
 def fit_window(ids: np.ndarray, max_len: int, mask_id: int, truncation: bool, index: int):
-    """Keep [CLS] + a window of the text centred on its masks + [SEP]; returns (ids, lost mask numbers)."""
+    """Keep [CLS] + a window of the text around its masks + [SEP]; returns (ids, lost mask numbers)."""
     if len(ids) <= max_len:
         return ids, []
     if not truncation:
@@ -238,13 +238,23 @@ def fit_window(ids: np.ndarray, max_len: int, mask_id: int, truncation: bool, in
                           f"{max_len}; shorten it, or pass truncation=True to keep a window around the masks")
     inner, budget = ids[1:-1], max_len - 2
     masks = np.flatnonzero(inner == mask_id)  # [n_masks]
-    centre = (masks[0] + masks[-1]) // 2
-    start = int(np.clip(centre - budget // 2, 0, len(inner) - budget))
+    start = window_start(masks, budget, len(inner))
     lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]
     if lost:
         warnings.warn(f"text {index}: masks {lost} (0-based) lie outside the {max_len}-token window "
                       f"kept by truncation; their predictions are empty lists", stacklevel=4)
     return np.concatenate([ids[:1], inner[start:start + budget], ids[-1:]]), lost
+
+
+def window_start(masks: np.ndarray, budget: int, length: int) -> int:
+    """Start of the `budget`-token window that keeps the most masks, with context on both sides."""
+    if masks[-1] - masks[0] < budget:  # all masks fit: centre the window on them
+        start = (masks[0] + masks[-1]) // 2 - budget // 2
+    else:  # keep the most masks, leaving an eighth of the window as left context
+        starts = masks - budget // 8
+        covered = np.searchsorted(masks, starts + budget) - np.searchsorted(masks, starts)
+        start = starts[int(np.argmax(covered))]
+    return int(np.clip(start, 0, length - budget))
 
 
 def restore_dropped(per_mask: list, lost: list[int]) -> list:

@@ -37,8 +37,8 @@ HELP = {
     "full_graph": "skip model.onnx (the Optimum-layout graph with logits at every position)",
     "fuse": "skip ONNX Runtime's fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); without "
             "this flag the export fails if attention is not fused",
-    "attn_implementation": "transformers attention implementation traced; sdpa is the one whose graph "
-                           "onnxruntime fuses with transformers 4.57",
+    "attn_implementation": "transformers attention implementation traced; auto picks the one whose graph "
+                           "onnxruntime fuses: sdpa with transformers 4.x, eager with 5.x",
     "opset": "ONNX opset",
     "per_channel": "int8: one scale per weight tensor instead of per output channel",
     "validate": "skip the comparison with PyTorch",

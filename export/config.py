@@ -10,7 +10,7 @@ from deniro_rt.errors import DeniroError
 
 DEVICES = ("cpu", "cuda")
 DEFAULT_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
 GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
 
@@ -27,7 +27,7 @@ class ExportConfig:
     device: str = "cpu"  # cpu | cuda: execution provider used to validate (and fp16 needs cuda)
     full_graph: bool = True  # also write model.onnx (Optimum layout, logits for every position)
     fuse: bool = True  # ONNX Runtime transformer fusions; refuse to export if attention is not fused
-    attn_implementation: str = "sdpa"  # how transformers builds attention before tracing (see model.py)
+    attn_implementation: str = "auto"  # how transformers builds attention before tracing (see model.py)
     opset: int = 17
     per_channel: bool = True  # int8: one scale per output channel of each weight
     # validation

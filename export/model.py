@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from deniro_rt.artifact import sha256_file
+from deniro_rt.data import looks_like_path
 from deniro_rt.errors import DeniroError
 from train.model import MaskedOnlyMLM
 
@@ -29,7 +30,7 @@ class Source:
 
 
 def load_source(name: str, tokenizer_name: str | None, attn_implementation: str) -> Source:
-    model = load_mlm(name, attn_implementation)
+    model = load_mlm(name, resolve_attn_implementation(attn_implementation))
     tokenizer = load_fast_tokenizer(tokenizer_name or name)
     if tokenizer.mask_token_id >= model.config.vocab_size or len(tokenizer) > model.config.vocab_size:
         raise DeniroError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
@@ -39,7 +40,20 @@ def load_source(name: str, tokenizer_name: str | None, attn_implementation: str)
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).exists()
+    return looks_like_path(name) or Path(name).exists()
+
+
+def resolve_attn_implementation(requested: str) -> str:
+    """auto: the attention whose traced graph ONNX Runtime fuses with the installed transformers.
+
+    With transformers 4.57 only the sdpa graph fuses (ORT's DistilBERT pattern rejects the eager
+    graph's mask fill); with transformers 5.x the sdpa graph fuses nothing and eager fuses fully.
+    """
+    if requested != "auto":
+        return requested
+    import transformers
+
+    return "sdpa" if int(transformers.__version__.split(".")[0]) < 5 else "eager"
 
 
 def load_mlm(name: str, attn_implementation: str) -> nn.Module:

@@ -72,7 +72,7 @@ def require_attention(counts: dict[str, int], arch: Arch, label: str) -> None:
     found = sum(counts.get(op, 0) for op in ATTENTION_OPS)
     if found != arch.n_layers:
         raise DeniroError(f"{label}: onnxruntime fused {found} of {arch.n_layers} attention layers (ops: "
-                          f"{counts}); export with --attn-implementation sdpa, or pass --no-fuse to accept "
+                          f"{counts}); try the other --attn-implementation (sdpa or eager), or pass --no-fuse to accept "
                           f"unfused graphs")
 
 

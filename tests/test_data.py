@@ -105,3 +105,22 @@ def test_sentence_workload_helpers():
     masked, word = mask_one_word("The cast was superb!", np.random.default_rng(3))
     assert masked.count("[MASK]") == 1 and masked.replace("[MASK]", word) == "The cast was superb!"
     assert mask_one_word("a b !", np.random.default_rng(0)) is None
+
+
+def test_local_parquet_loads_with_and_without_datasets(tmp_path, monkeypatch):
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deniro_rt.data import load_text_splits
+
+    pq.write_table(pa.table({"text": ["a<br />b", "c"], "label": [0, 1]}), tmp_path / "train.parquet")
+    expected = {"train": ["a<br />b", "c"]}
+    assert load_text_splits(str(tmp_path), ["train"]) == expected
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    assert load_text_splits(str(tmp_path), ["train"]) == expected
+    with pytest.raises(DeniroError, match="has no test.parquet"):
+        load_text_splits(str(tmp_path), ["train", "test"])
+    with pytest.raises(DeniroError, match="needs the 'datasets' package"):
+        load_text_splits("stanfordnlp/imdb", ["train"])
