@@ -27,11 +27,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import fields
 
-from deniro_rt.errors import EXIT_USAGE, DeniroError
+from deniro_rt.cli import run_main, setup_logging
 
 from .config import COMMANDS, DEVICES, QUICK, BenchConfig
 
@@ -98,17 +97,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 def run(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("datasets", "transformers", "accelerate", "httpx", "huggingface_hub", "optimum"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     config = parse_args(argv)
     from .run import main
 
-    try:
-        return main(config)
-    except DeniroError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_main(lambda: main(config))
 
 
 if __name__ == "__main__":

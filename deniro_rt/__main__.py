@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from .errors import EXIT_USAGE, DeniroError
+from .cli import run_main, setup_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,25 +50,21 @@ def format_table(text: str, result, joint: bool) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    setup_logging(logging.WARNING)
     args = parse_args(argv)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    return run_main(lambda: fill_and_print(args, texts))
+
+
+def fill_and_print(args: argparse.Namespace, texts: list[str]) -> None:
     from .runtime import FillMask
 
-    try:
-        runtime = FillMask(args.model, device=args.device, precision=args.precision)
-        targets = args.targets.split(",") if args.targets else None
-        results = runtime.fill(texts, top_k=args.top_k, targets=targets, batch_size=args.batch_size,
-                               truncation=args.truncation, joint=args.joint)
-    except DeniroError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    runtime = FillMask(args.model, device=args.device, precision=args.precision)
+    targets = args.targets.split(",") if args.targets else None
+    results = runtime.fill(texts, top_k=args.top_k, targets=targets, batch_size=args.batch_size,
+                           truncation=args.truncation, joint=args.joint)
     for text, result in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, "result": result}))
-        else:
-            print(format_table(text, result, args.joint))
-    return 0
+        print(json.dumps({"text": text, "result": result}) if args.json else format_table(text, result, args.joint))
 
 
 if __name__ == "__main__":

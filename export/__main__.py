@@ -18,7 +18,7 @@ import logging
 import sys
 from dataclasses import fields
 
-from deniro_rt.errors import EXIT_USAGE, DeniroError
+from deniro_rt.cli import run_main, setup_logging
 
 from .config import ATTN_IMPLEMENTATIONS, DEFAULT_PRECISIONS, DEVICES, ExportConfig, split_precisions
 
@@ -86,11 +86,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
 
 def run(argv: list[str] | None = None) -> int:
     # Our own progress at INFO; onnxruntime's optimizer and quantizer log every rewrite at INFO.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for ours in ("export", "deniro_rt"):
-        logging.getLogger(ours).setLevel(logging.INFO)
-    for noisy in ("huggingface_hub", "datasets", "fsspec"):  # offline: one retry warning per attempt
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # offline, the hub libraries warn once per retry: only their errors are shown
+    setup_logging(logging.WARNING, ours=("export", "deniro_rt"), quiet=logging.ERROR)
     config = parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -98,15 +95,7 @@ def run(argv: list[str] | None = None) -> int:
     from .validate import ValidationFailed
 
     hf_logging.set_verbosity_error()  # e.g. "weights not initialized": we raise our own error for that
-    try:
-        main(config)
-    except ValidationFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_VALIDATION
-    except DeniroError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from deniro_rt.artifact import sha256_file
 from deniro_rt.data import looks_like_path
 from deniro_rt.errors import DeniroError
 from train.model import MaskedOnlyMLM
+from train.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -31,7 +32,8 @@ class Source:
 
 def load_source(name: str, tokenizer_name: str | None, attn_implementation: str) -> Source:
     model = load_mlm(name, resolve_attn_implementation(attn_implementation))
-    tokenizer = load_fast_tokenizer(tokenizer_name or name)
+    tokenizer = load_tokenizer(tokenizer_name or name,
+                               hint="pass --tokenizer with the folder of the tokenizer the model was trained with")
     if tokenizer.mask_token_id >= model.config.vocab_size or len(tokenizer) > model.config.vocab_size:
         raise DeniroError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
                           f"embeddings; pass the --tokenizer the model was trained with")
@@ -81,19 +83,6 @@ def load_mlm(name: str, attn_implementation: str) -> nn.Module:
         raise DeniroError(f"{name!r} is a {model.config.model_type} model; the export supports DistilBERT "
                           f"masked LMs (the fast graph uses DistilBERT's MLM head)")
     return model.eval()
-
-
-def load_fast_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if _looks_like_path(name) else name)
-    except Exception as exc:
-        raise DeniroError(f"could not load a tokenizer from {name!r} ({type(exc).__name__}); pass "
-                          f"--tokenizer with the folder of the tokenizer the model was trained with") from exc
-    if not tokenizer.is_fast or tokenizer.mask_token is None:
-        raise DeniroError(f"tokenizer {name!r} must be a fast tokenizer (tokenizer.json) with a mask token")
-    return tokenizer
 
 
 def weight_files(name: str) -> list[Path]:

@@ -10,11 +10,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import MISSING, fields
 
-from deniro_rt.errors import EXIT_USAGE, DeniroError
+from deniro_rt.cli import run_main, setup_logging
 
 from .config import PRESETS, TrainConfig, build_config
 
@@ -78,18 +77,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def run(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("datasets", "transformers", "accelerate", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     config = parse_args(argv)
     from .loop import main
 
-    try:
-        main(config)
-    except DeniroError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+    return run_main(lambda: main(config))
 
 
 if __name__ == "__main__":

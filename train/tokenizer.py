@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -38,15 +39,16 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, model_max_length: int
         model_input_names=["input_ids", "attention_mask"])  # DistilBERT takes no token_type_ids
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, hint: str = "pass --tokenizer with a local folder, or --init "
+                                                   "random to train one"):
     """AutoTokenizer.from_pretrained with a one-line error; only fast tokenizers (word ids) are usable."""
     from transformers import AutoTokenizer
 
+    local = Path(name_or_path).expanduser()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path)
     except Exception as exc:
-        raise DeniroError(f"could not load a tokenizer from {name_or_path!r} ({type(exc).__name__}); "
-                          f"pass --tokenizer with a local folder, or --init random to train one") from exc
+        raise DeniroError(f"could not load a tokenizer from {name_or_path!r} ({type(exc).__name__}); {hint}") from exc
     if not tokenizer.is_fast or tokenizer.mask_token is None:
-        raise DeniroError(f"tokenizer {name_or_path!r} must be a fast tokenizer with a mask token")
+        raise DeniroError(f"tokenizer {name_or_path!r} must be a fast tokenizer (tokenizer.json) with a mask token")
     return tokenizer

@@ -1,0 +1,32 @@
+"""What every `python -m` entry point of the project shares: logging set-up and the error contract
+(a DeniroError becomes one `error: ...` line on stderr and exit code 2, never a traceback)."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from .errors import EXIT_USAGE, DeniroError
+
+CHATTY = ("datasets", "transformers", "accelerate", "httpx", "huggingface_hub", "optimum", "fsspec")
+
+
+def setup_logging(level: int = logging.INFO, ours: tuple[str, ...] = (), quiet: int = logging.WARNING) -> None:
+    """Plain-message logging at `level` (`ours` at INFO); libraries' chatter only from `quiet` up."""
+    logging.basicConfig(level=level, format="%(message)s")
+    for name in ours:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(quiet)
+
+
+def run_main(call: Callable[[], object], exit_codes: dict[type, int] | None = None) -> int:
+    """Run a stage: its int result is the exit code (anything else: 0); errors of the types in
+    `exit_codes` (checked first) or DeniroError become one line and their code."""
+    codes = {**(exit_codes or {}), DeniroError: EXIT_USAGE}
+    try:
+        result = call()
+        return result if isinstance(result, int) else 0
+    except tuple(codes) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return next(code for kind, code in codes.items() if isinstance(exc, kind))
