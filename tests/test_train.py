@@ -93,7 +93,7 @@ def test_non_empty_output_needs_resume_or_overwrite(imdb_dir, tiny_model_dir, tm
 
 def test_presets_and_explicit_flags():
     config = parse_args(["--preset", "mini", "--lr", "3e-4"])
-    assert (config.preset, config.lr, config.chunk_size, config.init) == ("mini", 3e-4, 128, "random")
+    assert (config.preset, config.lr, config.chunk_size, config.batch_size, config.init) == ("mini", 3e-4, 64, 256, "random")
     default = parse_args([])
     assert (default.model, default.chunk_size, default.batch_size, default.lr, default.epochs,
             default.precision) == ("distilbert/distilbert-base-uncased", 256, 32, 5e-5, 3, "fp32")
