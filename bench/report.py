@@ -8,8 +8,9 @@ import os
 import platform
 import shutil
 import subprocess
-from importlib import metadata
 from pathlib import Path
+
+from export.pipeline import versions
 
 log = logging.getLogger(__name__)
 VERSIONED = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "optimum", "optimum-onnx",
@@ -20,7 +21,7 @@ VERSIONED = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "optimum
 def header(device: str, command: str) -> dict:
     return {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": platform.node(), "command": command,
-            "device": device, "hardware": hardware(), "versions": versions()}
+            "device": device, "hardware": hardware(), "versions": versions(VERSIONED)}
 
 
 def hardware() -> dict:
@@ -68,16 +69,6 @@ def gpu() -> dict:
         query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
         done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
         found["gpu_driver"] = done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
-    return found
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
     return found
 
 

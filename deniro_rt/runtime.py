@@ -47,11 +47,11 @@ class FillMask:
         self.session = ort.InferenceSession(str(graph), session_options(self.provider, threads),
                                             providers=providers)
         self._check_graph()
-        self._cuda = None
+        self._run = lambda feed: self.session.run(None, feed)
         if self.provider != CPU:  # GPU-only path; not exercised on CPU machines (see deniro_rt/cuda.py)
             from .cuda import CudaBinding
 
-            self._cuda = CudaBinding(self.session)
+            self._run = CudaBinding(self.session).run
         self.tokenizer = Tokenizer.from_file(str(verify_file(self.manifest, TOKENIZER_FILE)))
         self.tokenizer.no_truncation()  # long texts are reported (or windowed), never cut silently
         self.tokenizer.no_padding()
@@ -157,8 +157,7 @@ class FillMask:
         k = np.array([min(top_k, self.manifest.vocab_size)], dtype=np.int64)
         feed = {"input_ids": input_ids, "attention_mask": attention, "mask_index": mask_index.astype(np.int64),
                 "target_ids": target_ids, "top_k": k}
-        run = self._cuda.run if self._cuda else lambda f: self.session.run(None, f)
-        topk_lp, topk_ids, target_lp = run(feed)
+        topk_lp, topk_ids, target_lp = self._run(feed)
         splits = np.cumsum(counts)[:-1]
         return [Scored(a, b, c) for a, b, c in zip(np.split(topk_lp, splits), np.split(topk_ids, splits),
                                                     np.split(target_lp, splits))]

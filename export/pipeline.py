@@ -125,9 +125,10 @@ def build_manifest(config: ExportConfig, source: Source, fused: dict, validation
     }
 
 
-def versions() -> dict[str, str | None]:
+def versions(packages: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:
+    """Installed versions of `packages` (None where missing), plus Python's."""
     found = {"python": platform.python_version()}
-    for package in VERSIONED:
+    for package in packages:
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
