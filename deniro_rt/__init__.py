@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import MaskedBatch
-from .errors import ArtifactError, DeniroError
+from .errors import ArtifactError, DeniroError, DeniroTypeError
 from .runtime import FillMask
 
-__all__ = ["FillMask", "fill", "perplexity", "DeniroError", "ArtifactError"]
+__all__ = ["FillMask", "fill", "perplexity", "DeniroError", "DeniroTypeError", "ArtifactError"]
 __version__ = "0.1.0"
 
 

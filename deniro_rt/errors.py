@@ -1,8 +1,17 @@
-"""One exception type for every user-facing mistake: the CLIs print its message and exit 2."""
+"""The exceptions of deniro: every user-facing mistake; the CLIs print its message and exit 2.
+
+They are the conventional Python types too, so an application that catches what numpy and
+transformers raise for bad arguments catches ours: a bad value is a `ValueError`, a wrong type a
+`TypeError` (`DeniroTypeError`), and `except DeniroError` catches both.
+"""
 
 
-class DeniroError(Exception):
+class DeniroError(ValueError):
     """A problem with the user's input or setup; the message names the problem and the fix."""
+
+
+class DeniroTypeError(DeniroError, TypeError):
+    """An argument of the wrong type (e.g. a number where a string was expected)."""
 
 
 class ArtifactError(DeniroError):
