@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
-from .errors import DeniroError
+from .errors import DeniroError, DeniroTypeError
 from .models import DEFAULT_MODEL_DIR
 from .providers import CPU, resolve_precision, resolve_provider, session_options
 
@@ -199,17 +199,17 @@ class FillMask:
 # ---------------------------------------------------------------------- input checks
 def validate_texts(texts, mask_token: str) -> tuple[list[str], bool]:
     if texts is None:
-        raise DeniroError("texts is None; pass a string or a list of strings, each with "
-                          f"{mask_token} where a word should be predicted")
+        raise DeniroTypeError("texts is None; pass a string or a list of strings, each with "
+                              f"{mask_token} where a word should be predicted")
     if isinstance(texts, str):
         texts, single = [texts], True
     elif isinstance(texts, (list, tuple)):
         texts, single = list(texts), False
     else:
-        raise DeniroError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+        raise DeniroTypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise DeniroError(f"text {index} is {type(text).__name__}, expected a string with {mask_token}")
+            raise DeniroTypeError(f"text {index} is {type(text).__name__}, expected a string with {mask_token}")
         if not text.strip():
             raise DeniroError(f"text {index} is empty; pass a sentence with {mask_token} in it")
     return texts, single
@@ -223,8 +223,11 @@ def no_mask_message(text: str, index: int, mask_token: str) -> str:
 
 
 def check_top_k(top_k) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise DeniroError(f"top_k must be a positive integer, got {top_k!r}")
+    message = f"top_k must be a positive integer, got {top_k!r}"
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise DeniroTypeError(message)
+    if top_k < 1:
+        raise DeniroError(message)
     return int(top_k)
 
 
@@ -265,9 +268,15 @@ def restore_dropped(per_mask: list, lost: list[int]) -> list:
 
 # ---------------------------------------------------------------------- targets and joint fill
 def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
-    words = [targets] if isinstance(targets, str) else list(targets)
-    if not words or not all(isinstance(w, str) and w.strip() for w in words):
-        raise DeniroError(f"targets must be a non-empty list of non-empty strings, got {targets!r}")
+    message = f"targets must be a non-empty list of non-empty strings, got {targets!r}"
+    try:
+        words = [targets] if isinstance(targets, str) else list(targets)
+    except TypeError:  # not iterable (a number, None)
+        raise DeniroTypeError(message) from None
+    if not all(isinstance(w, str) for w in words):
+        raise DeniroTypeError(message)
+    if not words or not all(w.strip() for w in words):  # the right type, an unusable value
+        raise DeniroError(message)
     words = list(dict.fromkeys(w.strip() for w in words))
     encodings = fm.tokenizer.encode_batch(words, add_special_tokens=False)
     pieces = [(w, list(e.ids)) for w, e in zip(words, encodings)]
