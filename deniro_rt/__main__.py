@@ -4,6 +4,10 @@ Examples:
   python -m deniro_rt "This is a great [MASK]!"
   python -m deniro_rt "The acting was [MASK]." --top-k 3 --json
   cat sentences.txt | python -m deniro_rt --model exports/deniro --device cuda
+
+Subcommands (see `python -m deniro_rt serve --help`, `... batch --help`):
+  serve   fill-mask over HTTP with dynamic batching (extra deniro[serve])
+  batch   fill a parquet/text column of a corpus with Ray Data (extra deniro[ray])
 """
 from __future__ import annotations
 
@@ -13,6 +17,28 @@ import logging
 import sys
 
 from .cli import run_main, setup_logging
+from .errors import DeniroError
+
+SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch"}  # imported only when used
+
+
+def run_subcommand(name: str, argv: list[str]) -> int:
+    """`serve` / `batch`: their modules (and their extras) are imported only here. A text is never
+    mistaken for one: texts need a [MASK]."""
+    import importlib
+
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name])
+    except ModuleNotFoundError as exc:
+        if exc.name != SUBCOMMANDS[name]:
+            raise
+        return run_main(lambda: _missing(name))
+    entry = getattr(module, "run", None) or module.main
+    return entry(argv)
+
+
+def _missing(name: str):
+    raise DeniroError(f"`python -m deniro_rt {name}` is not available in this version of deniro_rt")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +76,9 @@ def format_table(text: str, result, joint: bool) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return run_subcommand(argv[0], argv[1:])
     setup_logging(logging.WARNING)
     args = parse_args(argv)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
