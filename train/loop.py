@@ -23,8 +23,8 @@ from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, 
                              premask, whole_word_mask)
 from deniro_rt.errors import DeniroError
 
-from .config import BASE_MODEL_ID, TrainConfig
-from .model import MaskedOnlyMLM, build_model, max_positions
+from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig
+from .model import MaskedOnlyMLM, build_model, make_scheduler, max_positions, param_groups, resolve_model
 from .tokenizer import load_tokenizer, train_wordpiece
 
 log = logging.getLogger("train")
@@ -64,18 +64,19 @@ def subset(texts: list[str], limit: int | None, seed: int) -> list[str]:
     return [texts[i] for i in keep]
 
 
-def get_tokenizer(config: TrainConfig, out: Path, texts: dict[str, list[str]]):
+def get_tokenizer(config: TrainConfig, out: Path, texts: dict[str, list[str]], source: str):
     if config.resume:
         return load_tokenizer(str(out))
     if config.tokenizer or config.init == "pretrained":
-        return load_tokenizer(config.tokenizer or config.model)
+        return load_tokenizer(config.tokenizer or source)
     splits = [s for s in config.tokenizer_splits.split(",") if s]
     corpus = [t for s in splits for t in texts[s]]
     return train_wordpiece(corpus, config.vocab_size)
 
 
 def check_sources(config: TrainConfig) -> None:
-    for flag, source in (("--model", config.model if config.init == "pretrained" else None),
+    model = config.model if config.init == "pretrained" and config.model != MINILM_SOURCE else None
+    for flag, source in (("--model", model),
                          ("--tokenizer", config.tokenizer)):
         if source and looks_like_path(source) and not Path(source).expanduser().exists():
             raise DeniroError(f"{flag} {source}: no such checkpoint folder; pass a save_pretrained "
@@ -85,12 +86,13 @@ def check_sources(config: TrainConfig) -> None:
 def prepare(config: TrainConfig, out: Path) -> Prepared:
     """Everything that can fail on bad input happens here, before anything is written."""
     check_sources(config)
+    source = resolve_model(config)  # the MiniLM preset: converted here, before any data is read
     train_splits = [s for s in config.train_splits.split(",") if s]
     tok_splits = [s for s in config.tokenizer_splits.split(",") if s] if config.init == "random" else []
     splits = list(dict.fromkeys(train_splits + [config.eval_split] + tok_splits))
     texts = load_text_splits(config.dataset, splits, config.text_column)
-    tokenizer = get_tokenizer(config, out, texts)
-    model = build_model(config, tokenizer)
+    tokenizer = get_tokenizer(config, out, texts, source)
+    model = build_model(config, tokenizer, source)
     limit = max_positions(model)
     if config.chunk_size > limit:
         raise DeniroError(f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
@@ -232,14 +234,38 @@ def format_table(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(config: TrainConfig) -> list[dict]:
-    """Train; returns the evaluation history (one row per evaluation)."""
+@dataclass
+class Run:
+    """What the step loop works with, built once by start_run()."""
+
+    accelerator: object
+    wrapped: MaskedOnlyMLM  # prepared by Accelerate (DDP-wrapped on several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # LambdaLR counting optimizer steps
+    prepared: Prepared
+    config: TrainConfig
+    sched: Schedule
+    out: Path
+
+
+@dataclass
+class Tally:
+    """Running sums between two evaluations and since this process started (for tokens/s)."""
+
+    loss: torch.Tensor
+    steps: int = 0
+    run_steps: int = 0
+    started: float = 0.0
+
+
+def start_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     out = check_output(config)
-    accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision])
+    # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
+    # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
+    accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision],
+                              cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     log.info("config: %s", json.dumps(asdict(config)))
     prepared = prepare(config, out)
     if accelerator.is_main_process:
@@ -249,57 +275,77 @@ def main(config: TrainConfig) -> list[dict]:
         config.save(out / "train_config.json")
         prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
     wrapped = MaskedOnlyMLM(prepared.model)
-    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(wrapped, config), lr=config.lr, weight_decay=config.weight_decay)
     sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
     # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.
-    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, sched.total_steps)
+    scheduler = make_scheduler(optimizer, config, sched.total_steps)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    step, history = load_checkpoint(accelerator, out) if config.resume else (0, [])
+    return Run(accelerator, wrapped, optimizer, scheduler, prepared, config, sched, out)
+
+
+def main(config: TrainConfig) -> list[dict]:
+    """Train; returns the evaluation history (one row per evaluation)."""
+    run = start_run(config)
+    step, history = load_checkpoint(run.accelerator, run.out) if config.resume else (0, [])
     if step == 0:
         history.append({"epoch": 0, "step": 0, "train_loss": None,
-                        "perplexity": evaluate(accelerator, wrapped, prepared.eval, config.batch_size)})
-    stop_at = min(sched.total_steps, step + config.stop_after_steps) if config.stop_after_steps else sched.total_steps
-    step, history = run_steps(accelerator, wrapped, optimizer, scheduler, prepared, config, sched,
-                              step, stop_at, history, out, tqdm)
-    if step >= sched.total_steps:
-        save_final(accelerator, wrapped, prepared, config, out, history)
-        log.info("final model saved to %s\n%s", out, format_table(history))
+                        "perplexity": evaluate(run.accelerator, run.wrapped, run.prepared.eval, config.batch_size)})
+        log.info(">>> step 0: perplexity %.2f", history[0]["perplexity"])
+    total = run.sched.total_steps
+    stop_at = min(total, step + config.stop_after_steps) if config.stop_after_steps else total
+    step, history = run_steps(run, step, stop_at, history)
+    if step >= total:
+        save_final(run.accelerator, run.wrapped, run.prepared, config, run.out, history)
+        log.info("final model saved to %s\n%s", run.out, format_table(history))
     else:
-        log.info("stopped at step %d of %d; continue with --resume", step, sched.total_steps)
+        log.info("stopped at step %d of %d; continue with --resume", step, total)
     return history
 
 
-def run_steps(accelerator, wrapped, optimizer, scheduler, prepared, config, sched, step, stop_at,
-              history, out, tqdm) -> tuple[int, list]:
-    rank, n_procs = accelerator.process_index, accelerator.num_processes
-    tokens_per_step = config.batch_size * config.chunk_size * config.grad_accum * n_procs
-    bar = tqdm(total=sched.total_steps, initial=step, disable=not accelerator.is_local_main_process,
+def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, list]:
+    """Optimizer steps from `step` to `stop_at`, evaluating and checkpointing on the way."""
+    from tqdm.auto import tqdm
+
+    acc, config, sched = run.accelerator, run.config, run.sched
+    bar = tqdm(total=sched.total_steps, initial=step, disable=not acc.is_local_main_process,
                desc="train", dynamic_ncols=True)
-    epoch_loss, epoch_steps, started, run_steps_done = torch.zeros((), device=accelerator.device), 0, time.perf_counter(), 0
-    wrapped.train()
+    tally = Tally(torch.zeros((), device=acc.device), started=time.perf_counter())
+    run.wrapped.train()
     while step < stop_at:
         torch.manual_seed(config.seed * 1_000_003 + step)  # dropout depends on the step alone: resumable
-        batches = [micro_batch(config, prepared.train, sched, step, m, rank, n_procs, prepared.tokenizer)
-                   for m in range(config.grad_accum)]
-        loss = train_step(accelerator, wrapped, optimizer, batches)
-        scheduler.step()
-        step, run_steps_done = step + 1, run_steps_done + 1
-        epoch_loss += loss
-        epoch_steps += 1
+        batches = [micro_batch(config, run.prepared.train, sched, step, m, acc.process_index,
+                               acc.num_processes, run.prepared.tokenizer) for m in range(config.grad_accum)]
+        loss = train_step(acc, run.wrapped, run.optimizer, batches)
+        run.scheduler.step()
+        step += 1
+        tally.loss, tally.steps, tally.run_steps = tally.loss + loss, tally.steps + 1, tally.run_steps + 1
         bar.update(1)
         if step % 10 == 0 or step == stop_at:
-            rate = run_steps_done * tokens_per_step / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:,.0f}")
+            show_progress(run, bar, tally, loss)
         epoch_end = step % sched.steps_per_epoch == 0
         if epoch_end or step == sched.total_steps or (config.eval_every and step % config.eval_every == 0):
-            ppl = evaluate(accelerator, wrapped, prepared.eval, config.batch_size)
-            mean_loss = float(accelerator.reduce(epoch_loss, reduction="mean")) / max(epoch_steps, 1)
-            history.append({"epoch": round(step / sched.steps_per_epoch, 3), "step": step,
-                            "train_loss": mean_loss, "perplexity": ppl})
-            log.info(">>> step %d (epoch %.2f): perplexity %.2f", step, step / sched.steps_per_epoch, ppl)
-            epoch_loss, epoch_steps = torch.zeros((), device=accelerator.device), 0
+            history.append(evaluation_row(run, step, tally))
+            tally.loss, tally.steps = torch.zeros((), device=acc.device), 0
         if epoch_end or step == stop_at or (config.save_every and step % config.save_every == 0):
-            save_checkpoint(accelerator, out, step, history, config.keep_checkpoints)
+            save_checkpoint(acc, run.out, step, history, config.keep_checkpoints)
     bar.close()
     return step, history
+
+
+def show_progress(run: Run, bar, tally: Tally, loss: torch.Tensor) -> None:
+    config = run.config
+    tokens_per_step = config.batch_size * config.chunk_size * config.grad_accum * run.accelerator.num_processes
+    rate = tally.run_steps * tokens_per_step / (time.perf_counter() - tally.started)
+    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:,.0f}")
+    if not bar.disable and not bar.fp.isatty():  # a log file gets a line now and then (no bar redraws)
+        log.info("step %d: loss %.3f, lr %.2e, %.0f tokens/s", bar.n, loss.item(),
+                 run.scheduler.get_last_lr()[0], rate)
+
+
+def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
+    ppl = evaluate(run.accelerator, run.wrapped, run.prepared.eval, run.config.batch_size)
+    mean_loss = float(run.accelerator.reduce(tally.loss, reduction="mean")) / max(tally.steps, 1)
+    epoch = step / run.sched.steps_per_epoch
+    log.info(">>> step %d (epoch %.2f): perplexity %.2f", step, epoch, ppl)
+    return {"epoch": round(epoch, 3), "step": step, "train_loss": mean_loss, "perplexity": ppl}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -11,13 +13,23 @@ from torch import nn
 from deniro_rt.data import IGNORE_INDEX
 from deniro_rt.errors import DeniroError
 
-from .config import SHAPES, TrainConfig
+from .config import MINILM_SOURCE, SHAPES, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def build_model(config: TrainConfig, tokenizer):
-    """Pretrained weights from --model, or the preset's DistilBERT shape initialised at random."""
+def resolve_model(config: TrainConfig, cache_root: Path | None = None) -> str:
+    """The folder or hub id to load: --model itself, or the MiniLM package converted to DistilBERT
+    (cached per package version under `cache_root`, a temp folder by default)."""
+    if config.init != "pretrained" or config.model != MINILM_SOURCE:
+        return config.model
+    from .convert import minilm_distilbert
+
+    return str(minilm_distilbert(cache_root or Path(tempfile.gettempdir()) / "deniro-minilm"))
+
+
+def build_model(config: TrainConfig, tokenizer, source: str | None = None):
+    """Pretrained weights from `source` (default --model), or the preset's DistilBERT shape at random."""
     from transformers import AutoModelForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
     if config.init == "random":
@@ -28,10 +40,10 @@ def build_model(config: TrainConfig, tokenizer):
         torch.manual_seed(config.seed)
         return DistilBertForMaskedLM(arch)
     try:
-        return AutoModelForMaskedLM.from_pretrained(config.model)
+        return AutoModelForMaskedLM.from_pretrained(source or config.model)
     except Exception as exc:
-        where = "folder" if Path(config.model).exists() else "hub id"
-        raise DeniroError(f"could not load a masked-LM checkpoint from {where} {config.model!r} "
+        where = "folder" if Path(source or config.model).exists() else "hub id"
+        raise DeniroError(f"could not load a masked-LM checkpoint from {where} {source or config.model!r} "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); pass a "
                           f"save_pretrained folder, or --init random to start from scratch") from exc
 
@@ -68,3 +80,44 @@ class MaskedOnlyMLM(nn.Module):
         m = self.model
         x = m.vocab_layer_norm(m.activation(m.vocab_transform(rows)))
         return m.vocab_projector(x)
+
+
+# --------------------------------------------------------------------------- optimizer
+HEAD_PARAMS = ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.bias")
+
+
+def is_head(name: str) -> bool:
+    """DistilBERT's MLM head, except the projector matrix (tied to the word embeddings: encoder)."""
+    return any(name.startswith(p) or name.startswith("model." + p) for p in HEAD_PARAMS)
+
+
+def param_groups(wrapped: nn.Module, config: TrainConfig) -> list[dict]:
+    """One group (the recipe), or [encoder, head] when the head has its own lr or warm-up."""
+    if config.head_lr is None and config.head_warmup_steps == 0:
+        return [{"params": list(wrapped.parameters()), "lr": config.lr}]
+    named = list(wrapped.named_parameters())  # tied weights appear once, under the encoder's name
+    head = [p for n, p in named if is_head(n)]
+    if not head:
+        raise DeniroError("--head-lr/--head-warmup-steps need a DistilBERT masked LM (vocab_transform ...)")
+    return [{"params": [p for n, p in named if not is_head(n)], "lr": config.lr},
+            {"params": head, "lr": config.head_lr or config.lr}]
+
+
+def linear_decay(step: int, warmup: int, total: int, frozen_until: int = 0) -> float:
+    """Multiplier of the peak lr: linear warm-up then linear decay to 0 (transformers' linear schedule);
+    0 before `frozen_until` (a head-only warm-up keeps the encoder still)."""
+    if step < frozen_until:
+        return 0.0
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def make_scheduler(optimizer, config: TrainConfig, total_steps: int):
+    """LambdaLR with one multiplier per param group (partials: checkpointable, resumable)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    lambdas = [partial(linear_decay, warmup=config.warmup_steps, total=total_steps,
+                       frozen_until=config.head_warmup_steps if i == 0 and len(optimizer.param_groups) > 1 else 0)
+               for i in range(len(optimizer.param_groups))]
+    return LambdaLR(optimizer, lambdas)
