@@ -9,6 +9,7 @@ Commands:
   throughput  sentences/s of every engine per batch size and length bucket
   train       tokens/s and step time of train/'s loop (random init) per model shape
   all         all of the above in one process, one report
+  load        HTTP load test of `python -m deniro_rt serve` (see `python -m bench load --help`)
 
 Engines: pytorch-card (the model card's code, one text at a time), pytorch-batched (fp16 too on
 CUDA), hf-pipeline (transformers pipeline("fill-mask")), optimum-ort (ORTModelForMaskedLM on the
@@ -97,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["load"]:  # HTTP load test of `deniro_rt serve`: its own options (bench/load.py)
+        from .load import cli
+
+        return cli(argv[1:])
     setup_logging()
     config = parse_args(argv)
     from .run import main

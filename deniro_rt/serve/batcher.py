@@ -125,7 +125,9 @@ class DynamicBatcher:
         while not self._jobs:
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = time.perf_counter() + self.limits.max_wait_ms / 1000
+        # The wait counts from the first text's arrival: under load it has already waited while the
+        # previous batch ran, so the next batch starts at once instead of idling the model.
+        deadline = self._jobs[0].enqueued_at + self.limits.max_wait_ms / 1000
         while self._queued_texts < self.limits.max_batch_size and not self._closing:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

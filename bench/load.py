@@ -1,0 +1,481 @@
+"""python -m bench load: HTTP load test of `python -m deniro_rt serve` on 127.0.0.1.
+
+Starts each server as its own process, then for each client count runs a bounded closed loop: every
+client holds one keep-alive HTTP/1.1 connection (raw asyncio streams; httpx's ~1 ms of client CPU
+per request made the load generator itself the bottleneck on 2 cores) and POSTs one IMDB test
+sentence (`{"inputs": sentence}`), reads the whole answer and sends the next, until --requests
+requests or --seconds have passed. Reports sentences/s,
+latency p50/p90/p99, failures (503 counted apart) and the server's mean batch size (from /metrics).
+
+Servers:
+  batched      deniro_rt serve --max-batch-size B --max-wait-ms W (dynamic batching)
+  unbatched    the same server with --max-batch-size 1
+  hf-pipeline  transformers pipeline("fill-mask") behind the same HTTP layer and batcher
+               (--torch-model; default: a random-init DistilBertForMaskedLM of the artifact's own
+               config.json and tokenizer, i.e. the same shape as the deniro_rt model: speed only)
+
+Examples:
+  python -m bench load                                      # 1, 8, 32, 128 clients, three servers
+  python -m bench load --clients 32 --servers batched,unbatched --seconds 5
+  python -m bench load --quick --out /tmp/load              # seconds: checks the harness
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.errors import DeniroError
+
+from .config import LOCAL_IMDB, REPO, default_dataset
+
+log = logging.getLogger("bench.load")
+SERVERS = ("batched", "unbatched", "hf-pipeline")
+OUT = REPO / "bench" / "results" / "cpu-2core-serve"
+QUICK = {"clients": "1,8", "requests": 40, "seconds": 2.0, "warmup": 5, "sentences": 50}
+
+
+@dataclass
+class LoadConfig:
+    model: str | None = None  # artifact folder; default: deniro_rt's shipped model
+    torch_model: str | None = None  # for hf-pipeline; default: random init of the artifact's config
+    servers: str = ",".join(SERVERS)
+    clients: str = "1,8,32,128"  # concurrent clients per level
+    requests: int = 3000  # answers per level at most
+    seconds: float = 8.0  # per level at most
+    warmup: int = 100  # untimed requests before each level
+    length: int = 64  # sentence bucket: texts of 3/4 L..L tokens
+    sentences: int = 500  # distinct sentences, cycled
+    dataset: str = field(default_factory=default_dataset)
+    split: str = "test"
+    seed: int = 0
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    precision: str | None = None  # deniro_rt graph; default: the runtime's choice
+    out: str = str(OUT)
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            for name, value in QUICK.items():
+                setattr(self, name, value)
+
+    def client_counts(self) -> list[int]:
+        counts = [int(c) for c in self.clients.split(",") if c.strip()]
+        if not counts or min(counts) < 1:
+            raise DeniroError(f"--clients must be positive integers, got {self.clients!r}")
+        return counts
+
+    def server_names(self) -> list[str]:
+        names = [s.strip() for s in self.servers.split(",") if s.strip()]
+        bad = [s for s in names if s not in SERVERS]
+        if bad or not names:
+            raise DeniroError(f"--servers: unknown {bad}; choose from {', '.join(SERVERS)}")
+        return names
+
+
+# --------------------------------------------------------------------------- the HF pipeline backend
+class PipelineFill:
+    """transformers' fill-mask pipeline with FillMask's `fill` signature, for the same HTTP layer."""
+
+    precision, provider = "fp32", "torch-cpu"
+
+    def __init__(self, torch_model: str):
+        from transformers import pipeline
+
+        self.pipe = pipeline("fill-mask", model=torch_model, device="cpu")
+        self.mask_token = self.pipe.tokenizer.mask_token
+        self.model_name = f"hf-pipeline:{torch_model}"
+
+    def fill(self, texts: list[str], top_k: int = 5, targets=None, joint: bool = False,
+             truncation: bool = False, batch_size: int = 64):
+        if joint:
+            raise DeniroError("joint is not supported by the hf-pipeline backend")
+        out = self.pipe(list(texts), top_k=top_k, targets=targets, batch_size=batch_size,
+                        tokenizer_kwargs={"truncation": truncation})
+        return [out] if len(texts) == 1 else out  # the pipeline unwraps a list of one
+
+
+def random_torch_model(artifact: Path, folder: Path) -> Path:
+    """A random-init DistilBertForMaskedLM of the artifact's config, with its tokenizer (seeded)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(artifact))
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (artifact / name).is_file():
+            shutil.copy(artifact / name, folder / name)
+    return folder
+
+
+def serve_pipeline(argv: list[str]) -> int:
+    """python -m bench.load TORCH_MODEL PORT MAX_BATCH MAX_WAIT_MS MAX_QUEUE: the hf-pipeline server."""
+    from deniro_rt.serve import ServeConfig
+    from deniro_rt.serve.server import main
+
+    torch_model, port, batch, wait, queue = argv
+    setup_logging(logging.WARNING)
+    config = ServeConfig(port=int(port), max_batch_size=int(batch), max_wait_ms=float(wait),
+                         max_queue=int(queue), log_level="warning")
+    return run_main(lambda: main(config, fill_mask=PipelineFill(torch_model)))
+
+
+# --------------------------------------------------------------------------- server processes
+@dataclass
+class ServerProcess:
+    name: str
+    proc: subprocess.Popen
+    url: str
+    health: dict
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(name: str, cfg: LoadConfig, port: int, torch_model: Path | None) -> list[str]:
+    batch = 1 if name == "unbatched" else cfg.max_batch_size
+    if name == "hf-pipeline":
+        return [sys.executable, "-m", "bench.load", str(torch_model), str(port), str(batch),
+                str(cfg.max_wait_ms), str(cfg.max_queue)]
+    cmd = [sys.executable, "-m", "deniro_rt", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--max-batch-size", str(batch), "--max-wait-ms", str(cfg.max_wait_ms),
+           "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
+    return cmd + (["--model", cfg.model] if cfg.model else []) + \
+        (["--precision", cfg.precision] if cfg.precision else [])
+
+
+def start_server(name: str, cfg: LoadConfig, torch_model: Path | None) -> ServerProcess:
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(server_command(name, cfg, port, torch_model), cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeniroError(f"the {name} server exited with {proc.returncode} before it was healthy")
+        try:
+            health = httpx.get(url + "/health", timeout=2)
+            if health.status_code == 200:
+                return ServerProcess(name, proc, url, health.json())
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise DeniroError(f"the {name} server was not healthy after 120 s")
+
+
+def stop_server(server: ServerProcess) -> int:
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        return server.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        return server.proc.wait()
+
+
+# --------------------------------------------------------------------------- the load
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)  # seconds, answered with 200
+    statuses: dict[str, int] = field(default_factory=dict)  # "200", "503", "error", ...
+    sent: int = 0
+
+
+def encode_requests(texts: list[str], port: int) -> list[bytes]:
+    """Each sentence as a complete HTTP/1.1 request, built once (the timed loop only sends bytes)."""
+    out = []
+    for text in texts:
+        body = json.dumps({"inputs": text}).encode()
+        head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        out.append(head + body)
+    return out
+
+
+async def exchange(conn: list, port: int, request: bytes) -> str:
+    """Send one request on a keep-alive connection (opened on first use); the status code."""
+    if not conn:
+        conn[:] = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = conn
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1].decode()
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    await reader.readexactly(int(length.group(1)) if length else 0)
+    if re.search(rb"(?i)\r\nconnection: *close", head):
+        writer.close()
+        conn.clear()
+    return status
+
+
+async def client_loop(port: int, requests: list[bytes], tally: Tally, limit: int, deadline: float) -> None:
+    """One closed-loop client on its own connection: send, read the whole answer, send the next."""
+    conn: list = []
+    while tally.sent < limit and time.perf_counter() < deadline:
+        request = requests[tally.sent % len(requests)]
+        tally.sent += 1
+        started = time.perf_counter()
+        try:
+            status = await exchange(conn, port, request)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:  # a dropped request: report it
+            status = f"error:{type(exc).__name__}"
+            conn.clear()
+        tally.statuses[status] = tally.statuses.get(status, 0) + 1
+        if status == "200":
+            tally.latencies.append(time.perf_counter() - started)
+    if conn:
+        conn[1].close()
+
+
+async def drive(port: int, requests: list[bytes], clients: int, limit: int, seconds: float) -> tuple[Tally, float]:
+    """`clients` concurrent closed loops until `limit` requests were sent or `seconds` passed."""
+    tally = Tally()
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(port, requests, tally, limit, started + seconds) for _ in range(clients)))
+    return tally, time.perf_counter() - started
+
+
+def run_async(coro):
+    """On uvloop when installed (the serve extra brings it): the less CPU the client takes from
+    the 2 cores it shares with the server, the more the numbers say about the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def batch_stats(metrics: str) -> tuple[float, int]:
+    """(texts filled, fill calls) so far, from the batch-size histogram."""
+    total = float(re.search(r"^deniro_batch_size_sum (\S+)$", metrics, re.M).group(1))
+    calls = int(re.search(r"^deniro_batch_size_count (\d+)$", metrics, re.M).group(1))
+    return total, calls
+
+
+def measure(server: ServerProcess, texts: list[str], clients: int, cfg: LoadConfig) -> dict:
+    import httpx
+
+    port = int(server.url.rsplit(":", 1)[1])
+    requests = encode_requests(texts, port)
+    run_async(drive(port, requests, clients, cfg.warmup, cfg.seconds))
+    before = batch_stats(httpx.get(server.url + "/metrics").text)
+    tally, elapsed = run_async(drive(port, requests, clients, cfg.requests, cfg.seconds))
+    after = batch_stats(httpx.get(server.url + "/metrics").text)
+    lat = np.array(tally.latencies) * 1000  # [answered] ms
+    ok = tally.statuses.get("200", 0)
+    row = {"server": server.name, "clients": clients, "requests": tally.sent, "ok": ok,
+           "rejected_503": tally.statuses.get("503", 0), "failed": tally.sent - ok - tally.statuses.get("503", 0),
+           "statuses": tally.statuses, "seconds": round(elapsed, 3),
+           "sentences_per_s": ok / elapsed if elapsed else 0.0,
+           "mean_batch": (after[0] - before[0]) / max(1, after[1] - before[1])}
+    row.update({f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)})
+    log.info("%-12s %4d clients: %7.1f sentences/s, p50 %6.1f ms, p99 %6.1f ms, mean batch %5.1f, %s",
+             server.name, clients, row["sentences_per_s"], row["p50_ms"] or 0, row["p99_ms"] or 0,
+             row["mean_batch"], tally.statuses)
+    return row
+
+
+# --------------------------------------------------------------------------- workload and run
+def load_sentences(cfg: LoadConfig, artifact: Path) -> list[str]:
+    from deniro_rt.artifact import load_manifest
+    from deniro_rt.data import load_text_splits
+
+    from .config import MODEL_CARD_PROMPT
+    from .workload import build_workload, load_tokenizer
+
+    manifest = load_manifest(artifact)
+    reviews = load_text_splits(cfg.dataset, [cfg.split])[cfg.split]
+    workload = build_workload(reviews, load_tokenizer(artifact), [cfg.length], cfg.sentences, cfg.seed,
+                              manifest.mask_token, MODEL_CARD_PROMPT)
+    return workload.buckets[cfg.length]
+
+
+def run_server(name: str, cfg: LoadConfig, texts: list[str], torch_model: Path | None) -> tuple[list[dict], dict]:
+    server = start_server(name, cfg, torch_model)
+    try:
+        rows = [measure(server, texts, clients, cfg) for clients in cfg.client_counts()]
+    finally:
+        code = stop_server(server)
+    if code != 0:
+        raise DeniroError(f"the {name} server exited with {code} after SIGTERM (expected 0)")
+    return rows, server.health
+
+
+def main(cfg: LoadConfig) -> int:
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    from . import report
+
+    names, _ = cfg.server_names(), cfg.client_counts()  # bad lists fail before any server starts
+    artifact = Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR
+    texts = load_sentences(cfg, artifact)
+    result = {"header": report.header("cpu", "python -m bench load"), "config": asdict(cfg),
+              "sentences": {"count": len(texts), "length_bucket": cfg.length}, "rows": [], "servers": {}}
+    with tempfile.TemporaryDirectory(prefix="deniro-load-") as tmp:
+        torch_model = None
+        if "hf-pipeline" in names:
+            torch_model = Path(cfg.torch_model) if cfg.torch_model else random_torch_model(artifact, Path(tmp))
+            result["torch_model"] = cfg.torch_model or f"random init of {artifact / 'config.json'} (seed 0)"
+        for name in names:
+            rows, health = run_server(name, cfg, texts, torch_model)
+            result["rows"] += rows
+            result["servers"][name] = health
+    result["ratios"] = ratios(result["rows"])
+    write_reports(result, Path(cfg.out))
+    return 0
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Batched vs unbatched and vs hf-pipeline throughput, per client count."""
+    by = {(r["server"], r["clients"]): r["sentences_per_s"] for r in rows}
+    out = []
+    for (server, clients), value in by.items():
+        if server != "batched":
+            continue
+        entry = {"clients": clients}
+        for other in ("unbatched", "hf-pipeline"):
+            if by.get((other, clients)):
+                entry[f"vs_{other}"] = value / by[(other, clients)]
+        out.append(entry)
+    return out
+
+
+# --------------------------------------------------------------------------- reports
+def write_reports(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "load.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "load.md").write_text(markdown(result))
+    plot(result, out / "load.png")
+    log.info("reports: %s/load.{json,md,png}", out)
+
+
+def markdown(result: dict) -> str:
+    h, cfg = result["header"], result["config"]
+    lines = [f"# deniro serve load test — {h['machine']}, {h['created']}", "",
+             f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); "
+             f"versions: {json.dumps(h['versions'])}", "",
+             f"One IMDB test sentence per request ({result['sentences']['count']} sentences of the "
+             f"{cfg['length']}-token bucket), closed loop, at most {cfg['requests']} requests or "
+             f"{cfg['seconds']} s per level after {cfg['warmup']} warm-up requests; batched server: "
+             f"--max-batch-size {cfg['max_batch_size']} --max-wait-ms {cfg['max_wait_ms']} "
+             f"--max-queue {cfg['max_queue']}. hf-pipeline model: {result.get('torch_model', '-')}.", "",
+             "| server | clients | sentences/s | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {_f(r['p50_ms'])} | "
+                     f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
+                     f"{r['rejected_503']} | {r['failed']} |")
+    lines += ["", "| clients | batched vs unbatched | batched vs hf-pipeline |", "|---|---|---|"]
+    for r in result["ratios"]:
+        lines.append(f"| {r['clients']} | {_x(r.get('vs_unbatched'))} | {_x(r.get('vs_hf-pipeline'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _x(value) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (("sentences_per_s", "throughput (sentences/s, higher is better)"),
+              ("p99_ms", "latency p99 and p50 (ms, lower is better)"))
+    for ax, (key, title) in zip(axes, panels):
+        for name in dict.fromkeys(r["server"] for r in result["rows"]):
+            rows = [r for r in result["rows"] if r["server"] == name]
+            line = ax.plot([r["clients"] for r in rows], [r[key] for r in rows], marker="o", label=name)
+            if key == "p99_ms":
+                ax.plot([r["clients"] for r in rows], [r["p50_ms"] for r in rows], ls="--",
+                        color=line[0].get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"deniro_rt serve over HTTP, 127.0.0.1 — {result['header']['hardware']['cpu']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- command line
+HELP = {
+    "model": "artifact folder (default: deniro_rt's shipped model)",
+    "torch_model": "save_pretrained folder for hf-pipeline (default: random init of the artifact's "
+                   "config.json with its tokenizer: same shape, speed only)",
+    "servers": f"comma-separated subset of {', '.join(SERVERS)}",
+    "clients": "comma-separated concurrent client counts",
+    "requests": "answers per level at most",
+    "seconds": "seconds per level at most",
+    "warmup": "untimed requests before each level",
+    "length": "token-length bucket of the sentences (texts of 3/4 L..L tokens)",
+    "sentences": "distinct sentences, cycled",
+    "dataset": f"folder of <split>.parquet files (default: {LOCAL_IMDB} when present)",
+    "split": "split the sentences are cut from",
+    "seed": "sentence choice and masked word",
+    "max_batch_size": "--max-batch-size of the batched and hf-pipeline servers",
+    "max_wait_ms": "--max-wait-ms of every server",
+    "max_queue": "--max-queue of every server",
+    "precision": "deniro_rt graph (default: the runtime's choice for CPU)",
+    "out": "report folder",
+    "quick": f"small counts ({QUICK}): checks the harness, not the speed",
+}
+TYPES = {"model": str, "torch_model": str, "precision": str}
+
+
+def parse_args(argv: list[str] | None) -> LoadConfig:
+    parser = argparse.ArgumentParser(prog="python -m bench load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = LoadConfig()
+    for f in fields(LoadConfig):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=HELP[f.name])
+            continue
+        note = "" if "(default:" in HELP[f.name] else f" (default: {default})"
+        parser.add_argument(flag, type=TYPES.get(f.name) or type(default), default=default,
+                            help=HELP[f.name] + note)
+    return LoadConfig(**vars(parser.parse_args(argv)))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    setup_logging()
+    config = parse_args(argv)
+    return run_main(lambda: main(config))
+
+
+if __name__ == "__main__":  # the hf-pipeline server process (see server_command)
+    sys.exit(serve_pipeline(sys.argv[1:]))
