@@ -331,3 +331,38 @@ def test_runtime_imports_without_the_serve_extra():
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         'error: the HTTP server needs the serve extra (uvicorn is missing): pip install "deniro[serve]"')
+
+
+# --------------------------------------------------------------------------- bench load harness
+def test_load_harness_quick(tmp_path):
+    from bench.load import LoadConfig, main
+
+    cfg = LoadConfig(servers="batched,unbatched", clients="1,4", requests=30, seconds=10, warmup=4,
+                     sentences=20, length=32, out=str(tmp_path))
+    assert main(cfg) == 0
+    report = json.loads((tmp_path / "load.json").read_text())
+    assert [(r["server"], r["clients"]) for r in report["rows"]] == [
+        ("batched", 1), ("batched", 4), ("unbatched", 1), ("unbatched", 4)]
+    for row in report["rows"]:
+        assert (row["requests"], row["ok"], row["failed"], row["rejected_503"]) == (30, 30, 0, 0), row
+        assert row["p50_ms"] <= row["p99_ms"] and row["sentences_per_s"] > 0
+    assert all(r["mean_batch"] == 1.0 for r in report["rows"] if r["server"] == "unbatched")
+    assert report["ratios"][0]["clients"] == 1 and "vs_unbatched" in report["ratios"][0]
+    assert (tmp_path / "load.png").stat().st_size > 10_000 and "| batched | 4 |" in (tmp_path / "load.md").read_text()
+
+
+def test_pipeline_backend_answers_like_the_pipeline(tmp_path):
+    """The hf-pipeline adapter of bench/load.py: one result per text, also for a list of one."""
+    pytest.importorskip("transformers")
+    from transformers import pipeline
+
+    from bench.load import PipelineFill, random_torch_model
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    folder = random_torch_model(DEFAULT_MODEL_DIR, tmp_path)
+    backend, reference = PipelineFill(str(folder)), pipeline("fill-mask", model=str(folder), device="cpu")
+    texts = ["This is a great [MASK]!", "the [MASK] was long .", "a [MASK] film"]
+    assert backend.fill(texts[:1], top_k=3) == [reference(texts[0], top_k=3)]
+    assert_close(backend.fill(texts, top_k=2), [reference(t, top_k=2) for t in texts])  # padded: ~1e-10
+    with pytest.raises(deniro_rt.DeniroError, match="joint is not supported"):
+        backend.fill(texts, joint=True)
