@@ -266,6 +266,8 @@ def start_run(config: TrainConfig) -> Run:
     # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
     accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision],
                               cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    if not accelerator.is_main_process:
+        log.setLevel(logging.WARNING)  # one process reports progress; the others only their problems
     log.info("config: %s", json.dumps(asdict(config)))
     prepared = prepare(config, out)
     if accelerator.is_main_process:
