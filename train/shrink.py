@@ -1,0 +1,142 @@
+"""Measure the shipping levers of a DistilBERT masked LM (issue 12): an int8 word-embedding table (the
+tied projector reads the same int8 rows) and pruning the vocabulary pieces IMDB uses least.
+
+Quality is compared with the fp32 model itself on one premasked IMDB test set: perplexity and top-1
+agreement at the masked positions. A pruned piece becomes [UNK] in the input, and a masked label that was
+pruned is scored as [UNK] (the shipped model could only ever say [UNK] there). Measurement only: nothing
+is exported or shipped.
+
+    python -m train.shrink --model runs/minilm --dataset ../shared/data/imdb --keep 30522,20000,16000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deniro_rt.data import chunk_texts, load_text_splits, premask
+
+log = logging.getLogger("train.shrink")
+
+
+@dataclass
+class ShrinkConfig:
+    model: str  # DistilBertForMaskedLM save_pretrained folder
+    dataset: str  # folder of <split>.parquet files
+    keep: str = "30522,20000,16000"  # vocabulary sizes to try (most frequent IMDB pieces + specials)
+    count_texts: int = 5000  # train reviews the piece frequencies are counted on
+    eval_texts: int = 100  # test reviews in the premasked evaluation set
+    chunk_size: int = 128
+    eval_seed: int = 1234
+    output: str | None = None  # optional JSON file for the results
+
+
+@dataclass(frozen=True)
+class Variant:
+    keep: int  # vocabulary size after pruning
+    int8_embedding: bool
+
+
+def piece_order(tokenizer, texts: list[str]) -> np.ndarray:
+    """Piece ids, most frequent in `texts` first; special tokens always first."""
+    counts = np.zeros(len(tokenizer), dtype=np.int64)
+    for encoding in tokenizer.backend_tokenizer.encode_batch(texts):
+        counts += np.bincount(encoding.ids, minlength=len(tokenizer))
+    counts[tokenizer.all_special_ids] = np.iinfo(np.int64).max
+    return np.argsort(-counts, kind="stable")
+
+
+def quantize_rows(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-row int8, dequantized: what an int8 table with fp32 row scales gives back."""
+    scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # [vocab, 1]
+    return torch.round(weight / scale).clamp(-127, 127) * scale
+
+
+@torch.no_grad()
+def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> tuple[float, np.ndarray]:
+    """Perplexity and the top-1 predictions (original ids) at the masked positions."""
+    kept = torch.from_numpy(np.sort(order[:variant.keep]))  # [keep]
+    is_kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    is_kept[kept] = True
+    table = model.distilbert.embeddings.word_embeddings.weight
+    weight = quantize_rows(table) if variant.int8_embedding else table
+    position = {int(t): i for i, t in enumerate(kept)}
+    nll, count, top1 = 0.0, 0, []
+    for start in range(0, len(eval_set.input_ids), 16):
+        ids = torch.from_numpy(eval_set.input_ids[start:start + 16])  # [batch, seq]
+        labels = torch.from_numpy(eval_set.labels[start:start + 16])  # [batch, seq]
+        ids = torch.where(is_kept[ids], ids, unk_id)
+        embeds = torch.nn.functional.embedding(ids, weight)  # [batch, seq, dim]
+        hidden = model.distilbert(inputs_embeds=embeds)[0][labels != -100]  # [n, dim]
+        x = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
+        logits = x @ weight[kept].T + model.vocab_projector.bias[kept]  # [n, keep]
+        target = labels[labels != -100]
+        target = torch.where(is_kept[target], target, unk_id)
+        target = torch.tensor([position[int(t)] for t in target])
+        nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+        count += len(target)
+        top1.append(kept[logits.argmax(-1)].numpy())
+    return float(np.exp(nll / count)), np.concatenate(top1)
+
+
+def package_bytes(model, keep: int, int8_embedding: bool) -> int:
+    """Estimated graph size with int8 linear layers: embedding table at 1 or 4 bytes + fp32 row scales,
+    linear weights 1 byte, everything else (positions, LayerNorms, biases) fp32."""
+    dim, total = model.config.dim, 0
+    for name, param in model.named_parameters():
+        if "word_embeddings" in name:
+            continue
+        linear = param.ndim == 2 and "position" not in name
+        total += param.numel() * (1 if linear else 4)
+    return total + keep * dim * (1 if int8_embedding else 4) + (keep * 4 if int8_embedding else 0) + keep * 4
+
+
+def main(config: ShrinkConfig) -> list[dict]:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    texts = load_text_splits(config.dataset, ["train", "test"])
+    rng = np.random.default_rng(config.eval_seed)
+    count_texts = [texts["train"][i] for i in rng.choice(len(texts["train"]), config.count_texts, replace=False)]
+    eval_texts = [texts["test"][i] for i in rng.choice(len(texts["test"]), config.eval_texts, replace=False)]
+    order = piece_order(tokenizer, count_texts)
+    chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
+    eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
+    rows, reference = [], None
+    for keep in [int(k) for k in config.keep.split(",")]:
+        for int8 in (False, True):
+            variant = Variant(min(keep, len(tokenizer)), int8)
+            ppl, top1 = score(model, eval_set, variant, order, tokenizer.unk_token_id)
+            reference = top1 if reference is None else reference
+            rows.append({**asdict(variant), "perplexity": round(ppl, 3),
+                         "top1_agreement_vs_fp32": round(float((top1 == reference).mean()), 4),
+                         "est_int8_graph_mb": round(package_bytes(model, variant.keep, int8) / 1e6, 2)})
+            log.info("%s", rows[-1])
+    if config.output:
+        Path(config.output).write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+def run(argv: list[str] | None = None) -> int:
+    from deniro_rt.cli import run_main, setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m train.shrink", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in asdict(ShrinkConfig(model="", dataset="")).items():
+        kind = int if isinstance(default, int) else str
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default or None,
+                            required=name in ("model", "dataset"), help=f"(default: {default})")
+    setup_logging(ours=("train",))
+    config = ShrinkConfig(**vars(parser.parse_args(argv)))
+    return run_main(lambda: main(config))
+
+
+if __name__ == "__main__":
+    sys.exit(run())
