@@ -1,7 +1,9 @@
-"""train.convert: BERT folders -> DistilBertForMaskedLM, checked against transformers' BERT itself."""
+"""train.convert (BERT folders -> DistilBertForMaskedLM, checked against transformers' BERT itself) and
+train.shrink (the shipping-size levers, measured against the same model)."""
 import json
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +156,42 @@ def test_real_minilm_converts_exactly(tmp_path, sentences):
     batch.pop("token_type_ids")
     _hidden_states_match(bert, distil, batch)
     assert (distil.num_parameters(), distil.config.vocab_size) == (22_743_738, 30522)
+
+
+def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir, tmp_path):
+    """train.shrink: full vocabulary in fp32 reproduces the model's own perplexity (MaskedOnlyMLM), the
+    int8 table stays close, pruning maps the rare pieces to [UNK]."""
+    from transformers import AutoModelForMaskedLM
+
+    from deniro_rt.data import chunk_texts, load_text_splits, premask
+    from train import shrink
+    from train.model import MaskedOnlyMLM
+
+    weight = torch.randn(50, 16)
+    assert ((shrink.quantize_rows(weight) - weight).abs() <= weight.abs().amax(1, keepdim=True) / 254 + 1e-7).all()
+    rows = shrink.main(shrink.ShrinkConfig(model=str(tiny_model_dir), dataset=str(imdb_dir), keep="1000,300",
+                                           count_texts=100, eval_texts=20, chunk_size=64,
+                                           output=str(tmp_path / "r.json")))
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    texts = load_text_splits(str(imdb_dir), ["test"])["test"]
+    rng = np.random.default_rng(1234)
+    rng.choice(25000, 100, replace=False)  # the count subset is drawn first
+    chunks = chunk_texts(model_tokenizer(tiny_model_dir).backend_tokenizer,
+                         [texts[i] for i in rng.choice(len(texts), 20, replace=False)], 64)
+    eval_set = premask(chunks, 1234, 4, 600)
+    with torch.no_grad():
+        nll = MaskedOnlyMLM(model)(torch.from_numpy(eval_set.input_ids), torch.from_numpy(eval_set.labels),
+                                   reduction="sum")
+    expected = float(np.exp(float(nll) / (eval_set.labels != -100).sum()))
+    full, full_int8, pruned = rows[0], rows[1], rows[2]
+    assert (full["keep"], full["int8_embedding"], full["top1_agreement_vs_fp32"]) == (600, False, 1.0)
+    assert abs(full["perplexity"] - expected) < 1e-3 * expected and full["labels_pruned"] == 0
+    assert abs(full_int8["perplexity"] / full["perplexity"] - 1) < 0.02 and full_int8["est_int8_graph_mb"] < full["est_int8_graph_mb"]
+    assert pruned["keep"] == 300 and 0 < pruned["labels_pruned"] < 0.2
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+
+
+def model_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

@@ -59,15 +59,16 @@ def quantize_rows(weight: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> tuple[float, np.ndarray]:
-    """Perplexity and the top-1 predictions (original ids) at the masked positions."""
+def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> tuple[float, np.ndarray, float]:
+    """Perplexity, the top-1 predictions (original ids) at the masked positions, and the fraction of
+    masked labels that were pruned (scored as [UNK])."""
     kept = torch.from_numpy(np.sort(order[:variant.keep]))  # [keep]
     is_kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     is_kept[kept] = True
     table = model.distilbert.embeddings.word_embeddings.weight
     weight = quantize_rows(table) if variant.int8_embedding else table
     position = {int(t): i for i, t in enumerate(kept)}
-    nll, count, top1 = 0.0, 0, []
+    nll, count, top1, pruned = 0.0, 0, [], 0
     for start in range(0, len(eval_set.input_ids), 16):
         ids = torch.from_numpy(eval_set.input_ids[start:start + 16])  # [batch, seq]
         labels = torch.from_numpy(eval_set.labels[start:start + 16])  # [batch, seq]
@@ -77,12 +78,13 @@ def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> 
         x = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
         logits = x @ weight[kept].T + model.vocab_projector.bias[kept]  # [n, keep]
         target = labels[labels != -100]
+        pruned += int((~is_kept[target]).sum())
         target = torch.where(is_kept[target], target, unk_id)
         target = torch.tensor([position[int(t)] for t in target])
         nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
         count += len(target)
         top1.append(kept[logits.argmax(-1)].numpy())
-    return float(np.exp(nll / count)), np.concatenate(top1)
+    return float(np.exp(nll / count)), np.concatenate(top1), pruned / count
 
 
 def package_bytes(model, keep: int, int8_embedding: bool) -> int:
@@ -113,10 +115,11 @@ def main(config: ShrinkConfig) -> list[dict]:
     for keep in [int(k) for k in config.keep.split(",")]:
         for int8 in (False, True):
             variant = Variant(min(keep, len(tokenizer)), int8)
-            ppl, top1 = score(model, eval_set, variant, order, tokenizer.unk_token_id)
+            ppl, top1, pruned = score(model, eval_set, variant, order, tokenizer.unk_token_id)
             reference = top1 if reference is None else reference
             rows.append({**asdict(variant), "perplexity": round(ppl, 3),
                          "top1_agreement_vs_fp32": round(float((top1 == reference).mean()), 4),
+                         "labels_pruned": round(pruned, 4),
                          "est_int8_graph_mb": round(package_bytes(model, variant.keep, int8) / 1e6, 2)})
             log.info("%s", rows[-1])
     if config.output:
