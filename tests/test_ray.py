@@ -1,0 +1,215 @@
+"""Ray (extra deniro[ray]): Ray Data map_batches, the batch command (with and without Ray) and the Ray
+Serve deployment over HTTP on 127.0.0.1, all compared with deniro_rt.fill on IMDB test sentences.
+
+One local Ray (2 CPUs, no dashboard) for the whole module. fp32 is compared exactly: the int8 graph
+is dynamically quantised (activation scales computed per batch), so its scores depend on which
+texts share a batch and cannot be compared across differently batched runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import deniro_rt
+from deniro_rt.batch import main as batch_main
+
+ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "deniro[ray]"')
+pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "deniro[ray]"')
+serve = pytest.importorskip("ray.serve", reason='Ray Serve is not installed: pip install "deniro[ray]"')
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+PRECISION = "fp32"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sentences(imdb_texts) -> list[str]:
+    """36 IMDB test sentences, one word of each masked (seeded)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for review in imdb_texts["test"]:
+        picked = [s for s in deniro_rt.data.review_sentences(review) if 5 <= len(s.split()) <= 40][:1]
+        masked = [deniro_rt.data.mask_one_word(s, rng) for s in picked]
+        out += [m[0] for m in masked if m is not None]
+        if len(out) == 36:
+            return out
+    return out
+
+
+def as_json(result):
+    """fill's result as it comes back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(result))
+
+
+def expected(texts, **kwargs):
+    return as_json(deniro_rt.fill(texts, precision=PRECISION, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def serve_port() -> int:
+    """One port for the module: Serve's HTTP proxy keeps the options of its first start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------- the map_batches callable
+def test_fill_mask_batch_adds_columns_for_numpy_and_pandas_batches(sentences):
+    import pandas as pd
+
+    from deniro_rt.ray_data import FillMaskBatch
+
+    worker = FillMaskBatch(precision=PRECISION, threads=1, top_k=3, column="review")
+    ids = np.arange(len(sentences))
+    out = worker({"review": np.array(sentences, dtype=object), "id": ids})
+    frame = worker(pd.DataFrame({"review": sentences, "id": ids}))
+    reference = expected(sentences, top_k=3)
+    assert [json.loads(p) for p in out["predictions"]] == reference
+    assert list(out["top1"]) == [r[0]["token_str"] for r in reference]
+    np.testing.assert_array_equal(out["top1_score"], [r[0]["score"] for r in reference])
+    assert (out["id"] == ids).all()
+    assert [json.loads(p) for p in frame["predictions"]] == reference
+    assert list(frame.columns) == ["review", "id", "top1", "top1_score", "predictions"]
+
+
+def test_ray_data_map_batches_equals_fill(local_ray, sentences):
+    from deniro_rt.ray_data import FillSpec, fill_dataset
+
+    local_ray.data.DataContext.get_current().execution_options.preserve_order = True
+    table = pa.table({"text": sentences, "id": list(range(len(sentences)))})
+    blocks = [table.slice(i, 8) for i in range(0, table.num_rows, 8)]  # 5 blocks for 2 actors
+    dataset = fill_dataset(local_ray.data.from_arrow(blocks), FillSpec(precision=PRECISION), concurrency=2,
+                           batch_size=8)
+    rows = dataset.take_all()
+    assert [r["id"] for r in rows] == list(range(len(sentences)))
+    assert [json.loads(r["predictions"]) for r in rows] == expected(sentences)
+
+
+def test_replica_threads_follow_the_cpus_ray_assigned(local_ray):
+    from deniro_rt.ray_serve import RayServeConfig, replica_threads
+
+    @local_ray.remote(num_cpus=1)
+    def threads_inside(config):
+        return replica_threads(config)
+
+    assert RayServeConfig(num_cpus=2).threads() == 2
+    assert local_ray.get(threads_inside.remote(RayServeConfig(num_cpus=2))) == 1  # what Ray gave wins
+
+
+# ---------------------------------------------------------------------- python -m deniro_rt batch
+@pytest.fixture
+def corpus(tmp_path, sentences):
+    path = tmp_path / "reviews.parquet"
+    pq.write_table(pa.table({"id": list(range(len(sentences))), "review": sentences}), path)
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "2", "--batch-size", "8"]],
+                         ids=["in-process", "ray-data"])
+def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences, tmp_path, extra):
+    out = tmp_path / "out"
+    argv = ["--input", str(corpus), "--column", "review", "--output", str(out), "--precision", PRECISION]
+    assert batch_main(argv + extra) == 0
+    table = pq.read_table(out / "predictions.parquet")
+    assert table.column_names == ["id", "review", "top1", "top1_score", "predictions"]
+    assert table.column("id").to_pylist() == list(range(len(sentences)))
+    reference = expected(sentences)
+    assert [json.loads(p) for p in table.column("predictions").to_pylist()] == reference
+    assert table.column("top1").to_pylist() == [r[0]["token_str"] for r in reference]
+    saved = json.loads((out / "batch_config.json").read_text())
+    assert saved["rows"] == len(sentences) and saved["ray"] == bool(extra)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "reviews.parquet"]  # no temp folder left
+
+
+def test_batch_command_reads_text_files(tmp_path):
+    source = tmp_path / "lines.txt"
+    source.write_text("This is a great [MASK]!\n\nThe acting was [MASK].\n")
+    assert batch_main(["--input", str(source), "--output", str(tmp_path / "o"), "--precision", PRECISION]) == 0
+    table = pq.read_table(tmp_path / "o" / "predictions.parquet")
+    texts = ["This is a great [MASK]!", "The acting was [MASK]."]
+    assert table.column("text").to_pylist() == texts
+    assert [json.loads(p) for p in table.column("predictions").to_pylist()] == expected(texts)
+
+
+def batch_error(capsys, argv) -> str:
+    assert batch_main(argv) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_batch_command_bad_input(tmp_path, corpus, capsys):
+    missing = tmp_path / "nope.parquet"
+    assert batch_error(capsys, ["--input", str(missing), "--output", str(tmp_path / "o")]) == (
+        f"error: --input {missing} does not exist; pass a .parquet file, a folder of .parquet files, "
+        f"or a .txt file with one text per line")
+    assert batch_error(capsys, ["--input", str(corpus), "--output", str(tmp_path / "o")]) == (
+        f"error: --input {corpus} has no column 'text' (it has: id, review); pass --column with the text column")
+    unmasked = tmp_path / "unmasked.parquet"
+    pq.write_table(pa.table({"text": ["a [MASK] movie", "no mask here", "a [mask] plot"]}), unmasked)
+    assert batch_error(capsys, ["--input", str(unmasked), "--output", str(tmp_path / "o")]) == (
+        "error: 2 of 3 rows of column 'text' have no [MASK] (rows 1, 2; first: 'no mask here') (the mask "
+        "token is case-sensitive: write [MASK]); put [MASK] where a word should be predicted in every row, "
+        "or filter those rows out first")
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    argv = ["--input", str(corpus), "--column", "review", "--output", str(out)]
+    assert batch_error(capsys, argv) == f"error: --output {out} exists and is not empty; pass another folder or --overwrite"
+    assert (out / "mine.txt").read_text() == "keep me"
+    assert batch_main(argv + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["batch_config.json", "predictions.parquet"]
+
+
+def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    argv = ["--input", str(corpus), "--column", "review", "--output", str(tmp_path / "o"), "--ray"]
+    assert batch_error(capsys, argv) == (
+        'error: --ray needs Ray Data, which is not installed; pip install "deniro[ray]", or leave out '
+        '--ray/--concurrency/--address to fill in this process')
+
+
+# ---------------------------------------------------------------------- Ray Serve over HTTP
+@pytest.mark.parametrize("batching", ["app", "serve"])
+def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences, batching):
+    import httpx
+
+    from deniro_rt.ray_serve import RayServeConfig, start
+
+    config = RayServeConfig(precision=PRECISION, port=serve_port, batching=batching, max_wait_ms=20,
+                            name=f"deniro-{batching}")
+    url = start(config)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get("/health").json()["status"] == "ok"
+            single = client.post("/", json={"inputs": sentences[0], "parameters": {"top_k": 3}})
+            assert single.status_code == 200 and single.json() == expected(sentences[0], top_k=3)
+            listed = client.post("/fill", json={"inputs": sentences[:4]})
+            assert listed.json() == expected(sentences[:4])
+            bad = client.post("/", json={"inputs": "no mask here"})
+            assert bad.status_code == 422 and "has no [MASK]" in bad.json()["error"]
+            with ThreadPoolExecutor(8) as pool:  # concurrent clients share batches, each gets its own answer
+                answers = list(pool.map(lambda t: client.post("/", json={"inputs": t}).json(), sentences))
+            assert answers == [expected(t) for t in sentences]
+            metrics = client.get("/metrics").text
+            calls = float(re.search(r"^deniro_batch_size_count (\S+)$", metrics, re.M).group(1))
+            assert calls < 2 + len(sentences)  # concurrent requests were batched together
+    finally:
+        serve.delete(config.name)
