@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders
 
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
 from .errors import DeniroError, DeniroTypeError
 from .models import DEFAULT_MODEL_DIR
 from .providers import CPU, resolve_precision, resolve_provider, session_options
+
+OVERLAP_BLOCK = 2048  # texts tokenized per block when tokenization overlaps the device runs
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +38,50 @@ class Scored:
 
 
 class FillMask:
-    """A reusable fill-mask runtime; thread-safe (one session, no per-call mutable state)."""
+    """A reusable fill-mask runtime; thread-safe (one session, no per-call mutable state).
+
+    cuda_graph: on CUDA, replay CUDA graphs for bucketed shapes (deniro_rt/cuda.py). overlap:
+    tokenize block i+1 while block i runs (default: on CUDA only; on CPU both compete for the cores).
+    """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto",
-                 precision: str | None = None, threads: int | None = None):
+                 precision: str | None = None, threads: int | None = None, cuda_graph: bool = True,
+                 overlap: bool | None = None, overlap_block: int = OVERLAP_BLOCK):
         self.manifest = load_manifest(model or DEFAULT_MODEL_DIR)
         self.provider = resolve_provider(device)
         self.precision = resolve_precision(precision, self.provider, self.manifest.graphs)
-        graph = verify_file(self.manifest, self.manifest.graphs[self.precision])
-        providers = [self.provider] + ([CPU] if self.provider != CPU else [])
-        self.session = ort.InferenceSession(str(graph), session_options(self.provider, threads),
-                                            providers=providers)
-        self._check_graph()
-        self._run = lambda feed: self.session.run(None, feed)
-        if self.provider != CPU:  # GPU-only path; not exercised on CPU machines (see deniro_rt/cuda.py)
-            from .cuda import CudaBinding
-
-            self._run = CudaBinding(self.session).run
         self.tokenizer = Tokenizer.from_file(str(verify_file(self.manifest, TOKENIZER_FILE)))
         self.tokenizer.no_truncation()  # long texts are reported (or windowed), never cut silently
         self.tokenizer.no_padding()
         self.mask_token, self.mask_id = self.manifest.mask_token, self.manifest.mask_token_id
         self.pad_id = self.manifest.pad_token_id
+        self._open_session(threads, cuda_graph)
+        self._check_graph()
+        self.overlap = self.provider != CPU if overlap is None else overlap
+        self.overlap_block = max(1, overlap_block)
         self._drop_ids = np.array([self.tokenizer.token_to_id(t) for t in self._edge_tokens()], np.int64)
         self.token_str = lru_cache(maxsize=None)(self._decode_id)
+        self.pieces = Pieces.for_tokenizer(self.tokenizer, set(self._drop_ids.tolist()), self.token_str)
+        self._constants: dict[tuple, np.ndarray] = {}  # read-only feed arrays reused by every call
         log.info("deniro_rt: %s (%s, %s)", self.manifest.folder, self.precision, self.provider)
+
+    def _open_session(self, threads: int | None, cuda_graph: bool) -> None:
+        """The session and its run(feed) function: plain session.run on CPU, IO binding on CUDA."""
+        graph = str(verify_file(self.manifest, self.manifest.graphs[self.precision]))
+        options = session_options(self.provider, threads)
+        self.cuda_graph = False
+        if self.provider == CPU:
+            self.session = ort.InferenceSession(graph, options, providers=[CPU])
+            self._run = lambda feed: self.session.run(None, feed)
+            return
+        from .cuda import make_runner, make_session  # GPU-only path, see deniro_rt/cuda.py
+
+        self.session, self.cuda_graph = make_session(graph, options, cuda_graph)
+        self._run = make_runner(self.session, self.cuda_graph, self.pad_id, self.manifest.max_positions)
+
+    def run_graph(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph alone on a prepared feed (what bench times as model-only): [topk lp, ids, target lp]."""
+        return self._run(feed)
 
     def _check_graph(self) -> None:
         names = tuple(i.name for i in self.session.get_inputs())
@@ -85,6 +107,12 @@ class FillMask:
         if not batch:
             return []
         top_k = check_top_k(top_k)
+        if targets is None and not joint:
+            if len(batch) == 1:  # the latency path: no batching machinery
+                result = self._fill_one(batch[0], top_k, truncation)
+                return result if single else [result]
+            if self.overlap and len(batch) > self.overlap_block:
+                return self._fill_overlapped(batch, top_k, batch_size, truncation)
         encoded, dropped = self.encode(batch, truncation)
         if joint:
             results = fill_jointly(self, encoded, batch_size)
@@ -108,11 +136,14 @@ class FillMask:
         return {"perplexity": perplexity(nll, tokens), "nll": nll, "tokens": tokens}
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, texts: list[str], truncation: bool) -> tuple[list[np.ndarray], list[list[int]]]:
-        """Token ids per text (with [CLS]/[SEP]); with truncation, a window around the masks."""
+    def encode(self, texts: list[str], truncation: bool,
+               offset: int = 0) -> tuple[list[np.ndarray], list[list[int]]]:
+        """Token ids per text (with [CLS]/[SEP]); with truncation, a window around the masks.
+
+        offset: index of texts[0] in the caller's list (error messages name that index)."""
         encodings = self.tokenizer.encode_batch(texts)
         encoded, dropped = [], []
-        for index, (text, enc) in enumerate(zip(texts, encodings)):
+        for index, (text, enc) in enumerate(zip(texts, encodings), start=offset):
             ids = np.asarray(enc.ids, dtype=np.int64)
             if not (ids == self.mask_id).any():
                 raise DeniroError(no_mask_message(text, index, self.mask_token))
@@ -142,6 +173,14 @@ class FillMask:
         return results
 
     def _run_batch(self, seqs, positions, targets, top_k: int) -> list[Scored]:
+        feed, counts = self.batch_feed(seqs, positions, targets, top_k)
+        topk_lp, topk_ids, target_lp = self._run(feed)
+        splits = np.cumsum(counts)[:-1]
+        return [Scored(a, b, c) for a, b, c in zip(np.split(topk_lp, splits), np.split(topk_ids, splits),
+                                                    np.split(target_lp, splits))]
+
+    def batch_feed(self, seqs, positions, targets, top_k: int) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The graph inputs of one batch (padded to its longest sequence) and the mask count per sequence."""
         seq_len = max(len(s) for s in seqs)
         input_ids = np.full((len(seqs), seq_len), self.pad_id, dtype=np.int64)  # [batch, seq]
         attention = np.zeros((len(seqs), seq_len), dtype=np.int64)  # [batch, seq]
@@ -149,7 +188,6 @@ class FillMask:
             input_ids[row, :len(ids)] = ids
             attention[row, :len(ids)] = 1
         mask_index = np.concatenate([row * seq_len + p for row, p in enumerate(positions)])  # [n]
-        counts = [len(p) for p in positions]
         if targets is None:
             target_ids = np.zeros((len(mask_index), 1), dtype=np.int64)  # [n, 1] unused
         else:
@@ -157,23 +195,76 @@ class FillMask:
         k = np.array([min(top_k, self.manifest.vocab_size)], dtype=np.int64)
         feed = {"input_ids": input_ids, "attention_mask": attention, "mask_index": mask_index.astype(np.int64),
                 "target_ids": target_ids, "top_k": k}
-        topk_lp, topk_ids, target_lp = self._run(feed)
-        splits = np.cumsum(counts)[:-1]
-        return [Scored(a, b, c) for a, b, c in zip(np.split(topk_lp, splits), np.split(topk_ids, splits),
-                                                    np.split(target_lp, splits))]
+        return feed, [len(p) for p in positions]
+
+    def prepared_feeds(self, texts: Sequence[str], top_k: int = 5,
+                       batch_size: int = 64) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """The feeds fill(texts, top_k, batch_size) runs, built ahead, and the text order of their mask
+        rows (bench's model-only timing: the graph alone on inputs already prepared)."""
+        encoded, _ = self.encode(list(texts), truncation=False)
+        positions = [np.flatnonzero(s == self.mask_id) for s in encoded]
+        order = np.argsort([len(s) for s in encoded], kind="stable")
+        feeds = [self.batch_feed([encoded[i] for i in chunk], [positions[i] for i in chunk], None, top_k)[0]
+                 for chunk in (order[s:s + batch_size] for s in range(0, len(order), batch_size))]
+        return feeds, order
 
     # ------------------------------------------------------------------ results
     def _fill_topk(self, encoded: list[np.ndarray], top_k: int, batch_size: int) -> list[list[list[dict]]]:
+        """Per text, per mask: the top-k predictions."""
         scored = self.score(encoded, top_k=top_k, batch_size=batch_size)
-        candidates = []  # (ids, position, token) for every returned prediction
-        for ids, s in zip(encoded, scored):
-            for position, row in zip(np.flatnonzero(ids == self.mask_id), s.topk_ids):
-                candidates.extend((ids, position, int(t)) for t in row)
-        sequences = iter(self.decode_filled(candidates))
-        results = []
-        for s in scored:
-            results.append([[self._prediction(float(lp), int(t), next(sequences))
-                             for lp, t in zip(lps, ts)] for lps, ts in zip(s.topk_logprobs, s.topk_ids)])
+        return [self._predictions(ids.tolist(), np.flatnonzero(ids == self.mask_id).tolist(), s.topk_logprobs,
+                                  s.topk_ids) for ids, s in zip(encoded, scored)]
+
+    def _fill_one(self, text: str, top_k: int, truncation: bool):
+        """One text: encode, one graph run on a feed of cached constants, spliced sequences."""
+        ids = self.tokenizer.encode(text).ids
+        if len(ids) > self.manifest.max_positions or self.mask_id not in ids:
+            encoded, dropped = self.encode([text], truncation)  # the error, or the truncation window
+            return restore_dropped(self._fill_topk(encoded, top_k, 1)[0], dropped[0])
+        positions = [i for i, t in enumerate(ids) if t == self.mask_id]
+        k = min(top_k, self.manifest.vocab_size)
+        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": self._constant("ones", len(ids)),
+                "mask_index": np.array(positions, dtype=np.int64), "target_ids": self._constant("zeros", len(positions)),
+                "top_k": self._constant("k", k)}
+        topk_lp, topk_ids, _ = self._run(feed)
+        return restore_dropped(self._predictions(ids, positions, topk_lp, topk_ids), [])
+
+    def _constant(self, kind: str, n: int) -> np.ndarray:
+        """Read-only feed arrays that depend on one size only: [1, n] ones, [n, 1] zeros, [k]."""
+        array = self._constants.get((kind, n))
+        if array is None:
+            make = {"ones": lambda: np.ones((1, n), np.int64), "zeros": lambda: np.zeros((n, 1), np.int64),
+                    "k": lambda: np.array([n], np.int64)}[kind]
+            array = make()
+            array.flags.writeable = False
+            self._constants[(kind, n)] = array
+        return array
+
+    def _predictions(self, ids: list[int], positions: list[int], topk_lp: np.ndarray,
+                     topk_ids: np.ndarray) -> list[list[dict]]:
+        """Per mask the top-k dicts: score = exp of the float32 log-prob taken in float64; spliced sequences."""
+        scores, tokens = np.exp(topk_lp.astype(np.float64)).tolist(), topk_ids.tolist()  # [n_masks, k] each
+        token_str, out = self.token_str, []
+        for position, row_scores, row_tokens in zip(positions, scores, tokens):
+            sequences = self.pieces.filled(ids, position, row_tokens) if self.pieces else \
+                self.decode_filled([(np.asarray(ids), position, t) for t in row_tokens])
+            out.append([{"score": s, "token": t, "token_str": token_str(t), "sequence": q}
+                        for s, t, q in zip(row_scores, row_tokens, sequences)])
+        return out
+
+    def _fill_overlapped(self, texts: list[str], top_k: int, batch_size: int, truncation: bool) -> list:
+        """Tokenize block i+1 in a thread while block i runs and is decoded (both release the GIL)."""
+        block = max(self.overlap_block, batch_size)
+        results: list = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deniro-tokenize") as pool:
+            pending = pool.submit(self.encode, texts[:block], truncation, 0)
+            for start in range(0, len(texts), block):
+                encoded, dropped = pending.result()
+                if start + block < len(texts):
+                    nxt = start + block
+                    pending = pool.submit(self.encode, texts[nxt:nxt + block], truncation, nxt)
+                part = self._fill_topk(encoded, top_k, batch_size)
+                results += [restore_dropped(r, d) for r, d in zip(part, dropped)]
         return results
 
     def _prediction(self, logprob: float, token, sequence: str) -> dict:
@@ -182,6 +273,9 @@ class FillMask:
 
     def decode_filled(self, candidates: list[tuple[np.ndarray, int, object]]) -> list[str]:
         """Decode each sequence with its mask at `position` replaced by token id(s), in one batch call."""
+        if self.pieces:
+            return [self.pieces.decode(ids[:position].tolist() + ([token] if isinstance(token, int) else list(token))
+                                       + ids[position + 1:].tolist()) for ids, position, token in candidates]
         filled = []
         for ids, position, token in candidates:
             pieces = [token] if isinstance(token, int) else list(token)
@@ -189,11 +283,80 @@ class FillMask:
         return self.decode_batch(filled)
 
     def decode_batch(self, sequences: list[np.ndarray]) -> list[str]:
+        """Decode without [CLS]/[SEP]/[PAD] (other [MASK]s stay visible)."""
+        if self.pieces:
+            return [self.pieces.decode(s.tolist()) for s in sequences]
+        return self.tokenizer_decode_batch(sequences)
+
+    def tokenizer_decode_batch(self, sequences: list[np.ndarray]) -> list[str]:
+        """decode_batch through the tokenizer itself (the reference the spliced decoding is tested against)."""
         kept = [s[~np.isin(s, self._drop_ids)].tolist() for s in sequences]
         return self.tokenizer.decode_batch(kept, skip_special_tokens=False)
 
     def decode_ids(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+# ---------------------------------------------------------------------- spliced decoding
+class NextPieces(dict):
+    """token id -> its text anywhere after the first position of a decoded sequence (filled lazily)."""
+
+    def __init__(self, tokenizer: Tokenizer, anchor: int):
+        super().__init__()
+        self.tokenizer, self.anchor = tokenizer, anchor
+        self.anchor_text = tokenizer.decode([anchor], skip_special_tokens=False)
+
+    def __missing__(self, token: int) -> str:
+        both = self.tokenizer.decode([self.anchor, token], skip_special_tokens=False)
+        self[token] = piece = both[len(self.anchor_text):]
+        return piece
+
+
+class Pieces:
+    """decode() as string splicing, for WordPiece decoders (exact, not an approximation).
+
+    tokenizers' WordPiece decoder maps each token to a piece on its own: the first token as it is,
+    each later one '##'-stripped or space-prefixed, then cleaned up piece by piece; decode() joins
+    the pieces. So decode(ids) == first(ids[0]) + next(ids[1]) + ..., and the k sequences of one mask
+    are left + piece(candidate) + right, with left/right built once. tests/test_overhead.py checks
+    it against tokenizer.decode_batch on IMDB sentences.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, hidden: set[int], first, anchor: int):
+        self.hidden = hidden  # ids left out of decoded sequences: [CLS]/[SEP]/[PAD]
+        self.size = tokenizer.get_vocab_size(with_added_tokens=True)  # ids beyond: no token, dropped
+        self.first = first  # id -> decode([id]), cached
+        self.next = NextPieces(tokenizer, anchor)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Tokenizer, hidden: set[int], first) -> "Pieces | None":
+        if not isinstance(tokenizer.decoder, decoders.WordPiece):
+            return None  # other decoders may join pieces across tokens: keep the tokenizer's decode
+        return cls(tokenizer, hidden, first, anchor=tokenizer.token_to_id("[UNK]") or 0)
+
+    def visible(self, token: int) -> bool:
+        return token not in self.hidden and 0 <= token < self.size
+
+    def decode(self, ids: list[int]) -> str:
+        kept = [t for t in ids if self.visible(t)]
+        if not kept:
+            return ""
+        nxt = self.next
+        return self.first(kept[0]) + "".join([nxt[t] for t in kept[1:]])
+
+    def filled(self, ids: list[int], position: int, tokens: list[int]) -> list[str]:
+        """decode(ids with ids[position] replaced by t) for each t of tokens."""
+        nxt, hidden = self.next, self.hidden
+        before = [t for t in ids[:position] if t not in hidden]
+        right = "".join([nxt[t] for t in ids[position + 1:] if t not in hidden])
+        left = self.first(before[0]) + "".join([nxt[t] for t in before[1:]]) if before else ""
+        out = []
+        for t in tokens:
+            if not self.visible(t):  # the candidate itself is dropped: the next token may become first
+                out.append(self.decode(ids[:position] + [t] + ids[position + 1:]))
+            else:
+                out.append(left + nxt[t] + right if before else self.first(t) + right)
+        return out
 
 
 # ---------------------------------------------------------------------- input checks

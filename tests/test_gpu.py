@@ -1,22 +1,101 @@
-"""CUDA execution provider: run with `pytest -m gpu` on a GPU box with onnxruntime-gpu (never run yet)."""
+"""deniro_rt/cuda.py: the bucketing and placement logic on CPU (always), the CUDA provider with
+`pytest -m gpu` on a GPU box with onnxruntime-gpu (never run yet: no GPU lent so far)."""
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from deniro_rt import FillMask
+from deniro_rt.cuda import (Bucket, BucketSpec, choose_bucket, mask_bucket, node_placement, pad_feed,
+                            placement_from_trace, round_up, unpad_outputs)
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
-    "CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a GPU")]
-
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")]
 TEXTS = ["This is a great [MASK]!", "The acting was [MASK] and the [MASK] was too long."] * 40
 
 
-def test_cuda_fp32_matches_cpu_fp32():
+# --------------------------------------------------------------------------- buckets (CPU)
+def test_round_up_and_mask_buckets():
+    assert [round_up(n, (16, 32, 64)) for n in (1, 16, 17, 64, 65)] == [16, 16, 32, 64, None]
+    assert [mask_bucket(n) for n in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 128]
+
+
+def test_choose_bucket_covers_the_shape_or_declines():
+    spec = BucketSpec(batches=(1, 8, 64), seqs=(16, 64, 512), max_tokens=64 * 64)
+    assert choose_bucket(spec, 3, 20, 5, 1, 5, 512) == Bucket(batch=8, seq=64, masks=8, targets=1, k=5)
+    assert choose_bucket(spec, 1, 7, 1, 1, 3, 512) == Bucket(1, 16, 1, 1, 3)
+    assert choose_bucket(spec, 65, 16, 65, 1, 5, 512) is None  # batch beyond the buckets
+    assert choose_bucket(spec, 64, 100, 64, 1, 5, 512) is None  # 64 x 512 tokens: runs uncaptured
+    assert choose_bucket(spec, 1, 100, 1, 1, 5, 128) == Bucket(1, 128, 1, 1, 5)  # model maximum caps seq
+
+
+def test_pad_feed_rebases_mask_positions_and_pads_every_input():
+    feed = {"input_ids": np.array([[2, 7, 4, 3], [2, 4, 4, 3]]), "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]]),
+            "mask_index": np.array([2, 5, 6]), "target_ids": np.array([[9], [8], [7]]), "top_k": np.array([5])}
+    padded = pad_feed(feed, Bucket(batch=4, seq=8, masks=4, targets=1, k=5), pad_id=0)
+    assert padded["input_ids"].shape == padded["attention_mask"].shape == (4, 8)
+    assert padded["input_ids"][:2, :4].tolist() == feed["input_ids"].tolist() and not padded["input_ids"][2:].any()
+    assert padded["attention_mask"][:, 4:].sum() == 0 and padded["attention_mask"][2:, 0].tolist() == [1, 1]
+    assert padded["mask_index"].tolist() == [2, 9, 10, 0]  # row * 8 + col; the pad row points at 0
+    assert padded["target_ids"].tolist() == [[9], [8], [7], [0]]
+    flat = padded["input_ids"].ravel()[padded["mask_index"][:3]]
+    assert flat.tolist() == [4, 4, 4]
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_feed(feed, Bucket(batch=1, seq=8, masks=4, targets=1, k=5), pad_id=0)
+
+
+def test_padding_to_a_bucket_does_not_change_answers(tiny_artifact):
+    """The real ORT graph on CPU: padded rows, columns and mask rows leave the real rows' top-k alone."""
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
+    texts = ["the [MASK] was great but the [MASK] was too long .", "a [MASK] movie", "[MASK] !"]
+    (feed,), _ = fm.prepared_feeds(texts, top_k=4)
+    plain = fm.run_graph(feed)
+    bucket = choose_bucket(BucketSpec(), *feed_dims(feed), fm.manifest.max_positions)
+    assert bucket.batch == 4 and bucket.seq == 16 and bucket.masks == 4
+    padded = unpad_outputs(fm.run_graph(pad_feed(feed, bucket, fm.pad_id)), len(feed["mask_index"]))
+    assert padded[1].tolist() == plain[1].tolist()
+    np.testing.assert_allclose(padded[0], plain[0], atol=1e-5)
+
+
+def feed_dims(feed):
+    return (*feed["input_ids"].shape, len(feed["mask_index"]), feed["target_ids"].shape[1], int(feed["top_k"][0]))
+
+
+# --------------------------------------------------------------------------- placement (CPU)
+def test_node_placement_reads_the_profiling_trace(tiny_artifact):
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
+    ids = fm.tokenizer.encode("a [MASK] movie").ids
+    feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
+            "mask_index": np.array([ids.index(fm.mask_id)]), "target_ids": np.zeros((1, 1), np.int64),
+            "top_k": np.array([3])}
+    placed = node_placement(str(tiny_artifact / "fast.onnx"), ["CPUExecutionProvider"], feed)
+    assert set(placed["nodes"]) == {"CPUExecutionProvider"} and placed["nodes"]["CPUExecutionProvider"] > 5
+    assert placed["memcpy"] == 0 and "Attention" in placed["cpu_ops"] and "Attention" in placed["fallback"]
+
+
+def test_placement_from_a_cuda_trace():
+    def node(op, provider):
+        return {"cat": "Node", "name": f"{op}_1_kernel_time", "args": {"op_name": op, "provider": provider}}
+
+    events = [node("Attention", "CUDAExecutionProvider"), node("Shape", "CPUExecutionProvider"),
+              node("MemcpyToHost", "CUDAExecutionProvider"), node("TopK", "CPUExecutionProvider"),
+              {"cat": "Session", "name": "model_run", "args": {}}]
+    placed = placement_from_trace(events)
+    assert placed == {"nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 2},
+                      "cpu_ops": {"Shape": 1, "TopK": 1}, "memcpy": 1, "fallback": ["TopK"]}
+
+
+# --------------------------------------------------------------------------- CUDA (GPU only)
+@pytest.mark.parametrize("cuda_graph", [False, True])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
+def test_cuda_fp32_matches_cpu_fp32(cuda_graph):
     cpu = FillMask(device="cpu", precision="fp32").fill(TEXTS, top_k=5, batch_size=16)
-    cuda_runtime = FillMask(device="cuda", precision="fp32")
+    cuda_runtime = FillMask(device="cuda", precision="fp32", cuda_graph=cuda_graph)
     assert cuda_runtime.provider == "CUDAExecutionProvider"
-    cuda = cuda_runtime.fill(TEXTS, top_k=5, batch_size=16)
-    flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]
-    a, b = flat(cpu), flat(cuda)
-    assert [p["token"] for p in a] == [p["token"] for p in b]
-    np.testing.assert_allclose([p["score"] for p in a], [p["score"] for p in b], atol=1e-4)
+    for _ in range(3):  # the graph is captured after a few runs: the replays must agree too
+        cuda = cuda_runtime.fill(TEXTS, top_k=5, batch_size=16)
+        flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]  # noqa: E731
+        a, b = flat(cpu), flat(cuda)
+        assert [p["token"] for p in a] == [p["token"] for p in b]
+        np.testing.assert_allclose([p["score"] for p in a], [p["score"] for p in b], atol=1e-4)
+        assert cuda_runtime.fill(TEXTS[0]) == cuda_runtime.fill([TEXTS[0]])[0]
