@@ -197,8 +197,11 @@ def evaluate(accelerator, wrapped, eval_set: MaskedBatch, batch_size: int) -> fl
     """Perplexity on the premasked eval set: exp(sum CE / masked tokens), over all processes."""
     wrapped.eval()
     rank, n_procs = accelerator.process_index, accelerator.num_processes
+    from tqdm.auto import tqdm
+
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # [nll, tokens]
-    for start in range(rank * batch_size, len(eval_set.input_ids), batch_size * n_procs):
+    starts = range(rank * batch_size, len(eval_set.input_ids), batch_size * n_procs)
+    for start in tqdm(starts, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
         ids = torch.from_numpy(eval_set.input_ids[start:start + batch_size]).to(accelerator.device)
         labels = torch.from_numpy(eval_set.labels[start:start + batch_size]).to(accelerator.device)
         with accelerator.autocast():
