@@ -41,7 +41,7 @@ HELP = {
                    "in the artifact's deniro.json, else the artifact itself if it holds the weights)",
     "device": "auto: cuda when PyTorch sees a GPU, else cpu",
     "engines": "comma-separated engines to time: pytorch-card, pytorch-batched, hf-pipeline, "
-               "optimum-ort, deniro_rt",
+               "optimum-ort, deniro_rt, deniro_rt-model (the graph alone on prepared inputs)",
     "precisions": "comma-separated deniro_rt precisions (default: fp32,int8 on CPU, fp32,fp16 on "
                   "CUDA, those the artifact has)",
     "out": "report folder (default: bench/results/<machine>-<date>/)",

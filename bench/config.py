@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_IMDB = REPO.parent / "shared" / "data" / "imdb"
 COMMANDS = ("parity", "latency", "throughput", "train", "all")
 DEVICES = ("auto", "cpu", "cuda")
-ENGINES = ("pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt")
+ENGINES = ("pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt", "deniro_rt-model")
 MODEL_CARD_PROMPT = "This is a great [MASK]!"
 
 

@@ -27,6 +27,31 @@ class Prediction:
     logprobs: np.ndarray  # [n_texts, k] float64 (NaN where the engine gives no probabilities)
 
 
+class GraphPrediction(Prediction):
+    """The raw graph outputs of one model-only call, turned into a Prediction only when read (the
+    reordering to input order is host work that model-only timing leaves out)."""
+
+    def __init__(self, outputs: list[list[np.ndarray]], order: np.ndarray):
+        self._outputs, self._order, self._done = outputs, order, None
+
+    def _build(self) -> Prediction:
+        if self._done is None:
+            lp = np.concatenate([out[0] for out in self._outputs]).astype(np.float64)  # [n, k], length-sorted
+            ids = np.concatenate([out[1] for out in self._outputs]).astype(np.int64)  # [n, k]
+            in_order = np.empty_like(self._order)
+            in_order[self._order] = np.arange(len(self._order))
+            self._done = Prediction(ids[in_order], lp[in_order])
+        return self._done
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._build().ids
+
+    @property
+    def logprobs(self) -> np.ndarray:
+        return self._build().logprobs
+
+
 @dataclass
 class Context:
     """What every engine of a run shares: the device, the artifact and the PyTorch checkpoint."""
@@ -38,6 +63,7 @@ class Context:
     top_k: int
     _tokenizer: object = None
     _models: dict | None = None
+    _runtimes: dict | None = None
 
     def tokenizer(self):
         if self._tokenizer is None:
@@ -52,6 +78,16 @@ class Context:
         if precision not in self._models:
             self._models[precision] = load_torch_model(self.torch_model, self.device, precision)
         return self._models[precision]
+
+    def runtime(self, precision: str):
+        """deniro_rt.FillMask on the artifact, one per precision, shared by the e2e and model-only engines."""
+        import deniro_rt
+
+        self._runtimes = self._runtimes or {}
+        if precision not in self._runtimes:
+            self._runtimes[precision] = deniro_rt.FillMask(model=str(self.artifact), device=self.device,
+                                                           precision=precision)
+        return self._runtimes[precision]
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -75,6 +111,7 @@ def load_torch_model(path: Path, device: str, precision: str):
 
 class Engine:
     name = "engine"
+    scope = "e2e"  # e2e: strings in, decoded suggestions out; model: the graph alone on prepared inputs
 
     def __init__(self, ctx: Context, precision: str = "fp32"):
         self.ctx = ctx
@@ -87,6 +124,9 @@ class Engine:
     def batch_sizes(self, wanted: list[int]) -> list[int]:
         """The batch sizes this engine is measured at (pytorch-card: one text at a time)."""
         return wanted
+
+    def prepare(self, calls: list[list[str]], batch_size: int) -> None:
+        """Called untimed with every text list fill_batch will get (only model-only engines use it)."""
 
     @property
     def label(self) -> str:
@@ -243,10 +283,8 @@ class DeniroRt(Engine):
     name = "deniro_rt"
 
     def __init__(self, ctx: Context, precision: str = "fp32"):
-        import deniro_rt
-
         super().__init__(ctx, precision)
-        self.fm = deniro_rt.FillMask(model=str(ctx.artifact), device=ctx.device, precision=precision)
+        self.fm = ctx.runtime(precision)
         self.provider = str(self.fm.provider)
 
     def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
@@ -254,11 +292,36 @@ class DeniroRt(Engine):
         return from_fill_results(results, len(texts), self.ctx.top_k)
 
 
+class DeniroRtModel(DeniroRt):
+    """The graph alone: deniro_rt's own run function (session.run on CPU; IO binding / CUDA graphs on
+    CUDA, as fill uses them) on feeds tokenized and padded ahead, untimed. Beside the deniro_rt rows,
+    host overhead per call = end-to-end p50 - this p50 (report.overhead)."""
+
+    name = "deniro_rt-model"
+    scope = "model"
+
+    def __init__(self, ctx: Context, precision: str = "fp32"):
+        super().__init__(ctx, precision)
+        self.prepared: dict[int, tuple] = {}  # id(text list) -> (that list, feeds, mask-row order)
+
+    def prepare(self, calls: list[list[str]], batch_size: int) -> None:
+        self.prepared = {id(texts): (texts, *self.fm.prepared_feeds(texts, self.ctx.top_k, batch_size))
+                         for texts in calls}
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        entry = self.prepared.get(id(texts))
+        if entry is None or entry[0] is not texts:  # preparing here would time host work as model time
+            raise DeniroError("deniro_rt-model: fill_batch got a text list prepare() did not see")
+        _, feeds, order = entry
+        return GraphPrediction([self.fm.run_graph(feed) for feed in feeds], order)
+
+
 class Skip(Exception):
     """An engine that cannot run in this setup; the report lists it with the reason."""
 
 
-ENGINE_CLASSES = {cls.name: cls for cls in (PytorchCard, PytorchBatched, HfPipeline, OptimumOrt, DeniroRt)}
+ENGINE_CLASSES = {cls.name: cls for cls in (PytorchCard, PytorchBatched, HfPipeline, OptimumOrt, DeniroRt,
+                                            DeniroRtModel)}
 
 
 def torch_precisions(name: str, device: str) -> list[str]:
@@ -283,7 +346,7 @@ def make_engines(ctx: Context, names: list[str], precisions: list[str]) -> tuple
     """The engines to compare, in a fixed order; those that cannot run are returned as skips."""
     engines, skipped = [], []
     for name in names:
-        for precision in precisions if name == "deniro_rt" else torch_precisions(name, ctx.device):
+        for precision in precisions if name.startswith("deniro_rt") else torch_precisions(name, ctx.device):
             try:
                 engines.append(ENGINE_CLASSES[name](ctx, precision))
             except Skip as exc:

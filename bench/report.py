@@ -80,13 +80,13 @@ def _key(row: dict) -> str:
 def speedups(rows: list[dict]) -> list[dict]:
     """deniro_rt over every other engine, from the same run: latency p50 ratio, throughput ratio.
 
-    Compared at the same length; throughput at the same batch, except pytorch-card (batch 1 only),
-    which every deniro_rt batch is compared with.
+    End-to-end rows only. Compared at the same length; throughput at the same batch, except
+    pytorch-card (batch 1 only), which every deniro_rt batch is compared with.
     """
     out = []
-    ours = [r for r in rows if r["engine"] == "deniro_rt"]
-    for mine in ours:
-        for other in rows:
+    e2e = [r for r in rows if r.get("scope", "e2e") == "e2e"]
+    for mine in (r for r in e2e if r["engine"] == "deniro_rt"):
+        for other in e2e:
             if other["engine"] == "deniro_rt" or other["length"] != mine["length"]:
                 continue
             same_batch = other["batch"] == mine["batch"] or other["engine"] == "pytorch-card"
@@ -102,6 +102,22 @@ def speedups(rows: list[dict]) -> list[dict]:
 def _speedup(mine: dict, other: dict, metric: str, value: float) -> dict:
     return {"metric": metric, "length": mine["length"], "deniro_rt": _key(mine), "batch": mine["batch"],
             "versus": _key(other), "versus_batch": other["batch"], "speedup": value}
+
+
+def overhead(rows: list[dict]) -> list[dict]:
+    """Host overhead per call: deniro_rt end-to-end p50 minus deniro_rt-model p50 (the graph alone on
+    prepared inputs), same precision, provider and length, batch 1, same run."""
+    model = {(r["precision"], r["provider"], r["length"]): r for r in rows
+             if r["engine"] == "deniro_rt-model" and r["batch"] == 1 and r["latency"]}
+    out = []
+    for r in rows:
+        graph = model.get((r["precision"], r["provider"], r["length"]))
+        if r["engine"] != "deniro_rt" or r["batch"] != 1 or not r["latency"] or graph is None:
+            continue
+        e2e_ms, model_ms = r["latency"]["p50_ms"], graph["latency"]["p50_ms"]
+        out.append({"precision": r["precision"], "provider": r["provider"], "length": r["length"],
+                    "e2e_p50_ms": e2e_ms, "model_p50_ms": model_ms, "host_ms": e2e_ms - model_ms})
+    return out
 
 
 # --------------------------------------------------------------------------- files
@@ -129,40 +145,56 @@ def markdown(report: dict) -> str:
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
     if report.get("model"):
         lines += [f"- model: `{report['model']['artifact']}` (PyTorch side: `{report['model']['torch_model']}`)", ""]
-    for section in (_parity_md, _speed_md, _speedup_md, _train_md, _skipped_md):
+    for section in (_parity_md, _speed_md, _overhead_md, _speedup_md, _train_md, _skipped_md):
         lines += section(report)
     return "\n".join(lines) + "\n"
+
+
+def table(title: str, headers: list[str], rows: list[list]) -> list[str]:
+    """A markdown section: '## title', a table with these headers and rows (cells as given), a blank line."""
+    lines = [f"## {title}", "", "| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
 
 
 def _parity_md(report: dict) -> list[str]:
     if not report.get("parity"):
         return []
-    lines = ["## Parity (PyTorch fp32 vs deniro_rt)", "",
-             "| precision | provider | perplexity torch | perplexity deniro_rt | rel. diff | top-1 | top-5 identical | max abs Δ log-prob | pass |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in report["parity"]:
         c, s = r["chunks"], r["sentences"]
-        lines.append(f"| {r['precision']} | {r['provider']} | {c['torch']['perplexity']:.4f} | "
-                     f"{c['deniro_rt']['perplexity']:.4f} | {c['rel_diff']:.2e} | {s['top1_agreement']:.2%} | "
-                     f"{s.get('top5_identical', float('nan')):.2%} | {s['max_abs_logprob_diff']:.2e} | "
-                     f"{'yes' if r['passed'] else 'NO: ' + '; '.join(r['failures'])} |")
-    return lines + [""]
+        rows.append([r["precision"], r["provider"], f"{c['torch']['perplexity']:.4f}",
+                     f"{c['deniro_rt']['perplexity']:.4f}", f"{c['rel_diff']:.2e}", f"{s['top1_agreement']:.2%}",
+                     f"{s.get('top5_identical', float('nan')):.2%}", f"{s['max_abs_logprob_diff']:.2e}",
+                     "yes" if r["passed"] else "NO: " + "; ".join(r["failures"])])
+    return table("Parity (PyTorch fp32 vs deniro_rt)",
+                 ["precision", "provider", "perplexity torch", "perplexity deniro_rt", "rel. diff", "top-1",
+                  "top-5 identical", "max abs Δ log-prob", "pass"], rows)
 
 
 def _speed_md(report: dict) -> list[str]:
     if not report.get("rows"):
         return []
-    lines = ["## Latency and throughput (end to end: tokenize, model, top-k, decode)", "",
-             "| engine | precision | provider | batch | length | p50 ms | p90 ms | p99 ms | sentences/s | n | top-1 vs pytorch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in report["rows"]:
         lat, thr = r["latency"] or {}, r["throughput"] or {}
         agree = r.get("top1_vs_pytorch")
-        lines.append(f"| {r['engine']} | {r['precision']} | {r['provider']} | {r['batch']} | {r['length']} | "
-                     f"{_f(lat.get('p50_ms'))} | {_f(lat.get('p90_ms'))} | {_f(lat.get('p99_ms'))} | "
-                     f"{_f(thr.get('sentences_per_s'), 1)} | {thr.get('sentences', lat.get('samples', ''))} | "
-                     f"{'' if agree is None else f'{agree:.1%}'} |")
-    return lines + [""]
+        rows.append([r["engine"], r.get("scope", "e2e"), r["precision"], r["provider"], r["batch"], r["length"],
+                     _f(lat.get("p50_ms")), _f(lat.get("p90_ms")), _f(lat.get("p99_ms")),
+                     _f(thr.get("sentences_per_s"), 1), thr.get("sentences", lat.get("samples", "")),
+                     "" if agree is None else f"{agree:.1%}"])
+    return table("Latency and throughput (scope e2e: tokenize, model, top-k, decode; model: the graph alone "
+                 "on prepared inputs)", ["engine", "scope", "precision", "provider", "batch", "length", "p50 ms",
+                                         "p90 ms", "p99 ms", "sentences/s", "n", "top-1 vs pytorch"], rows)
+
+
+def _overhead_md(report: dict) -> list[str]:
+    if not report.get("overhead"):
+        return []
+    rows = [[o["precision"], o["provider"], o["length"], f"{o['e2e_p50_ms']:.3f}", f"{o['model_p50_ms']:.3f}",
+             f"{o['host_ms']:.3f}"] for o in report["overhead"]]
+    return table("Host overhead per call (deniro_rt end to end minus the graph alone, p50 at batch 1)",
+                 ["precision", "provider", "length", "e2e p50 ms", "model p50 ms", "host ms"], rows)
 
 
 def _speedup_md(report: dict) -> list[str]:
@@ -170,28 +202,22 @@ def _speedup_md(report: dict) -> list[str]:
     if not report.get("speedups"):
         return []
     versus = list(dict.fromkeys(s["versus"] for s in report["speedups"]))
-    lines = ["## Speedup of deniro_rt (same run; latency: p50 ratio at batch 1, throughput: "
-             "sentences/s ratio at the same batch, pytorch-card at 1)", "",
-             "| metric | length | deniro_rt | batch | " + " | ".join(f"vs {v}" for v in versus) + " |",
-             "|---" * (4 + len(versus)) + "|"]
-    table: dict[tuple, dict] = {}
+    grouped: dict[tuple, dict] = {}
     for s in report["speedups"]:
-        table.setdefault((s["metric"], s["length"], s["deniro_rt"], s["batch"]), {})[s["versus"]] = s["speedup"]
-    for (metric, length, ours, batch), values in table.items():
-        cells = [f"{values[v]:.2f}x" if v in values else "" for v in versus]
-        lines.append(f"| {metric} | {length} | {ours} | {batch} | " + " | ".join(cells) + " |")
-    return lines + [""]
+        grouped.setdefault((s["metric"], s["length"], s["deniro_rt"], s["batch"]), {})[s["versus"]] = s["speedup"]
+    rows = [[*key, *(f"{values[v]:.2f}x" if v in values else "" for v in versus)] for key, values in grouped.items()]
+    return table("Speedup of deniro_rt (same run; latency: p50 ratio at batch 1, throughput: sentences/s ratio "
+                 "at the same batch, pytorch-card at 1)", ["metric", "length", "deniro_rt", "batch",
+                                                           *(f"vs {v}" for v in versus)], rows)
 
 
 def _train_md(report: dict) -> list[str]:
     if not report.get("train"):
         return []
-    lines = ["## Training loop (random init, synthetic tokens)", "",
-             "| shape | precision | device | parameters | batch x chunk | step ms | tokens/s |", "|---|---|---|---|---|---|---|"]
-    for r in report["train"]:
-        lines.append(f"| {r['shape']} | {r['precision']} | {r['device']} | {r['parameters']:,} | "
-                     f"{r['batch_size']} x {r['chunk_size']} | {r['step_ms_mean']:.1f} | {r['tokens_per_s']:,.0f} |")
-    return lines + [""]
+    rows = [[r["shape"], r["precision"], r["device"], f"{r['parameters']:,}", f"{r['batch_size']} x {r['chunk_size']}",
+             f"{r['step_ms_mean']:.1f}", f"{r['tokens_per_s']:,.0f}"] for r in report["train"]]
+    return table("Training loop (random init, synthetic tokens)",
+                 ["shape", "precision", "device", "parameters", "batch x chunk", "step ms", "tokens/s"], rows)
 
 
 def _skipped_md(report: dict) -> list[str]:

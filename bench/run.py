@@ -111,7 +111,7 @@ def engine_rows(cfg, engine: Engine, workload: Workload, length, modes, timing, 
 
 
 def _row(engine: Engine, batch: int, length) -> dict:
-    return {"engine": engine.name, "precision": engine.precision, "provider": engine.provider,
+    return {"engine": engine.name, "scope": engine.scope, "precision": engine.precision, "provider": engine.provider,
             "batch": batch, "length": length, "latency": None, "throughput": None, "top1_vs_pytorch": None}
 
 
@@ -168,6 +168,7 @@ def model_benchmarks(cfg: BenchConfig, device: str, wanted: set[str]) -> dict:
         engines, out["skipped"] = make_engines(ctx, cfg.engine_list(), precisions)
         out["rows"] = speed_rows(cfg, ctx, workload, engines, modes)
         out["speedups"] = report.speedups(out["rows"])
+        out["overhead"] = report.overhead(out["rows"])
     return out
 
 

@@ -31,13 +31,15 @@ def _cycle(texts: list[str], n: int) -> list[str]:
 
 def latency(engine: Engine, texts: list[str], samples: int, timing: Timing, desc: str) -> dict:
     """p50/p90/p99/mean milliseconds of `samples` one-text calls (texts cycled)."""
-    for text in _cycle(texts, timing.warmup):
-        engine.fill_batch([text], 1)
+    warm, calls = [[t] for t in _cycle(texts, timing.warmup)], [[t] for t in _cycle(texts, samples)]
+    engine.prepare(warm + calls, 1)  # untimed; only model-only engines prepare inputs
+    for call in warm:
+        engine.fill_batch(call, 1)
     timing.sync()
     times = []
-    for text in tqdm(_cycle(texts, samples), desc=desc, leave=False, dynamic_ncols=True):
+    for call in tqdm(calls, desc=desc, leave=False, dynamic_ncols=True):
         start = time.perf_counter()
-        engine.fill_batch([text], 1)
+        engine.fill_batch(call, 1)
         timing.sync()
         times.append(time.perf_counter() - start)
     ms = np.array(times) * 1e3
@@ -48,13 +50,17 @@ def latency(engine: Engine, texts: list[str], samples: int, timing: Timing, desc
 def throughput(engine: Engine, texts: list[str], n: int, batch: int, timing: Timing,
                desc: str) -> tuple[dict, Prediction]:
     """Sentences/s over n texts (cycled), one call per batch; also the predictions of one pass."""
-    for _ in range(timing.warmup):
-        engine.fill_batch(_cycle(texts, batch), batch)
+    warm = [_cycle(texts, batch) for _ in range(timing.warmup)]
+    todo = _cycle(texts, n)
+    calls = [todo[i:i + batch] for i in range(0, n, batch)]
+    engine.prepare(warm + calls, batch)  # untimed; only model-only engines prepare inputs
+    for call in warm:
+        engine.fill_batch(call, batch)
     timing.sync()
-    todo, done, elapsed, first = _cycle(texts, n), 0, 0.0, []
+    done, elapsed, first = 0, 0.0, []
     bar = tqdm(total=n, desc=desc, leave=False, dynamic_ncols=True)
     while done < n and (timing.seconds is None or elapsed < timing.seconds):
-        chunk = todo[done:done + batch]
+        chunk = calls[done // batch]
         start = time.perf_counter()
         pred = engine.fill_batch(chunk, batch)
         timing.sync()

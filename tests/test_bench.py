@@ -17,7 +17,8 @@ from bench.run import resolve_torch_model
 from bench.workload import PROMPT, build_workload, load_tokenizer
 from deniro_rt.errors import DeniroError
 
-ENGINES = ["pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt"]
+ENGINES = ["pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt", "deniro_rt-model"]
+OURS = ("deniro_rt", "deniro_rt-model")
 
 
 def bench_args(command, tiny_artifact, tiny_model_dir, imdb_dir, out, *extra) -> list[str]:
@@ -44,7 +45,8 @@ def test_quick_all_writes_every_report(quick):
     assert set(result) >= {"header", "config", "model", "workload", "parity", "rows", "speedups", "train"}
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "bench.md").read_text()
-    for title in ("## Parity", "## Latency and throughput", "## Speedup of deniro_rt", "## Training loop"):
+    for title in ("## Parity", "## Latency and throughput", "## Host overhead per call", "## Speedup of deniro_rt",
+                  "## Training loop"):
         assert title in md
     assert md.count("\n| deniro_rt |") == sum(r["engine"] == "deniro_rt" for r in result["rows"])
 
@@ -83,7 +85,8 @@ def test_one_row_per_engine_precision_provider_batch_length(quick):
     keys = [(r["engine"], r["precision"], r["provider"], r["batch"], r["length"]) for r in rows]
     assert len(keys) == len(set(keys))
     seen = {(r["engine"], r["precision"]) for r in rows}
-    assert seen == {(e, "fp32") for e in ENGINES} | {("deniro_rt", "int8")}
+    assert seen == {(e, "fp32") for e in ENGINES} | {(e, "int8") for e in OURS}
+    assert {r["engine"] for r in rows if r["scope"] == "model"} == {"deniro_rt-model"}
     lengths = [16, 64]
     for engine, precision in seen:
         mine = {(r["batch"], r["length"]): r for r in rows if (r["engine"], r["precision"]) == (engine, precision)}
@@ -117,10 +120,43 @@ def test_speedups_cover_every_other_engine(quick):
     speedups = result["speedups"]
     assert all(s["speedup"] > 0 and s["deniro_rt"].startswith("deniro_rt/") for s in speedups)
     latency = {(s["deniro_rt"], s["length"], s["versus"]) for s in speedups if s["metric"] == "latency"}
-    others = {f"{e}/fp32" for e in ENGINES if e != "deniro_rt"}
+    others = {f"{e}/fp32" for e in ENGINES if e not in OURS}  # end-to-end engines only
     assert latency == {(f"deniro_rt/{p}", n, v) for p in ("fp32", "int8") for n in (16, 64, PROMPT) for v in others}
     through = {(s["deniro_rt"], s["length"], s["versus"]) for s in speedups if s["metric"] == "throughput"}
     assert through == {(f"deniro_rt/{p}", n, v) for p in ("fp32", "int8") for n in (16, 64) for v in others}
+
+
+def test_host_overhead_rows(quick):
+    """deniro_rt e2e p50 minus the graph alone (deniro_rt-model) per precision and length, batch 1."""
+    rows, overhead = quick[1]["rows"], quick[1]["overhead"]
+    assert {(o["precision"], o["length"]) for o in overhead} == {(p, n) for p in ("fp32", "int8")
+                                                                 for n in (16, 64, PROMPT)}
+    p50 = {(r["engine"], r["precision"], r["length"]): r["latency"]["p50_ms"] for r in rows if r["batch"] == 1}
+    for o in overhead:
+        e2e, model = p50[("deniro_rt", o["precision"], o["length"])], p50[("deniro_rt-model", o["precision"], o["length"])]
+        assert (o["e2e_p50_ms"], o["model_p50_ms"]) == (e2e, model) and o["host_ms"] == pytest.approx(e2e - model)
+
+
+def test_model_only_engine_needs_prepared_inputs(tiny_artifact, tiny_model_dir):
+    from bench.engines import Context, DeniroRtModel
+    from deniro_rt.artifact import load_manifest
+
+    ctx = Context(device="cpu", artifact=tiny_artifact, manifest=load_manifest(tiny_artifact),
+                  torch_model=tiny_model_dir, top_k=3)
+    engine = DeniroRtModel(ctx, "fp32")
+    calls = [["a [MASK] movie .", "the [MASK] was long and the end was bad ."], ["[MASK] !"]]
+    engine.prepare(calls, 1)
+    pred = engine.fill_batch(calls[0], 1)  # batch 1: two graph runs, rows back in input order
+    expected = engine.fm.fill(calls[0], top_k=3)
+    assert pred.ids.tolist() == [[p["token"] for p in r] for r in expected]
+    np.testing.assert_allclose(np.exp(pred.logprobs), [[p["score"] for p in r] for r in expected], rtol=1e-5)
+    with pytest.raises(DeniroError, match="prepare"):
+        engine.fill_batch(list(calls[1]), 1)  # equal texts, another list: was not prepared
+
+
+def test_markdown_table_helper():
+    assert report.table("T", ["a", "b"], [[1, "x"], [2.5, ""]]) == [
+        "## T", "", "| a | b |", "|---|---|", "| 1 | x |", "| 2.5 |  |", ""]
 
 
 def test_parity_passes_the_export_thresholds(quick):
