@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -45,7 +46,7 @@ from .config import LOCAL_IMDB, REPO, default_dataset
 log = logging.getLogger("bench.load")
 SERVERS = ("batched", "unbatched", "hf-pipeline")
 OUT = REPO / "bench" / "results" / "cpu-2core-serve"
-QUICK = {"clients": "1,8", "requests": 40, "seconds": 2.0, "warmup": 5, "sentences": 50}
+QUICK = {"clients": "1,8", "rounds": 1, "requests": 40, "seconds": 2.0, "warmup": 5, "sentences": 50}
 
 
 @dataclass
@@ -54,18 +55,20 @@ class LoadConfig:
     torch_model: str | None = None  # for hf-pipeline; default: random init of the artifact's config
     servers: str = ",".join(SERVERS)
     clients: str = "1,8,32,128"  # concurrent clients per level
-    requests: int = 3000  # answers per level at most
-    seconds: float = 8.0  # per level at most
+    rounds: int = 3  # every (server, clients) cell is measured once per round, interleaved
+    requests: int = 2000  # requests per cell and round at most
+    seconds: float = 3.0  # per cell and round at most
     warmup: int = 100  # untimed requests before each level
-    length: int = 64  # sentence bucket: texts of 3/4 L..L tokens
+    length: int = 32  # sentence bucket: texts of 3/4 L..L tokens (24..32: one IMDB sentence)
     sentences: int = 500  # distinct sentences, cycled
     dataset: str = field(default_factory=default_dataset)
     split: str = "test"
     seed: int = 0
     max_batch_size: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
     max_queue: int = 1024
     precision: str | None = None  # deniro_rt graph; default: the runtime's choice
+    threads: int | None = None  # intra-op threads of every server (ORT / torch); default: serve's rule
     out: str = str(OUT)
     quick: bool = False
 
@@ -127,11 +130,16 @@ def random_torch_model(artifact: Path, folder: Path) -> Path:
 
 
 def serve_pipeline(argv: list[str]) -> int:
-    """python -m bench.load TORCH_MODEL PORT MAX_BATCH MAX_WAIT_MS MAX_QUEUE: the hf-pipeline server."""
+    """python -m bench.load TORCH_MODEL PORT MAX_BATCH MAX_WAIT_MS MAX_QUEUE THREADS: the hf-pipeline
+    server (THREADS 0: the same default as deniro_rt serve)."""
+    import torch
+
     from deniro_rt.serve import ServeConfig
+    from deniro_rt.serve.config import model_threads
     from deniro_rt.serve.server import main
 
-    torch_model, port, batch, wait, queue = argv
+    torch_model, port, batch, wait, queue, threads = argv
+    torch.set_num_threads(model_threads(int(threads) or None))  # the rule deniro_rt serve uses
     setup_logging(logging.WARNING)
     config = ServeConfig(port=int(port), max_batch_size=int(batch), max_wait_ms=float(wait),
                          max_queue=int(queue), log_level="warning")
@@ -157,12 +165,13 @@ def server_command(name: str, cfg: LoadConfig, port: int, torch_model: Path | No
     batch = 1 if name == "unbatched" else cfg.max_batch_size
     if name == "hf-pipeline":
         return [sys.executable, "-m", "bench.load", str(torch_model), str(port), str(batch),
-                str(cfg.max_wait_ms), str(cfg.max_queue)]
+                str(cfg.max_wait_ms), str(cfg.max_queue), str(cfg.threads or 0)]
     cmd = [sys.executable, "-m", "deniro_rt", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-batch-size", str(batch), "--max-wait-ms", str(cfg.max_wait_ms),
            "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
     return cmd + (["--model", cfg.model] if cfg.model else []) + \
-        (["--precision", cfg.precision] if cfg.precision else [])
+        (["--precision", cfg.precision] if cfg.precision else []) + \
+        (["--threads", str(cfg.threads)] if cfg.threads else [])
 
 
 def start_server(name: str, cfg: LoadConfig, torch_model: Path | None) -> ServerProcess:
@@ -275,26 +284,43 @@ def batch_stats(metrics: str) -> tuple[float, int]:
     return total, calls
 
 
-def measure(server: ServerProcess, texts: list[str], clients: int, cfg: LoadConfig) -> dict:
+@dataclass
+class Cell:
+    """One timed run of one server at one client count."""
+
+    tally: Tally
+    elapsed: float
+    texts: float  # texts the server filled meanwhile
+    calls: int  # fill calls it made meanwhile
+
+
+def measure(server: ServerProcess, requests: list[bytes], clients: int, cfg: LoadConfig) -> Cell:
     import httpx
 
     port = int(server.url.rsplit(":", 1)[1])
-    requests = encode_requests(texts, port)
     run_async(drive(port, requests, clients, cfg.warmup, cfg.seconds))
     before = batch_stats(httpx.get(server.url + "/metrics").text)
     tally, elapsed = run_async(drive(port, requests, clients, cfg.requests, cfg.seconds))
     after = batch_stats(httpx.get(server.url + "/metrics").text)
-    lat = np.array(tally.latencies) * 1000  # [answered] ms
-    ok = tally.statuses.get("200", 0)
-    row = {"server": server.name, "clients": clients, "requests": tally.sent, "ok": ok,
-           "rejected_503": tally.statuses.get("503", 0), "failed": tally.sent - ok - tally.statuses.get("503", 0),
-           "statuses": tally.statuses, "seconds": round(elapsed, 3),
-           "sentences_per_s": ok / elapsed if elapsed else 0.0,
-           "mean_batch": (after[0] - before[0]) / max(1, after[1] - before[1])}
+    log.info("%-12s %4d clients: %7.1f sentences/s, %s", server.name, clients,
+             tally.statuses.get("200", 0) / elapsed, tally.statuses)
+    return Cell(tally, elapsed, after[0] - before[0], after[1] - before[1])
+
+
+def summarize(name: str, clients: int, cells: list[Cell]) -> dict:
+    """One row from every round of (server, clients): counts summed, latencies pooled."""
+    statuses: dict[str, int] = {}
+    for cell in cells:
+        for status, n in cell.tally.statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+    lat = np.concatenate([np.array(c.tally.latencies) for c in cells]) * 1000  # [answered] ms
+    sent, ok, elapsed = sum(c.tally.sent for c in cells), statuses.get("200", 0), sum(c.elapsed for c in cells)
+    row = {"server": name, "clients": clients, "requests": sent, "ok": ok,
+           "rejected_503": statuses.get("503", 0), "failed": sent - ok - statuses.get("503", 0),
+           "statuses": statuses, "seconds": round(elapsed, 3), "sentences_per_s": ok / elapsed,
+           "per_round_sentences_per_s": [c.tally.statuses.get("200", 0) / c.elapsed for c in cells],
+           "mean_batch": sum(c.texts for c in cells) / max(1, sum(c.calls for c in cells))}
     row.update({f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)})
-    log.info("%-12s %4d clients: %7.1f sentences/s, p50 %6.1f ms, p99 %6.1f ms, mean batch %5.1f, %s",
-             server.name, clients, row["sentences_per_s"], row["p50_ms"] or 0, row["p99_ms"] or 0,
-             row["mean_batch"], tally.statuses)
     return row
 
 
@@ -313,15 +339,25 @@ def load_sentences(cfg: LoadConfig, artifact: Path) -> list[str]:
     return workload.buckets[cfg.length]
 
 
-def run_server(name: str, cfg: LoadConfig, texts: list[str], torch_model: Path | None) -> tuple[list[dict], dict]:
-    server = start_server(name, cfg, torch_model)
+def run_all(names: list[str], cfg: LoadConfig, texts: list[str], torch_model: Path | None) -> dict:
+    """Every server up at once (idle ones cost ~nothing), then rounds x client counts x servers
+    interleaved, so that a change in the shared machine's load hits every server alike."""
+    servers: list[ServerProcess] = []
+    cells: dict[tuple[str, int], list[Cell]] = {}
     try:
-        rows = [measure(server, texts, clients, cfg) for clients in cfg.client_counts()]
+        for name in names:
+            servers.append(start_server(name, cfg, torch_model))
+        for _ in range(cfg.rounds):
+            for clients in cfg.client_counts():
+                for server in servers:
+                    requests = encode_requests(texts, int(server.url.rsplit(":", 1)[1]))
+                    cells.setdefault((server.name, clients), []).append(measure(server, requests, clients, cfg))
     finally:
-        code = stop_server(server)
-    if code != 0:
-        raise DeniroError(f"the {name} server exited with {code} after SIGTERM (expected 0)")
-    return rows, server.health
+        codes = {server.name: stop_server(server) for server in servers}
+    if any(codes.values()):
+        raise DeniroError(f"servers exited with {codes} after SIGTERM (expected 0)")
+    return {"rows": [summarize(name, clients, c) for (name, clients), c in cells.items()],
+            "servers": {server.name: server.health for server in servers}}
 
 
 def main(cfg: LoadConfig) -> int:
@@ -333,16 +369,16 @@ def main(cfg: LoadConfig) -> int:
     artifact = Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR
     texts = load_sentences(cfg, artifact)
     result = {"header": report.header("cpu", "python -m bench load"), "config": asdict(cfg),
-              "sentences": {"count": len(texts), "length_bucket": cfg.length}, "rows": [], "servers": {}}
+              "sentences": {"count": len(texts), "length_bucket": cfg.length},
+              "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}}
     with tempfile.TemporaryDirectory(prefix="deniro-load-") as tmp:
         torch_model = None
         if "hf-pipeline" in names:
             torch_model = Path(cfg.torch_model) if cfg.torch_model else random_torch_model(artifact, Path(tmp))
             result["torch_model"] = cfg.torch_model or f"random init of {artifact / 'config.json'} (seed 0)"
-        for name in names:
-            rows, health = run_server(name, cfg, texts, torch_model)
-            result["rows"] += rows
-            result["servers"][name] = health
+        result.update(run_all(names, cfg, texts, torch_model))
+    result["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
+    result["rows"].sort(key=lambda r: (names.index(r["server"]), r["clients"]))
     result["ratios"] = ratios(result["rows"])
     write_reports(result, Path(cfg.out))
     return 0
@@ -378,14 +414,19 @@ def markdown(result: dict) -> str:
              f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); "
              f"versions: {json.dumps(h['versions'])}", "",
              f"One IMDB test sentence per request ({result['sentences']['count']} sentences of the "
-             f"{cfg['length']}-token bucket), closed loop, at most {cfg['requests']} requests or "
-             f"{cfg['seconds']} s per level after {cfg['warmup']} warm-up requests; batched server: "
+             f"{cfg['length']}-token bucket), closed loop; {cfg['rounds']} rounds, servers interleaved, each "
+             f"cell at most {cfg['requests']} requests or {cfg['seconds']} s per round after {cfg['warmup']} "
+             f"warm-up requests (latencies pooled over rounds); batched server: "
              f"--max-batch-size {cfg['max_batch_size']} --max-wait-ms {cfg['max_wait_ms']} "
              f"--max-queue {cfg['max_queue']}. hf-pipeline model: {result.get('torch_model', '-')}.", "",
-             "| server | clients | sentences/s | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Server intra-op threads: {cfg['threads'] or 'serve default (usable cores - 1)'}. Load average (1/5/15 min) "
+             f"of the shared machine: {result['load_average']['start']} at start, "
+             f"{result['load_average']['end']} at the end.", "",
+             "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {_f(r['p50_ms'])} | "
+        rounds = " / ".join(f"{v:.0f}" for v in r["per_round_sentences_per_s"])
+        lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {rounds} | {_f(r['p50_ms'])} | "
                      f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
                      f"{r['rejected_503']} | {r['failed']} |")
     lines += ["", "| clients | batched vs unbatched | batched vs hf-pipeline |", "|---|---|---|"]
@@ -437,8 +478,9 @@ HELP = {
                    "config.json with its tokenizer: same shape, speed only)",
     "servers": f"comma-separated subset of {', '.join(SERVERS)}",
     "clients": "comma-separated concurrent client counts",
-    "requests": "answers per level at most",
-    "seconds": "seconds per level at most",
+    "rounds": "rounds; each measures every (server, clients) cell once, servers interleaved",
+    "requests": "requests per cell and round at most",
+    "seconds": "seconds per cell and round at most",
     "warmup": "untimed requests before each level",
     "length": "token-length bucket of the sentences (texts of 3/4 L..L tokens)",
     "sentences": "distinct sentences, cycled",
@@ -449,10 +491,12 @@ HELP = {
     "max_wait_ms": "--max-wait-ms of every server",
     "max_queue": "--max-queue of every server",
     "precision": "deniro_rt graph (default: the runtime's choice for CPU)",
+    "threads": "intra-op threads of every server: ONNX Runtime's, torch.set_num_threads for hf-pipeline "
+               "(default: deniro_rt serve's, one per usable core but one)",
     "out": "report folder",
     "quick": f"small counts ({QUICK}): checks the harness, not the speed",
 }
-TYPES = {"model": str, "torch_model": str, "precision": str}
+TYPES = {"model": str, "torch_model": str, "precision": str, "threads": int}
 
 
 def parse_args(argv: list[str] | None) -> LoadConfig:

@@ -337,7 +337,7 @@ def test_runtime_imports_without_the_serve_extra():
 def test_load_harness_quick(tmp_path):
     from bench.load import LoadConfig, main
 
-    cfg = LoadConfig(servers="batched,unbatched", clients="1,4", requests=30, seconds=10, warmup=4,
+    cfg = LoadConfig(servers="batched,unbatched", clients="1,4", rounds=1, requests=30, seconds=10, warmup=4,
                      sentences=20, length=32, out=str(tmp_path))
     assert main(cfg) == 0
     report = json.loads((tmp_path / "load.json").read_text())

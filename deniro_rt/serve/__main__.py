@@ -29,7 +29,8 @@ HELP = {
     "max_body_bytes": "largest request body (413 beyond)",
     "max_text_chars": "longest text in characters (413 beyond)",
     "max_top_k": "largest top_k a request may ask for (422 beyond)",
-    "threads": "ONNX Runtime intra-op threads (default: one per usable core)",
+    "threads": "ONNX Runtime intra-op threads on CPU (default: one per usable core but one, which the "
+               "HTTP event loop needs while a batch runs; at least 1)",
     "graceful_timeout_s": "after SIGTERM, how long requests in flight may still take",
     "retry_after_s": "Retry-After seconds sent with a 503",
     "log_level": "uvicorn and deniro log level",

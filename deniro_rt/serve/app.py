@@ -15,7 +15,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import DeniroError
 from .batcher import BatchLimits, DynamicBatcher, QueueFull, ShuttingDown
-from .config import ServeConfig
+from .config import ServeConfig, model_threads
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .openapi import docs_page, openapi_schema
 from .request import BadRequest, parse_body, too_large
@@ -40,7 +40,8 @@ def create_app(config: ServeConfig, fill_mask=None) -> Starlette:
 def load_fill_mask(config: ServeConfig):
     from ..runtime import FillMask
 
-    return FillMask(config.model, device=config.device, precision=config.precision, threads=config.threads)
+    return FillMask(config.model, device=config.device, precision=config.precision,
+                    threads=model_threads(config.threads))
 
 
 class FillService:
@@ -79,7 +80,7 @@ class FillService:
         try:
             raw = await read_body(request, self.config.max_body_bytes)
             parsed = parse_body(raw, self.config, self.backend.mask_token)
-            answer = await self.batcher.submit(parsed.texts, parsed.params, parsed.single)
+            answer = await self.batcher.submit(parsed.texts, parsed.params, parsed.single) if parsed.texts else []
         except BadRequest as exc:
             return error(exc.status, str(exc))
         except DeniroError as exc:
@@ -96,6 +97,7 @@ class FillService:
         if self.batcher is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok", **describe(self.backend), "queued_texts": self.batcher.queued_texts,
+                             "threads": model_threads(self.config.threads),
                              "max_batch_size": self.config.max_batch_size, "max_wait_ms": self.config.max_wait_ms,
                              "max_queue": self.config.max_queue})
 

@@ -49,7 +49,7 @@ class FillParams:
 @dataclass(frozen=True)
 class BatchLimits:
     max_batch_size: int = 64  # texts per fill call (a larger single request still runs, alone)
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
     max_queue: int = 1024  # texts waiting
 
 

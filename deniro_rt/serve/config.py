@@ -20,13 +20,13 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 64  # texts per fill call
-    max_wait_ms: float = 5.0  # how long a batch's first text waits for more texts
+    max_wait_ms: float = 2.0  # how long a batch's first text waits for more texts
     max_queue: int = 1024  # texts waiting for a batch; a request that would exceed it gets 503
     max_texts_per_request: int = 64
     max_body_bytes: int = 1_048_576
     max_text_chars: int = 10_000
     max_top_k: int = 100
-    threads: int | None = None  # ONNX Runtime intra-op threads; default: one per usable core
+    threads: int | None = None  # model intra-op threads; default: model_threads() (one core left to HTTP)
     graceful_timeout_s: float = 30.0  # after SIGTERM, how long in-flight requests may take
     retry_after_s: int = 1  # the Retry-After header of a 503
     log_level: str = "info"
@@ -54,6 +54,15 @@ class ServeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def model_threads(requested: int | None = None) -> int:
+    """Intra-op threads for the model: the request, else one per usable core but one. The event loop
+    (HTTP parsing, JSON) needs a core of its own while a batch runs; on a 2-core machine giving ONNX
+    Runtime both cores made batches wait on each other's preempted threads."""
+    from ..providers import usable_cores
+
+    return requested or max(1, usable_cores() - 1)
 
 
 def flag(name: str) -> str:
