@@ -10,6 +10,7 @@ Commands:
   train       tokens/s and step time of train/'s loop (random init) per model shape
   all         all of the above in one process, one report
   load        HTTP load test of `python -m deniro_rt serve` (see `python -m bench load --help`)
+  ray         Ray Data sentences/s vs plain fill, Ray Serve batching modes (see `python -m bench ray --help`)
 
 Engines: pytorch-card (the model card's code, one text at a time), pytorch-batched (fp16 too on
 CUDA), hf-pipeline (transformers pipeline("fill-mask")), optimum-ort (ORTModelForMaskedLM on the
@@ -103,6 +104,10 @@ def run(argv: list[str] | None = None) -> int:
         from .load import cli
 
         return cli(argv[1:])
+    if argv[:1] == ["ray"]:  # deniro_rt on Ray (bench/ray_bench.py): its own options
+        from .ray_bench import cli as ray_cli
+
+        return ray_cli(argv[1:])
     setup_logging()
     config = parse_args(argv)
     from .run import main

@@ -237,6 +237,8 @@ def fill_on_ray(table, config: BatchConfig):
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in input order
+        context.enable_progress_bars = False  # one bar (ours, on the driver) instead of one per operator
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # after import: Ray sets it on import
         blocks = [table.slice(i, config.batch_size) for i in range(0, table.num_rows, config.batch_size)]
         dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config),
                                config.batch_size)

@@ -11,8 +11,10 @@ POST / and /fill, GET /health, /metrics, /docs) with one FillMask whose ONNX Run
 threads equal the CPUs the replica reserved (`--num-cpus`): Ray reserves CPUs but does not stop ORT
 from starting one thread per core of the node, so N replicas with default sessions on one node
 oversubscribe it. Batching inside a replica: `--batching app` (default) uses the app's own
-DynamicBatcher; `--batching serve` uses Ray Serve's `@serve.batch` instead (measured slower on 2
-cores, see README "Scaling out on Ray").
+DynamicBatcher (bounded queue, 503 when full); `--batching serve` uses Ray Serve's `@serve.batch`
+instead. Measured on 2 cores (bench/results/cpu-2core-ray/): the same throughput within noise, the
+Serve HTTP proxy being the bottleneck; the app's batcher forms larger batches (README "Scaling out
+on Ray").
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class RayServeConfig:
     max_replicas: int | None = None  # set: autoscale between min and max replicas
     target_ongoing_requests: float = 32.0  # autoscaling target per replica (requests in flight)
     max_ongoing_requests: int = 256  # requests one replica takes at once (Serve's default, 5, starves batching)
+    max_queued_requests: int = 1024  # requests waiting at each caller (proxy) beyond those; then 503
     num_cpus: float = 1.0  # Ray CPUs per replica = its ORT intra-op threads
     num_gpus: float = 0.0  # Ray GPUs per replica (device=cuda)
     batching: str = "app"  # app: the app's DynamicBatcher | serve: @serve.batch
@@ -57,8 +60,10 @@ class RayServeConfig:
     def check(self) -> "RayServeConfig":
         if self.batching not in BATCHING:
             raise DeniroError(f"--batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
-        if self.num_replicas < 1 or self.min_replicas < 0 or self.max_ongoing_requests < 1:
-            raise DeniroError("--num-replicas and --max-ongoing-requests must be >= 1, --min-replicas >= 0")
+        if self.num_replicas < 1 or self.min_replicas < 0 or self.max_ongoing_requests < 1 or \
+                self.max_queued_requests == 0 or self.max_queued_requests < -1:
+            raise DeniroError("--num-replicas and --max-ongoing-requests must be >= 1, --min-replicas >= 0, "
+                              "--max-queued-requests >= 1 or -1 (no limit)")
         if self.max_replicas is not None and self.max_replicas < max(1, self.min_replicas):
             raise DeniroError(f"--max-replicas ({self.max_replicas}) must be >= --min-replicas and >= 1")
         if self.num_cpus <= 0:
@@ -81,7 +86,9 @@ class RayServeConfig:
     def deployment_options(self) -> dict:
         """serve.deployment(...) options: replicas (fixed or autoscaling) and per-replica resources."""
         actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
-        options = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
+        options = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests,
+                   "max_queued_requests": self.max_queued_requests,
+                   "backpressure_config": {"retry_after_s": 1}}  # the 503 says when to retry
         if self.max_replicas is None:
             return {**options, "num_replicas": self.num_replicas}
         autoscaling = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
@@ -207,24 +214,35 @@ def app_builder(args: dict):
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise DeniroError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return build_app(RayServeConfig(**{k: _convert(v, RayServeConfig.__dataclass_fields__[k].default)
-                                       for k, v in args.items()}))
+    return build_app(RayServeConfig(**{name: _convert(name, value) for name, value in args.items()}))
 
 
-def _convert(value, default):
-    if not isinstance(value, str) or default is None or isinstance(default, str):
+def _convert(name: str, value):
+    """`serve run` passes strings: convert them to the field's type (as the CLI does)."""
+    default = RayServeConfig.__dataclass_fields__[name].default
+    kind = TYPES.get(name) or type(default)
+    if not isinstance(value, str) or kind is str:
         return value
-    return type(default)(value) if not isinstance(default, bool) else value.lower() in ("1", "true", "yes")
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise DeniroError(f"{name}={value!r} is not a valid {kind.__name__}") from exc
+
+
+def connect(config: RayServeConfig) -> None:
+    """Connect to the cluster (--address, else $RAY_ADDRESS, else a new local Ray)."""
+    require_ray()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=config.address, include_dashboard=False, logging_level=logging.WARNING)
 
 
 def start(config: RayServeConfig) -> str:
-    """Connect to (or start) Ray, start Serve's HTTP proxy on host:port, deploy; returns the URL."""
+    """Connect, start Serve's HTTP proxy on host:port, deploy and wait until ready; returns the URL."""
     serve = require_ray()
-    import ray
-
-    application = build_app(config)
-    if not ray.is_initialized():
-        ray.init(address=config.address, include_dashboard=False, logging_level=logging.WARNING)
+    application = build_app(config)  # bad options fail before anything starts
+    connect(config)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(application, name=config.name, route_prefix="/")
     return f"http://{config.host}:{config.port}/"
@@ -232,11 +250,13 @@ def start(config: RayServeConfig) -> str:
 
 def main(config: RayServeConfig) -> int:
     """Deploy, then wait for SIGTERM/SIGINT and tear the application down (exit 0)."""
+    config.check()
+    connect(config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own handlers
+        signal.signal(signum, lambda *_: stop.set())
     url = start(config)
     log.info("deniro on Ray Serve: %s (%s)", url, asdict(config))
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     from ray import serve
 
@@ -255,6 +275,7 @@ HELP = {
     "max_replicas": "autoscaling: most replicas (set it to turn autoscaling on)",
     "target_ongoing_requests": "autoscaling: requests in flight per replica it aims for",
     "max_ongoing_requests": "requests one replica takes at once (keep >= --max-batch-size)",
+    "max_queued_requests": "requests waiting at Serve's proxy beyond those; more get 503 + Retry-After (-1: no limit)",
     "num_cpus": "Ray CPUs per replica; also its ONNX Runtime intra-op threads",
     "num_gpus": "Ray GPUs per replica (with --device cuda)",
     "batching": "app: the app's DynamicBatcher; serve: Ray Serve's @serve.batch",
@@ -275,8 +296,12 @@ def parse_args(argv: list[str] | None) -> RayServeConfig:
     for f in fields(RayServeConfig):
         choices = {"batching": BATCHING, "device": ("auto", "cpu", "cuda")}.get(f.name)
         parser.add_argument("--" + f.name.replace("_", "-"), type=TYPES.get(f.name) or type(f.default),
-                            default=f.default, choices=choices, help=f"{HELP[f.name]} (default: {f.default})")
+                            default=f.default, choices=choices, help=HELP[f.name] + _default(f.name, f.default))
     return RayServeConfig(**vars(parser.parse_args(argv)))
+
+
+def _default(name: str, value) -> str:
+    return "" if "(default:" in HELP[name] else f" (default: {value})"
 
 
 def run(argv: list[str] | None = None) -> int:

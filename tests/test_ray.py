@@ -213,3 +213,19 @@ def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences,
             assert calls < 2 + len(sentences)  # concurrent requests were batched together
     finally:
         serve.delete(config.name)
+
+
+def test_ray_serve_options_reach_the_deployment():
+    from deniro_rt.ray_serve import app_builder
+
+    fixed = app_builder({"num_replicas": "2", "num_cpus": "0.5", "batching": "serve"})
+    scaled = app_builder({"min_replicas": "1", "max_replicas": "4", "target_ongoing_requests": "8"})
+    fixed_config = fixed._bound_deployment._deployment_config
+    assert fixed_config.num_replicas == 2 and fixed_config.max_ongoing_requests == 256
+    assert fixed._bound_deployment.ray_actor_options["num_cpus"] == 0.5
+    autoscaling = scaled._bound_deployment._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 4, 8)
+    with pytest.raises(deniro_rt.DeniroError, match="unknown argument"):
+        app_builder({"replicas": "2"})
+    with pytest.raises(deniro_rt.DeniroError, match="--batching must be one of app, serve"):
+        app_builder({"batching": "ray"})

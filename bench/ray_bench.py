@@ -1,0 +1,281 @@
+"""python -m bench ray: deniro_rt on Ray, same machine, same run.
+
+Offline: sentences/s of Ray Data (`FillMaskBatch` actors via deniro_rt.ray_data.fill_dataset, for
+each --pools entry "<actors>x<cpus per actor>") against plain in-process `FillMask.fill` (one
+session, all cores), on the IMDB test sentences of one length bucket. Each Ray Data run is end to
+end as a user sees it (dataset built from in-memory blocks, actor pool started, results collected
+on the driver); the pool's start-up alone is timed on one block and reported next to it.
+
+Online: Ray Serve (deniro_rt.ray_serve, one replica with all CPUs) with the app's own DynamicBatcher
+(`--batching app`) against `@serve.batch` (`--batching serve`), and the plain uvicorn server
+(`python -m deniro_rt serve`) for reference, at --clients closed-loop clients sending one sentence
+per request (bench/load.py's client), rounds interleaved.
+
+Reports: <out>/ray.json (header with hardware and versions, every row), ray.md, ray.png.
+  python -m bench ray                              # -> bench/results/cpu-2core-ray/
+  python -m bench ray --quick --out /tmp/ray       # seconds: checks the harness
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.errors import DeniroError
+
+from .config import REPO, default_dataset
+
+log = logging.getLogger("bench.ray")
+OUT = REPO / "bench" / "results" / "cpu-2core-ray"
+QUICK = {"sentences": 64, "repeats": 1, "seconds": 1.0, "requests": 60, "warmup": 5, "clients": "8",
+         "rounds": 1, "batch_size": 16}
+
+
+@dataclass
+class RayBenchConfig:
+    model: str | None = None  # artifact folder; default: deniro_rt's shipped model
+    precision: str | None = None  # default: the runtime's choice (int8 on CPU)
+    dataset: str = field(default_factory=default_dataset)
+    split: str = "test"
+    length: int = 64  # sentence bucket: texts of 3/4 L..L tokens
+    sentences: int = 2000  # offline: sentences per run
+    seed: int = 0
+    batch_size: int = 256  # offline: rows per block / map_batches batch / in-process fill call
+    pools: str = "2x1,1x2"  # offline Ray Data pools: <actors>x<cpus per actor>
+    repeats: int = 2  # offline: timed runs per engine
+    clients: str = "32"  # online: concurrent clients
+    rounds: int = 2  # online: interleaved rounds per server
+    seconds: float = 5.0  # online: per cell and round at most
+    requests: int = 3000  # online: per cell and round at most
+    warmup: int = 50  # online: untimed requests per cell
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    threads: int | None = None  # plain server's ORT threads (default: all cores)
+    out: str = str(OUT)
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            for name, value in QUICK.items():
+                setattr(self, name, value)
+
+    def pool_list(self) -> list[tuple[int, float]]:
+        try:
+            pools = [(int(a), float(c)) for a, c in (p.split("x") for p in self.pools.split(",") if p.strip())]
+        except ValueError as exc:
+            raise DeniroError(f"--pools takes <actors>x<cpus>,... e.g. 2x1,1x2; got {self.pools!r}") from exc
+        if not pools or min(min(p) for p in pools) <= 0:
+            raise DeniroError(f"--pools needs positive actors and cpus, got {self.pools!r}")
+        return pools
+
+    def client_counts(self) -> list[int]:
+        counts = [int(c) for c in self.clients.split(",") if c.strip()]
+        if not counts or min(counts) < 1:
+            raise DeniroError(f"--clients must be positive integers, got {self.clients!r}")
+        return counts
+
+
+# --------------------------------------------------------------------------- offline: Ray Data
+def time_plain(texts: list[str], cfg: RayBenchConfig) -> dict:
+    """In-process FillMask, `batch_size` rows per fill call (what `deniro_rt batch` does without Ray)."""
+    from deniro_rt import FillMask
+
+    fm = FillMask(cfg.model, device="cpu", precision=cfg.precision)
+    fm.fill(texts[:cfg.batch_size])  # warm-up
+    runs, batch_ms = [], []
+    for _ in range(cfg.repeats):
+        started = time.perf_counter()
+        for i in range(0, len(texts), cfg.batch_size):
+            t0 = time.perf_counter()
+            fm.fill(texts[i:i + cfg.batch_size])
+            batch_ms.append((time.perf_counter() - t0) * 1000)
+        runs.append(len(texts) / (time.perf_counter() - started))
+    return offline_row("plain fill (in-process, all cores)", runs, batch_ms, None)
+
+
+def time_ray_data(texts: list[str], cfg: RayBenchConfig, actors: int, cpus: float) -> dict:
+    import pyarrow as pa
+    import ray
+
+    from deniro_rt.ray_data import FillSpec, fill_dataset
+
+    spec = FillSpec(model=cfg.model, precision=cfg.precision, cpus_per_worker=cpus)
+    table = pa.table({"text": texts})
+
+    def run(rows: int) -> float:
+        blocks = [table.slice(i, cfg.batch_size) for i in range(0, rows, cfg.batch_size)]
+        started = time.perf_counter()
+        for _ in fill_dataset(ray.data.from_arrow(blocks), spec, actors, cfg.batch_size).iter_batches(
+                batch_format="pyarrow", batch_size=None):
+            pass
+        return time.perf_counter() - started
+
+    run(cfg.batch_size)  # warm-up: worker processes, imports
+    startup = run(1)  # pool start-up + one one-row block
+    runs = [len(texts) / run(len(texts)) for _ in range(cfg.repeats)]
+    return offline_row(f"Ray Data {actors} actor(s) x {cpus:g} CPU", runs, [], startup)
+
+
+def offline_row(engine: str, runs: list[float], batch_ms: list[float], startup_s: float | None) -> dict:
+    row = {"engine": engine, "sentences_per_s": float(np.median(runs)), "runs_sentences_per_s": runs,
+           "pool_startup_s": startup_s}
+    row.update({f"batch_p{q}_ms": float(np.percentile(batch_ms, q)) if batch_ms else None for q in (50, 90, 99)})
+    log.info("%-40s %8.1f sentences/s %s", engine, row["sentences_per_s"], [round(r, 1) for r in runs])
+    return row
+
+
+# --------------------------------------------------------------------------- online: Ray Serve
+def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
+    """Ray Serve (app batching, @serve.batch) and the plain server, rounds interleaved."""
+    from ray import serve
+
+    from deniro_rt.ray_serve import RayServeConfig, start
+
+    from .load import LoadConfig, ServerProcess, free_port, start_server, stop_server, summarize
+
+    port, cpus = free_port(), float(os.cpu_count() or 1)
+    load_cfg = LoadConfig(model=cfg.model, precision=cfg.precision, seconds=cfg.seconds, requests=cfg.requests,
+                          warmup=cfg.warmup, max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
+                          max_queue=cfg.max_queue)
+    plain = start_server("batched", load_cfg, None)
+    cells: dict[tuple[str, int], list] = {}
+    try:
+        for _ in range(cfg.rounds):
+            for batching in ("app", "serve"):
+                name = f"ray-serve-{batching}"
+                url = start(RayServeConfig(model=cfg.model, precision=cfg.precision, num_cpus=cpus, batching=batching,
+                                           max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
+                                           max_queue=cfg.max_queue, port=port, name=name))
+                server = ServerProcess(name, None, url.rstrip("/"), {})
+                measure_all(server, texts, cfg, load_cfg, cells)
+                serve.delete(name)
+            measure_all(plain, texts, cfg, load_cfg, cells)
+    finally:
+        stop_server(plain)
+    return [summarize(name, clients, c) for (name, clients), c in cells.items()]
+
+
+def measure_all(server, texts: list[str], cfg: RayBenchConfig, load_cfg, cells: dict) -> None:
+    from .load import encode_requests, measure
+
+    requests = encode_requests(texts, int(server.url.rsplit(":", 1)[1]))
+    for clients in cfg.client_counts():
+        cells.setdefault((server.name, clients), []).append(measure(server, requests, clients, load_cfg))
+
+
+# --------------------------------------------------------------------------- run and reports
+def main(cfg: RayBenchConfig) -> int:
+    import ray
+
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    from . import report
+    from .load import load_sentences
+
+    pools = cfg.pool_list()
+    cfg.client_counts()  # bad lists fail before anything starts
+    texts = load_sentences(cfg, Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR)
+    texts = (texts * math.ceil(cfg.sentences / max(1, len(texts))))[:cfg.sentences]
+    result = {"header": report.header("cpu", "python -m bench ray"), "config": asdict(cfg),
+              "ray": ray.__version__, "sentences": len(texts),
+              "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset start/finish lines
+        result["offline"] = [time_plain(texts, cfg)] + [time_ray_data(texts, cfg, a, c) for a, c in pools]
+        result["online"] = serve_rows(texts[:500], cfg)
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    result["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
+    write_reports(result, Path(cfg.out))
+    return 0
+
+
+def write_reports(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ray.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "ray.md").write_text(markdown(result))
+    plot(result, out / "ray.png")
+    log.info("reports: %s/ray.{json,md,png}", out)
+
+
+def markdown(result: dict) -> str:
+    h, cfg = result["header"], result["config"]
+    plain = result["offline"][0]["sentences_per_s"]
+    lines = [f"# deniro_rt on Ray — {h['machine']}, {h['created']}", "",
+             f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); ray {result['ray']}; "
+             f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}", "",
+             f"## Offline: {result['sentences']} IMDB test sentences ({cfg['length']}-token bucket), "
+             f"{cfg['batch_size']} rows per batch, median of {cfg['repeats']} runs", "",
+             "| engine | sentences/s | vs plain fill | pool start-up s | batch p50 / p90 / p99 ms |", "|---|---|---|---|---|"]
+    for r in result["offline"]:
+        pct = " / ".join(_f(r[f"batch_p{q}_ms"]) for q in (50, 90, 99))
+        lines.append(f"| {r['engine']} | {r['sentences_per_s']:,.1f} | {r['sentences_per_s'] / plain:.2f}× | "
+                     f"{_f(r['pool_startup_s'])} | {pct} |")
+    lines += ["", f"## Online: one sentence per request, closed loop, {cfg['rounds']} interleaved rounds of at "
+              f"most {cfg['seconds']} s / {cfg['requests']} requests per cell", "",
+              "| server | clients | sentences/s | p50 ms | p90 ms | p99 ms | failed | 503 | mean batch |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["online"]:
+        lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:,.1f} | {_f(r['p50_ms'])} | "
+                     f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['failed']} | {r['rejected_503']} | "
+                     f"{r['mean_batch']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    offline = result["offline"]
+    left.barh([r["engine"] for r in offline], [r["sentences_per_s"] for r in offline], color="tab:blue")
+    left.set_xlabel("sentences/s (offline)")
+    online = result["online"]
+    right.barh([f"{r['server']} @{r['clients']}" for r in online], [r["sentences_per_s"] for r in online],
+               color="tab:orange")
+    right.set_xlabel("sentences/s (HTTP, one sentence per request)")
+    fig.suptitle(f"deniro_rt on Ray {result['ray']} — {result['header']['hardware']['cpu']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> RayBenchConfig:
+    parser = argparse.ArgumentParser(prog="python -m bench ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    types = {"model": str, "precision": str, "threads": int}
+    for f in fields(RayBenchConfig):
+        default = getattr(RayBenchConfig, f.name, None) if f.name != "dataset" else default_dataset()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help="small counts: checks the harness, not the speed")
+            continue
+        parser.add_argument(flag, type=types.get(f.name) or type(default), default=default,
+                            help=f"(default: {default})")
+    return RayBenchConfig(**vars(parser.parse_args(argv)))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    setup_logging(ours=("bench.ray",))
+    config = parse_args(argv)
+    return run_main(lambda: main(config))
