@@ -419,7 +419,7 @@ def markdown(result: dict) -> str:
              f"warm-up requests (latencies pooled over rounds); batched server: "
              f"--max-batch-size {cfg['max_batch_size']} --max-wait-ms {cfg['max_wait_ms']} "
              f"--max-queue {cfg['max_queue']}. hf-pipeline model: {result.get('torch_model', '-')}.", "",
-             f"Server intra-op threads: {cfg['threads'] or 'serve default (usable cores - 1)'}. Load average (1/5/15 min) "
+             f"deniro_rt servers: {_served(result)}. Server intra-op threads: {cfg['threads'] or 'serve default (usable cores - 1)'}. Load average (1/5/15 min) "
              f"of the shared machine: {result['load_average']['start']} at start, "
              f"{result['load_average']['end']} at the end.", "",
              "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
@@ -433,6 +433,11 @@ def markdown(result: dict) -> str:
     for r in result["ratios"]:
         lines.append(f"| {r['clients']} | {_x(r.get('vs_unbatched'))} | {_x(r.get('vs_hf-pipeline'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _served(result: dict) -> str:
+    health = next((h for name, h in result["servers"].items() if name != "hf-pipeline"), None)
+    return "-" if health is None else f"{health['model']} ({health['precision']}, {health['provider']})"
 
 
 def _f(value) -> str:
@@ -451,7 +456,7 @@ def plot(result: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     panels = (("sentences_per_s", "throughput (sentences/s, higher is better)"),
-              ("p99_ms", "latency p99 and p50 (ms, lower is better)"))
+              ("p99_ms", "latency p99 (solid) and p50 (dashed) (ms, lower is better)"))
     for ax, (key, title) in zip(axes, panels):
         for name in dict.fromkeys(r["server"] for r in result["rows"]):
             rows = [r for r in result["rows"] if r["server"] == name]
@@ -459,7 +464,9 @@ def plot(result: dict, path: Path) -> None:
             if key == "p99_ms":
                 ax.plot([r["clients"] for r in rows], [r["p50_ms"] for r in rows], ls="--",
                         color=line[0].get_color())
+        clients = sorted({r["clients"] for r in result["rows"]})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(clients, [str(c) for c in clients])
         ax.set_yscale("log")
         ax.set_xlabel("concurrent clients")
         ax.set_title(title, fontsize=10)
