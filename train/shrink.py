@@ -7,6 +7,8 @@ pruned is scored as [UNK] (the shipped model could only ever say [UNK] there). M
 is exported or shipped.
 
     python -m train.shrink --model runs/minilm --dataset ../shared/data/imdb --keep 30522,20000,16000
+    python -m train.shrink --model $TMPDIR/deniro-minilm/minilm-l6-v2-0.1.2-distilbert \
+        --checkpoint runs/minilm/checkpoints/step_00000100 --dataset ../shared/data/imdb   # a running run
 """
 from __future__ import annotations
 
@@ -21,13 +23,14 @@ import numpy as np
 import torch
 
 from deniro_rt.data import chunk_texts, load_text_splits, premask
+from deniro_rt.errors import DeniroError
 
 log = logging.getLogger("train.shrink")
 
 
 @dataclass
 class ShrinkConfig:
-    model: str  # DistilBertForMaskedLM save_pretrained folder
+    model: str  # DistilBertForMaskedLM save_pretrained folder (config, tokenizer, weights)
     dataset: str  # folder of <split>.parquet files
     keep: str = "30522,20000,16000"  # vocabulary sizes to try (most frequent IMDB pieces + specials)
     count_texts: int = 5000  # train reviews the piece frequencies are counted on
@@ -35,6 +38,20 @@ class ShrinkConfig:
     chunk_size: int = 128
     eval_seed: int = 1234
     output: str | None = None  # optional JSON file for the results
+    checkpoint: str | None = None  # a train checkpoint folder (step_*) whose weights replace --model's
+
+
+HELP = {
+    "model": "DistilBertForMaskedLM save_pretrained folder (config, tokenizer, weights)",
+    "dataset": "folder of <split>.parquet files (train: piece counts; test: evaluation)",
+    "keep": "comma-separated vocabulary sizes to try (most frequent IMDB pieces, specials always kept)",
+    "count_texts": "train reviews the piece frequencies are counted on",
+    "eval_texts": "test reviews in the premasked evaluation set",
+    "chunk_size": "tokens per evaluation chunk",
+    "eval_seed": "seed of the review sample and of the one-time masking",
+    "output": "JSON file for the results",
+    "checkpoint": "a python -m train checkpoint folder (step_*) whose weights replace --model's",
+}
 
 
 @dataclass(frozen=True)
@@ -99,10 +116,24 @@ def package_bytes(model, keep: int, int8_embedding: bool) -> int:
     return total + keep * dim * (1 if int8_embedding else 4) + (keep * 4 if int8_embedding else 0) + keep * 4
 
 
+def load_checkpoint_weights(model, checkpoint: Path) -> None:
+    """Weights of a `python -m train` checkpoint (Accelerate state: MaskedOnlyMLM keys 'model.*')."""
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("model."): v for k, v in load_file(checkpoint / "model.safetensors").items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"vocab_projector.weight"}:  # the projector is tied: stored once
+        raise DeniroError(f"{checkpoint} does not match --model's architecture (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    model.tie_weights()
+
+
 def main(config: ShrinkConfig) -> list[dict]:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
+    if config.checkpoint:
+        load_checkpoint_weights(model, Path(config.checkpoint))
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     texts = load_text_splits(config.dataset, ["train", "test"])
     rng = np.random.default_rng(config.eval_seed)
@@ -135,7 +166,7 @@ def run(argv: list[str] | None = None) -> int:
     for name, default in asdict(ShrinkConfig(model="", dataset="")).items():
         kind = int if isinstance(default, int) else str
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default or None,
-                            required=name in ("model", "dataset"), help=f"(default: {default})")
+                            required=name in ("model", "dataset"), help=f"{HELP[name]} (default: {default})")
     setup_logging(ours=("train",))
     config = ShrinkConfig(**vars(parser.parse_args(argv)))
     return run_main(lambda: main(config))
