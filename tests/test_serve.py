@@ -7,6 +7,7 @@ together are compared with int8 tolerances; requests that ran alone must match e
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -18,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ class Server:
     precision: str
 
     def post(self, body, client=None, path: str = "/"):
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        content = body if isinstance(body, (bytes, Iterator)) else json.dumps(body).encode()
         return (client or httpx).post(self.url + path, content=content, timeout=60,
                                       headers={"content-type": "application/json"})
 
@@ -229,13 +231,15 @@ BAD_BODIES = [
     ({"inputs": ["a [MASK]", "a" * 5001]}, 413,
      "text 1 is 5001 characters; this server takes at most 5000 (--max-text-chars)"),
     (b" " * 70000, 413, "body is 70000 bytes; this server takes at most 65536 (--max-body-bytes)"),
+    (iter([b" " * 40000] * 2), 413,  # chunked, no Content-Length: cut off while streaming
+     "body is more than 65536 bytes; this server takes at most 65536 (--max-body-bytes)"),
 ]
 
 
 def test_bad_bodies(server):
     for body, status, message in BAD_BODIES:
         answer = server.post(body)
-        assert (answer.status_code, answer.json()) == (status, {"error": message}), body[:80]
+        assert (answer.status_code, answer.json()) == (status, {"error": message}), message
     answer = server.post({"inputs": LONG_TEXT})  # only the tokenizer sees this one: fails in the batch
     assert (answer.status_code, answer.json()["error"]) == (422, long_text_message(server.precision))
     assert httpx.get(server.url + "/fill").status_code == 405
@@ -366,3 +370,41 @@ def test_pipeline_backend_answers_like_the_pipeline(tmp_path):
     assert_close(backend.fill(texts, top_k=2), [reference(t, top_k=2) for t in texts])  # padded: ~1e-10
     with pytest.raises(deniro_rt.DeniroError, match="joint is not supported"):
         backend.fill(texts, joint=True)
+
+
+# --------------------------------------------------------------------------- the app in-process
+class RecordingFill:
+    """A fake backend: answers each text with its own text, records every fill call."""
+
+    mask_token = "[MASK]"
+
+    def __init__(self):
+        self.calls: list[tuple[list[str], int]] = []
+
+    def fill(self, texts, top_k=5, targets=None, joint=False, truncation=False, batch_size=64):
+        self.calls.append((list(texts), top_k))
+        return [[{"score": 1.0, "token": i, "token_str": t, "sequence": t} for i in range(top_k)] for t in texts]
+
+
+def test_batches_group_by_parameters_without_lifespan():
+    """No lifespan events (httpx's ASGI transport sends none): the first request starts the batcher.
+    Four concurrent requests, two parameter sets: one batch, one fill call per parameter set."""
+    from deniro_rt.serve import ServeConfig, create_app
+
+    backend = RecordingFill()
+    app = create_app(ServeConfig(max_wait_ms=200), fill_mask=backend)
+    bodies = [{"inputs": f"text {i} [MASK]", "parameters": {"top_k": 1 + i % 2}} for i in range(4)]
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            assert (await client.get("/health")).status_code == 503  # not loaded yet
+            answers = await asyncio.gather(*(client.post("/", json=b) for b in bodies))
+            return answers, (await client.get("/health")).json()
+
+    answers, health = asyncio.run(scenario())
+    for i, answer in enumerate(answers):
+        assert answer.json() == [{"score": 1.0, "token": k, "token_str": f"text {i} [MASK]",
+                                  "sequence": f"text {i} [MASK]"} for k in range(1 + i % 2)]
+    assert sorted(backend.calls) == [(["text 0 [MASK]", "text 2 [MASK]"], 1), (["text 1 [MASK]", "text 3 [MASK]"], 2)]
+    assert health["status"] == "ok" and health["queued_texts"] == 0

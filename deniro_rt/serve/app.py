@@ -51,16 +51,26 @@ class FillService:
         self.config, self.backend = config, backend
         self.metrics = ServeMetrics()
         self.batcher: DynamicBatcher | None = None
+        self._starting = asyncio.Lock()
         self.schema = openapi_schema(__version__)
+
+    async def start(self) -> None:
+        """Load the backend (unless given) and start the batcher, once. Run by the lifespan; also on
+        the first request, for ASGI hosts that skip lifespan events."""
+        async with self._starting:
+            if self.batcher is not None:
+                return
+            if self.backend is None:
+                self.backend = await asyncio.to_thread(load_fill_mask, self.config)
+            limits = BatchLimits(self.config.max_batch_size, self.config.max_wait_ms, self.config.max_queue)
+            batcher = DynamicBatcher(self.backend.fill, limits, self.metrics)
+            batcher.start()
+            self.batcher = batcher
+            log.info("ready: %s", describe(self.backend))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        if self.backend is None:
-            self.backend = await asyncio.to_thread(load_fill_mask, self.config)
-        limits = BatchLimits(self.config.max_batch_size, self.config.max_wait_ms, self.config.max_queue)
-        self.batcher = DynamicBatcher(self.backend.fill, limits, self.metrics)
-        self.batcher.start()
-        log.info("ready: %s", describe(self.backend))
+        await self.start()
         try:
             yield
         finally:  # uvicorn has already waited for in-flight requests; answer anything still queued
@@ -75,8 +85,10 @@ class FillService:
         return response
 
     async def _answer(self, request: Request) -> Response:
-        if self.batcher is None:
-            return error(503, "the model is still loading; retry shortly", self.config.retry_after_s)
+        try:
+            await self.start()
+        except DeniroError as exc:  # a model that cannot load: say why on every request
+            return error(503, f"the model could not be loaded: {exc}", self.config.retry_after_s)
         try:
             raw = await read_body(request, self.config.max_body_bytes)
             parsed = parse_body(raw, self.config, self.backend.mask_token)
@@ -94,8 +106,9 @@ class FillService:
         return JSONResponse(answer)
 
     async def health(self, request: Request) -> Response:
-        if self.batcher is None:
-            return JSONResponse({"status": "loading"}, status_code=503)
+        if self.batcher is None:  # lifespan skipped by the host and no request yet: not loaded
+            return JSONResponse({"status": "not loaded; the first fill request loads the model"},
+                                status_code=503)
         return JSONResponse({"status": "ok", **describe(self.backend), "queued_texts": self.batcher.queued_texts,
                              "threads": model_threads(self.config.threads),
                              "max_batch_size": self.config.max_batch_size, "max_wait_ms": self.config.max_wait_ms,
@@ -133,6 +146,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large(size, limit)
+            raise too_large(None, limit)
         chunks.append(chunk)
     return b"".join(chunks)

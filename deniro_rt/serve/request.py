@@ -37,8 +37,10 @@ class FillRequest:
     params: FillParams
 
 
-def too_large(declared: int, limit: int) -> BadRequest:
-    return BadRequest(413, f"body is {declared} bytes; this server takes at most {limit} (--max-body-bytes)")
+def too_large(size: int | None, limit: int) -> BadRequest:
+    """size: the declared Content-Length, or None for a streamed body cut off past the limit."""
+    what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return BadRequest(413, f"body is {what}; this server takes at most {limit} (--max-body-bytes)")
 
 
 def parse_body(raw: bytes, config: ServeConfig, mask_token: str) -> FillRequest:
