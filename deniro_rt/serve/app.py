@@ -86,7 +86,8 @@ class FillService:
 
     async def _answer(self, request: Request) -> Response:
         try:
-            await self.start()
+            if self.batcher is None:
+                await self.start()
         except DeniroError as exc:  # a model that cannot load: say why on every request
             return error(503, f"the model could not be loaded: {exc}", self.config.retry_after_s)
         try:
