@@ -114,7 +114,7 @@ def head_state(bert: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "vocab_layer_norm.bias": bert[p + "transform.LayerNorm.bias"],
         "vocab_projector.bias": bert.get(p + "bias", bert.get(p + "decoder.bias")),
     }
-    if p + "decoder.weight" in bert:  # untied BERTs carry their own decoder matrix
+    if p + "decoder.weight" in bert:  # untied BERTs: their own matrix; tied ones: the word embedding again
         state["vocab_projector.weight"] = bert[p + "decoder.weight"]
     return state
 
