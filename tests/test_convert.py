@@ -40,14 +40,6 @@ def sentences(imdb_texts):
 
 
 @pytest.fixture(scope="module")
-def bert_mlm_dir(tmp_path_factory, tiny_tokenizer):
-    from transformers import BertForMaskedLM
-
-    return _save(_randomise(BertForMaskedLM(_bert_config(tiny_tokenizer)), 1), tiny_tokenizer,
-                 tmp_path_factory.mktemp("bert_mlm"))
-
-
-@pytest.fixture(scope="module")
 def bert_model_dir(tmp_path_factory, tiny_tokenizer):
     from transformers import BertModel
 
@@ -84,9 +76,12 @@ def test_bert_model_converts_with_equal_hidden_states_and_a_fresh_tied_head(bert
     assert (distil.config.activation, distil.config.n_layers, distil.config.dim) == ("gelu", 2, 32)
 
 
-def test_bert_for_masked_lm_keeps_its_head_and_its_logits(bert_mlm_dir, tiny_tokenizer, sentences, tmp_path):
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_bert_for_masked_lm_keeps_its_head_and_its_logits(tiny_tokenizer, sentences, tmp_path, tied):
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
 
+    bert = _randomise(BertForMaskedLM(_bert_config(tiny_tokenizer, tie_word_embeddings=tied)), 1)
+    bert_mlm_dir = _save(bert, tiny_tokenizer, tmp_path / "bert")
     out = tmp_path / "distil"
     convert.main(convert.ConvertConfig(bert=str(bert_mlm_dir), output=str(out)))
     distil = AutoModelForMaskedLM.from_pretrained(out).eval()
@@ -99,6 +94,8 @@ def test_bert_for_masked_lm_keeps_its_head_and_its_logits(bert_mlm_dir, tiny_tok
     real = batch["attention_mask"].bool()
     assert (got[real] - expected[real]).abs().max() < 1e-4 * expected.abs().max()
     assert torch.equal(got[real].argmax(-1), expected[real].argmax(-1))
+    same = distil.vocab_projector.weight.data_ptr() == distil.distilbert.embeddings.word_embeddings.weight.data_ptr()
+    assert same == tied
     saved = AutoTokenizer.from_pretrained(out)
     assert "token_type_ids" not in saved(["a movie"])  # DistilBERT takes none
 
