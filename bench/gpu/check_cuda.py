@@ -1,0 +1,87 @@
+"""CUDA checks of the GPU run: node placement per graph, CUDA graphs on vs off (same answers, p50).
+
+    python bench/gpu/check_cuda.py --model EXPORT_DIR --device cuda --json OUT.json
+
+placement: which execution provider ran each node of each fast graph (ORT profiling trace); a CPU
+node that is not shape arithmetic, or any Memcpy node, is a fallback (and rules out CUDA graphs).
+graphs (CUDA only): fill() of IMDB-like texts with cuda_graph=False and True must give the same
+tokens (scores within 1e-3: fp16 kernels may differ by bucket shape); then batch-1 p50 of the
+model card's prompt, end to end and graph-only, for both. On --device cpu only placement runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+PROMPT = "This is a great [MASK]!"
+TEXTS = ["the acting was [MASK] and the story was good .", "i have seen this [MASK] twice .", PROMPT,
+         "the [MASK] was great but the [MASK] was too long .", "[MASK] !"] * 20
+
+
+def p50_ms(fn, n: int = 300, warmup: int = 30) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def placement(fm, providers) -> dict:
+    from deniro_rt.cuda import node_placement
+
+    (feed,), _ = fm.prepared_feeds([PROMPT], 5, 1)
+    graph = fm.manifest.folder / fm.manifest.graphs[fm.precision]
+    return node_placement(str(graph), providers, feed)
+
+
+def graphs(model: str, precision: str) -> dict:
+    from deniro_rt import FillMask
+
+    runs = {flag: FillMask(model, device="cuda", precision=precision, cuda_graph=flag) for flag in (False, True)}
+    answers = {flag: [fm.fill(TEXTS, top_k=5, batch_size=16) for _ in range(3)][-1] for flag, fm in runs.items()}
+    flat = {flag: [p for r in a for m in (r if isinstance(r[0], list) else [r]) for p in m] for flag, a in answers.items()}
+    same_tokens = [p["token"] for p in flat[False]] == [p["token"] for p in flat[True]]
+    max_diff = float(np.max(np.abs(np.array([p["score"] for p in flat[False]]) - [p["score"] for p in flat[True]])))
+    out = {"cuda_graph_enabled": runs[True].cuda_graph, "same_tokens": same_tokens, "max_score_diff": max_diff}
+    for flag, fm in runs.items():
+        (feed,), _ = fm.prepared_feeds([PROMPT], 5, 1)
+        out[f"graph_{flag}"] = {"e2e_p50_ms": p50_ms(lambda: fm.fill(PROMPT)),
+                                "model_p50_ms": p50_ms(lambda: fm.run_graph(feed))}
+    out["passed"] = same_tokens and max_diff <= 1e-3
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="export folder (python -m export --onnx)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--json", required=True, help="where the results are written")
+    args = parser.parse_args(argv)
+    from deniro_rt import FillMask
+    from deniro_rt.artifact import load_manifest
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
+    result: dict = {"device": args.device, "placement": {}, "graphs": {}}
+    for precision in load_manifest(args.model).graphs:
+        if precision == "int8" and args.device == "cuda" or precision == "fp16" and args.device == "cpu":
+            continue
+        fm = FillMask(args.model, device=args.device, precision=precision, cuda_graph=False)
+        result["placement"][precision] = placement(fm, providers)
+        if args.device == "cuda":
+            result["graphs"][precision] = graphs(args.model, precision)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
