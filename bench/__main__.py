@@ -10,6 +10,7 @@ Commands:
   train       tokens/s and step time of train/'s loop (random init) per model shape
   all         all of the above in one process, one report
   load        HTTP load test of `python -m deniro_rt serve` (see `python -m bench load --help`)
+  quant       int8 options vs fp32: agreement, largest batch drift, speed (see `python -m bench quant --help`)
   ray         Ray Data sentences/s vs plain fill, Ray Serve batching modes (see `python -m bench ray --help`)
 
 Engines: pytorch-card (the model card's code, one text at a time), pytorch-batched (fp16 too on
@@ -104,6 +105,10 @@ def run(argv: list[str] | None = None) -> int:
         from .load import cli
 
         return cli(argv[1:])
+    if argv[:1] == ["quant"]:  # int8 options (bench/quant.py): its own options
+        from .quant import cli as quant_cli
+
+        return quant_cli(argv[1:])
     if argv[:1] == ["ray"]:  # deniro_rt on Ray (bench/ray_bench.py): its own options
         from .ray_bench import cli as ray_cli
 

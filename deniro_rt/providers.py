@@ -10,8 +10,11 @@ from .errors import DeniroError
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-# What each provider runs best, in order of preference when the caller does not choose.
-PREFERRED_PRECISION = {CPU: ("int8", "fp32"), CUDA: ("fp16", "fp32")}
+# What each provider runs best, in order of preference when the caller does not choose. On CPU that is
+# fp32: no int8 graph measured agrees with fp32 closely enough (issue 11: top-1 >= 99.5 %, identical
+# top-5 >= 95 %; README "int8 on CPU: the options, measured"), so int8 (about 2.5x faster on the base
+# shape, batch-invariant) is an explicit opt-in: precision="int8".
+PREFERRED_PRECISION = {CPU: ("fp32", "int8"), CUDA: ("fp16", "fp32")}
 RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 

@@ -20,7 +20,7 @@ from dataclasses import fields
 
 from deniro_rt.cli import run_main, setup_logging
 
-from .config import ATTN_IMPLEMENTATIONS, DEFAULT_PRECISIONS, DEVICES, ExportConfig, split_precisions
+from .config import ATTN_IMPLEMENTATIONS, DEFAULT_PRECISIONS, DEVICES, INT8_METHODS, ExportConfig, split_precisions
 
 EXIT_VALIDATION = 1
 HELP = {
@@ -41,6 +41,13 @@ HELP = {
                            "onnxruntime fuses: sdpa with transformers 4.x, eager with 5.x",
     "opset": "ONNX opset",
     "per_channel": "int8: one scale per weight tensor instead of per output channel",
+    "int8_method": "how the int8 graph is built: static (QDQ, activation scales fixed by calibration: "
+                   "batch-invariant), static-percentile (the same, 99.999th-percentile ranges), dynamic (scales "
+                   "per call over the whole batch: answers depend on batch-mates), nbits (MatMulNBits 8-bit "
+                   "weights, int8 compute with per-row activation scales), weight-only (MatMulNBits 8-bit "
+                   "weights, fp32 compute); measured in README 'int8 on CPU: the options, measured'",
+    "calibration_sentences": "static int8: IMDB sentences (--dataset's train split, else --split) that fix "
+                             "the activation scales",
     "validate": "skip the comparison with PyTorch",
     "dataset": "hub dataset id or folder of <split>.parquet files with the validation text (e.g. "
                "../shared/data/imdb); random token ids are used if it cannot be loaded",
@@ -60,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = ExportConfig()
-    choices = {"device": list(DEVICES), "attn_implementation": list(ATTN_IMPLEMENTATIONS)}
+    choices = {"device": list(DEVICES), "attn_implementation": list(ATTN_IMPLEMENTATIONS),
+               "int8_method": list(INT8_METHODS)}
     for f in fields(ExportConfig):
         default = getattr(defaults, f.name)
         flag = "--" + ("no-" if f.name in NEGATED else "") + f.name.replace("_", "-")

@@ -11,6 +11,28 @@ from deniro_rt.errors import DeniroError
 DEVICES = ("cpu", "cuda")
 DEFAULT_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class Int8Method:
+    """One way to build the int8 fast graph (README: "int8 on CPU: the options, measured")."""
+
+    kind: str  # static (QDQ, fixed scales) | dynamic (scales per call) | nbits (MatMulNBits 8-bit weights)
+    calibration: str = "MinMax"  # static: MinMax | Percentile | Entropy
+    accuracy_level: int = 4  # nbits: 4 = int8 compute, activations scaled per row and block; 0 = fp32 compute
+    block_size: int = 32  # nbits: weights per scale
+
+
+INT8_METHODS = {
+    # Fixed activation scales calibrated on IMDB sentences: a text's answer cannot depend on its batch-mates.
+    "static": Int8Method("static"),
+    "static-percentile": Int8Method("static", calibration="Percentile"),
+    # Scales computed per call over the whole batch tensor: answers depend on the batch (onnxruntime #10111).
+    "dynamic": Int8Method("dynamic"),
+    "nbits": Int8Method("nbits"),
+    "weight-only": Int8Method("nbits", accuracy_level=0),
+}
+DEFAULT_INT8_METHOD = "static"
 GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
 
@@ -30,6 +52,8 @@ class ExportConfig:
     attn_implementation: str = "auto"  # how transformers builds attention before tracing (see model.py)
     opset: int = 17
     per_channel: bool = True  # int8: one scale per output channel of each weight
+    int8_method: str = DEFAULT_INT8_METHOD  # how the int8 graph is built (INT8_METHODS)
+    calibration_sentences: int = 256  # static int8: IMDB sentences (train split) that fix the activation scales
     # validation
     validate: bool = True  # compare every graph against PyTorch; write nothing if a threshold fails
     dataset: str = "stanfordnlp/imdb"  # hub id or folder of <split>.parquet; random ids if unavailable
@@ -83,6 +107,10 @@ def check_config(config: ExportConfig) -> Path:
         raise DeniroError("--sentences, --random-sequences and --perplexity-chunks must not be negative")
     if config.chunk_size < 2:
         raise DeniroError(f"--chunk-size must be at least 2, got {config.chunk_size}")
+    if config.int8_method not in INT8_METHODS:
+        raise DeniroError(f"--int8-method must be one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}")
+    if config.calibration_sentences < 16:
+        raise DeniroError(f"--calibration-sentences must be at least 16, got {config.calibration_sentences}")
     return check_output(config)
 
 

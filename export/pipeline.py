@@ -15,14 +15,16 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from deniro_rt.artifact import FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, sha256_file
 
-from .config import ExportConfig, check_config, resolve_providers
+from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
-from .optimize import Arch, build_graph
+from .optimize import Arch, build_graph, calibration_feeds
 from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, build_validation_set, failures,
-                       load_texts, validate)
+                       load_texts, random_rows, sentence_rows, validate)
 
 log = logging.getLogger(__name__)
 RAW = ".raw"  # traced, unoptimised graphs; removed before the folder is published
@@ -43,6 +45,37 @@ def validation_set(config: ExportConfig, source: Source) -> ValidationSet:
                                 sentences=config.sentences, random_sequences=config.random_sequences,
                                 perplexity_chunks=config.perplexity_chunks, chunk_size=config.chunk_size,
                                 batch_size=config.batch_size, seed=config.seed)
+
+
+def needs_calibration(config: ExportConfig) -> bool:
+    return "int8" in config.precisions() and INT8_METHODS[config.int8_method].kind == "static"
+
+
+def calibration_set(config: ExportConfig, source: Source) -> list[dict]:
+    cfg = source.model.config
+    return calibration_feeds_for(config, source.tokenizer, cfg.vocab_size, cfg.max_position_embeddings)
+
+
+def calibration_feeds_for(config: ExportConfig, tok, vocab_size: int, max_positions: int) -> list[dict]:
+    """Fast-graph feeds of masked IMDB sentences that fix the static int8 activation scales.
+
+    From the train split when the dataset has one (the validation sentences come from --split), else
+    from --split with another seed; random ids when there is no text at all. tok: a transformers tokenizer.
+    """
+    texts, origin = load_texts(config.dataset, "train", config.text_column)
+    if not texts:
+        texts, origin = load_texts(config.dataset, config.split, config.text_column)
+    rng = np.random.default_rng(config.seed + 1)
+    max_len = min(128, max_positions)
+    order = [texts[i] for i in rng.permutation(len(texts))]
+    rows = sentence_rows(tok, order, config.calibration_sentences, rng, max_len)
+    if not rows:  # no text: random ids with one mask each
+        rows = random_rows(config.calibration_sentences, vocab_size, rng, max_len)
+        for row in rows:
+            row[int(rng.integers(len(row)))] = tok.mask_token_id
+    seq_len = max(len(r) for r in rows)
+    log.info("int8 calibration: %d sentences (%s)", len(rows), origin)
+    return calibration_feeds(rows, tok.mask_token_id, tok.pad_token_id or 0, seq_len)
 
 
 def main(config: ExportConfig) -> Path:
@@ -94,8 +127,9 @@ def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str,
     started = time.perf_counter()
     export_fast(source.model, raw / FAST_GRAPHS["fp32"], config.opset)
     log.info("traced the fast graph in %.1f s", time.perf_counter() - started)
+    calibration = calibration_set(config, source) if needs_calibration(config) else None
     fused = {p: build_graph(p, raw / FAST_GRAPHS["fp32"], stage / FAST_GRAPHS[p], arch, config.fuse,
-                            config.per_channel) for p in config.precisions()}
+                            config.per_channel, config.int8_method, calibration) for p in config.precisions()}
     if config.full_graph:
         export_full(source.model, raw / FULL_GRAPH, config.opset)
         fused[FULL_GRAPH_KEY] = build_graph("fp32", raw / FULL_GRAPH, stage / FULL_GRAPH, arch, config.fuse,

@@ -1,0 +1,206 @@
+"""python -m bench quant: the int8 options side by side — agreement with fp32, batch drift, speed.
+
+For a trained artifact (--model, default the shipped model) each int8 method of export/config.py's
+INT8_METHODS is built from its fp32 fast.onnx (export.optimize.quantize_fused) and compared with that
+fp32 graph (ONNX vs ONNX, no torch): top-1 agreement and identical top-5 lists on masked IMDB test
+sentences, perplexity on premasked test chunks, and the largest batch drift (a sentence alone vs padded
+into a batch of --drift-sentences short sentences: max |score| change of its top-5, and how many
+sentences' top-5 ids change). Speed: median / p90 / p99 session time of each method's graph on
+--speed-model (e.g. a random-init distilbert-base-shape export; default --model) at a few shapes,
+and its ratio to the dynamic int8 graph of the same run (--baseline: a graph to time as well, e.g.
+an artifact's fast_int8.onnx built by an older export). Writes quant.json and quant.md under --out.
+
+Examples:
+  python -m bench quant --out bench/results/quant
+  flock /tmp/deniro-bench.lock python -m bench quant --speed-model /tmp/base-export \\
+      --baseline /tmp/base-export/fast_int8.onnx --out bench/results/quant
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deniro_rt.artifact import FAST_GRAPHS, load_manifest
+from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.models import DEFAULT_MODEL_DIR
+
+log = logging.getLogger(__name__)
+SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model
+
+
+@dataclass
+class QuantConfig:
+    model: str = str(DEFAULT_MODEL_DIR)  # trained artifact: agreement and drift
+    speed_model: str | None = None  # artifact timed (default: --model)
+    baseline: str | None = None  # an extra int8 graph timed and scored as "baseline"
+    methods: str = "static,static-percentile,dynamic,nbits,weight-only"
+    dataset: str = "../shared/data/imdb"
+    sentences: int = 2000  # masked test sentences for top-1 / top-5
+    perplexity_chunks: int = 200
+    drift_sentences: int = 64
+    calibration_sentences: int = 256
+    timed_calls: int = 20  # per graph and shape (batch-32 shapes: a quarter)
+    out: str = "bench/results/quant"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every graph is scored against: the data and the fp32 reference."""
+
+    data: object  # export.validate.ValidationSet
+    reference: object  # export.validate.Reference (fp32 fast.onnx)
+    drift_batch: object  # export.validate.MaskBatch of short sentences
+
+
+def main(config: QuantConfig) -> dict:
+    from bench.report import header, write
+
+    with tempfile.TemporaryDirectory(prefix="deniro-quant-") as tmp:
+        graphs = build_methods(config, Path(config.model), Path(tmp) / "model")
+        agreement = score_all(config, graphs)
+        speed_dir = Path(config.speed_model or config.model)
+        timed = graphs if speed_dir == Path(config.model) else build_methods(config, speed_dir, Path(tmp) / "speed")
+        speed = time_all(config, timed)
+    report = {"header": header("cpu", "python -m bench quant"), "config": asdict(config),
+              "agreement": agreement, "speed": speed, "rows": []}
+    write_markdown_too(report, Path(config.out), write)
+    return report
+
+
+def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Path]:
+    """fp32, the optional baseline, and one graph per method built from folder's fast.onnx."""
+    import onnx
+
+    from export.config import INT8_METHODS, ExportConfig
+    from export.optimize import quantize_fused
+    from export.pipeline import calibration_feeds_for
+
+    manifest = load_manifest(folder)
+    out.mkdir(parents=True)
+    tok = tokenizer_of(folder)
+    export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences)
+    calibration = calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
+    fp32 = onnx.load(str(manifest.graph_path("fp32")))
+    graphs = {"fp32": manifest.graph_path("fp32")}
+    if config.baseline:
+        graphs["baseline"] = Path(config.baseline)
+    for name in config.methods.split(","):
+        started = time.perf_counter()
+        quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
+        log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
+        graphs[name] = out / f"{name}.onnx"
+    return graphs
+
+
+def tokenizer_of(folder: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def prepare(config: QuantConfig, folder: Path) -> Prepared:
+    from export import validate
+    from deniro_rt.data import mask_one_word, review_sentences
+
+    manifest, tok = load_manifest(folder), tokenizer_of(folder)
+    texts, origin = validate.load_texts(config.dataset, "test", "text")
+    data = validate.build_validation_set(tok, manifest.vocab_size, manifest.max_positions, texts, origin,
+                                         sentences=config.sentences, random_sequences=0,
+                                         perplexity_chunks=config.perplexity_chunks, batch_size=32, seed=1)
+    fp32 = validate.session_for(manifest.graph_path("fp32"), ["CPUExecutionProvider"])
+    rng, rows = np.random.default_rng(11), []
+    for review in texts[::7]:
+        short = [s for s in review_sentences(review) if 5 <= len(s.split()) <= 20]
+        masked = mask_one_word(short[0], rng, tok.mask_token) if short else None
+        if masked is not None and len(rows) < config.drift_sentences:
+            rows.append(np.asarray(tok(masked[0])["input_ids"], np.int64))
+    batch = validate.pad_batch(rows, [np.flatnonzero(r == tok.mask_token_id) for r in rows], tok.pad_token_id or 0)
+    return Prepared(data, validate.fast_reference(fp32, data, manifest.vocab_size), batch)
+
+
+def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
+    """Agreement with fp32 and batch drift of every graph on the trained model."""
+    from export import validate
+
+    prepared = prepare(config, Path(config.model))
+    results = {}
+    for name, path in graphs.items():
+        session = validate.session_for(path, ["CPUExecutionProvider"])
+        metrics = validate.score_fast_graph(session, prepared.data, prepared.reference)
+        drift = validate.batch_drift(session, prepared.drift_batch)
+        results[name] = {"top1_agreement": metrics["top1_agreement"], "top5_identical": metrics["top5_identical"],
+                         "perplexity": metrics["perplexity"], "perplexity_rel_diff": metrics["perplexity_rel_diff"],
+                         "rows": metrics["rows"], **drift, "size_mb": round(path.stat().st_size / 1e6, 2)}
+        log.info("%s: %s", name, results[name])
+    return results
+
+
+def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
+    """p50/p90/p99 ms per shape, graphs interleaved per shape (same machine state for all)."""
+    from deniro_rt.providers import CPU, session_options
+
+    import onnxruntime as ort
+
+    sessions = {name: ort.InferenceSession(str(p), session_options(CPU, None), providers=[CPU])
+                for name, p in graphs.items()}
+    results: dict[str, dict] = {name: {} for name in graphs}
+    for batch, tokens in SHAPES:
+        feed = random_feed(batch, tokens)
+        calls = config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)
+        for name, session in sessions.items():
+            session.run(None, feed)  # warm-up
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                session.run(None, feed)
+                times.append(1000 * (time.perf_counter() - started))
+            results[name][f"{batch}x{tokens}"] = {q: round(float(np.percentile(times, p)), 2)
+                                                  for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
+    return results
+
+
+def random_feed(batch: int, tokens: int) -> dict:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 8000, (batch, tokens)).astype(np.int64)  # [batch, seq]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "mask_index": np.arange(batch) * tokens + 3,
+            "target_ids": np.zeros((batch, 1), np.int64), "top_k": np.array([5], np.int64)}
+
+
+def write_markdown_too(report: dict, out: Path, write) -> None:
+    from bench.report import table
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write(report, out, "quant")
+    speed, agreement = report["speed"], report["agreement"]
+    reference = next(name for name in ("baseline", "dynamic", "fp32") if name in speed)
+    rows = []
+    for name, a in agreement.items():
+        ratios = [speed[reference][s]["p50"] / speed[name][s]["p50"] for s in speed.get(name, {})]
+        rows.append([name, f"{100 * a['top1_agreement']:.2f} %", f"{100 * a['top5_identical']:.2f} %",
+                     f"{a['perplexity_rel_diff']:.1e}", f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
+                     " / ".join(f"{r:.2f}×" for r in ratios), a["size_mb"]])
+    shapes = " / ".join(f"{b}×{t}" for b, t in SHAPES)
+    lines = table(f"int8 options vs fp32 (speed: p50 of {reference} / p50 of the option, {shapes})",
+                  ["option", "top-1", "top-5 identical", "ppl rel. diff", "max batch drift (texts)",
+                   f"speed vs {reference}", "MB"], rows)
+    ms = [[name] + [speed[name][f"{b}x{t}"]["p50"] for b, t in SHAPES] for name in speed]
+    lines += table("p50 ms per call", ["graph"] + [f"{b}×{t}" for b, t in SHAPES], ms)
+    paths["markdown"].write_text(paths["markdown"].read_text() + "\n" + "\n".join(lines) + "\n")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    setup_logging()
+    defaults = QuantConfig()
+    parser = argparse.ArgumentParser(prog="python -m bench quant", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in asdict(defaults).items():
+        kind = int if isinstance(default, int) else str
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"(default: {default})")
+    config = QuantConfig(**vars(parser.parse_args(argv)))
+    return run_main(lambda: main(config))

@@ -1,0 +1,139 @@
+"""python -m export.requantize: rebuild an artifact's int8 graph from its fp32 fast.onnx (no torch checkpoint).
+
+For artifacts whose PyTorch source is not at hand (the shipped model): quantizes fast.onnx with
+--int8-method, validates the result against fast.onnx itself (ONNX fp32 as the reference, int8
+thresholds of export/validate.py, batch invariance included), then replaces fast_int8.onnx and updates
+deniro.json (sha256, size, fused ops, validation, export_config) per the deniro_rt.artifact contract.
+Nothing is changed if validation fails (exit 1).
+
+Example:
+  python -m export.requantize --model deniro_rt/models/default --dataset ../shared/data/imdb
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from deniro_rt.artifact import FAST_GRAPHS, MANIFEST, load_manifest, sha256_file
+from deniro_rt.cli import run_main, setup_logging
+
+from .config import DEFAULT_INT8_METHOD, INT8_METHODS, ExportConfig
+
+log = logging.getLogger(__name__)
+EXIT_VALIDATION = 1
+
+
+@dataclass
+class RequantizeConfig:
+    model: str = "deniro_rt/models/default"  # artifact folder holding fast.onnx and deniro.json
+    int8_method: str = DEFAULT_INT8_METHOD
+    dataset: str = "../shared/data/imdb"  # calibration (train split) and validation (test split) text
+    calibration_sentences: int = 256
+    sentences: int = 512  # validation sentences
+    perplexity_chunks: int = 64
+    seed: int = 0
+
+
+def main(config: RequantizeConfig) -> Path:
+    """Re-quantize `config.model`'s int8 graph in place; returns the folder."""
+    from onnx import load
+
+    from .optimize import quantize_fused
+    from .pipeline import calibration_feeds_for, versions
+    from .validate import ValidationFailed
+
+    manifest = load_manifest(config.model)
+    export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences,
+                                 int8_method=config.int8_method, seed=config.seed)
+    tok = artifact_tokenizer(manifest.folder)
+    calibration = calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
+    with tempfile.TemporaryDirectory(dir=manifest.folder, prefix=".requantize-") as stage:
+        staged = Path(stage) / FAST_GRAPHS["int8"]
+        counts = quantize_fused(load(str(manifest.graph_path("fp32"))), staged, INT8_METHODS[config.int8_method],
+                                calibration)
+        result = validate_against_fp32(config, manifest, staged, tok)
+        if not result["passed"]:
+            raise ValidationFailed(f"int8 validation failed, {manifest.folder} unchanged: "
+                                   + "; ".join(result["failed"]))
+        os.replace(staged, manifest.folder / FAST_GRAPHS["int8"])
+    update_manifest(manifest, counts, result, config, versions())
+    log.info("requantized %s (%s): %s", manifest.folder, config.int8_method, summary_line(result))
+    return manifest.folder
+
+
+def artifact_tokenizer(folder: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, tok) -> dict:
+    """int8 vs the artifact's own fp32 graph on IMDB test sentences and premasked chunks."""
+    from . import validate
+
+    texts, origin = validate.load_texts(config.dataset, "test", "text")
+    data = validate.build_validation_set(tok, manifest.vocab_size, manifest.max_positions, texts, origin,
+                                         sentences=config.sentences, random_sequences=0,
+                                         perplexity_chunks=config.perplexity_chunks, seed=config.seed)
+    cpu = ["CPUExecutionProvider"]
+    ref = validate.fast_reference(validate.session_for(manifest.graph_path("fp32"), cpu), data, manifest.vocab_size)
+    metrics = validate.score_fast_graph(validate.session_for(int8_graph, cpu), data, ref)
+    return {**validate.verdict("int8", metrics), "source": data.source,
+            "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)"}
+
+
+def update_manifest(manifest, counts: dict, result: dict, config: RequantizeConfig, found_versions: dict) -> None:
+    """New hash, size, op counts and validation of the int8 graph; written atomically."""
+    raw, name = dict(manifest.raw), FAST_GRAPHS["int8"]
+    path = manifest.folder / name
+    raw["files"] = {**raw["files"], name: sha256_file(path)}
+    raw["sizes"] = {**raw.get("sizes", {}), name: path.stat().st_size}
+    raw["fused_ops"] = {**raw["fused_ops"], "int8": counts}
+    raw["validation"] = {**raw["validation"], "int8": result}
+    raw["export_config"] = {**raw["export_config"], "int8_method": config.int8_method,
+                            "calibration_sentences": config.calibration_sentences}
+    raw["requantized"] = {"config": asdict(config), "versions": found_versions}
+    target = manifest.folder / MANIFEST
+    temp = target.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    temp.write_text(json.dumps(raw, indent=2) + "\n")
+    os.replace(temp, target)
+
+
+def summary_line(result: dict) -> str:
+    from .validate import summary
+
+    return summary(result)
+
+
+def parse_args(argv: list[str] | None = None) -> RequantizeConfig:
+    defaults = RequantizeConfig()
+    parser = argparse.ArgumentParser(prog="python -m export.requantize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=defaults.model, help=f"artifact folder (default: {defaults.model})")
+    parser.add_argument("--int8-method", choices=list(INT8_METHODS), default=defaults.int8_method,
+                        help=f"see python -m export --help (default: {defaults.int8_method})")
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help=f"folder of <split>.parquet: calibration from train, validation from test "
+                             f"(default: {defaults.dataset})")
+    for name in ("calibration_sentences", "sentences", "perplexity_chunks", "seed"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+                            help=f"(default: {getattr(defaults, name)})")
+    return RequantizeConfig(**vars(parser.parse_args(argv)))
+
+
+def run(argv: list[str] | None = None) -> int:
+    from .validate import ValidationFailed
+
+    setup_logging(logging.WARNING, ours=("export", "deniro_rt"), quiet=logging.ERROR)
+    config = parse_args(argv)
+    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION})
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,83 @@
+"""Same answer whatever the batch (issue 11): a text's predictions do not depend on its batch-mates or padding.
+
+fill(texts) must equal [fill(t) for t in texts], and a text padded into a longer batch must get the same
+answer: identical token ids, scores within 1e-5 (fp32) and 1e-4 (int8). Checked on the shipped model and
+on the tiny exported model, with 64 short IMDB test sentences (one whole word masked each).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from deniro_rt import FillMask
+from deniro_rt.artifact import FAST_GRAPHS
+from deniro_rt.data import mask_one_word, review_sentences
+from deniro_rt.models import DEFAULT_MODEL_DIR
+
+TOLERANCE = {"fp32": 1e-5, "int8": 1e-4}
+LONG = ("the story follows a family that moves to a small town by the sea , where the father takes a job at the "
+        "old lighthouse and the children slowly find out that the [MASK] next door has a secret of its own .")
+
+
+@pytest.fixture(scope="module")
+def sentences(imdb_texts) -> list[str]:
+    """64 short test-review sentences (5-20 words), one whole word masked in each, seeded."""
+    rng = np.random.default_rng(11)
+    found = []
+    for review in imdb_texts["test"]:
+        short = [s for s in review_sentences(review) if 5 <= len(s.split()) <= 20]
+        masked = mask_one_word(short[0], rng) if short else None
+        if masked is not None:
+            found.append(masked[0])
+        if len(found) == 64:
+            return found
+    pytest.fail(f"only {len(found)} short sentences in the IMDB sample")
+
+
+@pytest.fixture(scope="module", params=["shipped", "tiny"])
+def model_dir(request):
+    return DEFAULT_MODEL_DIR if request.param == "shipped" else request.getfixturevalue("tiny_artifact")
+
+
+def assert_same(got: list[dict], alone: list[dict], tolerance: float, where: str) -> None:
+    assert [p["token"] for p in got] == [p["token"] for p in alone], where
+    worst = max(abs(a["score"] - b["score"]) for a, b in zip(got, alone))
+    assert worst <= tolerance, f"{where}: scores differ by {worst:.3g}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_batched_equals_one_by_one_and_padding_changes_nothing(model_dir, precision, sentences):
+    fm = FillMask(model_dir, device="cpu", precision=precision)
+    alone = [fm.fill(text) for text in sentences]
+    batched = fm.fill(sentences)  # one batch of 64: most texts padded to the longest
+    small_batches = fm.fill(sentences, batch_size=8)  # other batch-mates, other padding
+    padded = [fm.fill([text, LONG])[0] for text in sentences[:16]]  # each padded to a long text's length
+    for i, text in enumerate(sentences):
+        assert_same(batched[i], alone[i], TOLERANCE[precision], f"{precision} batch of 64, text {i}: {text!r}")
+        assert_same(small_batches[i], alone[i], TOLERANCE[precision], f"{precision} batches of 8, text {i}")
+    for i, got in enumerate(padded):
+        assert_same(got, alone[i], TOLERANCE[precision], f"{precision} padded next to a long text, text {i}")
+
+
+def rows_of(fm: FillMask, texts: list[str]) -> list[np.ndarray]:
+    return fm.encode(texts, truncation=False)[0]
+
+
+def test_the_check_sees_batch_dependence(sentences, tmp_path):
+    """Dynamic int8 (one activation scale per call over the whole batch) fails the same check that the
+    shipped int8 graph passes: the test can fail."""
+    from export import validate
+    from export.config import INT8_METHODS
+    from export.optimize import quantize_fused
+
+    fm = FillMask(DEFAULT_MODEL_DIR, device="cpu", precision="fp32")
+    rows = rows_of(fm, sentences)
+    batch = validate.pad_batch(rows, [np.flatnonzero(r == fm.mask_id) for r in rows], fm.pad_id)
+    dynamic = tmp_path / "dynamic.onnx"
+    quantize_fused(onnx.load(str(DEFAULT_MODEL_DIR / FAST_GRAPHS["fp32"])), dynamic, INT8_METHODS["dynamic"])
+    drift = validate.batch_drift(validate.session_for(dynamic, ["CPUExecutionProvider"]), batch)
+    assert drift["batch_drift"] > 1e-3 and drift["batch_topk_mismatches"] > 0, drift
+    shipped = validate.session_for(DEFAULT_MODEL_DIR / FAST_GRAPHS["int8"], ["CPUExecutionProvider"])
+    drift = validate.batch_drift(shipped, batch)
+    assert drift["batch_drift"] <= 1e-4 and drift["batch_topk_mismatches"] == 0, drift
