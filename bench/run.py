@@ -62,10 +62,11 @@ def is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and bool(weights)
 
 
-def make_context(cfg: BenchConfig, device: str) -> Context:
+def make_context(cfg: BenchConfig, device: str, needs_torch: bool = True) -> Context:
+    """needs_torch=False (deniro_rt engines only, no parity): no PyTorch checkpoint is looked for."""
     artifact = resolve_artifact(cfg.model)
     manifest = load_manifest(artifact)
-    torch_model = resolve_torch_model(cfg.torch_model, artifact, manifest)
+    torch_model = resolve_torch_model(cfg.torch_model, artifact, manifest) if needs_torch or cfg.torch_model else None
     log.info("artifact %s, PyTorch checkpoint %s, device %s", artifact, torch_model, device)
     return Context(device=device, artifact=artifact, manifest=manifest, torch_model=torch_model, top_k=cfg.top_k)
 
@@ -148,7 +149,8 @@ def main(cfg: BenchConfig) -> int:
 
 
 def model_benchmarks(cfg: BenchConfig, device: str, wanted: set[str]) -> dict:
-    ctx = make_context(cfg, device)
+    needs_torch = "parity" in wanted or any(not e.startswith("deniro_rt") for e in cfg.engine_list())
+    ctx = make_context(cfg, device, needs_torch)
     precisions = deniro_precisions(ctx.manifest, device, cfg.precisions)
     if not precisions:
         raise DeniroError(f"the artifact has no deniro_rt graph that runs on {device} (it has "

@@ -154,6 +154,16 @@ def test_model_only_engine_needs_prepared_inputs(tiny_artifact, tiny_model_dir):
         engine.fill_batch(list(calls[1]), 1)  # equal texts, another list: was not prepared
 
 
+def test_host_overhead_of_the_shipped_model_without_pytorch(imdb_dir, tmp_path):
+    """deniro_rt engines alone need no PyTorch checkpoint (the shipped model has none here)."""
+    code = run(["latency", "--quick", "--device", "cpu", "--engines", "deniro_rt,deniro_rt-model", "--precisions",
+                "fp32", "--lengths", "16", "--dataset", str(imdb_dir), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "latency.json").read_text())
+    assert code == 0 and result["model"]["torch_model"] == "None"
+    assert [(o["precision"], o["length"]) for o in result["overhead"]] == [("fp32", 16), ("fp32", PROMPT)]
+    assert all(o["model_p50_ms"] > 0 for o in result["overhead"]) and not result["speedups"]
+
+
 def test_markdown_table_helper():
     assert report.table("T", ["a", "b"], [[1, "x"], [2.5, ""]]) == [
         "## T", "", "| a | b |", "|---|---|", "| 1 | x |", "| 2.5 |  |", ""]
