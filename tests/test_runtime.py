@@ -211,7 +211,8 @@ def test_cuda_without_the_gpu_build(tiny_artifact):
 
 
 def test_precision_choice(tiny_artifact):
-    assert FillMask(tiny_artifact, device="cpu").precision == "int8"  # CPU prefers the int8 graph
+    assert FillMask(tiny_artifact, device="cpu").precision == "fp32"  # CPU default; int8 is opt-in (issue 11)
+    assert FillMask(tiny_artifact, device="cpu", precision="int8").precision == "int8"
     with pytest.raises(DeniroError, match="precision fp16 does not run on CPUExecutionProvider"):
         FillMask(tiny_artifact, device="cpu", precision="fp16")
     with pytest.raises(DeniroError, match="device must be one of auto, cpu, cuda, got 'tpu'"):
