@@ -154,7 +154,8 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
         feed = random_feed(batch, tokens)
         calls = config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)
         for name, session in sessions.items():
-            session.run(None, feed)  # warm-up
+            for _ in range(3 if batch == 1 else 1):  # warm-up
+                session.run(None, feed)
             times = []
             for _ in range(calls):
                 started = time.perf_counter()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from contextlib import contextmanager
+import io
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,8 +271,9 @@ def quantizer_logs_muted():
     root = logging.getLogger()
     previous = root.level
     root.setLevel(max(previous, logging.WARNING))
-    try:
-        with muted_root_warning(PRE_PROCESS_HINT), muted_root_warning(STATIC_PRE_PROCESS_HINT):
+    try:  # the histogram calibrators print() their settings and progress
+        with muted_root_warning(PRE_PROCESS_HINT), muted_root_warning(STATIC_PRE_PROCESS_HINT), \
+                redirect_stdout(io.StringIO()):
             yield
     finally:
         root.setLevel(previous)

@@ -227,7 +227,7 @@ def test_manifest_describes_the_folder(tiny_artifact, tiny_model_dir):
     assert raw["fused_ops"]["fp32"]["EmbedLayerNormalization"] == 1
     assert raw["fused_ops"]["int8"]["MultiHeadAttention"] == n_layers
     assert raw["fused_ops"]["int8"]["QuantizeLinear"] == 4 * n_layers
-    assert raw["export_config"]["int8_method"] == "static"
+    assert raw["export_config"]["int8_method"] == "static-percentile"
     for precision, bound in (("fp32", 1e-5), ("int8", 1e-4)):
         metrics = raw["validation"][precision]["metrics"]
         assert metrics["batch_drift"] <= bound and metrics["batch_topk_mismatches"] == 0, metrics
@@ -442,7 +442,8 @@ def build_method(method: str, tiny_model_dir, tiny_validation, tmp_path) -> Path
     return tmp_path / f"{method}.onnx"
 
 
-@pytest.mark.parametrize("method, invariant", [("static", True), ("nbits", True), ("dynamic", False)])
+@pytest.mark.parametrize("method, invariant", [("static", True), ("static-percentile", True), ("nbits", True),
+                                               ("dynamic", False)])
 def test_int8_methods_batch_invariance(method, invariant, tiny_model_dir, tiny_validation, tmp_path):
     """Fixed (static) or per-row (nbits) activation scales: a sentence's answer is the same alone and padded
     in a batch; dynamic quantization's per-tensor scale makes it depend on its batch-mates."""
