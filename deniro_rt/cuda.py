@@ -165,9 +165,10 @@ class CudaBinding:
     (the session has CUDA graphs on), every run says gpu_graph_id -1: never capture these shapes.
     """
 
-    def __init__(self, session: ort.InferenceSession, device_id: int = 0, no_graph: bool = False):
+    def __init__(self, session: ort.InferenceSession, device_id: int = 0, no_graph: bool = False,
+                 device: str = "cuda"):
         self.session = session
-        self.device_id = device_id
+        self.device_id, self.device = device_id, device  # device "cpu": the same plumbing, testable anywhere
         self.local = threading.local()
         self.run_options = ort.RunOptions()
         if no_graph:
@@ -183,7 +184,7 @@ class CudaBinding:
         buffers = self._buffers()
         value = buffers.get(key)
         if value is None:
-            value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id)
+            value = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
             buffers[key] = value
         else:
             value.update_inplace(array)  # host -> device copy into the existing buffer
@@ -205,15 +206,13 @@ class CudaBinding:
 class _Slot:
     """One bucket's captured graph: its binding, its fixed device buffers and its graph id."""
 
-    def __init__(self, session, bucket: Bucket, graph_id: int, device_id: int, output_types: dict):
+    def __init__(self, session, bucket: Bucket, graph_id: int, device: tuple[str, int], output_types: dict):
         zeros = pad_feed_template(bucket)
-        self.inputs = {name: (array if name in HOST_INPUTS
-                              else ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id))
+        self.inputs = {name: (array if name in HOST_INPUTS else ort.OrtValue.ortvalue_from_numpy(array, *device))
                        for name, array in zeros.items()}
         out_shapes = {"topk_logprobs": (bucket.masks, bucket.k), "topk_ids": (bucket.masks, bucket.k),
                       "target_logprobs": (bucket.masks, bucket.targets)}
-        self.outputs = [ort.OrtValue.ortvalue_from_shape_and_type(out_shapes[name], output_types[name],
-                                                                  "cuda", device_id)
+        self.outputs = [ort.OrtValue.ortvalue_from_shape_and_type(out_shapes[name], output_types[name], *device)
                         for name in FAST_OUTPUTS]
         self.binding = session.io_binding()
         for name, value in self.inputs.items():
@@ -252,9 +251,9 @@ class GraphRunner:
     """CUDA graphs per bucket; anything else (or everything, after a failed capture) runs plain."""
 
     def __init__(self, session, plain: CudaBinding, pad_id: int, max_positions: int, device_id: int,
-                 spec: BucketSpec):
+                 spec: BucketSpec, device: str = "cuda"):
         self.session, self.plain, self.pad_id = session, plain, pad_id
-        self.max_positions, self.device_id, self.spec = max_positions, device_id, spec
+        self.max_positions, self.device, self.spec = max_positions, (device, device_id), spec
         self.slots: dict[Bucket, _Slot] = {}
         self.lock = threading.Lock()  # one graph's buffers are shared: runs of a bucket are serial
         self.enabled = True
@@ -273,7 +272,7 @@ class GraphRunner:
                 return self.plain.run(feed)
             try:
                 if slot is None:
-                    slot = _Slot(self.session, bucket, len(self.slots) + 1, self.device_id, self.output_types)
+                    slot = _Slot(self.session, bucket, len(self.slots) + 1, self.device, self.output_types)
                 outputs = slot.run(self.session, padded)
             except Exception as exc:  # a capture ORT refuses: keep serving without graphs
                 log.warning("CUDA graph for %s failed (%s); running without CUDA graphs", bucket, exc)

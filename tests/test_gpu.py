@@ -5,8 +5,8 @@ import onnxruntime as ort
 import pytest
 
 from deniro_rt import FillMask
-from deniro_rt.cuda import (Bucket, BucketSpec, choose_bucket, mask_bucket, node_placement, pad_feed,
-                            placement_from_trace, round_up, unpad_outputs)
+from deniro_rt.cuda import (Bucket, BucketSpec, CudaBinding, GraphRunner, choose_bucket, mask_bucket, node_placement,
+                            pad_feed, placement_from_trace, round_up, unpad_outputs)
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")]
@@ -58,6 +58,27 @@ def test_padding_to_a_bucket_does_not_change_answers(tiny_artifact):
 
 def feed_dims(feed):
     return (*feed["input_ids"].shape, len(feed["mask_index"]), feed["target_ids"].shape[1], int(feed["top_k"][0]))
+
+
+def test_bucketed_runner_plumbing_on_cpu(tiny_artifact):
+    """GraphRunner and CudaBinding with device 'cpu': the same bindings, buffers, graph ids and unpadding as on
+    CUDA (only the capture itself needs a GPU); fill through them gives the plain answers."""
+    plain_fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
+    binding = CudaBinding(fm.session, no_graph=True, device="cpu")
+    runner = GraphRunner(fm.session, binding, fm.pad_id, fm.manifest.max_positions, 0,
+                         BucketSpec(batches=(1, 4, 8), seqs=(16, 32), max_tokens=8 * 32), device="cpu")
+    fm._run = runner.run
+    texts = TEXTS[:6] + ["the movie was long and slow . " * 8 + "the end was [MASK] ."]  # > 32 tokens: plain
+    for _ in range(2):  # the second pass reuses every slot
+        ours, plain = fm.fill(texts, top_k=4, batch_size=4), plain_fm.fill(texts, top_k=4, batch_size=4)
+        flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]  # noqa: E731
+        assert [(p["token"], p["sequence"]) for p in flat(ours)] == [(p["token"], p["sequence"]) for p in flat(plain)]
+        np.testing.assert_allclose([p["score"] for p in flat(ours)], [p["score"] for p in flat(plain)], rtol=1e-5)
+        assert fm.fill(TEXTS[0]) == plain_fm.fill(TEXTS[0])
+    assert sorted(slot.graph_id for slot in runner.slots.values()) == list(range(1, len(runner.slots) + 1))
+    assert len(runner.slots) >= 2 and {b.batch for b in runner.slots} <= {1, 4, 8} and runner.enabled
+    assert binding.local.buffers  # the long text went through plain IO binding
 
 
 # --------------------------------------------------------------------------- placement (CPU)
