@@ -6,8 +6,9 @@ session, all cores), on the IMDB test sentences of one length bucket. Each Ray D
 end as a user sees it (dataset built from in-memory blocks, actor pool started, results collected
 on the driver); the pool's start-up alone is timed on one block and reported next to it.
 
-Online: Ray Serve (deniro_rt.ray_serve, one replica with all CPUs) with the app's own DynamicBatcher
-(`--batching app`) against `@serve.batch` (`--batching serve`), and the plain uvicorn server
+Online: Ray Serve (deniro_rt.ray_serve) with the app's own DynamicBatcher (`--batching app`) and with
+`@serve.batch` (`--batching serve`), one replica with all CPUs; two replicas with half the CPUs each
+(app batching); and the plain uvicorn server
 (`python -m deniro_rt serve`) for reference, at --clients closed-loop clients sending one sentence
 per request (bench/load.py's client), rounds interleaved.
 
@@ -35,7 +36,7 @@ from .config import REPO, default_dataset
 
 log = logging.getLogger("bench.ray")
 OUT = REPO / "bench" / "results" / "cpu-2core-ray"
-QUICK = {"sentences": 64, "repeats": 1, "seconds": 1.0, "requests": 60, "warmup": 5, "clients": "8",
+QUICK = {"sentences": 96, "repeats": 1, "seconds": 1.0, "requests": 60, "warmup": 5, "clients": "8",
          "rounds": 1, "batch_size": 16}
 
 
@@ -46,14 +47,14 @@ class RayBenchConfig:
     dataset: str = field(default_factory=default_dataset)
     split: str = "test"
     length: int = 64  # sentence bucket: texts of 3/4 L..L tokens
-    sentences: int = 2000  # offline: sentences per run
+    sentences: int = 4000  # offline: sentences per run
     seed: int = 0
     batch_size: int = 256  # offline: rows per block / map_batches batch / in-process fill call
     pools: str = "2x1,1x2"  # offline Ray Data pools: <actors>x<cpus per actor>
     repeats: int = 2  # offline: timed runs per engine
     clients: str = "32"  # online: concurrent clients
     rounds: int = 2  # online: interleaved rounds per server
-    seconds: float = 5.0  # online: per cell and round at most
+    seconds: float = 4.0  # online: per cell and round at most
     requests: int = 3000  # online: per cell and round at most
     warmup: int = 50  # online: untimed requests per cell
     max_batch_size: int = 64
@@ -103,6 +104,9 @@ def time_plain(texts: list[str], cfg: RayBenchConfig) -> dict:
 
 
 def time_ray_data(texts: list[str], cfg: RayBenchConfig, actors: int, cpus: float) -> dict:
+    """End to end, pool start-up included, and the time to the first result batch at the driver. (Rows
+    per second between the first and the last batch would overstate throughput: the driver receives
+    results in bursts, after the actors did much of the work.)"""
     import pyarrow as pa
     import ray
 
@@ -111,23 +115,23 @@ def time_ray_data(texts: list[str], cfg: RayBenchConfig, actors: int, cpus: floa
     spec = FillSpec(model=cfg.model, precision=cfg.precision, cpus_per_worker=cpus)
     table = pa.table({"text": texts})
 
-    def run(rows: int) -> float:
+    def run(rows: int) -> tuple[float, list[tuple[float, int]]]:
         blocks = [table.slice(i, cfg.batch_size) for i in range(0, rows, cfg.batch_size)]
-        started = time.perf_counter()
-        for _ in fill_dataset(ray.data.from_arrow(blocks), spec, actors, cfg.batch_size).iter_batches(
+        started, arrivals = time.perf_counter(), []  # (seconds since start, rows) per result batch
+        for batch in fill_dataset(ray.data.from_arrow(blocks), spec, actors, cfg.batch_size).iter_batches(
                 batch_format="pyarrow", batch_size=None):
-            pass
-        return time.perf_counter() - started
+            arrivals.append((time.perf_counter() - started, batch.num_rows))
+        return time.perf_counter() - started, arrivals
 
     run(cfg.batch_size)  # warm-up: worker processes, imports
-    startup = run(1)  # pool start-up + one one-row block
-    runs = [len(texts) / run(len(texts)) for _ in range(cfg.repeats)]
-    return offline_row(f"Ray Data {actors} actor(s) x {cpus:g} CPU", runs, [], startup)
+    timed = [run(len(texts)) for _ in range(cfg.repeats)]
+    return offline_row(f"Ray Data {actors} actor(s) x {cpus:g} CPU", [len(texts) / wall for wall, _ in timed], [],
+                       float(np.median([arrivals[0][0] for _, arrivals in timed])))
 
 
-def offline_row(engine: str, runs: list[float], batch_ms: list[float], startup_s: float | None) -> dict:
+def offline_row(engine: str, runs: list[float], batch_ms: list[float], first_batch_s: float | None) -> dict:
     row = {"engine": engine, "sentences_per_s": float(np.median(runs)), "runs_sentences_per_s": runs,
-           "pool_startup_s": startup_s}
+           "first_batch_s": first_batch_s}
     row.update({f"batch_p{q}_ms": float(np.percentile(batch_ms, q)) if batch_ms else None for q in (50, 90, 99)})
     log.info("%-40s %8.1f sentences/s %s", engine, row["sentences_per_s"], [round(r, 1) for r in runs])
     return row
@@ -135,7 +139,7 @@ def offline_row(engine: str, runs: list[float], batch_ms: list[float], startup_s
 
 # --------------------------------------------------------------------------- online: Ray Serve
 def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
-    """Ray Serve (app batching, @serve.batch) and the plain server, rounds interleaved."""
+    """Ray Serve variants (batching mode x replicas) and the plain server, rounds interleaved."""
     from ray import serve
 
     from deniro_rt.ray_serve import RayServeConfig, start
@@ -143,6 +147,7 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
     from .load import LoadConfig, ServerProcess, free_port, start_server, stop_server, summarize
 
     port, cpus = free_port(), float(os.cpu_count() or 1)
+    variants = [("app", 1, cpus), ("serve", 1, cpus), ("app", 2, cpus / 2)]  # (batching, replicas, cpus each)
     load_cfg = LoadConfig(model=cfg.model, precision=cfg.precision, seconds=cfg.seconds, requests=cfg.requests,
                           warmup=cfg.warmup, max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
                           max_queue=cfg.max_queue)
@@ -150,18 +155,22 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
     cells: dict[tuple[str, int], list] = {}
     try:
         for _ in range(cfg.rounds):
-            for batching in ("app", "serve"):
-                name = f"ray-serve-{batching}"
-                url = start(RayServeConfig(model=cfg.model, precision=cfg.precision, num_cpus=cpus, batching=batching,
-                                           max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
-                                           max_queue=cfg.max_queue, port=port, name=name))
-                server = ServerProcess(name, None, url.rstrip("/"), {})
-                measure_all(server, texts, cfg, load_cfg, cells)
+            for batching, replicas, each in variants:
+                name = f"ray-serve-{batching}-{replicas}x{each:g}cpu"
+                url = start(RayServeConfig(model=cfg.model, precision=cfg.precision, num_replicas=replicas,
+                                           num_cpus=each, batching=batching, max_batch_size=cfg.max_batch_size,
+                                           max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, port=port,
+                                           name=name))
+                measure_all(ServerProcess(name, None, url.rstrip("/"), {}), texts, cfg, load_cfg, cells)
                 serve.delete(name)
             measure_all(plain, texts, cfg, load_cfg, cells)
     finally:
         stop_server(plain)
-    return [summarize(name, clients, c) for (name, clients), c in cells.items()]
+    rows = [summarize(name, clients, c) for (name, clients), c in cells.items()]
+    for row in rows:  # /metrics comes from whichever replica answers: per-deployment means need one replica
+        row["mean_batch"] = None if row["server"].startswith("ray-serve") and "-1x" not in row["server"] \
+            else row["mean_batch"]
+    return rows
 
 
 def measure_all(server, texts: list[str], cfg: RayBenchConfig, load_cfg, cells: dict) -> None:
@@ -220,11 +229,15 @@ def markdown(result: dict) -> str:
              f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}", "",
              f"## Offline: {result['sentences']} IMDB test sentences ({cfg['length']}-token bucket), "
              f"{cfg['batch_size']} rows per batch, median of {cfg['repeats']} runs", "",
-             "| engine | sentences/s | vs plain fill | pool start-up s | batch p50 / p90 / p99 ms |", "|---|---|---|---|---|"]
+             "End to end: from building the dataset to the last row at the driver (Ray: actor pool start-up "
+             "included); first batch: seconds until the first result batch reached the driver.", "",
+             "| engine | sentences/s | vs plain fill | per run | first batch s | batch p50 / p90 / p99 ms |",
+             "|---|---|---|---|---|---|"]
     for r in result["offline"]:
         pct = " / ".join(_f(r[f"batch_p{q}_ms"]) for q in (50, 90, 99))
+        runs = ", ".join(f"{v:,.0f}" for v in r["runs_sentences_per_s"])
         lines.append(f"| {r['engine']} | {r['sentences_per_s']:,.1f} | {r['sentences_per_s'] / plain:.2f}× | "
-                     f"{_f(r['pool_startup_s'])} | {pct} |")
+                     f"{runs} | {_f(r['first_batch_s'])} | {pct} |")
     lines += ["", f"## Online: one sentence per request, closed loop, {cfg['rounds']} interleaved rounds of at "
               f"most {cfg['seconds']} s / {cfg['requests']} requests per cell", "",
               "| server | clients | sentences/s | p50 ms | p90 ms | p99 ms | failed | 503 | mean batch |",
@@ -232,7 +245,7 @@ def markdown(result: dict) -> str:
     for r in result["online"]:
         lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:,.1f} | {_f(r['p50_ms'])} | "
                      f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['failed']} | {r['rejected_503']} | "
-                     f"{r['mean_batch']:.1f} |")
+                     f"{_f(r['mean_batch'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -249,7 +262,7 @@ def plot(result: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     offline = result["offline"]
     left.barh([r["engine"] for r in offline], [r["sentences_per_s"] for r in offline], color="tab:blue")
-    left.set_xlabel("sentences/s (offline)")
+    left.set_xlabel("sentences/s (offline, end to end)")
     online = result["online"]
     right.barh([f"{r['server']} @{r['clients']}" for r in online], [r["sentences_per_s"] for r in online],
                color="tab:orange")

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -212,10 +213,14 @@ def fill_in_process(table, config: BatchConfig):
     spec = config.spec()
     worker = FillMaskBatch(spec.model, spec.device, spec.precision, threads=None, top_k=spec.top_k,
                            column=spec.column, truncation=spec.truncation)
-    parts = []
+    parts, start = [], 0
     with _progress(table.num_rows, "fill") as bar:
         for batch in table.to_batches(max_chunksize=config.batch_size):
-            added = worker.predict(batch.column(config.column).to_pylist())
+            try:
+                added = worker.predict(batch.column(config.column).to_pylist())
+            except DeniroError as exc:  # its "text i" counts from the batch's first row
+                raise DeniroError(f"rows {start}-{start + batch.num_rows - 1}: {exc}") from None
+            start += batch.num_rows
             part = pa.Table.from_batches([batch])
             for name, values in added.items():
                 part = part.append_column(name, pa.array(values))
@@ -243,8 +248,11 @@ def fill_on_ray(table, config: BatchConfig):
         dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config),
                                config.batch_size)
         return pa.concat_tables(_collect(dataset, table.num_rows))
-    except ray.exceptions.RayTaskError as exc:
-        raise _worker_error(exc) from exc
+    except Exception as exc:  # a DeniroError of a worker arrives wrapped (RayTaskError, UserCodeException)
+        refusal = _worker_error(exc)
+        if refusal is None:
+            raise
+        raise refusal from None
     finally:
         if started_here:
             ray.shutdown()
@@ -266,12 +274,13 @@ def _collect(dataset, rows: int) -> list:
     return parts
 
 
-def _worker_error(exc) -> Exception:
-    """A DeniroError raised inside an actor comes back wrapped; give the user its message only."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, DeniroError):
-        return DeniroError(f"a Ray worker refused a batch: {cause}")
-    return exc
+def _worker_error(exc: BaseException) -> DeniroError | None:
+    """The DeniroError a Ray worker raised, as one message. Ray Data hands back only its text (a
+    RayTaskError(UserCodeException) around the worker's formatted traceback), so it is read from there."""
+    found = re.search(r"(?:DeniroError|ArtifactError): (.+)", str(exc))
+    if found is None:
+        return None
+    return DeniroError(f"a Ray worker refused a batch of up to --batch-size rows ({found.group(1).strip()})")
 
 
 def _progress(total: int, desc: str):

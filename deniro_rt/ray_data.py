@@ -8,9 +8,10 @@
 
 Or by hand: `ds.map_batches(FillMaskBatch, fn_constructor_kwargs={...}, batch_size=256,
 compute=ray.data.ActorPoolStrategy(size=4), num_cpus=1)`. (Ray 2.60 deprecates map_batches'
-`concurrency=` in favour of `compute=ActorPoolStrategy(...)`.) Pitfall: with a pool whose actors
-reserve every CPU, `ray.data.read_parquet`'s list/read tasks (1 CPU each) never get scheduled and
-the dataset hangs; read on the driver as above, or leave CPUs free for the read.
+`concurrency=` in favour of `compute=ActorPoolStrategy(...)`.) Pitfall seen on Ray 2.60: with a
+pool whose actors reserve every CPU of a local 2-CPU Ray, `ray.data.read_parquet(...)` never got
+past its ListFiles/read tasks (also with `ray_remote_args={"num_cpus": 0}`): the dataset hung.
+Reading on the driver and handing blocks over with `from_arrow`, as above, does not need them.
 
 Each map worker is a Ray actor holding one FillMask (one ONNX Runtime session) built once in
 __init__; ORT's intra-op threads are set to the CPUs the actor reserves (`num_cpus`), because Ray

@@ -1,9 +1,9 @@
 """Ray (extra deniro[ray]): Ray Data map_batches, the batch command (with and without Ray) and the Ray
 Serve deployment over HTTP on 127.0.0.1, all compared with deniro_rt.fill on IMDB test sentences.
 
-One local Ray (2 CPUs, no dashboard) for the whole module. fp32 is compared exactly: the int8 graph
-is dynamically quantised (activation scales computed per batch), so its scores depend on which
-texts share a batch and cannot be compared across differently batched runs.
+One local Ray (2 CPUs, no dashboard) for the whole module. fp32 is compared exactly: the shipped
+int8 graph's scores change with the texts a text is batched with, so they cannot be compared across
+differently batched runs (Ray Data and Serve batch differently from one fill call).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_batch_command_reads_text_files(tmp_path):
 
 def batch_error(capsys, argv) -> str:
     assert batch_main(argv) == 2
-    return capsys.readouterr().err.strip()
+    return capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bar: the one error line
 
 
 def test_batch_command_bad_input(tmp_path, corpus, capsys):
@@ -229,3 +229,16 @@ def test_ray_serve_options_reach_the_deployment():
         app_builder({"replicas": "2"})
     with pytest.raises(deniro_rt.DeniroError, match="--batching must be one of app, serve"):
         app_builder({"batching": "ray"})
+
+
+@pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "1"]], ids=["in-process", "ray-data"])
+def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, capsys, extra):
+    long_text = "good " * 600 + "[MASK] ."  # over the shipped model's 512 positions
+    path = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"text": ["a [MASK] movie", long_text]}), path)
+    error = batch_error(capsys, ["--input", str(path), "--output", str(tmp_path / "o"), "--batch-size", "8"] + extra)
+    refusal = ("text 1 is 604 tokens, more than the model's maximum of 512; shorten it, or pass "
+               "truncation=True to keep a window around the masks")
+    prefix = "error: rows 0-1: " if not extra else "error: a Ray worker refused a batch of up to --batch-size rows ("
+    assert error.startswith(prefix) and refusal in error
+    assert not (tmp_path / "o").exists()
