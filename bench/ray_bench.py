@@ -60,7 +60,6 @@ class RayBenchConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
-    threads: int | None = None  # plain server's ORT threads (default: all cores)
     out: str = str(OUT)
     quick: bool = False
 
@@ -273,10 +272,33 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+HELP = {
+    "model": "artifact folder (default: deniro_rt's shipped model)",
+    "precision": "fp32 | int8 (default: the runtime's choice, int8 on CPU)",
+    "dataset": "folder of <split>.parquet files, or a hub dataset id",
+    "split": "split the sentences are cut from",
+    "length": "sentence bucket: texts of 3/4 L..L tokens",
+    "sentences": "offline: sentences per timed run (cycled if the bucket has fewer)",
+    "seed": "sentence choice and masked word",
+    "batch_size": "offline: rows per block / map_batches batch / in-process fill call",
+    "pools": "offline Ray Data actor pools, comma-separated <actors>x<cpus per actor>",
+    "repeats": "offline: timed runs per engine (median reported)",
+    "clients": "online: comma-separated concurrent client counts",
+    "rounds": "online: interleaved rounds per server",
+    "seconds": "online: at most this long per cell and round",
+    "requests": "online: at most this many requests per cell and round",
+    "warmup": "online: untimed requests before each cell",
+    "max_batch_size": "servers' --max-batch-size",
+    "max_wait_ms": "servers' --max-wait-ms",
+    "max_queue": "servers' --max-queue",
+    "out": "report folder",
+}
+
+
 def parse_args(argv: list[str] | None) -> RayBenchConfig:
     parser = argparse.ArgumentParser(prog="python -m bench ray", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    types = {"model": str, "precision": str, "threads": int}
+    types = {"model": str, "precision": str}
     for f in fields(RayBenchConfig):
         default = getattr(RayBenchConfig, f.name, None) if f.name != "dataset" else default_dataset()
         flag = "--" + f.name.replace("_", "-")
@@ -284,7 +306,7 @@ def parse_args(argv: list[str] | None) -> RayBenchConfig:
             parser.add_argument(flag, action="store_true", help="small counts: checks the harness, not the speed")
             continue
         parser.add_argument(flag, type=types.get(f.name) or type(default), default=default,
-                            help=f"(default: {default})")
+                            help=f"{HELP[f.name]} (default: {default})")
     return RayBenchConfig(**vars(parser.parse_args(argv)))
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +33,16 @@ PRECISION = "fp32"
 
 @pytest.fixture(scope="module")
 def local_ray():
+    """ray.init sets environment variables (RAY_AUTH_MODE, PYTHONBREAKPOINT, ...) and a SIGTERM handler
+    in this process: put them back afterwards, so later tests and their subprocesses do not see Ray."""
+    environ, sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     serve.shutdown()
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(environ)
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 @pytest.fixture(scope="module")
@@ -241,4 +249,13 @@ def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, cap
                "truncation=True to keep a window around the masks")
     prefix = "error: rows 0-1: " if not extra else "error: a Ray worker refused a batch of up to --batch-size rows ("
     assert error.startswith(prefix) and refusal in error
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_command_names_the_extra_when_pyarrow_is_missing(tmp_path, corpus, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # the core install: no pyarrow
+    argv = ["--input", str(corpus), "--column", "review", "--output", str(tmp_path / "o")]
+    assert batch_error(capsys, argv) == (
+        'error: the batch command reads and writes parquet with pyarrow, which is not installed; '
+        'pip install "deniro[batch]" (or "deniro[ray]")')
     assert not (tmp_path / "o").exists()
