@@ -61,12 +61,13 @@ class Prepared:
 def main(config: QuantConfig) -> dict:
     from bench.report import header, write
 
+    same = Path(config.speed_model or config.model) == Path(config.model)
     with tempfile.TemporaryDirectory(prefix="deniro-quant-") as tmp:
         graphs = build_methods(config, Path(config.model), Path(tmp) / "model")
-        agreement = score_all(config, graphs)
-        speed_dir = Path(config.speed_model or config.model)
-        timed = graphs if speed_dir == Path(config.model) else build_methods(config, speed_dir, Path(tmp) / "speed")
-        speed = time_all(config, timed)
+        baseline = {"baseline": Path(config.baseline)} if config.baseline else {}
+        agreement = score_all(config, {**graphs, **baseline} if same else graphs)
+        timed = graphs if same else build_methods(config, Path(config.speed_model), Path(tmp) / "speed")
+        speed = time_all(config, {**timed, **baseline})
     report = {"header": header("cpu", "python -m bench quant"), "config": asdict(config),
               "agreement": agreement, "speed": speed, "rows": []}
     write_markdown_too(report, Path(config.out), write)
@@ -88,8 +89,6 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
     calibration = calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
     fp32 = onnx.load(str(manifest.graph_path("fp32")))
     graphs = {"fp32": manifest.graph_path("fp32")}
-    if config.baseline:
-        graphs["baseline"] = Path(config.baseline)
     for name in config.methods.split(","):
         started = time.perf_counter()
         quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
@@ -142,7 +141,8 @@ def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
 
 
 def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
-    """p50/p90/p99 ms per shape, graphs interleaved per shape (same machine state for all)."""
+    """p50/p90/p99 ms per shape. Calls go round-robin over the graphs, so a busy moment of a shared
+    machine slows every graph alike instead of whichever happened to be timed then."""
     from deniro_rt.providers import CPU, session_options
 
     import onnxruntime as ort
@@ -152,16 +152,17 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     results: dict[str, dict] = {name: {} for name in graphs}
     for batch, tokens in SHAPES:
         feed = random_feed(batch, tokens)
-        calls = config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)
-        for name, session in sessions.items():
+        for session in sessions.values():
             for _ in range(3 if batch == 1 else 1):  # warm-up
                 session.run(None, feed)
-            times = []
-            for _ in range(calls):
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)):
+            for name, session in sessions.items():
                 started = time.perf_counter()
                 session.run(None, feed)
-                times.append(1000 * (time.perf_counter() - started))
-            results[name][f"{batch}x{tokens}"] = {q: round(float(np.percentile(times, p)), 2)
+                times[name].append(1000 * (time.perf_counter() - started))
+        for name, measured in times.items():
+            results[name][f"{batch}x{tokens}"] = {q: round(float(np.percentile(measured, p)), 2)
                                                   for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
     return results
 
@@ -181,7 +182,10 @@ def write_markdown_too(report: dict, out: Path, write) -> None:
     speed, agreement = report["speed"], report["agreement"]
     reference = next(name for name in ("baseline", "dynamic", "fp32") if name in speed)
     rows = []
-    for name, a in agreement.items():
+    for name in dict.fromkeys([*agreement, *speed]):
+        a = agreement.get(name, {"top1_agreement": float("nan"), "top5_identical": float("nan"), "size_mb": "",
+                                 "perplexity_rel_diff": float("nan"), "batch_drift": float("nan"),
+                                 "batch_topk_mismatches": "-"})
         ratios = [speed[reference][s]["p50"] / speed[name][s]["p50"] for s in speed.get(name, {})]
         rows.append([name, f"{100 * a['top1_agreement']:.2f} %", f"{100 * a['top5_identical']:.2f} %",
                      f"{a['perplexity_rel_diff']:.1e}", f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
