@@ -99,7 +99,7 @@ def time_plain(texts: list[str], cfg: RayBenchConfig) -> dict:
             fm.fill(texts[i:i + cfg.batch_size])
             batch_ms.append((time.perf_counter() - t0) * 1000)
         runs.append(len(texts) / (time.perf_counter() - started))
-    return offline_row("plain fill (in-process, all cores)", runs, batch_ms, None)
+    return {**offline_row("plain fill (in-process, all cores)", runs, batch_ms, None), "precision": fm.precision}
 
 
 def time_ray_data(texts: list[str], cfg: RayBenchConfig, actors: int, cpus: float) -> dict:
@@ -225,7 +225,8 @@ def markdown(result: dict) -> str:
     plain = result["offline"][0]["sentences_per_s"]
     lines = [f"# deniro_rt on Ray — {h['machine']}, {h['created']}", "",
              f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); ray {result['ray']}; "
-             f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}", "",
+             f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}; "
+             f"precision {result['offline'][0]['precision']} (every engine)", "",
              f"## Offline: {result['sentences']} IMDB test sentences ({cfg['length']}-token bucket), "
              f"{cfg['batch_size']} rows per batch, median of {cfg['repeats']} runs", "",
              "End to end: from building the dataset to the last row at the driver (Ray: actor pool start-up "

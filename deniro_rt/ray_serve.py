@@ -12,9 +12,9 @@ threads equal the CPUs the replica reserved (`--num-cpus`): Ray reserves CPUs bu
 from starting one thread per core of the node, so N replicas with default sessions on one node
 oversubscribe it. Batching inside a replica: `--batching app` (default) uses the app's own
 DynamicBatcher (bounded queue, 503 when full); `--batching serve` uses Ray Serve's `@serve.batch`
-instead. Measured on 2 cores (bench/results/cpu-2core-ray/): the same throughput within noise, the
-Serve HTTP proxy being the bottleneck; the app's batcher forms larger batches (README "Scaling out
-on Ray").
+instead. Measured on 2 cores (bench/results/cpu-2core-ray/): the app's batcher as fast or faster
+(1.01-1.18x over three runs; the Serve HTTP proxy is the bottleneck) and about twice as large batches
+(README "Scaling out on Ray").
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Ray (extra deniro[ray]): Ray Data map_batches, the batch command (with and without Ray) and the Ray
 Serve deployment over HTTP on 127.0.0.1, all compared with deniro_rt.fill on IMDB test sentences.
 
-One local Ray (2 CPUs, no dashboard) for the whole module. fp32 is compared exactly: the shipped
-int8 graph's scores change with the texts a text is batched with, so they cannot be compared across
-differently batched runs (Ray Data and Serve batch differently from one fill call).
+One local Ray (2 CPUs, no dashboard) for the whole module. Answers are compared exactly, in fp32
+(Ray Data and Serve batch the texts differently from one fill call; fp32 is batch-invariant).
 """
 from __future__ import annotations
 
