@@ -81,3 +81,20 @@ def test_the_check_sees_batch_dependence(sentences, tmp_path):
     shipped = validate.session_for(DEFAULT_MODEL_DIR / FAST_GRAPHS["int8"], ["CPUExecutionProvider"])
     drift = validate.batch_drift(shipped, batch)
     assert drift["batch_drift"] <= 1e-4 and drift["batch_topk_mismatches"] == 0, drift
+
+
+def test_bench_quant_reports_the_largest_drift(tmp_path):
+    """python -m bench quant's rows: agreement with fp32 and the largest batch drift per int8 method."""
+    from bench.quant import QuantConfig, main
+
+    config = QuantConfig(methods="static-percentile,dynamic", sentences=32, perplexity_chunks=4, drift_sentences=32,
+                         calibration_sentences=32, timed_calls=2, out=str(tmp_path))
+    report = main(config)
+    agreement = report["agreement"]
+    assert set(agreement) == {"fp32", "static-percentile", "dynamic"} == set(report["speed"])
+    assert agreement["fp32"]["batch_drift"] == 0.0 and agreement["fp32"]["top1_agreement"] == 1.0
+    assert agreement["static-percentile"]["batch_drift"] <= 1e-4
+    assert agreement["dynamic"]["batch_drift"] > 1e-3
+    assert set(report["speed"]["dynamic"]) == {"1x16", "1x64", "32x64"}
+    markdown = (tmp_path / "quant.md").read_text()
+    assert "| dynamic |" in markdown and "max batch drift" in markdown and (tmp_path / "quant.json").exists()
