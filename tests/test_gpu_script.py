@@ -46,7 +46,8 @@ def test_dry_run_runs_every_step_on_cpu(tmp_path):
     engines = {(r["engine"], r["scope"]) for r in summary["base"]["latency_b1"]}
     assert {("deniro_rt", "e2e"), ("deniro_rt-model", "model"), ("pytorch-card", "e2e")} <= engines
     assert summary["base"]["overhead"] and summary["base"]["throughput_16"]
-    assert summary["cuda_checks"]["placement"]["fp32"]["nodes"]["CPUExecutionProvider"] > 0
+    checks = summary["cuda_checks"]
+    assert checks["placement"]["fp32"]["nodes"]["CPUExecutionProvider"] > 0 and checks["graphs"]["fp32"]["passed"]
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "bench-base/bench.json" in names and "train-mini.json" in names

@@ -4,9 +4,10 @@
 
 placement: which execution provider ran each node of each fast graph (ORT profiling trace); a CPU
 node that is not shape arithmetic, or any Memcpy node, is a fallback (and rules out CUDA graphs).
-graphs (CUDA only): fill() of IMDB-like texts with cuda_graph=False and True must give the same
-tokens (scores within 1e-3: fp16 kernels may differ by bucket shape); then batch-1 p50 of the
-model card's prompt, end to end and graph-only, for both. On --device cpu only placement runs.
+graphs (CUDA only): fill() of IMDB-like texts with cuda_graph=False and True: top-1 agreement and
+top-5 identical per mask (fp32: must be 100 %; fp16 kernels may differ by bucket shape, >= 99 %
+top-1), largest score difference; then batch-1 p50 of the model card's prompt, end to end and
+graph-only, for both. On --device cpu the same code runs as a rehearsal (cuda_graph is a no-op there).
 """
 from __future__ import annotations
 
@@ -43,20 +44,25 @@ def placement(fm, providers) -> dict:
     return node_placement(str(graph), providers, feed)
 
 
-def graphs(model: str, precision: str) -> dict:
+def graphs(model: str, precision: str, device: str, samples: int) -> dict:
     from deniro_rt import FillMask
 
-    runs = {flag: FillMask(model, device="cuda", precision=precision, cuda_graph=flag) for flag in (False, True)}
+    runs = {flag: FillMask(model, device=device, precision=precision, cuda_graph=flag) for flag in (False, True)}
     answers = {flag: [fm.fill(TEXTS, top_k=5, batch_size=16) for _ in range(3)][-1] for flag, fm in runs.items()}
-    flat = {flag: [p for r in a for m in (r if isinstance(r[0], list) else [r]) for p in m] for flag, a in answers.items()}
-    same_tokens = [p["token"] for p in flat[False]] == [p["token"] for p in flat[True]]
-    max_diff = float(np.max(np.abs(np.array([p["score"] for p in flat[False]]) - [p["score"] for p in flat[True]])))
-    out = {"cuda_graph_enabled": runs[True].cuda_graph, "same_tokens": same_tokens, "max_score_diff": max_diff}
+    masks = {flag: [m for r in a for m in (r if isinstance(r[0], list) else [r])] for flag, a in answers.items()}
+    pairs = list(zip(masks[False], masks[True]))  # per mask: (top-5 without graphs, with graphs)
+    top1 = float(np.mean([a[0]["token"] == b[0]["token"] for a, b in pairs]))
+    top5 = float(np.mean([[p["token"] for p in a] == [p["token"] for p in b] for a, b in pairs]))
+    diff = max(abs(p["score"] - q["score"]) for a, b in pairs for p, q in zip(a, b))
+    out = {"cuda_graph_enabled": runs[True].cuda_graph, "top1_agreement": top1, "top5_identical": top5,
+           "max_score_diff": float(diff)}
     for flag, fm in runs.items():
         (feed,), _ = fm.prepared_feeds([PROMPT], 5, 1)
-        out[f"graph_{flag}"] = {"e2e_p50_ms": p50_ms(lambda: fm.fill(PROMPT)),
-                                "model_p50_ms": p50_ms(lambda: fm.run_graph(feed))}
-    out["passed"] = same_tokens and max_diff <= 1e-3
+        out[f"graph_{flag}"] = {"e2e_p50_ms": p50_ms(lambda: fm.fill(PROMPT), samples, samples // 10),
+                                "model_p50_ms": p50_ms(lambda: fm.run_graph(feed), samples, samples // 10)}
+    # fp32: padding must not change anything; fp16 kernels may differ by shape, so near-ties of a
+    # random model can swap: top-1 agreement >= 99 % there.
+    out["passed"] = top1 == 1.0 and top5 == 1.0 if precision == "fp32" else top1 >= 0.99
     return out
 
 
@@ -76,8 +82,8 @@ def main(argv: list[str]) -> int:
             continue
         fm = FillMask(args.model, device=args.device, precision=precision, cuda_graph=False)
         result["placement"][precision] = placement(fm, providers)
-        if args.device == "cuda":
-            result["graphs"][precision] = graphs(args.model, precision)
+        # On CPU cuda_graph changes nothing: a rehearsal of this code (both runs are the same runtime).
+        result["graphs"][precision] = graphs(args.model, precision, args.device, 300 if args.device == "cuda" else 4)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=1))
     return 0

@@ -5,7 +5,7 @@
 # Both folders are git-ignored (.gitignore). The three device calls are in bench/gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SRC=${IMDB:-../shared/data/imdb}
+SRC=$(cd "${IMDB:-../shared/data/imdb}" && pwd)  # absolute: the checksum check runs inside .carry/imdb
 TOOLS=${ORT_TOOLS:-../shared/tools/ort-gpu}
 # The GPU image has transformers 5.x / huggingface_hub 1.x / tokenizers 0.23 and no Optimum; the
 # project's pinned set (export's Optimum layout, bench's optimum-ort engine) rides in part1 as wheels.
@@ -13,7 +13,7 @@ WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 optimum=
 
 rm -rf .carry && mkdir -p .carry/imdb
 for split in train test unsupervised; do cp "$SRC/$split.parquet" .carry/imdb/; done
-(cd .carry/imdb && grep -E ' (train|test|unsupervised)\.parquet$' "$OLDPWD/$SRC/SHA256SUMS" | sha256sum -c --quiet -)
+(cd .carry/imdb && grep -E ' (train|test|unsupervised)\.parquet$' "$SRC/SHA256SUMS" | sha256sum -c --quiet -)
 echo ".carry/imdb: $(du -sh .carry/imdb | cut -f1), checksums ok"
 
 if [ "${1:-}" = "--ortgpu" ]; then
