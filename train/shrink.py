@@ -89,7 +89,7 @@ def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> 
     for start in range(0, len(eval_set.input_ids), 16):
         ids = torch.from_numpy(eval_set.input_ids[start:start + 16])  # [batch, seq]
         labels = torch.from_numpy(eval_set.labels[start:start + 16])  # [batch, seq]
-        ids = torch.where(is_kept[ids], ids, unk_id)
+        ids = torch.where(is_kept[ids], ids, unk_id)  # pruned pieces (also 80/10/10's random ones) -> [UNK]
         embeds = torch.nn.functional.embedding(ids, weight)  # [batch, seq, dim]
         hidden = model.distilbert(inputs_embeds=embeds)[0][labels != -100]  # [n, dim]
         x = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
@@ -142,14 +142,18 @@ def main(config: ShrinkConfig) -> list[dict]:
     order = piece_order(tokenizer, count_texts)
     chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
     eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
+    # the positions whose input is [MASK] (not 80/10/10's random or kept 20 %): what fill-mask serves
+    at_mask = eval_set.input_ids[eval_set.labels != -100] == tokenizer.mask_token_id  # [n_masked]
     rows, reference = [], None
     for keep in [int(k) for k in config.keep.split(",")]:
         for int8 in (False, True):
             variant = Variant(min(keep, len(tokenizer)), int8)
             ppl, top1, pruned = score(model, eval_set, variant, order, tokenizer.unk_token_id)
             reference = top1 if reference is None else reference
+            same = top1 == reference
             rows.append({**asdict(variant), "perplexity": round(ppl, 3),
-                         "top1_agreement_vs_fp32": round(float((top1 == reference).mean()), 4),
+                         "top1_agreement_vs_fp32": round(float(same.mean()), 4),
+                         "top1_agreement_at_mask_inputs": round(float(same[at_mask].mean()), 4),
                          "labels_pruned": round(pruned, 4),
                          "est_int8_graph_mb": round(package_bytes(model, variant.keep, int8) / 1e6, 2)})
             log.info("%s", rows[-1])
