@@ -401,11 +401,9 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 # --------------------------------------------------------------------------- reports
 def write_reports(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "load.md").write_text(markdown(result))
-    plot(result, out / "load.png")
-    log.info("reports: %s/load.{json,md,png}", out)
+    from .report import write_files
+
+    write_files(result, out, "load", markdown, plot)
 
 
 def markdown(result: dict) -> str:

@@ -213,11 +213,9 @@ def main(cfg: RayBenchConfig) -> int:
 
 
 def write_reports(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ray.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "ray.md").write_text(markdown(result))
-    plot(result, out / "ray.png")
-    log.info("reports: %s/ray.{json,md,png}", out)
+    from .report import write_files
+
+    write_files(result, out, "ray", markdown, plot)
 
 
 def markdown(result: dict) -> str:

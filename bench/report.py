@@ -122,13 +122,19 @@ def overhead(rows: list[dict]) -> list[dict]:
 
 # --------------------------------------------------------------------------- files
 def write(report: dict, out: Path, stem: str) -> dict[str, Path]:
+    plot_rows = (lambda r, path: plot(r["rows"], path, r["header"])) if report.get("rows") else None
+    return write_files(report, out, stem, markdown, plot_rows)
+
+
+def write_files(result: dict, out: Path, stem: str, to_markdown, to_png=None) -> dict[str, Path]:
+    """<stem>.json (the whole result), <stem>.md and, given a plotter, <stem>.png under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown(report))
-    if report.get("rows"):
+    paths["json"].write_text(json.dumps(result, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(to_markdown(result))
+    if to_png is not None:
         paths["plot"] = out / f"{stem}.png"
-        plot(report["rows"], paths["plot"], report["header"])
+        to_png(result, paths["plot"])
     for kind, path in paths.items():
         log.info("%s report: %s", kind, path)
     return paths
