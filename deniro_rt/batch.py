@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import DeniroError
+from .files import publish
 
 log = logging.getLogger(__name__)
 OUTPUT_FILE = "predictions.parquet"
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
     add("--model", default=None, help="export folder (default: the shipped IMDB model)")
     add("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="per worker (default: cpu)")
     add("--precision", default=None, choices=["fp32", "fp16", "int8"],
-        help="graph to run (default: int8 on CPU if exported, fp16 on CUDA, else fp32)")
+        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)")
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
     add("--truncation", action="store_true", help="keep a window around the masks of over-long texts")
     add("--batch-size", type=int, default=256, help="rows per fill call / Ray Data batch (default: 256)")
@@ -314,11 +315,7 @@ def write_atomically(table, output: Path, config: dict) -> None:
     try:
         pq.write_table(table, temp / OUTPUT_FILE)
         (temp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        old = output.parent / f".{output.name}.old-{os.getpid()}"
-        if output.exists():
-            output.rename(old)  # only reached when empty or --overwrite (check_output)
-        temp.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(temp, output)  # output only reached when empty or --overwrite (check_output)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deniro_rt.artifact import FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, sha256_file
+from deniro_rt.files import publish
 
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
@@ -168,17 +168,6 @@ def versions(packages: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[package] = None
     return found
-
-
-def publish(stage: Path, out: Path) -> None:
-    """Rename the finished folder into place; an old --output (--overwrite) goes only after that."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def report(out: Path, seconds: float) -> None:

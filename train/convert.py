@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from deniro_rt.errors import DeniroError
+from deniro_rt.files import publish
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def distilbert_config(bert_config):
         problems.append(f"layer_norm_eps {bert_config.layer_norm_eps} (DistilBERT's is fixed at 1e-12)")
     if not isinstance(bert_config.hidden_act, str):
         problems.append("hidden_act is not a named activation")
+    if bert_config.is_decoder or getattr(bert_config, "add_cross_attention", False):
+        problems.append("a decoder BERT (causal attention / cross-attention); DistilBERT is a bidirectional encoder")
     if problems:
         raise DeniroError("cannot convert this BERT to DistilBERT: " + "; ".join(problems))
     return DistilBertConfig(
@@ -180,12 +183,14 @@ def convert_folder(bert_dir: Path, output: Path, seed: int = 0, record: dict | N
     converted = convert_model(bert_dir, seed)
     tmp = output.with_name(f".tmp_{output.name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    converted.model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    record = {**(record or {}), "bert": str(bert_dir), "seed": seed, "kept_head": converted.kept_head}
-    (tmp / "convert_config.json").write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(tmp, output)
+    try:
+        converted.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        record = {**(record or {}), "bert": str(bert_dir), "seed": seed, "kept_head": converted.kept_head}
+        (tmp / "convert_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        publish(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after publish; a failed write leaves nothing
     return converted
 
 
