@@ -117,6 +117,10 @@ def test_refuses_what_distilbert_cannot_express(tiny_tokenizer, tmp_path):
         convert.convert_model(folder)
     assert str(err.value) == ("cannot convert this BERT to DistilBERT: position_embedding_type 'relative_key' "
                               "(DistilBERT: absolute); layer_norm_eps 1e-05 (DistilBERT's is fixed at 1e-12)")
+    decoder = _save(BertModel(_bert_config(tiny_tokenizer, is_decoder=True)), tiny_tokenizer, tmp_path / "d")
+    with pytest.raises(DeniroError, match="a decoder BERT .causal attention / cross-attention.; DistilBERT is a "
+                                          "bidirectional encoder$"):
+        convert.convert_model(decoder)
 
 
 def test_cli_errors_are_one_line(tmp_path, bert_model_dir, capsys):
@@ -170,9 +174,10 @@ def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir
                                            count_texts=100, eval_texts=20, chunk_size=64,
                                            output=str(tmp_path / "r.json")))
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
-    texts = load_text_splits(str(imdb_dir), ["test"])["test"]
+    splits = load_text_splits(str(imdb_dir), ["train", "test"])
+    texts = splits["test"]
     rng = np.random.default_rng(1234)
-    rng.choice(25000, 100, replace=False)  # the count subset is drawn first
+    rng.choice(len(splits["train"]), 100, replace=False)  # the count subset is drawn first
     chunks = chunk_texts(model_tokenizer(tiny_model_dir).backend_tokenizer,
                          [texts[i] for i in rng.choice(len(texts), 20, replace=False)], 64)
     eval_set = premask(chunks, 1234, 4, 600)

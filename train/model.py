@@ -100,7 +100,7 @@ def param_groups(wrapped: nn.Module, config: TrainConfig) -> list[dict]:
     if not head:
         raise DeniroError("--head-lr/--head-warmup-steps need a DistilBERT masked LM (vocab_transform ...)")
     return [{"params": [p for n, p in named if not is_head(n)], "lr": config.lr},
-            {"params": head, "lr": config.head_lr or config.lr}]
+            {"params": head, "lr": config.lr if config.head_lr is None else config.head_lr}]
 
 
 def linear_decay(step: int, warmup: int, total: int, frozen_until: int = 0) -> float:

@@ -109,8 +109,8 @@ def package_bytes(model, keep: int, int8_embedding: bool) -> int:
     linear weights 1 byte, everything else (positions, LayerNorms, biases) fp32."""
     dim, total = model.config.dim, 0
     for name, param in model.named_parameters():
-        if "word_embeddings" in name:
-            continue
+        if "word_embeddings" in name or name == "vocab_projector.bias":
+            continue  # both scale with the kept vocabulary: counted below
         linear = param.ndim == 2 and "position" not in name
         total += param.numel() * (1 if linear else 4)
     return total + keep * dim * (1 if int8_embedding else 4) + (keep * 4 if int8_embedding else 0) + keep * 4
@@ -137,8 +137,10 @@ def main(config: ShrinkConfig) -> list[dict]:
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     texts = load_text_splits(config.dataset, ["train", "test"])
     rng = np.random.default_rng(config.eval_seed)
-    count_texts = [texts["train"][i] for i in rng.choice(len(texts["train"]), config.count_texts, replace=False)]
-    eval_texts = [texts["test"][i] for i in rng.choice(len(texts["test"]), config.eval_texts, replace=False)]
+    count_texts = [texts["train"][i] for i in rng.choice(len(texts["train"]), min(config.count_texts,
+                                                                               len(texts["train"])), replace=False)]
+    eval_texts = [texts["test"][i] for i in rng.choice(len(texts["test"]), min(config.eval_texts, len(texts["test"])),
+                                                      replace=False)]
     order = piece_order(tokenizer, count_texts)
     chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
     eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
