@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deniro_rt.artifact import FAST_GRAPHS, load_manifest
+from deniro_rt.artifact import load_manifest
 from deniro_rt.cli import run_main, setup_logging
 from deniro_rt.models import DEFAULT_MODEL_DIR
+from export.requantize import artifact_tokenizer
 
 log = logging.getLogger(__name__)
 SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model
@@ -84,7 +85,7 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
 
     manifest = load_manifest(folder)
     out.mkdir(parents=True)
-    tok = tokenizer_of(folder)
+    tok = artifact_tokenizer(folder)
     export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences)
     calibration = calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
     fp32 = onnx.load(str(manifest.graph_path("fp32")))
@@ -97,17 +98,11 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
     return graphs
 
 
-def tokenizer_of(folder: Path):
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(folder))
-
-
 def prepare(config: QuantConfig, folder: Path) -> Prepared:
     from export import validate
     from deniro_rt.data import mask_one_word, review_sentences
 
-    manifest, tok = load_manifest(folder), tokenizer_of(folder)
+    manifest, tok = load_manifest(folder), artifact_tokenizer(folder)
     texts, origin = validate.load_texts(config.dataset, "test", "text")
     data = validate.build_validation_set(tok, manifest.vocab_size, manifest.max_positions, texts, origin,
                                          sentences=config.sentences, random_sequences=0,

@@ -46,24 +46,28 @@ def main(config: RequantizeConfig) -> Path:
 
     from .optimize import quantize_fused
     from .pipeline import calibration_feeds_for, versions
-    from .validate import ValidationFailed
+    from .validate import ValidationFailed, summary
 
     manifest = load_manifest(config.model)
     export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences,
                                  int8_method=config.int8_method, seed=config.seed)
     tok = artifact_tokenizer(manifest.folder)
-    calibration = calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
+    method = INT8_METHODS[config.int8_method]
+    calibration = (calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
+                   if method.kind == "static" else None)  # only static scales are calibrated
     with tempfile.TemporaryDirectory(dir=manifest.folder, prefix=".requantize-") as stage:
         staged = Path(stage) / FAST_GRAPHS["int8"]
-        counts = quantize_fused(load(str(manifest.graph_path("fp32"))), staged, INT8_METHODS[config.int8_method],
-                                calibration)
+        counts = quantize_fused(load(str(manifest.graph_path("fp32"))), staged, method, calibration)
         result = validate_against_fp32(config, manifest, staged, tok)
         if not result["passed"]:
             raise ValidationFailed(f"int8 validation failed, {manifest.folder} unchanged: "
                                    + "; ".join(result["failed"]))
+        # Graph and manifest are swapped together: the new manifest (hash of the staged graph) is written
+        # first to a temp file, then both renames follow, so no failure leaves a graph its manifest refuses.
+        new_manifest = staged_manifest(manifest, staged, counts, result, config, versions())
         os.replace(staged, manifest.folder / FAST_GRAPHS["int8"])
-    update_manifest(manifest, counts, result, config, versions())
-    log.info("requantized %s (%s): %s", manifest.folder, config.int8_method, summary_line(result))
+        os.replace(new_manifest, manifest.folder / MANIFEST)
+    log.info("requantized %s (%s): %s", manifest.folder, config.int8_method, summary(result))
     return manifest.folder
 
 
@@ -88,27 +92,20 @@ def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, 
             "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)"}
 
 
-def update_manifest(manifest, counts: dict, result: dict, config: RequantizeConfig, found_versions: dict) -> None:
-    """New hash, size, op counts and validation of the int8 graph; written atomically."""
+def staged_manifest(manifest, staged: Path, counts: dict, result: dict, config: RequantizeConfig,
+                    found_versions: dict) -> Path:
+    """The manifest for the staged int8 graph (hash, size, op counts, validation), in a temp file beside it."""
     raw, name = dict(manifest.raw), FAST_GRAPHS["int8"]
-    path = manifest.folder / name
-    raw["files"] = {**raw["files"], name: sha256_file(path)}
-    raw["sizes"] = {**raw.get("sizes", {}), name: path.stat().st_size}
+    raw["files"] = {**raw["files"], name: sha256_file(staged)}
+    raw["sizes"] = {**raw.get("sizes", {}), name: staged.stat().st_size}
     raw["fused_ops"] = {**raw["fused_ops"], "int8": counts}
     raw["validation"] = {**raw["validation"], "int8": result}
     raw["export_config"] = {**raw["export_config"], "int8_method": config.int8_method,
                             "calibration_sentences": config.calibration_sentences}
     raw["requantized"] = {"config": asdict(config), "versions": found_versions}
-    target = manifest.folder / MANIFEST
-    temp = target.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    temp = staged.with_name(MANIFEST)
     temp.write_text(json.dumps(raw, indent=2) + "\n")
-    os.replace(temp, target)
-
-
-def summary_line(result: dict) -> str:
-    from .validate import summary
-
-    return summary(result)
+    return temp
 
 
 def parse_args(argv: list[str] | None = None) -> RequantizeConfig:

@@ -23,7 +23,9 @@ FULL_GRAPH_KEY = "full_graph"  # validation/fused_ops entry of model.onnx, next 
 # metric -> (comparison, bound). Agreements are fractions of mask rows; diffs are relative.
 # batch_drift: max |probability| change of a sentence's top-k between running it alone and padded in
 # its batch; batch_topk_mismatches: its top-k ids differ (issue 11: a user's answer must not depend on
-# the batch). fp16 reports both but is not gated on them until they are measured on a GPU.
+# the batch). They are gated on CPU only: on CUDA (fp32 and fp16) they are reported but not gated until
+# measured on a GPU (cuBLAS may pick another kernel for one row than for a padded batch).
+BATCH_METRICS = ("batch_drift", "batch_topk_mismatches")
 THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
     "fp32": {"max_rel_logit_diff": ("<=", 1e-4), "top5_identical": (">=", 0.999),
              "perplexity_rel_diff": ("<=", 1e-4), "batch_drift": ("<=", 1e-5), "batch_topk_mismatches": ("<=", 0)},
@@ -334,8 +336,8 @@ def check(metrics: dict, thresholds: dict[str, tuple[str, float]]) -> list[str]:
     return failed
 
 
-def verdict(key: str, metrics: dict) -> dict:
-    thresholds = THRESHOLDS[key]
+def verdict(key: str, metrics: dict, on_cpu: bool = True) -> dict:
+    thresholds = {m: rule for m, rule in THRESHOLDS[key].items() if on_cpu or m not in BATCH_METRICS}
     failed = check(metrics, thresholds)
     return {"metrics": metrics, "thresholds": {m: [op, b] for m, (op, b) in thresholds.items()},
             "passed": not failed, "failed": failed}
@@ -358,7 +360,8 @@ def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dic
     results = {}
     for precision, path in graphs.items():
         metrics = score_fast_graph(session_for(path, providers[precision]), data, ref)
-        results[precision] = {**verdict(precision, metrics), "source": data.source}
+        on_cpu = providers[precision][0] == "CPUExecutionProvider"
+        results[precision] = {**verdict(precision, metrics, on_cpu), "source": data.source}
         log.info("validation %s: %s", precision, summary(results[precision]))
     if full_graph is not None:
         metrics = score_full_graph(session_for(full_graph, providers["fp32"]), data, ref)

@@ -469,3 +469,13 @@ def test_calibration_feeds_have_one_shape():
     assert feeds[0]["input_ids"].tolist() == [[2, 4, 7, 3, 0], [2, 9, 4, 8, 8]]
     assert feeds[0]["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     assert feeds[0]["mask_index"].tolist() == [1, 7]
+
+
+def test_batch_invariance_is_gated_on_cpu_only():
+    """A padded-batch drift fails fp32 on CPU; on CUDA it is reported, not gated, until measured on a GPU."""
+    metrics = {"max_rel_logit_diff": 0.0, "top5_identical": 1.0, "perplexity_rel_diff": 0.0,
+               "batch_drift": 2e-3, "batch_topk_mismatches": 1}
+    on_cpu = validate.verdict("fp32", metrics)
+    assert not on_cpu["passed"] and [f.split()[0] for f in on_cpu["failed"]] == ["batch_drift", "batch_topk_mismatches"]
+    on_cuda = validate.verdict("fp32", metrics, on_cpu=False)
+    assert on_cuda["passed"] and on_cuda["metrics"]["batch_drift"] == 2e-3
