@@ -43,7 +43,7 @@ QUICK = {"sentences": 96, "repeats": 1, "seconds": 1.0, "requests": 60, "warmup"
 @dataclass
 class RayBenchConfig:
     model: str | None = None  # artifact folder; default: deniro_rt's shipped model
-    precision: str | None = None  # default: the runtime's choice (int8 on CPU)
+    precision: str | None = None  # default: the runtime's choice (fp32 on CPU)
     dataset: str = field(default_factory=default_dataset)
     split: str = "test"
     length: int = 64  # sentence bucket: texts of 3/4 L..L tokens
@@ -273,7 +273,7 @@ def plot(result: dict, path: Path) -> None:
 
 HELP = {
     "model": "artifact folder (default: deniro_rt's shipped model)",
-    "precision": "fp32 | int8 (default: the runtime's choice, int8 on CPU)",
+    "precision": "fp32 | int8 (default: the runtime's choice, fp32 on CPU)",
     "dataset": "folder of <split>.parquet files, or a hub dataset id",
     "split": "split the sentences are cut from",
     "length": "sentence bucket: texts of 3/4 L..L tokens",

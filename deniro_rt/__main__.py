@@ -17,7 +17,6 @@ import logging
 import sys
 
 from .cli import run_main, setup_logging
-from .errors import DeniroError
 
 SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch"}  # imported only when used
 
@@ -27,18 +26,9 @@ def run_subcommand(name: str, argv: list[str]) -> int:
     mistaken for one: texts need a [MASK]."""
     import importlib
 
-    try:
-        module = importlib.import_module(SUBCOMMANDS[name])
-    except ModuleNotFoundError as exc:
-        if exc.name != SUBCOMMANDS[name]:
-            raise
-        return run_main(lambda: _missing(name))
+    module = importlib.import_module(SUBCOMMANDS[name])  # a missing extra is its own one-line error
     entry = getattr(module, "run", None) or module.main
     return entry(argv)
-
-
-def _missing(name: str):
-    raise DeniroError(f"`python -m deniro_rt {name}` is not available in this version of deniro_rt")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default: auto)")
     parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"],
-                        help="graph to run (default: int8 on CPU if exported, fp16 on CUDA, else fp32)")
+                        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
     parser.add_argument("--joint", action="store_true", help="fill all masks of a text together (greedy)")
     parser.add_argument("--truncation", action="store_true",

@@ -31,9 +31,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import FAST_OUTPUTS
+from .providers import CPU, CUDA
 
 log = logging.getLogger(__name__)
-CUDA = "CUDAExecutionProvider"
 # TopK reads k from host memory on every EP, so `top_k` stays a CPU tensor (no device round trip,
 # no Memcpy node; a captured graph bakes k in, so k is part of the bucket key).
 HOST_INPUTS = {"top_k"}
@@ -138,12 +138,12 @@ def make_session(path: str, options: ort.SessionOptions, cuda_graph: bool,
     if cuda_graph:
         try:
             session = ort.InferenceSession(path, options, providers=[
-                (CUDA, provider_options(True, device_id)), "CPUExecutionProvider"])
+                (CUDA, provider_options(True, device_id)), CPU])
             return session, True
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             log.warning("CUDA graphs unavailable for %s (%s); running without them", path, exc)
     session = ort.InferenceSession(path, options, providers=[
-        (CUDA, provider_options(False, device_id)), "CPUExecutionProvider"])
+        (CUDA, provider_options(False, device_id)), CPU])
     return session, False
 
 
@@ -314,7 +314,7 @@ def placement_from_trace(events: list[dict]) -> dict:
         provider, op = args["provider"], args.get("op_name", "?")
         nodes[provider] = nodes.get(provider, 0) + 1
         memcpy += op.startswith("Memcpy")
-        if provider == "CPUExecutionProvider":
+        if provider == CPU:
             cpu_ops[op] = cpu_ops.get(op, 0) + 1
     fallback = sorted(op for op in cpu_ops if op not in SHAPE_OPS)
     return {"nodes": nodes, "cpu_ops": cpu_ops, "memcpy": memcpy, "fallback": fallback}

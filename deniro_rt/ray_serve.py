@@ -79,9 +79,14 @@ class RayServeConfig:
         """The ServeConfig of the app inside each replica."""
         from .serve.config import ServeConfig
 
+        # @serve.batch refuses an item larger than its max_batch_size with its own RuntimeError (a 500):
+        # cap the texts of one request there, so such a request gets the app's clear 413 instead.
+        per_request = (min(self.max_batch_size, ServeConfig.max_texts_per_request) if self.batching == "serve"
+                       else ServeConfig.max_texts_per_request)
         return ServeConfig(model=self.model, device=self.device, precision=self.precision,
                            max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,
-                           max_queue=self.max_queue, threads=self.threads()).check()
+                           max_queue=self.max_queue, threads=self.threads(),
+                           max_texts_per_request=per_request).check()
 
     def deployment_options(self) -> dict:
         """serve.deployment(...) options: replicas (fixed or autoscaling) and per-replica resources."""

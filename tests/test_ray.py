@@ -238,6 +238,15 @@ def test_ray_serve_options_reach_the_deployment():
         app_builder({"batching": "ray"})
 
 
+def test_serve_batching_caps_a_request_at_the_batch_size():
+    """@serve.batch fails an item larger than its max_batch_size with Ray's own RuntimeError (a 500): the
+    app must refuse such a request itself (413) before it reaches the batch."""
+    from deniro_rt.ray_serve import RayServeConfig
+
+    assert RayServeConfig(batching="serve", max_batch_size=16).serve_config().max_texts_per_request == 16
+    assert RayServeConfig(batching="app", max_batch_size=16).serve_config().max_texts_per_request == 64
+
+
 @pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "1"]], ids=["in-process", "ray-data"])
 def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, capsys, extra):
     long_text = "good " * 600 + "[MASK] ."  # over the shipped model's 512 positions

@@ -14,7 +14,8 @@ import logging
 from dataclasses import fields
 
 from ..cli import run_main, setup_logging
-from .config import ServeConfig
+from ..providers import DEVICES, RUNS_ON
+from .config import LOG_LEVELS, ServeConfig
 
 HELP = {
     "model": "export folder from `python -m export --onnx` (default: the shipped IMDB model)",
@@ -35,8 +36,7 @@ HELP = {
     "retry_after_s": "Retry-After seconds sent with a 503",
     "log_level": "uvicorn and deniro log level",
 }
-CHOICES = {"device": ["auto", "cpu", "cuda"], "precision": ["fp32", "fp16", "int8"],
-           "log_level": ["critical", "error", "warning", "info", "debug"]}
+CHOICES = {"device": DEVICES, "precision": tuple(RUNS_ON), "log_level": LOG_LEVELS}
 TYPES = {"model": str, "precision": str, "threads": int}
 
 
