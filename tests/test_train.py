@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 
 from train.__main__ import parse_args, run
 from train.config import MINILM_HEAD_LR
-from train.loop import main
 
 
 def tiny_args(imdb_dir, tiny_model_dir, out, *extra):

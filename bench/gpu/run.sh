@@ -27,6 +27,7 @@ else
 fi
 rm -rf "$WORK" && mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/log.txt") 2>&1
+TEE_PID=$!  # waited for at the end, so the last lines reach log.txt before the files are taken back
 START=$(date +%s)
 
 # step NAME MAX_SECONDS COMMAND...: runs COMMAND within min(MAX, what is left of BUDGET_S).
@@ -119,3 +120,5 @@ step "CUDA graphs and placement: base" 90 "$PY" bench/gpu/check_cuda.py --model 
 echo; echo "=== $(date +%T) [$(($(date +%s) - START))s] collecting"
 "$PY" bench/gpu/collect.py "$WORK" "$OUT" "$DEVICE"
 echo "=== done in $(($(date +%s) - START))s"
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null || sleep 1
