@@ -5,6 +5,7 @@ import datetime
 import platform
 import re
 from dataclasses import dataclass, fields
+from typing import ClassVar
 from pathlib import Path
 
 from deniro_rt.data import IMDB_HUB_ID
@@ -119,3 +120,16 @@ QUICK: dict = dict(warmup=2, latency_samples=8, throughput_sentences=48, batch_s
 def build_config(overrides: dict) -> BenchConfig:
     quick = QUICK if overrides.get("quick") else {}
     return BenchConfig(**{**quick, **overrides})
+
+
+class QuickDefaults:
+    """Dataclass mixin: `quick=True` replaces the fields named in the class's QUICK table (small counts
+    that check a harness, not the speed)."""
+
+    QUICK: ClassVar[dict] = {}
+    quick: bool
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            for name, value in self.QUICK.items():
+                setattr(self, name, value)

@@ -35,13 +35,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from deniro_rt.cli import run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
-from .config import LOCAL_IMDB, REPO, default_dataset
+from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset
 
 log = logging.getLogger("bench.load")
 SERVERS = ("batched", "unbatched", "hf-pipeline")
@@ -50,7 +51,7 @@ QUICK = {"clients": "1,8", "rounds": 1, "requests": 40, "seconds": 2.0, "warmup"
 
 
 @dataclass
-class LoadConfig:
+class LoadConfig(QuickDefaults):
     model: str | None = None  # artifact folder; default: deniro_rt's shipped model
     torch_model: str | None = None  # for hf-pipeline; default: random init of the artifact's config
     servers: str = ",".join(SERVERS)
@@ -71,11 +72,7 @@ class LoadConfig:
     threads: int | None = None  # intra-op threads of every server (ORT / torch); default: serve's rule
     out: str = str(OUT)
     quick: bool = False
-
-    def __post_init__(self) -> None:
-        if self.quick:
-            for name, value in QUICK.items():
-                setattr(self, name, value)
+    QUICK: ClassVar[dict] = QUICK
 
     def client_counts(self) -> list[int]:
         counts = [int(c) for c in self.clients.split(",") if c.strip()]

@@ -26,13 +26,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from deniro_rt.cli import run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
-from .config import REPO, default_dataset
+from .config import REPO, QuickDefaults, default_dataset
 
 log = logging.getLogger("bench.ray")
 OUT = REPO / "bench" / "results" / "cpu-2core-ray"
@@ -41,7 +42,7 @@ QUICK = {"sentences": 96, "repeats": 1, "seconds": 1.0, "requests": 60, "warmup"
 
 
 @dataclass
-class RayBenchConfig:
+class RayBenchConfig(QuickDefaults):
     model: str | None = None  # artifact folder; default: deniro_rt's shipped model
     precision: str | None = None  # default: the runtime's choice (fp32 on CPU)
     dataset: str = field(default_factory=default_dataset)
@@ -62,11 +63,7 @@ class RayBenchConfig:
     max_queue: int = 1024
     out: str = str(OUT)
     quick: bool = False
-
-    def __post_init__(self) -> None:
-        if self.quick:
-            for name, value in QUICK.items():
-                setattr(self, name, value)
+    QUICK: ClassVar[dict] = QUICK
 
     def pool_list(self) -> list[tuple[int, float]]:
         try:
