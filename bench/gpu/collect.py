@@ -2,9 +2,10 @@
 
     python bench/gpu/collect.py WORK OUT DEVICE
 
-OUT gets: summary.json (step times and exit codes, training tokens/s, parity, the goal rows, CUDA
-checks), results.tar.gz (every JSON/markdown/PNG report of WORK, no models), and for reading at a
-glance base-bench.md, base-bench.png, mini-parity.md. log.txt is written by run.sh itself.
+OUT gets: summary.json (step times and exit codes, training tokens/s and the MiniLM's per-epoch
+perplexities, parity, the goal rows, CUDA checks, the export manifests' validation), results.tar.gz
+(every JSON/markdown/PNG report of WORK, no models) and base-bench.md for reading at a glance. run.sh
+itself writes log.txt, and carry.py the MiniLM weights (fp16 parts): 7 files of the 8 allowed.
 """
 from __future__ import annotations
 
@@ -50,26 +51,29 @@ def goal_rows(bench: dict | None) -> dict:
 def main(work: Path, out: Path, device: str) -> None:
     bench = load(work / "bench-base" / "bench.json")
     summary = {"device": device, "steps": steps(work),
-               "train_mini_real": {k: v for k, v in (load(work / "train-mini.json") or {}).items() if k != "config"},
+               "train_minilm_real": {k: v for k, v in (load(work / "train-minilm.json") or {}).items() if k != "config"},
+               "minilm_pack": {k: v for k, v in (load(work / "minilm-pack.json") or {}).items() if k != "metrics"},
                "train_mini_synthetic": (load(work / "train-mini-probe" / "train.json") or {}).get("train"),
                "train_base_synthetic": (load(work / "train-base" / "train.json") or {}).get("train"),
-               "mini_parity": (load(work / "mini-parity" / "parity.json") or {}).get("parity"),
+               "minilm_validation": (load(work / "minilm-onnx" / MANIFEST) or {}).get("validation"),
+               "minilm_parity": (load(work / "minilm-parity" / "parity.json") or {}).get("parity"),
                "base": goal_rows(bench), "cuda_checks": load(work / "check-base.json"),
                "header": (bench or {}).get("header")}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
         for path in sorted(work.rglob("*")):
-            if path.is_file() and path.suffix in REPORTS and not any(p in path.parts for p in MODEL_DIRS):
+            if path.is_file() and (path.name == MANIFEST or path.suffix in REPORTS
+                                   and not any(p in path.parts for p in MODEL_DIRS)):
                 tar.add(path, arcname=str(path.relative_to(work)))
-    for src, name in ((work / "bench-base" / "bench.md", "base-bench.md"), (work / "bench-base" / "bench.png", "base-bench.png"),
-                      (work / "mini-parity" / "parity.md", "mini-parity.md")):
-        if src.is_file():
-            shutil.copy(src, out / name)
+    if (work / "bench-base" / "bench.md").is_file():
+        shutil.copy(work / "bench-base" / "bench.md", out / "base-bench.md")
     print(json.dumps({s["step"]: s["exit"] for s in summary["steps"]}, indent=1))
 
 
-MODEL_DIRS = ("mini", "base", "mini-onnx", "base-onnx")  # checkpoints and exports stay behind
+# checkpoints, exports and data stay behind (but each export's manifest, deniro.json, comes back)
+MODEL_DIRS = ("minilm", "base", "minilm-onnx", "base-onnx", "minilm-init", "data", "packed")
+MANIFEST = "deniro.json"
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
