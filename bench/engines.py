@@ -270,7 +270,10 @@ class OptimumOrt(HfPipeline):
         if not full or not (ctx.artifact / full).is_file():
             raise Skip("the artifact has no full graph (model.onnx); export with it to compare Optimum")
         self.provider = "CUDAExecutionProvider" if ctx.device == "cuda" else "CPUExecutionProvider"
-        model = ORTModelForMaskedLM.from_pretrained(str(ctx.artifact), file_name=full, provider=self.provider)
+        # IO binding off: with it, Optimum 2.1 cannot infer the fused graph's symbolic logits shape on
+        # CUDA (NameError 'Reshapelogits_dim_2', seen on an H100); plain session.run is what it does on CPU
+        model = ORTModelForMaskedLM.from_pretrained(str(ctx.artifact), file_name=full, provider=self.provider,
+                                                    use_io_binding=False)
         self.pipe = self._pipeline(model)
 
     def _pipeline(self, model):

@@ -86,11 +86,16 @@ def speed_rows(cfg: BenchConfig, ctx: Context, workload: Workload, engines: list
     """One row per engine x precision x provider x batch x length (latency at batch 1)."""
     timing = Timing(warmup=cfg.warmup, sync=ctx.sync, seconds=cfg.throughput_seconds)
     rows, predictions = [], {}
+    lengths = list(workload.buckets) + ([PROMPT] if "latency" in modes else [])
     for engine in engines:
         started = time.perf_counter()
-        lengths = list(workload.buckets) + ([PROMPT] if "latency" in modes else [])
-        for length in lengths:
-            rows += engine_rows(cfg, engine, workload, length, modes, timing, predictions)
+        try:
+            rows += [row for length in lengths
+                     for row in engine_rows(cfg, engine, workload, length, modes, timing, predictions)]
+        except Exception as exc:  # one engine's failure (a library's bug) must not lose the others' rows
+            log.error("%s (%s) failed, its rows are left out: %s: %s", engine.label, engine.provider,
+                      type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            continue
         log.info("%s (%s): measured in %.0f s", engine.label, engine.provider, time.perf_counter() - started)
     agreement(rows, predictions)
     return rows

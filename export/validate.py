@@ -346,7 +346,11 @@ def verdict(key: str, metrics: dict, on_cpu: bool = True) -> dict:
 def session_for(path: Path, providers: list[str]):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=providers)
+    from deniro_rt.cuda import EXACT_FP32
+    from deniro_rt.providers import CUDA
+
+    # fp32 on CUDA is validated as the runtime runs it: in fp32, not ORT's default TF32
+    return ort.InferenceSession(str(path), providers=[(p, EXACT_FP32) if p == CUDA else p for p in providers])
 
 
 def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dict[str, list[str]],

@@ -91,14 +91,21 @@ def pack_model(model: Path, out: Path, report: Path) -> None:
     print(f"{len(parts)} parts, {len(data) / 1e6:.1f} MB -> {out}")
 
 
+def recorded_sha256(parts_dir: Path) -> str | None:
+    """The sha256 run.sh (summary.json: minilm_pack) or sweep.sh (sweep.json: pack) recorded beside the parts."""
+    for name, key in (("summary.json", "minilm_pack"), ("sweep.json", "pack")):
+        if (parts_dir / name).is_file():
+            return (json.loads((parts_dir / name).read_text()).get(key) or {}).get("sha256")
+    return None
+
+
 def unpack_model(parts_dir: Path, init_dir: Path, dst: Path) -> None:
-    """Join the parts (checking the sha256 in parts_dir/summary.json when present), fp32 folder at DST."""
+    """Join the parts (checking the recorded sha256 when there is one), fp32 folder at DST."""
     import torch
     from safetensors.torch import load_file, save_file
 
     data = b"".join(p.read_bytes() for p in sorted(parts_dir.glob("minilm-fp16.safetensors.[0-9][0-9]")))
-    summary = parts_dir / "summary.json"
-    expected = (json.loads(summary.read_text()).get("minilm_pack") or {}).get("sha256") if summary.is_file() else None
+    expected = recorded_sha256(parts_dir)
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise SystemExit(f"the joined parts in {parts_dir} do not match sha256 {expected}: a part is missing or cut")
     dst.mkdir(parents=True, exist_ok=True)
