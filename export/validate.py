@@ -36,6 +36,13 @@ THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 
+# Top-k ranks whose two ids the reference scores within TIE_REL x the logit scale count as agreeing:
+# such swaps are the precision's rounding, not a different answer. fp16 keeps 11 mantissa bits, so each
+# logit carries up to 2^-11 ~ 4.9e-4 relative rounding and a gap between two of them ~1e-3; without this
+# an H100 export of the trained MiniLM failed top-1 >= 99.5 % on one row of 192 (99.48 %).
+TIE_REL = {"fp32": THRESHOLDS["fp32"]["max_rel_logit_diff"][1], "fp16": 1e-3}
+
+
 class ValidationFailed(DeniroError):
     """An exported graph disagrees with PyTorch beyond the thresholds."""
 
@@ -209,9 +216,9 @@ def reference_topk(ref_logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
     return np.argsort(-ref_logits, axis=1, kind="stable")[:, :k]  # [n, k]
 
 
-def topk_metrics(ref_logits: np.ndarray, ids: np.ndarray, k: int = TOP_K) -> dict[str, float]:
-    """compare_topk against the reference's own top-k; ties within fp32's tolerance are not swaps."""
-    tol = THRESHOLDS["fp32"]["max_rel_logit_diff"][1] * logit_scale(ref_logits)
+def topk_metrics(ref_logits: np.ndarray, ids: np.ndarray, k: int = TOP_K, tie_rel: float = TIE_REL["fp32"]) -> dict[str, float]:
+    """compare_topk against the reference's own top-k; ties within tie_rel x the logit scale are not swaps."""
+    tol = tie_rel * logit_scale(ref_logits)
     return compare_topk(reference_topk(ref_logits, k), ids, k, ref_scores=ref_logits, tie_tol=tol)
 
 
@@ -269,7 +276,8 @@ def fast_perplexity(session, data: ValidationSet) -> float | None:
     return perplexity(total, count)
 
 
-def score_fast_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_K) -> dict[str, float]:
+def score_fast_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_K,
+                     tie_rel: float = TIE_REL["fp32"]) -> dict[str, float]:
     """Metrics of a fast graph: full-vocabulary log-probs (target_ids = every id), top-k, perplexity."""
     outputs = []
     for batch, logits in zip(data.queries, ref.logits):
@@ -281,7 +289,7 @@ def score_fast_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_
     consistency = float(np.abs(topk_lp - np.take_along_axis(lps, ids, axis=1)).max())
     ppl = fast_perplexity(session, data)
     diffs = compare_logprobs(ref_all, lps)
-    return {"rows": int(len(ids)), **diffs, **topk_metrics(ref_all, ids, k), "topk_logprob_consistency": consistency,
+    return {"rows": int(len(ids)), **diffs, **topk_metrics(ref_all, ids, k, tie_rel), "topk_logprob_consistency": consistency,
             "perplexity": ppl, "perplexity_reference": ref.perplexity,
             "perplexity_rel_diff": rel_diff(ppl, ref.perplexity), **batch_drift(session, data.queries[0], k)}
 
@@ -363,7 +371,8 @@ def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dic
     ref = torch_reference(model, data)
     results = {}
     for precision, path in graphs.items():
-        metrics = score_fast_graph(session_for(path, providers[precision]), data, ref)
+        metrics = score_fast_graph(session_for(path, providers[precision]), data, ref,
+                                   tie_rel=TIE_REL.get(precision, TIE_REL["fp32"]))
         on_cpu = providers[precision][0] == "CPUExecutionProvider"
         results[precision] = {**verdict(precision, metrics, on_cpu), "source": data.source}
         log.info("validation %s: %s", precision, summary(results[precision]))

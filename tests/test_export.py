@@ -392,6 +392,14 @@ def test_compare_topk_counts_agreement_and_forgives_only_near_ties():
     assert tied["top3_identical"] == 2 / 3 and tied["top1_agreement"] == 2 / 3
 
 
+def test_fp16_forgives_swaps_within_its_rounding_and_fp32_does_not():
+    ref_logits = np.array([[20.0, 19.99, 5.0, 4.0, 3.0, 2.0], [20.0, 19.5, 5.0, 4.0, 3.0, 2.0]])  # scale 20
+    swapped = np.array([[1, 0, 2, 3, 4], [1, 0, 2, 3, 4]])  # both rows put the runner-up first
+    # row 0's gap (0.01) is under fp16's 1e-3 x 20 = 0.02; row 1's (0.5) is a real disagreement
+    assert validate.topk_metrics(ref_logits, swapped, k=5, tie_rel=validate.TIE_REL["fp16"])["top1_agreement"] == 0.5
+    assert validate.topk_metrics(ref_logits, swapped, k=5)["top1_agreement"] == 0.0  # fp32: 2e-3 tolerance
+
+
 def test_check_reports_failed_thresholds():
     thresholds = {"top1_agreement": (">=", 0.97), "perplexity_rel_diff": ("<=", 0.03)}
     assert validate.check({"top1_agreement": 0.99, "perplexity_rel_diff": None}, thresholds) == []
