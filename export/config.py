@@ -9,7 +9,9 @@ from deniro_rt.artifact import FAST_GRAPHS
 from deniro_rt.errors import DeniroError
 
 DEVICES = ("cpu", "cuda")
-DEFAULT_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")}
+# int8 is opt-in on CPU, as in the runtime: the trained MiniLM's static int8 graph agreed with fp32 on
+# 80 % of top-1s (README, issue 12), and a default that fails validation would make the plain command fail.
+DEFAULT_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
 
 
