@@ -487,3 +487,29 @@ def test_batch_invariance_is_gated_on_cpu_only():
     assert not on_cpu["passed"] and [f.split()[0] for f in on_cpu["failed"]] == ["batch_drift", "batch_topk_mismatches"]
     on_cuda = validate.verdict("fp32", metrics, on_cpu=False)
     assert on_cuda["passed"] and on_cuda["metrics"]["batch_drift"] == 2e-3
+
+
+# --------------------------------------------------------------------------- python -m export.requantize
+REQUANTIZE_SMALL = ["--calibration-sentences", "16", "--sentences", "24", "--perplexity-chunks", "4"]
+
+
+def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(tiny_artifact, imdb_dir, tmp_path,
+                                                                         monkeypatch):
+    from export.requantize import EXIT_VALIDATION as REQUANTIZE_FAILED
+    from export.requantize import run as requantize
+
+    folder = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    argv = ["--model", str(folder), "--dataset", str(imdb_dir), "--int8-method", "static", *REQUANTIZE_SMALL]
+    with monkeypatch.context() as patch:  # a bar no graph can pass: validation fails, nothing may change
+        patch.setitem(validate.THRESHOLDS["int8"], "top1_agreement", (">=", 1.01))
+        assert requantize(argv) == REQUANTIZE_FAILED
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no staging dir left either
+    assert requantize(argv) == 0
+    manifest = load_manifest(folder)
+    assert manifest.raw["export_config"]["int8_method"] == "static" and manifest.raw["validation"]["int8"]["passed"]
+    assert (folder / FAST_GRAPHS["int8"]).read_bytes() != before[FAST_GRAPHS["int8"]]
+    for name in manifest.files:
+        verify_file(manifest, name)  # the new graph's sha256 is the manifest's
+    assert (folder / FAST_GRAPHS["fp32"]).read_bytes() == before[FAST_GRAPHS["fp32"]]
