@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 PROMPT = "This is a great [MASK]!"
+SCORE_TIE = 1e-6  # probability difference under which two candidates' order is rounding
 TEXTS = ["the acting was [MASK] and the story was good .", "i have seen this [MASK] twice .", PROMPT,
          "the [MASK] was great but the [MASK] was too long .", "[MASK] !"] * 20
 
@@ -52,7 +53,10 @@ def graphs(model: str, precision: str, device: str, samples: int) -> dict:
     masks = {flag: [m for r in a for m in (r if isinstance(r[0], list) else [r])] for flag, a in answers.items()}
     pairs = list(zip(masks[False], masks[True]))  # per mask: (top-5 without graphs, with graphs)
     top1 = float(np.mean([a[0]["token"] == b[0]["token"] for a, b in pairs]))
-    top5 = float(np.mean([[p["token"] for p in a] == [p["token"] for p in b] for a, b in pairs]))
+    # a rank counts as the same when the ids match or two near-equal candidates swapped (a random model's
+    # flat scores tie to 1e-7; run 1 on the H100 saw such swaps between padded and unpadded shapes)
+    top5 = float(np.mean([all(p["token"] == q["token"] or abs(p["score"] - q["score"]) <= SCORE_TIE
+                              for p, q in zip(a, b)) for a, b in pairs]))
     diff = max(abs(p["score"] - q["score"]) for a, b in pairs for p, q in zip(a, b))
     out = {"cuda_graph_enabled": runs[True].cuda_graph, "top1_agreement": top1, "top5_identical": top5,
            "max_score_diff": float(diff)}
