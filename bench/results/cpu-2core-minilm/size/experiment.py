@@ -138,57 +138,64 @@ def table_dq(proto, bits: int, block: int = 32) -> None:
     g.node.insert(0, dq)
 
 
-def table_shared_nbits(proto, bits: int, block: int, accuracy_level: int = 0) -> None:
-    """One quantized copy of the tied table, read by both of its users without a whole-table dequantize:
-    EmbedLayerNormalization is unfused into GatherBlockQuantized (+ position Gather, Add, LayerNormalization)
-    and the projector Gemm becomes MatMulNBits + Add; both read the same packed initializer
-    (MatMulNBits layout [vocab, hidden/block, block*bits/8], unsigned with the implicit zero point 2^(bits-1))."""
-    g = proto.graph
+def pack_table(g, bits: int, block: int) -> tuple[int, int]:
+    """Replace the tied table by its block-quantized copy (MatMulNBits layout [vocab, hidden/block,
+    block*bits/8], unsigned with the implicit zero point 2^(bits-1)) and its scales; returns (vocab, hidden)."""
     init = next(i for i in g.initializer if i.name == TABLE)
     w = numpy_helper.to_array(init).astype(np.float32)  # [vocab, hidden]
     g.initializer.remove(init)
     vocab, hidden = w.shape
-    nb = hidden // block
-    blocks = w.reshape(vocab, nb, block)
+    blocks = w.reshape(vocab, hidden // block, block)
     qmax = 2 ** (bits - 1) - 1
     scale = (np.maximum(np.abs(blocks).max(axis=2), 1e-12) / qmax).astype(np.float32)  # [vocab, nb]
     q = np.clip(np.rint(blocks / scale[:, :, None]), -qmax - 1, qmax).astype(np.int32) + 2 ** (bits - 1)
     q = q.astype(np.uint8)  # [vocab, nb, block] unsigned
     if bits == 4:
         q = (q[:, :, 0::2] | (q[:, :, 1::2] << 4)).astype(np.uint8)  # [vocab, nb, block/2], low nibble first
-    qname, sname, s3name = TABLE + "_nbits", TABLE + "_scales", TABLE + "_scales3"
-    g.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname),
-                          numpy_helper.from_array(scale[:, :, None], s3name)])
-    eln = next(n for n in g.node if n.op_type == "EmbedLayerNormalization")
+    g.initializer.extend([numpy_helper.from_array(q, TABLE + "_nbits"), numpy_helper.from_array(scale, TABLE + "_scales"),
+                          numpy_helper.from_array(scale[:, :, None], TABLE + "_scales3"),
+                          numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "table_gbq_shape")])
+    return vocab, hidden
+
+
+def gbq(indices: str, name: str, bits: int, block: int) -> tuple[list, str]:
+    """Rows of the packed table for `indices`, as [..., hidden] floats."""
+    raw, flat = name + "_raw", name + "_out"
+    return [helper.make_node("GatherBlockQuantized", [TABLE + "_nbits", indices, TABLE + "_scales3"], [raw], name=name,
+                             domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=bits),
+            helper.make_node("Reshape", [raw, "table_gbq_shape"], [flat], name=name + "_Reshape")], flat
+
+
+def unfused_embedding(eln, bits: int, block: int) -> list:
+    """EmbedLayerNormalization as GatherBlockQuantized + position Gather + Add + LayerNormalization."""
     ids, _, _, pos_table, _, gamma, beta, _, pos_ids = list(eln.input)[:9]
     eps = next(a.f for a in eln.attribute if a.name == "epsilon")
-    out = eln.output[0]
+    word_nodes, word = gbq(ids, "word_GBQ", bits, block)
+    return word_nodes + [
+        helper.make_node("Gather", [pos_table, pos_ids], ["pos_emb"], name="pos_Gather", axis=0),
+        helper.make_node("Add", [word, "pos_emb"], ["emb_sum"], name="emb_Add"),
+        helper.make_node("LayerNormalization", ["emb_sum", gamma, beta], [eln.output[0]], name="emb_LayerNorm",
+                         axis=-1, epsilon=eps)]
 
-    def gbq(indices: str, name: str) -> list:
-        raw, flat = name + "_raw", name + "_out"
-        return [helper.make_node("GatherBlockQuantized", [qname, indices, s3name], [raw], name=name,
-                                 domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=bits),
-                helper.make_node("Reshape", [raw, "table_gbq_shape"], [flat], name=name + "_Reshape")], flat
 
-    g.initializer.append(numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "table_gbq_shape"))
+def table_shared_nbits(proto, bits: int, block: int, accuracy_level: int = 0) -> None:
+    """One quantized copy of the tied table, read by both of its users without a whole-table dequantize:
+    the lookup through GatherBlockQuantized, the projector Gemm as MatMulNBits + Add (same bytes)."""
+    g = proto.graph
+    vocab, hidden = pack_table(g, bits, block)
     nodes = []
     for node in g.node:
-        if node is eln:
-            word_nodes, word = gbq(ids, "word_GBQ")
-            nodes += word_nodes
-            nodes += [helper.make_node("Gather", [pos_table, pos_ids], ["pos_emb"], name="pos_Gather", axis=0),
-                      helper.make_node("Add", [word, "pos_emb"], ["emb_sum"], name="emb_Add"),
-                      helper.make_node("LayerNormalization", ["emb_sum", gamma, beta], [out], name="emb_LayerNorm",
-                                       axis=-1, epsilon=eps)]
-        elif node.op_type == "Gather" and node.input[0] == TABLE:
-            more, flat = gbq(node.input[1], "shape_GBQ")
+        if node.op_type == "EmbedLayerNormalization":
+            nodes += unfused_embedding(node, bits, block)
+        elif node.op_type == "Gather" and node.input[0] == TABLE:  # the leftover Gather that feeds Shape
+            more, flat = gbq(node.input[1], "shape_GBQ", bits, block)
             nodes += more + [helper.make_node("Identity", [flat], [node.output[0]], name="shape_GBQ_Identity")]
         elif node.name == PROJECTOR:
             x, _, bias = node.input
             mm = node.output[0] + "_mm"
-            nodes += [helper.make_node("MatMulNBits", [x, qname, sname], [mm], name="/vocab_projector/MatMulNBits",
-                                       domain="com.microsoft", K=hidden, N=vocab, bits=bits, block_size=block,
-                                       accuracy_level=accuracy_level),
+            nodes += [helper.make_node("MatMulNBits", [x, TABLE + "_nbits", TABLE + "_scales"], [mm],
+                                       name="/vocab_projector/MatMulNBits", domain="com.microsoft", K=hidden, N=vocab,
+                                       bits=bits, block_size=block, accuracy_level=accuracy_level),
                       helper.make_node("Add", [mm, bias], list(node.output), name="/vocab_projector/Add")]
         else:
             nodes.append(node)
@@ -345,48 +352,52 @@ def score() -> dict:
 
 
 # --------------------------------------------------------------------------- 3. latency
-def latency(runs: int = 200, warmup: int = 20) -> dict:
+def prompt_feed() -> dict:
+    """One 16-token sentence with one mask, as the fast graph takes it."""
     from export.requantize import artifact_tokenizer
 
     tok = artifact_tokenizer(SRC)
     text = f"This is a great {tok.mask_token} and I would happily watch it again soon."
     ids = np.asarray(tok(text)["input_ids"], np.int64)
     assert len(ids) == 16, len(ids)
-    feed = {"input_ids": ids[None], "attention_mask": np.ones((1, 16), np.int64),
+    return {"input_ids": ids[None], "attention_mask": np.ones((1, 16), np.int64),
             "mask_index": np.flatnonzero(ids == tok.mask_token_id).astype(np.int64),
             "target_ids": np.zeros((1, 1), np.int64), "top_k": np.array([5], np.int64)}
-    order = [n for n in graphs() if n != "fp32"]
-    results = {}
 
-    def timed(s) -> dict:
-        for _ in range(warmup):
-            s.run(None, feed)
-        t = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            s.run(None, feed)
-            t.append(1000 * (time.perf_counter() - start))
-        return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
 
+def timed(s, feed: dict, runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        s.run(None, feed)
+    t = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        s.run(None, feed)
+        t.append(1000 * (time.perf_counter() - start))
+    return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
+
+
+def latency(runs: int = 200, warmup: int = 20) -> dict:
+    """B=1 p50 of every variant, each next to fp32 timed just before it in the same process."""
     import psutil
 
-    proc = psutil.Process() if hasattr(psutil, "Process") else None
+    feed, proc, results = prompt_feed(), psutil.Process(), {}
     fp32 = session(SRC / "fast.onnx")
-    results["fp32 (first)"] = timed(fp32)
-    for name in order:
+    results["fp32 (first)"] = timed(fp32, feed, runs, warmup)
+    for name in [n for n in graphs() if n != "fp32"]:
         try:
-            rss0 = proc.memory_info().rss if proc else 0
+            rss0 = proc.memory_info().rss
             s = session(OUT / f"{name}.onnx")
-            rss = (proc.memory_info().rss - rss0) / 1e6 if proc else None
+            rss = (proc.memory_info().rss - rss0) / 1e6
         except Exception as exc:  # noqa: BLE001
             results[name] = {"error": f"load: {type(exc).__name__}: {str(exc)[:300]}"}
             continue
-        results[name] = {**timed(s), "session_rss_mb": round(rss, 1) if rss is not None else None,
-                         "fp32_p50_ms_just_before": timed(fp32)["p50_ms"]}
+        results[name] = {**timed(s, feed, runs, warmup), "session_rss_mb": round(rss, 1),
+                         "fp32_p50_ms_just_before": timed(fp32, feed, runs, warmup)["p50_ms"]}
         del s
         print(name, results[name], flush=True)
-    results["fp32 (last)"] = timed(fp32)
+    results["fp32 (last)"] = timed(fp32, feed, runs, warmup)
     return results
+
 
 def report() -> None:
     """Markdown tables from size.json (python experiment.py report)."""
