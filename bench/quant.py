@@ -104,9 +104,10 @@ def prepare(config: QuantConfig, folder: Path) -> Prepared:
 
     manifest, tok = load_manifest(folder), artifact_tokenizer(folder)
     texts, origin = validate.load_texts(config.dataset, "test", "text")
-    data = validate.build_validation_set(tok, manifest.vocab_size, manifest.max_positions, texts, origin,
-                                         sentences=config.sentences, random_sequences=0,
-                                         perplexity_chunks=config.perplexity_chunks, batch_size=32, seed=1)
+    spec = validate.ValidationSpec(manifest.vocab_size, manifest.max_positions, sentences=config.sentences,
+                                   random_sequences=0, perplexity_chunks=config.perplexity_chunks, batch_size=32,
+                                   seed=1)
+    data = validate.build_validation_set(tok, texts, origin, spec)
     fp32 = validate.session_for(manifest.graph_path("fp32"), ["CPUExecutionProvider"])
     rng, rows = np.random.default_rng(11), []
     for review in texts[::7]:

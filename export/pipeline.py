@@ -23,8 +23,8 @@ from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
 from .optimize import Arch, build_graph, calibration_feeds
-from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, build_validation_set, failures,
-                       load_texts, random_rows, sentence_rows, validate)
+from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, ValidationSpec, build_validation_set,
+                       failures, load_texts, random_rows, sentence_rows, validate)
 
 log = logging.getLogger(__name__)
 RAW = ".raw"  # traced, unoptimised graphs; removed before the folder is published
@@ -41,10 +41,10 @@ def precision_providers(config: ExportConfig) -> dict[str, list[str]]:
 def validation_set(config: ExportConfig, source: Source) -> ValidationSet:
     texts, origin = load_texts(config.dataset, config.split, config.text_column)
     cfg = source.model.config
-    return build_validation_set(source.tokenizer, cfg.vocab_size, cfg.max_position_embeddings, texts, origin,
-                                sentences=config.sentences, random_sequences=config.random_sequences,
-                                perplexity_chunks=config.perplexity_chunks, chunk_size=config.chunk_size,
-                                batch_size=config.batch_size, seed=config.seed)
+    spec = ValidationSpec(cfg.vocab_size, cfg.max_position_embeddings, sentences=config.sentences,
+                          random_sequences=config.random_sequences, perplexity_chunks=config.perplexity_chunks,
+                          chunk_size=config.chunk_size, batch_size=config.batch_size, seed=config.seed)
+    return build_validation_set(source.tokenizer, texts, origin, spec)
 
 
 def needs_calibration(config: ExportConfig) -> bool:

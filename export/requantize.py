@@ -82,9 +82,9 @@ def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, 
     from . import validate
 
     texts, origin = validate.load_texts(config.dataset, "test", "text")
-    data = validate.build_validation_set(tok, manifest.vocab_size, manifest.max_positions, texts, origin,
-                                         sentences=config.sentences, random_sequences=0,
-                                         perplexity_chunks=config.perplexity_chunks, seed=config.seed)
+    spec = validate.ValidationSpec(manifest.vocab_size, manifest.max_positions, sentences=config.sentences,
+                                   random_sequences=0, perplexity_chunks=config.perplexity_chunks, seed=config.seed)
+    data = validate.build_validation_set(tok, texts, origin, spec)
     cpu = ["CPUExecutionProvider"]
     ref = validate.fast_reference(validate.session_for(manifest.graph_path("fp32"), cpu), data, manifest.vocab_size)
     metrics = validate.score_fast_graph(validate.session_for(int8_graph, cpu), data, ref)

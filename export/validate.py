@@ -58,6 +58,20 @@ class MaskBatch:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """What a validation set is built for (the model's vocabulary and positions) and how big it is."""
+
+    vocab_size: int
+    max_positions: int
+    sentences: int = 256  # masked IMDB sentences
+    random_sequences: int = 64  # random-id rows (no text needed)
+    perplexity_chunks: int = 32  # premasked chunks for the perplexity comparison
+    chunk_size: int = 128
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ValidationSet:
     queries: list[MaskBatch]  # masked IMDB sentences, then random ids: logits and top-k
     perplexity: list[MaskBatch]  # premasked chunks (labels set): perplexity
@@ -155,25 +169,23 @@ def perplexity_set(tokenizer, texts: list[str], n_chunks: int, chunk_size: int, 
     return [b for b in batches if len(b.mask_index)]
 
 
-def build_validation_set(tokenizer, vocab_size: int, max_positions: int, texts: list[str], source: str, *,
-                         sentences: int = 256, random_sequences: int = 64, perplexity_chunks: int = 32,
-                         chunk_size: int = 128, batch_size: int = 16, seed: int = 0) -> ValidationSet:
+def build_validation_set(tokenizer, texts: list[str], source: str, spec: ValidationSpec) -> ValidationSet:
     """The fixed, seeded inputs: masked sentences of `texts`, random ids, premasked chunks."""
-    rng = np.random.default_rng(seed)
-    max_len = min(128, max_positions)
+    rng = np.random.default_rng(spec.seed)
+    max_len = min(128, spec.max_positions)
     order = [texts[i] for i in rng.permutation(len(texts))]
     half = len(order) // 2  # sentences from one half, perplexity chunks from the other
-    rows = sentence_rows(tokenizer, order[:half], sentences, rng, max_len)
+    rows = sentence_rows(tokenizer, order[:half], spec.sentences, rng, max_len)
     masks = [np.flatnonzero(r == tokenizer.mask_token_id) for r in rows]
-    queries = query_batches(rows, masks, tokenizer.pad_token_id or 0, batch_size)
-    queries += random_queries(random_sequences, tokenizer, vocab_size, rng, max_len, batch_size)
+    queries = query_batches(rows, masks, tokenizer.pad_token_id or 0, spec.batch_size)
+    queries += random_queries(spec.random_sequences, tokenizer, spec.vocab_size, rng, max_len, spec.batch_size)
     if not queries:
         raise DeniroError("the validation set is empty: raise --sentences or --random-sequences")
-    ppl_texts = order[half:half + 4 * perplexity_chunks]  # ~300 tokens a review: plenty of chunks
-    ppl = perplexity_set(tokenizer, ppl_texts, perplexity_chunks, min(chunk_size, max_positions), vocab_size,
-                         seed, batch_size)
+    ppl_texts = order[half:half + 4 * spec.perplexity_chunks]  # ~300 tokens a review: plenty of chunks
+    ppl = perplexity_set(tokenizer, ppl_texts, spec.perplexity_chunks, min(spec.chunk_size, spec.max_positions),
+                         spec.vocab_size, spec.seed, spec.batch_size)
     log.info("validation set: %d sentences + %d random sequences, %d perplexity chunks (%s)",
-             len(rows), random_sequences, sum(len(b.input_ids) for b in ppl), source)
+             len(rows), spec.random_sequences, sum(len(b.input_ids) for b in ppl), source)
     return ValidationSet(queries, ppl, source)
 
 

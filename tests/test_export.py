@@ -196,8 +196,9 @@ def test_fp16_graph_keeps_fp32_io_and_agrees(tmp_path, tiny_model_dir, imdb_dir)
     assert {i.data_type for i in proto.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
     texts, origin = validate.load_texts(str(imdb_dir), "test", "text")
     cfg = source.model.config
-    data = validate.build_validation_set(source.tokenizer, cfg.vocab_size, cfg.max_position_embeddings, texts,
-                                         origin, sentences=64, random_sequences=16, perplexity_chunks=4)
+    spec = validate.ValidationSpec(cfg.vocab_size, cfg.max_position_embeddings, sentences=64, random_sequences=16,
+                                   perplexity_chunks=4)
+    data = validate.build_validation_set(source.tokenizer, texts, origin, spec)
     metrics = validate.score_fast_graph(validate.session_for(tmp_path / "fp16.onnx", CPU), data,
                                         validate.torch_reference(source.model, data))
     assert validate.check(metrics, validate.THRESHOLDS["fp16"]) == [], metrics
@@ -417,8 +418,9 @@ def tiny_fp32_fused(tiny_artifact):
 def tiny_validation(tiny, imdb_dir):
     model, tokenizer = tiny
     texts, origin = validate.load_texts(str(imdb_dir), "test", "text")
-    return validate.build_validation_set(tokenizer, model.config.vocab_size, 128, texts, origin, sentences=64,
-                                         random_sequences=0, perplexity_chunks=4, batch_size=32)
+    spec = validate.ValidationSpec(model.config.vocab_size, 128, sentences=64, random_sequences=0, perplexity_chunks=4,
+                                   batch_size=32)
+    return validate.build_validation_set(tokenizer, texts, origin, spec)
 
 
 def test_attention_to_mha_computes_the_same(tiny_fp32_fused, tiny_validation, tmp_path):

@@ -319,8 +319,9 @@ def score() -> dict:
 
     manifest, tok = load_manifest(SRC), artifact_tokenizer(SRC)
     texts, origin = validate.load_texts("/work/shared/data/imdb", "test", "text")
-    data = validate.build_validation_set(tok, manifest.vocab_size, manifest.max_positions, texts, origin,
-                                         sentences=SENTENCES, random_sequences=0, perplexity_chunks=32, batch_size=16, seed=0)
+    spec = validate.ValidationSpec(manifest.vocab_size, manifest.max_positions, sentences=SENTENCES,
+                                   random_sequences=0, perplexity_chunks=32, batch_size=16, seed=0)
+    data = validate.build_validation_set(tok, texts, origin, spec)
     ref = validate.fast_reference(session(SRC / "fast.onnx"), data, manifest.vocab_size)
     ref_all = np.concatenate(ref.logits)  # [n, vocab] fp32 log-probs
     ref_top1 = ref_all.argmax(axis=1)
