@@ -8,7 +8,8 @@ validated against PyTorch first; if a threshold fails nothing is written and the
 
 Examples:
   python -m export --onnx --model runs/mini --output exports/mini --dataset ../shared/data/imdb
-  python -m export --onnx --model runs/mini --output deniro_rt/models/default --no-full-graph --precision fp32,int8 --overwrite
+  python -m export --onnx --model runs/mini --output deniro_rt/models/default --no-full-graph \
+      --precision fp32,int8 --overwrite
   python -m export --onnx --model runs/deniro --output exports/deniro-gpu --device cuda   # fp32 + fp16
 """
 from __future__ import annotations

@@ -228,7 +228,8 @@ def reference_topk(ref_logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
     return np.argsort(-ref_logits, axis=1, kind="stable")[:, :k]  # [n, k]
 
 
-def topk_metrics(ref_logits: np.ndarray, ids: np.ndarray, k: int = TOP_K, tie_rel: float = TIE_REL["fp32"]) -> dict[str, float]:
+def topk_metrics(ref_logits: np.ndarray, ids: np.ndarray, k: int = TOP_K,
+                 tie_rel: float = TIE_REL["fp32"]) -> dict[str, float]:
     """compare_topk against the reference's own top-k; ties within tie_rel x the logit scale are not swaps."""
     tol = tie_rel * logit_scale(ref_logits)
     return compare_topk(reference_topk(ref_logits, k), ids, k, ref_scores=ref_logits, tie_tol=tol)
@@ -301,8 +302,8 @@ def score_fast_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_
     consistency = float(np.abs(topk_lp - np.take_along_axis(lps, ids, axis=1)).max())
     ppl = fast_perplexity(session, data)
     diffs = compare_logprobs(ref_all, lps)
-    return {"rows": int(len(ids)), **diffs, **topk_metrics(ref_all, ids, k, tie_rel), "topk_logprob_consistency": consistency,
-            "perplexity": ppl, "perplexity_reference": ref.perplexity,
+    return {"rows": int(len(ids)), **diffs, **topk_metrics(ref_all, ids, k, tie_rel),
+            "topk_logprob_consistency": consistency, "perplexity": ppl, "perplexity_reference": ref.perplexity,
             "perplexity_rel_diff": rel_diff(ppl, ref.perplexity), **batch_drift(session, data.queries[0], k)}
 
 

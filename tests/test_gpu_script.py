@@ -50,7 +50,8 @@ def test_dry_run_runs_every_step_on_cpu(tmp_path):
     assert all((out / part).stat().st_size <= 16 * 2**20 for part in parts)  # what the device brings back
     assert summary["train_minilm_real"]["steps"] == 2 and summary["train_minilm_real"]["tokens_per_s"] > 0
     assert summary["minilm_pack"]["parts"] == parts and summary["minilm_validation"]["fp32"]["passed"]
-    assert summary["train_base_synthetic"][0]["shape"] == "deniro" and summary["minilm_parity"][0]["precision"] == "fp32"
+    assert summary["train_base_synthetic"][0]["shape"] == "deniro"
+    assert summary["minilm_parity"][0]["precision"] == "fp32"
     engines = {(r["engine"], r["scope"]) for r in summary["base"]["latency_b1"]}
     assert {("deniro_rt", "e2e"), ("deniro_rt-model", "model"), ("pytorch-card", "e2e")} <= engines
     assert summary["base"]["overhead"] and summary["base"]["throughput_16"]

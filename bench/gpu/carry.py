@@ -110,7 +110,8 @@ def unpack_model(parts_dir: Path, init_dir: Path, dst: Path) -> None:
         raise SystemExit(f"the joined parts in {parts_dir} do not match sha256 {expected}: a part is missing or cut")
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "weights-fp16.safetensors").write_bytes(data)
-    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(dst / "weights-fp16.safetensors").items()}
+    half = load_file(dst / "weights-fp16.safetensors")
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in half.items()}
     save_file(tensors, dst / WEIGHTS, metadata={"format": "pt"})
     (dst / "weights-fp16.safetensors").unlink()
     for name in MODEL_FILES:

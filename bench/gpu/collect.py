@@ -25,6 +25,10 @@ def load(path: Path):
         return None
 
 
+def without(report: dict | None, key: str) -> dict:
+    return {k: v for k, v in (report or {}).items() if k != key}
+
+
 def steps(work: Path) -> list[dict]:
     rows = []
     if (work / "steps.txt").is_file():
@@ -51,8 +55,8 @@ def goal_rows(bench: dict | None) -> dict:
 def main(work: Path, out: Path, device: str) -> None:
     bench = load(work / "bench-base" / "bench.json")
     summary = {"device": device, "steps": steps(work),
-               "train_minilm_real": {k: v for k, v in (load(work / "train-minilm.json") or {}).items() if k != "config"},
-               "minilm_pack": {k: v for k, v in (load(work / "minilm-pack.json") or {}).items() if k != "metrics"},
+               "train_minilm_real": without(load(work / "train-minilm.json"), "config"),
+               "minilm_pack": without(load(work / "minilm-pack.json"), "metrics"),
                "train_mini_synthetic": (load(work / "train-mini-probe" / "train.json") or {}).get("train"),
                "train_base_synthetic": (load(work / "train-base" / "train.json") or {}).get("train"),
                "minilm_validation": (load(work / "minilm-onnx" / MANIFEST) or {}).get("validation"),
