@@ -24,7 +24,6 @@ ATTENTION_OPS = ("Attention", "MultiHeadAttention")
 # Run on n mask rows only, so fp32 costs nothing there; fp16 log-probs over the whole vocabulary
 # would lose the precision perplexity needs. (TopK is already in onnxruntime's default block list.)
 FP16_KEEP_FP32 = ("LogSoftmax", "GatherElements")
-INT8_OPS = ("MatMul", "Attention")  # what dynamic quantization rewrites
 
 
 @dataclass(frozen=True)
@@ -109,11 +108,8 @@ def build_fp16(src: Path, dst: Path, arch: Arch, fused: bool, **_) -> dict[str, 
 def build_int8(src: Path, dst: Path, arch: Arch, fused: bool, per_channel: bool = True,
                int8_method: str = DEFAULT_INT8_METHOD, calibration: list[dict] | None = None, **_) -> dict[str, int]:
     """int8 fast graph for CPU by `int8_method` (INT8_METHODS); static needs `calibration` feeds."""
-    method = INT8_METHODS[int8_method]
-    if method.kind == "dynamic":
-        return build_dynamic_int8(src, dst, arch, fused, per_channel)
     model = _optimized(src, arch, fused, dst.name)
-    return quantize_fused(model.model, dst, method, calibration, per_channel)
+    return quantize_fused(model.model, dst, INT8_METHODS[int8_method], calibration, per_channel)
 
 
 def quantize_fused(proto: onnx.ModelProto, dst: Path, method: Int8Method, calibration: list[dict] | None = None,
@@ -277,34 +273,6 @@ def quantizer_logs_muted():
             yield
     finally:
         root.setLevel(previous)
-
-
-def build_dynamic_int8(src: Path, dst: Path, arch: Arch, fused: bool, per_channel: bool = True) -> dict[str, int]:
-    """Dynamic int8 quantization (weights int8, activations quantized at run time, one scale per tensor).
-
-    Kept for comparison (python -m bench quant): its answers depend on the batch a text is in.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # EmbedLayerNormalization does not survive quantization: fuse everything else first.
-    model = _optimized(src, arch, fused, dst.name, embed_layer_norm=False)
-    # The LM head stays fp32: it runs on the mask rows only (little time to win) and its error lands
-    # straight on the log-probs. It is hidden from the quantizer, which would otherwise rewrite its
-    # Gemm into a MatMul on a transposed copy of the (tied, vocabulary-sized) embedding matrix.
-    head = downstream_nodes(model.model.graph, "mask_index")
-    staged = dst.with_name(dst.stem + ".fp32.onnx")
-    with hidden_from_quantizer(model.model, head):
-        model.save_model_to_file(str(staged))
-    # onnx shape inference cannot type the outputs of fused (com.microsoft) ops; they are all float.
-    with muted_root_warning(PRE_PROCESS_HINT):
-        quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=list(INT8_OPS), nodes_to_exclude=sorted(head),
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    staged.unlink()
-    quantized = onnx.load(str(dst))
-    restore_hidden(quantized)
-    onnx.save(quantized, str(dst))
-    return op_counts(quantized)
 
 
 # quantize_dynamic's hint to run its shape inference / optimizer first: the graph is optimized already.
