@@ -46,23 +46,22 @@ def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def fusion_options(embed_layer_norm: bool = True):
+def fusion_options():
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions("bert")
-    options.enable_embed_layer_norm = embed_layer_norm
     # The raw 2-D mask: BERT's default 1-D "mask index" assumes right padding, the contract does not.
     options.use_raw_attention_mask(True)
     return options
 
 
-def fuse(src: Path, arch: Arch, *, embed_layer_norm: bool = True, use_gpu: bool = False):
+def fuse(src: Path, arch: Arch, *, use_gpu: bool = False):
     """onnxruntime.transformers' BERT fusions: Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: python fusions only; onnxruntime's own rewrites would tie the file to one provider.
     return optimize_model(str(src), model_type="bert", num_heads=arch.n_heads, hidden_size=arch.hidden,
-                          optimization_options=fusion_options(embed_layer_norm), opt_level=0, use_gpu=use_gpu)
+                          optimization_options=fusion_options(), opt_level=0, use_gpu=use_gpu)
 
 
 def unfused(src: Path):

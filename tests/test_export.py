@@ -287,8 +287,8 @@ def test_failed_validation_leaves_no_output(tiny_model_dir, imdb_dir, tmp_path, 
 def test_unfused_attention_fails_loudly_unless_no_fuse(tiny_model_dir, tmp_path, monkeypatch, capsys):
     real = optimize.fusion_options
 
-    def no_attention(embed_layer_norm=True):
-        options = real(embed_layer_norm)
+    def no_attention():
+        options = real()
         options.enable_attention = False
         return options
 
