@@ -28,13 +28,12 @@ SPLITS = ("train", "test")
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
-def to_fp16(src: Path, dst: Path) -> None:
-    """A safetensors file with every floating tensor in fp16 (metadata kept: format pt)."""
-    import torch
-    from safetensors.torch import load_file, save_file
+def fp16_bytes(src: Path) -> bytes:
+    """The safetensors file `src` with every floating tensor in fp16, serialized (metadata: format pt)."""
+    from safetensors.torch import load_file, save
 
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(src).items()}
-    save_file(tensors, dst, metadata={"format": "pt"})
+    return save(tensors, metadata={"format": "pt"})
 
 
 def init(dst: Path) -> None:
@@ -45,7 +44,7 @@ def init(dst: Path) -> None:
     for name in MODEL_FILES:
         if (converted / name).is_file():
             shutil.copy(converted / name, dst / name)
-    to_fp16(converted / WEIGHTS, dst / WEIGHTS)
+    (dst / WEIGHTS).write_bytes(fp16_bytes(converted / WEIGHTS))
     shutil.rmtree(dst.parent / (dst.name + ".convert-cache"), ignore_errors=True)
     print(f"{dst}: {(dst / WEIGHTS).stat().st_size / 1e6:.1f} MB of fp16 weights")
 
@@ -75,9 +74,7 @@ def unpack_text(src: Path, dst: Path) -> None:
 
 def pack_model(model: Path, out: Path, report: Path) -> None:
     """fp16 weights cut into parts named minilm-fp16.safetensors.NN in OUT; sha256 + metrics in REPORT."""
-    whole = model / "weights-fp16.safetensors"
-    to_fp16(model / WEIGHTS, whole)
-    data = whole.read_bytes()
+    data = fp16_bytes(model / WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for i in range(0, len(data), PART_BYTES):
@@ -87,7 +84,6 @@ def pack_model(model: Path, out: Path, report: Path) -> None:
     metrics = json.loads((model / "metrics.json").read_text()) if (model / "metrics.json").is_file() else None
     report.write_text(json.dumps({"parts": parts, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                                   "metrics": metrics}, indent=2) + "\n")
-    whole.unlink()
     print(f"{len(parts)} parts, {len(data) / 1e6:.1f} MB -> {out}")
 
 
@@ -101,19 +97,15 @@ def recorded_sha256(parts_dir: Path) -> str | None:
 
 def unpack_model(parts_dir: Path, init_dir: Path, dst: Path) -> None:
     """Join the parts (checking the recorded sha256 when there is one), fp32 folder at DST."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load, save_file
 
     data = b"".join(p.read_bytes() for p in sorted(parts_dir.glob("minilm-fp16.safetensors.[0-9][0-9]")))
     expected = recorded_sha256(parts_dir)
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise SystemExit(f"the joined parts in {parts_dir} do not match sha256 {expected}: a part is missing or cut")
     dst.mkdir(parents=True, exist_ok=True)
-    (dst / "weights-fp16.safetensors").write_bytes(data)
-    half = load_file(dst / "weights-fp16.safetensors")
-    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in half.items()}
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load(data).items()}
     save_file(tensors, dst / WEIGHTS, metadata={"format": "pt"})
-    (dst / "weights-fp16.safetensors").unlink()
     for name in MODEL_FILES:
         if (init_dir / name).is_file():
             shutil.copy(init_dir / name, dst / name)
