@@ -82,13 +82,14 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
     from export.config import INT8_METHODS, ExportConfig
     from export.optimize import quantize_fused
     from export.pipeline import calibration_feeds_for
+    from export.weights import float_weights
 
     manifest = load_manifest(folder)
     out.mkdir(parents=True)
     tok = artifact_tokenizer(folder)
     export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences)
     calibration = calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
-    fp32 = onnx.load(str(manifest.graph_path("fp32")))
+    fp32 = float_weights(onnx.load(str(manifest.graph_path("fp32"))))  # int8-stored weights (shipped model)
     graphs = {"fp32": manifest.graph_path("fp32")}
     for name in config.methods.split(","):
         started = time.perf_counter()
@@ -108,7 +109,7 @@ def prepare(config: QuantConfig, folder: Path) -> Prepared:
                                    random_sequences=0, perplexity_chunks=config.perplexity_chunks, batch_size=32,
                                    seed=1)
     data = validate.build_validation_set(tok, texts, origin, spec)
-    fp32 = validate.session_for(manifest.graph_path("fp32"), ["CPUExecutionProvider"])
+    fp32 = validate.session_for(manifest.graph_path("fp32"), ["CPUExecutionProvider"], "fp32")
     rng, rows = np.random.default_rng(11), []
     for review in texts[::7]:
         short = [s for s in review_sentences(review) if 5 <= len(s.split()) <= 20]

@@ -15,6 +15,7 @@ CUDA = "CUDAExecutionProvider"
 # top-5 >= 95 %; README "int8 on CPU: the options, measured"), so int8 (about 2.5x faster on the base
 # shape, batch-invariant) is an explicit opt-in: precision="int8".
 PREFERRED_PRECISION = {CPU: ("fp32", "int8"), CUDA: ("fp16", "fp32")}
+FLOAT_PRECISIONS = ("fp32", "fp16")
 RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
@@ -54,9 +55,14 @@ def resolve_precision(requested: str | None, provider: str, available: dict[str,
     return requested
 
 
-def session_options(provider: str, threads: int | None) -> ort.SessionOptions:
+def session_options(provider: str, threads: int | None, precision: str | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if precision in FLOAT_PRECISIONS:
+        # A float graph may store its weights as int8 + DequantizeLinear (export --weights int8). ORT keeps
+        # DequantizeLinear unfolded for its QDQ fusions, which would dequantize every weight on every call;
+        # a float graph has no QDQ to fuse, so fold them once at load.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     if provider == CPU:
         # One intra-op thread per core: more threads than cores only adds contention.
         options.intra_op_num_threads = threads or usable_cores()

@@ -68,7 +68,7 @@ class FillMask:
     def _open_session(self, threads: int | None, cuda_graph: bool) -> None:
         """The session and its run(feed) function: plain session.run on CPU, IO binding on CUDA."""
         graph = str(verify_file(self.manifest, self.manifest.graphs[self.precision]))
-        options = session_options(self.provider, threads)
+        options = session_options(self.provider, threads, self.precision)
         self.cuda_graph = False
         if self.provider == CPU:
             self.session = ort.InferenceSession(graph, options, providers=[CPU])

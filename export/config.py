@@ -13,6 +13,7 @@ DEVICES = ("cpu", "cuda")
 # 80 % of top-1s (README, issue 12), and a default that fails validation would make the plain command fail.
 DEFAULT_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
+WEIGHT_STORAGE = ("fp32", "int8")  # how the fp32 graphs store their weight matrices (export/weights.py)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ExportConfig:
     opset: int = 17
     per_channel: bool = True  # int8: one scale per output channel of each weight
     int8_method: str = DEFAULT_INT8_METHOD  # how the int8 graph is built (INT8_METHODS)
+    weights: str = "fp32"  # fp32 | int8: weight matrices rounded to int8 and stored so (export/weights.py)
     calibration_sentences: int = 256  # static int8: IMDB sentences (train split) that fix the activation scales
     # validation
     validate: bool = True  # compare every graph against PyTorch; write nothing if a threshold fails
@@ -112,6 +114,10 @@ def check_config(config: ExportConfig) -> Path:
         raise DeniroError(f"--chunk-size must be at least 2, got {config.chunk_size}")
     if config.int8_method not in INT8_METHODS:
         raise DeniroError(f"--int8-method must be one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}")
+    if config.weights not in WEIGHT_STORAGE:
+        raise DeniroError(f"--weights must be one of {', '.join(WEIGHT_STORAGE)}, got {config.weights!r}")
+    if config.weights == "int8" and "fp16" in config.precisions():
+        raise DeniroError("--weights int8 stores fp32 graphs compactly for CPU apps; export fp16 without it")
     if config.calibration_sentences < 16:
         raise DeniroError(f"--calibration-sentences must be at least 16, got {config.calibration_sentences}")
     return check_output(config)

@@ -28,6 +28,7 @@ class Source:
     tokenizer: object  # a transformers fast tokenizer with a mask token
     weights: list[str]  # weight file names, for the manifest
     sha256: str  # of the weights file (of the sorted per-file digests when sharded)
+    rounding: dict | None = None  # --weights int8: how the weights were rounded and what it cost
 
 
 def load_source(name: str, tokenizer_name: str | None, attn_implementation: str) -> Source:

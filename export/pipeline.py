@@ -11,6 +11,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from .graphs import export_fast, export_full
 from .model import Source, load_source
 from .optimize import Arch, build_graph, calibration_feeds
 from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, ValidationSpec, build_validation_set,
-                       failures, load_texts, random_rows, sentence_rows, validate)
+                       failures, load_texts, random_rows, sentence_rows, summary, validate)
+from .weights import ROUNDING_SCHEME, round_weights, rounding_cost, store_int8
 
 log = logging.getLogger(__name__)
 RAW = ".raw"  # traced, unoptimised graphs; removed before the folder is published
@@ -86,6 +88,8 @@ def main(config: ExportConfig) -> Path:
     log.info("loading %s", config.model)
     source = load_source(config.model, config.tokenizer, config.attn_implementation)
     data = validation_set(config, source) if config.validate else None
+    if config.weights == "int8":
+        source = rounded(source, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     stage.chmod(0o755)  # mkdtemp's 0700 would follow the folder when it is renamed into place
@@ -97,6 +101,19 @@ def main(config: ExportConfig) -> Path:
         raise
     report(out, time.perf_counter() - started)
     return out
+
+
+def rounded(source: Source, data: ValidationSet | None) -> Source:
+    """--weights int8: the source model rounded in place, and what that cost against the unrounded model."""
+    if data is None:  # --no-validate: nothing to measure the cost on
+        names = round_weights(source.model)
+        return replace(source, rounding={"scheme": ROUNDING_SCHEME, "matrices": len(names), "metrics": None})
+    names, result = rounding_cost(source.model, data)
+    log.info("weights rounded to int8: %d matrices; %s", len(names), summary(result))
+    if not result["passed"]:
+        raise ValidationFailed("rounding the weights to int8 changed the model too much, nothing written: "
+                               + "; ".join(result["failed"]) + "; export with --weights fp32")
+    return replace(source, rounding=result)
 
 
 def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | None,
@@ -112,7 +129,7 @@ def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | N
         failed = failures(validation)
         if failed:
             raise ValidationFailed(f"validation failed, nothing written to {config.output}: " + " | ".join(failed))
-    source.tokenizer.save_pretrained(str(stage))
+    source.tokenizer.save_pretrained(str(stage), legacy_format=False)  # tokenizer.json only: no vocab.txt copy
     source.model.config.save_pretrained(str(stage))  # config.json: Optimum loads model.onnx with it
     manifest = build_manifest(config, source, fused, validation, stage)
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
@@ -134,6 +151,10 @@ def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str,
         export_full(source.model, raw / FULL_GRAPH, config.opset)
         fused[FULL_GRAPH_KEY] = build_graph("fp32", raw / FULL_GRAPH, stage / FULL_GRAPH, arch, config.fuse,
                                             config.per_channel)
+    if config.weights == "int8":  # the fp32 graphs of the rounded model: int8 storage, same values
+        for name in (FAST_GRAPHS["fp32"], FULL_GRAPH if config.full_graph else None):
+            if name:
+                store_int8(stage / name)
     shutil.rmtree(raw)
     return fused
 
@@ -154,6 +175,7 @@ def build_manifest(config: ExportConfig, source: Source, fused: dict, validation
         "top_k_max": None, "opset": config.opset,
         "fused_ops": fused, "validation": validation,
         "source": {"model": config.model, "sha256": source.sha256, "weights": source.weights},
+        "weight_rounding": source.rounding,
         "export_config": config.to_json(),
         "versions": versions(),
     }

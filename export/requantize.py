@@ -47,6 +47,7 @@ def main(config: RequantizeConfig) -> Path:
     from .optimize import quantize_fused
     from .pipeline import calibration_feeds_for, versions
     from .validate import ValidationFailed, summary
+    from .weights import float_weights
 
     manifest = load_manifest(config.model)
     export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences,
@@ -57,7 +58,7 @@ def main(config: RequantizeConfig) -> Path:
                    if method.kind == "static" else None)  # only static scales are calibrated
     with tempfile.TemporaryDirectory(dir=manifest.folder, prefix=".requantize-") as stage:
         staged = Path(stage) / FAST_GRAPHS["int8"]
-        counts = quantize_fused(load(str(manifest.graph_path("fp32"))), staged, method, calibration)
+        counts = quantize_fused(float_weights(load(str(manifest.graph_path("fp32")))), staged, method, calibration)
         result = validate_against_fp32(config, manifest, staged, tok)
         if not result["passed"]:
             raise ValidationFailed(f"int8 validation failed, {manifest.folder} unchanged: "
@@ -86,7 +87,7 @@ def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, 
                                    random_sequences=0, perplexity_chunks=config.perplexity_chunks, seed=config.seed)
     data = validate.build_validation_set(tok, texts, origin, spec)
     cpu = ["CPUExecutionProvider"]
-    ref = validate.fast_reference(validate.session_for(manifest.graph_path("fp32"), cpu), data, manifest.vocab_size)
+    ref = validate.fast_reference(validate.session_for(manifest.graph_path("fp32"), cpu, "fp32"), data, manifest.vocab_size)
     metrics = validate.score_fast_graph(validate.session_for(int8_graph, cpu), data, ref)
     return {**validate.verdict("int8", metrics), "source": data.source,
             "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)"}

@@ -364,14 +364,17 @@ def verdict(key: str, metrics: dict, on_cpu: bool = True) -> dict:
             "passed": not failed, "failed": failed}
 
 
-def session_for(path: Path, providers: list[str]):
+def session_for(path: Path, providers: list[str], precision: str | None = None):
+    """A session as deniro_rt opens one for `precision` (fp32/fp16: int8-stored weights folded at load)."""
     import onnxruntime as ort
 
     from deniro_rt.cuda import EXACT_FP32
-    from deniro_rt.providers import CUDA
+    from deniro_rt.providers import CUDA, session_options
 
+    options = session_options(providers[0], None, precision)
     # fp32 on CUDA is validated as the runtime runs it: in fp32, not ORT's default TF32
-    return ort.InferenceSession(str(path), providers=[(p, EXACT_FP32) if p == CUDA else p for p in providers])
+    return ort.InferenceSession(str(path), options,
+                                providers=[(p, EXACT_FP32) if p == CUDA else p for p in providers])
 
 
 def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dict[str, list[str]],
@@ -384,13 +387,13 @@ def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dic
     ref = torch_reference(model, data)
     results = {}
     for precision, path in graphs.items():
-        metrics = score_fast_graph(session_for(path, providers[precision]), data, ref,
+        metrics = score_fast_graph(session_for(path, providers[precision], precision), data, ref,
                                    tie_rel=TIE_REL.get(precision, TIE_REL["fp32"]))
         on_cpu = providers[precision][0] == "CPUExecutionProvider"
         results[precision] = {**verdict(precision, metrics, on_cpu), "source": data.source}
         log.info("validation %s: %s", precision, summary(results[precision]))
     if full_graph is not None:
-        metrics = score_full_graph(session_for(full_graph, providers["fp32"]), data, ref)
+        metrics = score_full_graph(session_for(full_graph, providers["fp32"], "fp32"), data, ref)
         results[FULL_GRAPH_KEY] = {**verdict(FULL_GRAPH_KEY, metrics), "source": data.source}
         log.info("validation %s: %s", full_graph.name, summary(results[FULL_GRAPH_KEY]))
     return results
