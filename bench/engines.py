@@ -76,7 +76,8 @@ class Context:
         """The transformers masked LM on the device, loaded once per precision and shared."""
         self._models = self._models or {}
         if precision not in self._models:
-            self._models[precision] = load_torch_model(self.torch_model, self.device, precision)
+            rounded = bool(self.manifest.raw.get("weight_rounding"))
+            self._models[precision] = load_torch_model(self.torch_model, self.device, precision, rounded)
         return self._models[precision]
 
     def runtime(self, precision: str):
@@ -96,8 +97,12 @@ class Context:
             torch.cuda.synchronize()
 
 
-def load_torch_model(path: Path, device: str, precision: str):
+def load_torch_model(path: Path, device: str, precision: str, rounded: bool = False):
+    """rounded: the artifact was exported with --weights int8, so PyTorch runs the model it holds (the
+    checkpoint's weights rounded the same way, export/weights.py), not the unrounded checkpoint."""
     from transformers import AutoModelForMaskedLM
+
+    from export.weights import round_weights
 
     try:
         model = AutoModelForMaskedLM.from_pretrained(str(path))
@@ -105,6 +110,8 @@ def load_torch_model(path: Path, device: str, precision: str):
         raise DeniroError(f"could not load a transformers masked LM from {path} ({type(exc).__name__}); "
                           f"pass --torch-model with the save_pretrained folder the artifact was "
                           f"exported from") from exc
+    if rounded:
+        round_weights(model)
     model = model.half() if precision == "fp16" else model
     return model.to(device).eval()
 
