@@ -1,7 +1,10 @@
 """bench/gpu/run.sh rehearsed on CPU (--dry-run: every step, tiny sizes, the repo's IMDB sample), so no GPU
-minute is lost to a Python error, a missing file or a wrong flag. The full rehearsal is slow (minutes)."""
+minute is lost to a Python error, a missing file or a wrong flag. The full rehearsal is slow (minutes). The
+device calls' plan (bench/gpu/calls.py) is checked fast: every call fits the transfer at the repo's size now."""
+import importlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,24 +18,95 @@ SAMPLE = REPO / "tests" / "data" / "imdb-sample"
 RETURNABLE = re.compile(r"^[A-Za-z0-9._-]+$")  # the device tool brings back such names, <= 8 files
 
 
+def _gpu_module(name: str):
+    """A script module of bench/gpu (not a package: its scripts import each other by name)."""
+    sys.path.insert(0, str(GPU))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(GPU))
+
+
 def test_scripts_parse_and_size_the_mini_run():
     for script in ("run.sh", "prepare_carry.sh", "sweep.sh"):
         subprocess.run(["bash", "-n", str(GPU / script)], check=True)
-    sys.path.insert(0, str(GPU))
-    try:
-        from steps import steps
-    finally:
-        sys.path.remove(str(GPU))
+    steps = _gpu_module("steps").steps
     assert steps(step_ms=10.0, budget_s=90, most=4500) == 4500 and steps(20.0, 90, 4500) == 3000
     assert steps(1e6, 90, 4500) == 1 and steps(10.0, 90, 3) == 3
+
+
+def test_every_planned_call_fits_the_transfer_at_the_current_repo_size():
+    """The prepared folders' sizes where they are here (nominal ones elsewhere: CI has none) + the repo now."""
+    calls = _gpu_module("calls")
+    here = calls.measured()
+    assert set(here) == set(calls.NOMINAL_BYTES)
+    sizes = {path: size if size is not None else calls.NOMINAL_BYTES[path] for path, size in here.items()}
+    lines, fits = calls.report(calls.repo_bytes(), sizes)
+    assert fits, "\n".join(lines)
+    assert calls.MARGIN >= 1_000_000 and len(calls.CALLS) == 5 and calls.CALLS[-1].carry == ()
+    _, fits = calls.report(calls.LIMIT - calls.MARGIN - min(calls.NOMINAL_BYTES.values()) + 1, sizes)
+    assert not fits  # the check does fail once the repo leaves less than the margin
+
+
+def test_readme_lists_the_planned_calls():
+    calls, readme = _gpu_module("calls"), (GPU / "README.md").read_text()
+    for call in calls.CALLS:
+        assert f"`{json.dumps(list(call.carry))}`" in readme and call.command in readme, call
+        assert f"| {call.timeout_s} |" in readme
+
+
+def _fake_payloads(root: Path) -> bytes:
+    """The prepared folders in small: ort halves with their sha256, wheels, text, a model cut in 3 parts."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    carry = _gpu_module("carry")
+    for folder in (".ortgpu/part1/wheels", ".ortgpu/part2", ".carry/text", ".carry/minilm"):
+        (root / folder).mkdir(parents=True)
+    (root / ".ortgpu/part1/ort.tar.xz.aa").write_bytes(b"a" * 100)
+    (root / ".ortgpu/part2/ort.tar.xz.ab").write_bytes(b"b" * 50)
+    (root / ".ortgpu/part2/ort.sha256").write_text(hashlib.sha256(b"a" * 100 + b"b" * 50).hexdigest() + "\n")
+    (root / ".ortgpu/part1/wheels/x-1.0-py3-none-any.whl").write_bytes(b"w")
+    (root / ".carry/text/train.jsonl.xz").write_bytes(b"t")
+    tensors = {"w": torch.arange(600, dtype=torch.float32), "n": torch.arange(3)}
+    save_file(tensors, root / ".carry/minilm" / carry.WEIGHTS)
+    (root / ".carry/minilm/config.json").write_text("{}")
+    carry.split_init(root / ".carry/minilm", root / ".carry/minilm-parts", part_bytes=500)
+    return carry.fp16_bytes(root / ".carry/minilm" / carry.WEIGHTS)
+
+
+def test_stash_calls_rebuild_the_start_point_and_onnxruntime(tmp_path):
+    """calls.py stage lays out calls 1-3; copied into one /tmp as the device does, join-init gives back the fp16
+    start point byte for byte; a call left out (or a stale ort half) fails the check here, before any call."""
+    calls, carry = _gpu_module("calls"), _gpu_module("carry")
+    weights = _fake_payloads(tmp_path)
+    assert calls.stage(tmp_path) == [] and calls.join_errors(tmp_path) == []
+    device_tmp = tmp_path / "device-tmp"
+    for call in calls.CALLS[:3]:
+        shutil.copytree(tmp_path / call.carry[0], device_tmp, dirs_exist_ok=True)  # cp -r .carry/callN/. /tmp/
+    ortgpu = sorted(p.name for p in (device_tmp / "ortgpu").rglob("*"))
+    assert ortgpu == ["ort.tar.xz.aa", "wheels", "x-1.0-py3-none-any.whl"]  # where install.sh looks
+    assert (device_tmp / "carry/text/train.jsonl.xz").is_file()
+    carry.join_init(device_tmp / "minilm-parts", device_tmp / "minilm-init")
+    assert (device_tmp / "minilm-init" / carry.WEIGHTS).read_bytes() == weights
+    assert (device_tmp / "minilm-init/config.json").is_file()
+    (device_tmp / "minilm-parts/minilm-fp16.safetensors.02").unlink()
+    with pytest.raises(SystemExit, match="do not match sha256"):
+        carry.join_init(device_tmp / "minilm-parts", device_tmp / "again")
+    shutil.rmtree(tmp_path / ".carry/call3")
+    (tmp_path / ".carry/call1/ortgpu/ort.tar.xz.aa").unlink()
+    (tmp_path / ".carry/call1/ortgpu/ort.tar.xz.aa").write_bytes(b"stale")
+    assert len(calls.join_errors(tmp_path)) == 2
 
 
 def _dry_run(tmp_path, script: str) -> tuple[Path, subprocess.CompletedProcess]:
     out, work = tmp_path / "out", tmp_path / "work"
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(out), "WORK": str(work),
            "DATA": str(SAMPLE), "HOME": str(tmp_path)}
-    done = subprocess.run(["bash", str(GPU / script), "--dry-run"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    done = subprocess.run(["bash", str(GPU / script), "--dry-run"], check=False, cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done
 
@@ -42,7 +116,9 @@ def test_dry_run_runs_every_step_on_cpu(tmp_path):
     out, done = _dry_run(tmp_path, "run.sh")
     summary = json.loads((out / "summary.json").read_text())
     failed = [s for s in summary["steps"] if s["exit"] != "0"]
-    assert not failed and len(summary["steps"]) == 12, (failed, done.stdout[-4000:])
+    assert not failed and len(summary["steps"]) == 13, (failed, done.stdout[-4000:])
+    assert summary["steps"][1]["step"] == "join minilm start point"
+    _start_point_joined_from_parts(tmp_path / "work")
     files = sorted(p.name for p in out.iterdir())
     parts = [f"minilm-fp16.safetensors.{i:02d}" for i in range(3)]
     assert files == ["base-bench.md", "log.txt", *parts, "results.tar.gz", "summary.json"]
@@ -62,6 +138,15 @@ def test_dry_run_runs_every_step_on_cpu(tmp_path):
     assert {"bench-base/bench.json", "train-minilm.json", "minilm-onnx/deniro.json"} <= set(names)
     assert not any(n.endswith((".onnx", ".safetensors", ".parquet")) for n in names)
     _weights_come_back(out, tmp_path / "work")
+
+
+def _start_point_joined_from_parts(work: Path) -> None:
+    """The rehearsal cut the fp16 start point as prepare_carry.sh does (2 parts) and trained from the join."""
+    parts = sorted(p.name for p in (work / "minilm-parts").glob("minilm-fp16.safetensors.*"))
+    assert parts == ["minilm-fp16.safetensors.00", "minilm-fp16.safetensors.01"]
+    joined = (work / "minilm-init" / "model.safetensors").read_bytes()
+    assert joined == (work / "minilm-fp16" / "model.safetensors").read_bytes()
+    assert (work / "minilm-init" / "tokenizer.json").is_file()
 
 
 def _weights_come_back(out: Path, work: Path) -> None:
@@ -86,3 +171,4 @@ def test_sweep_dry_run_trains_the_variants_and_returns_the_best(tmp_path):
     assert len(finished) == 3 and all(finished.values()), done.stdout[-3000:]
     assert sweep["best"] == min(finished, key=finished.get) and len(sweep["pack"]["parts"]) == 3
     assert "validation fp32:" in (out / "sweep-log.txt").read_text()
+    _start_point_joined_from_parts(tmp_path / "work")

@@ -6,9 +6,13 @@ squeezed to fit a 64 MiB transfer beside the repo, and the trained MiniLM squeez
     python bench/gpu/carry.py unpack-text SRC DST      # back to <split>.parquet (text column)
     python bench/gpu/carry.py pack-model MODEL OUT --json J   # trained folder -> fp16 parts <= 15 MB in OUT
     python bench/gpu/carry.py unpack-model PARTS INIT DST     # parts + INIT's config/tokenizer -> fp32 folder
+    python bench/gpu/carry.py split-init INIT PARTS    # fp16 start point -> 2 parts + config/tokenizer + sha256
+    python bench/gpu/carry.py join-init PARTS INIT     # back to the fp16 start point (on the GPU box), sha256 checked
 
 Why fp16 both ways: fp32 MiniLM is 91 MB, over one transfer; fp16 rounding (rel. 5e-4) is far below
-what fine-tuning moves, and the weights are loaded back into fp32 models at both ends.
+what fine-tuning moves, and the weights are loaded back into fp32 models at both ends. Why the start point
+in parts: its 45.5 MB beside the repo (22 MB) no longer fit one transfer; bench/gpu/calls.py says which
+call carries which part.
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 WEIGHTS = "model.safetensors"
 PART_BYTES = 16_000_000  # 15.3 MiB, < 16 MiB: the largest file that comes back from the device
+# The start point's 45.5 MB in 2 parts (23.5 + 22.0 MB), one beside the wheels (16.2 MB) and one beside the
+# text (17.7 MB): calls 2 and 3 of bench/gpu/calls.py then carry about the same (39.7 MB each).
+INIT_PART_BYTES = 23_500_000
+PARTS_GLOB = "minilm-fp16.safetensors.[0-9][0-9]"
+PACK_JSON = "minilm-pack.json"  # pack-model's report beside the parts when no --json names another place
 SPLITS = ("train", "test")
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -41,9 +50,7 @@ def init(dst: Path) -> None:
 
     converted = minilm_distilbert(dst.parent / (dst.name + ".convert-cache"))
     dst.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        if (converted / name).is_file():
-            shutil.copy(converted / name, dst / name)
+    copy_model_files(converted, dst)
     (dst / WEIGHTS).write_bytes(fp16_bytes(converted / WEIGHTS))
     shutil.rmtree(dst.parent / (dst.name + ".convert-cache"), ignore_errors=True)
     print(f"{dst}: {(dst / WEIGHTS).stat().st_size / 1e6:.1f} MB of fp16 weights")
@@ -72,14 +79,20 @@ def unpack_text(src: Path, dst: Path) -> None:
         print(f"{split}: {len(texts)} texts -> {dst / f'{split}.parquet'}")
 
 
-def pack_model(model: Path, out: Path, report: Path) -> None:
+def copy_model_files(src: Path, dst: Path) -> None:
+    for name in MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+
+
+def pack_model(model: Path, out: Path, report: Path, part_bytes: int = PART_BYTES) -> None:
     """fp16 weights cut into parts named minilm-fp16.safetensors.NN in OUT; sha256 + metrics in REPORT."""
     data = fp16_bytes(model / WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)
     parts = []
-    for i in range(0, len(data), PART_BYTES):
-        name = f"minilm-fp16.safetensors.{i // PART_BYTES:02d}"
-        (out / name).write_bytes(data[i:i + PART_BYTES])
+    for i in range(0, len(data), part_bytes):
+        name = f"minilm-fp16.safetensors.{i // part_bytes:02d}"
+        (out / name).write_bytes(data[i:i + part_bytes])
         parts.append(name)
     metrics = json.loads((model / "metrics.json").read_text()) if (model / "metrics.json").is_file() else None
     report.write_text(json.dumps({"parts": parts, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
@@ -88,38 +101,67 @@ def pack_model(model: Path, out: Path, report: Path) -> None:
 
 
 def recorded_sha256(parts_dir: Path) -> str | None:
-    """The sha256 run.sh (summary.json: minilm_pack) or sweep.sh (sweep.json: pack) recorded beside the parts."""
-    for name, key in (("summary.json", "minilm_pack"), ("sweep.json", "pack")):
+    """The sha256 run.sh (summary.json: minilm_pack), sweep.sh (sweep.json: pack) or split-init / pack-model
+    without --json (minilm-pack.json) recorded beside the parts."""
+    for name, key in (("summary.json", "minilm_pack"), ("sweep.json", "pack"), (PACK_JSON, None)):
         if (parts_dir / name).is_file():
-            return (json.loads((parts_dir / name).read_text()).get(key) or {}).get("sha256")
+            report = json.loads((parts_dir / name).read_text())
+            return ((report.get(key) or {}) if key else report).get("sha256")
     return None
+
+
+def joined(parts_dir: Path, need_sha256: bool = False) -> bytes:
+    """The parts in PARTS_DIR joined, checked against the recorded sha256 (required with NEED_SHA256)."""
+    data = b"".join(p.read_bytes() for p in sorted(parts_dir.glob(PARTS_GLOB)))
+    expected = recorded_sha256(parts_dir)
+    if expected is None and need_sha256:
+        raise SystemExit(f"no {PACK_JSON} with the sha256 in {parts_dir}: was every call's stash made?")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise SystemExit(f"the joined parts in {parts_dir} do not match sha256 {expected}: a part is missing or cut")
+    return data
 
 
 def unpack_model(parts_dir: Path, init_dir: Path, dst: Path) -> None:
     """Join the parts (checking the recorded sha256 when there is one), fp32 folder at DST."""
     from safetensors.torch import load, save_file
 
-    data = b"".join(p.read_bytes() for p in sorted(parts_dir.glob("minilm-fp16.safetensors.[0-9][0-9]")))
-    expected = recorded_sha256(parts_dir)
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise SystemExit(f"the joined parts in {parts_dir} do not match sha256 {expected}: a part is missing or cut")
+    data = joined(parts_dir)
     dst.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load(data).items()}
     save_file(tensors, dst / WEIGHTS, metadata={"format": "pt"})
-    for name in MODEL_FILES:
-        if (init_dir / name).is_file():
-            shutil.copy(init_dir / name, dst / name)
+    copy_model_files(init_dir, dst)
     print(f"{dst}: {len(tensors)} tensors, fp32")
+
+
+def split_init(init_dir: Path, parts_dir: Path, part_bytes: int = INIT_PART_BYTES) -> None:
+    """The fp16 start point as parts + its config/tokenizer files + minilm-pack.json (sha256) in PARTS_DIR."""
+    shutil.rmtree(parts_dir, ignore_errors=True)  # parts of an earlier, other cut would be joined too
+    pack_model(init_dir, parts_dir, parts_dir / PACK_JSON, part_bytes)
+    copy_model_files(init_dir, parts_dir)
+
+
+def join_init(parts_dir: Path, init_dir: Path) -> None:
+    """The stashed parts back into the start point as `init` wrote it (fp16: what training loaded before
+    the split), sha256 required: the parts come from different device calls, and one may be missing."""
+    data = joined(parts_dir, need_sha256=True)
+    init_dir.mkdir(parents=True, exist_ok=True)
+    (init_dir / WEIGHTS).write_bytes(data)
+    copy_model_files(parts_dir, init_dir)
+    print(f"{init_dir}: {len(data) / 1e6:.1f} MB of fp16 weights from {parts_dir}")
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["init", "pack-text", "unpack-text", "pack-model", "unpack-model"])
+    parser.add_argument("command", choices=["init", "pack-text", "unpack-text", "pack-model", "unpack-model",
+                                            "split-init", "join-init"])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="pack-model: where the part list, sha256 and metrics go")
+    parser.add_argument("--part-bytes", type=int, help=f"pack-model ({PART_BYTES}), split-init ({INIT_PART_BYTES})")
     args = parser.parse_args(argv)
     run = {"init": init, "pack-text": pack_text, "unpack-text": unpack_text, "unpack-model": unpack_model,
-           "pack-model": lambda m, o: pack_model(m, o, args.json or o / "minilm-pack.json")}[args.command]
+           "pack-model": lambda m, o: pack_model(m, o, args.json or o / PACK_JSON, args.part_bytes or PART_BYTES),
+           "split-init": lambda i, o: split_init(i, o, args.part_bytes or INIT_PART_BYTES),
+           "join-init": join_init}[args.command]
     run(*args.paths)
 
 

@@ -76,7 +76,8 @@ def main(work: Path, out: Path, device: str) -> None:
 
 
 # checkpoints, exports and data stay behind (but each export's manifest, deniro.json, comes back)
-MODEL_DIRS = ("minilm", "base", "minilm-onnx", "base-onnx", "minilm-init", "data", "packed")
+MODEL_DIRS = ("minilm", "base", "minilm-onnx", "base-onnx", "minilm-init", "minilm-fp16", "minilm-parts", "data",
+              "packed")
 MANIFEST = "deniro.json"
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Prepare, on this machine, what the GPU run carries, then check every call's transfer budget.
-#   bash bench/gpu/prepare_carry.sh            # .carry/text (IMDB train+test, xz, 17.6 MB) + .carry/minilm (fp16, 45.5 MB)
+# Prepare, on this machine, what the GPU run carries, lay it out call by call and check every call's budget.
+#   bash bench/gpu/prepare_carry.sh            # .carry/text (IMDB train+test, xz, 17.7 MB), .carry/minilm (fp16,
+#                                              # 45.5 MB) cut into .carry/minilm-parts (2 parts + tokenizer)
 #   bash bench/gpu/prepare_carry.sh --ortgpu   # also .ortgpu/part1+2: onnxruntime-gpu + the extra wheels (~3 min, PyPI)
-# Both folders are git-ignored (.gitignore). The three device calls are in bench/gpu/README.md.
+#   python bench/gpu/calls.py stage && python bench/gpu/calls.py check   # again after the repo changed size
+# Both folders are git-ignored (.gitignore). The device calls are in bench/gpu/README.md (bench/gpu/calls.py
+# holds them): calls 1-3 carry .carry/call1..3, hard links to the payloads laid out as /tmp on the device.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SRC=$(cd "${IMDB:-../shared/data/imdb}" && pwd)
@@ -13,20 +16,20 @@ PY=${PYTHON:-.venv/bin/python}
 WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 optimum==2.1.0 optimum-onnx==0.1.0)
 
 (cd "$SRC" && grep -E ' (train|test)\.parquet$' SHA256SUMS | sha256sum -c --quiet -)  # the source is intact
-rm -rf .carry && mkdir -p .carry
-# Text as xz'd JSON lines (parquet's zstd gives 21 MB, too much beside part2); ~1.5 min, both splits at once.
+# Only what this script makes: .carry/ may hold other things (the weights back from a run, .carry/trained).
+rm -rf .carry/text .carry/minilm .carry/minilm-parts .carry/call[0-9] && mkdir -p .carry
+# Text as xz'd JSON lines (parquet's zstd gives 21 MB); ~1.5 min, both splits at once.
 "$PY" bench/gpu/carry.py pack-text "$SRC" .carry/text
 "$PY" bench/gpu/carry.py init .carry/minilm  # MiniLM (PyPI package) as DistilBERT, fp16
+# 45.5 MB no longer fits one call beside the repo: 2 parts, joined on the GPU box by run.sh / sweep.sh
+"$PY" bench/gpu/carry.py split-init .carry/minilm .carry/minilm-parts
 
 if [ "${1:-}" = "--ortgpu" ]; then
   bash "$TOOLS/prepare.sh" "${WHEELS[@]}"
 fi
-if [ ! -d .ortgpu ]; then
-  echo "note: .ortgpu/ not prepared (run with --ortgpu, ~3 min); budget of the MiniLM call only:"
-  bash "$TOOLS/budget.sh" .carry/minilm
-else
-  bash "$TOOLS/budget.sh" .ortgpu/part1 .carry/minilm
-  # call 3 carries two paths: part2 + the text (budget.sh sizes one path a call)
-  mkdir -p /tmp/deniro-call3 && rm -rf /tmp/deniro-call3/* && cp -r .ortgpu/part2 .carry/text /tmp/deniro-call3/
-  bash "$TOOLS/budget.sh" /tmp/deniro-call3
-fi
+[ -d .ortgpu ] || echo "note: .ortgpu/ not prepared (run with --ortgpu, ~3 min): calls 1, 2 and 4 lack it"
+"$PY" bench/gpu/calls.py stage || true  # what is missing shows in the check below
+# Each call's total with a 1 MB margin, and the joins (ort halves, start point parts) done here first.
+"$PY" bench/gpu/calls.py check
+# The shared tool's own check (no margin), one path a call: each call carries one folder.
+bash "$TOOLS/budget.sh" $("$PY" bench/gpu/calls.py paths)

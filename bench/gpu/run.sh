@@ -6,13 +6,14 @@
 # (end to end and model only), host overhead, CUDA graphs, node placement and training tokens/s.
 # See bench/gpu/README.md for the device calls.
 #
-#   bash bench/gpu/run.sh              # on the GPU box (onnxruntime-gpu installed, MINILM_INIT stashed)
+#   bash bench/gpu/run.sh              # on the GPU box (onnxruntime-gpu installed, text + MINILM_PARTS stashed)
 #   bash bench/gpu/run.sh --dry-run    # the same steps on this CPU with tiny sizes (DEVICE=cpu does too)
 #
 # Env: DEVICE (cuda|cpu), DATA (folder of <split>.parquet: PACKED's text is unpacked there), PACKED
-# (folder of <split>.jsonl.xz), MINILM_INIT (the fp16 MiniLM folder), OUT (what comes back: at most 8
-# files), WORK (scratch), BUDGET_S (wall-clock budget of the whole script), PYTHON, MINILM_S (its cap),
-# STAGES (comma-separated: train, minilm, base; default all three).
+# (folder of <split>.jsonl.xz), MINILM_PARTS (the fp16 MiniLM start point in parts, carry.py split-init),
+# MINILM_INIT (where they are joined), OUT (what comes back: at most 8 files), WORK (scratch), BUDGET_S
+# (wall-clock budget of the whole script), PYTHON, MINILM_S (its cap), STAGES (comma-separated: train,
+# minilm, base; default all three).
 # On CUDA: BUDGET_S 540 s + ~30 s of ort-gpu install, inside one 600 s device call.
 # Every step has its own time limit inside the budget; a failing step is logged and the run goes on.
 set -uo pipefail
@@ -24,10 +25,12 @@ WORK=${WORK:-/tmp/deniro-gpu-work}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$(dirname "$0")/../.."  # the repo root: python -m train/export/bench run from here
 if [ "$DEVICE" = cuda ]; then
-  DATA=${DATA:-/tmp/carry/imdb}; PACKED=${PACKED:-.carry/text}; MINILM_INIT=${MINILM_INIT:-/tmp/minilm-init}
+  DATA=${DATA:-/tmp/carry/imdb}; PACKED=${PACKED:-/tmp/carry/text}  # stashed by call 3 (bench/gpu/calls.py)
+  MINILM_PARTS=${MINILM_PARTS:-/tmp/minilm-parts}; MINILM_INIT=${MINILM_INIT:-/tmp/minilm-init}  # calls 1-3
   BUDGET_S=${BUDGET_S:-540}; MINILM_S=${MINILM_S:-240}; BENCH_BASE_S=150
-else  # the rehearsal packs the sample itself and builds the fp16 MiniLM start point the same way
-  SOURCE=${DATA:-tests/data/imdb-sample}; DATA=$WORK/data; PACKED=$WORK/packed; MINILM_INIT=$WORK/minilm-init
+else  # the rehearsal packs the sample itself and builds and cuts the fp16 MiniLM start point the same way
+  SOURCE=${DATA:-tests/data/imdb-sample}; DATA=$WORK/data; PACKED=$WORK/packed
+  MINILM_PARTS=$WORK/minilm-parts; MINILM_INIT=$WORK/minilm-init
   BUDGET_S=${BUDGET_S:-1500}; MINILM_S=${MINILM_S:-300}; BENCH_BASE_S=600
 fi
 rm -rf "$WORK" && mkdir -p "$OUT" "$WORK"
@@ -70,7 +73,8 @@ else
   EXPORT=(--device cpu --precision fp32); BASE_EXPORT=(--device cpu --precision fp32)  # fp16 needs CUDA
   SPEED=(--quick --lengths 16 --batch-sizes 4 --throughput-sentences 8)
   PARITY=(--parity-texts 20 --parity-sentences 16)
-  "$PY" bench/gpu/carry.py pack-text "$SOURCE" "$PACKED" && "$PY" bench/gpu/carry.py init "$MINILM_INIT" || exit 1
+  "$PY" bench/gpu/carry.py pack-text "$SOURCE" "$PACKED" && "$PY" bench/gpu/carry.py init "$WORK/minilm-fp16" \
+    && "$PY" bench/gpu/carry.py split-init "$WORK/minilm-fp16" "$MINILM_PARTS" || exit 1
 fi
 BENCH=("$PY" -m bench)
 COMMON=(--device "$DEVICE" --dataset "$DATA")
@@ -78,6 +82,8 @@ collect() { "$PY" bench/gpu/collect.py "$WORK" "$OUT" "$DEVICE"; }  # after each
 want() { [[ ",${STAGES:-train,minilm,base}," == *",$1,"* ]]; }  # STAGES=base: the base-shape stage alone
 
 step "unpack IMDB text" 60 "$PY" bench/gpu/carry.py unpack-text "$PACKED" "$DATA"
+# The start point came in parts over calls 1-3 (sha256 checked); a failure here fails the minilm stage only.
+step "join minilm start point" 30 "$PY" bench/gpu/carry.py join-init "$MINILM_PARTS" "$MINILM_INIT"
 step environment 60 "$PY" - "$DEVICE" "$MINILM_INIT" <<'EOF'
 import sys, os, platform, onnxruntime as o, torch, transformers as t, tokenizers
 print("python", platform.python_version(), "| ort", o.__version__, o.get_available_providers())

@@ -6,8 +6,8 @@
 # in its flags; the best final perplexity's weights come back as fp16 parts, exported and validated
 # (fp32 + fp16 on CUDA), and sweep.json holds every variant's per-epoch perplexities.
 #
-#   bash bench/gpu/sweep.sh              # GPU box, after run.sh's stage data (/tmp/carry/imdb) and
-#                                        # the fp16 start point stashed in /tmp/minilm-init
+#   bash bench/gpu/sweep.sh              # GPU box, after run.sh (its data in /tmp/carry/imdb), with
+#                                        # the fp16 start point's parts stashed in /tmp/minilm-parts
 #   bash bench/gpu/sweep.sh --dry-run    # the same on this CPU with tiny sizes
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
@@ -22,13 +22,18 @@ exec > >(tee -a "$OUT/sweep-log.txt") 2>&1
 TEE_PID=$!
 if [ "$DEVICE" = cuda ]; then
   DATA=${DATA:-/tmp/carry/imdb}; MINILM_INIT=${MINILM_INIT:-/tmp/minilm-init}; TRAIN_S=${TRAIN_S:-200}
+  MINILM_PARTS=${MINILM_PARTS:-/tmp/minilm-parts}
   SMALL=(); EXPORT=(--device cuda --precision fp32,fp16)
 else
   DATA=${DATA:-tests/data/imdb-sample}; MINILM_INIT=$WORK/minilm-init; TRAIN_S=${TRAIN_S:-300}
+  MINILM_PARTS=$WORK/minilm-parts
   SMALL=(--batch-size 2 --chunk-size 64 --max-train-texts 40 --max-eval-texts 10 --max-steps 4)
   EXPORT=(--device cpu --precision fp32)
-  "$PY" bench/gpu/carry.py init "$MINILM_INIT" || exit 1
+  "$PY" bench/gpu/carry.py init "$WORK/minilm-fp16" && "$PY" bench/gpu/carry.py split-init "$WORK/minilm-fp16" \
+    "$MINILM_PARTS" || exit 1
 fi
+# The start point travels in parts (bench/gpu/calls.py); run.sh joined them already, again costs a second.
+"$PY" bench/gpu/carry.py join-init "$MINILM_PARTS" "$MINILM_INIT" || exit 1
 # name:flags -- the one (or two) knobs each variant changes; 287 warm-up steps = 10 % of the run
 VARIANTS=("lr1e-4:--lr 1e-4" "lr2e-4:--lr 2e-4" "lr5e-4-warmup:--lr 5e-4 --warmup-steps 287")
 
