@@ -87,7 +87,8 @@ def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, 
                                    random_sequences=0, perplexity_chunks=config.perplexity_chunks, seed=config.seed)
     data = validate.build_validation_set(tok, texts, origin, spec)
     cpu = ["CPUExecutionProvider"]
-    ref = validate.fast_reference(validate.session_for(manifest.graph_path("fp32"), cpu, "fp32"), data, manifest.vocab_size)
+    fp32 = validate.session_for(manifest.graph_path("fp32"), cpu, "fp32")
+    ref = validate.fast_reference(fp32, data, manifest.vocab_size)
     metrics = validate.score_fast_graph(validate.session_for(int8_graph, cpu), data, ref)
     return {**validate.verdict("int8", metrics), "source": data.source,
             "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)"}

@@ -101,7 +101,14 @@ def store_int8(path: Path) -> dict:
 def rounding_cost(model: torch.nn.Module, data) -> tuple[list[str], dict]:
     """Round `model` in place (round_weights) and measure what that changed on the validation set:
     the rounded model's top-k and perplexity against the unrounded one's, gated by ROUNDING_THRESHOLDS."""
-    from .validate import TOP_K, check, reference_topk, rel_diff, topk_metrics, torch_reference
+    from .validate import (
+        TOP_K,
+        check,
+        reference_topk,
+        rel_diff,
+        topk_metrics,
+        torch_reference,
+    )
 
     before = torch_reference(model, data)
     names = round_weights(model)

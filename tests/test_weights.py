@@ -15,7 +15,13 @@ from deniro_rt.artifact import FAST_GRAPHS, FULL_GRAPH, load_manifest
 from deniro_rt.providers import CPU, session_options
 from export.config import ExportConfig
 from export.pipeline import main
-from export.weights import float_weights, grid_scales, int8_on_grid, round_weights, store_int8
+from export.weights import (
+    float_weights,
+    grid_scales,
+    int8_on_grid,
+    round_weights,
+    store_int8,
+)
 
 SMALL = {"sentences": 48, "random_sequences": 8, "perplexity_chunks": 4}
 
