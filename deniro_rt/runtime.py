@@ -181,6 +181,8 @@ class FillMask:
 
     def batch_feed(self, seqs, positions, targets, top_k: int) -> tuple[dict[str, np.ndarray], list[int]]:
         """The graph inputs of one batch (padded to its longest sequence) and the mask count per sequence."""
+        if len(seqs) == 1 and targets is None:
+            return self._one_feed(seqs[0], positions[0], top_k), [len(positions[0])]
         seq_len = max(len(s) for s in seqs)
         input_ids = np.full((len(seqs), seq_len), self.pad_id, dtype=np.int64)  # [batch, seq]
         attention = np.zeros((len(seqs), seq_len), dtype=np.int64)  # [batch, seq]
@@ -196,6 +198,15 @@ class FillMask:
         feed = {"input_ids": input_ids, "attention_mask": attention, "mask_index": mask_index.astype(np.int64),
                 "target_ids": target_ids, "top_k": k}
         return feed, [len(p) for p in positions]
+
+    def _one_feed(self, ids, positions, top_k: int) -> dict[str, np.ndarray]:
+        """batch_feed of one sequence without targets, from cached read-only constants (the one-text path:
+        no padding, the flat mask index is the position)."""
+        return {"input_ids": np.array([ids], dtype=np.int64),  # [1, seq]
+                "attention_mask": self._constant("ones", len(ids)),  # [1, seq]
+                "mask_index": np.asarray(positions, dtype=np.int64),  # [n]
+                "target_ids": self._constant("zeros", len(positions)),  # [n, 1] unused
+                "top_k": self._constant("k", min(top_k, self.manifest.vocab_size))}
 
     def prepared_feeds(self, texts: Sequence[str], top_k: int = 5,
                        batch_size: int = 64) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
@@ -222,11 +233,7 @@ class FillMask:
             encoded, dropped = self.encode([text], truncation)  # the error, or the truncation window
             return restore_dropped(self._fill_topk(encoded, top_k, 1)[0], dropped[0])
         positions = [i for i, t in enumerate(ids) if t == self.mask_id]
-        k = min(top_k, self.manifest.vocab_size)
-        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": self._constant("ones", len(ids)),
-                "mask_index": np.array(positions, dtype=np.int64), "target_ids": self._constant("zeros", len(positions)),
-                "top_k": self._constant("k", k)}
-        topk_lp, topk_ids, _ = self._run(feed)
+        topk_lp, topk_ids, _ = self._run(self._one_feed(ids, positions, top_k))
         return restore_dropped(self._predictions(ids, positions, topk_lp, topk_ids), [])
 
     def _constant(self, kind: str, n: int) -> np.ndarray:
