@@ -1,4 +1,4 @@
-"""python -m export: write a self-contained ONNX artifact folder that deniro_rt serves without torch.
+r"""python -m export: write a self-contained ONNX artifact folder that deniro_rt serves without torch.
 
 Writes fast.onnx (encoder + LM head on the [MASK] rows + log-softmax + top-k, fp32) and one fast graph
 per extra --precision (fast_int8.onnx for CPU, fast_fp16.onnx for CUDA), model.onnx (the standard
@@ -8,8 +8,7 @@ validated against PyTorch first; if a threshold fails nothing is written and the
 
 Examples:
   python -m export --onnx --model runs/mini --output exports/mini --dataset ../shared/data/imdb
-  python -m export --onnx --model runs/mini --output deniro_rt/models/default --no-full-graph \
-      --precision fp32,int8 --overwrite
+  python -m export --onnx --model runs/mini --output exports/mini-int8 --precision fp32,int8   # + int8 (opt-in)
   python -m export --onnx --model runs/deniro --output exports/deniro-gpu --device cuda   # fp32 + fp16
   python -m export --onnx --model runs/minilm-20k --output deniro_rt/models/default --weights int8 \
       --no-full-graph --dataset ../shared/data/imdb --overwrite   # the shipped model (README)
