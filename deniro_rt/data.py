@@ -50,7 +50,7 @@ def encode_stream(tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     Returns (ids [n_tokens] int32, word_ids [n_tokens] int64) where word ids are made unique across
     documents, so that two neighbouring words of different reviews are never merged.
     """
-    backend = _untruncated(tokenizer)
+    backend = untruncated(tokenizer)
     encodings = backend.encode_batch(list(texts))
     ids_parts, word_parts, next_word = [], [], 0
     for enc in encodings:
@@ -66,8 +66,9 @@ def encode_stream(tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(ids_parts), np.concatenate(word_parts)
 
 
-def _untruncated(tokenizer):
-    """A copy of the backend tokenizer with truncation and padding off (the stream is chunked later)."""
+def untruncated(tokenizer):
+    """A copy of the backend tokenizer with truncation and padding off: whole texts, for streams that are
+    chunked later and for counts (a saved tokenizer.json may truncate at 128 and pad)."""
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(tokenizer.to_str())

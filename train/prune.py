@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deniro_rt.data import load_text_splits
+from deniro_rt.data import load_text_splits, untruncated
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import publish
 
@@ -109,15 +109,6 @@ def sample_train_texts(dataset: str, count: int, seed: int) -> list[str]:
         raise DeniroError(f"--dataset {dataset}: the train split is empty; pass a dataset with train reviews")
     rng = np.random.default_rng(seed)
     return [texts[i] for i in rng.choice(len(texts), min(count, len(texts)), replace=False)]
-
-
-def untruncated(tokenizer):
-    """A copy whose backend neither truncates nor pads: counts must see whole reviews (a saved
-    tokenizer.json may carry truncation at 128 and fixed padding)."""
-    counting = copy.deepcopy(tokenizer)
-    counting.backend_tokenizer.no_truncation()
-    counting.backend_tokenizer.no_padding()
-    return counting
 
 
 # --------------------------------------------------------------------------- which pieces
@@ -223,13 +214,14 @@ def pruned_model(model, kept: np.ndarray, pad_token_id: int):
 
 # --------------------------------------------------------------------------- checks and stats
 def tokenizer_stats(old, new, kept: np.ndarray, texts: list[str]) -> dict:
-    """Compare the two tokenizations of `texts` (both untruncated): a review whose old pieces are all kept
-    must get exactly the mapped ids; the rest is statistics for prune.json."""
+    """Compare the two tokenizations of `texts` (whole reviews: truncation off): a review whose old pieces are
+    all kept must get exactly the mapped ids; the rest is statistics for prune.json."""
     new_id = np.full(len(old), -1, dtype=np.int64)  # [old_vocab], -1: pruned
     new_id[kept] = np.arange(len(kept))
     old_specials, new_specials = np.asarray(old.all_special_ids), np.asarray(new.all_special_ids)
     counts = {"old_tokens": 0, "covered": 0, "new_tokens": 0, "old_unk": 0, "new_unk": 0, "texts_all_kept": 0}
-    for before, after in zip(old.backend_tokenizer.encode_batch(texts), new.backend_tokenizer.encode_batch(texts)):
+    encodings = (untruncated(t.backend_tokenizer).encode_batch(texts) for t in (old, new))
+    for before, after in zip(*encodings):
         old_ids, new_ids = np.asarray(before.ids), np.asarray(after.ids)  # [tokens_old], [tokens_new]
         mapped = new_id[old_ids]
         if (mapped >= 0).all():
@@ -275,10 +267,9 @@ def prune(config: PruneConfig, stage: Path) -> dict:
     model, tokenizer = load_source(Path(config.model))
     check_keep(config.keep, len(tokenizer))  # before the counting, the slow part
     texts = sample_train_texts(config.dataset, config.count_texts, config.seed)
-    counting = untruncated(tokenizer)
-    specials, singles = forced_piece_ids(counting, texts)
+    specials, singles = forced_piece_ids(tokenizer, texts)
     check_keep(config.keep, len(tokenizer), len(specials) + len(singles))
-    order = piece_order(counting, texts)  # [vocab] ids, most frequent first
+    order = piece_order(tokenizer, texts)  # [vocab] ids, most frequent first
     kept = choose_kept(order, np.union1d(specials, singles), config.keep, len(tokenizer))  # [keep]
     log.info("keeping %d of %d pieces (%d special, %d single characters forced)", len(kept), len(tokenizer),
              len(specials), len(singles))
@@ -286,10 +277,10 @@ def prune(config: PruneConfig, stage: Path) -> dict:
     new_model = pruned_model(model, kept, new_tokenizer.pad_token_id)
     new_model.save_pretrained(stage, safe_serialization=True)
     new_tokenizer.save_pretrained(str(stage))
-    saved = untruncated(AutoTokenizer.from_pretrained(str(stage)))  # checked: what export will load
+    saved = AutoTokenizer.from_pretrained(str(stage))  # checked: what export will load
     stats = {"source_model": str(Path(config.model).resolve()), "original_vocab_size": len(tokenizer),
              "kept": len(kept), "forced_special": len(specials), "forced_single_char": len(singles),
-             "counted_reviews": len(texts), **tokenizer_stats(counting, saved, kept, texts),
+             "counted_reviews": len(texts), **tokenizer_stats(tokenizer, saved, kept, texts),
              "max_logit_difference": check_logits(model, new_model, saved, kept, texts),
              "seconds": round(time.perf_counter() - started, 1)}
     record = {"config": asdict(config), "stats": stats}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deniro_rt.data import chunk_texts, load_text_splits, premask
+from deniro_rt.data import chunk_texts, load_text_splits, premask, untruncated
 from deniro_rt.errors import DeniroError
 
 log = logging.getLogger("train.shrink")
@@ -62,11 +62,7 @@ class Variant:
 
 def piece_order(tokenizer, texts: list[str]) -> np.ndarray:
     """Piece ids, most frequent in `texts` first; special tokens always first."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()  # a saved tokenizer.json may truncate at 128 and pad: count whole reviews
-    backend.no_padding()
+    backend = untruncated(tokenizer.backend_tokenizer)  # count whole reviews
     size = len(tokenizer)  # ~5 ms a call on a 30k vocabulary: once, not per review
     counts = np.zeros(size, dtype=np.int64)
     for encoding in backend.encode_batch(texts):
