@@ -359,6 +359,11 @@ def check(metrics: dict, thresholds: dict[str, tuple[str, float]]) -> list[str]:
 
 def verdict(key: str, metrics: dict, on_cpu: bool = True) -> dict:
     thresholds = {m: rule for m, rule in THRESHOLDS[key].items() if on_cpu or m not in BATCH_METRICS}
+    return judged(metrics, thresholds)
+
+
+def judged(metrics: dict, thresholds: dict[str, tuple[str, float]]) -> dict:
+    """The record the manifest keeps: metrics, thresholds, passed, failed (see `check`)."""
     failed = check(metrics, thresholds)
     return {"metrics": metrics, "thresholds": {m: [op, b] for m, (op, b) in thresholds.items()},
             "passed": not failed, "failed": failed}

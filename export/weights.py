@@ -101,14 +101,7 @@ def store_int8(path: Path) -> dict:
 def rounding_cost(model: torch.nn.Module, data) -> tuple[list[str], dict]:
     """Round `model` in place (round_weights) and measure what that changed on the validation set:
     the rounded model's top-k and perplexity against the unrounded one's, gated by ROUNDING_THRESHOLDS."""
-    from .validate import (
-        TOP_K,
-        check,
-        reference_topk,
-        rel_diff,
-        topk_metrics,
-        torch_reference,
-    )
+    from .validate import TOP_K, judged, reference_topk, rel_diff, topk_metrics, torch_reference
 
     before = torch_reference(model, data)
     names = round_weights(model)
@@ -117,10 +110,7 @@ def rounding_cost(model: torch.nn.Module, data) -> tuple[list[str], dict]:
     metrics = {"rows": int(len(logits)), **topk_metrics(ref_logits, reference_topk(logits, TOP_K), TOP_K),
                "perplexity": after.perplexity, "perplexity_unrounded": before.perplexity,
                "perplexity_rel_diff": rel_diff(after.perplexity, before.perplexity)}
-    failed = check(metrics, ROUNDING_THRESHOLDS)
-    return names, {"scheme": ROUNDING_SCHEME,
-                   "matrices": len(names), "metrics": metrics, "passed": not failed, "failed": failed,
-                   "thresholds": {m: [op, b] for m, (op, b) in ROUNDING_THRESHOLDS.items()}}
+    return names, {"scheme": ROUNDING_SCHEME, "matrices": len(names), **judged(metrics, ROUNDING_THRESHOLDS)}
 
 
 def float_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
