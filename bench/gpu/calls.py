@@ -103,11 +103,6 @@ def path_bytes(path: Path) -> int:
     return path.lstat().st_size + sum(p.lstat().st_size for p in path.rglob("*"))
 
 
-def totals(repo: int, sizes: dict[str, int]) -> list[int]:
-    """Each call's transfer: the repo plus its carry paths (SIZES: bytes per path)."""
-    return [repo + sum(sizes[p] for p in call.carry) for call in CALLS]
-
-
 def measured(root: Path = ROOT) -> dict[str, int | None]:
     """Each carry path's bytes here, None where it is missing."""
     paths = {p for call in CALLS for p in call.carry}
