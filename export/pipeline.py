@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deniro_rt.artifact import FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, sha256_file
+from deniro_rt.artifact import (FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, TOKENIZER_FILE,
+                               sha256_file)
 from deniro_rt.files import publish
 
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
@@ -129,11 +130,25 @@ def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | N
         failed = failures(validation)
         if failed:
             raise ValidationFailed(f"validation failed, nothing written to {config.output}: " + " | ".join(failed))
-    source.tokenizer.save_pretrained(str(stage), legacy_format=False)  # tokenizer.json only: no vocab.txt copy
+    save_tokenizer(source.tokenizer, stage)
     source.model.config.save_pretrained(str(stage))  # config.json: Optimum loads model.onnx with it
     manifest = build_manifest(config, source, fused, validation, stage)
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """tokenizer.json only (no vocab.txt copy), with truncation and padding off: a source's saved settings
+    (sentence-transformers' MiniLM truncates at 128) would cut long texts silently for anyone who reads the
+    artifact's tokenizer.json with `tokenizers`; deniro_rt refuses or windows long texts itself."""
+    from tokenizers import Tokenizer
+
+    tokenizer.save_pretrained(str(folder), legacy_format=False)
+    path = folder / TOKENIZER_FILE
+    backend = Tokenizer.from_file(str(path))
+    backend.no_truncation()
+    backend.no_padding()
+    backend.save(str(path))
 
 
 def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str, dict[str, int]]:

@@ -323,6 +323,27 @@ def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, capl
     assert raw["validation"]["int8"]["passed"] and raw["validation"]["int8"]["source"].startswith("random ids")
 
 
+def test_artifact_tokenizer_never_truncates_or_pads(tiny_model_dir, tmp_path, capsys):
+    """A source tokenizer.json that truncates (sentence-transformers' MiniLM: 128) must not reach the artifact."""
+    from tokenizers import Tokenizer
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_model_dir, source)
+    saved = Tokenizer.from_file(str(source / "tokenizer.json"))
+    saved.enable_truncation(max_length=8)
+    saved.enable_padding(length=16)
+    saved.save(str(source / "tokenizer.json"))
+    code, _ = cli(["--onnx", "--model", str(source), "--output", str(tmp_path / "out"), "--precision", "fp32",
+                   "--no-full-graph", "--no-validate"], capsys)
+    assert code == 0
+    shipped = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    assert shipped.truncation is None and shipped.padding is None
+    text = "the acting was great and the story was even better than the book it was made from"
+    saved.no_truncation()
+    saved.no_padding()
+    assert shipped.encode(text).ids == saved.encode(text).ids and len(shipped.encode(text).ids) > 16
+
+
 def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
     from transformers import DistilBertConfig, DistilBertModel
 
