@@ -3,6 +3,7 @@ pruned to the 20,000 pieces IMDB uses most, weights stored as int8; offline, <= 
 import json
 
 import onnx
+from tokenizers import Tokenizer
 
 import deniro_rt
 from deniro_rt.artifact import load_manifest, verify_file
@@ -35,3 +36,15 @@ def test_model_card_prompt_gets_movie_words():
     [result] = deniro_rt.fill(["This is a great [MASK]!"], device="cpu")
     words = [p["token_str"] for p in result]
     assert len(words) == 5 and set(words[:2]) == {"movie", "film"} and len(MOVIE_WORDS & set(words)) >= 3, words
+
+
+def test_rating_prompt_gets_numbers_first():
+    """Issue 12's goal is five numbers; the shipped model gives three (10, it, out, 2, 1): guard what it has."""
+    [result] = deniro_rt.fill(["I gave it [MASK] out of ten."], device="cpu")
+    words = [p["token_str"] for p in result]
+    assert words[0].isdigit() and sum(w.isdigit() for w in words) >= 3, words
+
+
+def test_shipped_tokenizer_keeps_whole_texts():
+    tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    assert tokenizer.truncation is None and tokenizer.padding is None

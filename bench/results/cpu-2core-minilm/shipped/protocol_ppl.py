@@ -2,7 +2,7 @@
 when --reviews is set), each artifact's own tokenizer, 256-token chunks, whole-word masking 15 % once with
 seed 1234 -- what `python -m train` reports per epoch -- scored by deniro_rt (no PyTorch).
 
-    .venv/bin/python bench/results/cpu-2core-minilm/shipped/protocol_ppl.py --reviews 2500 \
+    PYTHONPATH=. .venv/bin/python bench/results/cpu-2core-minilm/shipped/protocol_ppl.py --reviews 2500 \
         deniro_rt/models/default exports/minilm-20k exports/minilm > .../protocol_ppl.json
 """
 import argparse
