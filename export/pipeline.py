@@ -19,6 +19,7 @@ import numpy as np
 
 from deniro_rt.artifact import (FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, TOKENIZER_FILE,
                                sha256_file)
+from deniro_rt.data import untruncated
 from deniro_rt.files import publish
 
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
@@ -141,14 +142,8 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     """tokenizer.json only (no vocab.txt copy), with truncation and padding off: a source's saved settings
     (sentence-transformers' MiniLM truncates at 128) would cut long texts silently for anyone who reads the
     artifact's tokenizer.json with `tokenizers`; deniro_rt refuses or windows long texts itself."""
-    from tokenizers import Tokenizer
-
     tokenizer.save_pretrained(str(folder), legacy_format=False)
-    path = folder / TOKENIZER_FILE
-    backend = Tokenizer.from_file(str(path))
-    backend.no_truncation()
-    backend.no_padding()
-    backend.save(str(path))
+    untruncated(tokenizer.backend_tokenizer).save(str(folder / TOKENIZER_FILE))  # overwrites the saved one
 
 
 def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str, dict[str, int]]:
