@@ -10,6 +10,7 @@ from deniro_rt.artifact import load_manifest, verify_file
 from deniro_rt.models import DEFAULT_MODEL_DIR
 
 MOVIE_WORDS = {"movie", "film", "show", "documentary", "series", "story", "one", "flick", "picture"}
+NUMBER_WORDS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"}
 PACKAGE_CAP = 20_000_000  # issue 12: the GPU transfer carries the repo beside a 33 MB onnxruntime-gpu part
 
 
@@ -39,10 +40,10 @@ def test_model_card_prompt_gets_movie_words():
 
 
 def test_rating_prompt_gets_numbers_first():
-    """Issue 12's goal is five numbers; the shipped model gives three (10, it, out, 2, 1): guard what it has."""
+    """Issue 12's goal is five numbers; the shipped model gives four (10, out, 1, one, 8): guard what it has."""
     [result] = deniro_rt.fill(["I gave it [MASK] out of ten."], device="cpu")
     words = [p["token_str"] for p in result]
-    assert words[0].isdigit() and sum(w.isdigit() for w in words) >= 3, words
+    assert words[0].isdigit() and sum(w.isdigit() or w in NUMBER_WORDS for w in words) >= 4, words
 
 
 def test_shipped_tokenizer_keeps_whole_texts():
