@@ -149,6 +149,22 @@ def _start_point_joined_from_parts(work: Path) -> None:
     assert (work / "minilm-init" / "tokenizer.json").is_file()
 
 
+def test_init_from_a_trained_model_is_its_fp16_weights_and_files(tmp_path, tiny_model_dir):
+    """carry.py init --from: the GPU sweep's start point from a trained model (PRESET=deniro) instead of MiniLM."""
+    import torch
+    from safetensors.torch import load_file
+
+    script = [sys.executable, str(GPU / "carry.py"), "init", str(tmp_path / "start")]
+    subprocess.run(script + ["--from", str(tiny_model_dir)], check=True, capture_output=True)
+    trained, start = load_file(tiny_model_dir / "model.safetensors"), load_file(tmp_path / "start/model.safetensors")
+    assert trained.keys() == start.keys()
+    for name, weight in trained.items():
+        torch.testing.assert_close(start[name], weight.half(), rtol=0, atol=0)
+    assert (tmp_path / "start/config.json").read_text() == (tiny_model_dir / "config.json").read_text()
+    missing = subprocess.run(script + ["--from", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 1 and f"--from {tmp_path}: no model.safetensors there" in missing.stderr
+
+
 def _weights_come_back(out: Path, work: Path) -> None:
     """carry.py unpack-model joins the parts (sha256 checked) into the trained model, fp16-rounded."""
     import torch

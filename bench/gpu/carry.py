@@ -2,6 +2,7 @@
 squeezed to fit a 64 MiB transfer beside the repo, and the trained MiniLM squeezed to come back.
 
     python bench/gpu/carry.py init DIR                 # MiniLM (PyPI) -> DistilBERT folder, fp16 (45 MB)
+    python bench/gpu/carry.py init DIR --from MODEL    # a trained folder (runs/minilm-e5) as the start, fp16
     python bench/gpu/carry.py pack-text SRC DST        # <split>.parquet -> <split>.jsonl.xz (train+test: 17.5 MB)
     python bench/gpu/carry.py unpack-text SRC DST      # back to <split>.parquet (text column)
     python bench/gpu/carry.py pack-model MODEL OUT --json J   # trained folder -> fp16 parts <= 15 MB in OUT
@@ -45,15 +46,20 @@ def fp16_bytes(src: Path) -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
-def init(dst: Path) -> None:
+def init(dst: Path, source: Path | None = None) -> None:
+    """The fp16 start point: MiniLM converted from its PyPI package, or SOURCE, a trained DistilBertForMaskedLM
+    folder (to train on from it on the GPU: the same layout, so the calls and joins are unchanged)."""
     from train.convert import minilm_distilbert
 
-    converted = minilm_distilbert(dst.parent / (dst.name + ".convert-cache"))
+    cache = dst.parent / (dst.name + ".convert-cache")
+    if source is not None and not (source / WEIGHTS).is_file():
+        raise SystemExit(f"--from {source}: no {WEIGHTS} there; give a folder python -m train wrote")
+    converted = source or minilm_distilbert(cache)
     dst.mkdir(parents=True, exist_ok=True)
     copy_model_files(converted, dst)
     (dst / WEIGHTS).write_bytes(fp16_bytes(converted / WEIGHTS))
-    shutil.rmtree(dst.parent / (dst.name + ".convert-cache"), ignore_errors=True)
-    print(f"{dst}: {(dst / WEIGHTS).stat().st_size / 1e6:.1f} MB of fp16 weights")
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"{dst}: {(dst / WEIGHTS).stat().st_size / 1e6:.1f} MB of fp16 weights from {source or 'the MiniLM package'}")
 
 
 def pack_text(src: Path, dst: Path) -> None:
@@ -156,9 +162,10 @@ def main(argv: list[str]) -> None:
                                             "split-init", "join-init"])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="pack-model: where the part list, sha256 and metrics go")
+    parser.add_argument("--from", dest="source", type=Path, help="init: a trained model folder instead of MiniLM")
     parser.add_argument("--part-bytes", type=int, help=f"pack-model ({PART_BYTES}), split-init ({INIT_PART_BYTES})")
     args = parser.parse_args(argv)
-    run = {"init": init, "pack-text": pack_text, "unpack-text": unpack_text, "unpack-model": unpack_model,
+    run = {"init": lambda d: init(d, args.source), "pack-text": pack_text, "unpack-text": unpack_text, "unpack-model": unpack_model,
            "pack-model": lambda m, o: pack_model(m, o, args.json or o / PACK_JSON, args.part_bytes or PART_BYTES),
            "split-init": lambda i, o: split_init(i, o, args.part_bytes or INIT_PART_BYTES),
            "join-init": join_init}[args.command]

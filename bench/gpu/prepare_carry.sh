@@ -2,6 +2,7 @@
 # Prepare, on this machine, what the GPU run carries, lay it out call by call and check every call's budget.
 #   bash bench/gpu/prepare_carry.sh            # .carry/text (IMDB train+test, xz, 17.7 MB), .carry/minilm (fp16,
 #                                              # 45.5 MB) cut into .carry/minilm-parts (2 parts + tokenizer)
+#   START=runs/minilm-e5 bash bench/gpu/prepare_carry.sh   # the start point from a trained model, not MiniLM
 #   bash bench/gpu/prepare_carry.sh --ortgpu   # also .ortgpu/part1+2: onnxruntime-gpu + the extra wheels (~3 min, PyPI)
 #   python bench/gpu/calls.py stage && python bench/gpu/calls.py check   # again after the repo changed size
 # Both folders are git-ignored (.gitignore). The device calls are in bench/gpu/README.md (bench/gpu/calls.py
@@ -20,7 +21,9 @@ WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 optimum=
 rm -rf .carry/text .carry/minilm .carry/minilm-parts .carry/call[0-9] && mkdir -p .carry
 # Text as xz'd JSON lines (parquet's zstd gives 21 MB); ~1.5 min, both splits at once.
 "$PY" bench/gpu/carry.py pack-text "$SRC" .carry/text
-"$PY" bench/gpu/carry.py init .carry/minilm  # MiniLM (PyPI package) as DistilBERT, fp16
+# MiniLM (PyPI package) as DistilBERT, fp16; START=runs/minilm-e5 starts from a trained model instead
+# (then run the sweep with PRESET=deniro: the head is trained, bench/gpu/README.md)
+"$PY" bench/gpu/carry.py init .carry/minilm ${START:+--from "$START"}
 # 45.5 MB no longer fits one call beside the repo: 2 parts, joined on the GPU box by run.sh / sweep.sh
 "$PY" bench/gpu/carry.py split-init .carry/minilm .carry/minilm-parts
 

@@ -12,10 +12,14 @@
 #   bash bench/gpu/sweep.sh              # GPU box, after run.sh (its data in /tmp/carry/imdb), with
 #                                        # the fp16 start point's parts stashed in /tmp/minilm-parts
 #   bash bench/gpu/sweep.sh --dry-run    # the same on this CPU with tiny sizes
+#   PRESET=deniro bash bench/gpu/sweep.sh  # the stashed start point is a trained model (prepare_carry.sh with
+#                                        # START=runs/minilm-e5): its head is trained, so no head lr of its own
+#                                        # (on CPU: START=runs/minilm-e5 PRESET=deniro ... --dry-run)
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
+PRESET=${PRESET:-minilm}  # minilm: the MiniLM start, fresh head at lr 1e-3; deniro: a trained start
 OUT=${OUT:-/tmp/deniro-sweep-out}
 WORK=${WORK:-/tmp/deniro-sweep-work}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -33,8 +37,8 @@ else
   MINILM_PARTS=$WORK/minilm-parts
   SIZES=(--batch-size 2 --chunk-size 64 --max-train-texts 40 --max-eval-texts 10 --max-steps 4)
   EXPORT=(--device cpu --precision fp32)
-  "$PY" bench/gpu/carry.py init "$WORK/minilm-fp16" && "$PY" bench/gpu/carry.py split-init "$WORK/minilm-fp16" \
-    "$MINILM_PARTS" || exit 1
+  "$PY" bench/gpu/carry.py init "$WORK/minilm-fp16" ${START:+--from "$START"} \
+    && "$PY" bench/gpu/carry.py split-init "$WORK/minilm-fp16" "$MINILM_PARTS" || exit 1
 fi
 # The start point travels in parts (bench/gpu/calls.py); run.sh joined them already, again costs a second.
 "$PY" bench/gpu/carry.py join-init "$MINILM_PARTS" "$MINILM_INIT" || exit 1
@@ -43,11 +47,11 @@ fi
 VARIANTS=("lr1e-4-e8:--lr 1e-4 --epochs 8 --warmup-steps 460" "lr2e-4-e8:--lr 2e-4 --epochs 8 --warmup-steps 460"
           "lr4e-4-e8:--lr 4e-4 --epochs 8 --warmup-steps 460")
 
-echo "=== $(date +%T) training ${#VARIANTS[@]} variants at once (limit ${TRAIN_S}s)"
+echo "=== $(date +%T) training ${#VARIANTS[@]} variants at once, --preset $PRESET (limit ${TRAIN_S}s)"
 PIDS=()
 for variant in "${VARIANTS[@]}"; do
   name=${variant%%:*}; read -r -a flags <<< "${variant#*:}"
-  timeout --kill-after=10 "$TRAIN_S" "$PY" bench/gpu/train_timed.py --json "$WORK/$name.json" -- --preset minilm \
+  timeout --kill-after=10 "$TRAIN_S" "$PY" bench/gpu/train_timed.py --json "$WORK/$name.json" -- --preset "$PRESET" \
     --model "$MINILM_INIT" --dataset "$DATA" --precision bf16 --save-every 0 "${flags[@]}" "${SIZES[@]}" \
     --output "$WORK/$name" --overwrite > "$WORK/$name.log" 2>&1 &
   PIDS+=($!)
@@ -55,10 +59,10 @@ done
 wait "${PIDS[@]}"  # these alone: a bare wait would also wait for the tee above, which never ends
 for variant in "${VARIANTS[@]}"; do echo "--- ${variant%%:*}"; grep -E "^(data|error)|perplexity" "$WORK/${variant%%:*}.log" | tail -6; done
 
-BEST=$("$PY" - "$WORK" "$OUT/sweep.json" "${VARIANTS[@]}" <<'EOF'
+BEST=$("$PY" - "$WORK" "$OUT/sweep.json" "$PRESET" "${VARIANTS[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
-work, out, variants = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+work, out, preset, variants = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
 runs = {}
 for v in variants:
     name, flags = v.split(":", 1)
@@ -67,7 +71,7 @@ for v in variants:
                                      if path.is_file() else {"error": "did not finish (see sweep-log.txt)"})}
 done = {n: r["final_perplexity"] for n, r in runs.items() if r.get("final_perplexity")}
 best = min(done, key=done.get) if done else ""
-out.write_text(json.dumps({"best": best, "concurrent_runs": len(variants), "runs": runs}, indent=2) + "\n")
+out.write_text(json.dumps({"best": best, "preset": preset, "concurrent_runs": len(variants), "runs": runs}, indent=2) + "\n")
 print(best)
 EOF
 )
