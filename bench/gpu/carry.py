@@ -165,7 +165,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--from", dest="source", type=Path, help="init: a trained model folder instead of MiniLM")
     parser.add_argument("--part-bytes", type=int, help=f"pack-model ({PART_BYTES}), split-init ({INIT_PART_BYTES})")
     args = parser.parse_args(argv)
-    run = {"init": lambda d: init(d, args.source), "pack-text": pack_text, "unpack-text": unpack_text, "unpack-model": unpack_model,
+    run = {"init": lambda d: init(d, args.source), "pack-text": pack_text, "unpack-text": unpack_text,
+           "unpack-model": unpack_model,
            "pack-model": lambda m, o: pack_model(m, o, args.json or o / PACK_JSON, args.part_bytes or PART_BYTES),
            "split-init": lambda i, o: split_init(i, o, args.part_bytes or INIT_PART_BYTES),
            "join-init": join_init}[args.command]
