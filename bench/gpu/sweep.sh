@@ -71,7 +71,8 @@ for v in variants:
                                      if path.is_file() else {"error": "did not finish (see sweep-log.txt)"})}
 done = {n: r["final_perplexity"] for n, r in runs.items() if r.get("final_perplexity")}
 best = min(done, key=done.get) if done else ""
-out.write_text(json.dumps({"best": best, "preset": preset, "concurrent_runs": len(variants), "runs": runs}, indent=2) + "\n")
+summary = {"best": best, "preset": preset, "concurrent_runs": len(variants), "runs": runs}
+out.write_text(json.dumps(summary, indent=2) + "\n")
 print(best)
 EOF
 )
