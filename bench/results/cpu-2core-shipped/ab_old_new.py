@@ -1,4 +1,6 @@
-"""Interleaved A/B: the H100 model as shipped before (commit 3964d17) vs the new shipped artifact, same process.
+"""Interleaved A/B: the H100 model as shipped before (commit 3964d17) vs the artifact in deniro_rt/models/default,
+same process. The README's figures were measured when that was the first CPU slice's model (commit 8b3148c);
+run today it compares against whatever ships now.
 
     mkdir -p /tmp/old-default && git archive 3964d17 deniro_rt/models/default | tar -x -C /tmp/old-default
     PYTHONPATH=. .venv/bin/python bench/results/cpu-2core-shipped/ab_old_new.py
