@@ -39,11 +39,11 @@ def test_model_card_prompt_gets_movie_words():
     assert len(words) == 5 and set(words[:2]) == {"movie", "film"} and len(MOVIE_WORDS & set(words)) >= 3, words
 
 
-def test_rating_prompt_gets_numbers_first():
-    """Issue 12's goal is five numbers; the shipped model gives four (10, out, 1, one, 8): guard what it has."""
+def test_rating_prompt_gets_five_numbers():
+    """Issue 12's goal: the top 5 for a rating are all numbers (the shipped model: 10, ten, 8, three, 9)."""
     [result] = deniro_rt.fill(["I gave it [MASK] out of ten."], device="cpu")
     words = [p["token_str"] for p in result]
-    assert words[0].isdigit() and sum(w.isdigit() or w in NUMBER_WORDS for w in words) >= 4, words
+    assert words[0].isdigit() and all(w.isdigit() or w in NUMBER_WORDS for w in words), words
 
 
 def test_shipped_tokenizer_keeps_whole_texts():
