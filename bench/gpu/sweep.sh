@@ -5,7 +5,7 @@
 # is whether any schedule reaches the issue's <= 20: three variants train 8 epochs each at once (the
 # loop is host-bound, ~24 ms a step with the GPU mostly idle), differing from the preset only in lr,
 # warm-up and epochs, evaluated every epoch on 2,500 test reviews (whole-split perplexity of the
-# shipped artifact is measured afterwards on CPU, bench/results/.../protocol_ppl.py). The best final
+# shipped artifact is measured afterwards on CPU, experiments/protocol_ppl.py). The best final
 # perplexity's weights come back as fp16 parts, exported and validated (fp32 + fp16 on CUDA), and
 # sweep.json holds every variant's per-epoch perplexities.
 #

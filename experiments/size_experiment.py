@@ -1,11 +1,11 @@
 """Can exports/minilm/fast.onnx (91 MB) shrink to <= 20 MB? Size, agreement with fp32, B=1 latency.
 
 Run from the repo root:
-  .venv/bin/python bench/results/cpu-2core-minilm/size/experiment.py inventory
-  .venv/bin/python bench/results/cpu-2core-minilm/size/experiment.py build      # graphs -> /tmp/size-exp
-  .venv/bin/python bench/results/cpu-2core-minilm/size/experiment.py score      # 256 IMDB test sentences
-  flock /tmp/deniro-bench.lock .venv/bin/python bench/results/cpu-2core-minilm/size/experiment.py time
-Results: size.json next to this file (one key per step).
+  .venv/bin/python experiments/size_experiment.py inventory
+  .venv/bin/python experiments/size_experiment.py build      # graphs -> /tmp/size-exp
+  .venv/bin/python experiments/size_experiment.py score      # 256 IMDB test sentences
+  flock /tmp/deniro-bench.lock .venv/bin/python experiments/size_experiment.py time
+Results: bench/results/cpu-2core-minilm/size/size.json (one key per step).
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SRC = ROOT / "exports/minilm"
 OUT = Path("/tmp/size-exp")
 WANTED = set(sys.argv[2:])  # variant names (default: all)
 SENTENCES = int(os.environ.get("SENTENCES", 256))  # score: masked test sentences (key "score_<n>" if not 256)
 FOLD_DQ = bool(os.environ.get("FOLD_DQ"))  # time: session.disable_quant_qdq=1 (key "time_fold_dq")
-RESULTS = Path(__file__).with_name("size.json")
+RESULTS = ROOT / "bench/results/cpu-2core-minilm/size/size.json"
 TABLE = "mlm.model.distilbert.embeddings.word_embeddings.weight"
 PROJECTOR = "/vocab_projector/Gemm"
 
@@ -401,7 +401,7 @@ def latency(runs: int = 200, warmup: int = 20) -> dict:
 
 
 def report() -> None:
-    """Markdown tables from size.json (python experiment.py report)."""
+    """Markdown tables from size.json (python experiments/size_experiment.py report)."""
     data = json.loads(RESULTS.read_text())
     inv = data["inventory"]
     print("| initializer | shape | dtype | MB | consumers |\n|---|---|---|---|---|")

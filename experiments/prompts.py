@@ -1,0 +1,50 @@
+"""Top 5 of the two model-card prompts from ONNX artifacts and from transformers' pipeline on the PyTorch model.
+
+Wrote bench/results/cpu-2core-minilm/prompts.json (the H100 MiniLM: fp32 export, int8 weight-only export, and
+the PyTorch checkpoint runs/minilm-gpu). The folders are git-ignored scratch on the machine that made them.
+
+    .venv/bin/python experiments/prompts.py [--out bench/results/cpu-2core-minilm/prompts.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import deniro_rt  # noqa: E402
+
+PROMPTS = ["This is a great [MASK]!", "I gave it [MASK] out of ten."]
+ARTIFACTS = [("deniro_rt fp32 (exports/minilm)", "exports/minilm", "fp32"),
+             ("deniro_rt fp32 (exports/minilm-int8-weight-only)", "exports/minilm-int8-weight-only", "fp32"),
+             ("deniro_rt int8 weight-only (exports/minilm-int8-weight-only)", "exports/minilm-int8-weight-only", "int8")]
+TORCH_MODEL = "runs/minilm-gpu"
+
+
+def slim(result: list[dict]) -> list[dict]:
+    return [{"token_str": d["token_str"], "score": round(float(d["score"]), 4)} for d in result]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results/cpu-2core-minilm/prompts.json")
+    args = parser.parse_args()
+    from transformers import pipeline
+
+    out = {"prompts": PROMPTS, "results": {}}
+    for name, folder, precision in ARTIFACTS:
+        fm = deniro_rt.FillMask(folder, device="cpu", precision=precision)
+        out["results"][name] = {p: slim(r) for p, r in zip(PROMPTS, fm.fill(PROMPTS, top_k=5))}
+    pipe = pipeline("fill-mask", model=TORCH_MODEL, device="cpu")
+    out["results"][f"transformers pipeline ({TORCH_MODEL}, torch fp32)"] = {p: slim(pipe(p, top_k=5)) for p in PROMPTS}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    for name, res in out["results"].items():
+        print(name)
+        for prompt, r in res.items():
+            print("  ", prompt, " | ".join(f"{d['token_str']} {d['score']:.3f}" for d in r))
+
+
+if __name__ == "__main__":
+    main()
