@@ -1,10 +1,10 @@
 """CUDA execution-provider hot path: IO binding, CUDA graphs over bucketed shapes, placement check.
 
 Ran on an NVIDIA H100 on 2026-11-26 through bench/gpu/run.sh (bench/results/h100-2026-11-26/run1/check-base.json,
-the random-init base shape): CUDA graphs
-accepted for the fp32 and fp16 fast graphs (fp16, B=1: 0.46 ms end to end with graphs, 0.99 ms without), no
-compute node on the CPU (5 shape-only nodes, 0 Memcpy). The pytest GPU tests (`pytest -m gpu`) have not run on
-a GPU yet. What runs without CUDA, and is tested on CPU (tests/test_gpu.py):
+the random-init base shape): CUDA graphs accepted for the fp32 and fp16 fast graphs (fp16, B=1: 0.46 ms
+end to end with graphs, 0.99 ms without), no compute node on the CPU (5 shape-only nodes, 0 Memcpy). The
+pytest GPU tests (`pytest -m gpu`) have not run on a GPU yet. What runs without CUDA, and is tested on CPU
+(tests/test_gpu.py):
 
 * the bucketing: `choose_bucket` / `pad_feed` / `unpad_outputs` are pure numpy functions. A padded
   feed gives the same answers as the unpadded one: padded columns are masked out of attention
