@@ -1,58 +1,34 @@
-"""Shared fixtures: the real IMDB parquet (../shared when present, else the repo's sample) and tiny
-models built from it.
+"""Shared fixtures: the repo's IMDB sample and tiny models built from it.
 
-DENIRO_TEST_DATA=sample forces the sample (what a fresh clone without ../shared sees; CI runs both).
+Every test reads tests/data/imdb-sample (500 train + 500 test reviews, every 50th of the full splits), whether
+or not ../shared sits beside the clone: a bare clone and a developer machine run the same suite on the same
+texts. No fixture falls back to a hub id.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FULL_IMDB_DIR = REPO.parent / "shared" / "data" / "imdb"
 SAMPLE_IMDB_DIR = REPO / "tests" / "data" / "imdb-sample"  # made by tests/data/make_sample.py
-FULL_STRIDE = 50  # the sample holds every 50th train/test review: the same 500 texts either way
-
-
-@dataclass(frozen=True)
-class ImdbSource:
-    folder: Path
-    stride: int  # every `stride`-th review of train/test gives the suite's 500 texts
-    label: str
-
-
-def imdb_source() -> ImdbSource:
-    forced = os.environ.get("DENIRO_TEST_DATA", "")
-    if forced not in ("", "sample", "full"):
-        raise pytest.UsageError(f"DENIRO_TEST_DATA must be 'sample' or 'full', got {forced!r}")
-    full_present = (FULL_IMDB_DIR / "train.parquet").is_file()
-    if forced == "full" and not full_present:
-        raise pytest.UsageError(f"DENIRO_TEST_DATA=full but {FULL_IMDB_DIR} has no train.parquet")
-    if full_present and forced != "sample":
-        return ImdbSource(FULL_IMDB_DIR, FULL_STRIDE, "full copy")
-    return ImdbSource(SAMPLE_IMDB_DIR, 1, "repo sample, 500 reviews per split")
 
 
 def pytest_report_header(config) -> str:
-    source = imdb_source()
-    return f"deniro IMDB data: {source.folder} ({source.label})"
+    return f"deniro IMDB data: {SAMPLE_IMDB_DIR} (repo sample, 500 reviews per split)"
 
 
 @pytest.fixture(scope="session")
 def imdb_dir() -> Path:
-    return imdb_source().folder
+    return SAMPLE_IMDB_DIR
 
 
 @pytest.fixture(scope="session")
 def imdb_texts(imdb_dir) -> dict[str, list[str]]:
     import pyarrow.parquet as pq
 
-    stride = imdb_source().stride
-    return {split: pq.read_table(imdb_dir / f"{split}.parquet", columns=["text"]).column("text")
-            .to_pylist()[::stride] for split in ("train", "test")}  # 500 reviews each, both labels
+    return {split: pq.read_table(imdb_dir / f"{split}.parquet", columns=["text"]).column("text").to_pylist()
+            for split in ("train", "test")}  # 500 reviews each, both labels
 
 
 @pytest.fixture(scope="session")

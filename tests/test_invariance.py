@@ -87,12 +87,13 @@ def test_the_check_sees_batch_dependence(sentences, tmp_path):
         assert drift[name]["batch_drift"] <= 1e-4 and drift[name]["batch_topk_mismatches"] == 0, drift
 
 
-def test_bench_quant_reports_the_largest_drift(tmp_path):
+def test_bench_quant_reports_the_largest_drift(tmp_path, imdb_dir):
     """python -m bench quant's rows: agreement with fp32 and the largest batch drift per int8 method."""
     from bench.quant import QuantConfig, main
 
-    config = QuantConfig(methods="static-percentile,dynamic", sentences=32, perplexity_chunks=4, drift_sentences=32,
-                         calibration_sentences=32, timed_calls=2, out=str(tmp_path))
+    config = QuantConfig(methods="static-percentile,dynamic", dataset=str(imdb_dir), sentences=32,
+                         perplexity_chunks=4, drift_sentences=32, calibration_sentences=32, timed_calls=2,
+                         out=str(tmp_path))
     report = main(config)
     agreement = report["agreement"]
     assert set(agreement) == {"fp32", "static-percentile", "dynamic"} == set(report["speed"])
