@@ -459,19 +459,28 @@ def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
 def score_targets(fm: FillMask, encoded, targets, top_k: int, batch_size: int):
     """Rank the given words at each mask. A word of m pieces is scored as a whole word: its mask is
     widened to m masks and the score is the product of each piece's probability at its position
-    (one forward pass; the m masks are predicted independently, as for several masks)."""
+    (one forward pass per width; the m masks are predicted independently, as for several masks)."""
     pieces = target_pieces(fm, targets)
-    variants, owners = [], []  # one sequence per (text, mask, width)
+    columns = {w: [p for _, p in pieces if len(p) == w] for w in sorted({len(p) for _, p in pieces})}
+    owners, scored = [], []  # one (text, mask, width, position) and one Scored per widened sequence
+    for width, words in columns.items():  # one score() per width: every row of a batch has n_words targets
+        variants = widened_masks(fm, encoded, width)
+        tgt = np.array(words, np.int64).T  # [width, n_words of this width]
+        owners += [owner for owner, _, _ in variants]
+        scored += fm.score([v for _, v, _ in variants], [p for _, _, p in variants], [tgt] * len(variants),
+                           top_k=1, batch_size=batch_size)
+    return collect_targets(fm, encoded, pieces, owners, columns, scored, top_k)
+
+
+def widened_masks(fm: FillMask, encoded, width: int) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
+    """Per (text, mask): ((text, mask, width, position), ids with that mask widened to `width` masks,
+    the widened positions [width])."""
+    out = []
     for t, ids in enumerate(encoded):
         for m, position in enumerate(np.flatnonzero(ids == fm.mask_id)):
-            for width in sorted({len(p) for _, p in pieces}):
-                widened = np.concatenate([ids[:position], [fm.mask_id] * width, ids[position + 1:]])
-                variants.append((widened, np.arange(position, position + width)))
-                owners.append((t, m, width, position))
-    columns = {w: [p for _, p in pieces if len(p) == w] for w in {len(p) for _, p in pieces}}
-    tgt = [np.array(columns[len(pos)], np.int64).T for _, pos in variants]  # [width, n_words]
-    scored = fm.score([v for v, _ in variants], [p for _, p in variants], tgt, top_k=1, batch_size=batch_size)
-    return collect_targets(fm, encoded, pieces, owners, columns, scored, top_k)
+            widened = np.concatenate([ids[:position], [fm.mask_id] * width, ids[position + 1:]])
+            out.append(((t, m, width, position), widened, np.arange(position, position + width)))
+    return out
 
 
 def collect_targets(fm, encoded, pieces, owners, columns, scored, top_k):

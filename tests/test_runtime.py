@@ -96,6 +96,50 @@ def test_multi_piece_target_is_scored_as_a_whole_word(fm, tiny_model_dir, tiny_t
     assert result["sequence"] == f"this movie is a {word}."
 
 
+def whole_word_reference(model, tokenizer, text: str, words: list[str]) -> list[list[tuple[tuple, float]]]:
+    """Per mask of `text`, per word: (piece ids, product of the pieces' probabilities with that mask widened
+    to one mask per piece, the other masks left in), best first: what fill(targets=...) documents."""
+    import torch
+
+    per_mask = []
+    for m in range(text.count("[MASK]")):
+        scored = []
+        for word in dict.fromkeys(words):
+            pieces = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
+            parts = text.split("[MASK]")
+            widened = "[MASK]".join(parts[:m + 1]) + " ".join(["[MASK]"] * len(pieces)) + "[MASK]".join(parts[m + 1:])
+            batch = tokenizer(widened, return_tensors="pt")
+            with torch.no_grad():
+                logp = model(**batch).logits[0].double().log_softmax(-1)  # [seq, vocab]
+            positions = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().ravel()[m:m + len(pieces)]
+            scored.append((tuple(pieces), float(sum(logp[p, t] for p, t in zip(positions, pieces)).exp())))
+        per_mask.append(sorted(scored, key=lambda c: -c[1]))
+    return per_mask
+
+
+def test_one_and_multi_piece_targets_together(fm, tiny_model_dir, tiny_tokenizer):
+    """Words of 1, 2 and more pieces in one call (this raised a ValueError in np.concatenate), several
+    masks, several texts, duplicate words: each equals the widened-mask product computed in PyTorch."""
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    words = ["movie", "film", "xyzzyq", "masterpiece", "film", "unwatchable", "it"]
+    lengths = {len(tiny_tokenizer.tokenize(w)) for w in words}
+    assert 1 in lengths and len(lengths) >= 3  # one-piece and several multi-piece widths together
+    texts = ["this is a great [MASK] !", "the [MASK] was great but the [MASK] was too long .", TEXTS[1]]
+    results = fm.fill(texts, targets=words, top_k=10)
+    for text, result in zip(texts, results):
+        per_mask = result if isinstance(result[0], list) else [result]
+        reference = whole_word_reference(model, tiny_tokenizer, text, words)
+        assert len(per_mask) == len(reference) == text.count("[MASK]")
+        for ours, theirs in zip(per_mask, reference):
+            assert len(ours) == 6  # the duplicate "film" is ranked once
+            tokens = [p["token"] if isinstance(p["token"], tuple) else (p["token"],) for p in ours]
+            assert tokens == [t for t, _ in theirs]
+            np.testing.assert_allclose([p["score"] for p in ours], [s for _, s in theirs], rtol=1e-4, atol=1e-12)
+    assert fm.fill(texts[0], targets=words, top_k=2) == results[0][:2]  # alone == in a batch
+
+
 def test_joint_fill(fm):
     single = fm.fill("this movie is [MASK] .", joint=True)
     assert single["tokens"] == [fm.fill("this movie is [MASK] .", top_k=1)[0]["token"]]
