@@ -6,7 +6,7 @@ session, all cores), on the IMDB test sentences of one length bucket. Each Ray D
 end as a user sees it (dataset built from in-memory blocks, actor pool started, results collected
 on the driver); the pool's start-up alone is timed on one block and reported next to it.
 
-Online: Ray Serve (deniro_rt.ray_serve) with the app's own DynamicBatcher (`--batching app`) and with
+Online: Ray Serve (deniro_rt.serve.ray) with the app's own DynamicBatcher (`--batching app`) and with
 `@serve.batch` (`--batching serve`), one replica with all CPUs; two replicas with half the CPUs each
 (app batching); and the plain uvicorn server
 (`python -m deniro_rt serve`) for reference, at --clients closed-loop clients sending one sentence
@@ -138,7 +138,7 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
     """Ray Serve variants (batching mode x replicas) and the plain server, rounds interleaved."""
     from ray import serve
 
-    from deniro_rt.ray_serve import RayServeConfig, start
+    from deniro_rt.serve.ray import RayServeConfig, start
 
     from .load import LoadConfig, ServerProcess, free_port, start_server, stop_server, summarize
 

@@ -1,7 +1,9 @@
 """FillMask: one ONNX Runtime session on the fast graph (mask-only head, top-k in the graph).
 
-Hot path per call: validate -> `encode_batch` -> sort by length, pad per batch -> one session.run
-per batch (only mask rows cross back: top-k ids and log-probs) -> restore order -> decode strings.
+Hot path per call (fill_arrays; fill is a thin layer over it): validate -> `encode_batch_fast` into one
+flat id array -> sort by length, pad per batch with NumPy (no loop per text) -> one session.run per batch
+(only mask rows cross back: top-k ids and log-probs) -> restore input order with index arrays. Strings
+(token_str, sequences) are built only by the dict layer (Predictions.to_dicts) or on demand.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +23,7 @@ from tokenizers import Tokenizer, decoders
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
 from .errors import DeniroError, DeniroTypeError
+from .predictions import Predictions, Source, TokenRows
 from .models import DEFAULT_MODEL_DIR
 from .providers import CPU, resolve_precision, resolve_provider, session_options
 
@@ -63,6 +67,7 @@ class FillMask:
         self.token_str = lru_cache(maxsize=None)(self._decode_id)
         self.pieces = Pieces.for_tokenizer(self.tokenizer, set(self._drop_ids.tolist()), self.token_str)
         self._constants: dict[tuple, np.ndarray] = {}  # read-only feed arrays reused by every call
+        self._vocab_strings: np.ndarray | None = None  # [vocab + 1] token strings, built on first use
         log.info("deniro_rt: %s (%s, %s)", self.manifest.folder, self.precision, self.provider)
 
     def _open_session(self, threads: int | None, cuda_graph: bool) -> None:
@@ -111,17 +116,26 @@ class FillMask:
             if len(batch) == 1:  # the latency path: no batching machinery
                 result = self._fill_one(batch[0], top_k, truncation)
                 return result if single else [result]
-            if self.overlap and len(batch) > self.overlap_block:
-                return self._fill_overlapped(batch, top_k, batch_size, truncation)
+            return self.fill_arrays(batch, top_k, batch_size, truncation).to_dicts()
         encoded, dropped = self.encode(batch, truncation)
         if joint:
             results = fill_jointly(self, encoded, batch_size)
-        elif targets is not None:
-            results = score_targets(self, encoded, targets, top_k, batch_size)
         else:
-            results = self._fill_topk(encoded, top_k, batch_size)
-        results = [restore_dropped(r, d) for r, d in zip(results, dropped)] if not joint else results
+            results = score_targets(self, encoded, targets, top_k, batch_size)
+            results = [restore_dropped(r, d) for r, d in zip(results, dropped)]
         return results[0] if single else results
+
+    def fill_arrays(self, texts: str | Sequence[str], top_k: int = 5, batch_size: int = 64,
+                    truncation: bool = False) -> Predictions:
+        """fill's top-k predictions as columns (see deniro_rt.predictions); same checks, same errors."""
+        batch, single = validate_texts(texts, self.mask_token)
+        top_k = check_top_k(top_k)
+        if self.overlap and len(batch) > self.overlap_block:
+            rows, columns = self._arrays_overlapped(batch, top_k, batch_size, truncation)
+        else:
+            rows = self.encode_rows(batch, truncation)
+            columns = self.score_rows(rows, top_k, batch_size)
+        return Predictions(*columns, source=Source(self, rows, single, len(batch)))
 
     def perplexity(self, masked: MaskedBatch, batch_size: int = 64) -> dict:
         """Token-weighted perplexity of premasked rows (deniro_rt.data.premask), as train/ scores it."""
@@ -138,19 +152,44 @@ class FillMask:
     # ------------------------------------------------------------------ encoding
     def encode(self, texts: list[str], truncation: bool,
                offset: int = 0) -> tuple[list[np.ndarray], list[list[int]]]:
-        """Token ids per text (with [CLS]/[SEP]); with truncation, a window around the masks.
+        """Token ids per text (with [CLS]/[SEP]) and the mask numbers truncation cut away, per text."""
+        rows = self.encode_rows(texts, truncation, offset)
+        return [rows.row(t) for t in range(len(rows))], [rows.lost.get(t, []) for t in range(len(rows))]
 
-        offset: index of texts[0] in the caller's list (error messages name that index)."""
-        encodings = self.tokenizer.encode_batch(texts)
-        encoded, dropped = [], []
-        for index, (text, enc) in enumerate(zip(texts, encodings), start=offset):
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            if not (ids == self.mask_id).any():
-                raise DeniroError(no_mask_message(text, index, self.mask_token))
-            ids, lost = fit_window(ids, self.manifest.max_positions, self.mask_id, truncation, index)
-            encoded.append(ids)
-            dropped.append(lost)
-        return encoded, dropped
+    def encode_rows(self, texts: list[str], truncation: bool, offset: int = 0) -> TokenRows:
+        """All texts' ids as one flat array (encode_batch_fast: no offsets computed); with truncation, a
+        window around the masks of over-long texts. offset: index of texts[0] in the caller's list
+        (error messages name that index)."""
+        encodings = self.tokenizer.encode_batch_fast(texts)
+        ids_per_text = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, ids_per_text), np.int64, len(texts))  # [n_texts]
+        ids = np.fromiter(chain.from_iterable(ids_per_text), np.int64, int(lengths.sum()))  # [total]
+        offsets = np.zeros(len(texts) + 1, np.int64)  # [n_texts + 1]
+        np.cumsum(lengths, out=offsets[1:])
+        owner = np.repeat(np.arange(len(texts)), lengths)  # [total] text of each token
+        has_mask = np.bincount(owner[ids == self.mask_id], minlength=len(texts)) > 0  # [n_texts]
+        too_long = lengths > self.manifest.max_positions  # [n_texts]
+        bad = ~has_mask | (too_long & (not truncation))
+        if bad.any():
+            first = int(np.argmax(bad))
+            if not has_mask[first]:
+                raise DeniroError(no_mask_message(texts[first], offset + first, self.mask_token))
+            fit_window(ids[offsets[first]:offsets[first + 1]], self.manifest.max_positions, self.mask_id,
+                       truncation, offset + first)  # raises the too-long error
+        rows = TokenRows(ids, offsets)
+        return self._windowed(rows, np.flatnonzero(too_long), offset) if too_long.any() else rows
+
+    def _windowed(self, rows: TokenRows, long_texts: np.ndarray, offset: int) -> TokenRows:
+        """rows with the over-long texts cut to a window around their masks (a rare path: a loop is fine)."""
+        parts = np.split(rows.ids, rows.offsets[1:-1])  # [n_texts] arrays
+        lost = {}
+        for t in long_texts.tolist():
+            parts[t], cut = fit_window(parts[t], self.manifest.max_positions, self.mask_id, True, offset + t)
+            if cut:
+                lost[t] = cut
+        offsets = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=offsets[1:])
+        return TokenRows(np.concatenate(parts), offsets, lost)
 
     # ------------------------------------------------------------------ the graph
     def score(self, seqs: list[np.ndarray], positions: list[np.ndarray] | None = None,
@@ -208,30 +247,69 @@ class FillMask:
                 "target_ids": self._constant("zeros", len(positions)),  # [n, 1] unused
                 "top_k": self._constant("k", min(top_k, self.manifest.vocab_size))}
 
+    def chunk_feed(self, rows: TokenRows, chunk: np.ndarray, top_k: int) -> tuple[dict[str, np.ndarray], int]:
+        """The graph inputs of the texts `chunk` (indices into rows), padded to the longest, built with NumPy
+        over the whole batch; and the padded length (mask_index holds row * seq_len + position)."""
+        lengths = rows.lengths[chunk]  # [batch]
+        seq_len = int(lengths.max())
+        if len(chunk) == 1:  # no padding: cached constants, the flat mask index is the position
+            ids = rows.row(int(chunk[0]))
+            return self._one_feed(ids, np.flatnonzero(ids == self.mask_id), top_k), seq_len
+        valid = np.arange(seq_len) < lengths[:, None]  # [batch, seq]
+        gather = np.minimum(rows.offsets[chunk][:, None] + np.arange(seq_len), len(rows.ids) - 1)  # [batch, seq]
+        input_ids = np.where(valid, rows.ids[gather], self.pad_id)  # [batch, seq]
+        mask_index = np.flatnonzero(input_ids == self.mask_id)  # [n] row-major: row * seq_len + position
+        feed = {"input_ids": input_ids, "attention_mask": valid.astype(np.int64), "mask_index": mask_index,
+                "target_ids": np.zeros((len(mask_index), 1), np.int64),  # [n, 1] unused
+                "top_k": self._constant("k", min(top_k, self.manifest.vocab_size))}
+        return feed, seq_len
+
+    def score_rows(self, rows: TokenRows, top_k: int, batch_size: int) -> tuple[np.ndarray, ...]:
+        """Predictions' columns (text_index, mask_position, token_ids, scores) for all rows, batched by
+        length (similar lengths share a batch: little padding), in input order."""
+        order = np.argsort(rows.lengths, kind="stable")  # [n_texts]
+        parts = [self._run_chunk(rows, order[s:s + batch_size], top_k) for s in range(0, len(order), batch_size)]
+        text, position, logprobs, token_ids = (np.concatenate(c) for c in zip(*parts))
+        back = np.argsort(text, kind="stable")  # input order; a text's masks stay in position order
+        columns = text[back], position[back], token_ids[back].astype(np.int64, copy=False), \
+            np.exp(logprobs[back].astype(np.float64))  # score = exp of the float32 log-prob in float64
+        return with_cut_rows(*columns, rows.lost) if rows.lost else columns
+
+    def _run_chunk(self, rows: TokenRows, chunk: np.ndarray, top_k: int) -> tuple[np.ndarray, ...]:
+        feed, seq_len = self.chunk_feed(rows, chunk, top_k)
+        topk_lp, topk_ids, _ = self._run(feed)  # [n, k] each
+        flat = feed["mask_index"]  # [n]
+        return chunk[flat // seq_len], flat % seq_len, topk_lp, topk_ids
+
     def prepared_feeds(self, texts: Sequence[str], top_k: int = 5,
                        batch_size: int = 64) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-        """The feeds fill(texts, top_k, batch_size) runs, built ahead, and the text order of their mask
-        rows (bench's model-only timing: the graph alone on inputs already prepared)."""
-        encoded, _ = self.encode(list(texts), truncation=False)
-        positions = [np.flatnonzero(s == self.mask_id) for s in encoded]
-        order = np.argsort([len(s) for s in encoded], kind="stable")
-        feeds = [self.batch_feed([encoded[i] for i in chunk], [positions[i] for i in chunk], None, top_k)[0]
-                 for chunk in (order[s:s + batch_size] for s in range(0, len(order), batch_size))]
+        """The feeds fill(texts, top_k, batch_size) runs, built ahead, and the text order of their rows
+        (bench's model-only timing: the graph alone on inputs already prepared)."""
+        rows = self.encode_rows(list(texts), truncation=False)
+        order = np.argsort(rows.lengths, kind="stable")
+        feeds = [self.chunk_feed(rows, order[s:s + batch_size], top_k)[0] for s in range(0, len(order), batch_size)]
         return feeds, order
 
-    # ------------------------------------------------------------------ results
-    def _fill_topk(self, encoded: list[np.ndarray], top_k: int, batch_size: int) -> list[list[list[dict]]]:
-        """Per text, per mask: the top-k predictions."""
-        scored = self.score(encoded, top_k=top_k, batch_size=batch_size)
-        return [self._predictions(ids.tolist(), np.flatnonzero(ids == self.mask_id).tolist(), s.topk_logprobs,
-                                  s.topk_ids) for ids, s in zip(encoded, scored)]
+    def vocab_strings(self) -> np.ndarray:
+        """[vocab + 1] object array: decode([id]) per id, then "" (what id -1, a cut row, looks up)."""
+        if self._vocab_strings is None:  # built once; a race builds the same array twice, harmlessly
+            ids = [[i] for i in range(self.manifest.vocab_size)]
+            strings = self.tokenizer.decode_batch(ids, skip_special_tokens=False) + [""]
+            self._vocab_strings = np.array(strings, dtype=object)
+        return self._vocab_strings
 
+    def filled_sequences(self, ids: list[int], position: int, tokens: list[int]) -> list[str]:
+        """decode(ids with ids[position] replaced by t) for each t of tokens, specials dropped."""
+        if self.pieces:
+            return self.pieces.filled(ids, position, tokens)
+        return self.decode_filled([(np.asarray(ids), position, t) for t in tokens])
+
+    # ------------------------------------------------------------------ results
     def _fill_one(self, text: str, top_k: int, truncation: bool):
         """One text: encode, one graph run on a feed of cached constants, spliced sequences."""
         ids = self.tokenizer.encode(text).ids
         if len(ids) > self.manifest.max_positions or self.mask_id not in ids:
-            encoded, dropped = self.encode([text], truncation)  # the error, or the truncation window
-            return restore_dropped(self._fill_topk(encoded, top_k, 1)[0], dropped[0])
+            return self.fill_arrays([text], top_k, 1, truncation).to_dicts()[0]  # the error, or the window
         positions = [i for i, t in enumerate(ids) if t == self.mask_id]
         topk_lp, topk_ids, _ = self._run(self._one_feed(ids, positions, top_k))
         return restore_dropped(self._predictions(ids, positions, topk_lp, topk_ids), [])
@@ -253,26 +331,26 @@ class FillMask:
         scores, tokens = np.exp(topk_lp.astype(np.float64)).tolist(), topk_ids.tolist()  # [n_masks, k] each
         token_str, out = self.token_str, []
         for position, row_scores, row_tokens in zip(positions, scores, tokens):
-            sequences = self.pieces.filled(ids, position, row_tokens) if self.pieces else \
-                self.decode_filled([(np.asarray(ids), position, t) for t in row_tokens])
+            sequences = self.filled_sequences(ids, position, row_tokens)
             out.append([{"score": s, "token": t, "token_str": token_str(t), "sequence": q}
                         for s, t, q in zip(row_scores, row_tokens, sequences)])
         return out
 
-    def _fill_overlapped(self, texts: list[str], top_k: int, batch_size: int, truncation: bool) -> list:
-        """Tokenize block i+1 in a thread while block i runs and is decoded (both release the GIL)."""
+    def _arrays_overlapped(self, texts: list[str], top_k: int, batch_size: int,
+                           truncation: bool) -> tuple[TokenRows, tuple[np.ndarray, ...]]:
+        """Tokenize block i+1 in a thread while block i runs (both release the GIL); blocks joined."""
         block = max(self.overlap_block, batch_size)
-        results: list = []
+        blocks, parts = [], []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deniro-tokenize") as pool:
-            pending = pool.submit(self.encode, texts[:block], truncation, 0)
+            pending = pool.submit(self.encode_rows, texts[:block], truncation, 0)
             for start in range(0, len(texts), block):
-                encoded, dropped = pending.result()
+                rows = pending.result()
                 if start + block < len(texts):
                     nxt = start + block
-                    pending = pool.submit(self.encode, texts[nxt:nxt + block], truncation, nxt)
-                part = self._fill_topk(encoded, top_k, batch_size)
-                results += [restore_dropped(r, d) for r, d in zip(part, dropped)]
-        return results
+                    pending = pool.submit(self.encode_rows, texts[nxt:nxt + block], truncation, nxt)
+                blocks.append(rows)
+                parts.append(self.score_rows(rows, top_k, batch_size))
+        return join_blocks(blocks, parts)
 
     def _prediction(self, logprob: float, token, sequence: str) -> dict:
         token_str = self.token_str(token) if isinstance(token, int) else self.decode_ids(token)
@@ -450,6 +528,10 @@ def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
     words = list(dict.fromkeys(w.strip() for w in words))
     encodings = fm.tokenizer.encode_batch(words, add_special_tokens=False)
     pieces = [(w, list(e.ids)) for w, e in zip(words, encodings)]
+    special = {i for i, token in fm.tokenizer.get_added_tokens_decoder().items() if token.special}
+    unusable = [w for w, p in pieces if special & set(p)]  # [MASK], [UNK], ...: not words to rank
+    if unusable:
+        raise DeniroError(f"targets {unusable} are or contain special tokens; pass words the vocabulary can spell")
     empty = [w for w, p in pieces if not p]
     if empty:
         raise DeniroError(f"targets {empty} tokenize to nothing; pass words the vocabulary can spell")

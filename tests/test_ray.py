@@ -108,13 +108,13 @@ def test_ray_data_map_batches_equals_fill(local_ray, sentences):
 
 
 def test_replica_threads_follow_the_cpus_ray_assigned(local_ray):
-    from deniro_rt.ray_serve import RayServeConfig, replica_threads
+    from deniro_rt.serve.ray import RayServeConfig, replica_threads
 
     @local_ray.remote(num_cpus=1)
     def threads_inside(config):
         return replica_threads(config)
 
-    assert RayServeConfig(num_cpus=2).threads() == 2
+    assert RayServeConfig(num_cpus=2).replica_threads() == 2
     assert local_ray.get(threads_inside.remote(RayServeConfig(num_cpus=2))) == 1  # what Ray gave wins
 
 
@@ -198,7 +198,7 @@ def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, cap
 def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences, batching):
     import httpx
 
-    from deniro_rt.ray_serve import RayServeConfig, start
+    from deniro_rt.serve.ray import RayServeConfig, start
 
     config = RayServeConfig(precision=PRECISION, port=serve_port, batching=batching, max_wait_ms=20,
                             name=f"deniro-{batching}")
@@ -223,7 +223,7 @@ def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences,
 
 
 def test_ray_serve_options_reach_the_deployment():
-    from deniro_rt.ray_serve import app_builder
+    from deniro_rt.serve.ray import app_builder
 
     fixed = app_builder({"num_replicas": "2", "num_cpus": "0.5", "batching": "serve"})
     scaled = app_builder({"min_replicas": "1", "max_replicas": "4", "target_ongoing_requests": "8"})
@@ -241,7 +241,7 @@ def test_ray_serve_options_reach_the_deployment():
 def test_serve_batching_caps_a_request_at_the_batch_size():
     """@serve.batch fails an item larger than its max_batch_size with Ray's own RuntimeError (a 500): the
     app must refuse such a request itself (413) before it reaches the batch."""
-    from deniro_rt.ray_serve import RayServeConfig
+    from deniro_rt.serve.ray import RayServeConfig
 
     assert RayServeConfig(batching="serve", max_batch_size=16).serve_config().max_texts_per_request == 16
     assert RayServeConfig(batching="app", max_batch_size=16).serve_config().max_texts_per_request == 64

@@ -1,9 +1,9 @@
-"""deniro_rt.serve: fill-mask over HTTP (Starlette on uvicorn) with dynamic batching.
+"""deniro_rt.serve: fill-mask over HTTP (FastAPI on uvicorn) with dynamic batching; Ray Serve in .ray.
 
     python -m deniro_rt serve --port 8000            # the shipped model on 127.0.0.1:8000
-    curl -s localhost:8000 -d '{"inputs": "This is a great [MASK]!"}'
+    curl -s localhost:8000 -H 'content-type: application/json' -d '{"inputs": "This is a great [MASK]!"}'
 
-Needs the `serve` extra (`pip install "deniro[serve]"`); importing this package does not: Starlette
+Needs the `serve` extra (`pip install "deniro[serve]"`); importing this package does not: FastAPI
 and uvicorn are imported only by `create_app` and `main`.
 """
 from __future__ import annotations

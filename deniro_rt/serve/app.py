@@ -1,39 +1,61 @@
-"""The ASGI app: POST / and /fill (Inference API fill-mask body), GET /health, /metrics, /docs,
-/openapi.json. Starlette is imported here only (the `serve` extra)."""
+"""The ASGI app on FastAPI: POST / and /fill (Inference API fill-mask body), GET /health, /metrics,
+/docs (offline), /openapi.json (generated). Every answer that is not a 200 is `{"error": "..."}`.
+FastAPI is imported here only (the `serve` extra)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import DeniroError
-from .batcher import BatchLimits, DynamicBatcher, QueueFull, ShuttingDown
+from ..runtime import no_mask_message
+from .batcher import BatchLimits, ClientGone, DynamicBatcher, FillParams, QueueFull, ShuttingDown
 from .config import ServeConfig, model_threads
 from .metrics import CONTENT_TYPE, ServeMetrics
-from .openapi import docs_page, openapi_schema
-from .request import BadRequest, parse_body, too_large
+from .schema import EXAMPLE, ErrorBody, FillAnswer, FillBody, Parameters, docs_page
 
 log = logging.getLogger(__name__)
+ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
+    (400, "body is not JSON"), (413, "too many texts, body too large or a text too long"),
+    (415, "Content-Type is not application/json"), (422, "invalid body (the message names the field and the fix)"),
+    (503, "queue full, shutting down or model not loaded; see the Retry-After header"))}
+CLIENT_GONE = 499  # nginx's "client closed request": counted, never sent
 
 
-def create_app(config: ServeConfig, fill_mask=None) -> Starlette:
+class ServeError(Exception):
+    """An answer other than 200: its status, a message naming the problem and the fix, headers."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+def create_app(config: ServeConfig, fill_mask=None) -> FastAPI:
     """The app. fill_mask: any object with `mask_token` and FillMask's `fill(texts, top_k=, targets=,
     joint=, truncation=, batch_size=)` (default: a deniro_rt.FillMask from config, loaded at startup)."""
     service = FillService(config.check(), fill_mask)
-    routes = [Route("/", service.fill, methods=["POST"]), Route("/fill", service.fill, methods=["POST"]),
-              Route("/health", service.health, methods=["GET"]),
-              Route("/metrics", service.metrics_text, methods=["GET"]),
-              Route("/openapi.json", service.openapi, methods=["GET"]),
-              Route("/docs", service.docs, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=service.lifespan)
+    app = FastAPI(title="deniro fill-mask server", version=__version__, lifespan=service.lifespan,
+                  description="Hugging Face Inference API fill-mask body, with dynamic batching.",
+                  docs_url=None, redoc_url=None)
     app.state.service = service
+    for path in ("/", "/fill"):
+        app.router.add_api_route(path, service.fill, methods=["POST"], response_model=FillAnswer,
+                                 responses=ERRORS, summary="Fill [MASK]", route_class_override=FillRoute)
+    app.add_api_route("/health", service.health, methods=["GET"], summary="200 once the model is loaded")
+    app.add_api_route("/metrics", service.metrics_text, methods=["GET"], summary="Prometheus metrics")
+    app.add_api_route("/docs", service.docs, methods=["GET"], summary="this page", response_class=HTMLResponse)
+    for kind in (HTTPException, RequestValidationError, ServeError, Exception):
+        app.add_exception_handler(kind, error_response)
     return app
 
 
@@ -44,6 +66,64 @@ def load_fill_mask(config: ServeConfig):
                     threads=model_threads(config.threads))
 
 
+class FillRoute(APIRoute):
+    """The fill routes: Content-Type must be JSON (415: a web page cannot make a browser POST
+    text/plain to the model), the body is parsed here with clear 400s (FastAPI then finds it parsed),
+    every outcome is counted and timed, and the client's disconnect ends the request quietly."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def fill(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind != "application/json" and not kind.endswith("+json"):
+                    raise ServeError(415, f"Content-Type is {kind or 'missing'!r}; send the body as JSON "
+                                          f"with 'Content-Type: application/json'")
+                request._body = await read_body(request, request.app.state.service.config.max_body_bytes)
+                request._json = parse_json(request._body)
+                response = await handler(request)
+            except ClientDisconnect:
+                response = Response(status_code=CLIENT_GONE)
+            except Exception as exc:
+                response = await error_response(request, exc)
+            metrics = request.app.state.service.metrics
+            metrics.requests.labels(str(response.status_code)).inc()
+            metrics.latency.observe(time.perf_counter() - started)
+            return response
+
+        return fill
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ServeError(413, f"body is {int(declared)} bytes; this server takes at most {limit} (--max-body-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(413, f"body is more than {limit} bytes; this server takes at most {limit} "
+                                  f"(--max-body-bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ServeError(400, "body nests too deeply to parse; send a flat fill-mask body") from None
+    except json.JSONDecodeError as exc:
+        raise ServeError(400, f"body is not valid JSON ({exc}); send e.g. {json.dumps(EXAMPLE)}") from None
+    except UnicodeDecodeError:
+        raise ServeError(400, "body is not UTF-8; send JSON text in UTF-8") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise ServeError(400, "body has a number with too many digits; top_k is a small integer") from None
+
+
 class FillService:
     """The state behind the routes: one backend, one batcher, one set of metrics."""
 
@@ -52,7 +132,6 @@ class FillService:
         self.metrics = ServeMetrics()
         self.batcher: DynamicBatcher | None = None
         self._starting = asyncio.Lock()
-        self.schema = openapi_schema(__version__)
 
     async def start(self) -> None:
         """Load the backend (unless given) and start the batcher, once. Run by the lifespan; also on
@@ -75,54 +154,79 @@ class FillService:
             yield
         finally:  # uvicorn has already waited for in-flight requests; answer anything still queued
             await self.batcher.close()
-            log.info("batcher drained; %s", dict(self.metrics.requests.values))
+            log.info("batcher drained")
 
-    async def fill(self, request: Request) -> Response:
-        started = time.perf_counter()
-        response = await self._answer(request)
-        self.metrics.requests.inc(str(response.status_code))
-        self.metrics.latency.observe(time.perf_counter() - started)
-        return response
-
-    async def _answer(self, request: Request) -> Response:
-        try:
-            if self.batcher is None:
+    async def fill(self, body: FillBody, request: Request) -> Response:
+        if self.batcher is None:
+            try:
                 await self.start()
-        except DeniroError as exc:  # a model that cannot load: say why on every request
-            return error(503, f"the model could not be loaded: {exc}", self.config.retry_after_s)
+            except DeniroError as exc:  # a model that cannot load: say why on every request
+                raise ServeError(503, f"the model could not be loaded: {exc}", self.retry_after()) from None
+        texts, single = ([body.inputs], True) if isinstance(body.inputs, str) else (body.inputs, False)
+        params = self.checked(texts, body.parameters)
+        if not texts:
+            return JSONResponse([])
         try:
-            raw = await read_body(request, self.config.max_body_bytes)
-            parsed = parse_body(raw, self.config, self.backend.mask_token)
-            answer = await self.batcher.submit(parsed.texts, parsed.params, parsed.single) if parsed.texts else []
-        except BadRequest as exc:
-            return error(exc.status, str(exc))
-        except DeniroError as exc:
-            return error(422, str(exc))
+            job = self.batcher.enqueue(texts, params, single)
         except (QueueFull, ShuttingDown) as exc:
-            return error(503, str(exc), self.config.retry_after_s)
-        except Exception as exc:  # a bug or a runtime failure: the client still gets an answer
-            log.exception("fill failed")
-            return error(500, f"internal error: {type(exc).__name__}: {exc}")
-        self.metrics.texts.inc("filled", len(parsed.texts))
+            raise ServeError(503, str(exc), self.retry_after()) from None
+        watcher = asyncio.ensure_future(drop_on_disconnect(request, self.batcher, job))
+        try:
+            answer = await job.future
+        except ClientGone:
+            self.metrics.texts.labels("dropped").inc(len(texts))
+            return Response(status_code=CLIENT_GONE)
+        except DeniroError as exc:  # what only the model sees (a text too long in tokens, a bad target)
+            raise ServeError(422, str(exc)) from None
+        finally:
+            watcher.cancel()
+        self.metrics.texts.labels("filled").inc(len(texts))
         return JSONResponse(answer)
 
-    async def health(self, request: Request) -> Response:
-        if self.batcher is None:  # lifespan skipped by the host and no request yet: not loaded
-            return JSONResponse({"status": "not loaded; the first fill request loads the model"},
-                                status_code=503)
-        return JSONResponse({"status": "ok", **describe(self.backend), "queued_texts": self.batcher.queued_texts,
-                             "threads": model_threads(self.config.threads),
-                             "max_batch_size": self.config.max_batch_size, "max_wait_ms": self.config.max_wait_ms,
-                             "max_queue": self.config.max_queue})
+    def checked(self, texts: list[str], parameters: Parameters) -> FillParams:
+        """The server's own limits, before anything is queued (a bad request never joins a batch)."""
+        cfg = self.config
+        if len(texts) > cfg.max_texts_per_request:
+            raise ServeError(413, f'"inputs" has {len(texts)} texts; this server takes at most '
+                                  f"{cfg.max_texts_per_request} per request (--max-texts-per-request); split the list")
+        for index, text in enumerate(texts):
+            if len(text) > cfg.max_text_chars:
+                raise ServeError(413, f"text {index} is {len(text)} characters; this server takes at most "
+                                      f"{cfg.max_text_chars} (--max-text-chars)")
+            if self.backend.mask_token not in text:
+                raise ServeError(422, no_mask_message(text, index, self.backend.mask_token))
+        if parameters.top_k > cfg.max_top_k:
+            raise ServeError(422, f"parameters.top_k is {parameters.top_k}; this server returns at most "
+                                  f"{cfg.max_top_k} (--max-top-k)")
+        targets = parameters.targets
+        return FillParams(parameters.top_k, (targets,) if isinstance(targets, str) else targets and tuple(targets),
+                          parameters.joint, parameters.truncation)
 
-    async def metrics_text(self, request: Request) -> Response:
+    def retry_after(self) -> dict:
+        return {"Retry-After": str(self.config.retry_after_s)}
+
+    async def health(self) -> Response:
+        if self.batcher is None:  # lifespan skipped by the host and no request yet: not loaded
+            raise ServeError(503, "not loaded; the first fill request loads the model", self.retry_after())
+        cfg = self.config
+        return JSONResponse({"status": "ok", **describe(self.backend), "queued_texts": self.batcher.queued_texts,
+                             "threads": model_threads(cfg.threads), "max_batch_size": cfg.max_batch_size,
+                             "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue})
+
+    async def metrics_text(self) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    async def openapi(self, request: Request) -> Response:
-        return JSONResponse(self.schema)
-
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(docs_page(self.schema))
+        return HTMLResponse(docs_page(request.app.openapi()))
+
+
+async def drop_on_disconnect(request: Request, batcher, job) -> None:
+    """Once the body is read, the next ASGI message is the client's disconnect: drop its job then."""
+    with contextlib.suppress(Exception):
+        for _ in range(3):  # bounded: a host that answers otherwise is not waited on in a loop
+            if (await request.receive())["type"] == "http.disconnect":
+                batcher.drop(job)
+                return
 
 
 def describe(backend) -> dict:
@@ -133,20 +237,35 @@ def describe(backend) -> dict:
             "provider": getattr(backend, "provider", None)}
 
 
-def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+async def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """Every error as {"error": message}: ours, FastAPI's 422s naming the field, Starlette's 404/405."""
+    if isinstance(exc, ServeError):
+        status, message, headers = exc.status, str(exc), exc.headers
+    elif isinstance(exc, RequestValidationError):
+        status, message, headers = 422, validation_message(exc.errors()), None
+    elif isinstance(exc, HTTPException):
+        status, message, headers = exc.status_code, http_message(request, exc), exc.headers
+    else:  # a bug or a runtime failure: the client still gets an answer, the log the details
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        status, message, headers = 500, "internal error; the server log has the details", None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(None, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def validation_message(errors: list[dict]) -> str:
+    """pydantic's errors as `field: problem`, e.g. 'parameters.top_k: Input should be greater than or
+    equal to 1' (a union's member names, such as list[str], left out of the path)."""
+    parts = []
+    for error in errors[:4]:
+        where = ".".join(str(p) for p in error["loc"][1:] if not (isinstance(p, str) and ("[" in p or p == "str")))
+        problem = str(error.get("ctx", {}).get("error", error["msg"])) if error["type"] == "value_error" \
+            else error["msg"]
+        parts.append(f"{where or 'body'}: {problem}")
+    return "; ".join(dict.fromkeys(parts)) + f"; send e.g. {json.dumps(EXAMPLE)}"
+
+
+def http_message(request: Request, exc: HTTPException) -> str:
+    if exc.status_code == 404:
+        return f"no route {request.url.path}; the routes are listed at /docs"
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {request.url.path} (allowed: {exc.headers.get('Allow')})"
+    return str(exc.detail)

@@ -1,12 +1,13 @@
-"""DynamicBatcher: gathers the texts of concurrent requests into one fill call.
+"""DynamicBatcher: gathers the texts of concurrent requests into one fill call (continuous batching).
 
-One collector task on the event loop takes the first waiting request, waits up to `max_wait_ms` for
-more (or until `max_batch_size` texts), groups the batch by fill parameters and runs one fill call
-per group in a single worker thread (the model already uses every core). While a batch runs, new
-requests queue up, so under load batches fill without waiting. Each request gets exactly its own
-answers; if a group's call raises, each request of the group is retried alone so that one bad text
-fails only its own request. The queue is bounded in texts: `submit` raises QueueFull instead of
-growing it.
+One collector task on the event loop runs a batch as soon as the model is free: a lone request runs
+at once, and while a batch runs the next requests queue up and become the next batch. Right after a
+batch its clients are about to send again; the collector waits for them (at most `max_wait_ms`, and
+only while fewer requests wait than the last batch answered), so that batches stay the same size
+under steady load instead of alternating between the stragglers and everyone else. A batch is run
+by `fill_jobs` in a single worker thread (the model already uses the cores it was given); requests
+whose client went away are dropped, never computed. The queue is bounded in texts: `submit` raises
+QueueFull instead of growing it.
 """
 from __future__ import annotations
 
@@ -16,10 +17,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable
-
-from .metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +28,10 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The batcher was closed: answer 503."""
+
+
+class ClientGone(Exception):
+    """The request's client disconnected before its batch ran: nothing to answer."""
 
 
 @dataclass(frozen=True)
@@ -46,30 +48,69 @@ class FillParams:
         return {"top_k": self.top_k, "targets": targets, "joint": self.joint, "truncation": self.truncation}
 
 
-@dataclass(frozen=True)
-class BatchLimits:
-    max_batch_size: int = 64  # texts per fill call (a larger single request still runs, alone)
-    max_wait_ms: float = 2.0
-    max_queue: int = 1024  # texts waiting
-
-
-@dataclass
+@dataclass(eq=False)
 class Job:
     texts: list[str]
     params: FillParams
-    single: bool  # the request sent one string: answer with its result, not a list of one
-    future: asyncio.Future
+    single: bool = False  # the request sent one string: answer with its result, not a list of one
+    future: asyncio.Future | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
+    dropped: bool = False  # its client went away: skip it (read by the worker thread)
+
+
+def fill_jobs(fill: Callable, jobs: list[Job], batch_size: int, observe: Callable[[int], None]) -> list:
+    """Each job's answer (its results, or the exception that failed it; None if dropped): one fill call
+    per parameter group. Shared by DynamicBatcher and the Ray Serve `@serve.batch` adapter."""
+    answers: list = [None] * len(jobs)
+    groups: dict[FillParams, list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(job.params, []).append(index)
+    for params, members in groups.items():
+        live = [i for i in members if not jobs[i].dropped]  # checked again right before each call
+        for index, answer in zip(live, fill_group(fill, [jobs[i].texts for i in live], params, batch_size, observe)):
+            answers[index] = answer
+    return answers
+
+
+def fill_group(fill: Callable, requests: list[list[str]], params: FillParams, batch_size: int,
+               observe: Callable[[int], None]) -> list:
+    """One fill call for the texts of several requests; if it raises, each request is retried alone,
+    so that one bad text fails only its own request."""
+    texts = [t for request in requests for t in request]  # [n_texts] of every request, in order
+    if not texts:
+        return []
+    observe(len(texts))
+    try:
+        results = fill(texts, batch_size=batch_size, **params.kwargs())
+        if len(results) != len(texts):
+            raise RuntimeError(f"the fill backend returned {len(results)} results for {len(texts)} texts")
+    except Exception as exc:
+        if len(requests) == 1:
+            return [exc]
+        log.info("a batch of %d requests failed (%s); retrying each alone", len(requests), exc)
+        return [fill_group(fill, [request], params, batch_size, observe)[0] for request in requests]
+    answers, at = [], 0
+    for request in requests:
+        answers.append(results[at:at + len(request)])
+        at += len(request)
+    return answers
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 64  # texts per fill call (a larger single request still runs, alone)
+    max_wait_ms: float = 5.0  # see the module docstring
+    max_queue: int = 1024  # texts waiting
 
 
 class DynamicBatcher:
     """`fill(texts, top_k=, targets=, joint=, truncation=, batch_size=)` -> one result per text."""
 
-    def __init__(self, fill: Callable, limits: BatchLimits, metrics: ServeMetrics | None = None):
-        self.fill, self.limits = fill, limits
-        self.metrics = metrics or ServeMetrics()
+    def __init__(self, fill: Callable, limits: BatchLimits, metrics):
+        self.fill, self.limits, self.metrics = fill, limits, metrics
         self._jobs: deque[Job] = deque()
         self._queued_texts = 0
+        self._returning = 0  # requests the last batch answered: their clients may be about to send again
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()  # set when no batch runs and nothing waits
         self._idle.set()
@@ -84,8 +125,8 @@ class DynamicBatcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
-    async def submit(self, texts: list[str], params: FillParams, single: bool = False):
-        """Queue one request's texts and wait for its answer (raises its own error, if any)."""
+    def enqueue(self, texts: list[str], params: FillParams, single: bool = False) -> Job:
+        """Queue one request's texts; await `job.future` for its answer (raises its own error)."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self._queued_texts + len(texts) > self.limits.max_queue:
@@ -96,7 +137,18 @@ class DynamicBatcher:
         self._set_queued(self._queued_texts + len(texts))
         self._idle.clear()
         self._arrived.set()
-        return await job.future
+        return job
+
+    async def submit(self, texts: list[str], params: FillParams, single: bool = False):
+        return await self.enqueue(texts, params, single).future
+
+    def drop(self, job: Job) -> None:
+        """The client went away: take its job out of the queue (or out of the batch about to run)."""
+        job.dropped = True
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self._set_queued(self._queued_texts - len(job.texts))
+        settle(job, error=ClientGone())
 
     async def close(self) -> None:
         """Stop taking requests, answer every queued one, then stop the collector and the worker."""
@@ -108,36 +160,36 @@ class DynamicBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    # ------------------------------------------------------------------ collecting
     async def _collect_forever(self) -> None:
         while True:
-            batch = await self._next_batch()
+            await self._wait_for_jobs()
+            batch = self._take()
             try:
-                await self._run(batch)
+                answers = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, fill_jobs, self.fill, batch, self.limits.max_batch_size,
+                    self.metrics.batch_size.observe)
             except Exception as exc:  # never leave a request without an answer, whatever broke
                 log.exception("batch failed")
-                for job in batch:
-                    settle(job, error=exc)
+                answers = [exc] * len(batch)
+            for job, answer in zip(batch, answers):
+                settle(job, **({"error": answer} if isinstance(answer, BaseException) else {"result": answer}))
+            self._returning = len(batch)
             if not self._jobs:
                 self._idle.set()
 
-    async def _next_batch(self) -> list[Job]:
+    async def _wait_for_jobs(self) -> None:
+        """Until a job waits, then (see the module docstring) for the last batch's clients to return."""
         while not self._jobs:
             self._arrived.clear()
             await self._arrived.wait()
-        # The wait counts from the first text's arrival: under load it has already waited while the
-        # previous batch ran, so the next batch starts at once instead of idling the model.
-        deadline = self._jobs[0].enqueued_at + self.limits.max_wait_ms / 1000
-        while self._queued_texts < self.limits.max_batch_size and not self._closing:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
+        deadline = time.perf_counter() + self.limits.max_wait_ms / 1000
+        while len(self._jobs) < self._returning and self._queued_texts < self.limits.max_batch_size \
+                and not self._closing and (remaining := deadline - time.perf_counter()) > 0:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        return self._take()
 
     def _take(self) -> list[Job]:
         """Jobs from the front while they fit max_batch_size (the first one always)."""
@@ -154,48 +206,14 @@ class DynamicBatcher:
 
     def _set_queued(self, texts: int) -> None:
         self._queued_texts = texts
-        self.metrics.queued.value = texts
-
-    # ------------------------------------------------------------------ running
-    async def _run(self, batch: list[Job]) -> None:
-        groups: dict[FillParams, list[Job]] = {}
-        for job in batch:
-            groups.setdefault(job.params, []).append(job)
-        for params, jobs in groups.items():
-            await self._run_group(params, jobs)
-
-    async def _run_group(self, params: FillParams, jobs: list[Job]) -> None:
-        texts = [t for job in jobs for t in job.texts]  # [n_texts] of every job, in job order
-        try:
-            results = await self._call(texts, params)
-        except Exception as exc:
-            if len(jobs) == 1:
-                settle(jobs[0], error=exc)
-                return
-            log.info("a batch of %d requests failed (%s); retrying each alone", len(jobs), exc)
-            for job in jobs:  # one bad text must fail only its own request
-                await self._run_group(params, [job])
-            return
-        at = 0
-        for job in jobs:
-            mine = results[at:at + len(job.texts)]
-            at += len(job.texts)
-            settle(job, result=mine[0] if job.single else mine)
-
-    async def _call(self, texts: list[str], params: FillParams) -> list:
-        self.metrics.batch_size.observe(len(texts))
-        call = partial(self.fill, texts, batch_size=max(self.limits.max_batch_size, 1), **params.kwargs())
-        results = await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        if len(results) != len(texts):
-            raise RuntimeError(f"the fill backend returned {len(results)} results for {len(texts)} texts")
-        return results
+        self.metrics.queued.set(texts)
 
 
 def settle(job: Job, result=None, error: BaseException | None = None) -> None:
-    """Answer a job once (its client may have gone away: the future is then already cancelled)."""
+    """Answer a job once (a dropped job is already answered)."""
     if job.future.done():
         return
     if error is not None:
         job.future.set_exception(error)
     else:
-        job.future.set_result(result)
+        job.future.set_result(result if not job.single else result[0])

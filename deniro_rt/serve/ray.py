@@ -1,24 +1,24 @@
 """Ray Serve deployment of the fill-mask HTTP app (extra `deniro[ray]`).
 
-  python -m deniro_rt.ray_serve                                   # local Ray, 127.0.0.1:8000
-  python -m deniro_rt.ray_serve --num-replicas 2 --num-cpus 1    # two replicas, one core each
-  python -m deniro_rt.ray_serve --min-replicas 1 --max-replicas 8 --address auto   # autoscaling, on a cluster
-  serve run deniro_rt.ray_serve:app_builder num_replicas=2        # Serve's own CLI (key=value args)
-  curl -s 127.0.0.1:8000/ -d '{"inputs": "This is a great [MASK]!"}'
+  python -m deniro_rt.serve.ray                                   # local Ray, 127.0.0.1:8000
+  python -m deniro_rt.serve.ray --num-replicas 2 --num-cpus 1    # two replicas, one core each
+  python -m deniro_rt.serve.ray --min-replicas 1 --max-replicas 8 --address auto   # autoscaling, on a cluster
+  serve run deniro_rt.serve.ray:app_builder num_replicas=2        # Serve's own CLI (key=value args)
+  curl -s 127.0.0.1:8000/ -H 'content-type: application/json' -d '{"inputs": "This is a great [MASK]!"}'
 
-Each replica runs the same Starlette app as `python -m deniro_rt serve` (`@serve.ingress`; routes
-POST / and /fill, GET /health, /metrics, /docs) with one FillMask whose ONNX Runtime intra-op
-threads equal the CPUs the replica reserved (`--num-cpus`): Ray reserves CPUs but does not stop ORT
-from starting one thread per core of the node, so N replicas with default sessions on one node
-oversubscribe it. Batching inside a replica: `--batching app` (default) uses the app's own
-DynamicBatcher (bounded queue, 503 when full); `--batching serve` uses Ray Serve's `@serve.batch`
-instead. Measured on 2 cores (bench/results/cpu-2core-ray/): the app's batcher as fast or faster
-(1.01-1.18x over three runs; the Serve HTTP proxy is the bottleneck) and about twice as large batches
-(README "Scaling out on Ray").
+Each replica runs the same FastAPI app as `python -m deniro_rt serve` (`@serve.ingress`, the app built
+in the replica; routes POST / and /fill, GET /health, /metrics, /docs) with one FillMask whose ONNX
+Runtime intra-op threads equal the CPUs the replica reserved (`--num-cpus`): Ray reserves CPUs but
+does not stop ORT from starting one thread per core of the node, so N replicas with default sessions
+on one node oversubscribe it. RayServeConfig extends ServeConfig: every app option (limits, timeouts,
+batching) means the same here. Batching inside a replica: `--batching app` (default) uses the app's
+own DynamicBatcher (bounded queue, 503 when full); `--batching serve` uses Ray Serve's `@serve.batch`
+instead (both run a batch through batcher.fill_jobs). Measured on 2 cores
+(bench/results/cpu-2core-ray/): the app's batcher as fast or faster (1.01-1.18x over three runs; the
+Serve HTTP proxy is the bottleneck) and about twice as large batches.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -28,7 +28,9 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, fields
 
-from .errors import DeniroError
+from ..errors import DeniroError
+from .batcher import Job, fill_jobs, settle
+from .config import ServeConfig, parser_for
 
 log = logging.getLogger(__name__)
 BATCHING = ("app", "serve")
@@ -36,10 +38,9 @@ INSTALL_HINT = 'pip install "deniro[ray]"'
 
 
 @dataclass
-class RayServeConfig:
-    model: str | None = None  # export folder; None: the shipped model
-    device: str = "cpu"  # per replica
-    precision: str | None = None
+class RayServeConfig(ServeConfig):
+    """ServeConfig (the app in each replica; host/port: Serve's HTTP proxy) plus the deployment's own."""
+
     num_replicas: int = 1  # fixed replica count (ignored when max_replicas is set)
     min_replicas: int = 1  # autoscaling lower bound (with max_replicas)
     max_replicas: int | None = None  # set: autoscale between min and max replicas
@@ -49,11 +50,6 @@ class RayServeConfig:
     num_cpus: float = 1.0  # Ray CPUs per replica = its ORT intra-op threads
     num_gpus: float = 0.0  # Ray GPUs per replica (device=cuda)
     batching: str = "app"  # app: the app's DynamicBatcher | serve: @serve.batch
-    max_batch_size: int = 64  # texts per fill call
-    max_wait_ms: float = 5.0  # how long a batch's first text waits for more
-    max_queue: int = 1024  # texts waiting per replica (app batching); beyond: 503
-    host: str = "127.0.0.1"  # Serve's HTTP proxy
-    port: int = 8000
     address: str | None = None  # Ray cluster; None: RAY_ADDRESS, else a local Ray
     name: str = "deniro"  # Serve application name
 
@@ -71,29 +67,25 @@ class RayServeConfig:
         self.serve_config()  # the app's own checks (batch size, queue, ...)
         return self
 
-    def threads(self) -> int:
-        """ORT intra-op threads of one replica: the CPUs it reserved, at least one."""
-        return max(1, math.ceil(self.num_cpus))
+    def replica_threads(self) -> int:
+        """ORT intra-op threads of one replica: --threads, else the CPUs it reserved, at least one."""
+        return self.threads or max(1, math.ceil(self.num_cpus))
 
-    def serve_config(self):
+    def serve_config(self) -> ServeConfig:
         """The ServeConfig of the app inside each replica."""
-        from .serve.config import ServeConfig
-
-        # @serve.batch refuses an item larger than its max_batch_size with its own RuntimeError (a 500):
-        # cap the texts of one request there, so such a request gets the app's clear 413 instead.
-        per_request = (min(self.max_batch_size, ServeConfig.max_texts_per_request) if self.batching == "serve"
-                       else ServeConfig.max_texts_per_request)
-        return ServeConfig(model=self.model, device=self.device, precision=self.precision,
-                           max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,
-                           max_queue=self.max_queue, threads=self.threads(),
-                           max_texts_per_request=per_request).check()
+        config = ServeConfig(**{f.name: getattr(self, f.name) for f in fields(ServeConfig)})
+        config.threads = self.replica_threads()
+        if self.batching == "serve":  # @serve.batch refuses an item over its max_batch_size with its own
+            # RuntimeError (a 500): cap one request's texts there, so it gets the app's clear 413 instead
+            config.max_texts_per_request = min(self.max_batch_size, config.max_texts_per_request)
+        return config.check()
 
     def deployment_options(self) -> dict:
         """serve.deployment(...) options: replicas (fixed or autoscaling) and per-replica resources."""
         actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
         options = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests,
                    "max_queued_requests": self.max_queued_requests,
-                   "backpressure_config": {"retry_after_s": 1}}  # the 503 says when to retry
+                   "backpressure_config": {"retry_after_s": self.retry_after_s}}  # the 503 says when to retry
         if self.max_replicas is None:
             return {**options, "num_replicas": self.num_replicas}
         autoscaling = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
@@ -109,12 +101,11 @@ class FillMaskReplica:
         self.config = config
 
     def __serve_build_asgi_app__(self):
-        from .serve.app import create_app, load_fill_mask
+        from .app import create_app, load_fill_mask
 
         serve_config = self.config.serve_config()
         serve_config.threads = replica_threads(self.config)
-        backend = load_fill_mask(serve_config)
-        app = create_app(serve_config, backend)
+        app = create_app(serve_config, load_fill_mask(serve_config))
         if self.config.batching == "serve":
             use_serve_batch(app, self.config)
         log.info("replica ready: %d ORT threads, batching=%s", serve_config.threads, self.config.batching)
@@ -129,12 +120,12 @@ def replica_threads(config: RayServeConfig) -> int:
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
     except Exception:  # not inside a Ray worker (tests building the app directly)
         assigned = None
-    return max(1, math.ceil(assigned)) if assigned else config.threads()
+    return max(1, math.ceil(assigned)) if assigned and not config.threads else config.replica_threads()
 
 
 def use_serve_batch(app, config: RayServeConfig) -> None:
     """Replace the app's DynamicBatcher by a `@serve.batch` one once its lifespan has loaded the model
-    (the app's routes call `service.batcher.submit(texts, params, single)`)."""
+    (the app's routes call `service.batcher.enqueue(texts, params, single)` and `.drop(job)`)."""
     service, original = app.state.service, app.router.lifespan_context
 
     @contextlib.asynccontextmanager
@@ -150,54 +141,47 @@ def use_serve_batch(app, config: RayServeConfig) -> None:
 
 
 class ServeBatcher:
-    """`submit` like DynamicBatcher, batched by Ray Serve's `@serve.batch` (texts counted per batch)."""
+    """`enqueue`/`drop` like DynamicBatcher, batched by Ray Serve's `@serve.batch` (texts counted)."""
 
     def __init__(self, backend, config: RayServeConfig, metrics):
         from ray import serve
 
         self.backend, self.metrics, self.batch_size = backend, metrics, config.max_batch_size
         self.queued_texts = 0
+        self._running: set[asyncio.Task] = set()
         self._submit = serve.batch(max_batch_size=config.max_batch_size,
                                    batch_wait_timeout_s=config.max_wait_ms / 1000,
-                                   batch_size_fn=lambda jobs: sum(len(texts) for texts, _ in jobs))(self._fill_many)
+                                   batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs))(self._fill_many)
 
-    async def submit(self, texts: list[str], params, single: bool = False):
-        results = await self._submit((texts, params))
-        if isinstance(results, Exception):
-            raise results
-        return results[0] if single else results
+    def enqueue(self, texts: list[str], params, single: bool = False) -> Job:
+        job = Job(texts, params, single, asyncio.get_running_loop().create_future())
+        task = asyncio.ensure_future(self._answer(job))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return job
 
-    async def _fill_many(self, jobs: list[tuple]) -> list:
-        """One fill call per parameter group; a failing group is retried request by request."""
-        answers: list = [None] * len(jobs)
-        groups: dict = {}
-        for index, (_, params) in enumerate(jobs):
-            groups.setdefault(params, []).append(index)
-        for params, members in groups.items():
-            for index, answer in zip(members, await self._fill_group([jobs[i][0] for i in members], params)):
-                answers[index] = answer
-        return answers
-
-    async def _fill_group(self, requests: list[list[str]], params) -> list:
-        texts = [t for request in requests for t in request]  # [n_texts] of every request, in order
-        self.metrics.batch_size.observe(len(texts))
+    async def _answer(self, job: Job) -> None:
         try:
-            results = await asyncio.to_thread(self.backend.fill, texts, batch_size=self.batch_size, **params.kwargs())
-        except Exception as exc:
-            if len(requests) == 1:
-                return [exc]
-            return [answer for request in requests for answer in await self._fill_group([request], params)]
-        answers, at = [], 0
-        for request in requests:
-            answers.append(results[at:at + len(request)])
-            at += len(request)
-        return answers
+            answer = await self._submit(job)
+        except Exception as exc:  # Serve's own batching failed
+            answer = exc
+        settle(job, **({"error": answer} if isinstance(answer, BaseException) else {"result": answer}))
+
+    def drop(self, job: Job) -> None:
+        from .batcher import ClientGone
+
+        job.dropped = True  # fill_jobs skips it if its batch has not run yet
+        settle(job, error=ClientGone())
+
+    async def _fill_many(self, jobs: list[Job]) -> list:
+        return await asyncio.to_thread(fill_jobs, self.backend.fill, jobs, self.batch_size,
+                                       self.metrics.batch_size.observe)
 
 
 # ---------------------------------------------------------------------- building and running
 def require_ray():
     try:
-        import starlette  # noqa: F401
+        import fastapi  # noqa: F401
         from ray import serve
     except ImportError as exc:
         raise DeniroError(f"Ray Serve is not installed ({exc.name} is missing): {INSTALL_HINT}") from None
@@ -214,7 +198,7 @@ def build_app(config: RayServeConfig):
 
 
 def app_builder(args: dict):
-    """`serve run deniro_rt.ray_serve:app_builder key=value ...`: args are RayServeConfig fields."""
+    """`serve run deniro_rt.serve.ray:app_builder key=value ...`: args are RayServeConfig fields."""
     known = {f.name: f for f in fields(RayServeConfig)}
     unknown = sorted(set(args) - set(known))
     if unknown:
@@ -271,46 +255,36 @@ def main(config: RayServeConfig) -> int:
 
 
 # ---------------------------------------------------------------------- command line
-HELP = {
-    "model": "export folder (default: the shipped IMDB model)",
-    "device": "per replica: cpu, cuda or auto",
-    "precision": "graph: fp32, int8 (CPU), fp16 (CUDA) (default: the runtime's choice)",
-    "num_replicas": "fixed number of replicas (ignored with --max-replicas)",
-    "min_replicas": "autoscaling: fewest replicas",
-    "max_replicas": "autoscaling: most replicas (set it to turn autoscaling on)",
-    "target_ongoing_requests": "autoscaling: requests in flight per replica it aims for",
-    "max_ongoing_requests": "requests one replica takes at once (keep >= --max-batch-size)",
-    "max_queued_requests": "requests waiting at Serve's proxy beyond those; more get 503 + Retry-After (-1: no limit)",
-    "num_cpus": "Ray CPUs per replica; also its ONNX Runtime intra-op threads",
-    "num_gpus": "Ray GPUs per replica (with --device cuda)",
-    "batching": "app: the app's DynamicBatcher; serve: Ray Serve's @serve.batch",
-    "max_batch_size": "most texts per model call",
-    "max_wait_ms": "how long a batch's first text waits for more texts",
-    "max_queue": "most texts waiting per replica (app batching); beyond: 503",
-    "host": "Serve HTTP proxy address",
-    "port": "Serve HTTP proxy port",
-    "address": "Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else local)",
-    "name": "Serve application name",
-}
-TYPES = {"model": str, "precision": str, "max_replicas": int, "address": str}
+def help_texts() -> dict[str, str]:
+    from .__main__ import HELP
+
+    return {**HELP, "threads": "ONNX Runtime intra-op threads per replica (default: --num-cpus)",
+            "host": "Serve HTTP proxy address", "port": "Serve HTTP proxy port",
+            "num_replicas": "fixed number of replicas (ignored with --max-replicas)",
+            "min_replicas": "autoscaling: fewest replicas",
+            "max_replicas": "autoscaling: most replicas (set it to turn autoscaling on)",
+            "target_ongoing_requests": "autoscaling: requests in flight per replica it aims for",
+            "max_ongoing_requests": "requests one replica takes at once (keep >= --max-batch-size)",
+            "max_queued_requests": "requests waiting at Serve's proxy beyond those; more get 503 + Retry-After "
+                                   "(-1: no limit)",
+            "num_cpus": "Ray CPUs per replica; also its ONNX Runtime intra-op threads",
+            "num_gpus": "Ray GPUs per replica (with --device cuda)",
+            "batching": "app: the app's DynamicBatcher; serve: Ray Serve's @serve.batch",
+            "address": "Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else local)",
+            "name": "Serve application name"}
+
+
+TYPES = {"model": str, "precision": str, "threads": int, "max_replicas": int, "address": str}
 
 
 def parse_args(argv: list[str] | None) -> RayServeConfig:
-    parser = argparse.ArgumentParser(prog="python -m deniro_rt.ray_serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(RayServeConfig):
-        choices = {"batching": BATCHING, "device": ("auto", "cpu", "cuda")}.get(f.name)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=TYPES.get(f.name) or type(f.default),
-                            default=f.default, choices=choices, help=HELP[f.name] + _default(f.name, f.default))
+    parser = parser_for(RayServeConfig, "python -m deniro_rt.serve.ray", __doc__, help_texts(), TYPES,
+                        {"batching": BATCHING})
     return RayServeConfig(**vars(parser.parse_args(argv)))
 
 
-def _default(name: str, value) -> str:
-    return "" if "(default:" in HELP[name] else f" (default: {value})"
-
-
 def run(argv: list[str] | None = None) -> int:
-    from .cli import run_main, setup_logging
+    from ..cli import run_main, setup_logging
 
     setup_logging(logging.INFO, ours=(__name__,))
     config = parse_args(argv)
