@@ -22,6 +22,7 @@ from deniro_rt.artifact import (FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH,
 from deniro_rt.data import untruncated
 from deniro_rt.files import publish
 
+from .card import write_card
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
@@ -136,6 +137,7 @@ def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | N
     manifest = build_manifest(config, source, fused, validation, stage)
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_card(stage, manifest)  # README.md: the folder's model card, derived from the manifest (not hashed)
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
