@@ -1,18 +1,72 @@
-"""Atomic folder output, shared by every stage (export artifacts, converted checkpoints, batch results)."""
+"""Atomic folder output, shared by every stage (export artifacts, converted checkpoints, batch results).
+
+`staged(out)` gives a hidden folder beside `out` to write into; `publish` puts the finished folder in place.
+On Linux an existing `out` is swapped with the new folder in one system call (renameat2 RENAME_EXCHANGE),
+so a reader or a crash sees the old folder or the new one, never neither. Where that call is missing
+(other systems, old kernels, file systems without it) the old folder is first renamed aside: a crash in
+that moment leaves `out` absent and the old folder, complete, at `.<name>.old-<pid>` beside it.
+"""
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
+RENAME_EXCHANGE = 2  # <linux/fs.h>: swap the two paths atomically; both must exist
+UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step; False where this system cannot (then nothing was changed)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
 def publish(stage: Path, out: Path) -> None:
-    """Rename the finished folder `stage` into place as `out`; an old `out` goes only after that, so a
-    crash leaves either the old folder or the new one, never neither."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
+    """Put the finished folder `stage` in place as `out` (see the module docstring for what a crash leaves).
+
+    A new `out` is one rename. An existing one is swapped with `stage` and then deleted."""
+    stage, out = Path(stage), Path(out)
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    if exchange(stage, out):
+        shutil.rmtree(stage, ignore_errors=True)  # holds the old folder now
+        return
+    log.debug("no atomic exchange here; renaming %s aside first", out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
     os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside `out` to write into: published as `out` when the block succeeds,
+    removed when it raises (then `out` is untouched)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    stage.chmod(0o755)  # mkdtemp's 0700 would follow the folder when it is renamed into place
+    try:
+        yield stage
+        publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # the failed stage, or the old folder after a swap

@@ -9,7 +9,6 @@ import json
 import logging
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from importlib import metadata
@@ -20,7 +19,7 @@ import numpy as np
 from deniro_rt.artifact import (FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, TOKENIZER_FILE,
                                sha256_file)
 from deniro_rt.data import untruncated
-from deniro_rt.files import publish
+from deniro_rt.files import staged
 
 from .card import write_card
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
@@ -93,15 +92,8 @@ def main(config: ExportConfig) -> Path:
     data = validation_set(config, source) if config.validate else None
     if config.weights == "int8":
         source = rounded(source, data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    stage.chmod(0o755)  # mkdtemp's 0700 would follow the folder when it is renamed into place
-    try:
+    with staged(out) as stage:  # published only if everything below succeeds
         build_artifact(config, source, data, providers, stage, started)
-        publish(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     report(out, time.perf_counter() - started)
     return out
 
