@@ -75,5 +75,7 @@ def test_shipped_model_card_matches_its_manifest():
     assert meta["base_model"] == MINILM and meta["pipeline_tag"] == "fill-mask"
     assert index_metrics(meta)["perplexity, export validation set (fp32 graph)"] == \
         round(manifest["validation"]["fp32"]["metrics"]["perplexity"], 4)
+    model_card = (DEFAULT_MODEL_DIR.parents[2] / "MODEL_CARD.md").read_text().strip()
+    assert model_card in (DEFAULT_MODEL_DIR / CARD).read_text(), "MODEL_CARD.md changed: rerun python -m export.card"
     folder_bytes = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())
     assert folder_bytes <= 20_000_000, f"the shipped folder with its card is {folder_bytes / 1e6:.2f} MB"
