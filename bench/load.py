@@ -4,12 +4,15 @@ Starts each server as its own process, then for each client count runs a bounded
 client holds one keep-alive HTTP/1.1 connection (raw asyncio streams; httpx's ~1 ms of client CPU
 per request made the load generator itself the bottleneck on 2 cores) and POSTs one IMDB test
 sentence (`{"inputs": sentence}`), reads the whole answer and sends the next, until --requests
-requests or --seconds have passed. Reports sentences/s,
-latency p50/p90/p99, failures (503 counted apart) and the server's mean batch size (from /metrics).
+requests or --seconds have passed. Reports sentences/s, latency p50/p90/p99, failures (503 counted
+apart) and the server's batch sizes (mean and histogram, from /metrics).
 
 Servers:
-  batched      deniro_rt serve --max-batch-size B --max-wait-ms W (dynamic batching)
+  batched      deniro_rt serve --max-batch-size B (dynamic batching)
   unbatched    the same server with --max-batch-size 1
+  before-batched, before-unbatched
+               the same two from another checkout (--baseline, e.g. `git worktree add /tmp/old HEAD~3`),
+               measured in the same run: before/after ratios on the same shared machine
   hf-pipeline  transformers pipeline("fill-mask") behind the same HTTP layer and batcher
                (--torch-model; default: a random-init DistilBertForMaskedLM of the artifact's own
                config.json and tokenizer, i.e. the same shape as the deniro_rt model: speed only)
@@ -45,7 +48,7 @@ from deniro_rt.errors import DeniroError
 from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset
 
 log = logging.getLogger("bench.load")
-SERVERS = ("batched", "unbatched", "hf-pipeline")
+SERVERS = ("batched", "unbatched", "hf-pipeline", "before-batched", "before-unbatched")
 OUT = REPO / "bench" / "results" / "cpu-2core-serve"
 QUICK = {"clients": "1,8", "rounds": 1, "requests": 40, "seconds": 2.0, "warmup": 5, "sentences": 50}
 
@@ -54,7 +57,8 @@ QUICK = {"clients": "1,8", "rounds": 1, "requests": 40, "seconds": 2.0, "warmup"
 class LoadConfig(QuickDefaults):
     model: str | None = None  # artifact folder; default: deniro_rt's shipped model
     torch_model: str | None = None  # for hf-pipeline; default: random init of the artifact's config
-    servers: str = ",".join(SERVERS)
+    servers: str = ",".join(SERVERS[:3])
+    baseline: str | None = None  # another checkout whose deniro_rt serve runs as before-*
     clients: str = "1,8,32,128"  # concurrent clients per level
     rounds: int = 3  # every (server, clients) cell is measured once per round, interleaved
     requests: int = 2000  # requests per cell and round at most
@@ -66,7 +70,7 @@ class LoadConfig(QuickDefaults):
     split: str = "test"
     seed: int = 0
     max_batch_size: int = 64
-    max_wait_ms: float = 2.0
+    max_wait_ms: float | None = None  # default: each server's own
     max_queue: int = 1024
     precision: str | None = None  # deniro_rt graph; default: the runtime's choice
     threads: int | None = None  # intra-op threads of every server (ORT / torch); default: serve's rule
@@ -85,6 +89,8 @@ class LoadConfig(QuickDefaults):
         bad = [s for s in names if s not in SERVERS]
         if bad or not names:
             raise DeniroError(f"--servers: unknown {bad}; choose from {', '.join(SERVERS)}")
+        if any(n.startswith("before-") for n in names) and not self.baseline:
+            raise DeniroError("--servers before-*: pass --baseline CHECKOUT (e.g. a git worktree of an older commit)")
         return names
 
 
@@ -153,29 +159,42 @@ class ServerProcess:
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before the server binds (start_server retries)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def server_command(name: str, cfg: LoadConfig, port: int, torch_model: Path | None) -> list[str]:
-    batch = 1 if name == "unbatched" else cfg.max_batch_size
+    batch = 1 if name.endswith("unbatched") else cfg.max_batch_size
     if name == "hf-pipeline":
         return [sys.executable, "-m", "bench.load", str(torch_model), str(port), str(batch),
-                str(cfg.max_wait_ms), str(cfg.max_queue), str(cfg.threads or 0)]
+                str(cfg.max_wait_ms if cfg.max_wait_ms is not None else 5.0), str(cfg.max_queue), str(cfg.threads or 0)]
     cmd = [sys.executable, "-m", "deniro_rt", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch-size", str(batch), "--max-wait-ms", str(cfg.max_wait_ms),
-           "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
-    return cmd + (["--model", cfg.model] if cfg.model else []) + \
+           "--max-batch-size", str(batch), "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
+    return cmd + (["--max-wait-ms", str(cfg.max_wait_ms)] if cfg.max_wait_ms is not None else []) + \
+        (["--model", cfg.model] if cfg.model else []) + \
         (["--precision", cfg.precision] if cfg.precision else []) + \
         (["--threads", str(cfg.threads)] if cfg.threads else [])
 
 
-def start_server(name: str, cfg: LoadConfig, torch_model: Path | None) -> ServerProcess:
+def start_server(name: str, cfg: LoadConfig, torch_model: Path | None, tries: int = 3) -> ServerProcess:
+    """Start and wait until healthy; a server that exits at once (its port taken meanwhile) is retried."""
+    for attempt in range(tries):
+        try:
+            return start_once(name, cfg, torch_model)
+        except DeniroError:
+            if attempt == tries - 1:
+                raise
+            log.warning("the %s server exited early; retrying on another port", name)
+
+
+def start_once(name: str, cfg: LoadConfig, torch_model: Path | None) -> ServerProcess:
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen(server_command(name, cfg, port, torch_model), cwd=REPO)
+    cwd = cfg.baseline if name.startswith("before-") else REPO
+    proc = subprocess.Popen(server_command(name, cfg, port, torch_model), cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -274,11 +293,13 @@ def run_async(coro):
         return runner.run(coro)
 
 
-def batch_stats(metrics: str) -> tuple[float, int]:
-    """(texts filled, fill calls) so far, from the batch-size histogram."""
+def batch_stats(metrics: str) -> tuple[float, float, dict[str, float]]:
+    """(texts filled, fill calls, fill calls per batch-size bucket, cumulative) so far, from /metrics."""
     total = float(re.search(r"^deniro_batch_size_sum (\S+)$", metrics, re.M).group(1))
-    calls = int(re.search(r"^deniro_batch_size_count (\d+)$", metrics, re.M).group(1))
-    return total, calls
+    calls = float(re.search(r"^deniro_batch_size_count (\S+)$", metrics, re.M).group(1))
+    buckets = {f"{float(le):g}" if le != "+Inf" else le: float(n) for le, n in
+               re.findall(r'^deniro_batch_size_bucket\{le="([^"]+)"\} (\S+)$', metrics, re.M)}
+    return total, calls, buckets
 
 
 @dataclass
@@ -288,7 +309,8 @@ class Cell:
     tally: Tally
     elapsed: float
     texts: float  # texts the server filled meanwhile
-    calls: int  # fill calls it made meanwhile
+    calls: float  # fill calls it made meanwhile
+    buckets: dict[str, float]  # fill calls per batch-size bucket (cumulative, "le") meanwhile
 
 
 def measure(server: ServerProcess, requests: list[bytes], clients: int, cfg: LoadConfig) -> Cell:
@@ -301,7 +323,8 @@ def measure(server: ServerProcess, requests: list[bytes], clients: int, cfg: Loa
     after = batch_stats(httpx.get(server.url + "/metrics").text)
     log.info("%-12s %4d clients: %7.1f sentences/s, %s", server.name, clients,
              tally.statuses.get("200", 0) / elapsed, tally.statuses)
-    return Cell(tally, elapsed, after[0] - before[0], after[1] - before[1])
+    buckets = {le: n - before[2].get(le, 0) for le, n in after[2].items()}
+    return Cell(tally, elapsed, after[0] - before[0], after[1] - before[1], buckets)
 
 
 def summarize(name: str, clients: int, cells: list[Cell]) -> dict:
@@ -316,9 +339,21 @@ def summarize(name: str, clients: int, cells: list[Cell]) -> dict:
            "rejected_503": statuses.get("503", 0), "failed": sent - ok - statuses.get("503", 0),
            "statuses": statuses, "seconds": round(elapsed, 3), "sentences_per_s": ok / elapsed,
            "per_round_sentences_per_s": [c.tally.statuses.get("200", 0) / c.elapsed for c in cells],
-           "mean_batch": sum(c.texts for c in cells) / max(1, sum(c.calls for c in cells))}
+           "mean_batch": sum(c.texts for c in cells) / max(1, sum(c.calls for c in cells)),
+           "batch_histogram": histogram(cells)}
     row.update({f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)})
     return row
+
+
+def histogram(cells: list[Cell]) -> dict[str, int]:
+    """Fill calls by batch size ("<=8": batches of 5..8 texts), summed over rounds, not cumulative."""
+    cumulative = {le: sum(c.buckets.get(le, 0) for c in cells) for le in cells[0].buckets}
+    out, below, low = {}, 0.0, 0
+    for le, n in cumulative.items():
+        label = f"{low + 1}-{le}" if le != "+Inf" else f">{low}"
+        out[label] = int(n - below)
+        below, low = n, int(float(le)) if le != "+Inf" else low
+    return out
 
 
 # --------------------------------------------------------------------------- workload and run
@@ -389,7 +424,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         if server != "batched":
             continue
         entry = {"clients": clients}
-        for other in ("unbatched", "hf-pipeline"):
+        for other in ("unbatched", "hf-pipeline", "before-batched"):
             if by.get((other, clients)):
                 entry[f"vs_{other}"] = value / by[(other, clients)]
         out.append(entry)
@@ -424,9 +459,15 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {rounds} | {_f(r['p50_ms'])} | "
                      f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
                      f"{r['rejected_503']} | {r['failed']} |")
-    lines += ["", "| clients | batched vs unbatched | batched vs hf-pipeline |", "|---|---|---|"]
+    others = ("unbatched", "hf-pipeline", "before-batched")
+    lines += ["", "| clients | " + " | ".join(f"batched vs {o}" for o in others) + " |", "|---|---|---|---|"]
     for r in result["ratios"]:
-        lines.append(f"| {r['clients']} | {_x(r.get('vs_unbatched'))} | {_x(r.get('vs_hf-pipeline'))} |")
+        lines.append(f"| {r['clients']} | " + " | ".join(_x(r.get(f"vs_{o}")) for o in others) + " |")
+    labels = list(result["rows"][0]["batch_histogram"])
+    lines += ["", "Fill calls by batch size (texts per call), all rounds:", "",
+              "| server | clients | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for r in result["rows"]:
+        lines.append(f"| {r['server']} | {r['clients']} | " + " | ".join(str(v) for v in r["batch_histogram"].values()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -478,7 +519,8 @@ HELP = {
     "model": "artifact folder (default: deniro_rt's shipped model)",
     "torch_model": "save_pretrained folder for hf-pipeline (default: random init of the artifact's "
                    "config.json with its tokenizer: same shape, speed only)",
-    "servers": f"comma-separated subset of {', '.join(SERVERS)}",
+    "servers": f"comma-separated subset of {', '.join(SERVERS)} (default: the first three)",
+    "baseline": "another deniro checkout (e.g. `git worktree add /tmp/old HEAD~3`) whose server runs as before-*",
     "clients": "comma-separated concurrent client counts",
     "rounds": "rounds; each measures every (server, clients) cell once, servers interleaved",
     "requests": "requests per cell and round at most",
@@ -490,7 +532,7 @@ HELP = {
     "split": "split the sentences are cut from",
     "seed": "sentence choice and masked word",
     "max_batch_size": "--max-batch-size of the batched and hf-pipeline servers",
-    "max_wait_ms": "--max-wait-ms of every server",
+    "max_wait_ms": "--max-wait-ms of every server (default: each server's own)",
     "max_queue": "--max-queue of every server",
     "precision": "deniro_rt graph (default: the runtime's choice for CPU)",
     "threads": "intra-op threads of every server: ONNX Runtime's, torch.set_num_threads for hf-pipeline "
@@ -498,7 +540,7 @@ HELP = {
     "out": "report folder",
     "quick": f"small counts ({QUICK}): checks the harness, not the speed",
 }
-TYPES = {"model": str, "torch_model": str, "precision": str, "threads": int}
+TYPES = {"model": str, "torch_model": str, "precision": str, "threads": int, "baseline": str, "max_wait_ms": float}
 
 
 def parse_args(argv: list[str] | None) -> LoadConfig:

@@ -53,6 +53,7 @@ def main(config: ServeConfig, fill_mask=None) -> int:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     try:
         sock = socket.create_server((config.host, config.port), family=family, backlog=2048)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it: no Nagle delay
     except OSError as exc:
         raise DeniroError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); pass another "
                           f"--port (0: any free port)") from None
