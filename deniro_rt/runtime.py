@@ -268,6 +268,8 @@ class FillMask:
         """Predictions' columns (text_index, mask_position, token_ids, scores) for all rows, batched by
         length (similar lengths share a batch: little padding), in input order."""
         order = np.argsort(rows.lengths, kind="stable")  # [n_texts]
+        if not len(order):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, top_k), np.int64), np.zeros((0, top_k))
         parts = [self._run_chunk(rows, order[s:s + batch_size], top_k) for s in range(0, len(order), batch_size)]
         text, position, logprobs, token_ids = (np.concatenate(c) for c in zip(*parts))
         back = np.argsort(text, kind="stable")  # input order; a text's masks stay in position order
@@ -512,6 +514,46 @@ def restore_dropped(per_mask: list, lost: list[int]) -> list:
     for n in lost:
         per_mask.insert(n, [])
     return per_mask[0] if len(per_mask) == 1 else per_mask
+
+
+def with_cut_rows(text, position, token_ids, scores, lost: dict[int, list[int]]) -> tuple[np.ndarray, ...]:
+    """Insert a row (position -1, ids -1, scores NaN) for each mask truncation cut away, at its place among
+    its text's masks (fill gives such a mask []). Rows come in sorted by text, masks in position order."""
+    number = np.arange(len(text)) - np.searchsorted(text, text)  # [n] ordinal among the text's kept masks
+    extra_text, extra_number = [], []
+    for t, cut in lost.items():
+        mine = np.flatnonzero(text == t)  # [kept masks of t]
+        number[mine] = [m for m in range(len(mine) + len(cut)) if m not in cut]
+        extra_text += [t] * len(cut)
+        extra_number += cut
+    k, n_cut = token_ids.shape[1], len(extra_text)
+    text = np.concatenate([text, np.array(extra_text, np.int64)])
+    number = np.concatenate([number, np.array(extra_number, np.int64)])
+    order = np.lexsort((number, text))  # by text, then mask number
+    position = np.concatenate([position, np.full(n_cut, -1, np.int64)])[order]
+    token_ids = np.concatenate([token_ids, np.full((n_cut, k), -1, np.int64)])[order]
+    scores = np.concatenate([scores, np.full((n_cut, k), np.nan)])[order]
+    return text[order], position, token_ids, scores
+
+
+def join_blocks(blocks: list[TokenRows], parts: list[tuple[np.ndarray, ...]]) -> tuple[TokenRows, tuple]:
+    """One TokenRows and one set of columns from consecutive blocks of texts (text indices shifted)."""
+    firsts = np.cumsum([0] + [len(b) for b in blocks])  # [n_blocks + 1] first text of each block
+    starts = np.cumsum([0] + [len(b.ids) for b in blocks])  # [n_blocks + 1] first token of each block
+    offsets = np.concatenate([[0]] + [b.offsets[1:] + s for b, s in zip(blocks, starts)])
+    lost = {t + int(f): cut for b, f in zip(blocks, firsts) for t, cut in b.lost.items()}
+    rows = TokenRows(np.concatenate([b.ids for b in blocks]), offsets.astype(np.int64), lost)
+    text = np.concatenate([p[0] + f for p, f in zip(parts, firsts)])
+    return rows, (text, *(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3)))
+
+
+def padding_fraction(lengths: np.ndarray, batch_size: int) -> float:
+    """Share of the padded id matrices that is padding when texts of these lengths are batched as
+    score_rows batches them (sorted by length, `batch_size` per batch)."""
+    ordered = np.sort(lengths)  # [n_texts]
+    longest = np.maximum.reduceat(ordered, np.arange(0, len(ordered), batch_size))  # [n_batches]
+    sizes = np.diff(np.append(np.arange(0, len(ordered), batch_size), len(ordered)))  # [n_batches]
+    return float(1 - ordered.sum() / max(1, int((longest * sizes).sum())))
 
 
 # ---------------------------------------------------------------------- targets and joint fill
