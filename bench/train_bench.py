@@ -4,12 +4,22 @@ Per shape (train/config.py SHAPES, with that preset's batch and chunk size unles
 build_model (random init) -> MaskedOnlyMLM -> AdamW -> Accelerate -> micro_batch (whole-word
 masking) -> train_step, timed after a few warm-up steps. The token ids are random (the content
 of a chunk does not change the work); words are runs of 1-3 tokens, so masking behaves as on text.
+A step is timed from micro_batch to the loss on the host, as the real loop pays it (masking included).
+
+The loop before and after issue 23, interleaved in one process (ratio measured in the same run):
+
+    python -m bench.train_bench --shapes tiny,minilm --batch-size 8 --chunk-size 128 --rounds 3 \
+        --json bench/results/cpu-2core-train/loop.json
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -43,6 +53,22 @@ def synthetic_chunks(n_chunks: int, chunk_size: int, vocab: int, seed: int = 0) 
     return Chunks(input_ids=ids, word_ids=words)
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the loop masks and updates: train/'s defaults now, or the loop before issue 23 (BEFORE)."""
+
+    masking: str = "device"  # device: train.data.mask_rows where the model runs; host: numpy
+    adamw: str = "auto"  # train.loop.make_optimizer's choice; "plain": torch.optim.AdamW() as before
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.masking}-mask/{self.adamw}-adamw" + ("/compiled" if self.compile else "")
+
+
+BEFORE = LoopOptions(masking="host", adamw="plain")
+
+
 def train_config(shape: str, batch_size: int | None, chunk_size: int | None, precision: str):
     from train.config import PRESETS, SHAPES, build_config
 
@@ -56,10 +82,19 @@ def train_config(shape: str, batch_size: int | None, chunk_size: int | None, pre
     return build_config(shape if shape in PRESETS else "deniro", overrides)
 
 
-def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chunk_size: int | None,
-                precision: str, device: str) -> dict:
+def build_optimizer(config, wrapped, loop: LoopOptions, device):
     import torch
 
+    from train.loop import make_optimizer
+
+    if loop.adamw == "plain":  # the loop before issue 23: torch's default implementation for the device
+        return torch.optim.AdamW(wrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return make_optimizer(config, wrapped, device)
+
+
+def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chunk_size: int | None,
+                precision: str, device: str, loop: LoopOptions = LoopOptions()) -> dict:
+    from train.data import to_device
     from train.loop import make_schedule, micro_batch, train_step
     from train.model import MaskedOnlyMLM, build_model
 
@@ -67,22 +102,25 @@ def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chu
     vocab = SyntheticVocab(config.vocab_size)
     accelerator = make_accelerator(precision, device)
     model = build_model(config, vocab)
+    if loop.compile:
+        model.distilbert.compile()
     wrapped = MaskedOnlyMLM(model)
-    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
     n_procs = accelerator.num_processes
     chunks = synthetic_chunks((steps + warmup) * config.batch_size * n_procs, config.chunk_size, vocab.size)
+    data = to_device(chunks, accelerator.device) if loop.masking == "device" else chunks
     sched = make_schedule(config, len(chunks), n_procs)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     wrapped.train()
     times = []
-    for step in tqdm(range(warmup + steps), desc=f"train {shape}", leave=False, dynamic_ncols=True):
-        batch = micro_batch(config, chunks, sched, step, 0, accelerator.process_index, n_procs, vocab)
+    for step in tqdm(range(warmup + steps), desc=f"train {shape} {loop.name}", leave=False, dynamic_ncols=True):
         start = time.perf_counter()
+        batch = micro_batch(config, data, sched, step, 0, accelerator.process_index, n_procs, vocab)
         loss = float(train_step(accelerator, wrapped, optimizer, [batch]))  # float(): waits for the device
         if step >= warmup:
             times.append(time.perf_counter() - start)
     tokens = config.batch_size * config.chunk_size * n_procs
-    return {"shape": shape, "precision": precision, "device": str(accelerator.device),
+    return {"shape": shape, "precision": precision, "device": str(accelerator.device), **asdict(loop),
             "processes": n_procs, "batch_size": config.batch_size, "chunk_size": config.chunk_size,
             "vocab_size": vocab.size, "parameters": sum(p.numel() for p in model.parameters()),
             "steps": steps, "warmup": warmup, "step_ms_mean": 1e3 * float(np.mean(times)),
@@ -112,3 +150,54 @@ def run_train(shapes: list[str], steps: int, warmup: int, batch_size: int | None
                  row["step_ms_mean"], row["batch_size"], row["chunk_size"])
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------- before/after, interleaved
+def compare_loops(shapes: list[str], rounds: int, steps: int, warmup: int, batch_size: int | None,
+                  chunk_size: int | None, precision: str, loops: list[LoopOptions]) -> dict:
+    """Each shape x loop `rounds` times, interleaved (before, after, before, ...): the ratio of the medians
+    is measured under the same load (the CPU is shared)."""
+    rows = []
+    for _ in range(rounds):
+        for shape in shapes:
+            for loop in loops:
+                rows.append(bench_shape(shape, steps, warmup, batch_size, chunk_size, precision, "auto", loop))
+                log.info("%s %s: %.0f tokens/s", shape, loop.name, rows[-1]["tokens_per_s"])
+    summary = {}
+    for shape in shapes:
+        medians = {loop.name: float(np.median([r["tokens_per_s"] for r in rows
+                                               if r["shape"] == shape and r["masking"] == loop.masking
+                                               and r["adamw"] == loop.adamw and r["compile"] == loop.compile]))
+                   for loop in loops}
+        summary[shape] = {"median_tokens_per_s": medians,
+                          "ratio_to_first": {n: v / medians[loops[0].name] for n, v in medians.items()}}
+    return {"rows": rows, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.train_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="tiny,minilm", help="train/config.py SHAPES, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every variant")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, help="chunks per step (default: the shape's preset)")
+    parser.add_argument("--chunk-size", type=int, help="tokens per chunk (default: the shape's preset)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true", help="also time the loop with torch.compile")
+    parser.add_argument("--json", type=Path, help="write rows and summary here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    loops = [BEFORE, LoopOptions()] + ([LoopOptions(compile=True)] if args.compile else [])
+    result = compare_loops([s for s in args.shapes.split(",") if s], args.rounds, args.steps, args.warmup,
+                           args.batch_size, args.chunk_size, args.precision, loops)
+    result["args"] = {k: str(v) for k, v in vars(args).items()}
+    print(json.dumps(result["summary"], indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

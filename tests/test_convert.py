@@ -191,6 +191,32 @@ def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir
     assert abs(full_int8["perplexity"] / full["perplexity"] - 1) < 0.02 and full_int8["est_int8_graph_mb"] < full["est_int8_graph_mb"]
     assert pruned["keep"] == 300 and 0 < pruned["labels_pruned"] < 0.2
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+    assert len(rows) == 4  # no --mixed: no mixed rows
+
+
+def test_mixed_precision_rows_keep_the_whole_vocabulary_between_int4_and_int8(tiny_model_dir, imdb_dir):
+    """train.shrink --mixed N (issue 23): the N most frequent rows 8-bit, the rest 4-bit, per-row scales."""
+    from train import shrink
+
+    weight = torch.randn(50, 16)
+    order = np.random.default_rng(0).permutation(50)
+    mixed = shrink.mixed_rows(weight, order, 10)
+    row_max = weight.abs().amax(1, keepdim=True)
+    assert torch.equal(mixed[order[:10]], shrink.quantize_rows(weight)[order[:10]])
+    assert ((mixed - weight).abs() <= row_max / 14 + 1e-6).all()  # 4-bit: half a step of max/7
+    assert len(torch.unique(mixed[order[10]])) <= 15 and not torch.equal(mixed[order[10:]], weight[order[10:]])
+    rows = shrink.main(shrink.ShrinkConfig(model=str(tiny_model_dir), dataset=str(imdb_dir), keep="1000",
+                                           count_texts=100, eval_texts=20, chunk_size=64, mixed="0,200,600"))
+    full, int8, all4, mix, all8 = rows
+    assert [r["int8_rows"] for r in rows] == [None, None, 0, 200, 600] and all(r["keep"] == 600 for r in rows)
+    assert all8["perplexity"] == int8["perplexity"]  # every row 8-bit: the int8 table
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)
+    sizes = [shrink.package_bytes(model, 600, False, n) for n in (0, 200, 600)]
+    assert sizes[0] < sizes[1] < sizes[2] == shrink.package_bytes(model, 600, True)
+    assert sizes[1] - sizes[0] == 200 * model.config.dim // 2  # an 8-bit row costs half a row more
+    assert abs(all4["perplexity"] / full["perplexity"] - 1) < 0.1 and all4["labels_pruned"] == 0
 
 
 def model_tokenizer(folder):

@@ -165,6 +165,26 @@ def test_init_from_a_trained_model_is_its_fp16_weights_and_files(tmp_path, tiny_
     assert missing.returncode == 1 and f"--from {tmp_path}: no model.safetensors there" in missing.stderr
 
 
+def test_unsupervised_text_travels_apart_and_unpacks_beside_train_and_test(tmp_path):
+    """carry.py pack-text --splits unsupervised (the sweep's extra MLM text, issue 23) lands in /tmp/carry/text
+    beside train/test; unpack-text restores every split it finds, and refuses a folder without train/test."""
+    import pyarrow.parquet as pq
+
+    carry = [sys.executable, str(GPU / "carry.py")]
+    subprocess.run(carry + ["pack-text", str(SAMPLE), str(tmp_path / "text")], check=True, capture_output=True)
+    subprocess.run(carry + ["pack-text", str(SAMPLE), str(tmp_path / "text"), "--splits", "unsupervised"],
+                   check=True, capture_output=True)
+    subprocess.run(carry + ["unpack-text", str(tmp_path / "text"), str(tmp_path / "imdb")], check=True,
+                   capture_output=True)
+    for split in ("train", "test", "unsupervised"):
+        back = pq.read_table(tmp_path / "imdb" / f"{split}.parquet").column("text").to_pylist()
+        assert back == pq.read_table(SAMPLE / f"{split}.parquet").column("text").to_pylist(), split
+    (tmp_path / "text" / "test.jsonl.xz").unlink()
+    lacking = subprocess.run(carry + ["unpack-text", str(tmp_path / "text"), str(tmp_path / "x")], capture_output=True,
+                             text=True)
+    assert lacking.returncode == 1 and "lacks test.jsonl.xz" in lacking.stderr
+
+
 def _weights_come_back(out: Path, work: Path) -> None:
     """carry.py unpack-model joins the parts (sha256 checked) into the trained model, fp16-rounded."""
     import torch

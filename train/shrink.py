@@ -7,6 +7,7 @@ pruned is scored as [UNK] (the shipped model could only ever say [UNK] there). M
 is exported or shipped.
 
     python -m train.shrink --model runs/minilm --dataset ../shared/data/imdb --keep 30522,20000,16000
+    python -m train.shrink --model runs/minilm --dataset ../shared/data/imdb --mixed 4000,8000,16000  # + mixed rows
     python -m train.shrink --model $TMPDIR/deniro-minilm/minilm-l6-v2-0.1.2-distilbert \
         --checkpoint runs/minilm/checkpoints/step_00000100 --dataset ../shared/data/imdb   # a running run
 """
@@ -38,6 +39,7 @@ class ShrinkConfig:
     chunk_size: int = 128
     eval_seed: int = 1234
     output: str | None = None  # optional JSON file for the results
+    mixed: str = ""  # whole-vocabulary variants: this many most frequent rows at 8 bits, the rest at 4 (issue 23)
     checkpoint: str | None = None  # a train checkpoint folder (step_*) whose weights replace --model's
 
 
@@ -51,6 +53,8 @@ HELP = {
     "eval_seed": "seed of the review sample and of the one-time masking",
     "output": "JSON file for the results",
     "checkpoint": "a python -m train checkpoint folder (step_*) whose weights replace --model's",
+    "mixed": "comma-separated counts N: the whole vocabulary, the N most frequent rows 8-bit and the rest 4-bit, "
+             "per-row scales (measured after the --keep rows)",
 }
 
 
@@ -58,6 +62,7 @@ HELP = {
 class Variant:
     keep: int  # vocabulary size after pruning
     int8_embedding: bool
+    int8_rows: int | None = None  # mixed table: the most frequent rows 8-bit, the others 4-bit (per-row scales)
 
 
 def piece_order(tokenizer, texts: list[str]) -> np.ndarray:
@@ -71,10 +76,25 @@ def piece_order(tokenizer, texts: list[str]) -> np.ndarray:
     return np.argsort(-counts, kind="stable")
 
 
-def quantize_rows(weight: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-row int8, dequantized: what an int8 table with fp32 row scales gives back."""
-    scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # [vocab, 1]
-    return torch.round(weight / scale).clamp(-127, 127) * scale
+def quantize_rows(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Symmetric per-row int8 (or int4: levels -7..7), dequantized: what the table with fp32 row scales gives back."""
+    top = 2 ** (bits - 1) - 1  # 127 for 8 bits, 7 for 4
+    scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / top  # [vocab, 1]
+    return torch.round(weight / scale).clamp(-top, top) * scale
+
+
+def mixed_rows(weight: torch.Tensor, order: np.ndarray, int8_rows: int) -> torch.Tensor:
+    """The `int8_rows` most frequent pieces' rows at 8 bits, every other row at 4 bits."""
+    out = quantize_rows(weight, 4)
+    frequent = torch.from_numpy(np.ascontiguousarray(order[:int8_rows]))
+    out[frequent] = quantize_rows(weight[frequent], 8)
+    return out
+
+
+def variant_table(weight: torch.Tensor, variant: Variant, order: np.ndarray) -> torch.Tensor:
+    if variant.int8_rows is not None:
+        return mixed_rows(weight, order, variant.int8_rows)
+    return quantize_rows(weight) if variant.int8_embedding else weight
 
 
 @torch.no_grad()
@@ -84,8 +104,7 @@ def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> 
     kept = torch.from_numpy(np.sort(order[:variant.keep]))  # [keep]
     is_kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     is_kept[kept] = True
-    table = model.distilbert.embeddings.word_embeddings.weight
-    weight = quantize_rows(table) if variant.int8_embedding else table
+    weight = variant_table(model.distilbert.embeddings.word_embeddings.weight, variant, order)
     position = {int(t): i for i, t in enumerate(kept)}
     nll, count, top1, pruned = 0.0, 0, [], 0
     for start in range(0, len(eval_set.input_ids), 16):
@@ -106,15 +125,18 @@ def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> 
     return float(np.exp(nll / count)), np.concatenate(top1), pruned / count
 
 
-def package_bytes(model, keep: int, int8_embedding: bool) -> int:
-    """Estimated graph size with int8 linear layers: embedding table at 1 or 4 bytes + fp32 row scales,
-    linear weights 1 byte, everything else (positions, LayerNorms, biases) fp32."""
+def package_bytes(model, keep: int, int8_embedding: bool, int8_rows: int | None = None) -> int:
+    """Estimated graph size with int8 linear layers: embedding table at 1 or 4 bytes (mixed: 1 byte for the
+    int8 rows, half a byte for the others) + fp32 row scales, linear weights 1 byte, everything else fp32."""
     dim, total = model.config.dim, 0
     for name, param in model.named_parameters():
         if "word_embeddings" in name or name == "vocab_projector.bias":
             continue  # both scale with the kept vocabulary: counted below
         linear = param.ndim == 2 and "position" not in name
         total += param.numel() * (1 if linear else 4)
+    if int8_rows is not None:
+        n8 = min(int8_rows, keep)
+        return total + n8 * dim + (keep - n8) * dim // 2 + keep * 4 + keep * 4
     return total + keep * dim * (1 if int8_embedding else 4) + (keep * 4 if int8_embedding else 0) + keep * 4
 
 
@@ -128,6 +150,12 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
         raise DeniroError(f"{checkpoint} does not match --model's architecture (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
     model.tie_weights()
+
+
+def variants(config: ShrinkConfig, vocab: int) -> list[Variant]:
+    """Per --keep: fp32 then int8 rows (the first is the reference); then the whole vocabulary per --mixed."""
+    kept = [Variant(min(int(k), vocab), int8) for k in config.keep.split(",") if k for int8 in (False, True)]
+    return kept + [Variant(vocab, False, min(int(n), vocab)) for n in (config.mixed or "").split(",") if n]
 
 
 def main(config: ShrinkConfig) -> list[dict]:
@@ -149,18 +177,16 @@ def main(config: ShrinkConfig) -> list[dict]:
     # the positions whose input is [MASK] (not 80/10/10's random or kept 20 %): what fill-mask serves
     at_mask = eval_set.input_ids[eval_set.labels != -100] == tokenizer.mask_token_id  # [n_masked]
     rows, reference = [], None
-    for keep in [int(k) for k in config.keep.split(",")]:
-        for int8 in (False, True):
-            variant = Variant(min(keep, len(tokenizer)), int8)
-            ppl, top1, pruned = score(model, eval_set, variant, order, tokenizer.unk_token_id)
-            reference = top1 if reference is None else reference
-            same = top1 == reference
-            rows.append({**asdict(variant), "perplexity": round(ppl, 3),
-                         "top1_agreement_vs_fp32": round(float(same.mean()), 4),
-                         "top1_agreement_at_mask_inputs": round(float(same[at_mask].mean()), 4),
-                         "labels_pruned": round(pruned, 4),
-                         "est_int8_graph_mb": round(package_bytes(model, variant.keep, int8) / 1e6, 2)})
-            log.info("%s", rows[-1])
+    for variant in variants(config, len(tokenizer)):
+        ppl, top1, pruned = score(model, eval_set, variant, order, tokenizer.unk_token_id)
+        reference = top1 if reference is None else reference
+        same = top1 == reference
+        size = package_bytes(model, variant.keep, variant.int8_embedding, variant.int8_rows)
+        rows.append({**asdict(variant), "perplexity": round(ppl, 3),
+                     "top1_agreement_vs_fp32": round(float(same.mean()), 4),
+                     "top1_agreement_at_mask_inputs": round(float(same[at_mask].mean()), 4),
+                     "labels_pruned": round(pruned, 4), "est_int8_graph_mb": round(size / 1e6, 2)})
+        log.info("%s", rows[-1])
     if config.output:
         Path(config.output).write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=2) + "\n")
     return rows

@@ -4,7 +4,8 @@ squeezed to fit a 64 MiB transfer beside the repo, and the trained MiniLM squeez
     python bench/gpu/carry.py init DIR                 # MiniLM (PyPI) -> DistilBERT folder, fp16 (45 MB)
     python bench/gpu/carry.py init DIR --from MODEL    # a trained folder (runs/minilm-e5) as the start, fp16
     python bench/gpu/carry.py pack-text SRC DST        # <split>.parquet -> <split>.jsonl.xz (train+test: 17.5 MB)
-    python bench/gpu/carry.py unpack-text SRC DST      # back to <split>.parquet (text column)
+    python bench/gpu/carry.py pack-text SRC DST --splits unsupervised   # the extra MLM text (its own call)
+    python bench/gpu/carry.py unpack-text SRC DST      # every <split>.jsonl.xz in SRC back to <split>.parquet
     python bench/gpu/carry.py pack-model MODEL OUT --json J   # trained folder -> fp16 parts <= 15 MB in OUT
     python bench/gpu/carry.py unpack-model PARTS INIT DST     # parts + INIT's config/tokenizer -> fp32 folder
     python bench/gpu/carry.py split-init INIT PARTS    # fp16 start point -> 2 parts + config/tokenizer + sha256
@@ -34,7 +35,7 @@ PART_BYTES = 16_000_000  # 15.3 MiB, < 16 MiB: the largest file that comes back 
 INIT_PART_BYTES = 23_500_000
 PARTS_GLOB = "minilm-fp16.safetensors.[0-9][0-9]"
 PACK_JSON = "minilm-pack.json"  # pack-model's report beside the parts when no --json names another place
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # pack-text's default; unpack-text unpacks whatever SRC holds (unsupervised too)
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -62,11 +63,11 @@ def init(dst: Path, source: Path | None = None) -> None:
     print(f"{dst}: {(dst / WEIGHTS).stat().st_size / 1e6:.1f} MB of fp16 weights from {source or 'the MiniLM package'}")
 
 
-def pack_text(src: Path, dst: Path) -> None:
+def pack_text(src: Path, dst: Path, splits: tuple[str, ...] = SPLITS) -> None:
     import pyarrow.parquet as pq
 
     dst.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    for split in splits:
         texts = pq.read_table(src / f"{split}.parquet", columns=["text"]).column("text").to_pylist()
         with lzma.open(dst / f"{split}.jsonl.xz", "wt", preset=9 | lzma.PRESET_EXTREME) as f:
             f.writelines(json.dumps(t) + "\n" for t in texts)  # one review a line: JSON escapes newlines
@@ -78,7 +79,10 @@ def unpack_text(src: Path, dst: Path) -> None:
     import pyarrow.parquet as pq
 
     dst.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    missing = [s for s in SPLITS if not (src / f"{s}.jsonl.xz").is_file()]
+    if missing:
+        raise SystemExit(f"unpack-text: {src} lacks {', '.join(missing)}.jsonl.xz (bench/gpu/README.md: calls)")
+    for split in sorted(p.name.removesuffix(".jsonl.xz") for p in src.glob("*.jsonl.xz")):
         with lzma.open(src / f"{split}.jsonl.xz", "rt") as f:
             texts = [json.loads(line) for line in f]
         pq.write_table(pa.table({"text": texts}), dst / f"{split}.parquet")
@@ -164,8 +168,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", type=Path, help="pack-model: where the part list, sha256 and metrics go")
     parser.add_argument("--from", dest="source", type=Path, help="init: a trained model folder instead of MiniLM")
     parser.add_argument("--part-bytes", type=int, help=f"pack-model ({PART_BYTES}), split-init ({INIT_PART_BYTES})")
+    parser.add_argument("--splits", default=",".join(SPLITS), help="pack-text: comma-separated splits to pack")
     args = parser.parse_args(argv)
-    run = {"init": lambda d: init(d, args.source), "pack-text": pack_text, "unpack-text": unpack_text,
+    splits = tuple(s for s in args.splits.split(",") if s)
+    run = {"init": lambda d: init(d, args.source), "pack-text": lambda s, d: pack_text(s, d, splits),
+           "unpack-text": unpack_text,
            "unpack-model": unpack_model,
            "pack-model": lambda m, o: pack_model(m, o, args.json or o / PACK_JSON, args.part_bytes or PART_BYTES),
            "split-init": lambda i, o: split_init(i, o, args.part_bytes or INIT_PART_BYTES),

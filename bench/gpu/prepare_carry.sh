@@ -4,6 +4,8 @@
 #                                              # 45.5 MB) cut into .carry/minilm-parts (2 parts + tokenizer)
 #   START=runs/minilm-e5 bash bench/gpu/prepare_carry.sh   # the start point from a trained model, not MiniLM
 #   bash bench/gpu/prepare_carry.sh --ortgpu   # also .ortgpu/part1+2: onnxruntime-gpu + the extra wheels (~3 min, PyPI)
+#   (always) .carry/extra/text/unsupervised.jsonl.xz: the 50,000 unsupervised reviews, the sweep's extra MLM
+#   text (issue 23), carried by a call of its own (bench/gpu/README.md), not by calls 1-3
 #   python bench/gpu/calls.py stage && python bench/gpu/calls.py check   # again after the repo changed size
 # Both folders are git-ignored (.gitignore). The device calls are in bench/gpu/README.md (bench/gpu/calls.py
 # holds them): calls 1-3 carry .carry/call1..3, hard links to the payloads laid out as /tmp on the device.
@@ -16,11 +18,13 @@ PY=${PYTHON:-.venv/bin/python}
 # project's pinned set (export's Optimum layout, bench's optimum-ort engine) rides in part1 as wheels.
 WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 optimum==2.1.0 optimum-onnx==0.1.0)
 
-(cd "$SRC" && grep -E ' (train|test)\.parquet$' SHA256SUMS | sha256sum -c --quiet -)  # the source is intact
+(cd "$SRC" && grep -E ' (train|test|unsupervised)\.parquet$' SHA256SUMS | sha256sum -c --quiet -)  # the source is intact
 # Only what this script makes: .carry/ may hold other things (the weights back from a run, .carry/trained).
-rm -rf .carry/text .carry/minilm .carry/minilm-parts .carry/call[0-9] && mkdir -p .carry
+rm -rf .carry/text .carry/extra .carry/minilm .carry/minilm-parts .carry/call[0-9] && mkdir -p .carry
 # Text as xz'd JSON lines (parquet's zstd gives 21 MB); ~1.5 min, both splits at once.
 "$PY" bench/gpu/carry.py pack-text "$SRC" .carry/text
+# The unsupervised reviews (the sweep's --extra-splits), laid out as /tmp holds them: carry/text/ on the device
+"$PY" bench/gpu/carry.py pack-text "$SRC" .carry/extra/carry/text --splits unsupervised
 # MiniLM (PyPI package) as DistilBERT, fp16; START=runs/minilm-e5 starts from a trained model instead
 # (then run the sweep with PRESET=deniro: the head is trained, bench/gpu/README.md)
 "$PY" bench/gpu/carry.py init .carry/minilm ${START:+--from "$START"}
@@ -36,3 +40,4 @@ fi
 "$PY" bench/gpu/calls.py check
 # The shared tool's own check (no margin), one path a call: each call carries one folder.
 bash "$TOOLS/budget.sh" $("$PY" bench/gpu/calls.py paths)
+bash "$TOOLS/budget.sh" .carry/extra  # the extra call (bench/gpu/README.md): the repo + the unsupervised text

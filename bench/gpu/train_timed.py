@@ -65,15 +65,25 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def test_score(config) -> dict | None:
+    """The test split's one score, written by train after the last step (None for a run that stopped early)."""
+    metrics = Path(config.output) / "metrics.json"
+    return json.loads(metrics.read_text()).get("test") if metrics.is_file() else None
+
+
 def summarise(clock: Clock, config, wall: float, history: list) -> dict:
+    """final_perplexity: the last VALIDATION perplexity (what a sweep chooses on); test_perplexity: reported."""
     steps = len(clock.starts)
+    test = test_score(config)
     tokens_per_step = config.batch_size * config.chunk_size * config.grad_accum
     span = (clock.starts[-1] - clock.starts[0] - clock.paused()) if steps > 1 else float("nan")
     return {"steps": steps, "tokens_per_step": tokens_per_step,
             "tokens_per_s": (steps - 1) * tokens_per_step / span if steps > 1 else None,
             "step_ms": 1e3 * span / (steps - 1) if steps > 1 else None,
             "eval_and_checkpoint_s": clock.paused(), "wall_s": wall, "precision": config.precision,
-            "final_perplexity": history[-1]["perplexity"] if history else None,
+            "final_perplexity": history[-1]["perplexity"] if history else None, "selection_split": "validation",
+            "test_perplexity": test["perplexity"] if test else None, "test": test,
+            "loop_tokens_per_s": history[-1].get("tokens_per_s") if history else None,
             "history": history, "config": asdict(config)}
 
 
