@@ -57,7 +57,7 @@ def synthetic_chunks(n_chunks: int, chunk_size: int, vocab: int, seed: int = 0) 
 class LoopOptions:
     """How the loop masks and updates: train/'s defaults now, or the loop before issue 23 (BEFORE)."""
 
-    masking: str = "device"  # device: train.data.mask_rows where the model runs; host: numpy
+    masking: str = "device"  # device: train.data.mask_rows where the model runs (train's auto on CUDA); host: numpy
     adamw: str = "auto"  # train.loop.make_optimizer's choice; "plain": torch.optim.AdamW() as before
     compile: bool = False
 
@@ -174,6 +174,34 @@ def compare_loops(shapes: list[str], rounds: int, steps: int, warmup: int, batch
     return {"rows": rows, "summary": summary}
 
 
+def time_masking(batch_size: int, chunk_size: int, vocab: int, rounds: int, reps: int = 20) -> dict:
+    """micro_batch alone (the data order + whole-word masking of one step), host numpy vs torch on this
+    device, interleaved: the part of the step the issue-23 loop takes off the host's critical path."""
+    import torch
+
+    from train.config import TrainConfig
+    from train.data import to_device
+    from train.loop import make_schedule, micro_batch
+
+    config = TrainConfig(batch_size=batch_size, chunk_size=chunk_size, seed=0)
+    chunks = synthetic_chunks(batch_size * reps, chunk_size, vocab)
+    sched = make_schedule(config, len(chunks), 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = {"host": chunks, "device": to_device(chunks, device)}
+    times = {"host": [], "device": []}
+    for _ in range(rounds):
+        for name, train in data.items():
+            start = time.perf_counter()
+            for step in range(reps):
+                batch = micro_batch(config, train, sched, step, 0, 0, 1, SyntheticVocab(vocab))
+                torch.as_tensor(batch.input_ids).to(device)  # the host batch still has to get there
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(1e3 * (time.perf_counter() - start) / reps)
+    return {"batch_size": batch_size, "chunk_size": chunk_size, "device": device,
+            "ms_per_step_median": {k: float(np.median(v)) for k, v in times.items()}, "ms_per_step": times}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true", help="also time the loop with torch.compile")
     parser.add_argument("--json", type=Path, help="write rows and summary here")
+    parser.add_argument("--masking-only", action="store_true", help="time micro_batch alone (host vs device)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.masking_only:
+        result = time_masking(args.batch_size or 32, args.chunk_size or 256, 30522, args.rounds)
+        print(json.dumps(result["ms_per_step_median"]))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     loops = [BEFORE, LoopOptions()] + ([LoopOptions(compile=True)] if args.compile else [])
     result = compare_loops([s for s in args.shapes.split(",") if s], args.rounds, args.steps, args.warmup,
                            args.batch_size, args.chunk_size, args.precision, loops)

@@ -36,7 +36,7 @@ def test_smoke_run_learns_and_saves_a_loadable_checkpoint(imdb_dir, tiny_model_d
 
 
 @pytest.mark.parametrize("head", [[], ["--head-lr", "3e-3", "--head-warmup-steps", "2"], ["--grad-accum", "2"],
-                                  ["--masking", "host"]], ids=["recipe", "head_lr", "grad_accum", "host_masking"])
+                                  ["--masking", "device"]], ids=["recipe", "head_lr", "grad_accum", "device_masking"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_model_dir, tmp_path, head):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ["--max-steps", "8", "--save-every", "100", "--eval-every", "0", *head]

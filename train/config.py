@@ -44,7 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through Accelerate)
-    masking: str = "device"  # device: whole-word masks drawn in torch where the model runs; host: numpy
+    masking: str = "auto"  # auto: device on CUDA, host elsewhere | device: torch where the model runs | host: numpy
     adamw: str = "auto"  # auto: fused on CUDA, foreach elsewhere | fused | foreach
     compile: bool = False  # torch.compile the encoder (static [batch, seq] shapes; the head stays eager)
     seed: int = 42

@@ -313,7 +313,7 @@ class Run:
     config: TrainConfig
     sched: Schedule
     out: Path
-    train_data: Chunks | DeviceChunks  # DeviceChunks: masked where the model runs (--masking device)
+    train_data: Chunks | DeviceChunks  # DeviceChunks: masked where the model runs (--masking device/auto on CUDA)
 
 
 @dataclass
@@ -340,16 +340,17 @@ def make_optimizer(config: TrainConfig, wrapped, device) -> torch.optim.Optimize
                              **kind)
 
 
-def check_loop_options(config: TrainConfig) -> None:
-    if config.masking not in ("device", "host"):
-        raise DeniroError(f"--masking must be device or host, got {config.masking!r}")
+def masks_on_device(config: TrainConfig, device) -> bool:
+    if config.masking not in ("auto", "device", "host"):
+        raise DeniroError(f"--masking must be auto, device or host, got {config.masking!r}")
+    return config.masking == "device" or (config.masking == "auto" and torch.device(device).type == "cuda")
 
 
 def start_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
     out = check_output(config)
-    check_loop_options(config)
+    masks_on_device(config, "cpu")  # a bad --masking fails before any work
     # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
     # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
     accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision],
@@ -373,7 +374,8 @@ def start_run(config: TrainConfig) -> Run:
     scheduler = make_scheduler(optimizer, config, sched.total_steps)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    train_data = to_device(prepared.train, accelerator.device) if config.masking == "device" else prepared.train
+    on_device = masks_on_device(config, accelerator.device)
+    train_data = to_device(prepared.train, accelerator.device) if on_device else prepared.train
     return Run(accelerator, wrapped, optimizer, scheduler, prepared, config, sched, out, train_data)
 
 
