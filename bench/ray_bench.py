@@ -1,6 +1,6 @@
 """python -m bench ray: deniro_rt on Ray, same machine, same run.
 
-Offline: sentences/s of Ray Data (`FillMaskBatch` actors via deniro_rt.ray_data.fill_dataset, for
+Offline: sentences/s of Ray Data (`FillMaskBatch` actors via deniro_rt.batch.ray.fill_dataset, for
 each --pools entry "<actors>x<cpus per actor>") against plain in-process `FillMask.fill` (one
 session, all cores), on the IMDB test sentences of one length bucket. Each Ray Data run is end to
 end as a user sees it (dataset built from in-memory blocks, actor pool started, results collected
@@ -106,7 +106,7 @@ def time_ray_data(texts: list[str], cfg: RayBenchConfig, actors: int, cpus: floa
     import pyarrow as pa
     import ray
 
-    from deniro_rt.ray_data import FillSpec, fill_dataset
+    from deniro_rt.batch.ray import FillSpec, fill_dataset
 
     spec = FillSpec(model=cfg.model, precision=cfg.precision, cpus_per_worker=cpus)
     table = pa.table({"text": texts})

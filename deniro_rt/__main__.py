@@ -18,7 +18,7 @@ import sys
 
 from .cli import run_main, setup_logging
 
-SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch"}  # imported only when used
+SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch.cli"}  # imported only when used
 
 
 def run_subcommand(name: str, argv: list[str]) -> int:

@@ -94,7 +94,7 @@ class Predictions:
         kept = self.mask_position >= 0  # [n]
         offsets = np.zeros(len(self) + 1, np.int32)
         np.cumsum(np.where(kept, self.token_ids.shape[1], 0), out=offsets[1:])
-        lists = lambda values: pa.ListArray.from_arrays(pa.array(offsets), values)  # noqa: E731
+        lists = lambda values: pa.ListArray.from_arrays(pa.array(offsets), values)
         columns = {"text_index": pa.array(self.text_index), "mask_position": pa.array(self.mask_position),
                    "token_ids": lists(pa.array(self.token_ids[kept].ravel())),
                    "token_strs": lists(pa.array(self.token_strs()[kept].ravel(), pa.string())),

@@ -20,6 +20,7 @@ import pytest
 
 import deniro_rt
 from deniro_rt.batch import main as batch_main
+from deniro_rt.batch.ray import FillMaskBatch, FillSpec, fill_dataset
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "deniro[ray]"')
 pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "deniro[ray]"')
@@ -67,6 +68,18 @@ def expected(texts, **kwargs):
     return as_json(deniro_rt.fill(texts, precision=PRECISION, **kwargs))
 
 
+def per_text(results) -> list[list[list[dict]]]:
+    """fill's results with one-mask texts wrapped: per text, per mask, the dicts."""
+    return [r if r and isinstance(r[0], list) else [r] for r in results]
+
+
+def as_fill(columns: dict) -> list:
+    """The batch output's list columns turned back into fill's dicts (sequences column needed)."""
+    rows = zip(columns["token_ids"], columns["token_strs"], columns["scores"], columns["sequences"])
+    return [[[{"score": s, "token": t, "token_str": w, "sequence": q} for t, w, s, q in zip(*m)]
+             for m in zip(*row)] for row in rows]
+
+
 @pytest.fixture(scope="module")
 def serve_port() -> int:
     """One port for the module: Serve's HTTP proxy keeps the options of its first start."""
@@ -76,35 +89,36 @@ def serve_port() -> int:
 
 
 # ---------------------------------------------------------------------- the map_batches callable
-def test_fill_mask_batch_adds_columns_for_numpy_and_pandas_batches(sentences):
+def test_fill_mask_batch_adds_list_columns_for_arrow_numpy_and_pandas_batches(sentences):
     import pandas as pd
 
-    from deniro_rt.ray_data import FillMaskBatch
-
-    worker = FillMaskBatch(precision=PRECISION, threads=1, top_k=3, column="review")
+    worker = FillMaskBatch(precision=PRECISION, threads=1, top_k=3, column="review", sequences=True)
     ids = np.arange(len(sentences))
-    out = worker({"review": np.array(sentences, dtype=object), "id": ids})
-    frame = worker(pd.DataFrame({"review": sentences, "id": ids}))
-    reference = expected(sentences, top_k=3)
-    assert [json.loads(p) for p in out["predictions"]] == reference
-    assert list(out["top1"]) == [r[0]["token_str"] for r in reference]
-    np.testing.assert_array_equal(out["top1_score"], [r[0]["score"] for r in reference])
-    assert (out["id"] == ids).all()
-    assert [json.loads(p) for p in frame["predictions"]] == reference
-    assert list(frame.columns) == ["review", "id", "top1", "top1_score", "predictions"]
+    texts = [s.replace(" a ", " [MASK] ", 1) if i % 4 == 0 else s for i, s in enumerate(sentences)]  # 2 masks
+    table = worker(pa.table({"review": texts, "id": ids}))
+    out = worker({"review": np.array(texts, dtype=object), "id": ids})
+    frame = worker(pd.DataFrame({"review": texts, "id": ids}))
+    reference = per_text(expected(texts, top_k=3))
+    assert table.column_names == ["review", "id", "top1", "top1_score", "mask_positions", "token_ids",
+                                  "token_strs", "scores", "sequences"]
+    assert str(table.schema.field("token_ids").type) == "list<item: list<item: int64>>"
+    assert as_fill(table.to_pydict()) == reference
+    assert table.column("top1").to_pylist() == [r[0][0]["token_str"] for r in reference]
+    np.testing.assert_array_equal(out["top1_score"], [r[0][0]["score"] for r in reference])
+    assert (out["id"] == ids).all() and [len(m) for m in out["token_ids"]] == [len(r) for r in reference]
+    assert list(frame.columns) == table.column_names and list(frame["top1"]) == list(out["top1"])
+    assert "sequences" not in FillMaskBatch(precision=PRECISION, threads=1)(pa.table({"text": texts[:2]})).column_names
 
 
 def test_ray_data_map_batches_equals_fill(local_ray, sentences):
-    from deniro_rt.ray_data import FillSpec, fill_dataset
-
     local_ray.data.DataContext.get_current().execution_options.preserve_order = True
     table = pa.table({"text": sentences, "id": list(range(len(sentences)))})
     blocks = [table.slice(i, 8) for i in range(0, table.num_rows, 8)]  # 5 blocks for 2 actors
-    dataset = fill_dataset(local_ray.data.from_arrow(blocks), FillSpec(precision=PRECISION), concurrency=2,
-                           batch_size=8)
-    rows = dataset.take_all()
-    assert [r["id"] for r in rows] == list(range(len(sentences)))
-    assert [json.loads(r["predictions"]) for r in rows] == expected(sentences)
+    dataset = fill_dataset(local_ray.data.from_arrow(blocks), FillSpec(precision=PRECISION, sequences=True),
+                           concurrency=2, batch_size=8)
+    rows = pa.concat_tables(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert rows.column("id").to_pylist() == list(range(len(sentences)))
+    assert as_fill(rows.to_pydict()) == per_text(expected(sentences))
 
 
 def test_replica_threads_follow_the_cpus_ray_assigned(local_ray):
@@ -130,27 +144,39 @@ def corpus(tmp_path, sentences):
                          ids=["in-process", "ray-data"])
 def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences, tmp_path, extra):
     out = tmp_path / "out"
-    argv = ["--input", str(corpus), "--column", "review", "--output", str(out), "--precision", PRECISION]
+    argv = ["--input", str(corpus), "--column", "review", "--output", str(out), "--precision", PRECISION,
+            "--rows-per-shard", "16", "--sequences"]
     assert batch_main(argv + extra) == 0
-    table = pq.read_table(out / "predictions.parquet")
-    assert table.column_names == ["id", "review", "top1", "top1_score", "predictions"]
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    table = pq.read_table(out / "predictions")
+    assert table.column_names == ["id", "review", "top1", "top1_score", "mask_positions", "token_ids",
+                                  "token_strs", "scores", "sequences"]
     assert table.column("id").to_pylist() == list(range(len(sentences)))
-    reference = expected(sentences)
-    assert [json.loads(p) for p in table.column("predictions").to_pylist()] == reference
-    assert table.column("top1").to_pylist() == [r[0]["token_str"] for r in reference]
+    reference = per_text(expected(sentences))
+    assert as_fill(table.to_pydict()) == reference
+    assert table.column("top1").to_pylist() == [r[0][0]["token_str"] for r in reference]
     saved = json.loads((out / "batch_config.json").read_text())
-    assert saved["rows"] == len(sentences) and saved["ray"] == bool(extra)
+    assert saved["rows"] == len(sentences) and saved["ray"] == bool(extra) and saved["resumed_from_row"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "reviews.parquet"]  # no temp folder left
 
 
-def test_batch_command_reads_text_files(tmp_path):
+def test_batch_command_reads_text_files_and_parquet_folders(tmp_path, sentences):
     source = tmp_path / "lines.txt"
     source.write_text("This is a great [MASK]!\n\nThe acting was [MASK].\n")
     assert batch_main(["--input", str(source), "--output", str(tmp_path / "o"), "--precision", PRECISION]) == 0
-    table = pq.read_table(tmp_path / "o" / "predictions.parquet")
+    table = pq.read_table(tmp_path / "o" / "predictions")
     texts = ["This is a great [MASK]!", "The acting was [MASK]."]
-    assert table.column("text").to_pylist() == texts
-    assert [json.loads(p) for p in table.column("predictions").to_pylist()] == expected(texts)
+    assert table.column("text").to_pylist() == texts and "sequences" not in table.column_names
+    assert table.column("token_ids").to_pylist() == [[[p["token"] for p in r]] for r in expected(texts)]
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for n, part in enumerate((sentences[:10], sentences[10:25])):
+        pq.write_table(pa.table({"text": part}), folder / f"part-{n}.parquet")
+    assert batch_main(["--input", str(folder), "--output", str(tmp_path / "f"), "--precision", PRECISION,
+                       "--sequences", "--batch-size", "4"]) == 0
+    table = pq.read_table(tmp_path / "f" / "predictions")
+    assert table.column("text").to_pylist() == sentences[:25]
+    assert as_fill(table.to_pydict()) == per_text(expected(sentences[:25]))
 
 
 def batch_error(capsys, argv) -> str:
@@ -181,8 +207,49 @@ def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
     argv = ["--input", str(corpus), "--column", "review", "--output", str(out)]
     assert batch_error(capsys, argv) == f"error: --output {out} exists and is not empty; pass another folder or --overwrite"
     assert (out / "mine.txt").read_text() == "keep me"
+    long_text = "good " * 600 + "[MASK] ."  # the model refuses it during the fill (after shards were written)
+    refused = tmp_path / "refused.parquet"
+    pq.write_table(pa.table({"review": ["a [MASK] movie"] * 40 + [long_text]}), refused)
+    failing = ["--input", str(refused), "--column", "review", "--output", str(out), "--overwrite",
+               "--rows-per-shard", "8", "--batch-size", "8"]
+    assert "text 0 is 604 tokens" in batch_error(capsys, failing)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and not out.with_name("out.partial").exists()
     assert batch_main(argv + ["--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["batch_config.json", "predictions.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_config.json", "predictions"]
+
+
+def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, sentences, capsys):
+    """A real `python -m deniro_rt batch`, SIGKILLed once its first shards exist, then --resume: the same
+    shards, byte for byte in content, as a run that was never interrupted."""
+    import subprocess
+    import time
+
+    corpus = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"text": (sentences * 84)[:3000], "n": list(range(3000))}), corpus)
+    base = ["--input", str(corpus), "--precision", PRECISION, "--rows-per-shard", "50", "--batch-size", "25"]
+    killed = tmp_path / "killed"
+    shards = tmp_path / "killed.partial" / "predictions"
+    run = subprocess.Popen([sys.executable, "-m", "deniro_rt", "batch", "--output", str(killed)] + base,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (shards.is_dir() and len(list(shards.glob("part-*.parquet"))) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    written = len(list(shards.glob("part-*.parquet")))
+    assert not killed.exists() and 2 <= written < 60, written  # killed mid-way: some shards, no output
+    assert "holds an unfinished run; pass --resume" in batch_error(capsys, ["--output", str(killed)] + base)
+    assert batch_main(["--output", str(killed), "--resume"] + base) == 0
+    assert batch_main(["--output", str(tmp_path / "whole")] + base) == 0
+    resumed = pq.read_table(killed / "predictions")
+    assert resumed.equals(pq.read_table(tmp_path / "whole" / "predictions"))
+    assert resumed.column("n").to_pylist() == list(range(3000))
+    assert json.loads((killed / "batch_config.json").read_text())["resumed_from_row"] >= 100
+    job = json.loads((tmp_path / "whole" / "batch_config.json").read_text())
+    (tmp_path / "o2.partial").mkdir()
+    (tmp_path / "o2.partial" / "job.json").write_text(json.dumps({**job, "batch_size": 5}))
+    assert batch_error(capsys, ["--output", str(tmp_path / "o2"), "--resume"] + base).startswith(
+        f"error: --resume: {tmp_path / 'o2.partial'} was written with other batch_size; resume with the same")
 
 
 def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, capsys, monkeypatch):

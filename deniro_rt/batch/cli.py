@@ -6,33 +6,37 @@ Examples:
   python -m deniro_rt batch --input reviews.parquet --output out/ --ray --concurrency 4
   RAY_ADDRESS=ray://head:10001 python -m deniro_rt batch --input ... --output ... --ray
 
-Writes <output>/predictions.parquet (the input columns, then `top1` and `top1_score` of each
-row's first mask and `predictions`: the row's full deniro_rt.fill result as JSON) and
-<output>/batch_config.json, into a temporary folder renamed to <output> at the end: an
-interrupted run leaves no partial output, and an existing <output> is only replaced with
---overwrite. Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime
-session); with --ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving
---cpus-per-worker CPUs and running that many ORT threads. The input is read and the output written
-by this (driver) process; the actors do the fill.
+Writes <output>/predictions/part-00000.parquet, ... (read them with pq.read_table(<output>/predictions)):
+the input columns, then `top1` and `top1_score` (the first mask's best word and its probability) and
+list columns per mask: `mask_positions`, `token_ids`, `token_strs`, `scores` (top-k, best first; an
+empty list for a mask truncation cut away) and, with --sequences, `sequences` (the filled texts);
+then <output>/batch_config.json. Shards of --rows-per-shard rows are written as the fill goes, each
+atomically, into <output>.partial/, renamed to <output> at the end: an existing <output> is only
+replaced then (with --overwrite), so a failing run keeps it. A run that was killed leaves
+<output>.partial/ with its finished shards: --resume continues from there (same input and options).
+Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with
+--ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs
+and running that many ORT threads. The input is read and the shards written by this (driver) process
+in input order; the actors do the fill.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import DeniroError
-from .files import publish
+from ..errors import DeniroError
+from ..files import publish
 
 log = logging.getLogger(__name__)
-OUTPUT_FILE = "predictions.parquet"
+SHARDS = "predictions"  # <output>/predictions/part-NNNNN.parquet
 CONFIG_FILE = "batch_config.json"
+JOB_FILE = "job.json"  # in <output>.partial: the options a --resume must match
 TEXT_SUFFIXES = (".txt", ".text")
 SHOWN_ROWS = 5  # row numbers listed in an error message
 
@@ -54,13 +58,22 @@ class BatchConfig:
     gpus_per_worker: float = 0.0
     address: str | None = None  # Ray cluster; None: RAY_ADDRESS, else a local Ray
     overwrite: bool = False
+    sequences: bool = False  # add the filled texts (a string per candidate)
+    rows_per_shard: int = 8192  # rows per output file, written as soon as filled
+    resume: bool = False  # continue from the shards in <output>.partial
 
     def spec(self):
-        from .ray_data import FillSpec
+        from .ray import FillSpec
 
         return FillSpec(column=self.column, model=self.model, device=self.device, precision=self.precision,
                         top_k=self.top_k, cpus_per_worker=self.cpus_per_worker,
-                        gpus_per_worker=self.gpus_per_worker, truncation=self.truncation)
+                        gpus_per_worker=self.gpus_per_worker, truncation=self.truncation, sequences=self.sequences)
+
+    def job(self, rows: int) -> dict:
+        """What decides the output: a --resume must match it (workers and Ray options may differ)."""
+        keys = ("input", "column", "model", "precision", "top_k", "truncation", "batch_size", "sequences",
+                "rows_per_shard")
+        return {**{k: getattr(self, k) for k in keys}, "rows": rows}
 
 
 # ---------------------------------------------------------------------- command line
@@ -84,7 +97,10 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
     add("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs per actor = its ORT threads (default: 1)")
     add("--gpus-per-worker", type=float, default=0.0, help="Ray GPUs per actor, with --device cuda (default: 0)")
     add("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    add("--overwrite", action="store_true", help="replace an existing --output folder")
+    add("--overwrite", action="store_true", help="replace an existing --output folder (when the run succeeds)")
+    add("--sequences", action="store_true", help="also write the filled texts (column sequences)")
+    add("--rows-per-shard", type=int, default=8192, help="rows per output parquet file (default: 8192)")
+    add("--resume", action="store_true", help="continue a killed run from the shards in <output>.partial")
     args = vars(parser.parse_args(argv))
     args["ray"] = args["ray"] or args["concurrency"] is not None or args["address"] is not None
     return BatchConfig(**args)
@@ -92,7 +108,7 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m deniro_rt batch`: one `error:` line and exit 2 on bad input."""
-    from .cli import run_main, setup_logging
+    from ..cli import run_main, setup_logging
 
     setup_logging(logging.WARNING, ours=(__name__,))
     config = parse_args(argv)
@@ -101,24 +117,32 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- the run
 def run_batch(config: BatchConfig) -> Path:
-    """Validate the input, fill every row, write <output> atomically; returns the output folder."""
+    """Validate the input, fill every row into shards in <output>.partial, rename it to <output>."""
     check_config(config)
     table = read_input(Path(config.input), config.column)
     check_texts(table.column(config.column).to_pylist(), config)
     output = Path(config.output)
     check_output(output, config.overwrite)
+    staging = output.with_name(output.name + ".partial")
+    writer = ShardWriter(staging / SHARDS, config.rows_per_shard, open_staging(staging, config, table.num_rows))
     start = time.perf_counter()
-    filled = fill_on_ray(table, config) if config.ray else fill_in_process(table, config)
+    try:
+        (fill_on_ray if config.ray else fill_in_process)(table, config, writer)
+    except DeniroError:  # a row the model refuses: the same input fails again, nothing worth resuming
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - start
-    write_atomically(filled, output, {**asdict(config), "rows": table.num_rows, "seconds": seconds})
-    log.info("filled %d rows in %.1f s (%.1f rows/s) -> %s", table.num_rows, seconds,
-             table.num_rows / max(seconds, 1e-9), output / OUTPUT_FILE)
+    filled = table.num_rows - writer.first_row
+    finish(staging, output, {**asdict(config), "rows": table.num_rows, "seconds": seconds,
+                             "resumed_from_row": writer.first_row})
+    log.info("filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9),
+             output / SHARDS)
     return output
 
 
 def check_config(config: BatchConfig) -> None:
-    if config.batch_size < 1 or config.top_k < 1:
-        raise DeniroError("--batch-size and --top-k must be positive integers")
+    if config.batch_size < 1 or config.top_k < 1 or config.rows_per_shard < 1:
+        raise DeniroError("--batch-size, --top-k and --rows-per-shard must be positive integers")
     if config.concurrency is not None and config.concurrency < 1:
         raise DeniroError(f"--concurrency must be at least 1, got {config.concurrency}")
     if config.cpus_per_worker <= 0:
@@ -140,7 +164,7 @@ def import_pyarrow():
 def import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401  (ray without the data extra has no ray.data)
+        import ray.data
     except ImportError as exc:
         raise DeniroError('--ray needs Ray Data, which is not installed; pip install "deniro[ray]", '
                           'or leave out --ray/--concurrency/--address to fill in this process') from exc
@@ -175,8 +199,8 @@ def read_input(path: Path, column: str):
 
 def check_texts(texts: list, config: BatchConfig) -> None:
     """Every row must be a non-empty string with the model's mask token: fail before any work."""
-    from .artifact import load_manifest
-    from .models import DEFAULT_MODEL_DIR
+    from ..artifact import load_manifest
+    from ..models import DEFAULT_MODEL_DIR
 
     mask = load_manifest(config.model or DEFAULT_MODEL_DIR).mask_token
     not_text = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
@@ -205,37 +229,43 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 
 # ---------------------------------------------------------------------- fill
-def fill_in_process(table, config: BatchConfig):
-    """Fill in this process, `batch_size` rows at a time, with a progress bar."""
+def fill_in_process(table, config: BatchConfig, writer: ShardWriter) -> None:
+    """Fill in this process, `batch_size` rows at a time (batches restart at each shard, so a resumed run
+    fills exactly the batches an uninterrupted one does), with a progress bar."""
     import pyarrow as pa
 
-    from .ray_data import FillMaskBatch
+    from .ray import FillMaskBatch
 
     spec = config.spec()
     worker = FillMaskBatch(spec.model, spec.device, spec.precision, threads=None, top_k=spec.top_k,
-                           column=spec.column, truncation=spec.truncation)
-    parts, start = [], 0
+                           column=spec.column, truncation=spec.truncation, sequences=spec.sequences,
+                           batch_size=config.batch_size)
     with _progress(table.num_rows, "fill") as bar:
-        for batch in table.to_batches(max_chunksize=config.batch_size):
+        bar.update(writer.first_row)
+        row = writer.first_row
+        for batch in shard_batches(table, writer.first_row, config):
             try:
-                added = worker.predict(batch.column(config.column).to_pylist())
+                writer.add(worker(pa.Table.from_batches([batch])))
             except DeniroError as exc:  # its "text i" counts from the batch's first row
-                raise DeniroError(f"rows {start}-{start + batch.num_rows - 1}: {exc}") from None
-            start += batch.num_rows
-            part = pa.Table.from_batches([batch])
-            for name, values in added.items():
-                part = part.append_column(name, pa.array(values))
-            parts.append(part)
+                raise DeniroError(f"rows {row}-{row + batch.num_rows - 1}: {exc}") from None
+            row += batch.num_rows
             bar.update(batch.num_rows)
-    return pa.concat_tables(parts)
+    writer.close()
 
 
-def fill_on_ray(table, config: BatchConfig):
-    """Fill on a pool of Ray Data actors, blocks of `batch_size` rows, results in input order."""
+def shard_batches(table, first_row: int, config: BatchConfig):
+    """Record batches of at most batch_size rows from first_row on, never crossing a shard boundary."""
+    for start in range(first_row, table.num_rows, config.rows_per_shard):
+        yield from table.slice(start, config.rows_per_shard).to_batches(max_chunksize=config.batch_size)
+
+
+def fill_on_ray(table, config: BatchConfig, writer: ShardWriter) -> None:
+    """Fill on a pool of Ray Data actors, blocks of `batch_size` rows; results come back in input order
+    and are written as shards here, as they arrive."""
     ray = import_ray()
     import pyarrow as pa
 
-    from .ray_data import fill_dataset
+    from .ray import fill_dataset
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -245,10 +275,10 @@ def fill_on_ray(table, config: BatchConfig):
         context.execution_options.preserve_order = True  # rows come back in input order
         context.enable_progress_bars = False  # one bar (ours, on the driver) instead of one per operator
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # after import: Ray sets it on import
-        blocks = [table.slice(i, config.batch_size) for i in range(0, table.num_rows, config.batch_size)]
+        blocks = [pa.Table.from_batches([b]) for b in shard_batches(table, writer.first_row, config)]
         dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config),
                                config.batch_size)
-        return pa.concat_tables(_collect(dataset, table.num_rows))
+        _collect(dataset, table.num_rows, writer)
     except Exception as exc:  # a DeniroError of a worker arrives wrapped (RayTaskError, UserCodeException)
         refusal = _worker_error(exc)
         if refusal is None:
@@ -266,13 +296,13 @@ def _pool_size(ray, config: BatchConfig) -> int:
     return max(1, int(cpus // config.cpus_per_worker))
 
 
-def _collect(dataset, rows: int) -> list:
-    parts = []
+def _collect(dataset, rows: int, writer: ShardWriter) -> None:
     with _progress(rows, "fill (ray)") as bar:
+        bar.update(writer.first_row)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            parts.append(batch)
+            writer.add(batch)
             bar.update(batch.num_rows)
-    return parts
+    writer.close()
 
 
 def _worker_error(exc: BaseException) -> DeniroError | None:
@@ -304,23 +334,80 @@ class _NoBar:
 
 
 # ---------------------------------------------------------------------- output
-def write_atomically(table, output: Path, config: dict) -> None:
-    """Write into a hidden sibling folder, then rename it to `output` (replacing it with --overwrite)."""
-    import pyarrow.parquet as pq
+def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
+    """Prepare <output>.partial; returns the number of shards already written (--resume), else 0."""
+    job, job_file = config.job(rows), staging / JOB_FILE
+    if staging.exists() and config.resume:
+        saved = json.loads(job_file.read_text()) if job_file.is_file() else {}
+        changed = sorted(k for k in job if saved.get(k) != job[k])
+        if changed:
+            raise DeniroError(f"--resume: {staging} was written with other {', '.join(changed)}; resume with "
+                              f"the same input and options, or drop --resume and pass --overwrite to start over")
+        done = count_shards(staging / SHARDS)
+        log.info("resuming after %d shards (%d rows)", done, min(rows, done * config.rows_per_shard))
+        return done
+    if staging.exists() and not config.overwrite:
+        raise DeniroError(f"{staging} holds an unfinished run; pass --resume to continue it, or --overwrite "
+                          f"to start over")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / SHARDS).mkdir(parents=True)
+    write_text_atomically(job_file, json.dumps(job, indent=2) + "\n")
+    return 0
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    try:
-        pq.write_table(table, temp / OUTPUT_FILE)
-        (temp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        publish(temp, output)  # output only reached when empty or --overwrite (check_output)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+
+def count_shards(folder: Path) -> int:
+    """Shards are written in order and each atomically: the first missing one is where the fill resumes."""
+    done = 0
+    while (folder / shard_name(done)).is_file():
+        done += 1
+    return done
 
 
-if __name__ == "__main__":
-    import sys
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
 
-    sys.exit(main())
+
+def write_text_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    publish(temp, path)
+
+
+class ShardWriter:
+    """Writes consecutive Arrow tables as parquet shards of `rows` rows, each atomically (a temp file
+    published under its final name), so a shard on disk is always complete."""
+
+    def __init__(self, folder: Path, rows: int, done: int):
+        self.folder, self.rows, self.index = folder, rows, done
+        self.first_row = done * rows  # the first input row still to fill
+        self.pending: list = []  # tables filled but not written yet
+        self.pending_rows = 0
+
+    def add(self, table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.rows:
+            self._write(self.rows)
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(self.pending_rows)
+
+    def _write(self, n: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        joined = pa.concat_tables(self.pending)
+        path = self.folder / shard_name(self.index)
+        temp = self.folder / f".{path.name}.tmp"
+        pq.write_table(joined.slice(0, n), temp)
+        publish(temp, path)  # a new name: a plain atomic rename
+        rest = joined.slice(n)
+        self.pending, self.pending_rows, self.index = [rest] if rest.num_rows else [], rest.num_rows, self.index + 1
+
+
+def finish(staging: Path, output: Path, summary: dict) -> None:
+    """Write batch_config.json, then rename <output>.partial to <output> (an old <output> goes only now)."""
+    (staging / JOB_FILE).unlink(missing_ok=True)
+    write_text_atomically(staging / CONFIG_FILE, json.dumps(summary, indent=2) + "\n")
+    publish(staging, output)  # output only reached when empty or --overwrite (check_output)

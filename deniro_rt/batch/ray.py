@@ -1,0 +1,128 @@
+"""Offline fill-mask on Ray Data: a callable class for `Dataset.map_batches` (extra `deniro[ray]`).
+
+    import pyarrow.parquet as pq, ray
+    from deniro_rt.batch.ray import FillSpec, fill_dataset
+    table = pq.read_table("reviews.parquet")                   # a column of texts with [MASK]
+    blocks = [table.slice(i, 256) for i in range(0, table.num_rows, 256)]
+    out = fill_dataset(ray.data.from_arrow(blocks), FillSpec(column="text"), concurrency=4, batch_size=256)
+
+Or by hand: `ds.map_batches(FillMaskBatch, fn_constructor_kwargs={...}, batch_size=256,
+batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=4), num_cpus=1)`. Arrow in, Arrow out:
+the added columns are list columns built from FillMask.fill_arrays (no dict or JSON string per row).
+Pitfall seen on Ray 2.60: with a pool whose actors reserve every CPU of a local 2-CPU Ray,
+`ray.data.read_parquet(...)` never got past its ListFiles/read tasks (also with
+`ray_remote_args={"num_cpus": 0}`): the dataset hung. Reading on the driver and handing blocks over
+with `from_arrow`, as above, does not need them.
+
+Each map worker is a Ray actor holding one FillMask (one ONNX Runtime session) built once in
+__init__; ORT's intra-op threads are set to the CPUs the actor reserves (`num_cpus`), because Ray
+reserves CPUs but does not stop ORT from starting one thread per core of the node: N actors with
+all-core sessions on one node oversubscribe it. This module imports ray and pyarrow only inside functions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..runtime import FillMask
+
+# Columns added next to the input columns, per row (text): the first mask's best word and its score,
+# then per mask (list) and per candidate (inner list, best first); sequences only when asked for.
+TOP1, TOP1_SCORE = "top1", "top1_score"
+MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES, SEQUENCES = "mask_positions", "token_ids", "token_strs", "scores", \
+    "sequences"
+ADDED = (TOP1, TOP1_SCORE, MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES)
+
+
+@dataclass(frozen=True)
+class FillSpec:
+    """What each worker loads and how it fills: one picklable value shipped to every actor."""
+
+    column: str = "text"  # the column holding texts with [MASK]
+    model: str | None = None  # export folder; None: the shipped model
+    device: str = "cpu"  # cpu | cuda | auto (per worker)
+    precision: str | None = None  # fp32 | int8 | fp16; None: the device's best the artifact has
+    top_k: int = 5  # predictions per mask kept
+    cpus_per_worker: float = 1.0  # Ray num_cpus of each actor; also its ORT intra-op threads
+    gpus_per_worker: float = 0.0  # Ray num_gpus of each actor (device=cuda)
+    truncation: bool = False  # keep a window around the masks of over-long texts instead of failing
+    sequences: bool = False  # also add the filled sentences (a string per candidate: costly)
+
+    def threads(self) -> int:
+        """ORT intra-op threads of one worker: its reserved CPUs, at least one."""
+        return max(1, math.ceil(self.cpus_per_worker))
+
+
+def text_columns(preds, sequences: bool = False) -> dict[str, Any]:
+    """Per text: top1, top1_score and list columns nesting Predictions' per-mask rows ([] for a mask
+    truncation cut away). Returns pyarrow arrays, one entry per text."""
+    import pyarrow as pa
+
+    per_mask = preds.to_arrow(sequences=sequences)  # one row per mask
+    counts = np.bincount(preds.text_index, minlength=preds.source.n_texts)  # [n_texts] masks per text
+    offsets = np.zeros(len(counts) + 1, np.int32)  # [n_texts + 1]
+    np.cumsum(counts, out=offsets[1:])
+    first = offsets[:-1]  # [n_texts] row of each text's first mask
+    cut = preds.mask_position[first] < 0  # its first mask cut away by truncation: no top1
+    columns = {TOP1: pa.array(np.where(cut, "", preds.token_strs()[first, 0]).tolist(), pa.string()),
+               TOP1_SCORE: pa.array(np.where(cut, np.nan, preds.scores[first, 0]))}
+    nest = lambda name: pa.ListArray.from_arrays(pa.array(offsets), per_mask.column(name).combine_chunks())
+    columns[MASK_POSITIONS] = nest("mask_position")
+    for name in (TOKEN_IDS, TOKEN_STRS, SCORES) + ((SEQUENCES,) if sequences else ()):
+        columns[name] = nest(name)
+    return columns
+
+
+class FillMaskBatch:
+    """Ray Data `map_batches` callable: adds text_columns' columns (from FillMask.fill_arrays) to a batch:
+    a pyarrow Table (batch_format="pyarrow", what fill_dataset uses), a dict of numpy arrays or pandas."""
+
+    def __init__(self, model: str | None = None, device: str = "cpu", precision: str | None = None,
+                 threads: int | None = None, top_k: int = 5, column: str = "text", truncation: bool = False,
+                 sequences: bool = False, batch_size: int = 256):
+        self.runtime = FillMask(model, device=device, precision=precision, threads=threads)
+        self.top_k, self.column, self.truncation, self.sequences = top_k, column, truncation, sequences
+        self.batch_size = batch_size
+
+    def predict(self, texts: list[str]) -> dict[str, Any]:
+        preds = self.runtime.fill_arrays(texts, top_k=self.top_k, batch_size=self.batch_size,
+                                         truncation=self.truncation)
+        return text_columns(preds, self.sequences)
+
+    def __call__(self, batch: Any):
+        import pyarrow as pa
+
+        if isinstance(batch, pa.Table):
+            added = self.predict(batch.column(self.column).to_pylist())
+            for name, values in added.items():
+                batch = batch.append_column(name, values)
+            return batch
+        added = self.predict([str(t) for t in list(batch[self.column])])
+        if isinstance(batch, dict):  # batch_format="numpy": a new dict (input arrays may be read-only)
+            return {**batch, **{k: v.to_numpy(zero_copy_only=False) for k, v in added.items()}}
+        out = batch.copy()  # pandas
+        for name, values in added.items():
+            out[name] = values.to_pandas().to_numpy()
+        return out
+
+
+def fill_dataset(dataset, spec: FillSpec, concurrency: int | tuple[int, int] = 1, batch_size: int = 256):
+    """dataset.map_batches with a fixed pool of `concurrency` FillMaskBatch actors (or (min, max):
+    an autoscaling pool), each reserving `spec.cpus_per_worker` CPUs and running that many threads."""
+    import ray.data
+
+    sizes = {"size": concurrency} if isinstance(concurrency, int) else \
+        {"min_size": concurrency[0], "max_size": concurrency[1]}
+    return dataset.map_batches(
+        FillMaskBatch, fn_constructor_kwargs={**_constructor_kwargs(spec), "batch_size": batch_size},
+        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(**sizes),
+        num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker or None)
+
+
+def _constructor_kwargs(spec: FillSpec) -> dict:
+    wanted = ("model", "device", "precision", "top_k", "column", "truncation", "sequences")
+    kwargs = {k: v for k, v in asdict(spec).items() if k in wanted}
+    return {**kwargs, "threads": spec.threads()}
