@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    loops = [BEFORE, LoopOptions()] + ([LoopOptions(compile=True)] if args.compile else [])
+    # before; train's default on a CPU (--masking auto: host, foreach AdamW); train's default on CUDA (device masking)
+    loops = [BEFORE, LoopOptions(masking="host"), LoopOptions()] + ([LoopOptions(compile=True)] if args.compile else [])
     result = compare_loops([s for s in args.shapes.split(",") if s], args.rounds, args.steps, args.warmup,
                            args.batch_size, args.chunk_size, args.precision, loops)
     result["args"] = {k: str(v) for k, v in vars(args).items()}
