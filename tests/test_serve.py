@@ -666,3 +666,18 @@ def test_ray_serve_command_line():
     bad = subprocess.run([sys.executable, "-m", "deniro_rt.serve.ray", "--batching", "ray"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "invalid choice: 'ray'" in bad.stderr
+
+
+@pytest.mark.slow  # about 2 minutes on 2 shared cores: a local Ray, three Serve deployments, Ray Data pools
+@pytest.mark.timeout(900)
+def test_bench_ray_quick(tmp_path, imdb_dir):
+    pytest.importorskip("ray.serve")
+    done = subprocess.run([sys.executable, "-m", "bench", "ray", "--quick", "--out", str(tmp_path), "--dataset",
+                           str(imdb_dir)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "ray.json").read_text())
+    assert {r["server"] for r in report["online"]} >= {"ray-serve-app-1x2cpu", "ray-serve-serve-1x2cpu"}
+    for row in report["online"]:
+        assert row["ok"] == row["requests"] > 0 and row["failed"] == 0, row
+    assert all(r["sentences_per_s"] > 0 for r in report["offline"])
+    assert (tmp_path / "ray.png").stat().st_size > 10_000
