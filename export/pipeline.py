@@ -26,6 +26,7 @@ from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
 from .optimize import Arch, build_graph, calibration_feeds
+from .reference import write_reference
 from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, ValidationSpec, build_validation_set,
                        failures, load_texts, random_rows, sentence_rows, summary, validate)
 from .weights import ROUNDING_SCHEME, round_weights, rounding_cost, store_int8
@@ -125,6 +126,8 @@ def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | N
         if failed:
             raise ValidationFailed(f"validation failed, nothing written to {config.output}: " + " | ".join(failed))
     save_tokenizer(source.tokenizer, stage)
+    write_reference(source.model, source.tokenizer, stage, f"the transformers model exported from {config.model} "
+                    f"(weights {config.weights}), each text alone; written by python -m export")
     source.model.config.save_pretrained(str(stage))  # config.json: Optimum loads model.onnx with it
     manifest = build_manifest(config, source, fused, validation, stage)
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)

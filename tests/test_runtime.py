@@ -217,10 +217,8 @@ def test_too_long_text_and_truncation_window(fm):
     text = filler + "the ending was [MASK] ." + " and then it was over ." * 10
     with pytest.raises(DeniroError, match=r"text 0 is \d+ tokens, more than the model's maximum of 128"):
         fm.fill(text)
-    kept = fm.fill(text, truncation=True, top_k=3)
-    window = fm.fill(" ".join(text.split()[-70:]), top_k=3)  # same right-hand context
+    kept = fm.fill(text, truncation=True, top_k=3)  # the window's answers: tests/test_reference.py
     assert len(kept) == 3 and all(0 < p["score"] <= 1 for p in kept)
-    assert len(window) == 3
     far = "[MASK] was the first word . " + filler + "the ending was [MASK] ."
     with pytest.warns(UserWarning, match=r"masks \[1\] \(0-based\) lie outside the 128-token window"):
         result = fm.fill(far, truncation=True, top_k=2)
@@ -261,13 +259,6 @@ def test_precision_choice(tiny_artifact):
         FillMask(tiny_artifact, device="cpu", precision="fp16")
     with pytest.raises(DeniroError, match="device must be one of auto, cpu, cuda, got 'tpu'"):
         FillMask(tiny_artifact, device="tpu")
-
-
-def test_int8_agrees_with_fp32_on_top1(tiny_artifact, fm):
-    int8 = FillMask(tiny_artifact, device="cpu", precision="int8")
-    texts = TEXTS * 3
-    same = [a[0]["token"] == b[0]["token"] for a, b in zip(fm.fill(texts, top_k=1), int8.fill(texts, top_k=1))]
-    assert np.mean(same) >= 0.75  # a random tiny model has near-ties; real models are checked in bench
 
 
 def test_corrupted_and_missing_artifacts(tiny_artifact, tmp_path):
