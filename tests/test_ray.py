@@ -301,7 +301,7 @@ def test_ray_serve_options_reach_the_deployment():
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 4, 8)
     with pytest.raises(deniro_rt.DeniroError, match="unknown argument"):
         app_builder({"replicas": "2"})
-    with pytest.raises(deniro_rt.DeniroError, match="--batching must be one of app, serve"):
+    with pytest.raises(deniro_rt.DeniroError, match="argument --batching: invalid choice: 'ray'"):
         app_builder({"batching": "ray"})
 
 

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..errors import DeniroError
 from ..runtime import no_mask_message
-from .batcher import BatchLimits, ClientGone, DynamicBatcher, FillParams, QueueFull, ShuttingDown
+from .batcher import ClientGone, DynamicBatcher, FillParams, QueueFull, ShuttingDown
 from .config import ServeConfig, model_threads
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .schema import EXAMPLE, ErrorBody, FillAnswer, FillBody, Parameters, docs_page
@@ -141,8 +141,7 @@ class FillService:
                 return
             if self.backend is None:
                 self.backend = await asyncio.to_thread(load_fill_mask, self.config)
-            limits = BatchLimits(self.config.max_batch_size, self.config.max_wait_ms, self.config.max_queue)
-            batcher = DynamicBatcher(self.backend.fill, limits, self.metrics)
+            batcher = DynamicBatcher(self.backend.fill, self.config, self.metrics)
             batcher.start()
             self.batcher = batcher
             log.info("ready: %s", describe(self.backend))

@@ -1,13 +1,11 @@
 """DynamicBatcher: gathers the texts of concurrent requests into one fill call (continuous batching).
 
-One collector task on the event loop runs a batch as soon as the model is free: a lone request runs
-at once, and while a batch runs the next requests queue up and become the next batch. Right after a
-batch its clients are about to send again; the collector waits for them (at most `max_wait_ms`, and
-only while fewer requests wait than the last batch answered), so that batches stay the same size
-under steady load instead of alternating between the stragglers and everyone else. A batch is run
-by `fill_jobs` in a single worker thread (the model already uses the cores it was given); requests
-whose client went away are dropped, never computed. The queue is bounded in texts: `submit` raises
-QueueFull instead of growing it.
+A batch runs as soon as the model is free (a lone request at once); while it runs, the next requests
+queue up and become the next batch. Right after a batch its clients are about to send again: the
+collector waits for them (at most max_wait_ms, while fewer requests wait than it answered), so batches
+keep their size under steady load instead of alternating between stragglers and everyone else.
+Batches run in one worker thread; jobs of clients that went away are dropped, never computed; the
+queue is bounded in texts (QueueFull).
 """
 from __future__ import annotations
 
@@ -96,17 +94,11 @@ def fill_group(fill: Callable, requests: list[list[str]], params: FillParams, ba
     return answers
 
 
-@dataclass(frozen=True)
-class BatchLimits:
-    max_batch_size: int = 64  # texts per fill call (a larger single request still runs, alone)
-    max_wait_ms: float = 5.0  # see the module docstring
-    max_queue: int = 1024  # texts waiting
-
-
 class DynamicBatcher:
-    """`fill(texts, top_k=, targets=, joint=, truncation=, batch_size=)` -> one result per text."""
+    """`fill(texts, top_k=, targets=, joint=, truncation=, batch_size=)` -> one result per text; limits:
+    anything with ServeConfig's max_batch_size (texts per call), max_wait_ms and max_queue (texts)."""
 
-    def __init__(self, fill: Callable, limits: BatchLimits, metrics):
+    def __init__(self, fill: Callable, limits, metrics):
         self.fill, self.limits, self.metrics = fill, limits, metrics
         self._jobs: deque[Job] = deque()
         self._queued_texts = 0

@@ -1,13 +1,8 @@
-"""GuardedHttpTools: uvicorn's httptools protocol with the limits it lacks.
-
-uvicorn reads request headers of any size (a 300 MB header was read whole, stalling every other
-connection while it was parsed) and waits forever for a request that arrives slowly: an idle
-connection that never sends, slowloris (a header byte now and then), a body shorter than its
-Content-Length. Here the request line and headers are capped (431), each request's headers must be
-complete within --header-timeout-s of the connection opening or the previous answer (plus the
-keep-alive time), and its body within --body-timeout-s of the headers (408); malformed HTTP gets a
-JSON 400 instead of uvicorn's plain text. Each refusal closes the connection.
-"""
+"""GuardedHttpTools: uvicorn's httptools protocol with the limits it lacks (uvicorn read a 300 MB
+header whole, and waited forever on idle connections, slowloris and bodies shorter than their
+Content-Length): headers capped (431); a request's headers due --header-timeout-s after the connection
+opens or the last answer (plus the keep-alive time), its body --body-timeout-s after them (408);
+JSON for malformed HTTP (400). Each refusal closes the connection."""
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ Serve HTTP proxy is the bottleneck) and about twice as large batches.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -198,24 +199,17 @@ def build_app(config: RayServeConfig):
 
 
 def app_builder(args: dict):
-    """`serve run deniro_rt.serve.ray:app_builder key=value ...`: args are RayServeConfig fields."""
-    known = {f.name: f for f in fields(RayServeConfig)}
-    unknown = sorted(set(args) - set(known))
-    if unknown:
-        raise DeniroError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return build_app(RayServeConfig(**{name: _convert(name, value) for name, value in args.items()}))
-
-
-def _convert(name: str, value):
-    """`serve run` passes strings: convert them to the field's type (as the CLI does)."""
-    default = RayServeConfig.__dataclass_fields__[name].default
-    kind = TYPES.get(name) or type(default)
-    if not isinstance(value, str) or kind is str:
-        return value
+    """`serve run deniro_rt.serve.ray:app_builder key=value ...`: the command line's options, read by its
+    parser (same types and choices)."""
+    parser = command_line()
+    parser.exit_on_error = False
     try:
-        return kind(value)
-    except ValueError as exc:
-        raise DeniroError(f"{name}={value!r} is not a valid {kind.__name__}") from exc
+        known, unknown = parser.parse_known_args([f"--{name.replace('_', '-')}={value}" for name, value in args.items()])
+    except argparse.ArgumentError as exc:
+        raise DeniroError(str(exc)) from None
+    if unknown:
+        raise DeniroError(f"unknown argument(s) {', '.join(unknown)}; see python -m deniro_rt.serve.ray --help")
+    return build_app(RayServeConfig(**vars(known)))
 
 
 def connect(config: RayServeConfig) -> None:
@@ -277,10 +271,13 @@ def help_texts() -> dict[str, str]:
 TYPES = {"model": str, "precision": str, "threads": int, "max_replicas": int, "address": str}
 
 
+def command_line() -> argparse.ArgumentParser:
+    return parser_for(RayServeConfig, "python -m deniro_rt.serve.ray", __doc__, help_texts(), TYPES,
+                      {"batching": BATCHING})
+
+
 def parse_args(argv: list[str] | None) -> RayServeConfig:
-    parser = parser_for(RayServeConfig, "python -m deniro_rt.serve.ray", __doc__, help_texts(), TYPES,
-                        {"batching": BATCHING})
-    return RayServeConfig(**vars(parser.parse_args(argv)))
+    return RayServeConfig(**vars(command_line().parse_args(argv)))
 
 
 def run(argv: list[str] | None = None) -> int:
