@@ -99,3 +99,16 @@ def test_splicing_only_for_wordpiece_decoders(shipped):
     other.decoder = decoders.Metaspace()
     assert Pieces.for_tokenizer(other, set(), str) is None
     assert Pieces.for_tokenizer(shipped.tokenizer, set(), str) is not None
+
+
+def test_bench_host_reports_the_goal_ratios(tiny_artifact, imdb_dir, tmp_path):
+    """python -m bench.host (issue 21): interleaved us/sentence of encode_batch, fill_arrays, fill and the graph."""
+    from bench.host import HostConfig, main
+
+    result = main(HostConfig(model=str(tiny_artifact), batch=8, batches=2, repeats=1, dataset=str(imdb_dir),
+                             out=str(tmp_path)))
+    assert set(result["us_per_sentence"]) == {"encode_batch", "arrays", "dicts", "model"}
+    assert result["sentences"] == 16 and 0 <= result["padding_fraction"] < 1
+    assert result["ratios"]["arrays_vs_encode_batch"] == pytest.approx(
+        result["us_per_sentence"]["arrays"] / result["us_per_sentence"]["encode_batch"])
+    assert "| arrays |" in (tmp_path / "host.md").read_text() and (tmp_path / "host.png").exists()

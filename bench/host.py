@@ -1,0 +1,153 @@
+"""python -m bench.host: the host-path goal of issue 21, measured as ratios in one interleaved run.
+
+Per sentence, at one batch size, on IMDB sentences of --min-words..--max-words words (one masked):
+the bare tokenizer's `encode_batch` (the floor), `fill_arrays` (columnar), `fill` (dicts), the graph
+alone on feeds prepared ahead (`model`), and host work = end to end - model. Meant for a near-free
+graph (a 1-layer model), where end to end is almost all host work. Goals (issue 21): fill_arrays
+<= 1.5x encode_batch, fill <= 3x.
+
+  python -m bench.host --model exports/one-layer --batch 512 --out bench/results/cpu-2core-arrays
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import report
+from .config import default_dataset
+
+GOALS = {"arrays": 1.5, "dicts": 3.0}  # x the bare tokenizer's encode_batch, per sentence
+
+
+@dataclass
+class HostConfig:
+    model: str | None = None  # artifact folder (default: the shipped model)
+    batch: int = 512
+    batches: int = 8  # distinct batches of sentences, each timed `repeats` times per engine
+    repeats: int = 3
+    min_words: int = 5
+    max_words: int = 12
+    threads: int | None = None  # ORT intra-op threads (default: all cores)
+    dataset: str = ""
+    out: str = "bench/results/cpu-2core-arrays"
+
+
+def sentences(cfg: HostConfig, mask_token: str) -> list[str]:
+    """batch * batches IMDB test sentences of min..max words, one word masked each (seed 0)."""
+    from deniro_rt.data import load_text_splits, mask_one_word, review_sentences
+
+    reviews = load_text_splits(cfg.dataset or default_dataset(), ["test"], "text")["test"]
+    rng, wanted, out = np.random.default_rng(0), cfg.batch * cfg.batches, []
+    for review in reviews:
+        for sentence in review_sentences(review):
+            masked = mask_one_word(sentence, rng, mask_token) if cfg.min_words <= len(sentence.split()) \
+                <= cfg.max_words else None
+            if masked:
+                out.append(masked[0])
+        if len(out) >= wanted:
+            return out[:wanted]
+    return out
+
+
+def measure(cfg: HostConfig) -> dict:
+    """Median microseconds per sentence of each call, interleaved batch by batch (same load for all)."""
+    from deniro_rt import FillMask
+    from deniro_rt.runtime import padding_fraction
+
+    fm = FillMask(cfg.model, device="cpu", threads=cfg.threads)
+    texts = sentences(cfg, fm.mask_token)
+    batches = [texts[i:i + cfg.batch] for i in range(0, len(texts), cfg.batch)]
+    feeds = [fm.prepared_feeds(b, 5, cfg.batch)[0] for b in batches]
+    calls = {"encode_batch": lambda i: fm.tokenizer.encode_batch(batches[i]),
+             "arrays": lambda i: fm.fill_arrays(batches[i], top_k=5, batch_size=cfg.batch),
+             "dicts": lambda i: fm.fill(batches[i], top_k=5, batch_size=cfg.batch),
+             "model": lambda i: [fm.run_graph(f) for f in feeds[i]]}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(cfg.repeats + 1):  # the first round warms up and is dropped
+        for i in range(len(batches)):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call(i)
+                times[name].append((time.perf_counter() - start) / len(batches[i]) * 1e6)
+    us = {name: float(np.median(t[len(batches):])) for name, t in times.items()}
+    lengths = fm.encode_rows(texts, truncation=False).lengths
+    return {"us_per_sentence": us, "sentences": len(texts), "mean_tokens": float(lengths.mean()),
+            "padding_fraction": padding_fraction(lengths, cfg.batch), "threads": cfg.threads,
+            "artifact": str(fm.manifest.folder)}
+
+
+def ratios(result: dict) -> dict:
+    us = result["us_per_sentence"]
+    floor = us["encode_batch"]
+    out = {f"{name}_vs_encode_batch": us[name] / floor for name in ("arrays", "dicts")}
+    out |= {f"{name}_host_vs_encode_batch": (us[name] - us["model"]) / floor for name in ("arrays", "dicts")}
+    out["goals_met"] = {name: out[f"{name}_vs_encode_batch"] <= goal for name, goal in GOALS.items()}
+    return out
+
+
+def to_markdown(result: dict) -> str:
+    us, r = result["us_per_sentence"], result["ratios"]
+    lines = [(f"# Host path (issue 21): batch {result['config']['batch']}, {result['sentences']} IMDB sentences "
+              f"of {result['config']['min_words']}-{result['config']['max_words']} words"), "",
+             f"`{result['header']['command']}` on {result['artifact']}", "",
+             f"- {result['header']['hardware']}", (f"- mean tokens {result['mean_tokens']:.1f}, padding fraction "
+                                                   f"{result['padding_fraction']:.3f}"), ""]
+    rows = [[name, f"{value:.2f}", f"{value / us['encode_batch']:.2f}x",
+             f"{max(0.0, value - us['model']):.2f}" if name in ("arrays", "dicts") else ""]
+            for name, value in us.items()]
+    lines += report.table("Microseconds per sentence (medians, interleaved)",
+                          ["call", "us/sentence", "vs encode_batch", "host us (e2e - model)"], rows)
+    lines += [(f"Goals: fill_arrays <= {GOALS['arrays']}x encode_batch: {r['goals_met']['arrays']} "
+               f"({r['arrays_vs_encode_batch']:.2f}x); fill <= {GOALS['dicts']}x: {r['goals_met']['dicts']} "
+               f"({r['dicts_vs_encode_batch']:.2f}x)."), ""]
+    return "\n".join(lines)
+
+
+def to_png(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    us = result["us_per_sentence"]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(list(us), list(us.values()), color=["grey", "tab:green", "tab:blue", "tab:orange"])
+    ax.set_xlabel("microseconds per sentence (lower is better)")
+    ax.set_title(f"batch {result['config']['batch']}: host path vs the bare tokenizer", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(cfg: HostConfig) -> dict:
+    result = measure(cfg)
+    command = "python -m bench.host " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
+                                                  if v not in (None, "") and v != getattr(HostConfig(), k))
+    result = {"header": report.header("cpu", command), "config": asdict(cfg), **result}
+    result["ratios"] = ratios(result)
+    report.write_files(result, Path(cfg.out), "host", to_markdown, to_png)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> HostConfig:
+    parser = argparse.ArgumentParser(prog="python -m bench.host", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in asdict(HostConfig()).items():
+        kind = int if name in ("batch", "batches", "repeats", "min_words", "max_words", "threads") else str
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                            help=f"(default: {default})")
+    return HostConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    from deniro_rt.cli import run_main, setup_logging
+
+    setup_logging()
+    sys.exit(run_main(lambda: print(json.dumps(main(parse_args())["ratios"], indent=2))))
