@@ -17,6 +17,7 @@ import logging
 import sys
 
 from .cli import run_main, setup_logging
+from .errors import EXIT_USAGE
 
 SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch.cli"}  # imported only when used
 
@@ -71,6 +72,11 @@ def run(argv: list[str] | None = None) -> int:
         return run_subcommand(argv[0], argv[1:])
     setup_logging(logging.WARNING)
     args = parse_args(argv)
+    if not args.texts and sys.stdin.isatty():  # nothing piped in: say so rather than wait on the terminal
+        print('error: no texts; pass them as arguments (python -m deniro_rt "A great [MASK]!") or pipe '
+              "lines on stdin", file=sys.stderr)
+        return EXIT_USAGE
+    # Empty piped input (an empty file, a filter that matched nothing) prints nothing and succeeds, like cat.
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     return run_main(lambda: fill_and_print(args, texts))
 

@@ -1,0 +1,103 @@
+"""`python -m deniro_rt` as a user runs it: real subprocesses on the tiny artifact, answers compared with the
+library's own fill() (itself compared with transformers in test_runtime.py and test_reference.py)."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deniro_rt import FillMask
+
+REPO = Path(__file__).resolve().parents[1]
+LONG = "the movie was long and slow . " * 40 + "the ending was [MASK] ." + " and then it was over ." * 10
+
+
+def cli(*args: str, stdin: str | None = "", **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deniro_rt", *args], input=stdin, capture_output=True, text=True,
+                          cwd=REPO, timeout=120, **kwargs)
+
+
+def json_rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def as_json(value):
+    return json.loads(json.dumps(value))  # tuples (multi-piece targets) become lists, as on stdout
+
+
+@pytest.fixture(scope="module")
+def fm(tiny_artifact):
+    return FillMask(tiny_artifact, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def model_args(tiny_artifact) -> list[str]:
+    return ["--model", str(tiny_artifact), "--device", "cpu", "--precision", "fp32"]
+
+
+def test_targets_mixed_pieces_and_several_texts(fm, model_args):
+    texts = ["this is a great [MASK] !", "the [MASK] was great but the [MASK] was too long ."]
+    done = cli(*texts, *model_args, "--targets", "movie,film,masterpiece,film", "--top-k", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json_rows(done.stdout)
+    expected = fm.fill(texts, targets=["movie", "film", "masterpiece", "film"], top_k=3)
+    assert [r["text"] for r in rows] == texts and [r["result"] for r in rows] == as_json(expected)
+
+
+def test_joint_json_and_table(fm, model_args):
+    text = "the [MASK] was great but the [MASK] was too long ."
+    done = cli(text, *model_args, "--joint", "--json")
+    assert done.returncode == 0, done.stderr
+    [row] = json_rows(done.stdout)
+    assert row["result"] == as_json(fm.fill(text, joint=True))
+    table = cli(text, *model_args, "--joint")
+    result = row["result"]
+    assert table.stdout.splitlines() == [text, f"  {result['sequence']}  (score {result['score']:.4f})"]
+
+
+def test_truncation_flag(fm, model_args):
+    refused = cli(LONG, *model_args)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: text 0 is ") and "pass truncation=True" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    done = cli(LONG, *model_args, "--truncation", "--json", "--top-k", "3")
+    assert done.returncode == 0, done.stderr
+    assert json_rows(done.stdout)[0]["result"] == as_json(fm.fill(LONG, truncation=True, top_k=3))
+
+
+def test_stdin_lines_table(fm, model_args):
+    done = cli(*model_args, "--top-k", "2", stdin="a [MASK] day\n\n   \nthe [MASK] end\n")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    first, second = fm.fill(["a [MASK] day", "the [MASK] end"], top_k=2)
+    assert lines[0] == "a [MASK] day" and lines[3] == "the [MASK] end" and len(lines) == 6  # blank lines skipped
+    assert lines[1].split()[:2] == ["1", first[0]["token_str"]] and lines[5].split()[:2] == ["2", second[1]["token_str"]]
+
+
+def test_empty_stdin_prints_nothing_and_succeeds(model_args):
+    """An empty file piped in (or a filter that matched nothing) is an empty batch, like `cat`: no output,
+    exit 0, in both output formats."""
+    for extra in ([], ["--json"]):
+        done = cli(*model_args, *extra, stdin="")
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    done = cli(*model_args, stdin="\n  \n")
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_no_texts_at_a_terminal_is_a_usage_error(model_args):
+    """Nothing piped in and no texts: a clear error instead of waiting silently for the terminal."""
+    parent, child = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "deniro_rt", *model_args], stdin=child, capture_output=True,
+                              text=True, cwd=REPO, timeout=60)
+    finally:
+        os.close(child)
+        os.close(parent)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == ('error: no texts; pass them as arguments (python -m deniro_rt "A great '
+                                   '[MASK]!") or pipe lines on stdin')
