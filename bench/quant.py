@@ -30,9 +30,10 @@ from deniro_rt.artifact import load_manifest
 from deniro_rt.cli import run_main, setup_logging
 from deniro_rt.models import DEFAULT_MODEL_DIR
 from export.requantize import artifact_tokenizer
+from export.rowquant import ROW_METHODS
 
 log = logging.getLogger(__name__)
-SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model
+SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model by default
 
 
 @dataclass
@@ -47,6 +48,7 @@ class QuantConfig:
     drift_sentences: int = 64
     calibration_sentences: int = 256
     timed_calls: int = 20  # per graph and shape (batch-32 shapes: a quarter)
+    shapes: str = ",".join(f"{b}x{t}" for b, t in SHAPES)  # batch x tokens timed, e.g. 1x240,32x240 (reviews)
     out: str = "bench/results/quant"
 
 
@@ -93,10 +95,26 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
     graphs = {"fp32": manifest.graph_path("fp32")}
     for name in config.methods.split(","):
         started = time.perf_counter()
-        quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
+        if name in ROW_METHODS:  # per-row int8 (issue 22): a rewrite of the fp32 graph, no calibration
+            row_graph(fp32, out / f"{name}.onnx", name)
+        else:
+            quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
         log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
         graphs[name] = out / f"{name}.onnx"
     return graphs
+
+
+def row_graph(fp32, dst: Path, name: str) -> None:
+    import copy
+
+    import onnx
+
+    from export.rowquant import row_quantize
+
+    proto = copy.deepcopy(fp32)
+    attention, passes = ROW_METHODS[name]
+    row_quantize(proto, attention=attention, passes=passes)
+    onnx.save(proto, str(dst))
 
 
 def prepare(config: QuantConfig, folder: Path) -> Prepared:
@@ -131,10 +149,25 @@ def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
         metrics = validate.score_fast_graph(session, prepared.data, prepared.reference)
         drift = validate.batch_drift(session, prepared.drift_batch)
         results[name] = {"top1_agreement": metrics["top1_agreement"], "top5_identical": metrics["top5_identical"],
+                         **decisive_top1(session, prepared),
                          "perplexity": metrics["perplexity"], "perplexity_rel_diff": metrics["perplexity_rel_diff"],
                          "rows": metrics["rows"], **drift, "size_mb": round(path.stat().st_size / 1e6, 2)}
         log.info("%s: %s", name, results[name])
     return results
+
+
+def decisive_top1(session, prepared: Prepared, margin: float = 0.01) -> dict:
+    """Top-1 agreement on the masks where fp32's first candidate leads its second by >= `margin` in
+    probability (a swap of near-equal candidates is not a different answer), and how many masks that is."""
+    from export import validate
+
+    ref = np.concatenate(prepared.reference.logits)  # [n, vocab] fp32 log-probs
+    second, first = np.exp(np.sort(ref, axis=1)[:, -2:].astype(np.float64)).T
+    decisive = first - second >= margin
+    ids = np.concatenate([validate.run_fast(session, batch, np.zeros((len(batch.mask_index), 1), np.int64), 1)[1]
+                          for batch in prepared.data.queries])[:, 0]  # [n]
+    same = ids == ref.argmax(axis=1)
+    return {"top1_decisive": float(same[decisive].mean()), "decisive_masks": int(decisive.sum())}
 
 
 def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
@@ -147,7 +180,7 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     sessions = {name: ort.InferenceSession(str(p), session_options(CPU, None), providers=[CPU])
                 for name, p in graphs.items()}
     results: dict[str, dict] = {name: {} for name in graphs}
-    for batch, tokens in SHAPES:
+    for batch, tokens in shapes_of(config):
         feed = random_feed(batch, tokens)
         for session in sessions.values():
             for _ in range(3 if batch == 1 else 1):  # warm-up
@@ -162,6 +195,10 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
             results[name][f"{batch}x{tokens}"] = {q: round(float(np.percentile(measured, p)), 2)
                                                   for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
     return results
+
+
+def shapes_of(config: QuantConfig) -> list[tuple[int, int]]:
+    return [tuple(int(n) for n in shape.split("x")) for shape in config.shapes.split(",")]
 
 
 def random_feed(batch: int, tokens: int) -> dict:
@@ -181,18 +218,21 @@ def write_markdown_too(report: dict, out: Path, write) -> None:
     rows = []
     for name in dict.fromkeys([*agreement, *speed]):
         a = agreement.get(name, {"top1_agreement": float("nan"), "top5_identical": float("nan"), "size_mb": "",
+                                 "top1_decisive": float("nan"),
                                  "perplexity_rel_diff": float("nan"), "batch_drift": float("nan"),
                                  "batch_topk_mismatches": "-"})
         ratios = [speed[reference][s]["p50"] / speed[name][s]["p50"] for s in speed.get(name, {})]
-        rows.append([name, f"{100 * a['top1_agreement']:.2f} %", f"{100 * a['top5_identical']:.2f} %",
+        rows.append([name, f"{100 * a['top1_agreement']:.2f} %", f"{100 * a.get('top1_decisive', float('nan')):.2f} %",
+                     f"{100 * a['top5_identical']:.2f} %",
                      f"{a['perplexity_rel_diff']:.1e}", f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
                      " / ".join(f"{r:.2f}×" for r in ratios), a["size_mb"]])
-    shapes = " / ".join(f"{b}×{t}" for b, t in SHAPES)
+    timed = shapes_of(QuantConfig(**report["config"]))
+    shapes = " / ".join(f"{b}×{t}" for b, t in timed)
     lines = table(f"int8 options vs fp32 (speed: p50 of {reference} / p50 of the option, {shapes})",
-                  ["option", "top-1", "top-5 identical", "ppl rel. diff", "max batch drift (texts)",
+                  ["option", "top-1", "top-1 decisive", "top-5 identical", "ppl rel. diff", "max batch drift (texts)",
                    f"speed vs {reference}", "MB"], rows)
-    ms = [[name] + [speed[name][f"{b}x{t}"]["p50"] for b, t in SHAPES] for name in speed]
-    lines += table("p50 ms per call", ["graph"] + [f"{b}×{t}" for b, t in SHAPES], ms)
+    ms = [[name] + [speed[name][f"{b}x{t}"]["p50"] for b, t in timed] for name in speed]
+    lines += table("p50 ms per call", ["graph"] + [f"{b}×{t}" for b, t in timed], ms)
     paths["markdown"].write_text(paths["markdown"].read_text() + "\n" + "\n".join(lines) + "\n")
 
 

@@ -1,0 +1,104 @@
+"""Per-row int8 graphs (export/rowquant.py, issue 22): construction, exact batch invariance, agreement."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deniro_rt.artifact import load_manifest
+from deniro_rt.providers import CPU, session_options
+from export.rowquant import ROW_METHODS, quantize_columns, row_quantize
+
+
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(proto.SerializeToString(), session_options(CPU, 1, "int8"), providers=[CPU])
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_artifact) -> dict[str, ort.InferenceSession]:
+    path = load_manifest(tiny_artifact).graph_path("fp32")
+    built = {"fp32": session(onnx.load(str(path)))}
+    for name, (attention, passes) in ROW_METHODS.items():
+        proto = onnx.load(str(path))
+        counts = row_quantize(proto, attention=attention, passes=passes)
+        assert counts == {"MatMul": 6, "Attention": 2 if attention else 0}  # 2 layers: out_lin, lin1, lin2
+        ops = [node.op_type for node in proto.graph.node]
+        assert ops.count("MatMulInteger") == passes * (8 if attention else 6) and "MatMul" not in ops
+        assert ("Attention" in ops) != attention
+        built[name] = session(proto)
+    return built
+
+
+def feed(rows: list[list[int]], mask_id: int) -> dict[str, np.ndarray]:
+    """Right-padded batch with one mask per row at position 2."""
+    width = max(map(len, rows))
+    ids = np.zeros((len(rows), width), np.int64)  # [batch, seq]
+    attention = np.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], attention[i, :len(row)] = row, 1
+    ids[:, 2] = mask_id
+    return {"input_ids": ids, "attention_mask": attention, "mask_index": np.arange(len(rows)) * width + 2,
+            "target_ids": np.zeros((len(rows), 1), np.int64), "top_k": np.array([5], np.int64)}
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_artifact) -> tuple[list[list[int]], int]:
+    rng = np.random.default_rng(0)
+    manifest = load_manifest(tiny_artifact)
+    lengths = (7, 19, 12, 30, 9)
+    return [list(rng.integers(10, manifest.vocab_size, n)) for n in lengths], manifest.mask_token_id
+
+
+def test_quantize_columns_is_exact_on_an_int8_grid():
+    rng = np.random.default_rng(1)
+    scale = np.float32(2.0) ** rng.integers(-8, -2, 16).astype(np.float32)  # [out], exact in 17 bits
+    q = rng.integers(-127, 128, (24, 16)).astype(np.int8)
+    q[0] = 127  # every column reaches its maximum: the scale is recovered exactly
+    q_back, scale_back = quantize_columns(q.astype(np.float32) * scale[None, :])
+    assert np.array_equal(q_back, q) and np.array_equal(scale_back, scale)
+
+
+def one_matmul(weight: np.ndarray, passes: int) -> ort.InferenceSession:
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", weight.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", weight.shape[1]])],
+                              [numpy_helper.from_array(weight, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    row_quantize(proto, passes=passes)
+    return session(proto)
+
+
+def test_one_matmul_matches_the_per_row_formula():
+    rng = np.random.default_rng(2)
+    weight, x = rng.normal(size=(64, 48)).astype(np.float32), rng.normal(size=(5, 64)).astype(np.float32)
+    x[1, 3] = 40.0  # an outlier widens row 1's scale only
+    q_weight, w_scale = quantize_columns(weight)
+    scale = np.abs(x).max(axis=1, keepdims=True) / 127  # [m, 1]
+    expected = (np.rint(x / scale) @ q_weight.astype(np.float64)) * w_scale * scale
+    got = one_matmul(weight, 1).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    two_pass = one_matmul(weight, 2).run(None, {"x": x})[0]
+    exact = x.astype(np.float64) @ (q_weight * w_scale).astype(np.float64)
+    assert np.abs(two_pass - exact).max() < np.abs(got - exact).max() / 50  # ~16-bit activations
+
+
+@pytest.mark.parametrize("name", list(ROW_METHODS))
+def test_a_row_alone_equals_the_row_in_a_padded_batch_bit_for_bit(graphs, rows, name):
+    texts, mask_id = rows
+    batched = graphs[name].run(None, feed(texts, mask_id))
+    for i, row in enumerate(texts):
+        alone = graphs[name].run(None, feed([row], mask_id))
+        assert np.array_equal(alone[1][0], batched[1][i])  # top-5 ids
+        assert np.array_equal(alone[0][0], batched[0][i])  # their log-probs, bit for bit
+
+
+def test_row_graphs_agree_with_fp32(graphs, rows):
+    texts, mask_id = rows
+    reference = graphs["fp32"].run(None, feed(texts, mask_id))
+    for name in ROW_METHODS:
+        got = graphs[name].run(None, feed(texts, mask_id))
+        assert np.array_equal(got[1][:, 0], reference[1][:, 0]), name  # same top-1 on every row
+        limit = 1e-3 if name.startswith("row2") else 0.1  # two passes: ~16-bit activations
+        assert np.abs(got[0] - reference[0]).max() < limit, name
