@@ -20,7 +20,7 @@ WEIGHT_STORAGE = ("fp32", "int8")  # how the fp32 graphs store their weight matr
 class Int8Method:
     """One way to build the int8 fast graph (README: "int8 on CPU: the options, measured")."""
 
-    kind: str  # static (QDQ, fixed scales) | dynamic (scales per call) | nbits (MatMulNBits 8-bit weights)
+    kind: str  # static (QDQ, fixed scales) | dynamic (scales per call) | nbits (MatMulNBits 8-bit weights) | row
     calibration: str = "MinMax"  # static: MinMax | Percentile | Entropy
     accuracy_level: int = 4  # nbits: 4 = int8 compute, activations scaled per row and block; 0 = fp32 compute
     block_size: int = 32  # nbits: weights per scale
@@ -35,6 +35,9 @@ INT8_METHODS = {
     "dynamic": Int8Method("dynamic"),
     "nbits": Int8Method("nbits"),
     "weight-only": Int8Method("nbits", accuracy_level=0),
+    # Scales per token row, computed per call from that row only: batch-invariant, no calibration
+    # (export/rowquant.py, issue 22). row2: a second int8 pass for the rounding remainder (~16-bit activations).
+    **{name: Int8Method("row") for name in ("row", "row-ffn", "row2", "row2-ffn")},
 }
 DEFAULT_INT8_METHOD = "static-percentile"
 GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'

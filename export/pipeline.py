@@ -26,6 +26,7 @@ from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
 from .optimize import Arch, build_graph, calibration_feeds
+from .rowquant import build_any_graph
 from .reference import write_reference
 from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, ValidationSpec, build_validation_set,
                        failures, load_texts, random_rows, sentence_rows, summary, validate)
@@ -152,8 +153,8 @@ def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str,
     export_fast(source.model, raw / FAST_GRAPHS["fp32"], config.opset)
     log.info("traced the fast graph in %.1f s", time.perf_counter() - started)
     calibration = calibration_set(config, source) if needs_calibration(config) else None
-    fused = {p: build_graph(p, raw / FAST_GRAPHS["fp32"], stage / FAST_GRAPHS[p], arch, config.fuse,
-                            config.per_channel, config.int8_method, calibration) for p in config.precisions()}
+    fused = {p: build_any_graph(p, raw / FAST_GRAPHS["fp32"], stage / FAST_GRAPHS[p], arch, config.fuse,
+                                config.per_channel, config.int8_method, calibration) for p in config.precisions()}
     if config.full_graph:
         export_full(source.model, raw / FULL_GRAPH, config.opset)
         fused[FULL_GRAPH_KEY] = build_graph("fp32", raw / FULL_GRAPH, stage / FULL_GRAPH, arch, config.fuse,

@@ -144,3 +144,32 @@ def drop_unused(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
+
+
+def build_row_int8(src, dst, arch, fused: bool, int8_method: str = "row", **_) -> dict[str, int]:
+    """export --precision int8 --int8-method row|row2|...: the fused fp32 graph, rewritten per row."""
+    import tempfile
+    from pathlib import Path
+
+    from .optimize import build_fp32, op_counts
+
+    attention, passes = ROW_METHODS[int8_method]
+    with tempfile.TemporaryDirectory(prefix="deniro-row-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        build_fp32(src, fp32, arch, fused)
+        proto = onnx.load(str(fp32))
+    row_quantize(proto, attention=attention, passes=passes)
+    onnx.save(proto, str(dst))
+    return op_counts(proto)
+
+
+def build_any_graph(precision: str, src, dst, arch, fused: bool, per_channel: bool, int8_method: str,
+                    calibration=None) -> dict[str, int]:
+    """export.optimize.build_graph, plus the per-row int8 methods (ROW_METHODS) for --precision int8."""
+    from .optimize import build_graph
+
+    if precision == "int8" and int8_method in ROW_METHODS:
+        counts = build_row_int8(src, dst, arch, fused, int8_method=int8_method)
+        log.info("%s built (int8 %s): %s", dst.name, int8_method, counts)
+        return counts
+    return build_graph(precision, src, dst, arch, fused, per_channel, int8_method, calibration)

@@ -102,3 +102,20 @@ def test_row_graphs_agree_with_fp32(graphs, rows):
         assert np.array_equal(got[1][:, 0], reference[1][:, 0]), name  # same top-1 on every row
         limit = 1e-3 if name.startswith("row2") else 0.1  # two passes: ~16-bit activations
         assert np.abs(got[0] - reference[0]).max() < limit, name
+
+
+def test_export_builds_validates_and_serves_a_row_int8_graph(tmp_path, tiny_model_dir, imdb_dir):
+    from deniro_rt import FillMask
+    from export.config import ExportConfig
+    from export.pipeline import main
+
+    folder = main(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(tmp_path / "a"), precision=("int8",),
+                               int8_method="row", full_graph=False, validate=True, dataset=str(imdb_dir),
+                               sentences=64, random_sequences=8, perplexity_chunks=8))
+    manifest = load_manifest(folder)
+    validation = manifest.raw["validation"]["int8"]
+    assert validation["passed"] and validation["metrics"]["batch_drift"] == 0.0
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(manifest.graph_path("int8"))).graph.node}
+    fm = FillMask(folder, device="cpu", precision="int8")
+    texts = ["the movie was [MASK] .", "a [MASK] film with a long and winding plot about nothing at all"]
+    assert [fm.fill([t])[0] for t in texts] == fm.fill(texts)  # alone == batched, scores included
