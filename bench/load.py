@@ -166,10 +166,12 @@ def free_port() -> int:
 
 
 def server_command(name: str, cfg: LoadConfig, port: int, torch_model: Path | None) -> list[str]:
+    from deniro_rt.serve.config import ServeConfig
+
     batch = 1 if name.endswith("unbatched") else cfg.max_batch_size
     if name == "hf-pipeline":
         return [sys.executable, "-m", "bench.load", str(torch_model), str(port), str(batch),
-                str(cfg.max_wait_ms if cfg.max_wait_ms is not None else 5.0), str(cfg.max_queue), str(cfg.threads or 0)]
+                str(cfg.max_wait_ms if cfg.max_wait_ms is not None else ServeConfig.max_wait_ms), str(cfg.max_queue), str(cfg.threads or 0)]
     cmd = [sys.executable, "-m", "deniro_rt", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-batch-size", str(batch), "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
     return cmd + (["--max-wait-ms", str(cfg.max_wait_ms)] if cfg.max_wait_ms is not None else []) + \

@@ -22,8 +22,8 @@ HELP = {
     "host": "address to listen on; keep 127.0.0.1 unless a proxy in front needs otherwise",
     "port": "TCP port; 0: any free port (the log says which)",
     "max_batch_size": "most texts per model call; 1 turns batching off",
-    "max_wait_ms": "right after a batch, most time to wait for its clients' next requests (a lone "
-                   "request never waits)",
+    "max_wait_ms": "right after a batch, most time to wait for its clients' next requests, at most half "
+                   "the batch's run time (a lone request never waits)",
     "max_queue": "most texts waiting for a batch; beyond it requests get 503 with Retry-After",
     "max_texts_per_request": "most texts in one request's \"inputs\" (413 beyond)",
     "max_body_bytes": "largest request body (413 beyond)",

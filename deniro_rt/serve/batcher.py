@@ -2,8 +2,9 @@
 
 A batch runs as soon as the model is free (a lone request at once); while it runs, the next requests
 queue up and become the next batch. Right after a batch its clients are about to send again: the
-collector waits for them (at most max_wait_ms, while fewer requests wait than it answered), so batches
-keep their size under steady load instead of alternating between stragglers and everyone else.
+collector waits for them (at most max_wait_ms and half the batch's run time, while fewer requests
+wait than it answered), so batches keep their size under steady load instead of alternating between
+stragglers and everyone else.
 Batches run in one worker thread; jobs of clients that went away are dropped, never computed; the
 queue is bounded in texts (QueueFull).
 """
@@ -103,6 +104,7 @@ class DynamicBatcher:
         self._jobs: deque[Job] = deque()
         self._queued_texts = 0
         self._returning = 0  # requests the last batch answered: their clients may be about to send again
+        self._last_run_s = 0.0  # how long that batch ran: the model never waits more than half of it
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()  # set when no batch runs and nothing waits
         self._idle.set()
@@ -155,7 +157,7 @@ class DynamicBatcher:
     async def _collect_forever(self) -> None:
         while True:
             await self._wait_for_jobs()
-            batch = self._take()
+            batch, started = self._take(), time.perf_counter()
             try:
                 answers = await asyncio.get_running_loop().run_in_executor(
                     self._executor, fill_jobs, self.fill, batch, self.limits.max_batch_size,
@@ -165,7 +167,7 @@ class DynamicBatcher:
                 answers = [exc] * len(batch)
             for job, answer in zip(batch, answers):
                 settle(job, **({"error": answer} if isinstance(answer, BaseException) else {"result": answer}))
-            self._returning = len(batch)
+            self._returning, self._last_run_s = len(batch), time.perf_counter() - started
             if not self._jobs:
                 self._idle.set()
 
@@ -174,7 +176,7 @@ class DynamicBatcher:
         while not self._jobs:
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = time.perf_counter() + self.limits.max_wait_ms / 1000
+        deadline = time.perf_counter() + min(self.limits.max_wait_ms / 1000, self._last_run_s / 2)
         while len(self._jobs) < self._returning and self._queued_texts < self.limits.max_batch_size \
                 and not self._closing and (remaining := deadline - time.perf_counter()) > 0:
             self._arrived.clear()

@@ -24,7 +24,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the log names it)
     max_batch_size: int = 64  # texts per fill call
-    max_wait_ms: float = 5.0  # after a batch, most time waited for its clients' next requests
+    max_wait_ms: float = 20.0  # after a batch, most time waited for its clients' next requests (and at
+    # most half the batch's run time: the model idles at most a third of the time)
     max_queue: int = 1024  # texts waiting for a batch; a request that would exceed it gets 503
     max_texts_per_request: int = 64
     max_body_bytes: int = 1_048_576

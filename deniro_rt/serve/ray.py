@@ -36,6 +36,7 @@ from .config import ServeConfig, parser_for
 log = logging.getLogger(__name__)
 BATCHING = ("app", "serve")
 INSTALL_HINT = 'pip install "deniro[ray]"'
+SERVE_BATCH_WAIT_MS = 5.0  # @serve.batch's window (--batching serve): it is a fixed wait, unlike the app's
 
 
 @dataclass
@@ -150,8 +151,8 @@ class ServeBatcher:
         self.backend, self.metrics, self.batch_size = backend, metrics, config.max_batch_size
         self.queued_texts = 0
         self._running: set[asyncio.Task] = set()
-        self._submit = serve.batch(max_batch_size=config.max_batch_size,
-                                   batch_wait_timeout_s=config.max_wait_ms / 1000,
+        wait_ms = min(config.max_wait_ms, SERVE_BATCH_WAIT_MS)  # Serve waits this long even for a lone request
+        self._submit = serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=wait_ms / 1000,
                                    batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs))(self._fill_many)
 
     def enqueue(self, texts: list[str], params, single: bool = False) -> Job:
