@@ -9,11 +9,11 @@ from typing import ClassVar
 from pathlib import Path
 
 from deniro_rt.data import IMDB_HUB_ID
+from deniro_rt.providers import DEVICES  # noqa: F401 (bench's --device choices)
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_IMDB = REPO.parent / "shared" / "data" / "imdb"
 COMMANDS = ("parity", "latency", "throughput", "train", "all")
-DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt", "deniro_rt-model")
 MODEL_CARD_PROMPT = "This is a great [MASK]!"
 

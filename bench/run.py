@@ -9,6 +9,7 @@ from pathlib import Path
 from deniro_rt.artifact import load_manifest
 from deniro_rt.data import load_text_splits
 from deniro_rt.errors import DeniroError
+from deniro_rt.providers import DEVICES, HARDWARE
 
 from . import report
 from .config import MODEL_CARD_PROMPT, BenchConfig
@@ -31,8 +32,8 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise DeniroError("--device cuda: PyTorch sees no CUDA GPU here; run on a GPU machine or pass --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise DeniroError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device not in HARDWARE:
+        raise DeniroError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     return device
 
 

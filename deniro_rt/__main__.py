@@ -18,6 +18,7 @@ import sys
 
 from .cli import run_main, setup_logging
 from .errors import EXIT_USAGE
+from .providers import DEVICES, PRECISIONS
 
 SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch.cli"}  # imported only when used
 
@@ -41,9 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated words to rank instead of the whole vocabulary (default: none)")
     parser.add_argument("--model", default=None,
                         help="export folder from `python -m export --onnx` (default: the shipped IMDB model)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default: auto)")
-    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"],
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
     parser.add_argument("--joint", action="store_true", help="fill all masks of a text together (greedy)")

@@ -17,6 +17,9 @@ CUDA = "CUDAExecutionProvider"
 PREFERRED_PRECISION = {CPU: ("fp32", "int8"), CUDA: ("fp16", "fp32")}
 FLOAT_PRECISIONS = ("fp32", "fp16")
 RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
+# Declared here once; every stage's --device / --precision choices import these.
+PRECISIONS = tuple(RUNS_ON)  # the graph precisions an artifact can hold
+HARDWARE = DEVICES[1:]  # what "auto" resolves to: the devices a graph is built or timed for
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
 
@@ -34,6 +37,12 @@ def resolve_provider(device: str) -> str:
                           f"onnxruntime has only {', '.join(available)}; install the GPU build: "
                           f"{GPU_INSTALL_HINT}")
     return CPU
+
+
+def session_providers(device: str) -> list[str]:
+    """resolve_provider's choice as a session's provider list: CUDA keeps CPU behind it for the ops it lacks."""
+    provider = resolve_provider(device)
+    return [CUDA, CPU] if provider == CUDA else [CPU]
 
 
 def resolve_precision(requested: str | None, provider: str, available: dict[str, str]) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from deniro_rt.artifact import FAST_GRAPHS
 from deniro_rt.errors import DeniroError
+from deniro_rt.providers import HARDWARE, session_providers
 
-DEVICES = ("cpu", "cuda")
+DEVICES = HARDWARE  # export builds for a device, never "auto"
 # int8 is opt-in on CPU, as in the runtime: the trained MiniLM's static int8 graph agreed with fp32 on
 # 80 % of top-1s (README, issue 12), and a default that fails validation would make the plain command fail.
 DEFAULT_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
@@ -40,7 +41,6 @@ INT8_METHODS = {
     **{name: Int8Method("row") for name in ("row", "row-ffn", "row2", "row2-ffn")},
 }
 DEFAULT_INT8_METHOD = "static-percentile"
-GPU_INSTALL = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
 
 @dataclass
@@ -136,13 +136,6 @@ def check_output(config: ExportConfig) -> Path:
 
 
 def resolve_providers(device: str) -> list[str]:
-    """The onnxruntime execution providers for --device, resolved once; a clear error if missing."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in available:
-        raise DeniroError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider (available: "
-                          f"{', '.join(available)}); on a CUDA machine run: {GPU_INSTALL}")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    """The onnxruntime execution providers for --device, resolved once (deniro_rt.providers: the runtime's
+    own resolution, the same error when CUDA is missing)."""
+    return session_providers(device)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from deniro_rt.providers import HARDWARE  # noqa: E402
+
 PROMPT = "This is a great [MASK]!"
 SCORE_TIE = 1e-6  # probability difference under which two candidates' order is rounding
 TEXTS = ["the acting was [MASK] and the story was good .", "i have seen this [MASK] twice .", PROMPT,
@@ -73,7 +75,7 @@ def graphs(model: str, precision: str, device: str, samples: int) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export folder (python -m export --onnx)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--device", choices=HARDWARE, default="cuda")
     parser.add_argument("--json", required=True, help="where the results are written")
     args = parser.parse_args(argv)
     from deniro_rt import FillMask
