@@ -6,21 +6,21 @@ import logging
 from dataclasses import MISSING, asdict, dataclass, fields
 
 from ..errors import DeniroError
-from ..providers import DEVICES, RUNS_ON
+from ..providers import DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
 POSITIVE = ("max_batch_size", "max_queue", "max_texts_per_request", "max_body_bytes", "max_text_chars",
             "max_top_k", "retry_after_s", "max_header_bytes")
 NOT_NEGATIVE = ("max_wait_ms", "graceful_timeout_s", "keep_alive_s", "header_timeout_s", "body_timeout_s")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-CHOICES = {"device": DEVICES, "precision": tuple(RUNS_ON), "log_level": LOG_LEVELS}
+CHOICES = {"device": DEVICES, "precision": PRECISIONS, "log_level": LOG_LEVELS}
 
 
 @dataclass
 class ServeConfig:
     model: str | None = None  # export folder (python -m export --onnx); default: the shipped model
     device: str = "auto"  # one of providers.DEVICES
-    precision: str | None = None  # one of providers.RUNS_ON; default: the runtime's choice for the device
+    precision: str | None = None  # one of providers.PRECISIONS; default: the runtime's choice for the device
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the log names it)
     max_batch_size: int = 64  # texts per fill call
