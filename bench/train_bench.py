@@ -57,7 +57,7 @@ def synthetic_chunks(n_chunks: int, chunk_size: int, vocab: int, seed: int = 0) 
 class LoopOptions:
     """How the loop masks and updates: train/'s defaults now, or the loop before issue 23 (BEFORE)."""
 
-    masking: str = "device"  # device: train.data.mask_rows where the model runs (train's auto on CUDA); host: numpy
+    masking: str = "auto"  # as train's --masking: auto (torch on CUDA, numpy elsewhere) | device | host
     adamw: str = "auto"  # train.loop.make_optimizer's choice; "plain": torch.optim.AdamW() as before
     compile: bool = False
 
@@ -95,7 +95,7 @@ def build_optimizer(config, wrapped, loop: LoopOptions, device):
 def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chunk_size: int | None,
                 precision: str, device: str, loop: LoopOptions = LoopOptions()) -> dict:
     from train.data import to_device
-    from train.loop import make_schedule, micro_batch, train_step
+    from train.loop import make_schedule, masks_on_device, micro_batch, train_step
     from train.model import MaskedOnlyMLM, build_model
 
     config = train_config(shape, batch_size, chunk_size, precision)
@@ -108,7 +108,7 @@ def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chu
     optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
     n_procs = accelerator.num_processes
     chunks = synthetic_chunks((steps + warmup) * config.batch_size * n_procs, config.chunk_size, vocab.size)
-    data = to_device(chunks, accelerator.device) if loop.masking == "device" else chunks
+    data = to_device(chunks, accelerator.device) if masks_on_device(loop, accelerator.device) else chunks
     sched = make_schedule(config, len(chunks), n_procs)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     wrapped.train()
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     # before; train's default on a CPU (--masking auto: host, foreach AdamW); train's default on CUDA (device masking)
-    loops = [BEFORE, LoopOptions(masking="host"), LoopOptions()] + ([LoopOptions(compile=True)] if args.compile else [])
+    loops = [BEFORE, LoopOptions(masking="host"), LoopOptions(masking="device")]
+    loops += [LoopOptions(compile=True)] if args.compile else []
     result = compare_loops([s for s in args.shapes.split(",") if s], args.rounds, args.steps, args.warmup,
                            args.batch_size, args.chunk_size, args.precision, loops)
     result["args"] = {k: str(v) for k, v in vars(args).items()}
