@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from deniro_rt.errors import DeniroError
-from deniro_rt.files import publish
+from deniro_rt.files import staged
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +181,11 @@ def convert_folder(bert_dir: Path, output: Path, seed: int = 0, record: dict | N
         raise DeniroError(f"--bert {bert_dir}: no config.json; pass a BertModel/BertForMaskedLM save_pretrained folder")
     tokenizer = load_bert_tokenizer(bert_dir)
     converted = convert_model(bert_dir, seed)
-    tmp = output.with_name(f".tmp_{output.name}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged(output) as tmp:  # published whole at the end of the block; a failed write leaves nothing
         converted.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         record = {**(record or {}), "bert": str(bert_dir), "seed": seed, "kept_head": converted.kept_head}
         (tmp / "convert_config.json").write_text(json.dumps(record, indent=2) + "\n")
-        publish(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after publish; a failed write leaves nothing
     return converted
 
 

@@ -24,8 +24,6 @@ import argparse
 import copy
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +34,7 @@ import torch
 
 from deniro_rt.data import load_text_splits, untruncated
 from deniro_rt.errors import DeniroError
-from deniro_rt.files import publish
+from deniro_rt.files import staged
 
 from .shrink import piece_order
 
@@ -293,13 +291,8 @@ def main(config: PruneConfig) -> Path:
     out = Path(config.output)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
-    stage = out.with_name(f".tmp_{out.name}_{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with staged(out) as stage:  # published whole when prune returns; a failed run leaves nothing
         prune(config, stage)
-        publish(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone after publish; a failed run leaves nothing
     log.info("wrote %s", out)
     return out
 
