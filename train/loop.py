@@ -24,6 +24,7 @@ import torch
 from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, looks_like_path, perplexity,
                              premask, whole_word_mask)
 from deniro_rt.errors import DeniroError
+from deniro_rt.files import publish
 
 from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig
 from .data import (VALIDATION, DeviceChunks, carve_validation, check_splits, epoch_order, mask_rows, split_list,
@@ -175,8 +176,7 @@ def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int)
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish(tmp, final)  # replaces a checkpoint of the same step in one swap
         for old in sorted((out / CHECKPOINTS).glob("step_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
