@@ -8,21 +8,15 @@ and uvicorn are imported only by `create_app` and `main`.
 """
 from __future__ import annotations
 
+import importlib
+
 from .config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app", "main"]
-SERVE_INSTALL_HINT = 'pip install "deniro[serve]"'
 
 
-def create_app(config: ServeConfig, fill_mask=None):
-    """The ASGI app (see deniro_rt.serve.app.create_app)."""
-    from .app import create_app as build
-
-    return build(config, fill_mask)
-
-
-def main(config: ServeConfig) -> int:
-    """Serve until SIGTERM/SIGINT (see deniro_rt.serve.server.main)."""
-    from .server import main as serve
-
-    return serve(config)
+def __getattr__(name: str):
+    """create_app (see .app) and main (see .server), imported on first use: they need the serve extra."""
+    if name not in ("create_app", "main"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(".app" if name == "create_app" else ".server", __name__), name)

@@ -13,15 +13,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import DeniroError
-from ..runtime import no_mask_message
-from .batcher import ClientGone, DynamicBatcher, FillParams, QueueFull, ShuttingDown
+from ..runtime import FillMask, no_mask_message
+from .batcher import ClientGone, DynamicBatcher, FillParams, Unavailable
 from .config import ServeConfig, model_threads
-from .metrics import CONTENT_TYPE, ServeMetrics
 from .schema import EXAMPLE, ErrorBody, FillAnswer, FillBody, Parameters, docs_page
 
 log = logging.getLogger(__name__)
@@ -30,20 +30,32 @@ ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in 
     (415, "Content-Type is not application/json"), (422, "invalid body (the message names the field and the fix)"),
     (503, "queue full, shutting down or model not loaded; see the Retry-After header"))}
 CLIENT_GONE = 499  # nginx's "client closed request": counted, never sent
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class ServeError(Exception):
-    """An answer other than 200: its status, a message naming the problem and the fix, headers."""
+class ServeMetrics:
+    """The Prometheus metrics, one registry per app: several apps in one process (tests, Ray replicas)
+    never mix their counts."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("deniro_requests", "HTTP fill requests answered, by status code", ["status"],
+                                registry=registry)
+        self.texts = Counter("deniro_texts", "texts filled, by outcome", ["outcome"], registry=registry)
+        self.batch_size = Histogram("deniro_batch_size", "texts per fill call of the dynamic batcher",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
+        self.queue_wait = Histogram("deniro_queue_wait_seconds", "time a request waited before its batch started",
+                                    buckets=SECONDS_BUCKETS, registry=registry)
+        self.latency = Histogram("deniro_request_latency_seconds", "fill request latency, body read to answer",
+                                 buckets=SECONDS_BUCKETS, registry=registry)
+        self.queued = Gauge("deniro_queue_texts", "texts waiting for a batch now", registry=registry)
 
 
-def create_app(config: ServeConfig, fill_mask=None) -> FastAPI:
+def create_app(config: ServeConfig, fill_mask=None, batcher_class: type = DynamicBatcher) -> FastAPI:
     """The app. fill_mask: any object with `mask_token` and FillMask's `fill(texts, top_k=, targets=,
-    joint=, truncation=, batch_size=)` (default: a deniro_rt.FillMask from config, loaded at startup)."""
-    service = FillService(config.check(), fill_mask)
+    joint=, truncation=, batch_size=)` (default: a deniro_rt.FillMask from config, loaded at startup).
+    batcher_class: DynamicBatcher's constructor, enqueue, drop and close (Ray Serve: ray.ServeBatcher)."""
+    service = FillService(config.check(), fill_mask, batcher_class)
     app = FastAPI(title="deniro fill-mask server", version=__version__, lifespan=service.lifespan,
                   description="Hugging Face Inference API fill-mask body, with dynamic batching.",
                   docs_url=None, redoc_url=None)
@@ -54,14 +66,12 @@ def create_app(config: ServeConfig, fill_mask=None) -> FastAPI:
     app.add_api_route("/health", service.health, methods=["GET"], summary="200 once the model is loaded")
     app.add_api_route("/metrics", service.metrics_text, methods=["GET"], summary="Prometheus metrics")
     app.add_api_route("/docs", service.docs, methods=["GET"], summary="this page", response_class=HTMLResponse)
-    for kind in (HTTPException, RequestValidationError, ServeError, Exception):
+    for kind in (HTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, error_response)
     return app
 
 
-def load_fill_mask(config: ServeConfig):
-    from ..runtime import FillMask
-
+def load_fill_mask(config: ServeConfig) -> FillMask:
     return FillMask(config.model, device=config.device, precision=config.precision,
                     threads=model_threads(config.threads))
 
@@ -79,8 +89,8 @@ class FillRoute(APIRoute):
             try:
                 kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if kind != "application/json" and not kind.endswith("+json"):
-                    raise ServeError(415, f"Content-Type is {kind or 'missing'!r}; send the body as JSON "
-                                          f"with 'Content-Type: application/json'")
+                    raise HTTPException(415, f"Content-Type is {kind or 'missing'!r}; send the body as JSON "
+                                             f"with 'Content-Type: application/json'")
                 request._body = await read_body(request, request.app.state.service.config.max_body_bytes)
                 request._json = parse_json(request._body)
                 response = await handler(request)
@@ -100,36 +110,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused (413) as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise ServeError(413, f"body is {int(declared)} bytes; this server takes at most {limit} (--max-body-bytes)")
-    chunks, size = [], 0
+        raise HTTPException(413, f"body is {int(declared)} bytes; this server takes at most {limit} (--max-body-bytes)")
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(413, f"body is more than {limit} bytes; this server takes at most {limit} "
-                                  f"(--max-body-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body is more than {limit} bytes; this server takes at most {limit} "
+                                     f"(--max-body-bytes)")
+    return bytes(body)
 
 
 def parse_json(raw: bytes):
     try:
         return json.loads(raw)
     except RecursionError:
-        raise ServeError(400, "body nests too deeply to parse; send a flat fill-mask body") from None
+        raise HTTPException(400, "body nests too deeply to parse; send a flat fill-mask body") from None
     except json.JSONDecodeError as exc:
-        raise ServeError(400, f"body is not valid JSON ({exc}); send e.g. {json.dumps(EXAMPLE)}") from None
+        raise HTTPException(400, f"body is not valid JSON ({exc}); send e.g. {json.dumps(EXAMPLE)}") from None
     except UnicodeDecodeError:
-        raise ServeError(400, "body is not UTF-8; send JSON text in UTF-8") from None
+        raise HTTPException(400, "body is not UTF-8; send JSON text in UTF-8") from None
     except ValueError:  # Python refuses integers of more than 4,300 digits
-        raise ServeError(400, "body has a number with too many digits; top_k is a small integer") from None
+        raise HTTPException(400, "body has a number with too many digits; top_k is a small integer") from None
 
 
 class FillService:
     """The state behind the routes: one backend, one batcher, one set of metrics."""
 
-    def __init__(self, config: ServeConfig, backend=None):
-        self.config, self.backend = config, backend
+    def __init__(self, config: ServeConfig, backend=None, batcher_class: type = DynamicBatcher):
+        self.config, self.backend, self.batcher_class = config, backend, batcher_class
         self.metrics = ServeMetrics()
+        self.retry_after = {"Retry-After": str(config.retry_after_s)}  # the headers of every 503
         self.batcher: DynamicBatcher | None = None
         self._starting = asyncio.Lock()
 
@@ -141,9 +151,7 @@ class FillService:
                 return
             if self.backend is None:
                 self.backend = await asyncio.to_thread(load_fill_mask, self.config)
-            batcher = DynamicBatcher(self.backend.fill, self.config, self.metrics)
-            batcher.start()
-            self.batcher = batcher
+            self.batcher = self.batcher_class(self.backend.fill, self.config, self.metrics)
             log.info("ready: %s", describe(self.backend))
 
     @contextlib.asynccontextmanager
@@ -160,15 +168,15 @@ class FillService:
             try:
                 await self.start()
             except DeniroError as exc:  # a model that cannot load: say why on every request
-                raise ServeError(503, f"the model could not be loaded: {exc}", self.retry_after()) from None
+                raise HTTPException(503, f"the model could not be loaded: {exc}", self.retry_after) from None
         texts, single = ([body.inputs], True) if isinstance(body.inputs, str) else (body.inputs, False)
         params = self.checked(texts, body.parameters)
         if not texts:
             return JSONResponse([])
         try:
             job = self.batcher.enqueue(texts, params, single)
-        except (QueueFull, ShuttingDown) as exc:
-            raise ServeError(503, str(exc), self.retry_after()) from None
+        except Unavailable as exc:
+            raise HTTPException(503, str(exc), self.retry_after) from None
         watcher = asyncio.ensure_future(drop_on_disconnect(request, self.batcher, job))
         try:
             answer = await job.future
@@ -176,7 +184,7 @@ class FillService:
             self.metrics.texts.labels("dropped").inc(len(texts))
             return Response(status_code=CLIENT_GONE)
         except DeniroError as exc:  # what only the model sees (a text too long in tokens, a bad target)
-            raise ServeError(422, str(exc)) from None
+            raise HTTPException(422, str(exc)) from None
         finally:
             watcher.cancel()
         self.metrics.texts.labels("filled").inc(len(texts))
@@ -186,34 +194,32 @@ class FillService:
         """The server's own limits, before anything is queued (a bad request never joins a batch)."""
         cfg = self.config
         if len(texts) > cfg.max_texts_per_request:
-            raise ServeError(413, f'"inputs" has {len(texts)} texts; this server takes at most '
-                                  f"{cfg.max_texts_per_request} per request (--max-texts-per-request); split the list")
+            raise HTTPException(413, f'"inputs" has {len(texts)} texts; this server takes at most '
+                                     f"{cfg.max_texts_per_request} per request (--max-texts-per-request); "
+                                     "split the list")
         for index, text in enumerate(texts):
             if len(text) > cfg.max_text_chars:
-                raise ServeError(413, f"text {index} is {len(text)} characters; this server takes at most "
-                                      f"{cfg.max_text_chars} (--max-text-chars)")
+                raise HTTPException(413, f"text {index} is {len(text)} characters; this server takes at most "
+                                         f"{cfg.max_text_chars} (--max-text-chars)")
             if self.backend.mask_token not in text:
-                raise ServeError(422, no_mask_message(text, index, self.backend.mask_token))
+                raise HTTPException(422, no_mask_message(text, index, self.backend.mask_token))
         if parameters.top_k > cfg.max_top_k:
-            raise ServeError(422, f"parameters.top_k is {parameters.top_k}; this server returns at most "
-                                  f"{cfg.max_top_k} (--max-top-k)")
+            raise HTTPException(422, f"parameters.top_k is {parameters.top_k}; this server returns at most "
+                                     f"{cfg.max_top_k} (--max-top-k)")
         targets = parameters.targets
         return FillParams(parameters.top_k, (targets,) if isinstance(targets, str) else targets and tuple(targets),
                           parameters.joint, parameters.truncation)
 
-    def retry_after(self) -> dict:
-        return {"Retry-After": str(self.config.retry_after_s)}
-
     async def health(self) -> Response:
         if self.batcher is None:  # lifespan skipped by the host and no request yet: not loaded
-            raise ServeError(503, "not loaded; the first fill request loads the model", self.retry_after())
+            raise HTTPException(503, "not loaded; the first fill request loads the model", self.retry_after)
         cfg = self.config
         return JSONResponse({"status": "ok", **describe(self.backend), "queued_texts": self.batcher.queued_texts,
                              "threads": model_threads(cfg.threads), "max_batch_size": cfg.max_batch_size,
                              "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue})
 
     async def metrics_text(self) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(docs_page(request.app.openapi()))
@@ -238,12 +244,13 @@ def describe(backend) -> dict:
 
 async def error_response(request: Request, exc: Exception) -> JSONResponse:
     """Every error as {"error": message}: ours, FastAPI's 422s naming the field, Starlette's 404/405."""
-    if isinstance(exc, ServeError):
-        status, message, headers = exc.status, str(exc), exc.headers
-    elif isinstance(exc, RequestValidationError):
+    if isinstance(exc, RequestValidationError):
         status, message, headers = 422, validation_message(exc.errors()), None
     elif isinstance(exc, HTTPException):
-        status, message, headers = exc.status_code, http_message(request, exc), exc.headers
+        routing = {404: f"no route {request.url.path}; the routes are listed at /docs",
+                   405: f"{request.method} is not allowed on {request.url.path} (allowed: "
+                        f"{(exc.headers or {}).get('Allow')})"}  # Starlette's own, for a bad path or method
+        status, message, headers = exc.status_code, routing.get(exc.status_code, str(exc.detail)), exc.headers
     else:  # a bug or a runtime failure: the client still gets an answer, the log the details
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         status, message, headers = 500, "internal error; the server log has the details", None
@@ -261,10 +268,3 @@ def validation_message(errors: list[dict]) -> str:
         parts.append(f"{where or 'body'}: {problem}")
     return "; ".join(dict.fromkeys(parts)) + f"; send e.g. {json.dumps(EXAMPLE)}"
 
-
-def http_message(request: Request, exc: HTTPException) -> str:
-    if exc.status_code == 404:
-        return f"no route {request.url.path}; the routes are listed at /docs"
-    if exc.status_code == 405:
-        return f"{request.method} is not allowed on {request.url.path} (allowed: {exc.headers.get('Allow')})"
-    return str(exc.detail)

@@ -6,7 +6,7 @@ collector waits for them (at most max_wait_ms and half the batch's run time, whi
 wait than it answered), so batches keep their size under steady load instead of alternating between
 stragglers and everyone else.
 Batches run in one worker thread; jobs of clients that went away are dropped, never computed; the
-queue is bounded in texts (QueueFull).
+queue is bounded in texts (Unavailable).
 """
 from __future__ import annotations
 
@@ -21,12 +21,8 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
-    """The bounded queue cannot take this request now: answer 503 with Retry-After."""
-
-
-class ShuttingDown(Exception):
-    """The batcher was closed: answer 503."""
+class Unavailable(Exception):
+    """The bounded queue is full, or the batcher was closed: answer 503 with Retry-After."""
 
 
 class ClientGone(Exception):
@@ -43,8 +39,7 @@ class FillParams:
     truncation: bool = False
 
     def kwargs(self) -> dict:
-        targets = None if self.targets is None else list(self.targets)
-        return {"top_k": self.top_k, "targets": targets, "joint": self.joint, "truncation": self.truncation}
+        return {**vars(self), "targets": self.targets and list(self.targets)}
 
 
 @dataclass(eq=False)
@@ -61,11 +56,9 @@ def fill_jobs(fill: Callable, jobs: list[Job], batch_size: int, observe: Callabl
     """Each job's answer (its results, or the exception that failed it; None if dropped): one fill call
     per parameter group. Shared by DynamicBatcher and the Ray Serve `@serve.batch` adapter."""
     answers: list = [None] * len(jobs)
-    groups: dict[FillParams, list[int]] = {}
-    for index, job in enumerate(jobs):
-        groups.setdefault(job.params, []).append(index)
-    for params, members in groups.items():
-        live = [i for i in members if not jobs[i].dropped]  # checked again right before each call
+    for params in dict.fromkeys(job.params for job in jobs):
+        # dropped jobs checked again right before each call
+        live = [i for i, job in enumerate(jobs) if job.params == params and not job.dropped]
         for index, answer in zip(live, fill_group(fill, [jobs[i].texts for i in live], params, batch_size, observe)):
             answers[index] = answer
     return answers
@@ -88,21 +81,19 @@ def fill_group(fill: Callable, requests: list[list[str]], params: FillParams, ba
             return [exc]
         log.info("a batch of %d requests failed (%s); retrying each alone", len(requests), exc)
         return [fill_group(fill, [request], params, batch_size, observe)[0] for request in requests]
-    answers, at = [], 0
-    for request in requests:
-        answers.append(results[at:at + len(request)])
-        at += len(request)
-    return answers
+    answers = iter(results)
+    return [[next(answers) for _ in request] for request in requests]
 
 
 class DynamicBatcher:
     """`fill(texts, top_k=, targets=, joint=, truncation=, batch_size=)` -> one result per text; limits:
-    anything with ServeConfig's max_batch_size (texts per call), max_wait_ms and max_queue (texts)."""
+    anything with ServeConfig's max_batch_size (texts per call), max_wait_ms and max_queue (texts).
+    Built inside the running event loop: its collector starts at once."""
 
     def __init__(self, fill: Callable, limits, metrics):
         self.fill, self.limits, self.metrics = fill, limits, metrics
         self._jobs: deque[Job] = deque()
-        self._queued_texts = 0
+        self.queued_texts = 0
         self._returning = 0  # requests the last batch answered: their clients may be about to send again
         self._last_run_s = 0.0  # how long that batch ran: the model never waits more than half of it
         self._arrived = asyncio.Event()
@@ -110,48 +101,37 @@ class DynamicBatcher:
         self._idle.set()
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deniro-fill")
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._collect_forever(), name="deniro-batcher")
-
-    @property
-    def queued_texts(self) -> int:
-        return self._queued_texts
 
     def enqueue(self, texts: list[str], params: FillParams, single: bool = False) -> Job:
         """Queue one request's texts; await `job.future` for its answer (raises its own error)."""
         if self._closing:
-            raise ShuttingDown("the server is shutting down")
-        if self._queued_texts + len(texts) > self.limits.max_queue:
-            raise QueueFull(f"the queue is full ({self._queued_texts} texts waiting, at most "
+            raise Unavailable("the server is shutting down")
+        if self.queued_texts + len(texts) > self.limits.max_queue:
+            raise Unavailable(f"the queue is full ({self.queued_texts} texts waiting, at most "
                             f"{self.limits.max_queue}); retry later")
         job = Job(texts, params, single, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
-        self._set_queued(self._queued_texts + len(texts))
+        self._set_queued(self.queued_texts + len(texts))
         self._idle.clear()
         self._arrived.set()
         return job
-
-    async def submit(self, texts: list[str], params: FillParams, single: bool = False):
-        return await self.enqueue(texts, params, single).future
 
     def drop(self, job: Job) -> None:
         """The client went away: take its job out of the queue (or out of the batch about to run)."""
         job.dropped = True
         if job in self._jobs:
             self._jobs.remove(job)
-            self._set_queued(self._queued_texts - len(job.texts))
-        settle(job, error=ClientGone())
+            self._set_queued(self.queued_texts - len(job.texts))
+        settle(job, ClientGone())
 
     async def close(self) -> None:
         """Stop taking requests, answer every queued one, then stop the collector and the worker."""
         self._closing = True
         self._arrived.set()
         await self._idle.wait()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     async def _collect_forever(self) -> None:
@@ -166,7 +146,7 @@ class DynamicBatcher:
                 log.exception("batch failed")
                 answers = [exc] * len(batch)
             for job, answer in zip(batch, answers):
-                settle(job, **({"error": answer} if isinstance(answer, BaseException) else {"result": answer}))
+                settle(job, answer)
             self._returning, self._last_run_s = len(batch), time.perf_counter() - started
             if not self._jobs:
                 self._idle.set()
@@ -177,7 +157,7 @@ class DynamicBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = time.perf_counter() + min(self.limits.max_wait_ms / 1000, self._last_run_s / 2)
-        while len(self._jobs) < self._returning and self._queued_texts < self.limits.max_batch_size \
+        while len(self._jobs) < self._returning and self.queued_texts < self.limits.max_batch_size \
                 and not self._closing and (remaining := deadline - time.perf_counter()) > 0:
             self._arrived.clear()
             try:
@@ -192,22 +172,22 @@ class DynamicBatcher:
             job = self._jobs.popleft()
             batch.append(job)
             size += len(job.texts)
-        self._set_queued(self._queued_texts - size)
+        self._set_queued(self.queued_texts - size)
         started = time.perf_counter()
         for job in batch:
             self.metrics.queue_wait.observe(started - job.enqueued_at)
         return batch
 
     def _set_queued(self, texts: int) -> None:
-        self._queued_texts = texts
+        self.queued_texts = texts
         self.metrics.queued.set(texts)
 
 
-def settle(job: Job, result=None, error: BaseException | None = None) -> None:
-    """Answer a job once (a dropped job is already answered)."""
+def settle(job: Job, answer) -> None:
+    """Answer a job once (a dropped job is already answered): its results, or the exception that failed it."""
     if job.future.done():
         return
-    if error is not None:
-        job.future.set_exception(error)
+    if isinstance(answer, BaseException):
+        job.future.set_exception(answer)
     else:
-        job.future.set_result(result if not job.single else result[0])
+        job.future.set_result(answer[0] if job.single else answer)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from ..errors import DeniroError
 from ..providers import DEVICES, PRECISIONS
@@ -16,29 +16,38 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 CHOICES = {"device": DEVICES, "precision": PRECISIONS, "log_level": LOG_LEVELS}
 
 
+def opt(default, help: str):
+    """A config field with its --help text (declared once, for the dataclass and its command line)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ServeConfig:
-    model: str | None = None  # export folder (python -m export --onnx); default: the shipped model
-    device: str = "auto"  # one of providers.DEVICES
-    precision: str | None = None  # one of providers.PRECISIONS; default: the runtime's choice for the device
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0: any free port (the log names it)
-    max_batch_size: int = 64  # texts per fill call
-    max_wait_ms: float = 20.0  # after a batch, most time waited for its clients' next requests (and at
-    # most half the batch's run time: the model idles at most a third of the time)
-    max_queue: int = 1024  # texts waiting for a batch; a request that would exceed it gets 503
-    max_texts_per_request: int = 64
-    max_body_bytes: int = 1_048_576
-    max_text_chars: int = 10_000
-    max_top_k: int = 100
-    max_header_bytes: int = 16_384  # request line and headers; 431 beyond
-    threads: int | None = None  # model intra-op threads; default: model_threads() (one core left to HTTP)
-    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slow clients: 408)
-    body_timeout_s: float = 10.0  # its body within this after the headers (408)
-    graceful_timeout_s: float = 30.0  # after SIGTERM, how long in-flight requests may take
-    retry_after_s: int = 1  # the Retry-After header of a 503
-    log_level: str = "info"
+    model: str | None = opt(None, "export folder from `python -m export --onnx` (default: the shipped IMDB model)")
+    device: str = opt("auto", "auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
+    precision: str | None = opt(None, "graph to run: fp32, int8 (CPU) or fp16 (CUDA) (default: the runtime's "
+                                      "choice for the device)")
+    host: str = opt("127.0.0.1", "address to listen on; keep 127.0.0.1 unless a proxy in front needs otherwise")
+    port: int = opt(8000, "TCP port; 0: any free port (the log says which)")
+    max_batch_size: int = opt(64, "most texts per model call; 1 turns batching off")
+    # (at most half the batch's run time: the model idles at most a third of the time)
+    max_wait_ms: float = opt(20.0, "right after a batch, most time to wait for its clients' next requests, at "
+                                   "most half the batch's run time (a lone request never waits)")
+    max_queue: int = opt(1024, "most texts waiting for a batch; beyond it requests get 503 with Retry-After")
+    max_texts_per_request: int = opt(64, "most texts in one request's \"inputs\" (413 beyond)")
+    max_body_bytes: int = opt(1_048_576, "largest request body (413 beyond)")
+    max_text_chars: int = opt(10_000, "longest text in characters (413 beyond)")
+    max_top_k: int = opt(100, "largest top_k a request may ask for (422 beyond)")
+    max_header_bytes: int = opt(16_384, "largest request line and headers (431 beyond)")
+    threads: int | None = opt(None, "ONNX Runtime intra-op threads on CPU (default: one per usable core but "
+                                    "one, which the HTTP event loop needs while a batch runs; at least 1)")
+    keep_alive_s: float = opt(5.0, "an idle keep-alive connection is closed after this many seconds")
+    header_timeout_s: float = opt(10.0, "a request's headers must arrive within this many seconds (408 beyond)")
+    body_timeout_s: float = opt(10.0, "a request's body must arrive within this many seconds after its headers "
+                                      "(408 beyond)")
+    graceful_timeout_s: float = opt(30.0, "after SIGTERM, how long requests in flight may still take")
+    retry_after_s: int = opt(1, "Retry-After seconds sent with a 503")
+    log_level: str = opt("info", "uvicorn and deniro log level")
 
     def check(self) -> "ServeConfig":
         """Raise DeniroError naming the bad value; clamp max_texts_per_request to max_queue."""
@@ -63,9 +72,6 @@ class ServeConfig:
             self.max_texts_per_request = self.max_queue
         return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def model_threads(requested: int | None = None) -> int:
     """Intra-op threads for the model: the request, else one per usable core but one. The event loop
@@ -80,14 +86,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parser_for(config_class: type, prog: str, description: str, help: dict[str, str],
-               types: dict[str, type], choices: dict[str, tuple] | None = None) -> argparse.ArgumentParser:
-    """One --flag per dataclass field (ServeConfig or a subclass), typed by its default or `types`."""
+def parser_for(config_class: type, prog: str, description: str, help: dict[str, str] | None = None,
+               choices: dict[str, tuple] | None = None) -> argparse.ArgumentParser:
+    """One --flag per dataclass field (ServeConfig or a subclass): its type, default and help text
+    (`help` overrides a field's)."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(config_class):
-        default = None if f.default is MISSING else f.default
-        note = "" if "(default:" in help[f.name] else f" (default: {default})"
-        parser.add_argument(flag(f.name), type=types.get(f.name) or type(default), default=default,
-                            choices={**CHOICES, **(choices or {})}.get(f.name), help=help[f.name] + note)
+        text = (help or {}).get(f.name) or f.metadata["help"]
+        note = "" if "(default:" in text else f" (default: {f.default})"
+        kind = {"str": str, "int": int, "float": float}[f.type.split(" |")[0]]  # `int | None` -> int
+        parser.add_argument(flag(f.name), type=kind, default=f.default,
+                            choices={**CHOICES, **(choices or {})}.get(f.name), help=text + note)
     return parser

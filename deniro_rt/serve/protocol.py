@@ -6,21 +6,15 @@ JSON for malformed HTTP (400). Each refusal closes the connection."""
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import ServeConfig
 
-REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
-
-
-def guarded_protocol(config: ServeConfig) -> type:
-    """The protocol class uvicorn instantiates per connection, with this config's limits."""
-    return type("GuardedHttpTools", (GuardedHttpTools,), {"limits": config})
-
 
 class GuardedHttpTools(HttpToolsProtocol):
-    limits: ServeConfig
+    limits: ServeConfig  # set by a subclass per server (uvicorn instantiates the class per connection)
     _deadline = None
     _header_bytes: int | None = 0  # bytes of the request being read, until its headers are complete
 
@@ -75,5 +69,5 @@ class GuardedHttpTools(HttpToolsProtocol):
             return
         body = json.dumps({"error": message}).encode()
         head = f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
-        self.transport.write(b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status]) + head.encode() + body)
+        self.transport.write(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{head}".encode() + body)
         self.transport.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
 import signal
@@ -30,12 +29,11 @@ import threading
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import DeniroError
-from .batcher import Job, fill_jobs, settle
-from .config import ServeConfig, parser_for
+from .batcher import ClientGone, DynamicBatcher, Job, fill_jobs, settle
+from .config import ServeConfig, flag, opt, parser_for
 
 log = logging.getLogger(__name__)
 BATCHING = ("app", "serve")
-INSTALL_HINT = 'pip install "deniro[ray]"'
 SERVE_BATCH_WAIT_MS = 5.0  # @serve.batch's window (--batching serve): it is a fixed wait, unlike the app's
 
 
@@ -43,17 +41,20 @@ SERVE_BATCH_WAIT_MS = 5.0  # @serve.batch's window (--batching serve): it is a f
 class RayServeConfig(ServeConfig):
     """ServeConfig (the app in each replica; host/port: Serve's HTTP proxy) plus the deployment's own."""
 
-    num_replicas: int = 1  # fixed replica count (ignored when max_replicas is set)
-    min_replicas: int = 1  # autoscaling lower bound (with max_replicas)
-    max_replicas: int | None = None  # set: autoscale between min and max replicas
-    target_ongoing_requests: float = 32.0  # autoscaling target per replica (requests in flight)
-    max_ongoing_requests: int = 256  # requests one replica takes at once (Serve's default, 5, starves batching)
-    max_queued_requests: int = 1024  # requests waiting at each caller (proxy) beyond those; then 503
-    num_cpus: float = 1.0  # Ray CPUs per replica = its ORT intra-op threads
-    num_gpus: float = 0.0  # Ray GPUs per replica (device=cuda)
-    batching: str = "app"  # app: the app's DynamicBatcher | serve: @serve.batch
-    address: str | None = None  # Ray cluster; None: RAY_ADDRESS, else a local Ray
-    name: str = "deniro"  # Serve application name
+    num_replicas: int = opt(1, "fixed number of replicas (ignored with --max-replicas)")
+    min_replicas: int = opt(1, "autoscaling: fewest replicas")
+    max_replicas: int | None = opt(None, "autoscaling: most replicas (set it to turn autoscaling on)")
+    target_ongoing_requests: float = opt(32.0, "autoscaling: requests in flight per replica it aims for")
+    # Serve's default max_ongoing_requests, 5, starves batching
+    max_ongoing_requests: int = opt(256, "requests one replica takes at once (keep >= --max-batch-size)")
+    max_queued_requests: int = opt(1024, "requests waiting at Serve's proxy beyond those; more get 503 + "
+                                         "Retry-After (-1: no limit)")
+    num_cpus: float = opt(1.0, "Ray CPUs per replica; also its ONNX Runtime intra-op threads")
+    num_gpus: float = opt(0.0, "Ray GPUs per replica (with --device cuda)")
+    batching: str = opt("app", "app: the app's DynamicBatcher; serve: Ray Serve's @serve.batch")
+    address: str | None = opt(None, "Ray cluster address, e.g. auto or ray://head:10001 (default: "
+                                    "$RAY_ADDRESS, else local)")
+    name: str = opt("deniro", "Serve application name")
 
     def check(self) -> "RayServeConfig":
         if self.batching not in BATCHING:
@@ -107,9 +108,8 @@ class FillMaskReplica:
 
         serve_config = self.config.serve_config()
         serve_config.threads = replica_threads(self.config)
-        app = create_app(serve_config, load_fill_mask(serve_config))
-        if self.config.batching == "serve":
-            use_serve_batch(app, self.config)
+        batcher_class = ServeBatcher if self.config.batching == "serve" else DynamicBatcher
+        app = create_app(serve_config, load_fill_mask(serve_config), batcher_class)
         log.info("replica ready: %d ORT threads, batching=%s", serve_config.threads, self.config.batching)
         return app
 
@@ -125,35 +125,22 @@ def replica_threads(config: RayServeConfig) -> int:
     return max(1, math.ceil(assigned)) if assigned and not config.threads else config.replica_threads()
 
 
-def use_serve_batch(app, config: RayServeConfig) -> None:
-    """Replace the app's DynamicBatcher by a `@serve.batch` one once its lifespan has loaded the model
-    (the app's routes call `service.batcher.enqueue(texts, params, single)` and `.drop(job)`)."""
-    service, original = app.state.service, app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(asgi_app):
-        async with original(asgi_app):
-            dynamic, service.batcher = service.batcher, ServeBatcher(service.backend, config, service.metrics)
-            try:
-                yield
-            finally:  # the app's lifespan drains and closes its own (idle) batcher
-                service.batcher = dynamic
-
-    app.router.lifespan_context = lifespan
-
-
 class ServeBatcher:
-    """`enqueue`/`drop` like DynamicBatcher, batched by Ray Serve's `@serve.batch` (texts counted)."""
+    """DynamicBatcher's interface (the app's routes call `enqueue(texts, params, single)` and `drop(job)`),
+    batched by Ray Serve's `@serve.batch` (texts counted)."""
 
-    def __init__(self, backend, config: RayServeConfig, metrics):
+    def __init__(self, fill, config: ServeConfig, metrics):
         from ray import serve
 
-        self.backend, self.metrics, self.batch_size = backend, metrics, config.max_batch_size
+        self.fill, self.metrics, self.batch_size = fill, metrics, config.max_batch_size
         self.queued_texts = 0
         self._running: set[asyncio.Task] = set()
         wait_ms = min(config.max_wait_ms, SERVE_BATCH_WAIT_MS)  # Serve waits this long even for a lone request
         self._submit = serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=wait_ms / 1000,
                                    batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs))(self._fill_many)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     def enqueue(self, texts: list[str], params, single: bool = False) -> Job:
         job = Job(texts, params, single, asyncio.get_running_loop().create_future())
@@ -164,19 +151,16 @@ class ServeBatcher:
 
     async def _answer(self, job: Job) -> None:
         try:
-            answer = await self._submit(job)
+            settle(job, await self._submit(job))
         except Exception as exc:  # Serve's own batching failed
-            answer = exc
-        settle(job, **({"error": answer} if isinstance(answer, BaseException) else {"result": answer}))
+            settle(job, exc)
 
     def drop(self, job: Job) -> None:
-        from .batcher import ClientGone
-
         job.dropped = True  # fill_jobs skips it if its batch has not run yet
-        settle(job, error=ClientGone())
+        settle(job, ClientGone())
 
     async def _fill_many(self, jobs: list[Job]) -> list:
-        return await asyncio.to_thread(fill_jobs, self.backend.fill, jobs, self.batch_size,
+        return await asyncio.to_thread(fill_jobs, self.fill, jobs, self.batch_size,
                                        self.metrics.batch_size.observe)
 
 
@@ -186,7 +170,7 @@ def require_ray():
         import fastapi  # noqa: F401
         from ray import serve
     except ImportError as exc:
-        raise DeniroError(f"Ray Serve is not installed ({exc.name} is missing): {INSTALL_HINT}") from None
+        raise DeniroError(f'Ray Serve is not installed ({exc.name} is missing): pip install "deniro[ray]"') from None
     return serve
 
 
@@ -205,7 +189,7 @@ def app_builder(args: dict):
     parser = command_line()
     parser.exit_on_error = False
     try:
-        known, unknown = parser.parse_known_args([f"--{name.replace('_', '-')}={value}" for name, value in args.items()])
+        known, unknown = parser.parse_known_args([f"{flag(name)}={value}" for name, value in args.items()])
     except argparse.ArgumentError as exc:
         raise DeniroError(str(exc)) from None
     if unknown:
@@ -242,39 +226,19 @@ def main(config: RayServeConfig) -> int:
     url = start(config)
     log.info("deniro on Ray Serve: %s (%s)", url, asdict(config))
     stop.wait()
-    from ray import serve
-
+    serve = require_ray()
     serve.delete(config.name)
     serve.shutdown()
     return 0
 
 
 # ---------------------------------------------------------------------- command line
-def help_texts() -> dict[str, str]:
-    from .__main__ import HELP
-
-    return {**HELP, "threads": "ONNX Runtime intra-op threads per replica (default: --num-cpus)",
-            "host": "Serve HTTP proxy address", "port": "Serve HTTP proxy port",
-            "num_replicas": "fixed number of replicas (ignored with --max-replicas)",
-            "min_replicas": "autoscaling: fewest replicas",
-            "max_replicas": "autoscaling: most replicas (set it to turn autoscaling on)",
-            "target_ongoing_requests": "autoscaling: requests in flight per replica it aims for",
-            "max_ongoing_requests": "requests one replica takes at once (keep >= --max-batch-size)",
-            "max_queued_requests": "requests waiting at Serve's proxy beyond those; more get 503 + Retry-After "
-                                   "(-1: no limit)",
-            "num_cpus": "Ray CPUs per replica; also its ONNX Runtime intra-op threads",
-            "num_gpus": "Ray GPUs per replica (with --device cuda)",
-            "batching": "app: the app's DynamicBatcher; serve: Ray Serve's @serve.batch",
-            "address": "Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else local)",
-            "name": "Serve application name"}
-
-
-TYPES = {"model": str, "precision": str, "threads": int, "max_replicas": int, "address": str}
+HELP = {"threads": "ONNX Runtime intra-op threads per replica (default: --num-cpus)",
+        "host": "Serve HTTP proxy address", "port": "Serve HTTP proxy port"}  # what they mean here
 
 
 def command_line() -> argparse.ArgumentParser:
-    return parser_for(RayServeConfig, "python -m deniro_rt.serve.ray", __doc__, help_texts(), TYPES,
-                      {"batching": BATCHING})
+    return parser_for(RayServeConfig, "python -m deniro_rt.serve.ray", __doc__, HELP, {"batching": BATCHING})
 
 
 def parse_args(argv: list[str] | None) -> RayServeConfig:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import html
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 EXAMPLE = {"inputs": "This is a great [MASK]!", "parameters": {"top_k": 3}}
 CURL = ("curl -s http://127.0.0.1:8000/ -H 'content-type: application/json' \\\n"
         f"  -d '{json.dumps(EXAMPLE)}'")
 
 
-def readable_texts(texts: list[str], what: str) -> None:
-    """Texts a tokenizer can take: not blank, encodable as UTF-8 (JSON allows a lone surrogate)."""
-    for index, text in enumerate(texts):
+def readable_texts(value, what: str):
+    """The value (a text or a list) if its texts are ones a tokenizer can take: not blank, encodable as
+    UTF-8 (JSON allows a lone surrogate)."""
+    for index, text in enumerate([value] if isinstance(value, str) else value or []):
         if not text.strip():
             raise ValueError(f"{what} {index} is empty")
         try:
@@ -23,36 +26,28 @@ def readable_texts(texts: list[str], what: str) -> None:
         except UnicodeEncodeError as exc:
             raise ValueError(f"{what} {index} has a lone surrogate at character {exc.start} "
                              f"(an unpaired \\ud800-\\udfff escape); send valid UTF-8 text") from None
+    return value
+
+
+Targets = Annotated[list[StrictStr] | StrictStr, AfterValidator(lambda value: readable_texts(value, "target"))]
+Texts = Annotated[StrictStr | list[StrictStr], AfterValidator(lambda value: readable_texts(value, "text"))]
 
 
 class Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: StrictInt = Field(5, ge=1, description="predictions per mask (at most the server's --max-top-k)")
-    targets: list[StrictStr] | StrictStr | None = Field(
+    targets: Targets | None = Field(
         None, min_length=1, description="rank only these words (several pieces: scored as a whole word)")
     joint: StrictBool = Field(False, description="deniro extra: fill all masks of a text together (greedy)")
     truncation: StrictBool = Field(False, description="deniro extra: keep a window around the masks of "
                                                       "over-long texts")
 
-    @field_validator("targets")
-    @classmethod
-    def words(cls, value):
-        readable_texts([value] if isinstance(value, str) else value or [], "target")
-        return value
-
 
 class FillBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
-    inputs: StrictStr | list[StrictStr] = Field(
-        description="text(s) with [MASK] (case-sensitive) where a word should be predicted")
+    inputs: Texts = Field(description="text(s) with [MASK] (case-sensitive) where a word should be predicted")
     parameters: Parameters = Field(default_factory=Parameters)
     options: dict | None = Field(None, description="Inference API options (wait_for_model, ...): accepted, unused")
-
-    @field_validator("inputs")
-    @classmethod
-    def texts(cls, value):
-        readable_texts([value] if isinstance(value, str) else value, "text")
-        return value
 
 
 class Prediction(BaseModel):

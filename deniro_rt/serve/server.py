@@ -15,40 +15,31 @@ import json
 import logging
 import signal
 import socket
+import sys
+from dataclasses import asdict
 
 from ..errors import DeniroError
-from . import SERVE_INSTALL_HINT
 from .config import ServeConfig
 
 log = logging.getLogger(__name__)
 
 
-def require_serve_extra():
-    try:
-        import fastapi  # noqa: F401
-        import httptools  # noqa: F401
-        import uvicorn
-    except ImportError as exc:
-        raise DeniroError(f"the HTTP server needs the serve extra ({exc.name} is missing): "
-                          f"{SERVE_INSTALL_HINT}") from None
-    return uvicorn
-
-
-def exit_cleanly(signum, frame) -> None:
-    """SIGTERM outside uvicorn's own handling (while loading, or re-raised after the graceful
-    shutdown): a requested stop, so exit 0."""
-    raise SystemExit(0)
-
-
 def main(config: ServeConfig, fill_mask=None) -> int:
     """Serve `fill_mask` (default: a FillMask built from config) on config.host:config.port."""
-    uvicorn = require_serve_extra()
-    from .app import create_app, load_fill_mask
-    from .protocol import guarded_protocol
+    try:
+        import uvicorn
+
+        from .app import create_app, load_fill_mask  # fastapi, pydantic, prometheus_client
+        from .protocol import GuardedHttpTools  # httptools
+    except ImportError as exc:
+        raise DeniroError(f"the HTTP server needs the serve extra ({exc.name} is missing): "
+                          'pip install "deniro[serve]"') from None
 
     config.check()
-    signal.signal(signal.SIGTERM, exit_cleanly)
-    log.info("serve config: %s", json.dumps(config.to_dict()))
+    # SIGTERM outside uvicorn's own handling (while loading, or re-raised after the graceful shutdown):
+    # a requested stop, so exit 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("serve config: %s", json.dumps(asdict(config)))
     backend = fill_mask if fill_mask is not None else load_fill_mask(config)  # errors before binding
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     try:
@@ -60,7 +51,8 @@ def main(config: ServeConfig, fill_mask=None) -> int:
     log.warning("deniro serve listening on http://%s:%d", config.host, sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(
         create_app(config, backend), lifespan="on", log_level=config.log_level, access_log=False,
-        http=guarded_protocol(config), timeout_keep_alive=config.keep_alive_s,
+        http=type("GuardedHttpTools", (GuardedHttpTools,), {"limits": config}),  # this server's limits
+        timeout_keep_alive=config.keep_alive_s,
         timeout_graceful_shutdown=config.graceful_timeout_s))
     server.run(sockets=[sock])
     return 0 if server.started else 1
