@@ -14,7 +14,8 @@ from deniro_rt.providers import DEVICES  # noqa: F401 (bench's --device choices)
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_IMDB = REPO.parent / "shared" / "data" / "imdb"
 COMMANDS = ("parity", "latency", "throughput", "train", "all")
-ENGINES = ("pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt", "deniro_rt-model")
+ENGINES = ("pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt", "deniro_rt-arrays",
+           "deniro_rt-model")
 MODEL_CARD_PROMPT = "This is a great [MASK]!"
 
 
@@ -30,7 +31,7 @@ class BenchConfig:
     model: str | None = None  # artifact folder; default: deniro_rt's bundled default model
     torch_model: str | None = None  # transformers checkpoint; default: the manifest's source.model
     device: str = "auto"  # auto | cpu | cuda
-    engines: str = ",".join(ENGINES)  # comma-separated subset of ENGINES
+    engines: str = ",".join(e for e in ENGINES if e != "deniro_rt-arrays")  # subset of ENGINES (arrays: opt-in)
     precisions: str | None = None  # deniro_rt precisions; default: all the artifact has for the device
     out: str | None = None  # default: bench/results/<machine>-<date>/
     # workload

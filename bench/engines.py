@@ -302,6 +302,19 @@ class DeniroRt(Engine):
         return from_fill_results(results, len(texts), self.ctx.top_k)
 
 
+class DeniroRtArrays(DeniroRt):
+    """deniro_rt end to end through the columnar fill_arrays (ids and scores as arrays, no dict or decoded
+    string per candidate): what a batch job or a service that returns arrays runs."""
+
+    name = "deniro_rt-arrays"
+
+    def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
+        preds = self.fm.fill_arrays(list(texts), top_k=self.ctx.top_k, batch_size=batch_size)
+        first = np.searchsorted(preds.text_index, np.arange(len(texts)))  # [n_texts] each text's first mask row
+        with np.errstate(divide="ignore"):
+            return Prediction(preds.token_ids[first], np.log(preds.scores[first]))
+
+
 class DeniroRtModel(DeniroRt):
     """The graph alone: deniro_rt's own run function (session.run on CPU; IO binding / CUDA graphs on
     CUDA, as fill uses them) on feeds tokenized and padded ahead, untimed. Beside the deniro_rt rows,
@@ -331,7 +344,7 @@ class Skip(Exception):
 
 
 ENGINE_CLASSES = {cls.name: cls for cls in (PytorchCard, PytorchBatched, HfPipeline, OptimumOrt, DeniroRt,
-                                            DeniroRtModel)}
+                                            DeniroRtArrays, DeniroRtModel)}
 
 
 def torch_precisions(name: str, device: str) -> list[str]:

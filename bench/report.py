@@ -151,7 +151,7 @@ def markdown(report: dict) -> str:
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
     if report.get("model"):
         lines += [f"- model: `{report['model']['artifact']}` (PyTorch side: `{report['model']['torch_model']}`)", ""]
-    for section in (_parity_md, _speed_md, _overhead_md, _speedup_md, _train_md, _skipped_md):
+    for section in (_parity_md, _speed_md, _overhead_md, _host_md, _speedup_md, _train_md, _skipped_md):
         lines += section(report)
     return "\n".join(lines) + "\n"
 
@@ -201,6 +201,16 @@ def _overhead_md(report: dict) -> list[str]:
              f"{o['host_ms']:.3f}"] for o in report["overhead"]]
     return table("Host overhead per call (deniro_rt end to end minus the graph alone, p50 at batch 1)",
                  ["precision", "provider", "length", "e2e p50 ms", "model p50 ms", "host ms"], rows)
+
+
+def _host_md(report: dict) -> list[str]:
+    if not report.get("host_us"):
+        return []
+    rows = [[h["batch"], h["length"], h["engine"], h["precision"], h["provider"], f"{h['e2e_us']:.1f}",
+             f"{h['model_us']:.1f}", f"{h['host_us']:.1f}", f"{h['padding_fraction']:.3f}"] for h in report["host_us"]]
+    return table("Host microseconds per sentence (throughput: end to end minus the graph alone, same batches)",
+                 ["batch", "length", "engine", "precision", "provider", "e2e us", "model us", "host us",
+                  "padding"], rows)
 
 
 def _speedup_md(report: dict) -> list[str]:

@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from deniro_rt.artifact import load_manifest
 from deniro_rt.data import load_text_splits
 from deniro_rt.errors import DeniroError
@@ -177,6 +179,27 @@ def model_benchmarks(cfg: BenchConfig, device: str, wanted: set[str]) -> dict:
         out["rows"] = speed_rows(cfg, ctx, workload, engines, modes)
         out["speedups"] = report.speedups(out["rows"])
         out["overhead"] = report.overhead(out["rows"])
+        out["host_us"] = host_us(out["rows"], workload)
+    return out
+
+
+def host_us(rows: list[dict], workload: Workload) -> list[dict]:
+    """Host microseconds per sentence at each batch size: end to end (deniro_rt, deniro_rt-arrays) minus the
+    graph alone (deniro_rt-model), same precision, provider, batch and length; and the padding fraction of
+    those batches (texts sorted by length, `batch` per graph run)."""
+    from deniro_rt.runtime import padding_fraction
+
+    us = {(r["engine"], r["precision"], r["provider"], r["batch"], r["length"]): 1e6 / r["throughput"]["sentences_per_s"]
+          for r in rows if r.get("throughput")}
+    out = []
+    for (engine, precision, provider, batch, length), e2e in us.items():
+        model = us.get(("deniro_rt-model", precision, provider, batch, length))
+        if engine not in ("deniro_rt", "deniro_rt-arrays") or model is None:
+            continue
+        tokens = np.array(workload.tokens.get(length) or [length])  # [n_texts] token counts
+        out.append({"engine": engine, "precision": precision, "provider": provider, "batch": batch,
+                    "length": length, "e2e_us": e2e, "model_us": model, "host_us": e2e - model,
+                    "padding_fraction": padding_fraction(tokens, batch)})
     return out
 
 

@@ -208,3 +208,22 @@ def test_sweep_dry_run_trains_the_variants_and_returns_the_best(tmp_path):
     assert sweep["best"] == min(finished, key=finished.get) and len(sweep["pack"]["parts"]) == 3
     assert "validation fp32:" in (out / "sweep-log.txt").read_text()
     _start_point_joined_from_parts(tmp_path / "work")
+
+
+@pytest.mark.slow
+def test_arrays_stage_dry_run(tmp_path):
+    """STAGES=arrays (issue 21): the shipped model's dicts / columnar / graph-only rows with the host-us table,
+    the B=1 prompt latency, pytest -m gpu and (where bench load has --device) the load test, on CPU."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(out), "WORK": str(work),
+           "DATA": str(SAMPLE), "HOME": str(tmp_path), "STAGES": "arrays"}
+    done = subprocess.run(["bash", str(GPU / "run.sh"), "--dry-run"], check=False, cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = {s["step"]: s["exit"] for s in json.loads((out / "summary.json").read_text())["steps"]}
+    assert steps["arrays: shipped model, dicts / columnar / graph only"] == "0", steps
+    assert steps["arrays: shipped model, B=1 prompt latency"] == "0" and steps["pytest -m gpu"] in ("0", "5"), steps
+    report = json.loads((work / "arrays-shipped" / "throughput.json").read_text())
+    assert {r["engine"] for r in report["rows"]} == {"deniro_rt", "deniro_rt-arrays", "deniro_rt-model"}
+    assert {h["engine"] for h in report["host_us"]} == {"deniro_rt", "deniro_rt-arrays"}
+    assert "Host microseconds per sentence" in (work / "arrays-shipped" / "throughput.md").read_text()

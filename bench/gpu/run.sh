@@ -13,7 +13,7 @@
 # (folder of <split>.jsonl.xz), MINILM_PARTS (the fp16 MiniLM start point in parts, carry.py split-init),
 # MINILM_INIT (where they are joined), OUT (what comes back: at most 8 files), WORK (scratch), BUDGET_S
 # (wall-clock budget of the whole script), PYTHON, MINILM_S (its cap), STAGES (comma-separated: train,
-# minilm, base; default all three).
+# minilm, base, arrays; default the first three: arrays (issue 21) is opt-in).
 # On CUDA: BUDGET_S 540 s + ~30 s of ort-gpu install, inside one 600 s device call.
 # Every step has its own time limit inside the budget; a failing step is logged and the run goes on.
 set -uo pipefail
@@ -142,6 +142,37 @@ step "export minilm" 120 "$PY" -m export --onnx --model "$WORK/minilm" --output 
   --dataset "$DATA" --overwrite
 step "minilm parity" 90 "${BENCH[@]}" parity --model "$WORK/minilm-onnx" --torch-model "$WORK/minilm" "${COMMON[@]}" \
   "${PARITY[@]}" --out "$WORK/minilm-parity"
+fi
+
+if want arrays; then
+# 6. Issue 21 (opt-in: STAGES=base,arrays or STAGES=arrays): the columnar host path on the device.
+#    deniro_rt (dicts), deniro_rt-arrays (fill_arrays) and deniro_rt-model (the graph alone) on the shipped
+#    model (its int8-stored graph folds to fp32 on CUDA: this checks it runs) and, when the base stage ran,
+#    the base shape (fp32 + fp16); bench.md gets the host-us-per-sentence table and the padding fraction.
+#    Then the B=1 prompt latency, `pytest -m gpu` (never run before) and the HTTP load test at 32 and 128
+#    clients (needs `bench load --device`; skipped with a line in the log where bench load lacks it).
+if [ "$DEVICE" = cuda ]; then
+  ARRAYS=(--lengths 16,128 --batch-sizes 64,512 --warmup 5 --throughput-sentences 20000 --throughput-seconds 2)
+  PROMPT_B1=(--lengths 16 --latency-samples 300 --warmup 20); LOAD=(--clients 32,128 --rounds 2 --seconds 5)
+else
+  ARRAYS=(--quick --lengths 16 --batch-sizes 4 --throughput-sentences 8)
+  PROMPT_B1=(--quick --lengths 16); LOAD=(--quick --clients 32,128 --seconds 1 --requests 64 --warmup 8)
+fi
+DENIRO=(--engines deniro_rt,deniro_rt-arrays,deniro_rt-model)
+step "arrays: shipped model, dicts / columnar / graph only" 90 "${BENCH[@]}" throughput "${COMMON[@]}" \
+  "${DENIRO[@]}" "${ARRAYS[@]}" --out "$WORK/arrays-shipped"
+step "arrays: shipped model, B=1 prompt latency" 90 "${BENCH[@]}" latency "${COMMON[@]}" \
+  --engines deniro_rt,deniro_rt-model "${PROMPT_B1[@]}" --out "$WORK/arrays-shipped-latency"
+[ -d "$WORK/base-onnx" ] && step "arrays: base shape, dicts / columnar / graph only" 120 "${BENCH[@]}" throughput \
+  --model "$WORK/base-onnx" "${COMMON[@]}" "${DENIRO[@]}" "${ARRAYS[@]}" --out "$WORK/arrays-base"
+step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+if "${BENCH[@]}" load --help 2>/dev/null | grep -q -- "--device"; then
+  step "load: 32 and 128 clients" 150 "${BENCH[@]}" load --device "$DEVICE" --servers batched "${LOAD[@]}" \
+    --dataset "$DATA" --out "$WORK/arrays-load"
+else
+  echo "=== skipped load: bench load has no --device option yet (issue 21)"
+fi
+collect
 fi
 
 echo; echo "=== $(date +%T) [$(($(date +%s) - START))s] collecting"
