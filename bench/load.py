@@ -44,6 +44,7 @@ import numpy as np
 
 from deniro_rt.cli import run_main, setup_logging
 from deniro_rt.errors import DeniroError
+from deniro_rt.providers import DEVICES
 
 from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset
 
@@ -73,6 +74,7 @@ class LoadConfig(QuickDefaults):
     max_wait_ms: float | None = None  # default: each server's own
     max_queue: int = 1024
     precision: str | None = None  # deniro_rt graph; default: the runtime's choice
+    device: str = "auto"  # deniro_rt servers' --device (hf-pipeline stays on the CPU)
     threads: int | None = None  # intra-op threads of every server (ORT / torch); default: serve's rule
     out: str = str(OUT)
     quick: bool = False
@@ -176,7 +178,7 @@ def server_command(name: str, cfg: LoadConfig, port: int, torch_model: Path | No
            "--max-batch-size", str(batch), "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
     return cmd + (["--max-wait-ms", str(cfg.max_wait_ms)] if cfg.max_wait_ms is not None else []) + \
         (["--model", cfg.model] if cfg.model else []) + \
-        (["--precision", cfg.precision] if cfg.precision else []) + \
+        (["--precision", cfg.precision] if cfg.precision else []) + ["--device", cfg.device] + \
         (["--threads", str(cfg.threads)] if cfg.threads else [])
 
 
@@ -536,7 +538,9 @@ HELP = {
     "max_batch_size": "--max-batch-size of the batched and hf-pipeline servers",
     "max_wait_ms": "--max-wait-ms of every server (default: each server's own)",
     "max_queue": "--max-queue of every server",
-    "precision": "deniro_rt graph (default: the runtime's choice for CPU)",
+    "precision": "deniro_rt graph (default: the runtime's choice for the device)",
+    "device": "--device of the deniro_rt servers (auto: CUDA when onnxruntime-gpu sees one); hf-pipeline "
+              "runs on the CPU",
     "threads": "intra-op threads of every server: ONNX Runtime's, torch.set_num_threads for hf-pipeline "
                "(default: deniro_rt serve's, one per usable core but one)",
     "out": "report folder",
@@ -557,7 +561,7 @@ def parse_args(argv: list[str] | None) -> LoadConfig:
             continue
         note = "" if "(default:" in HELP[f.name] else f" (default: {default})"
         parser.add_argument(flag, type=TYPES.get(f.name) or type(default), default=default,
-                            help=HELP[f.name] + note)
+                            choices=DEVICES if f.name == "device" else None, help=HELP[f.name] + note)
     return LoadConfig(**vars(parser.parse_args(argv)))
 
 

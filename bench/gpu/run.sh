@@ -150,7 +150,7 @@ if want arrays; then
 #    model (its int8-stored graph folds to fp32 on CUDA: this checks it runs) and, when the base stage ran,
 #    the base shape (fp32 + fp16); bench.md gets the host-us-per-sentence table and the padding fraction.
 #    Then the B=1 prompt latency, `pytest -m gpu` (never run before) and the HTTP load test at 32 and 128
-#    clients (needs `bench load --device`; skipped with a line in the log where bench load lacks it).
+#    clients with --device.
 if [ "$DEVICE" = cuda ]; then
   ARRAYS=(--lengths 16,128 --batch-sizes 64,512 --warmup 5 --throughput-sentences 20000 --throughput-seconds 2)
   PROMPT_B1=(--lengths 16 --latency-samples 300 --warmup 20); LOAD=(--clients 32,128 --rounds 2 --seconds 5)
@@ -166,12 +166,8 @@ step "arrays: shipped model, B=1 prompt latency" 90 "${BENCH[@]}" latency "${COM
 [ -d "$WORK/base-onnx" ] && step "arrays: base shape, dicts / columnar / graph only" 120 "${BENCH[@]}" throughput \
   --model "$WORK/base-onnx" "${COMMON[@]}" "${DENIRO[@]}" "${ARRAYS[@]}" --out "$WORK/arrays-base"
 step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
-if "${BENCH[@]}" load --help 2>/dev/null | grep -q -- "--device"; then
-  step "load: 32 and 128 clients" 150 "${BENCH[@]}" load --device "$DEVICE" --servers batched "${LOAD[@]}" \
-    --dataset "$DATA" --out "$WORK/arrays-load"
-else
-  echo "=== skipped load: bench load has no --device option yet (issue 21)"
-fi
+step "load: 32 and 128 clients" 150 "${BENCH[@]}" load --device "$DEVICE" --servers batched "${LOAD[@]}" \
+  --dataset "$DATA" --out "$WORK/arrays-load"
 collect
 fi
 
