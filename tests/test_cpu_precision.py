@@ -119,3 +119,16 @@ def test_export_builds_validates_and_serves_a_row_int8_graph(tmp_path, tiny_mode
     fm = FillMask(folder, device="cpu", precision="int8")
     texts = ["the movie was [MASK] .", "a [MASK] film with a long and winding plot about nothing at all"]
     assert [fm.fill([t])[0] for t in texts] == fm.fill(texts)  # alone == batched, scores included
+
+
+@pytest.mark.slow
+def test_bench_quant_scores_row_graphs_against_the_folded_fp32_graph(tmp_path, imdb_dir):
+    from bench.quant import QuantConfig, main
+
+    report = main(QuantConfig(methods="row2", dataset=str(imdb_dir), sentences=32, perplexity_chunks=4,
+                              drift_sentences=16, calibration_sentences=8, timed_calls=2, shapes="1x16",
+                              out=str(tmp_path)))
+    fp32, row2 = report["agreement"]["fp32"], report["agreement"]["row2"]
+    assert fp32["top5_identical"] == 1.0 and fp32["top1_decisive"] == 1.0  # opened as the runtime opens it
+    assert row2["top1_decisive"] == 1.0 and row2["batch_drift"] == 0.0 and row2["batch_topk_mismatches"] == 0
+    assert set(report["speed"]["row2"]) == {"1x16"} and "| row2 |" in (tmp_path / "quant.md").read_text()
