@@ -27,6 +27,7 @@ Examples:
   python -m bench throughput --model exports/deniro --lengths 16,64 --throughput-sentences 2000
   python -m bench all --model exports/mini --quick --out /tmp/bench   # seconds: checks the harness
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,15 @@ from .config import COMMANDS, DEVICES, QUICK, BenchConfig
 HELP = {
     "model": "artifact folder made by `python -m export --onnx` (default: deniro_rt's shipped model)",
     "torch_model": "transformers save_pretrained folder for the PyTorch engines (default: source.model "
-                   "in the artifact's deniro.json, else the artifact itself if it holds the weights)",
+    "in the artifact's deniro.json, else the artifact itself if it holds the weights)",
     "device": "auto: cuda when PyTorch sees a GPU, else cpu",
     "engines": "comma-separated engines to time: pytorch-card, pytorch-batched, hf-pipeline, "
-               "optimum-ort, deniro_rt, deniro_rt-model (the graph alone on prepared inputs)",
+    "optimum-ort, deniro_rt, deniro_rt-model (the graph alone on prepared inputs)",
     "precisions": "comma-separated deniro_rt precisions (default: fp32,int8 on CPU, fp32,fp16 on "
-                  "CUDA, those the artifact has)",
+    "CUDA, those the artifact has)",
     "out": "report folder (default: bench/results/<machine>-<date>/)",
     "dataset": "folder of <split>.parquet files, or a hub dataset id (default: ../shared/data/imdb "
-               "when present, else stanfordnlp/imdb)",
+    "when present, else stanfordnlp/imdb)",
     "split": "split the sentences and parity chunks are cut from",
     "text_column": "column holding the text",
     "seed": "seed of the sentence choice and of the word masked in each",
@@ -71,15 +72,25 @@ HELP = {
     "train_precision": "fp32 | bf16 | fp16 (Accelerate mixed precision)",
     "quick": "small counts everywhere, for CI: checks the harness, not the speed",
 }
-TYPES = {"torch_model": str, "precisions": str, "out": str, "throughput_seconds": float, "chunk_size": int,
-        "eval_seed": int, "train_batch_size": int, "train_chunk_size": int, "model": str}
+TYPES = {
+    "torch_model": str,
+    "precisions": str,
+    "out": str,
+    "throughput_seconds": float,
+    "chunk_size": int,
+    "eval_seed": int,
+    "train_batch_size": int,
+    "train_chunk_size": int,
+    "model": str,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     from .config import build_config
 
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=COMMANDS, help="what to run")
     defaults = BenchConfig()
     for f in fields(BenchConfig):
@@ -87,15 +98,21 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
             continue
         default = getattr(defaults, f.name)
         quick = f"; --quick: {QUICK[f.name]}" if f.name in QUICK else ""
-        note = f" (default: {default}{quick})" if "(default:" not in HELP[f.name] else \
-            (f" ({quick[2:]})" if quick else "")
+        note = (
+            f" (default: {default}{quick})" if "(default:" not in HELP[f.name] else (f" ({quick[2:]})" if quick else "")
+        )
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=HELP[f.name] + note)
             continue
         kind = TYPES.get(f.name) or {int: int, float: float}.get(type(default), str)
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=HELP[f.name] + note,
-                            choices=DEVICES if f.name == "device" else None)
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=HELP[f.name] + note,
+            choices=DEVICES if f.name == "device" else None,
+        )
     return build_config(vars(parser.parse_args(argv)))
 
 

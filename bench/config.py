@@ -1,12 +1,13 @@
 """BenchConfig: every knob of `python -m bench`, and the --quick values used by CI."""
+
 from __future__ import annotations
 
 import datetime
 import platform
 import re
 from dataclasses import dataclass, fields
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 from deniro_rt.data import IMDB_HUB_ID
 from deniro_rt.providers import DEVICES  # noqa: F401 (bench's --device choices)
@@ -14,8 +15,15 @@ from deniro_rt.providers import DEVICES  # noqa: F401 (bench's --device choices)
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_IMDB = REPO.parent / "shared" / "data" / "imdb"
 COMMANDS = ("parity", "latency", "throughput", "train", "all")
-ENGINES = ("pytorch-card", "pytorch-batched", "hf-pipeline", "optimum-ort", "deniro_rt", "deniro_rt-arrays",
-           "deniro_rt-model")
+ENGINES = (
+    "pytorch-card",
+    "pytorch-batched",
+    "hf-pipeline",
+    "optimum-ort",
+    "deniro_rt",
+    "deniro_rt-arrays",
+    "deniro_rt-model",
+)
 MODEL_CARD_PROMPT = "This is a great [MASK]!"
 
 
@@ -113,9 +121,19 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 # What --quick changes (explicit flags still win): seconds instead of minutes, for CI.
-QUICK: dict = dict(warmup=2, latency_samples=8, throughput_sentences=48, batch_sizes="16",
-                   parity_texts=40, parity_sentences=64, lengths="16,64",
-                   train_shapes="tiny", train_steps=2, train_warmup=1, train_batch_size=4)
+QUICK: dict = dict(
+    warmup=2,
+    latency_samples=8,
+    throughput_sentences=48,
+    batch_sizes="16",
+    parity_texts=40,
+    parity_sentences=64,
+    lengths="16,64",
+    train_shapes="tiny",
+    train_steps=2,
+    train_warmup=1,
+    train_batch_size=4,
+)
 
 
 def build_config(overrides: dict) -> BenchConfig:

@@ -5,6 +5,7 @@ suggestions (token strings and filled-in sequences, as transformers' fill-mask p
 out. The returned `Prediction` keeps the top-k ids and their log-probabilities for the parity and
 agreement checks; the decoded strings are built and dropped, as a caller would use them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,9 @@ class Context:
 
         self._runtimes = self._runtimes or {}
         if precision not in self._runtimes:
-            self._runtimes[precision] = deniro_rt.FillMask(model=str(self.artifact), device=self.device,
-                                                           precision=precision)
+            self._runtimes[precision] = deniro_rt.FillMask(
+                model=str(self.artifact), device=self.device, precision=precision
+            )
         return self._runtimes[precision]
 
     def sync(self) -> None:
@@ -107,9 +109,11 @@ def load_torch_model(path: Path, device: str, precision: str, rounded: bool = Fa
     try:
         model = AutoModelForMaskedLM.from_pretrained(str(path))
     except Exception as exc:
-        raise DeniroError(f"could not load a transformers masked LM from {path} ({type(exc).__name__}); "
-                          f"pass --torch-model with the save_pretrained folder the artifact was "
-                          f"exported from") from exc
+        raise DeniroError(
+            f"could not load a transformers masked LM from {path} ({type(exc).__name__}); "
+            f"pass --torch-model with the save_pretrained folder the artifact was "
+            f"exported from"
+        ) from exc
     if rounded:
         round_weights(model)
     model = model.half() if precision == "fp16" else model
@@ -187,7 +191,7 @@ class PytorchBatched(Engine):
         self.tokenizer, self.model = ctx.tokenizer(), ctx.model(precision)
 
     def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
-        parts = [self._batch(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+        parts = [self._batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
         return Prediction(np.concatenate([p.ids for p in parts]), np.concatenate([p.logprobs for p in parts]))
 
     def _batch(self, texts: list[str]) -> Prediction:
@@ -222,8 +226,13 @@ def decode_suggestions(tokenizer, input_ids: np.ndarray, where: np.ndarray, ids:
         filled = []
         for token in candidates:
             tokens[col] = token
-            filled.append({"token": int(token), "token_str": tokenizer.decode([int(token)]),
-                           "sequence": tokenizer.decode(tokens, skip_special_tokens=True)})
+            filled.append(
+                {
+                    "token": int(token),
+                    "token_str": tokenizer.decode([int(token)]),
+                    "sequence": tokenizer.decode(tokens, skip_special_tokens=True),
+                }
+            )
         out.append(filled)
     return out
 
@@ -279,8 +288,9 @@ class OptimumOrt(HfPipeline):
         self.provider = "CUDAExecutionProvider" if ctx.device == "cuda" else "CPUExecutionProvider"
         # IO binding off: with it, Optimum 2.1 cannot infer the fused graph's symbolic logits shape on
         # CUDA (NameError 'Reshapelogits_dim_2', seen on an H100); plain session.run is what it does on CPU
-        model = ORTModelForMaskedLM.from_pretrained(str(ctx.artifact), file_name=full, provider=self.provider,
-                                                    use_io_binding=False)
+        model = ORTModelForMaskedLM.from_pretrained(
+            str(ctx.artifact), file_name=full, provider=self.provider, use_io_binding=False
+        )
         self.pipe = self._pipeline(model)
 
     def _pipeline(self, model):
@@ -328,8 +338,9 @@ class DeniroRtModel(DeniroRt):
         self.prepared: dict[int, tuple] = {}  # id(text list) -> (that list, feeds, mask-row order)
 
     def prepare(self, calls: list[list[str]], batch_size: int) -> None:
-        self.prepared = {id(texts): (texts, *self.fm.prepared_feeds(texts, self.ctx.top_k, batch_size))
-                         for texts in calls}
+        self.prepared = {
+            id(texts): (texts, *self.fm.prepared_feeds(texts, self.ctx.top_k, batch_size)) for texts in calls
+        }
 
     def fill_batch(self, texts: list[str], batch_size: int) -> Prediction:
         entry = self.prepared.get(id(texts))
@@ -343,8 +354,10 @@ class Skip(Exception):
     """An engine that cannot run in this setup; the report lists it with the reason."""
 
 
-ENGINE_CLASSES = {cls.name: cls for cls in (PytorchCard, PytorchBatched, HfPipeline, OptimumOrt, DeniroRt,
-                                            DeniroRtArrays, DeniroRtModel)}
+ENGINE_CLASSES = {
+    cls.name: cls
+    for cls in (PytorchCard, PytorchBatched, HfPipeline, OptimumOrt, DeniroRt, DeniroRtArrays, DeniroRtModel)
+}
 
 
 def torch_precisions(name: str, device: str) -> list[str]:

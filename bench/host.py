@@ -8,6 +8,7 @@ graph (a 1-layer model), where end to end is almost all host work. Goals (issue 
 
   python -m bench.host --model exports/one-layer --batch 512 --out bench/results/cpu-2core-arrays
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def sentences(cfg: HostConfig, mask_token: str) -> list[str]:
     rng, wanted, out = np.random.default_rng(0), cfg.batch * cfg.batches, []
     for review in reviews:
         for sentence in review_sentences(review):
-            masked = mask_one_word(sentence, rng, mask_token) if cfg.min_words <= len(sentence.split()) \
-                <= cfg.max_words else None
+            masked = (
+                mask_one_word(sentence, rng, mask_token)
+                if cfg.min_words <= len(sentence.split()) <= cfg.max_words
+                else None
+            )
             if masked:
                 out.append(masked[0])
         if len(out) >= wanted:
@@ -60,12 +64,14 @@ def measure(cfg: HostConfig) -> dict:
 
     fm = FillMask(cfg.model, device="cpu", threads=cfg.threads)
     texts = sentences(cfg, fm.mask_token)
-    batches = [texts[i:i + cfg.batch] for i in range(0, len(texts), cfg.batch)]
+    batches = [texts[i : i + cfg.batch] for i in range(0, len(texts), cfg.batch)]
     feeds = [fm.prepared_feeds(b, 5, cfg.batch)[0] for b in batches]
-    calls = {"encode_batch": lambda i: fm.tokenizer.encode_batch(batches[i]),
-             "arrays": lambda i: fm.fill_arrays(batches[i], top_k=5, batch_size=cfg.batch),
-             "dicts": lambda i: fm.fill(batches[i], top_k=5, batch_size=cfg.batch),
-             "model": lambda i: [fm.run_graph(f) for f in feeds[i]]}
+    calls = {
+        "encode_batch": lambda i: fm.tokenizer.encode_batch(batches[i]),
+        "arrays": lambda i: fm.fill_arrays(batches[i], top_k=5, batch_size=cfg.batch),
+        "dicts": lambda i: fm.fill(batches[i], top_k=5, batch_size=cfg.batch),
+        "model": lambda i: [fm.run_graph(f) for f in feeds[i]],
+    }
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(cfg.repeats + 1):  # the first round warms up and is dropped
         for i in range(len(batches)):
@@ -73,11 +79,16 @@ def measure(cfg: HostConfig) -> dict:
                 start = time.perf_counter()
                 call(i)
                 times[name].append((time.perf_counter() - start) / len(batches[i]) * 1e6)
-    us = {name: float(np.median(t[len(batches):])) for name, t in times.items()}
+    us = {name: float(np.median(t[len(batches) :])) for name, t in times.items()}
     lengths = fm.encode_rows(texts, truncation=False).lengths
-    return {"us_per_sentence": us, "sentences": len(texts), "mean_tokens": float(lengths.mean()),
-            "padding_fraction": padding_fraction(lengths, cfg.batch), "threads": cfg.threads,
-            "artifact": str(fm.manifest.folder)}
+    return {
+        "us_per_sentence": us,
+        "sentences": len(texts),
+        "mean_tokens": float(lengths.mean()),
+        "padding_fraction": padding_fraction(lengths, cfg.batch),
+        "threads": cfg.threads,
+        "artifact": str(fm.manifest.folder),
+    }
 
 
 def ratios(result: dict) -> dict:
@@ -91,19 +102,40 @@ def ratios(result: dict) -> dict:
 
 def to_markdown(result: dict) -> str:
     us, r = result["us_per_sentence"], result["ratios"]
-    lines = [(f"# Host path (issue 21): batch {result['config']['batch']}, {result['sentences']} IMDB sentences "
-              f"of {result['config']['min_words']}-{result['config']['max_words']} words"), "",
-             f"`{result['header']['command']}` on {result['artifact']}", "",
-             f"- {result['header']['hardware']}", (f"- mean tokens {result['mean_tokens']:.1f}, padding fraction "
-                                                   f"{result['padding_fraction']:.3f}"), ""]
-    rows = [[name, f"{value:.2f}", f"{value / us['encode_batch']:.2f}x",
-             f"{max(0.0, value - us['model']):.2f}" if name in ("arrays", "dicts") else ""]
-            for name, value in us.items()]
-    lines += report.table("Microseconds per sentence (medians, interleaved)",
-                          ["call", "us/sentence", "vs encode_batch", "host us (e2e - model)"], rows)
-    lines += [(f"Goals: fill_arrays <= {GOALS['arrays']}x encode_batch: {r['goals_met']['arrays']} "
-               f"({r['arrays_vs_encode_batch']:.2f}x); fill <= {GOALS['dicts']}x: {r['goals_met']['dicts']} "
-               f"({r['dicts_vs_encode_batch']:.2f}x)."), ""]
+    lines = [
+        (
+            f"# Host path (issue 21): batch {result['config']['batch']}, {result['sentences']} IMDB sentences "
+            f"of {result['config']['min_words']}-{result['config']['max_words']} words"
+        ),
+        "",
+        f"`{result['header']['command']}` on {result['artifact']}",
+        "",
+        f"- {result['header']['hardware']}",
+        (f"- mean tokens {result['mean_tokens']:.1f}, padding fraction {result['padding_fraction']:.3f}"),
+        "",
+    ]
+    rows = [
+        [
+            name,
+            f"{value:.2f}",
+            f"{value / us['encode_batch']:.2f}x",
+            f"{max(0.0, value - us['model']):.2f}" if name in ("arrays", "dicts") else "",
+        ]
+        for name, value in us.items()
+    ]
+    lines += report.table(
+        "Microseconds per sentence (medians, interleaved)",
+        ["call", "us/sentence", "vs encode_batch", "host us (e2e - model)"],
+        rows,
+    )
+    lines += [
+        (
+            f"Goals: fill_arrays <= {GOALS['arrays']}x encode_batch: {r['goals_met']['arrays']} "
+            f"({r['arrays_vs_encode_batch']:.2f}x); fill <= {GOALS['dicts']}x: {r['goals_met']['dicts']} "
+            f"({r['dicts_vs_encode_batch']:.2f}x)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -125,8 +157,11 @@ def to_png(result: dict, path: Path) -> None:
 
 def main(cfg: HostConfig) -> dict:
     result = measure(cfg)
-    command = "python -m bench.host " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-                                                  if v not in (None, "") and v != getattr(HostConfig(), k))
+    command = "python -m bench.host " + " ".join(
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in asdict(cfg).items()
+        if v not in (None, "") and v != getattr(HostConfig(), k)
+    )
     result = {"header": report.header("cpu", command), "config": asdict(cfg), **result}
     result["ratios"] = ratios(result)
     report.write_files(result, Path(cfg.out), "host", to_markdown, to_png)
@@ -134,12 +169,12 @@ def main(cfg: HostConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> HostConfig:
-    parser = argparse.ArgumentParser(prog="python -m bench.host", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.host", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, default in asdict(HostConfig()).items():
         kind = int if name in ("batch", "batches", "repeats", "min_words", "max_words", "threads") else str
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
-                            help=f"(default: {default})")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"(default: {default})")
     return HostConfig(**vars(parser.parse_args(argv)))
 
 

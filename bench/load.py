@@ -22,6 +22,7 @@ Examples:
   python -m bench load --clients 32 --servers batched,unbatched --seconds 5
   python -m bench load --quick --out /tmp/load              # seconds: checks the harness
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,12 +110,24 @@ class PipelineFill:
         self.mask_token = self.pipe.tokenizer.mask_token
         self.model_name = f"hf-pipeline:{torch_model}"
 
-    def fill(self, texts: list[str], top_k: int = 5, targets=None, joint: bool = False,
-             truncation: bool = False, batch_size: int = 64):
+    def fill(
+        self,
+        texts: list[str],
+        top_k: int = 5,
+        targets=None,
+        joint: bool = False,
+        truncation: bool = False,
+        batch_size: int = 64,
+    ):
         if joint:
             raise DeniroError("joint is not supported by the hf-pipeline backend")
-        out = self.pipe(list(texts), top_k=top_k, targets=targets, batch_size=batch_size,
-                        tokenizer_kwargs={"truncation": truncation})
+        out = self.pipe(
+            list(texts),
+            top_k=top_k,
+            targets=targets,
+            batch_size=batch_size,
+            tokenizer_kwargs={"truncation": truncation},
+        )
         return [out] if len(texts) == 1 else out  # the pipeline unwraps a list of one
 
 
@@ -146,8 +159,9 @@ def serve_pipeline(argv: list[str]) -> int:
     torch_model, port, batch, wait, queue, threads = argv
     torch.set_num_threads(model_threads(int(threads) or None))  # the rule deniro_rt serve uses
     setup_logging(logging.WARNING)
-    config = ServeConfig(port=int(port), max_batch_size=int(batch), max_wait_ms=float(wait),
-                         max_queue=int(queue), log_level="warning")
+    config = ServeConfig(
+        port=int(port), max_batch_size=int(batch), max_wait_ms=float(wait), max_queue=int(queue), log_level="warning"
+    )
     return run_main(lambda: main(config, fill_mask=PipelineFill(torch_model)))
 
 
@@ -172,14 +186,41 @@ def server_command(name: str, cfg: LoadConfig, port: int, torch_model: Path | No
 
     batch = 1 if name.endswith("unbatched") else cfg.max_batch_size
     if name == "hf-pipeline":
-        return [sys.executable, "-m", "bench.load", str(torch_model), str(port), str(batch),
-                str(cfg.max_wait_ms if cfg.max_wait_ms is not None else ServeConfig.max_wait_ms), str(cfg.max_queue), str(cfg.threads or 0)]
-    cmd = [sys.executable, "-m", "deniro_rt", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch-size", str(batch), "--max-queue", str(cfg.max_queue), "--log-level", "warning"]
-    return cmd + (["--max-wait-ms", str(cfg.max_wait_ms)] if cfg.max_wait_ms is not None else []) + \
-        (["--model", cfg.model] if cfg.model else []) + \
-        (["--precision", cfg.precision] if cfg.precision else []) + ["--device", cfg.device] + \
-        (["--threads", str(cfg.threads)] if cfg.threads else [])
+        return [
+            sys.executable,
+            "-m",
+            "bench.load",
+            str(torch_model),
+            str(port),
+            str(batch),
+            str(cfg.max_wait_ms if cfg.max_wait_ms is not None else ServeConfig.max_wait_ms),
+            str(cfg.max_queue),
+            str(cfg.threads or 0),
+        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deniro_rt",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(batch),
+        "--max-queue",
+        str(cfg.max_queue),
+        "--log-level",
+        "warning",
+    ]
+    return (
+        cmd
+        + (["--max-wait-ms", str(cfg.max_wait_ms)] if cfg.max_wait_ms is not None else [])
+        + (["--model", cfg.model] if cfg.model else [])
+        + (["--precision", cfg.precision] if cfg.precision else [])
+        + ["--device", cfg.device]
+        + (["--threads", str(cfg.threads)] if cfg.threads else [])
+    )
 
 
 def start_server(name: str, cfg: LoadConfig, torch_model: Path | None, tries: int = 3) -> ServerProcess:
@@ -237,8 +278,10 @@ def encode_requests(texts: list[str], port: int) -> list[bytes]:
     out = []
     for text in texts:
         body = json.dumps({"inputs": text}).encode()
-        head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         out.append(head + body)
     return out
 
@@ -301,8 +344,10 @@ def batch_stats(metrics: str) -> tuple[float, float, dict[str, float]]:
     """(texts filled, fill calls, fill calls per batch-size bucket, cumulative) so far, from /metrics."""
     total = float(re.search(r"^deniro_batch_size_sum (\S+)$", metrics, re.M).group(1))
     calls = float(re.search(r"^deniro_batch_size_count (\S+)$", metrics, re.M).group(1))
-    buckets = {f"{float(le):g}" if le != "+Inf" else le: float(n) for le, n in
-               re.findall(r'^deniro_batch_size_bucket\{le="([^"]+)"\} (\S+)$', metrics, re.M)}
+    buckets = {
+        f"{float(le):g}" if le != "+Inf" else le: float(n)
+        for le, n in re.findall(r'^deniro_batch_size_bucket\{le="([^"]+)"\} (\S+)$', metrics, re.M)
+    }
     return total, calls, buckets
 
 
@@ -325,8 +370,13 @@ def measure(server: ServerProcess, requests: list[bytes], clients: int, cfg: Loa
     before = batch_stats(httpx.get(server.url + "/metrics").text)
     tally, elapsed = run_async(drive(port, requests, clients, cfg.requests, cfg.seconds))
     after = batch_stats(httpx.get(server.url + "/metrics").text)
-    log.info("%-12s %4d clients: %7.1f sentences/s, %s", server.name, clients,
-             tally.statuses.get("200", 0) / elapsed, tally.statuses)
+    log.info(
+        "%-12s %4d clients: %7.1f sentences/s, %s",
+        server.name,
+        clients,
+        tally.statuses.get("200", 0) / elapsed,
+        tally.statuses,
+    )
     buckets = {le: n - before[2].get(le, 0) for le, n in after[2].items()}
     return Cell(tally, elapsed, after[0] - before[0], after[1] - before[1], buckets)
 
@@ -339,12 +389,20 @@ def summarize(name: str, clients: int, cells: list[Cell]) -> dict:
             statuses[status] = statuses.get(status, 0) + n
     lat = np.concatenate([np.array(c.tally.latencies) for c in cells]) * 1000  # [answered] ms
     sent, ok, elapsed = sum(c.tally.sent for c in cells), statuses.get("200", 0), sum(c.elapsed for c in cells)
-    row = {"server": name, "clients": clients, "requests": sent, "ok": ok,
-           "rejected_503": statuses.get("503", 0), "failed": sent - ok - statuses.get("503", 0),
-           "statuses": statuses, "seconds": round(elapsed, 3), "sentences_per_s": ok / elapsed,
-           "per_round_sentences_per_s": [c.tally.statuses.get("200", 0) / c.elapsed for c in cells],
-           "mean_batch": sum(c.texts for c in cells) / max(1, sum(c.calls for c in cells)),
-           "batch_histogram": histogram(cells)}
+    row = {
+        "server": name,
+        "clients": clients,
+        "requests": sent,
+        "ok": ok,
+        "rejected_503": statuses.get("503", 0),
+        "failed": sent - ok - statuses.get("503", 0),
+        "statuses": statuses,
+        "seconds": round(elapsed, 3),
+        "sentences_per_s": ok / elapsed,
+        "per_round_sentences_per_s": [c.tally.statuses.get("200", 0) / c.elapsed for c in cells],
+        "mean_batch": sum(c.texts for c in cells) / max(1, sum(c.calls for c in cells)),
+        "batch_histogram": histogram(cells),
+    }
     row.update({f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 90, 99)})
     return row
 
@@ -370,8 +428,9 @@ def load_sentences(cfg: LoadConfig, artifact: Path) -> list[str]:
 
     manifest = load_manifest(artifact)
     reviews = load_text_splits(cfg.dataset, [cfg.split])[cfg.split]
-    workload = build_workload(reviews, load_tokenizer(artifact), [cfg.length], cfg.sentences, cfg.seed,
-                              manifest.mask_token, MODEL_CARD_PROMPT)
+    workload = build_workload(
+        reviews, load_tokenizer(artifact), [cfg.length], cfg.sentences, cfg.seed, manifest.mask_token, MODEL_CARD_PROMPT
+    )
     return workload.buckets[cfg.length]
 
 
@@ -392,8 +451,10 @@ def run_all(names: list[str], cfg: LoadConfig, texts: list[str], torch_model: Pa
         codes = {server.name: stop_server(server) for server in servers}
     if any(codes.values()):
         raise DeniroError(f"servers exited with {codes} after SIGTERM (expected 0)")
-    return {"rows": [summarize(name, clients, c) for (name, clients), c in cells.items()],
-            "servers": {server.name: server.health for server in servers}}
+    return {
+        "rows": [summarize(name, clients, c) for (name, clients), c in cells.items()],
+        "servers": {server.name: server.health for server in servers},
+    }
 
 
 def main(cfg: LoadConfig) -> int:
@@ -404,9 +465,12 @@ def main(cfg: LoadConfig) -> int:
     names, _ = cfg.server_names(), cfg.client_counts()  # bad lists fail before any server starts
     artifact = Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR
     texts = load_sentences(cfg, artifact)
-    result = {"header": report.header("cpu", "python -m bench load"), "config": asdict(cfg),
-              "sentences": {"count": len(texts), "length_bucket": cfg.length},
-              "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}}
+    result = {
+        "header": report.header("cpu", "python -m bench load"),
+        "config": asdict(cfg),
+        "sentences": {"count": len(texts), "length_bucket": cfg.length},
+        "load_average": {"start": [round(v, 2) for v in os.getloadavg()]},
+    }
     with tempfile.TemporaryDirectory(prefix="deniro-load-") as tmp:
         torch_model = None
         if "hf-pipeline" in names:
@@ -444,34 +508,50 @@ def write_reports(result: dict, out: Path) -> None:
 
 def markdown(result: dict) -> str:
     h, cfg = result["header"], result["config"]
-    lines = [f"# deniro serve load test — {h['machine']}, {h['created']}", "",
-             f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); "
-             f"versions: {json.dumps(h['versions'])}", "",
-             f"One IMDB test sentence per request ({result['sentences']['count']} sentences of the "
-             f"{cfg['length']}-token bucket), closed loop; {cfg['rounds']} rounds, servers interleaved, each "
-             f"cell at most {cfg['requests']} requests or {cfg['seconds']} s per round after {cfg['warmup']} "
-             f"warm-up requests (latencies pooled over rounds); batched server: "
-             f"--max-batch-size {cfg['max_batch_size']} --max-wait-ms {cfg['max_wait_ms']} "
-             f"--max-queue {cfg['max_queue']}. hf-pipeline model: {result.get('torch_model', '-')}.", "",
-             f"deniro_rt servers: {_served(result)}. Server intra-op threads: {cfg['threads'] or 'serve default (usable cores - 1)'}. Load average (1/5/15 min) "
-             f"of the shared machine: {result['load_average']['start']} at start, "
-             f"{result['load_average']['end']} at the end.", "",
-             "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# deniro serve load test — {h['machine']}, {h['created']}",
+        "",
+        f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); "
+        f"versions: {json.dumps(h['versions'])}",
+        "",
+        f"One IMDB test sentence per request ({result['sentences']['count']} sentences of the "
+        f"{cfg['length']}-token bucket), closed loop; {cfg['rounds']} rounds, servers interleaved, each "
+        f"cell at most {cfg['requests']} requests or {cfg['seconds']} s per round after {cfg['warmup']} "
+        f"warm-up requests (latencies pooled over rounds); batched server: "
+        f"--max-batch-size {cfg['max_batch_size']} --max-wait-ms {cfg['max_wait_ms']} "
+        f"--max-queue {cfg['max_queue']}. hf-pipeline model: {result.get('torch_model', '-')}.",
+        "",
+        f"deniro_rt servers: {_served(result)}. Server intra-op threads: "
+        f"{cfg['threads'] or 'serve default (usable cores - 1)'}. Load average (1/5/15 min) "
+        f"of the shared machine: {result['load_average']['start']} at start, "
+        f"{result['load_average']['end']} at the end.",
+        "",
+        "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         rounds = " / ".join(f"{v:.0f}" for v in r["per_round_sentences_per_s"])
-        lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {rounds} | {_f(r['p50_ms'])} | "
-                     f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
-                     f"{r['rejected_503']} | {r['failed']} |")
+        lines.append(
+            f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {rounds} | {_f(r['p50_ms'])} | "
+            f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
+            f"{r['rejected_503']} | {r['failed']} |"
+        )
     others = ("unbatched", "hf-pipeline", "before-batched")
     lines += ["", "| clients | " + " | ".join(f"batched vs {o}" for o in others) + " |", "|---|---|---|---|"]
     for r in result["ratios"]:
         lines.append(f"| {r['clients']} | " + " | ".join(_x(r.get(f"vs_{o}")) for o in others) + " |")
     labels = list(result["rows"][0]["batch_histogram"])
-    lines += ["", "Fill calls by batch size (texts per call), all rounds:", "",
-              "| server | clients | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    lines += [
+        "",
+        "Fill calls by batch size (texts per call), all rounds:",
+        "",
+        "| server | clients | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['server']} | {r['clients']} | " + " | ".join(str(v) for v in r["batch_histogram"].values()) + " |")
+        lines.append(
+            f"| {r['server']} | {r['clients']} | " + " | ".join(str(v) for v in r["batch_histogram"].values()) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -495,15 +575,16 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    panels = (("sentences_per_s", "throughput (sentences/s, higher is better)"),
-              ("p99_ms", "latency p99 (solid) and p50 (dashed) (ms, lower is better)"))
+    panels = (
+        ("sentences_per_s", "throughput (sentences/s, higher is better)"),
+        ("p99_ms", "latency p99 (solid) and p50 (dashed) (ms, lower is better)"),
+    )
     for ax, (key, title) in zip(axes, panels):
         for name in dict.fromkeys(r["server"] for r in result["rows"]):
             rows = [r for r in result["rows"] if r["server"] == name]
             line = ax.plot([r["clients"] for r in rows], [r[key] for r in rows], marker="o", label=name)
             if key == "p99_ms":
-                ax.plot([r["clients"] for r in rows], [r["p50_ms"] for r in rows], ls="--",
-                        color=line[0].get_color())
+                ax.plot([r["clients"] for r in rows], [r["p50_ms"] for r in rows], ls="--", color=line[0].get_color())
         clients = sorted({r["clients"] for r in result["rows"]})
         ax.set_xscale("log", base=2)
         ax.set_xticks(clients, [str(c) for c in clients])
@@ -522,7 +603,7 @@ def plot(result: dict, path: Path) -> None:
 HELP = {
     "model": "artifact folder (default: deniro_rt's shipped model)",
     "torch_model": "save_pretrained folder for hf-pipeline (default: random init of the artifact's "
-                   "config.json with its tokenizer: same shape, speed only)",
+    "config.json with its tokenizer: same shape, speed only)",
     "servers": f"comma-separated subset of {', '.join(SERVERS)} (default: the first three)",
     "baseline": "another deniro checkout (e.g. `git worktree add /tmp/old HEAD~3`) whose server runs as before-*",
     "clients": "comma-separated concurrent client counts",
@@ -540,9 +621,9 @@ HELP = {
     "max_queue": "--max-queue of every server",
     "precision": "deniro_rt graph (default: the runtime's choice for the device)",
     "device": "--device of the deniro_rt servers (auto: CUDA when onnxruntime-gpu sees one); hf-pipeline "
-              "runs on the CPU",
+    "runs on the CPU",
     "threads": "intra-op threads of every server: ONNX Runtime's, torch.set_num_threads for hf-pipeline "
-               "(default: deniro_rt serve's, one per usable core but one)",
+    "(default: deniro_rt serve's, one per usable core but one)",
     "out": "report folder",
     "quick": f"small counts ({QUICK}): checks the harness, not the speed",
 }
@@ -550,8 +631,9 @@ TYPES = {"model": str, "torch_model": str, "precision": str, "threads": int, "ba
 
 
 def parse_args(argv: list[str] | None) -> LoadConfig:
-    parser = argparse.ArgumentParser(prog="python -m bench load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = LoadConfig()
     for f in fields(LoadConfig):
         default = getattr(defaults, f.name)
@@ -560,8 +642,13 @@ def parse_args(argv: list[str] | None) -> LoadConfig:
             parser.add_argument(flag, action="store_true", help=HELP[f.name])
             continue
         note = "" if "(default:" in HELP[f.name] else f" (default: {default})"
-        parser.add_argument(flag, type=TYPES.get(f.name) or type(default), default=default,
-                            choices=DEVICES if f.name == "device" else None, help=HELP[f.name] + note)
+        parser.add_argument(
+            flag,
+            type=TYPES.get(f.name) or type(default),
+            default=default,
+            choices=DEVICES if f.name == "device" else None,
+            help=HELP[f.name] + note,
+        )
     return LoadConfig(**vars(parser.parse_args(argv)))
 
 

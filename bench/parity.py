@@ -7,6 +7,7 @@ Two sets, as export validation checks them:
     largest absolute difference between the log-probabilities deniro_rt returns and PyTorch's for
     the same ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 
 PARITY_METRICS = ("top5_identical", "top1_agreement", "perplexity_rel_diff")
 # export validation's thresholds, the one source: {precision: {metric: bound}} (top*: at least, rel diff: at most).
-THRESHOLDS = {precision: {m: bound for m, (_, bound) in rules.items() if m in PARITY_METRICS}
-              for precision, rules in EXPORT_THRESHOLDS.items() if precision in ("fp32", "fp16", "int8")}
+THRESHOLDS = {
+    precision: {m: bound for m, (_, bound) in rules.items() if m in PARITY_METRICS}
+    for precision, rules in EXPORT_THRESHOLDS.items()
+    if precision in ("fp32", "fp16", "int8")
+}
 
 
 @dataclass(frozen=True)
@@ -39,21 +43,21 @@ class EvalSettings:
     mlm_probability: float
 
 
-def eval_settings(torch_model: Path, max_positions: int, chunk_size: int | None,
-                  eval_seed: int | None) -> EvalSettings:
+def eval_settings(torch_model: Path, max_positions: int, chunk_size: int | None, eval_seed: int | None) -> EvalSettings:
     from train.config import TrainConfig
 
     saved = torch_model / "train_config.json"
     base = json.loads(saved.read_text()) if saved.is_file() else {}
     default = TrainConfig()
     size = chunk_size or base.get("chunk_size", default.chunk_size)
-    return EvalSettings(chunk_size=min(size, max_positions),
-                        eval_seed=eval_seed if eval_seed is not None else base.get("eval_seed", default.eval_seed),
-                        mlm_probability=base.get("mlm_probability", default.mlm_probability))
+    return EvalSettings(
+        chunk_size=min(size, max_positions),
+        eval_seed=eval_seed if eval_seed is not None else base.get("eval_seed", default.eval_seed),
+        mlm_probability=base.get("mlm_probability", default.mlm_probability),
+    )
 
 
-def eval_chunks(tokenizer, reviews: list[str], limit: int, settings: EvalSettings,
-                mask_token_id: int) -> MaskedBatch:
+def eval_chunks(tokenizer, reviews: list[str], limit: int, settings: EvalSettings, mask_token_id: int) -> MaskedBatch:
     """`limit` test reviews (train/'s seeded subset), chunked and masked once with the eval seed.
 
     `tokenizer` is a `tokenizers.Tokenizer`; its size (added tokens included) is what train/ draws
@@ -77,8 +81,8 @@ def torch_perplexity(ctx: Context, masked: MaskedBatch, batch_size: int) -> dict
     total = 0.0
     with torch.inference_mode():
         for start in tqdm(range(0, len(masked.input_ids), batch_size), desc="parity: torch chunks", leave=False):
-            ids = torch.from_numpy(masked.input_ids[start:start + batch_size]).to(ctx.device)
-            labels = torch.from_numpy(masked.labels[start:start + batch_size]).to(ctx.device)
+            ids = torch.from_numpy(masked.input_ids[start : start + batch_size]).to(ctx.device)
+            labels = torch.from_numpy(masked.labels[start : start + batch_size]).to(ctx.device)
             total += float(wrapped(input_ids=ids, labels=labels, reduction="sum").double())
     tokens = int((masked.labels != IGNORE_INDEX).sum())
     return {"perplexity": perplexity(total, tokens), "nll": total, "tokens": tokens}
@@ -92,7 +96,7 @@ def torch_sentence_logprobs(ctx: Context, texts: list[str], batch_size: int) -> 
     model, tokenizer = ctx.model("fp32"), ctx.tokenizer()
     with torch.inference_mode():
         for start in tqdm(range(0, len(texts), batch_size), desc="parity: torch sentences", leave=False):
-            logprobs, _, _ = mask_logprobs(model, tokenizer, texts[start:start + batch_size], ctx.device)
+            logprobs, _, _ = mask_logprobs(model, tokenizer, texts[start : start + batch_size], ctx.device)
             parts.append(logprobs.cpu().numpy())
     return np.concatenate(parts)
 
@@ -102,9 +106,12 @@ def compare_sentences(reference: np.ndarray, ids: np.ndarray, logprobs: np.ndarr
     k = ids.shape[1]
     ref_top = np.argsort(-reference, axis=1, kind="stable")[:, :k]  # [n, k]
     ref_at_ids = np.take_along_axis(reference, ids, axis=1).astype(np.float64)  # [n, k]
-    return {"sentences": int(len(ids)), "top1_agreement": float((ids[:, 0] == ref_top[:, 0]).mean()),
-            f"top{k}_identical": float((ids == ref_top).all(axis=1).mean()),
-            "max_abs_logprob_diff": float(np.abs(logprobs - ref_at_ids).max())}
+    return {
+        "sentences": int(len(ids)),
+        "top1_agreement": float((ids[:, 0] == ref_top[:, 0]).mean()),
+        f"top{k}_identical": float((ids == ref_top).all(axis=1).mean()),
+        "max_abs_logprob_diff": float(np.abs(logprobs - ref_at_ids).max()),
+    }
 
 
 def check(precision: str, result: dict) -> list[str]:
@@ -124,8 +131,9 @@ def check(precision: str, result: dict) -> list[str]:
     return failures
 
 
-def run_parity(ctx: Context, masked: MaskedBatch, texts: list[str], precisions: list[str],
-               batch_size: int) -> list[dict]:
+def run_parity(
+    ctx: Context, masked: MaskedBatch, texts: list[str], precisions: list[str], batch_size: int
+) -> list[dict]:
     """One result per deniro_rt precision; each holds both sides, the metrics and any failures."""
     reference_ppl = torch_perplexity(ctx, masked, batch_size)
     reference = torch_sentence_logprobs(ctx, texts, batch_size)
@@ -135,14 +143,23 @@ def run_parity(ctx: Context, masked: MaskedBatch, texts: list[str], precisions: 
         ours = engine.fm.perplexity(masked, batch_size=batch_size)
         pred = engine.fill_batch(texts, batch_size)
         rel = abs(ours["perplexity"] - reference_ppl["perplexity"]) / reference_ppl["perplexity"]
-        result = {"precision": precision, "provider": engine.provider,
-                  "chunks": {"torch": reference_ppl, "deniro_rt": ours, "rel_diff": rel},
-                  "sentences": compare_sentences(reference, pred.ids, pred.logprobs),
-                  "thresholds": THRESHOLDS.get(precision, {})}
+        result = {
+            "precision": precision,
+            "provider": engine.provider,
+            "chunks": {"torch": reference_ppl, "deniro_rt": ours, "rel_diff": rel},
+            "sentences": compare_sentences(reference, pred.ids, pred.logprobs),
+            "thresholds": THRESHOLDS.get(precision, {}),
+        }
         result["failures"] = check(precision, result)
         result["passed"] = not result["failures"]
-        log.info("parity %s: perplexity %.4f vs torch %.4f (rel %.2e), top-1 %.2f%%%s", precision,
-                 ours["perplexity"], reference_ppl["perplexity"], rel, 100 * result["sentences"]["top1_agreement"],
-                 "" if result["passed"] else " FAILED: " + "; ".join(result["failures"]))
+        log.info(
+            "parity %s: perplexity %.4f vs torch %.4f (rel %.2e), top-1 %.2f%%%s",
+            precision,
+            ours["perplexity"],
+            reference_ppl["perplexity"],
+            rel,
+            100 * result["sentences"]["top1_agreement"],
+            "" if result["passed"] else " FAILED: " + "; ".join(result["failures"]),
+        )
         results.append(result)
     return results

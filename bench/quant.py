@@ -15,6 +15,7 @@ Examples:
   flock /tmp/deniro-bench.lock python -m bench quant --speed-model /tmp/base-export \\
       --baseline /tmp/base-export/fast_int8.onnx --out bench/results/quant
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,13 @@ def main(config: QuantConfig) -> dict:
         agreement = score_all(config, {**graphs, **baseline} if same else graphs)
         timed = graphs if same else build_methods(config, Path(config.speed_model), Path(tmp) / "speed")
         speed = time_all(config, {**timed, **baseline})
-    report = {"header": header("cpu", "python -m bench quant"), "config": asdict(config),
-              "agreement": agreement, "speed": speed, "rows": []}
+    report = {
+        "header": header("cpu", "python -m bench quant"),
+        "config": asdict(config),
+        "agreement": agreement,
+        "speed": speed,
+        "rows": [],
+    }
     write_markdown_too(report, Path(config.out), write)
     return report
 
@@ -118,14 +124,20 @@ def row_graph(fp32, dst: Path, name: str) -> None:
 
 
 def prepare(config: QuantConfig, folder: Path) -> Prepared:
-    from export import validate
     from deniro_rt.data import mask_one_word, review_sentences
+    from export import validate
 
     manifest, tok = load_manifest(folder), artifact_tokenizer(folder)
     texts, origin = validate.load_texts(config.dataset, "test", "text")
-    spec = validate.ValidationSpec(manifest.vocab_size, manifest.max_positions, sentences=config.sentences,
-                                   random_sequences=0, perplexity_chunks=config.perplexity_chunks, batch_size=32,
-                                   seed=1)
+    spec = validate.ValidationSpec(
+        manifest.vocab_size,
+        manifest.max_positions,
+        sentences=config.sentences,
+        random_sequences=0,
+        perplexity_chunks=config.perplexity_chunks,
+        batch_size=32,
+        seed=1,
+    )
     data = validate.build_validation_set(tok, texts, origin, spec)
     fp32 = validate.session_for(manifest.graph_path("fp32"), ["CPUExecutionProvider"], "fp32")
     rng, rows = np.random.default_rng(11), []
@@ -150,10 +162,16 @@ def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
         session = validate.session_for(path, ["CPUExecutionProvider"], "fp32" if name == "fp32" else None)
         metrics = validate.score_fast_graph(session, prepared.data, prepared.reference)
         drift = validate.batch_drift(session, prepared.drift_batch)
-        results[name] = {"top1_agreement": metrics["top1_agreement"], "top5_identical": metrics["top5_identical"],
-                         **decisive_top1(session, prepared),
-                         "perplexity": metrics["perplexity"], "perplexity_rel_diff": metrics["perplexity_rel_diff"],
-                         "rows": metrics["rows"], **drift, "size_mb": round(path.stat().st_size / 1e6, 2)}
+        results[name] = {
+            "top1_agreement": metrics["top1_agreement"],
+            "top5_identical": metrics["top5_identical"],
+            **decisive_top1(session, prepared),
+            "perplexity": metrics["perplexity"],
+            "perplexity_rel_diff": metrics["perplexity_rel_diff"],
+            "rows": metrics["rows"],
+            **drift,
+            "size_mb": round(path.stat().st_size / 1e6, 2),
+        }
         log.info("%s: %s", name, results[name])
     return results
 
@@ -166,8 +184,12 @@ def decisive_top1(session, prepared: Prepared, margin: float = 0.01) -> dict:
     ref = np.concatenate(prepared.reference.logits)  # [n, vocab] fp32 log-probs
     second, first = np.exp(np.sort(ref, axis=1)[:, -2:].astype(np.float64)).T
     decisive = first - second >= margin
-    ids = np.concatenate([validate.run_fast(session, batch, np.zeros((len(batch.mask_index), 1), np.int64), 1)[1]
-                          for batch in prepared.data.queries])[:, 0]  # [n]
+    ids = np.concatenate(
+        [
+            validate.run_fast(session, batch, np.zeros((len(batch.mask_index), 1), np.int64), 1)[1]
+            for batch in prepared.data.queries
+        ]
+    )[:, 0]  # [n]
     same = ids == ref.argmax(axis=1)
     return {"top1_decisive": float(same[decisive].mean()), "decisive_masks": int(decisive.sum())}
 
@@ -175,13 +197,16 @@ def decisive_top1(session, prepared: Prepared, margin: float = 0.01) -> dict:
 def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     """p50/p90/p99 ms per shape. Calls go round-robin over the graphs, so a busy moment of a shared
     machine slows every graph alike instead of whichever happened to be timed then."""
-    from deniro_rt.providers import CPU, session_options
-
     import onnxruntime as ort
 
-    sessions = {name: ort.InferenceSession(str(p), session_options(CPU, None, "fp32" if name == "fp32" else None),
-                                           providers=[CPU])
-                for name, p in graphs.items()}
+    from deniro_rt.providers import CPU, session_options
+
+    sessions = {
+        name: ort.InferenceSession(
+            str(p), session_options(CPU, None, "fp32" if name == "fp32" else None), providers=[CPU]
+        )
+        for name, p in graphs.items()
+    }
     results: dict[str, dict] = {name: {} for name in graphs}
     for batch, tokens in shapes_of(config):
         feed = random_feed(batch, tokens)
@@ -195,8 +220,9 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
                 session.run(None, feed)
                 times[name].append(1000 * (time.perf_counter() - started))
         for name, measured in times.items():
-            results[name][f"{batch}x{tokens}"] = {q: round(float(np.percentile(measured, p)), 2)
-                                                  for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
+            results[name][f"{batch}x{tokens}"] = {
+                q: round(float(np.percentile(measured, p)), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))
+            }
     return results
 
 
@@ -207,8 +233,13 @@ def shapes_of(config: QuantConfig) -> list[tuple[int, int]]:
 def random_feed(batch: int, tokens: int) -> dict:
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 8000, (batch, tokens)).astype(np.int64)  # [batch, seq]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "mask_index": np.arange(batch) * tokens + 3,
-            "target_ids": np.zeros((batch, 1), np.int64), "top_k": np.array([5], np.int64)}
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "mask_index": np.arange(batch) * tokens + 3,
+        "target_ids": np.zeros((batch, 1), np.int64),
+        "top_k": np.array([5], np.int64),
+    }
 
 
 def write_markdown_too(report: dict, out: Path, write) -> None:
@@ -220,20 +251,47 @@ def write_markdown_too(report: dict, out: Path, write) -> None:
     reference = next(name for name in ("baseline", "dynamic", "fp32") if name in speed)
     rows = []
     for name in dict.fromkeys([*agreement, *speed]):
-        a = agreement.get(name, {"top1_agreement": float("nan"), "top5_identical": float("nan"), "size_mb": "",
-                                 "top1_decisive": float("nan"),
-                                 "perplexity_rel_diff": float("nan"), "batch_drift": float("nan"),
-                                 "batch_topk_mismatches": "-"})
+        a = agreement.get(
+            name,
+            {
+                "top1_agreement": float("nan"),
+                "top5_identical": float("nan"),
+                "size_mb": "",
+                "top1_decisive": float("nan"),
+                "perplexity_rel_diff": float("nan"),
+                "batch_drift": float("nan"),
+                "batch_topk_mismatches": "-",
+            },
+        )
         ratios = [speed[reference][s]["p50"] / speed[name][s]["p50"] for s in speed.get(name, {})]
-        rows.append([name, f"{100 * a['top1_agreement']:.2f} %", f"{100 * a.get('top1_decisive', float('nan')):.2f} %",
-                     f"{100 * a['top5_identical']:.2f} %",
-                     f"{a['perplexity_rel_diff']:.1e}", f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
-                     " / ".join(f"{r:.2f}×" for r in ratios), a["size_mb"]])
+        rows.append(
+            [
+                name,
+                f"{100 * a['top1_agreement']:.2f} %",
+                f"{100 * a.get('top1_decisive', float('nan')):.2f} %",
+                f"{100 * a['top5_identical']:.2f} %",
+                f"{a['perplexity_rel_diff']:.1e}",
+                f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
+                " / ".join(f"{r:.2f}×" for r in ratios),
+                a["size_mb"],
+            ]
+        )
     timed = shapes_of(QuantConfig(**report["config"]))
     shapes = " / ".join(f"{b}×{t}" for b, t in timed)
-    lines = table(f"int8 options vs fp32 (speed: p50 of {reference} / p50 of the option, {shapes})",
-                  ["option", "top-1", "top-1 decisive", "top-5 identical", "ppl rel. diff", "max batch drift (texts)",
-                   f"speed vs {reference}", "MB"], rows)
+    lines = table(
+        f"int8 options vs fp32 (speed: p50 of {reference} / p50 of the option, {shapes})",
+        [
+            "option",
+            "top-1",
+            "top-1 decisive",
+            "top-5 identical",
+            "ppl rel. diff",
+            "max batch drift (texts)",
+            f"speed vs {reference}",
+            "MB",
+        ],
+        rows,
+    )
     ms = [[name] + [speed[name][f"{b}x{t}"]["p50"] for b, t in timed] for name in speed]
     lines += table("p50 ms per call", ["graph"] + [f"{b}×{t}" for b, t in timed], ms)
     paths["markdown"].write_text(paths["markdown"].read_text() + "\n" + "\n".join(lines) + "\n")
@@ -242,8 +300,9 @@ def write_markdown_too(report: dict, out: Path, write) -> None:
 def cli(argv: list[str] | None = None) -> int:
     setup_logging()
     defaults = QuantConfig()
-    parser = argparse.ArgumentParser(prog="python -m bench quant", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench quant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, default in asdict(defaults).items():
         kind = int if isinstance(default, int) else str
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"(default: {default})")

@@ -16,6 +16,7 @@ Reports: <out>/ray.json (header with hardware and versions, every row), ray.md, 
   python -m bench ray                              # -> bench/results/cpu-2core-ray/
   python -m bench ray --quick --out /tmp/ray       # seconds: checks the harness
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,16 @@ from .config import REPO, QuickDefaults, default_dataset
 
 log = logging.getLogger("bench.ray")
 OUT = REPO / "bench" / "results" / "cpu-2core-ray"
-QUICK = {"sentences": 96, "repeats": 1, "seconds": 1.0, "requests": 60, "warmup": 5, "clients": "8",
-         "rounds": 1, "batch_size": 16}
+QUICK = {
+    "sentences": 96,
+    "repeats": 1,
+    "seconds": 1.0,
+    "requests": 60,
+    "warmup": 5,
+    "clients": "8",
+    "rounds": 1,
+    "batch_size": 16,
+}
 
 
 @dataclass
@@ -87,13 +96,13 @@ def time_plain(texts: list[str], cfg: RayBenchConfig) -> dict:
     from deniro_rt import FillMask
 
     fm = FillMask(cfg.model, device="cpu", precision=cfg.precision)
-    fm.fill(texts[:cfg.batch_size])  # warm-up
+    fm.fill(texts[: cfg.batch_size])  # warm-up
     runs, batch_ms = [], []
     for _ in range(cfg.repeats):
         started = time.perf_counter()
         for i in range(0, len(texts), cfg.batch_size):
             t0 = time.perf_counter()
-            fm.fill(texts[i:i + cfg.batch_size])
+            fm.fill(texts[i : i + cfg.batch_size])
             batch_ms.append((time.perf_counter() - t0) * 1000)
         runs.append(len(texts) / (time.perf_counter() - started))
     return {**offline_row("plain fill (in-process, all cores)", runs, batch_ms, None), "precision": fm.precision}
@@ -115,19 +124,28 @@ def time_ray_data(texts: list[str], cfg: RayBenchConfig, actors: int, cpus: floa
         blocks = [table.slice(i, cfg.batch_size) for i in range(0, rows, cfg.batch_size)]
         started, arrivals = time.perf_counter(), []  # (seconds since start, rows) per result batch
         for batch in fill_dataset(ray.data.from_arrow(blocks), spec, actors, cfg.batch_size).iter_batches(
-                batch_format="pyarrow", batch_size=None):
+            batch_format="pyarrow", batch_size=None
+        ):
             arrivals.append((time.perf_counter() - started, batch.num_rows))
         return time.perf_counter() - started, arrivals
 
     run(cfg.batch_size)  # warm-up: worker processes, imports
     timed = [run(len(texts)) for _ in range(cfg.repeats)]
-    return offline_row(f"Ray Data {actors} actor(s) x {cpus:g} CPU", [len(texts) / wall for wall, _ in timed], [],
-                       float(np.median([arrivals[0][0] for _, arrivals in timed])))
+    return offline_row(
+        f"Ray Data {actors} actor(s) x {cpus:g} CPU",
+        [len(texts) / wall for wall, _ in timed],
+        [],
+        float(np.median([arrivals[0][0] for _, arrivals in timed])),
+    )
 
 
 def offline_row(engine: str, runs: list[float], batch_ms: list[float], first_batch_s: float | None) -> dict:
-    row = {"engine": engine, "sentences_per_s": float(np.median(runs)), "runs_sentences_per_s": runs,
-           "first_batch_s": first_batch_s}
+    row = {
+        "engine": engine,
+        "sentences_per_s": float(np.median(runs)),
+        "runs_sentences_per_s": runs,
+        "first_batch_s": first_batch_s,
+    }
     row.update({f"batch_p{q}_ms": float(np.percentile(batch_ms, q)) if batch_ms else None for q in (50, 90, 99)})
     log.info("%-40s %8.1f sentences/s %s", engine, row["sentences_per_s"], [round(r, 1) for r in runs])
     return row
@@ -144,19 +162,36 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
 
     port, cpus = free_port(), float(os.cpu_count() or 1)
     variants = [("app", 1, cpus), ("serve", 1, cpus), ("app", 2, cpus / 2)]  # (batching, replicas, cpus each)
-    load_cfg = LoadConfig(model=cfg.model, precision=cfg.precision, seconds=cfg.seconds, requests=cfg.requests,
-                          warmup=cfg.warmup, max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
-                          max_queue=cfg.max_queue)
+    load_cfg = LoadConfig(
+        model=cfg.model,
+        precision=cfg.precision,
+        seconds=cfg.seconds,
+        requests=cfg.requests,
+        warmup=cfg.warmup,
+        max_batch_size=cfg.max_batch_size,
+        max_wait_ms=cfg.max_wait_ms,
+        max_queue=cfg.max_queue,
+    )
     plain = start_server("batched", load_cfg, None)
     cells: dict[tuple[str, int], list] = {}
     try:
         for _ in range(cfg.rounds):
             for batching, replicas, each in variants:
                 name = f"ray-serve-{batching}-{replicas}x{each:g}cpu"
-                url = start(RayServeConfig(model=cfg.model, precision=cfg.precision, num_replicas=replicas,
-                                           num_cpus=each, batching=batching, max_batch_size=cfg.max_batch_size,
-                                           max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, port=port,
-                                           name=name))
+                url = start(
+                    RayServeConfig(
+                        model=cfg.model,
+                        precision=cfg.precision,
+                        num_replicas=replicas,
+                        num_cpus=each,
+                        batching=batching,
+                        max_batch_size=cfg.max_batch_size,
+                        max_wait_ms=cfg.max_wait_ms,
+                        max_queue=cfg.max_queue,
+                        port=port,
+                        name=name,
+                    )
+                )
                 measure_all(ServerProcess(name, None, url.rstrip("/"), {}), texts, cfg, load_cfg, cells)
                 serve.delete(name)
             measure_all(plain, texts, cfg, load_cfg, cells)
@@ -164,8 +199,9 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
         stop_server(plain)
     rows = [summarize(name, clients, c) for (name, clients), c in cells.items()]
     for row in rows:  # /metrics comes from whichever replica answers: per-deployment means need one replica
-        row["mean_batch"] = None if row["server"].startswith("ray-serve") and "-1x" not in row["server"] \
-            else row["mean_batch"]
+        row["mean_batch"] = (
+            None if row["server"].startswith("ray-serve") and "-1x" not in row["server"] else row["mean_batch"]
+        )
     return rows
 
 
@@ -189,10 +225,14 @@ def main(cfg: RayBenchConfig) -> int:
     pools = cfg.pool_list()
     cfg.client_counts()  # bad lists fail before anything starts
     texts = load_sentences(cfg, Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR)
-    texts = (texts * math.ceil(cfg.sentences / max(1, len(texts))))[:cfg.sentences]
-    result = {"header": report.header("cpu", "python -m bench ray"), "config": asdict(cfg),
-              "ray": ray.__version__, "sentences": len(texts),
-              "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}}
+    texts = (texts * math.ceil(cfg.sentences / max(1, len(texts))))[: cfg.sentences]
+    result = {
+        "header": report.header("cpu", "python -m bench ray"),
+        "config": asdict(cfg),
+        "ray": ray.__version__,
+        "sentences": len(texts),
+        "load_average": {"start": [round(v, 2) for v in os.getloadavg()]},
+    }
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -218,29 +258,43 @@ def write_reports(result: dict, out: Path) -> None:
 def markdown(result: dict) -> str:
     h, cfg = result["header"], result["config"]
     plain = result["offline"][0]["sentences_per_s"]
-    lines = [f"# deniro_rt on Ray — {h['machine']}, {h['created']}", "",
-             f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); ray {result['ray']}; "
-             f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}; "
-             f"precision {result['offline'][0]['precision']} (every engine)", "",
-             f"## Offline: {result['sentences']} IMDB test sentences ({cfg['length']}-token bucket), "
-             f"{cfg['batch_size']} rows per batch, median of {cfg['repeats']} runs", "",
-             "End to end: from building the dataset to the last row at the driver (Ray: actor pool start-up "
-             "included); first batch: seconds until the first result batch reached the driver.", "",
-             "| engine | sentences/s | vs plain fill | per run | first batch s | batch p50 / p90 / p99 ms |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# deniro_rt on Ray — {h['machine']}, {h['created']}",
+        "",
+        f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); ray {result['ray']}; "
+        f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}; "
+        f"precision {result['offline'][0]['precision']} (every engine)",
+        "",
+        f"## Offline: {result['sentences']} IMDB test sentences ({cfg['length']}-token bucket), "
+        f"{cfg['batch_size']} rows per batch, median of {cfg['repeats']} runs",
+        "",
+        "End to end: from building the dataset to the last row at the driver (Ray: actor pool start-up "
+        "included); first batch: seconds until the first result batch reached the driver.",
+        "",
+        "| engine | sentences/s | vs plain fill | per run | first batch s | batch p50 / p90 / p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["offline"]:
         pct = " / ".join(_f(r[f"batch_p{q}_ms"]) for q in (50, 90, 99))
         runs = ", ".join(f"{v:,.0f}" for v in r["runs_sentences_per_s"])
-        lines.append(f"| {r['engine']} | {r['sentences_per_s']:,.1f} | {r['sentences_per_s'] / plain:.2f}× | "
-                     f"{runs} | {_f(r['first_batch_s'])} | {pct} |")
-    lines += ["", f"## Online: one sentence per request, closed loop, {cfg['rounds']} interleaved rounds of at "
-              f"most {cfg['seconds']} s / {cfg['requests']} requests per cell", "",
-              "| server | clients | sentences/s | p50 ms | p90 ms | p99 ms | failed | 503 | mean batch |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['engine']} | {r['sentences_per_s']:,.1f} | {r['sentences_per_s'] / plain:.2f}× | "
+            f"{runs} | {_f(r['first_batch_s'])} | {pct} |"
+        )
+    lines += [
+        "",
+        f"## Online: one sentence per request, closed loop, {cfg['rounds']} interleaved rounds of at "
+        f"most {cfg['seconds']} s / {cfg['requests']} requests per cell",
+        "",
+        "| server | clients | sentences/s | p50 ms | p90 ms | p99 ms | failed | 503 | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["online"]:
-        lines.append(f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:,.1f} | {_f(r['p50_ms'])} | "
-                     f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['failed']} | {r['rejected_503']} | "
-                     f"{_f(r['mean_batch'])} |")
+        lines.append(
+            f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:,.1f} | {_f(r['p50_ms'])} | "
+            f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['failed']} | {r['rejected_503']} | "
+            f"{_f(r['mean_batch'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -259,8 +313,9 @@ def plot(result: dict, path: Path) -> None:
     left.barh([r["engine"] for r in offline], [r["sentences_per_s"] for r in offline], color="tab:blue")
     left.set_xlabel("sentences/s (offline, end to end)")
     online = result["online"]
-    right.barh([f"{r['server']} @{r['clients']}" for r in online], [r["sentences_per_s"] for r in online],
-               color="tab:orange")
+    right.barh(
+        [f"{r['server']} @{r['clients']}" for r in online], [r["sentences_per_s"] for r in online], color="tab:orange"
+    )
     right.set_xlabel("sentences/s (HTTP, one sentence per request)")
     fig.suptitle(f"deniro_rt on Ray {result['ray']} — {result['header']['hardware']['cpu']}")
     fig.tight_layout()
@@ -292,8 +347,9 @@ HELP = {
 
 
 def parse_args(argv: list[str] | None) -> RayBenchConfig:
-    parser = argparse.ArgumentParser(prog="python -m bench ray", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     types = {"model": str, "precision": str}
     for f in fields(RayBenchConfig):
         default = getattr(RayBenchConfig, f.name, None) if f.name != "dataset" else default_dataset()
@@ -301,8 +357,9 @@ def parse_args(argv: list[str] | None) -> RayBenchConfig:
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help="small counts: checks the harness, not the speed")
             continue
-        parser.add_argument(flag, type=types.get(f.name) or type(default), default=default,
-                            help=f"{HELP[f.name]} (default: {default})")
+        parser.add_argument(
+            flag, type=types.get(f.name) or type(default), default=default, help=f"{HELP[f.name]} (default: {default})"
+        )
     return RayBenchConfig(**vars(parser.parse_args(argv)))
 
 

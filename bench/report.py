@@ -1,4 +1,5 @@
 """The reports: JSON (header + every row), a markdown summary and a PNG plot."""
+
 from __future__ import annotations
 
 import datetime
@@ -13,25 +14,44 @@ from pathlib import Path
 from export.pipeline import versions
 
 log = logging.getLogger(__name__)
-VERSIONED = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "optimum", "optimum-onnx",
-             "tokenizers", "numpy", "accelerate", "deniro")
+VERSIONED = (
+    "torch",
+    "transformers",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "optimum",
+    "optimum-onnx",
+    "tokenizers",
+    "numpy",
+    "accelerate",
+    "deniro",
+)
 
 
 # --------------------------------------------------------------------------- header
 def header(device: str, command: str) -> dict:
-    return {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": platform.node(), "command": command,
-            "device": device, "hardware": hardware(), "versions": versions(VERSIONED)}
+    return {
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "command": command,
+        "device": device,
+        "hardware": hardware(),
+        "versions": versions(VERSIONED),
+    }
 
 
 def hardware() -> dict:
     import psutil
 
-    info = {"cpu": cpu_model(), "physical_cores": psutil.cpu_count(logical=False),
-            "logical_cores": psutil.cpu_count(logical=True),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "platform": platform.platform(), "torch_threads": _torch_threads()}
+    info = {
+        "cpu": cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "torch_threads": _torch_threads(),
+    }
     return {**info, **gpu()}
 
 
@@ -61,8 +81,7 @@ def gpu() -> dict:
 
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            found.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                         cuda=torch.version.cuda)
+            found.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
     except ImportError:
         pass
     if shutil.which("nvidia-smi"):
@@ -91,32 +110,55 @@ def speedups(rows: list[dict]) -> list[dict]:
                 continue
             same_batch = other["batch"] == mine["batch"] or other["engine"] == "pytorch-card"
             if mine["latency"] and other["latency"] and other["batch"] == mine["batch"] == 1:
-                out.append(_speedup(mine, other, "latency",
-                                    other["latency"]["p50_ms"] / mine["latency"]["p50_ms"]))
+                out.append(_speedup(mine, other, "latency", other["latency"]["p50_ms"] / mine["latency"]["p50_ms"]))
             if mine["throughput"] and other["throughput"] and same_batch:
-                out.append(_speedup(mine, other, "throughput", mine["throughput"]["sentences_per_s"]
-                                    / other["throughput"]["sentences_per_s"]))
+                out.append(
+                    _speedup(
+                        mine,
+                        other,
+                        "throughput",
+                        mine["throughput"]["sentences_per_s"] / other["throughput"]["sentences_per_s"],
+                    )
+                )
     return out
 
 
 def _speedup(mine: dict, other: dict, metric: str, value: float) -> dict:
-    return {"metric": metric, "length": mine["length"], "deniro_rt": _key(mine), "batch": mine["batch"],
-            "versus": _key(other), "versus_batch": other["batch"], "speedup": value}
+    return {
+        "metric": metric,
+        "length": mine["length"],
+        "deniro_rt": _key(mine),
+        "batch": mine["batch"],
+        "versus": _key(other),
+        "versus_batch": other["batch"],
+        "speedup": value,
+    }
 
 
 def overhead(rows: list[dict]) -> list[dict]:
     """Host overhead per call: deniro_rt end-to-end p50 minus deniro_rt-model p50 (the graph alone on
     prepared inputs), same precision, provider and length, batch 1, same run."""
-    model = {(r["precision"], r["provider"], r["length"]): r for r in rows
-             if r["engine"] == "deniro_rt-model" and r["batch"] == 1 and r["latency"]}
+    model = {
+        (r["precision"], r["provider"], r["length"]): r
+        for r in rows
+        if r["engine"] == "deniro_rt-model" and r["batch"] == 1 and r["latency"]
+    }
     out = []
     for r in rows:
         graph = model.get((r["precision"], r["provider"], r["length"]))
         if r["engine"] != "deniro_rt" or r["batch"] != 1 or not r["latency"] or graph is None:
             continue
         e2e_ms, model_ms = r["latency"]["p50_ms"], graph["latency"]["p50_ms"]
-        out.append({"precision": r["precision"], "provider": r["provider"], "length": r["length"],
-                    "e2e_p50_ms": e2e_ms, "model_p50_ms": model_ms, "host_ms": e2e_ms - model_ms})
+        out.append(
+            {
+                "precision": r["precision"],
+                "provider": r["provider"],
+                "length": r["length"],
+                "e2e_p50_ms": e2e_ms,
+                "model_p50_ms": model_ms,
+                "host_ms": e2e_ms - model_ms,
+            }
+        )
     return out
 
 
@@ -143,12 +185,17 @@ def write_files(result: dict, out: Path, stem: str, to_markdown, to_png=None) ->
 def markdown(report: dict) -> str:
     h = report["header"]
     hw, v = h["hardware"], h["versions"]
-    lines = [f"# deniro bench — {h['machine']}, {h['created']}", "",
-             f"`{h['command']}`", "",
-             f"- device: {h['device']}; CPU: {hw['cpu']} ({hw['physical_cores']} cores / "
-             f"{hw['logical_cores']} threads, {hw['usable_cores']} usable), {hw['memory_gib']} GiB",
-             f"- GPU: {hw['gpu'] or 'none'}" + (f" (driver {hw['gpu_driver']}, CUDA {hw['cuda']})" if hw['gpu'] else ""),
-             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
+    lines = [
+        f"# deniro bench — {h['machine']}, {h['created']}",
+        "",
+        f"`{h['command']}`",
+        "",
+        f"- device: {h['device']}; CPU: {hw['cpu']} ({hw['physical_cores']} cores / "
+        f"{hw['logical_cores']} threads, {hw['usable_cores']} usable), {hw['memory_gib']} GiB",
+        f"- GPU: {hw['gpu'] or 'none'}" + (f" (driver {hw['gpu_driver']}, CUDA {hw['cuda']})" if hw["gpu"] else ""),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        "",
+    ]
     if report.get("model"):
         lines += [f"- model: `{report['model']['artifact']}` (PyTorch side: `{report['model']['torch_model']}`)", ""]
     for section in (_parity_md, _speed_md, _overhead_md, _host_md, _speedup_md, _train_md, _skipped_md):
@@ -169,13 +216,34 @@ def _parity_md(report: dict) -> list[str]:
     rows = []
     for r in report["parity"]:
         c, s = r["chunks"], r["sentences"]
-        rows.append([r["precision"], r["provider"], f"{c['torch']['perplexity']:.4f}",
-                     f"{c['deniro_rt']['perplexity']:.4f}", f"{c['rel_diff']:.2e}", f"{s['top1_agreement']:.2%}",
-                     f"{s.get('top5_identical', float('nan')):.2%}", f"{s['max_abs_logprob_diff']:.2e}",
-                     "yes" if r["passed"] else "NO: " + "; ".join(r["failures"])])
-    return table("Parity (PyTorch fp32 vs deniro_rt)",
-                 ["precision", "provider", "perplexity torch", "perplexity deniro_rt", "rel. diff", "top-1",
-                  "top-5 identical", "max abs Δ log-prob", "pass"], rows)
+        rows.append(
+            [
+                r["precision"],
+                r["provider"],
+                f"{c['torch']['perplexity']:.4f}",
+                f"{c['deniro_rt']['perplexity']:.4f}",
+                f"{c['rel_diff']:.2e}",
+                f"{s['top1_agreement']:.2%}",
+                f"{s.get('top5_identical', float('nan')):.2%}",
+                f"{s['max_abs_logprob_diff']:.2e}",
+                "yes" if r["passed"] else "NO: " + "; ".join(r["failures"]),
+            ]
+        )
+    return table(
+        "Parity (PyTorch fp32 vs deniro_rt)",
+        [
+            "precision",
+            "provider",
+            "perplexity torch",
+            "perplexity deniro_rt",
+            "rel. diff",
+            "top-1",
+            "top-5 identical",
+            "max abs Δ log-prob",
+            "pass",
+        ],
+        rows,
+    )
 
 
 def _speed_md(report: dict) -> list[str]:
@@ -185,32 +253,85 @@ def _speed_md(report: dict) -> list[str]:
     for r in report["rows"]:
         lat, thr = r["latency"] or {}, r["throughput"] or {}
         agree = r.get("top1_vs_pytorch")
-        rows.append([r["engine"], r.get("scope", "e2e"), r["precision"], r["provider"], r["batch"], r["length"],
-                     _f(lat.get("p50_ms")), _f(lat.get("p90_ms")), _f(lat.get("p99_ms")),
-                     _f(thr.get("sentences_per_s"), 1), thr.get("sentences", lat.get("samples", "")),
-                     "" if agree is None else f"{agree:.1%}"])
-    return table("Latency and throughput (scope e2e: tokenize, model, top-k, decode; model: the graph alone "
-                 "on prepared inputs)", ["engine", "scope", "precision", "provider", "batch", "length", "p50 ms",
-                                         "p90 ms", "p99 ms", "sentences/s", "n", "top-1 vs pytorch"], rows)
+        rows.append(
+            [
+                r["engine"],
+                r.get("scope", "e2e"),
+                r["precision"],
+                r["provider"],
+                r["batch"],
+                r["length"],
+                _f(lat.get("p50_ms")),
+                _f(lat.get("p90_ms")),
+                _f(lat.get("p99_ms")),
+                _f(thr.get("sentences_per_s"), 1),
+                thr.get("sentences", lat.get("samples", "")),
+                "" if agree is None else f"{agree:.1%}",
+            ]
+        )
+    return table(
+        "Latency and throughput (scope e2e: tokenize, model, top-k, decode; model: the graph alone on prepared inputs)",
+        [
+            "engine",
+            "scope",
+            "precision",
+            "provider",
+            "batch",
+            "length",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "sentences/s",
+            "n",
+            "top-1 vs pytorch",
+        ],
+        rows,
+    )
 
 
 def _overhead_md(report: dict) -> list[str]:
     if not report.get("overhead"):
         return []
-    rows = [[o["precision"], o["provider"], o["length"], f"{o['e2e_p50_ms']:.3f}", f"{o['model_p50_ms']:.3f}",
-             f"{o['host_ms']:.3f}"] for o in report["overhead"]]
-    return table("Host overhead per call (deniro_rt end to end minus the graph alone, p50 at batch 1)",
-                 ["precision", "provider", "length", "e2e p50 ms", "model p50 ms", "host ms"], rows)
+    rows = [
+        [
+            o["precision"],
+            o["provider"],
+            o["length"],
+            f"{o['e2e_p50_ms']:.3f}",
+            f"{o['model_p50_ms']:.3f}",
+            f"{o['host_ms']:.3f}",
+        ]
+        for o in report["overhead"]
+    ]
+    return table(
+        "Host overhead per call (deniro_rt end to end minus the graph alone, p50 at batch 1)",
+        ["precision", "provider", "length", "e2e p50 ms", "model p50 ms", "host ms"],
+        rows,
+    )
 
 
 def _host_md(report: dict) -> list[str]:
     if not report.get("host_us"):
         return []
-    rows = [[h["batch"], h["length"], h["engine"], h["precision"], h["provider"], f"{h['e2e_us']:.1f}",
-             f"{h['model_us']:.1f}", f"{h['host_us']:.1f}", f"{h['padding_fraction']:.3f}"] for h in report["host_us"]]
-    return table("Host microseconds per sentence (throughput: end to end minus the graph alone, same batches)",
-                 ["batch", "length", "engine", "precision", "provider", "e2e us", "model us", "host us",
-                  "padding"], rows)
+    rows = [
+        [
+            h["batch"],
+            h["length"],
+            h["engine"],
+            h["precision"],
+            h["provider"],
+            f"{h['e2e_us']:.1f}",
+            f"{h['model_us']:.1f}",
+            f"{h['host_us']:.1f}",
+            f"{h['padding_fraction']:.3f}",
+        ]
+        for h in report["host_us"]
+    ]
+    return table(
+        "Host microseconds per sentence (throughput: end to end minus the graph alone, same batches)",
+        ["batch", "length", "engine", "precision", "provider", "e2e us", "model us", "host us", "padding"],
+        rows,
+    )
 
 
 def _speedup_md(report: dict) -> list[str]:
@@ -222,18 +343,34 @@ def _speedup_md(report: dict) -> list[str]:
     for s in report["speedups"]:
         grouped.setdefault((s["metric"], s["length"], s["deniro_rt"], s["batch"]), {})[s["versus"]] = s["speedup"]
     rows = [[*key, *(f"{values[v]:.2f}x" if v in values else "" for v in versus)] for key, values in grouped.items()]
-    return table("Speedup of deniro_rt (same run; latency: p50 ratio at batch 1, throughput: sentences/s ratio "
-                 "at the same batch, pytorch-card at 1)", ["metric", "length", "deniro_rt", "batch",
-                                                           *(f"vs {v}" for v in versus)], rows)
+    return table(
+        "Speedup of deniro_rt (same run; latency: p50 ratio at batch 1, throughput: sentences/s ratio "
+        "at the same batch, pytorch-card at 1)",
+        ["metric", "length", "deniro_rt", "batch", *(f"vs {v}" for v in versus)],
+        rows,
+    )
 
 
 def _train_md(report: dict) -> list[str]:
     if not report.get("train"):
         return []
-    rows = [[r["shape"], r["precision"], r["device"], f"{r['parameters']:,}", f"{r['batch_size']} x {r['chunk_size']}",
-             f"{r['step_ms_mean']:.1f}", f"{r['tokens_per_s']:,.0f}"] for r in report["train"]]
-    return table("Training loop (random init, synthetic tokens)",
-                 ["shape", "precision", "device", "parameters", "batch x chunk", "step ms", "tokens/s"], rows)
+    rows = [
+        [
+            r["shape"],
+            r["precision"],
+            r["device"],
+            f"{r['parameters']:,}",
+            f"{r['batch_size']} x {r['chunk_size']}",
+            f"{r['step_ms_mean']:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+        ]
+        for r in report["train"]
+    ]
+    return table(
+        "Training loop (random init, synthetic tokens)",
+        ["shape", "precision", "device", "parameters", "batch x chunk", "step ms", "tokens/s"],
+        rows,
+    )
 
 
 def _skipped_md(report: dict) -> list[str]:
@@ -269,9 +406,14 @@ def plot(rows: list[dict], path: Path, head: dict) -> None:
     plt.close(fig)
 
 
-PANELS = (("latency", lambda r: r["latency"]["p50_ms"], "latency p50, batch 1 (ms, lower is better)"),
-          ("throughput", lambda r: r["throughput"]["sentences_per_s"],
-           "throughput at the best batch (sentences/s, higher is better)"))
+PANELS = (
+    ("latency", lambda r: r["latency"]["p50_ms"], "latency p50, batch 1 (ms, lower is better)"),
+    (
+        "throughput",
+        lambda r: r["throughput"]["sentences_per_s"],
+        "throughput at the best batch (sentences/s, higher is better)",
+    ),
+)
 
 
 def _label(row: dict) -> str:
@@ -292,8 +434,9 @@ def _panel(ax, rows: list[dict], colors: dict, kind: str, value, title: str) -> 
             best[n] = max(best.get(n, 0.0), value(r)) if kind == "throughput" else value(r)
         xs = [j + i * width for j, n in enumerate(lengths) if n in best]
         ax.bar(xs, [best[n] for n in lengths if n in best], width, color=colors[label])
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lengths))],
-                  [f"{n} tokens" if n.isdigit() else n for n in lengths])
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(lengths))], [f"{n} tokens" if n.isdigit() else n for n in lengths]
+    )
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))

@@ -1,4 +1,5 @@
 """main(BenchConfig): set up once, run the chosen benchmarks, write the reports, return the exit code."""
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,11 @@ def resolve_torch_model(explicit: str | None, artifact: Path, manifest) -> Path:
     for path in candidates:
         if is_checkpoint(path):
             return path
-    raise DeniroError(f"no transformers checkpoint for the PyTorch side (looked at "
-                      f"{', '.join(str(c) for c in candidates)}); pass --torch-model with the "
-                      f"save_pretrained folder the artifact was exported from")
+    raise DeniroError(
+        f"no transformers checkpoint for the PyTorch side (looked at "
+        f"{', '.join(str(c) for c in candidates)}); pass --torch-model with the "
+        f"save_pretrained folder the artifact was exported from"
+    )
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -77,15 +80,17 @@ def make_context(cfg: BenchConfig, device: str, needs_torch: bool = True) -> Con
 def make_workload(cfg: BenchConfig, ctx: Context, reviews: list[str], per_bucket: int) -> Workload:
     lengths = bucket_lengths(cfg.length_list(), ctx.manifest.max_positions)
     tokenizer = load_tokenizer(ctx.artifact)
-    workload = build_workload(reviews, tokenizer, lengths, per_bucket, cfg.seed, ctx.manifest.mask_token,
-                              MODEL_CARD_PROMPT)
+    workload = build_workload(
+        reviews, tokenizer, lengths, per_bucket, cfg.seed, ctx.manifest.mask_token, MODEL_CARD_PROMPT
+    )
     log.info("workload: %s", json.dumps(workload.summary()["buckets"]))
     return workload
 
 
 # --------------------------------------------------------------------------- speed
-def speed_rows(cfg: BenchConfig, ctx: Context, workload: Workload, engines: list[Engine],
-               modes: set[str]) -> list[dict]:
+def speed_rows(
+    cfg: BenchConfig, ctx: Context, workload: Workload, engines: list[Engine], modes: set[str]
+) -> list[dict]:
     """One row per engine x precision x provider x batch x length (latency at batch 1)."""
     timing = Timing(warmup=cfg.warmup, sync=ctx.sync, seconds=cfg.throughput_seconds)
     rows, predictions = [], {}
@@ -93,11 +98,19 @@ def speed_rows(cfg: BenchConfig, ctx: Context, workload: Workload, engines: list
     for engine in engines:
         started = time.perf_counter()
         try:
-            rows += [row for length in lengths
-                     for row in engine_rows(cfg, engine, workload, length, modes, timing, predictions)]
+            rows += [
+                row
+                for length in lengths
+                for row in engine_rows(cfg, engine, workload, length, modes, timing, predictions)
+            ]
         except Exception as exc:  # one engine's failure (a library's bug) must not lose the others' rows
-            log.error("%s (%s) failed, its rows are left out: %s: %s", engine.label, engine.provider,
-                      type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            log.error(
+                "%s (%s) failed, its rows are left out: %s: %s",
+                engine.label,
+                engine.provider,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
             continue
         log.info("%s (%s): measured in %.0f s", engine.label, engine.provider, time.perf_counter() - started)
     agreement(rows, predictions)
@@ -113,15 +126,25 @@ def engine_rows(cfg, engine: Engine, workload: Workload, length, modes, timing, 
     if "throughput" in modes and length != PROMPT:
         for batch in engine.batch_sizes(cfg.batch_list()):
             row = rows.setdefault(batch, _row(engine, batch, length))
-            row["throughput"], pred = throughput(engine, texts, cfg.throughput_sentences, batch, timing,
-                                                 f"{desc} batch {batch}")
+            row["throughput"], pred = throughput(
+                engine, texts, cfg.throughput_sentences, batch, timing, f"{desc} batch {batch}"
+            )
             predictions[(engine.name, engine.precision, batch, length)] = pred
     return list(rows.values())
 
 
 def _row(engine: Engine, batch: int, length) -> dict:
-    return {"engine": engine.name, "scope": engine.scope, "precision": engine.precision, "provider": engine.provider,
-            "batch": batch, "length": length, "latency": None, "throughput": None, "top1_vs_pytorch": None}
+    return {
+        "engine": engine.name,
+        "scope": engine.scope,
+        "precision": engine.precision,
+        "provider": engine.provider,
+        "batch": batch,
+        "length": length,
+        "latency": None,
+        "throughput": None,
+        "top1_vs_pytorch": None,
+    }
 
 
 def agreement(rows: list[dict], predictions: dict) -> None:
@@ -145,9 +168,15 @@ def main(cfg: BenchConfig) -> int:
     if wanted & {"parity", "latency", "throughput"}:
         result.update(model_benchmarks(cfg, device, wanted))
     if "train" in wanted:
-        result["train"] = run_train([s for s in cfg.train_shapes.split(",") if s], cfg.train_steps,
-                                    cfg.train_warmup, cfg.train_batch_size, cfg.train_chunk_size,
-                                    cfg.train_precision, device)
+        result["train"] = run_train(
+            [s for s in cfg.train_shapes.split(",") if s],
+            cfg.train_steps,
+            cfg.train_warmup,
+            cfg.train_batch_size,
+            cfg.train_chunk_size,
+            cfg.train_precision,
+            device,
+        )
     stem = "bench" if cfg.command == "all" else cfg.command
     report.write(result, cfg.out_dir(), stem)
     failed = [f for r in result.get("parity", []) for f in r["failures"]]
@@ -161,17 +190,28 @@ def model_benchmarks(cfg: BenchConfig, device: str, wanted: set[str]) -> dict:
     ctx = make_context(cfg, device, needs_torch)
     precisions = deniro_precisions(ctx.manifest, device, cfg.precisions)
     if not precisions:
-        raise DeniroError(f"the artifact has no deniro_rt graph that runs on {device} (it has "
-                          f"{', '.join(ctx.manifest.graphs) or 'none'}); re-export it with fp32")
+        raise DeniroError(
+            f"the artifact has no deniro_rt graph that runs on {device} (it has "
+            f"{', '.join(ctx.manifest.graphs) or 'none'}); re-export it with fp32"
+        )
     bucket_lengths(cfg.length_list(), ctx.manifest.max_positions)
     reviews = load_text_splits(cfg.dataset, [cfg.split], cfg.text_column)[cfg.split]
     modes = wanted & {"latency", "throughput"}
-    per_bucket = max([cfg.latency_samples] + ([cfg.throughput_sentences] if "throughput" in modes else [])
-                     + ([cfg.parity_sentences // 4 + 1] if "parity" in wanted else []))
+    per_bucket = max(
+        [cfg.latency_samples]
+        + ([cfg.throughput_sentences] if "throughput" in modes else [])
+        + ([cfg.parity_sentences // 4 + 1] if "parity" in wanted else [])
+    )
     workload = make_workload(cfg, ctx, reviews, per_bucket)
-    out = {"model": {"artifact": str(ctx.artifact), "torch_model": str(ctx.torch_model),
-                     "manifest_source": ctx.manifest.raw.get("source"), "precisions": precisions},
-           "workload": workload.summary()}
+    out = {
+        "model": {
+            "artifact": str(ctx.artifact),
+            "torch_model": str(ctx.torch_model),
+            "manifest_source": ctx.manifest.raw.get("source"),
+            "precisions": precisions,
+        },
+        "workload": workload.summary(),
+    }
     if "parity" in wanted:
         out["parity"] = parity(cfg, ctx, workload, reviews, precisions)
     if modes:
@@ -189,26 +229,43 @@ def host_us(rows: list[dict], workload: Workload) -> list[dict]:
     those batches (texts sorted by length, `batch` per graph run)."""
     from deniro_rt.runtime import padding_fraction
 
-    us = {(r["engine"], r["precision"], r["provider"], r["batch"], r["length"]): 1e6 / r["throughput"]["sentences_per_s"]
-          for r in rows if r.get("throughput")}
+    us = {
+        (r["engine"], r["precision"], r["provider"], r["batch"], r["length"]): 1e6 / r["throughput"]["sentences_per_s"]
+        for r in rows
+        if r.get("throughput")
+    }
     out = []
     for (engine, precision, provider, batch, length), e2e in us.items():
         model = us.get(("deniro_rt-model", precision, provider, batch, length))
         if engine not in ("deniro_rt", "deniro_rt-arrays") or model is None:
             continue
         tokens = np.array(workload.tokens.get(length) or [length])  # [n_texts] token counts
-        out.append({"engine": engine, "precision": precision, "provider": provider, "batch": batch,
-                    "length": length, "e2e_us": e2e, "model_us": model, "host_us": e2e - model,
-                    "padding_fraction": padding_fraction(tokens, batch)})
+        out.append(
+            {
+                "engine": engine,
+                "precision": precision,
+                "provider": provider,
+                "batch": batch,
+                "length": length,
+                "e2e_us": e2e,
+                "model_us": model,
+                "host_us": e2e - model,
+                "padding_fraction": padding_fraction(tokens, batch),
+            }
+        )
     return out
 
 
 def parity(cfg: BenchConfig, ctx: Context, workload: Workload, reviews: list[str], precisions) -> list[dict]:
     settings = eval_settings(ctx.torch_model, ctx.manifest.max_positions, cfg.chunk_size, cfg.eval_seed)
-    masked = eval_chunks(load_tokenizer(ctx.artifact), reviews, cfg.parity_texts, settings,
-                         ctx.manifest.mask_token_id)
-    log.info("parity: %d premasked chunks of %d tokens (seed %d), %d sentences", len(masked.input_ids),
-             settings.chunk_size, settings.eval_seed, len(workload.sample(cfg.parity_sentences)))
+    masked = eval_chunks(load_tokenizer(ctx.artifact), reviews, cfg.parity_texts, settings, ctx.manifest.mask_token_id)
+    log.info(
+        "parity: %d premasked chunks of %d tokens (seed %d), %d sentences",
+        len(masked.input_ids),
+        settings.chunk_size,
+        settings.eval_seed,
+        len(workload.sample(cfg.parity_sentences)),
+    )
     results = run_parity(ctx, masked, workload.sample(cfg.parity_sentences), precisions, cfg.batch_list()[0])
     for r in results:
         r["eval"] = {**settings.__dict__, "texts": cfg.parity_texts, "chunks": int(len(masked.input_ids))}

@@ -3,6 +3,7 @@
 Every timed call is end to end (strings in, decoded suggestions out) and is followed by the
 device synchronisation, so GPU work is never left running outside the clock.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,16 +44,22 @@ def latency(engine: Engine, texts: list[str], samples: int, timing: Timing, desc
         timing.sync()
         times.append(time.perf_counter() - start)
     ms = np.array(times) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "samples": len(ms)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "samples": len(ms),
+    }
 
 
-def throughput(engine: Engine, texts: list[str], n: int, batch: int, timing: Timing,
-               desc: str) -> tuple[dict, Prediction]:
+def throughput(
+    engine: Engine, texts: list[str], n: int, batch: int, timing: Timing, desc: str
+) -> tuple[dict, Prediction]:
     """Sentences/s over n texts (cycled), one call per batch; also the predictions of one pass."""
     warm = [_cycle(texts, batch) for _ in range(timing.warmup)]
     todo = _cycle(texts, n)
-    calls = [todo[i:i + batch] for i in range(0, n, batch)]
+    calls = [todo[i : i + batch] for i in range(0, n, batch)]
     engine.prepare(warm + calls, batch)  # untimed; only model-only engines prepare inputs
     for call in warm:
         engine.fill_batch(call, batch)
@@ -72,8 +79,12 @@ def throughput(engine: Engine, texts: list[str], n: int, batch: int, timing: Tim
     bar.close()
     if done < n:
         log.info("%s: stopped after %d of %d sentences (--throughput-seconds %s)", desc, done, n, timing.seconds)
-    stats = {"sentences_per_s": done / elapsed, "sentences": done, "seconds": elapsed,
-             "distinct_texts": min(len(texts), done)}
+    stats = {
+        "sentences_per_s": done / elapsed,
+        "sentences": done,
+        "seconds": elapsed,
+        "distinct_texts": min(len(texts), done),
+    }
     return stats, _join(first, min(len(texts), done))
 
 

@@ -11,13 +11,14 @@ The loop before and after issue 23, interleaved in one process (ratio measured i
     python -m bench.train_bench --shapes tiny,minilm --batch-size 8 --chunk-size 128 --rounds 3 \
         --json bench/results/cpu-2core-train/loop.json
 """
+
 from __future__ import annotations
 
-import logging
-import time
 import argparse
 import json
+import logging
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,8 +93,16 @@ def build_optimizer(config, wrapped, loop: LoopOptions, device):
     return make_optimizer(config, wrapped, device)
 
 
-def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chunk_size: int | None,
-                precision: str, device: str, loop: LoopOptions = LoopOptions()) -> dict:
+def bench_shape(
+    shape: str,
+    steps: int,
+    warmup: int,
+    batch_size: int | None,
+    chunk_size: int | None,
+    precision: str,
+    device: str,
+    loop: LoopOptions = LoopOptions(),
+) -> dict:
     from train.data import to_device
     from train.loop import make_schedule, masks_on_device, micro_batch, train_step
     from train.model import MaskedOnlyMLM, build_model
@@ -120,12 +129,23 @@ def bench_shape(shape: str, steps: int, warmup: int, batch_size: int | None, chu
         if step >= warmup:
             times.append(time.perf_counter() - start)
     tokens = config.batch_size * config.chunk_size * n_procs
-    return {"shape": shape, "precision": precision, "device": str(accelerator.device), **asdict(loop),
-            "processes": n_procs, "batch_size": config.batch_size, "chunk_size": config.chunk_size,
-            "vocab_size": vocab.size, "parameters": sum(p.numel() for p in model.parameters()),
-            "steps": steps, "warmup": warmup, "step_ms_mean": 1e3 * float(np.mean(times)),
-            "step_ms_p50": 1e3 * float(np.median(times)),
-            "tokens_per_s": tokens * len(times) / float(np.sum(times)), "last_loss": loss}
+    return {
+        "shape": shape,
+        "precision": precision,
+        "device": str(accelerator.device),
+        **asdict(loop),
+        "processes": n_procs,
+        "batch_size": config.batch_size,
+        "chunk_size": config.chunk_size,
+        "vocab_size": vocab.size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": steps,
+        "warmup": warmup,
+        "step_ms_mean": 1e3 * float(np.mean(times)),
+        "step_ms_p50": 1e3 * float(np.median(times)),
+        "tokens_per_s": tokens * len(times) / float(np.sum(times)),
+        "last_loss": loss,
+    }
 
 
 def make_accelerator(precision: str, device: str):
@@ -141,20 +161,41 @@ def make_accelerator(precision: str, device: str):
     return Accelerator(mixed_precision=PRECISIONS[precision], cpu=force_cpu)
 
 
-def run_train(shapes: list[str], steps: int, warmup: int, batch_size: int | None,
-              chunk_size: int | None, precision: str, device: str) -> list[dict]:
+def run_train(
+    shapes: list[str],
+    steps: int,
+    warmup: int,
+    batch_size: int | None,
+    chunk_size: int | None,
+    precision: str,
+    device: str,
+) -> list[dict]:
     rows = []
     for shape in shapes:
         row = bench_shape(shape, steps, warmup, batch_size, chunk_size, precision, device)
-        log.info("train %s: %.0f tokens/s, %.0f ms/step (batch %d x %d)", shape, row["tokens_per_s"],
-                 row["step_ms_mean"], row["batch_size"], row["chunk_size"])
+        log.info(
+            "train %s: %.0f tokens/s, %.0f ms/step (batch %d x %d)",
+            shape,
+            row["tokens_per_s"],
+            row["step_ms_mean"],
+            row["batch_size"],
+            row["chunk_size"],
+        )
         rows.append(row)
     return rows
 
 
 # --------------------------------------------------------------------------- before/after, interleaved
-def compare_loops(shapes: list[str], rounds: int, steps: int, warmup: int, batch_size: int | None,
-                  chunk_size: int | None, precision: str, loops: list[LoopOptions]) -> dict:
+def compare_loops(
+    shapes: list[str],
+    rounds: int,
+    steps: int,
+    warmup: int,
+    batch_size: int | None,
+    chunk_size: int | None,
+    precision: str,
+    loops: list[LoopOptions],
+) -> dict:
     """Each shape x loop `rounds` times, interleaved (before, after, before, ...): the ratio of the medians
     is measured under the same load (the CPU is shared)."""
     rows = []
@@ -165,12 +206,25 @@ def compare_loops(shapes: list[str], rounds: int, steps: int, warmup: int, batch
                 log.info("%s %s: %.0f tokens/s", shape, loop.name, rows[-1]["tokens_per_s"])
     summary = {}
     for shape in shapes:
-        medians = {loop.name: float(np.median([r["tokens_per_s"] for r in rows
-                                               if r["shape"] == shape and r["masking"] == loop.masking
-                                               and r["adamw"] == loop.adamw and r["compile"] == loop.compile]))
-                   for loop in loops}
-        summary[shape] = {"median_tokens_per_s": medians,
-                          "ratio_to_first": {n: v / medians[loops[0].name] for n, v in medians.items()}}
+        medians = {
+            loop.name: float(
+                np.median(
+                    [
+                        r["tokens_per_s"]
+                        for r in rows
+                        if r["shape"] == shape
+                        and r["masking"] == loop.masking
+                        and r["adamw"] == loop.adamw
+                        and r["compile"] == loop.compile
+                    ]
+                )
+            )
+            for loop in loops
+        }
+        summary[shape] = {
+            "median_tokens_per_s": medians,
+            "ratio_to_first": {n: v / medians[loops[0].name] for n, v in medians.items()},
+        }
     return {"rows": rows, "summary": summary}
 
 
@@ -198,13 +252,19 @@ def time_masking(batch_size: int, chunk_size: int, vocab: int, rounds: int, reps
             if device == "cuda":
                 torch.cuda.synchronize()
             times[name].append(1e3 * (time.perf_counter() - start) / reps)
-    return {"batch_size": batch_size, "chunk_size": chunk_size, "device": device,
-            "ms_per_step_median": {k: float(np.median(v)) for k, v in times.items()}, "ms_per_step": times}
+    return {
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        "device": device,
+        "ms_per_step_median": {k: float(np.median(v)) for k, v in times.items()},
+        "ms_per_step": times,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.train_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shapes", default="tiny,minilm", help="train/config.py SHAPES, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every variant")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
@@ -226,8 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     # before; train's default on a CPU (--masking auto: host, foreach AdamW); train's default on CUDA (device masking)
     loops = [BEFORE, LoopOptions(masking="host"), LoopOptions(masking="device")]
     loops += [LoopOptions(compile=True)] if args.compile else []
-    result = compare_loops([s for s in args.shapes.split(",") if s], args.rounds, args.steps, args.warmup,
-                           args.batch_size, args.chunk_size, args.precision, loops)
+    result = compare_loops(
+        [s for s in args.shapes.split(",") if s],
+        args.rounds,
+        args.steps,
+        args.warmup,
+        args.batch_size,
+        args.chunk_size,
+        args.precision,
+        loops,
+    )
     result["args"] = {k: str(v) for k, v in vars(args).items()}
     print(json.dumps(result["summary"], indent=2))
     if args.json:

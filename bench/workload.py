@@ -5,6 +5,7 @@ A bucket of length L holds texts of 3/4 L .. L tokens ([CLS] and [SEP] included)
 consecutive sentences of one review (`<br />` removed), with one alphabetic word replaced by the
 mask token (seeded). At most one text per review and bucket, reviews taken in a seeded order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,12 @@ class Workload:
         return [self.prompt] + [t for texts in self.buckets.values() for t in texts[:per]]
 
     def summary(self) -> dict:
-        return {"seed": self.seed, "prompt": self.prompt,
-                "buckets": {str(k): len(v) for k, v in self.buckets.items()},
-                "mean_tokens": {str(k): float(np.mean(v)) for k, v in self.tokens.items() if v}}
+        return {
+            "seed": self.seed,
+            "prompt": self.prompt,
+            "buckets": {str(k): len(v) for k, v in self.buckets.items()},
+            "mean_tokens": {str(k): float(np.mean(v)) for k, v in self.tokens.items() if v},
+        }
 
 
 def load_tokenizer(artifact: Path):
@@ -63,8 +67,9 @@ def bucket_lengths(lengths: list[int], max_positions: int) -> list[int]:
     return sorted(set(kept))
 
 
-def build_workload(reviews: list[str], tokenizer, lengths: list[int], per_bucket: int, seed: int,
-                   mask_token: str, prompt: str) -> Workload:
+def build_workload(
+    reviews: list[str], tokenizer, lengths: list[int], per_bucket: int, seed: int, mask_token: str, prompt: str
+) -> Workload:
     """`per_bucket` texts per length (fewer when the reviews run out; a warning says so)."""
     rng = np.random.default_rng(seed)
     buckets: dict[int, list[str]] = {n: [] for n in lengths}
@@ -75,15 +80,16 @@ def build_workload(reviews: list[str], tokenizer, lengths: list[int], per_bucket
     for start in range(0, len(order), 256):
         if all(len(b) >= per_bucket for b in buckets.values()):
             break
-        batch = [reviews[i] for i in order[start:start + 256]]
+        batch = [reviews[i] for i in order[start : start + 256]]
         for sentences, counts in _tokenized(batch, tokenizer):
             _fill_buckets(sentences, counts, (buckets, words, tokens), per_bucket, tokenizer, rng, mask_token)
         bar.update(sum(len(b) for b in buckets.values()) - bar.n)
     bar.close()
     for n, texts in buckets.items():
         if len(texts) < per_bucket:
-            log.warning("length %d: only %d texts (asked for %d); throughput cycles through them",
-                        n, len(texts), per_bucket)
+            log.warning(
+                "length %d: only %d texts (asked for %d); throughput cycles through them", n, len(texts), per_bucket
+            )
         if not texts:
             raise DeniroError(f"no text of about {n} tokens in the dataset; drop {n} from --lengths")
     return Workload(buckets, prompt.replace("[MASK]", mask_token), seed, words, tokens)
@@ -96,7 +102,7 @@ def _tokenized(reviews: list[str], tokenizer) -> list[tuple[list[str], np.ndarra
     counts = np.array([len(e.ids) for e in tokenizer.encode_batch(flat, add_special_tokens=False)])
     out, at = [], 0
     for group in sentences:
-        out.append((group, counts[at:at + len(group)]))
+        out.append((group, counts[at : at + len(group)]))
         at += len(group)
     return out
 
@@ -110,7 +116,7 @@ def _fill_buckets(sentences, counts, into, per_bucket, tokenizer, rng, mask_toke
         span = _window(counts, n, rng)
         if span is None:
             continue
-        masked = mask_one_word(" ".join(sentences[span[0]:span[1]]), rng, mask_token)
+        masked = mask_one_word(" ".join(sentences[span[0] : span[1]]), rng, mask_token)
         if masked is None:
             continue
         size = len(tokenizer.encode(masked[0]).ids)

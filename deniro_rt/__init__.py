@@ -1,22 +1,32 @@
 """deniro_rt: fast batched fill-mask on ONNX Runtime. Imports no torch and no transformers.
 
-    import deniro_rt
-    deniro_rt.fill(["This is a great [MASK]!"])          # the shipped IMDB model, offline
-    deniro_rt.fill_arrays(texts).token_ids              # the same as NumPy columns (fast in batches)
-    fm = deniro_rt.FillMask("path/to/export", device="cuda")  # reuse one session
+import deniro_rt
+deniro_rt.fill(["This is a great [MASK]!"])          # the shipped IMDB model, offline
+deniro_rt.fill_arrays(texts).token_ids              # the same as NumPy columns (fast in batches)
+fm = deniro_rt.FillMask("path/to/export", device="cuda")  # reuse one session
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 from .data import MaskedBatch
 from .errors import ArtifactError, DeniroError, DeniroTypeError
 from .predictions import Predictions
 from .runtime import FillMask
 
-__all__ = ["FillMask", "Predictions", "fill", "fill_arrays", "perplexity", "DeniroError", "DeniroTypeError", "ArtifactError"]
+__all__ = [
+    "FillMask",
+    "Predictions",
+    "fill",
+    "fill_arrays",
+    "perplexity",
+    "DeniroError",
+    "DeniroTypeError",
+    "ArtifactError",
+]
 __version__ = "0.1.0"
 
 
@@ -26,9 +36,17 @@ def _runtime(model: str | None, device: str, precision: str | None) -> FillMask:
     return FillMask(model, device=device, precision=precision)
 
 
-def fill(texts: str | Sequence[str], top_k: int = 5, targets: Sequence[str] | str | None = None,
-         batch_size: int = 64, model: str | Path | None = None, device: str = "auto",
-         precision: str | None = None, truncation: bool = False, joint: bool = False):
+def fill(
+    texts: str | Sequence[str],
+    top_k: int = 5,
+    targets: Sequence[str] | str | None = None,
+    batch_size: int = 64,
+    model: str | Path | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    truncation: bool = False,
+    joint: bool = False,
+):
     """Predict the word at each [MASK].
 
     texts: a string or a list of strings, each with one or more [MASK] (case-sensitive).
@@ -44,13 +62,18 @@ def fill(texts: str | Sequence[str], top_k: int = 5, targets: Sequence[str] | st
     model: an export folder (python -m export --onnx --output DIR); default: the shipped model.
     """
     runtime = _runtime(None if model is None else str(model), device, precision)
-    return runtime.fill(texts, top_k=top_k, targets=targets, batch_size=batch_size,
-                        truncation=truncation, joint=joint)
+    return runtime.fill(texts, top_k=top_k, targets=targets, batch_size=batch_size, truncation=truncation, joint=joint)
 
 
-def fill_arrays(texts: str | Sequence[str], top_k: int = 5, batch_size: int = 64,
-                model: str | Path | None = None, device: str = "auto", precision: str | None = None,
-                truncation: bool = False) -> Predictions:
+def fill_arrays(
+    texts: str | Sequence[str],
+    top_k: int = 5,
+    batch_size: int = 64,
+    model: str | Path | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    truncation: bool = False,
+) -> Predictions:
     """fill's top-k predictions as columns: a Predictions of NumPy arrays, one row per mask in input
     order (text_index [n], mask_position [n], token_ids [n, k], scores [n, k]), with token_strs(),
     to_arrow() and to_dicts() (exactly fill's output). No dict or string per candidate is built
@@ -59,8 +82,13 @@ def fill_arrays(texts: str | Sequence[str], top_k: int = 5, batch_size: int = 64
     return runtime.fill_arrays(texts, top_k=top_k, batch_size=batch_size, truncation=truncation)
 
 
-def perplexity(masked: MaskedBatch, model: str | Path | None = None, device: str = "auto",
-               precision: str | None = None, batch_size: int = 64) -> dict:
+def perplexity(
+    masked: MaskedBatch,
+    model: str | Path | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    batch_size: int = 64,
+) -> dict:
     """Perplexity on premasked rows (deniro_rt.data.premask): {"perplexity", "nll", "tokens"}."""
     runtime = _runtime(None if model is None else str(model), device, precision)
     return runtime.perplexity(masked, batch_size=batch_size)

@@ -9,6 +9,7 @@ Subcommands (see `python -m deniro_rt serve --help`, `... batch --help`):
   serve   fill-mask over HTTP with dynamic batching (extra deniro[serve])
   batch   fill a parquet/text column of a corpus with Ray Data (extra deniro[ray])
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,22 +35,34 @@ def run_subcommand(name: str, argv: list[str]) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m deniro_rt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deniro_rt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("texts", nargs="*", help="texts with [MASK]; none: read lines from stdin")
     parser.add_argument("--top-k", type=int, default=5, help="predictions per mask (default: 5)")
-    parser.add_argument("--targets", default=None,
-                        help="comma-separated words to rank instead of the whole vocabulary (default: none)")
-    parser.add_argument("--model", default=None,
-                        help="export folder from `python -m export --onnx` (default: the shipped IMDB model)")
-    parser.add_argument("--device", default="auto", choices=DEVICES,
-                        help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default: auto)")
-    parser.add_argument("--precision", default=None, choices=PRECISIONS,
-                        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)")
+    parser.add_argument(
+        "--targets", default=None, help="comma-separated words to rank instead of the whole vocabulary (default: none)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="export folder from `python -m export --onnx` (default: the shipped IMDB model)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default: auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
     parser.add_argument("--joint", action="store_true", help="fill all masks of a text together (greedy)")
-    parser.add_argument("--truncation", action="store_true",
-                        help="keep a window around the masks of over-long texts instead of failing")
+    parser.add_argument(
+        "--truncation", action="store_true", help="keep a window around the masks of over-long texts instead of failing"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (one object per text) instead of a table")
     return parser.parse_args(argv)
 
@@ -74,8 +87,10 @@ def run(argv: list[str] | None = None) -> int:
     setup_logging(logging.WARNING)
     args = parse_args(argv)
     if not args.texts and sys.stdin.isatty():  # nothing piped in: say so rather than wait on the terminal
-        print('error: no texts; pass them as arguments (python -m deniro_rt "A great [MASK]!") or pipe '
-              "lines on stdin", file=sys.stderr)
+        print(
+            'error: no texts; pass them as arguments (python -m deniro_rt "A great [MASK]!") or pipe lines on stdin',
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     # Empty piped input (an empty file, a filter that matched nothing) prints nothing and succeeds, like cat.
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -87,8 +102,14 @@ def fill_and_print(args: argparse.Namespace, texts: list[str]) -> None:
 
     runtime = FillMask(args.model, device=args.device, precision=args.precision)
     targets = args.targets.split(",") if args.targets else None
-    results = runtime.fill(texts, top_k=args.top_k, targets=targets, batch_size=args.batch_size,
-                           truncation=args.truncation, joint=args.joint)
+    results = runtime.fill(
+        texts,
+        top_k=args.top_k,
+        targets=targets,
+        batch_size=args.batch_size,
+        truncation=args.truncation,
+        joint=args.joint,
+    )
     for text, result in zip(texts, results):
         print(json.dumps({"text": text, "result": result}) if args.json else format_table(text, result, args.joint))
 

@@ -23,6 +23,7 @@ full_graph (file or null), files {file: sha256}, vocab_size, max_positions, mask
 mask_token_id, pad_token_id, top_k_max (null: any k), opset, fused_ops {precision: {op: count}},
 validation {precision: {...}}, source {model, sha256}, export_config {...}, versions {...}.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,21 +72,31 @@ def load_manifest(folder: str | Path) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise ArtifactError(f"model folder not found: {folder} (pass an export folder made by "
-                            f"`python -m export --onnx --output DIR`)")
+        raise ArtifactError(
+            f"model folder not found: {folder} (pass an export folder made by `python -m export --onnx --output DIR`)"
+        )
     if not path.is_file():
-        raise ArtifactError(f"{folder} has no {MANIFEST}: it is not a deniro export; run "
-                            f"`python -m export --onnx --model {folder} --output DIR` and pass DIR")
+        raise ArtifactError(
+            f"{folder} has no {MANIFEST}: it is not a deniro export; run "
+            f"`python -m export --onnx --model {folder} --output DIR` and pass DIR"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run the export") from exc
     _check_format(raw, path)
     try:
-        return Manifest(folder=folder, graphs=dict(raw["graphs"]), files=dict(raw["files"]),
-                        vocab_size=int(raw["vocab_size"]), max_positions=int(raw["max_positions"]),
-                        mask_token=raw["mask_token"], mask_token_id=int(raw["mask_token_id"]),
-                        pad_token_id=int(raw["pad_token_id"]), raw=raw)
+        return Manifest(
+            folder=folder,
+            graphs=dict(raw["graphs"]),
+            files=dict(raw["files"]),
+            vocab_size=int(raw["vocab_size"]),
+            max_positions=int(raw["max_positions"]),
+            mask_token=raw["mask_token"],
+            mask_token_id=int(raw["mask_token_id"]),
+            pad_token_id=int(raw["pad_token_id"]),
+            raw=raw,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path} lacks or mangles the field {exc}; re-run the export") from exc
 
@@ -95,8 +106,10 @@ def _check_format(raw: dict, path: Path) -> None:
         raise ArtifactError(f"{path} is not a {FORMAT} manifest (format={raw.get('format')!r})")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format_version {version}, this deniro_rt reads "
-                            f"{FORMAT_VERSION}; re-export with this version or upgrade deniro")
+        raise ArtifactError(
+            f"{path} has format_version {version}, this deniro_rt reads "
+            f"{FORMAT_VERSION}; re-export with this version or upgrade deniro"
+        )
 
 
 def verify_file(manifest: Manifest, name: str) -> Path:
@@ -109,6 +122,8 @@ def verify_file(manifest: Manifest, name: str) -> Path:
         raise ArtifactError(f"{name} is not listed in {MANIFEST}; the artifact was edited by hand")
     actual = sha256_file(path)
     if actual != expected:
-        raise ArtifactError(f"{path} is corrupted or was replaced (sha256 {actual[:12]}… != "
-                            f"{expected[:12]}… in {MANIFEST}); re-run the export")
+        raise ArtifactError(
+            f"{path} is corrupted or was replaced (sha256 {actual[:12]}… != "
+            f"{expected[:12]}… in {MANIFEST}); re-run the export"
+        )
     return path

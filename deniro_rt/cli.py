@@ -1,10 +1,11 @@
 """What every `python -m` entry point of the project shares: logging set-up and the error contract
 (a DeniroError becomes one `error: ...` line on stderr and exit code 2, never a traceback)."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import EXIT_USAGE, DeniroError
 

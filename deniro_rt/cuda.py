@@ -21,6 +21,7 @@ when the graph needs Memcpy nodes (a compute node on the CPU); shape-only CPU no
 
 The CPU path never imports onnxruntime's CUDA pieces; this module imports fine without CUDA.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,26 @@ HOST_INPUTS = {"top_k"}
 GRAPH_ID = "gpu_graph_id"  # onnxruntime run-option key (kOrtRunOptionsConfigCudaGraphAnnotation)
 NO_GRAPH = "-1"
 # Ops ORT may place on the CPU for shape arithmetic without a Memcpy (allowed next to CUDA graphs).
-SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Range", "Reshape",
-             "ConstantOfShape", "Add", "Sub", "Mul", "Div", "Equal", "Where", "Expand", "Size"}
+SHAPE_OPS = {
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Slice",
+    "Cast",
+    "Range",
+    "Reshape",
+    "ConstantOfShape",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Equal",
+    "Where",
+    "Expand",
+    "Size",
+}
 
 
 # --------------------------------------------------------------------------- buckets (pure)
@@ -82,8 +101,9 @@ def mask_bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def choose_bucket(spec: BucketSpec, batch: int, seq: int, masks: int, targets: int, k: int,
-                  max_positions: int) -> Bucket | None:
+def choose_bucket(
+    spec: BucketSpec, batch: int, seq: int, masks: int, targets: int, k: int, max_positions: int
+) -> Bucket | None:
     """The bucket a feed of this shape is padded to, or None when it runs uncaptured."""
     b = round_up(batch, spec.batches)
     s = round_up(seq, tuple(x for x in spec.seqs if x < max_positions) + (max_positions,))
@@ -117,11 +137,16 @@ def pad_feed(feed: dict[str, np.ndarray], bucket: Bucket, pad_id: int) -> dict[s
     out_att[batch:, 0] = 1
     rows, cols = np.divmod(np.asarray(feed["mask_index"], dtype=np.int64), seq)
     mask_index = np.zeros(bucket.masks, dtype=np.int64)  # [Mb]
-    mask_index[:len(rows)] = rows * bucket.seq + cols
+    mask_index[: len(rows)] = rows * bucket.seq + cols
     targets = np.zeros((bucket.masks, feed["target_ids"].shape[1]), dtype=np.int64)  # [Mb, t]
-    targets[:len(rows)] = feed["target_ids"]
-    return {"input_ids": out_ids, "attention_mask": out_att, "mask_index": mask_index,
-            "target_ids": targets, "top_k": np.asarray(feed["top_k"], dtype=np.int64)}
+    targets[: len(rows)] = feed["target_ids"]
+    return {
+        "input_ids": out_ids,
+        "attention_mask": out_att,
+        "mask_index": mask_index,
+        "target_ids": targets,
+        "top_k": np.asarray(feed["top_k"], dtype=np.int64),
+    }
 
 
 def unpad_outputs(outputs: list[np.ndarray], n_masks: int) -> list[np.ndarray]:
@@ -139,24 +164,29 @@ def provider_options(cuda_graph: bool, device_id: int = 0) -> dict[str, str]:
     return {"device_id": str(device_id), "enable_cuda_graph": "1" if cuda_graph else "0", **EXACT_FP32}
 
 
-def make_session(path: str, options: ort.SessionOptions, cuda_graph: bool,
-                 device_id: int = 0) -> tuple[ort.InferenceSession, bool]:
+def make_session(
+    path: str, options: ort.SessionOptions, cuda_graph: bool, device_id: int = 0
+) -> tuple[ort.InferenceSession, bool]:
     """(session on CUDA, whether CUDA graphs are on). ORT refuses graphs for some graphs (Memcpy
     nodes): then the session is built again without them, with a warning."""
     if cuda_graph:
         try:
-            session = ort.InferenceSession(path, options, providers=[
-                (CUDA, provider_options(True, device_id)), CPU])
+            session = ort.InferenceSession(path, options, providers=[(CUDA, provider_options(True, device_id)), CPU])
             return session, True
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             log.warning("CUDA graphs unavailable for %s (%s); running without them", path, exc)
-    session = ort.InferenceSession(path, options, providers=[
-        (CUDA, provider_options(False, device_id)), CPU])
+    session = ort.InferenceSession(path, options, providers=[(CUDA, provider_options(False, device_id)), CPU])
     return session, False
 
 
-def make_runner(session: ort.InferenceSession, cuda_graph: bool, pad_id: int, max_positions: int,
-                device_id: int = 0, spec: BucketSpec | None = None):
+def make_runner(
+    session: ort.InferenceSession,
+    cuda_graph: bool,
+    pad_id: int,
+    max_positions: int,
+    device_id: int = 0,
+    spec: BucketSpec | None = None,
+):
     """The run(feed) -> outputs callable FillMask uses on CUDA."""
     plain = CudaBinding(session, device_id, no_graph=cuda_graph)
     if not cuda_graph:
@@ -173,8 +203,7 @@ class CudaBinding:
     (the session has CUDA graphs on), every run says gpu_graph_id -1: never capture these shapes.
     """
 
-    def __init__(self, session: ort.InferenceSession, device_id: int = 0, no_graph: bool = False,
-                 device: str = "cuda"):
+    def __init__(self, session: ort.InferenceSession, device_id: int = 0, no_graph: bool = False, device: str = "cuda"):
         self.session = session
         self.device_id, self.device = device_id, device  # device "cpu": the same plumbing, testable anywhere
         self.local = threading.local()
@@ -216,12 +245,19 @@ class _Slot:
 
     def __init__(self, session, bucket: Bucket, graph_id: int, device: tuple[str, int], output_types: dict):
         zeros = pad_feed_template(bucket)
-        self.inputs = {name: (array if name in HOST_INPUTS else ort.OrtValue.ortvalue_from_numpy(array, *device))
-                       for name, array in zeros.items()}
-        out_shapes = {"topk_logprobs": (bucket.masks, bucket.k), "topk_ids": (bucket.masks, bucket.k),
-                      "target_logprobs": (bucket.masks, bucket.targets)}
-        self.outputs = [ort.OrtValue.ortvalue_from_shape_and_type(out_shapes[name], output_types[name], *device)
-                        for name in FAST_OUTPUTS]
+        self.inputs = {
+            name: (array if name in HOST_INPUTS else ort.OrtValue.ortvalue_from_numpy(array, *device))
+            for name, array in zeros.items()
+        }
+        out_shapes = {
+            "topk_logprobs": (bucket.masks, bucket.k),
+            "topk_ids": (bucket.masks, bucket.k),
+            "target_logprobs": (bucket.masks, bucket.targets),
+        }
+        self.outputs = [
+            ort.OrtValue.ortvalue_from_shape_and_type(out_shapes[name], output_types[name], *device)
+            for name in FAST_OUTPUTS
+        ]
         self.binding = session.io_binding()
         for name, value in self.inputs.items():
             if name in HOST_INPUTS:
@@ -245,11 +281,13 @@ class _Slot:
 
 def pad_feed_template(bucket: Bucket) -> dict[str, np.ndarray]:
     """Zero inputs of a bucket's shape (top_k holds the bucket's k)."""
-    return {"input_ids": np.zeros((bucket.batch, bucket.seq), np.int64),
-            "attention_mask": np.ones((bucket.batch, bucket.seq), np.int64),
-            "mask_index": np.zeros(bucket.masks, np.int64),
-            "target_ids": np.zeros((bucket.masks, bucket.targets), np.int64),
-            "top_k": np.array([bucket.k], np.int64)}
+    return {
+        "input_ids": np.zeros((bucket.batch, bucket.seq), np.int64),
+        "attention_mask": np.ones((bucket.batch, bucket.seq), np.int64),
+        "mask_index": np.zeros(bucket.masks, np.int64),
+        "target_ids": np.zeros((bucket.masks, bucket.targets), np.int64),
+        "top_k": np.array([bucket.k], np.int64),
+    }
 
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16}
@@ -258,8 +296,16 @@ NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(f
 class GraphRunner:
     """CUDA graphs per bucket; anything else (or everything, after a failed capture) runs plain."""
 
-    def __init__(self, session, plain: CudaBinding, pad_id: int, max_positions: int, device_id: int,
-                 spec: BucketSpec, device: str = "cuda"):
+    def __init__(
+        self,
+        session,
+        plain: CudaBinding,
+        pad_id: int,
+        max_positions: int,
+        device_id: int,
+        spec: BucketSpec,
+        device: str = "cuda",
+    ):
         self.session, self.plain, self.pad_id = session, plain, pad_id
         self.max_positions, self.device, self.spec = max_positions, (device, device_id), spec
         self.slots: dict[Bucket, _Slot] = {}
@@ -269,8 +315,7 @@ class GraphRunner:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         batch, seq, masks, targets, k = feed_shape(feed)
-        bucket = choose_bucket(self.spec, batch, seq, masks, targets, k, self.max_positions) \
-            if self.enabled else None
+        bucket = choose_bucket(self.spec, batch, seq, masks, targets, k, self.max_positions) if self.enabled else None
         padded = None if bucket is None else pad_feed(feed, bucket, self.pad_id)
         with self.lock:  # ORT runs a graph-capturing session one call at a time
             if bucket is None:
@@ -291,8 +336,9 @@ class GraphRunner:
 
 
 # --------------------------------------------------------------------------- placement check
-def node_placement(path: str, providers: list, feed: dict[str, np.ndarray],
-                   options: ort.SessionOptions | None = None) -> dict:
+def node_placement(
+    path: str, providers: list, feed: dict[str, np.ndarray], options: ort.SessionOptions | None = None
+) -> dict:
     """Which execution provider ran each node, from one profiled run of the graph at `path`.
 
     Returns {"nodes": {provider: count}, "cpu_ops": {op: count} (nodes on the CPU provider),

@@ -4,14 +4,15 @@ tokenize -> concatenate -> chunk, whole-word masking, the fixed "mask once" eval
 token-weighted perplexity, and the IMDB sentence workload. numpy and `tokenizers` only, so the
 runtime can score perplexity exactly as training does without importing torch.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -131,12 +132,12 @@ def _select_words(word_ids: np.ndarray, rng: np.random.Generator, probability: f
     return is_word & chosen_words[np.maximum(group, 0)]
 
 
-def premask(chunks: Chunks, seed: int, mask_token_id: int, vocab_size: int,
-            mlm_probability: float = 0.15) -> MaskedBatch:
+def premask(
+    chunks: Chunks, seed: int, mask_token_id: int, vocab_size: int, mlm_probability: float = 0.15
+) -> MaskedBatch:
     """Mask an evaluation set ONCE with a fixed seed, so every epoch and backend sees the same labels."""
     rng = np.random.default_rng(seed)
-    return whole_word_mask(chunks.input_ids, chunks.word_ids, rng, mask_token_id, vocab_size,
-                           mlm_probability)
+    return whole_word_mask(chunks.input_ids, chunks.word_ids, rng, mask_token_id, vocab_size, mlm_probability)
 
 
 # --------------------------------------------------------------------------- perplexity
@@ -174,14 +175,18 @@ def load_text_splits(source: str, splits: Iterable[str], text_column: str = "tex
     if path.exists():
         tables = _load_parquet_dir(path, splits)
     elif looks_like_path(source):
-        raise DeniroError(f"dataset folder not found: {source} (pass --dataset with a folder of "
-                          f"<split>.parquet files, e.g. ../shared/data/imdb)")
+        raise DeniroError(
+            f"dataset folder not found: {source} (pass --dataset with a folder of "
+            f"<split>.parquet files, e.g. ../shared/data/imdb)"
+        )
     else:
         tables = _load_hub(source, splits)
     for split in splits:
         if text_column not in tables[split].column_names:
-            raise DeniroError(f"dataset {source!r} split {split!r} has no {text_column!r} column "
-                              f"(columns: {tables[split].column_names}); pass --text-column")
+            raise DeniroError(
+                f"dataset {source!r} split {split!r} has no {text_column!r} column "
+                f"(columns: {tables[split].column_names}); pass --text-column"
+            )
     return {split: _column(tables[split], text_column) for split in splits}
 
 
@@ -197,8 +202,10 @@ def _column(table, name: str) -> list[str]:
 def _load_parquet_dir(path: Path, splits: list[str]):
     missing = [s for s in splits if not (path / f"{s}.parquet").is_file()]
     if missing:
-        raise DeniroError(f"dataset folder {path} has no {', '.join(s + '.parquet' for s in missing)} "
-                          f"(it needs one parquet file per split: {', '.join(splits)})")
+        raise DeniroError(
+            f"dataset folder {path} has no {', '.join(s + '.parquet' for s in missing)} "
+            f"(it needs one parquet file per split: {', '.join(splits)})"
+        )
     files = {s: str(path / f"{s}.parquet") for s in splits}
     try:
         from datasets import disable_progress_bars, load_dataset
@@ -214,8 +221,10 @@ def _load_hub(dataset_id: str, splits: list[str]):
     try:
         from datasets import load_dataset
     except ImportError as exc:
-        raise DeniroError(f"loading {dataset_id!r} from the hub needs the 'datasets' package: "
-                          f"pip install 'deniro[train]', or pass a local folder of .parquet files") from exc
+        raise DeniroError(
+            f"loading {dataset_id!r} from the hub needs the 'datasets' package: "
+            f"pip install 'deniro[train]', or pass a local folder of .parquet files"
+        ) from exc
     try:
         return load_dataset(dataset_id, split=None)
     except Exception as exc:  # the hub is unreachable or the id is unknown
@@ -245,4 +254,4 @@ def mask_one_word(sentence: str, rng: np.random.Generator, mask_token: str = "[M
     if not words:
         return None
     match = words[int(rng.integers(len(words)))]
-    return sentence[: match.start()] + mask_token + sentence[match.end():], match.group(0)
+    return sentence[: match.start()] + mask_token + sentence[match.end() :], match.group(0)

@@ -6,6 +6,7 @@ so a reader or a crash sees the old folder or the new one, never neither. Where 
 (other systems, old kernels, file systems without it) the old folder is first renamed aside: a crash in
 that moment leaves `out` absent and the old folder, complete, at `.<name>.old-<pid>` beside it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,9 +15,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory

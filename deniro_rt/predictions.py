@@ -9,6 +9,7 @@
 A mask that truncation cut away (fill gives it []) is a row with mask_position -1, token_ids -1 and
 scores NaN; to_arrow gives it empty lists.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class TokenRows:
         return len(self.offsets) - 1
 
     def row(self, text: int) -> np.ndarray:
-        return self.ids[self.offsets[text]:self.offsets[text + 1]]
+        return self.ids[self.offsets[text] : self.offsets[text + 1]]
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,10 @@ class Predictions:
         runtime, rows = self.source.runtime, self.source.rows
         ids, offsets = rows.ids.tolist(), rows.offsets.tolist()
         out = []
-        for text, position, tokens in zip(self.text_index.tolist(), self.mask_position.tolist(),
-                                          self.token_ids.tolist()):
-            text_ids = ids[offsets[text]:offsets[text + 1]]
+        for text, position, tokens in zip(
+            self.text_index.tolist(), self.mask_position.tolist(), self.token_ids.tolist()
+        ):
+            text_ids = ids[offsets[text] : offsets[text + 1]]
             out.append([] if position < 0 else runtime.filled_sequences(text_ids, position, tokens))
         return out
 
@@ -71,7 +73,7 @@ class Predictions:
         counts = np.bincount(self.text_index, minlength=self.source.n_texts).tolist()  # [n_texts]
         results, start = [], 0
         for count in counts:
-            per_mask = per_row[start:start + count]
+            per_mask = per_row[start : start + count]
             results.append(per_mask[0] if count == 1 else per_mask)
             start += count
         return results[0] if self.source.single else results
@@ -80,10 +82,15 @@ class Predictions:
         scores, tokens = self.scores.tolist(), self.token_ids.tolist()  # [n, k] each
         strs, sequences = self.token_strs().tolist(), self.sequences()
         out = []
-        for position, s_row, t_row, w_row, q_row in zip(self.mask_position.tolist(), scores, tokens, strs,
-                                                         sequences):
-            out.append([] if position < 0 else [{"score": s, "token": t, "token_str": w, "sequence": q}
-                                                 for s, t, w, q in zip(s_row, t_row, w_row, q_row)])
+        for position, s_row, t_row, w_row, q_row in zip(self.mask_position.tolist(), scores, tokens, strs, sequences):
+            out.append(
+                []
+                if position < 0
+                else [
+                    {"score": s, "token": t, "token_str": w, "sequence": q}
+                    for s, t, w, q in zip(s_row, t_row, w_row, q_row)
+                ]
+            )
         return out
 
     def to_arrow(self, sequences: bool = False):
@@ -94,11 +101,17 @@ class Predictions:
         kept = self.mask_position >= 0  # [n]
         offsets = np.zeros(len(self) + 1, np.int32)
         np.cumsum(np.where(kept, self.token_ids.shape[1], 0), out=offsets[1:])
-        lists = lambda values: pa.ListArray.from_arrays(pa.array(offsets), values)
-        columns = {"text_index": pa.array(self.text_index), "mask_position": pa.array(self.mask_position),
-                   "token_ids": lists(pa.array(self.token_ids[kept].ravel())),
-                   "token_strs": lists(pa.array(self.token_strs()[kept].ravel(), pa.string())),
-                   "scores": lists(pa.array(self.scores[kept].ravel()))}
+
+        def lists(values):
+            return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+        columns = {
+            "text_index": pa.array(self.text_index),
+            "mask_position": pa.array(self.mask_position),
+            "token_ids": lists(pa.array(self.token_ids[kept].ravel())),
+            "token_strs": lists(pa.array(self.token_strs()[kept].ravel(), pa.string())),
+            "scores": lists(pa.array(self.scores[kept].ravel())),
+        }
         if sequences:
             flat = [q for row in self.sequences() for q in row]
             columns["sequences"] = lists(pa.array(flat, pa.string()))

@@ -1,4 +1,5 @@
 """Resolve device -> ONNX Runtime execution provider, and precision -> graph, once, with clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,11 @@ def resolve_provider(device: str) -> str:
     if CUDA in available:
         return CUDA
     if device == "cuda":
-        raise DeniroError(f"device='cuda' needs ONNX Runtime's CUDAExecutionProvider, but this "
-                          f"onnxruntime has only {', '.join(available)}; install the GPU build: "
-                          f"{GPU_INSTALL_HINT}")
+        raise DeniroError(
+            f"device='cuda' needs ONNX Runtime's CUDAExecutionProvider, but this "
+            f"onnxruntime has only {', '.join(available)}; install the GPU build: "
+            f"{GPU_INSTALL_HINT}"
+        )
     return CPU
 
 
@@ -51,16 +54,21 @@ def resolve_precision(requested: str | None, provider: str, available: dict[str,
         for precision in PREFERRED_PRECISION[provider]:
             if precision in available:
                 return precision
-        raise DeniroError(f"the artifact has no graph for {provider} (it has {', '.join(available)}); "
-                          f"re-export with --precision fp32")
+        raise DeniroError(
+            f"the artifact has no graph for {provider} (it has {', '.join(available)}); re-export with --precision fp32"
+        )
     if requested not in RUNS_ON:
         raise DeniroError(f"precision must be one of {', '.join(RUNS_ON)}, got {requested!r}")
     if provider not in RUNS_ON[requested]:
-        raise DeniroError(f"precision {requested} does not run on {provider}; use one of "
-                          f"{', '.join(p for p, on in RUNS_ON.items() if provider in on)}")
+        raise DeniroError(
+            f"precision {requested} does not run on {provider}; use one of "
+            f"{', '.join(p for p, on in RUNS_ON.items() if provider in on)}"
+        )
     if requested not in available:
-        raise DeniroError(f"the artifact has no {requested} graph (it has {', '.join(available)}); "
-                          f"re-export with --precision {requested}")
+        raise DeniroError(
+            f"the artifact has no {requested} graph (it has {', '.join(available)}); "
+            f"re-export with --precision {requested}"
+        )
     return requested
 
 

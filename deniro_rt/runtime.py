@@ -5,16 +5,17 @@ flat id array -> sort by length, pad per batch with NumPy (no loop per text) -> 
 (only mask rows cross back: top-k ids and log-probs) -> restore input order with index arrays. Strings
 (token_str, sequences) are built only by the dict layer (Predictions.to_dicts) or on demand.
 """
+
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -23,8 +24,8 @@ from tokenizers import Tokenizer, decoders
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
 from .errors import DeniroError, DeniroTypeError
-from .predictions import Predictions, Source, TokenRows
 from .models import DEFAULT_MODEL_DIR
+from .predictions import Predictions, Source, TokenRows
 from .providers import CPU, resolve_precision, resolve_provider, session_options
 
 OVERLAP_BLOCK = 2048  # texts tokenized per block when tokenization overlaps the device runs
@@ -48,9 +49,16 @@ class FillMask:
     tokenize block i+1 while block i runs (default: on CUDA only; on CPU both compete for the cores).
     """
 
-    def __init__(self, model: str | Path | None = None, device: str = "auto",
-                 precision: str | None = None, threads: int | None = None, cuda_graph: bool = True,
-                 overlap: bool | None = None, overlap_block: int = OVERLAP_BLOCK):
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        cuda_graph: bool = True,
+        overlap: bool | None = None,
+        overlap_block: int = OVERLAP_BLOCK,
+    ):
         self.manifest = load_manifest(model or DEFAULT_MODEL_DIR)
         self.provider = resolve_provider(device)
         self.precision = resolve_precision(precision, self.provider, self.manifest.graphs)
@@ -91,8 +99,10 @@ class FillMask:
     def _check_graph(self) -> None:
         names = tuple(i.name for i in self.session.get_inputs())
         if names != FAST_INPUTS:
-            raise DeniroError(f"{self.manifest.graphs[self.precision]} has inputs {names}, expected "
-                              f"{FAST_INPUTS}: the artifact is from another version; re-export it")
+            raise DeniroError(
+                f"{self.manifest.graphs[self.precision]} has inputs {names}, expected "
+                f"{FAST_INPUTS}: the artifact is from another version; re-export it"
+            )
 
     def _edge_tokens(self) -> list[str]:
         """[CLS]/[SEP]/[PAD]: dropped from decoded sequences (other [MASK]s stay visible)."""
@@ -105,8 +115,15 @@ class FillMask:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     # ------------------------------------------------------------------ public API
-    def fill(self, texts: str | Sequence[str], top_k: int = 5, targets: Sequence[str] | str | None = None,
-             batch_size: int = 64, truncation: bool = False, joint: bool = False):
+    def fill(
+        self,
+        texts: str | Sequence[str],
+        top_k: int = 5,
+        targets: Sequence[str] | str | None = None,
+        batch_size: int = 64,
+        truncation: bool = False,
+        joint: bool = False,
+    ):
         """Predict each [MASK]; see deniro_rt.fill for the full description."""
         batch, single = validate_texts(texts, self.mask_token)
         if not batch:
@@ -125,8 +142,9 @@ class FillMask:
             results = [restore_dropped(r, d) for r, d in zip(results, dropped)]
         return results[0] if single else results
 
-    def fill_arrays(self, texts: str | Sequence[str], top_k: int = 5, batch_size: int = 64,
-                    truncation: bool = False) -> Predictions:
+    def fill_arrays(
+        self, texts: str | Sequence[str], top_k: int = 5, batch_size: int = 64, truncation: bool = False
+    ) -> Predictions:
         """fill's top-k predictions as columns (see deniro_rt.predictions); same checks, same errors."""
         batch, single = validate_texts(texts, self.mask_token)
         top_k = check_top_k(top_k)
@@ -150,8 +168,7 @@ class FillMask:
         return {"perplexity": perplexity(nll, tokens), "nll": nll, "tokens": tokens}
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, texts: list[str], truncation: bool,
-               offset: int = 0) -> tuple[list[np.ndarray], list[list[int]]]:
+    def encode(self, texts: list[str], truncation: bool, offset: int = 0) -> tuple[list[np.ndarray], list[list[int]]]:
         """Token ids per text (with [CLS]/[SEP]) and the mask numbers truncation cut away, per text."""
         rows = self.encode_rows(texts, truncation, offset)
         return [rows.row(t) for t in range(len(rows))], [rows.lost.get(t, []) for t in range(len(rows))]
@@ -174,8 +191,13 @@ class FillMask:
             first = int(np.argmax(bad))
             if not has_mask[first]:
                 raise DeniroError(no_mask_message(texts[first], offset + first, self.mask_token))
-            fit_window(ids[offsets[first]:offsets[first + 1]], self.manifest.max_positions, self.mask_id,
-                       truncation, offset + first)  # raises the too-long error
+            fit_window(
+                ids[offsets[first] : offsets[first + 1]],
+                self.manifest.max_positions,
+                self.mask_id,
+                truncation,
+                offset + first,
+            )  # raises the too-long error
         rows = TokenRows(ids, offsets)
         return self._windowed(rows, np.flatnonzero(too_long), offset) if too_long.any() else rows
 
@@ -192,8 +214,14 @@ class FillMask:
         return TokenRows(np.concatenate(parts), offsets, lost)
 
     # ------------------------------------------------------------------ the graph
-    def score(self, seqs: list[np.ndarray], positions: list[np.ndarray] | None = None,
-              targets: list[np.ndarray] | None = None, top_k: int = 5, batch_size: int = 64) -> list[Scored]:
+    def score(
+        self,
+        seqs: list[np.ndarray],
+        positions: list[np.ndarray] | None = None,
+        targets: list[np.ndarray] | None = None,
+        top_k: int = 5,
+        batch_size: int = 64,
+    ) -> list[Scored]:
         """Run the fast graph over sequences, batched by length; results in input order.
 
         positions: rows to score per sequence (default: its [MASK]s); targets: [n_rows, t] ids whose
@@ -204,9 +232,13 @@ class FillMask:
         order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths share a batch
         results: list[Scored | None] = [None] * len(seqs)
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            outputs = self._run_batch([seqs[i] for i in chunk], [positions[i] for i in chunk],
-                                      None if targets is None else [targets[i] for i in chunk], top_k)
+            chunk = order[start : start + batch_size]
+            outputs = self._run_batch(
+                [seqs[i] for i in chunk],
+                [positions[i] for i in chunk],
+                None if targets is None else [targets[i] for i in chunk],
+                top_k,
+            )
             for i, scored in zip(chunk, outputs):
                 results[i] = scored
         return results
@@ -215,8 +247,10 @@ class FillMask:
         feed, counts = self.batch_feed(seqs, positions, targets, top_k)
         topk_lp, topk_ids, target_lp = self._run(feed)
         splits = np.cumsum(counts)[:-1]
-        return [Scored(a, b, c) for a, b, c in zip(np.split(topk_lp, splits), np.split(topk_ids, splits),
-                                                    np.split(target_lp, splits))]
+        return [
+            Scored(a, b, c)
+            for a, b, c in zip(np.split(topk_lp, splits), np.split(topk_ids, splits), np.split(target_lp, splits))
+        ]
 
     def batch_feed(self, seqs, positions, targets, top_k: int) -> tuple[dict[str, np.ndarray], list[int]]:
         """The graph inputs of one batch (padded to its longest sequence) and the mask count per sequence."""
@@ -226,26 +260,33 @@ class FillMask:
         input_ids = np.full((len(seqs), seq_len), self.pad_id, dtype=np.int64)  # [batch, seq]
         attention = np.zeros((len(seqs), seq_len), dtype=np.int64)  # [batch, seq]
         for row, ids in enumerate(seqs):
-            input_ids[row, :len(ids)] = ids
-            attention[row, :len(ids)] = 1
+            input_ids[row, : len(ids)] = ids
+            attention[row, : len(ids)] = 1
         mask_index = np.concatenate([row * seq_len + p for row, p in enumerate(positions)])  # [n]
         if targets is None:
             target_ids = np.zeros((len(mask_index), 1), dtype=np.int64)  # [n, 1] unused
         else:
             target_ids = np.concatenate(targets).astype(np.int64)  # [n, t]
         k = np.array([min(top_k, self.manifest.vocab_size)], dtype=np.int64)
-        feed = {"input_ids": input_ids, "attention_mask": attention, "mask_index": mask_index.astype(np.int64),
-                "target_ids": target_ids, "top_k": k}
+        feed = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "mask_index": mask_index.astype(np.int64),
+            "target_ids": target_ids,
+            "top_k": k,
+        }
         return feed, [len(p) for p in positions]
 
     def _one_feed(self, ids, positions, top_k: int) -> dict[str, np.ndarray]:
         """batch_feed of one sequence without targets, from cached read-only constants (the one-text path:
         no padding, the flat mask index is the position)."""
-        return {"input_ids": np.array([ids], dtype=np.int64),  # [1, seq]
-                "attention_mask": self._constant("ones", len(ids)),  # [1, seq]
-                "mask_index": np.asarray(positions, dtype=np.int64),  # [n]
-                "target_ids": self._constant("zeros", len(positions)),  # [n, 1] unused
-                "top_k": self._constant("k", min(top_k, self.manifest.vocab_size))}
+        return {
+            "input_ids": np.array([ids], dtype=np.int64),  # [1, seq]
+            "attention_mask": self._constant("ones", len(ids)),  # [1, seq]
+            "mask_index": np.asarray(positions, dtype=np.int64),  # [n]
+            "target_ids": self._constant("zeros", len(positions)),  # [n, 1] unused
+            "top_k": self._constant("k", min(top_k, self.manifest.vocab_size)),
+        }
 
     def chunk_feed(self, rows: TokenRows, chunk: np.ndarray, top_k: int) -> tuple[dict[str, np.ndarray], int]:
         """The graph inputs of the texts `chunk` (indices into rows), padded to the longest, built with NumPy
@@ -259,9 +300,13 @@ class FillMask:
         gather = np.minimum(rows.offsets[chunk][:, None] + np.arange(seq_len), len(rows.ids) - 1)  # [batch, seq]
         input_ids = np.where(valid, rows.ids[gather], self.pad_id)  # [batch, seq]
         mask_index = np.flatnonzero(input_ids == self.mask_id)  # [n] row-major: row * seq_len + position
-        feed = {"input_ids": input_ids, "attention_mask": valid.astype(np.int64), "mask_index": mask_index,
-                "target_ids": np.zeros((len(mask_index), 1), np.int64),  # [n, 1] unused
-                "top_k": self._constant("k", min(top_k, self.manifest.vocab_size))}
+        feed = {
+            "input_ids": input_ids,
+            "attention_mask": valid.astype(np.int64),
+            "mask_index": mask_index,
+            "target_ids": np.zeros((len(mask_index), 1), np.int64),  # [n, 1] unused
+            "top_k": self._constant("k", min(top_k, self.manifest.vocab_size)),
+        }
         return feed, seq_len
 
     def score_rows(self, rows: TokenRows, top_k: int, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -270,11 +315,15 @@ class FillMask:
         order = np.argsort(rows.lengths, kind="stable")  # [n_texts]
         if not len(order):
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, top_k), np.int64), np.zeros((0, top_k))
-        parts = [self._run_chunk(rows, order[s:s + batch_size], top_k) for s in range(0, len(order), batch_size)]
+        parts = [self._run_chunk(rows, order[s : s + batch_size], top_k) for s in range(0, len(order), batch_size)]
         text, position, logprobs, token_ids = (np.concatenate(c) for c in zip(*parts))
         back = np.argsort(text, kind="stable")  # input order; a text's masks stay in position order
-        columns = text[back], position[back], token_ids[back].astype(np.int64, copy=False), \
-            np.exp(logprobs[back].astype(np.float64))  # score = exp of the float32 log-prob in float64
+        columns = (
+            text[back],
+            position[back],
+            token_ids[back].astype(np.int64, copy=False),
+            np.exp(logprobs[back].astype(np.float64)),
+        )  # score = exp of the float32 log-prob in float64
         return with_cut_rows(*columns, rows.lost) if rows.lost else columns
 
     def _run_chunk(self, rows: TokenRows, chunk: np.ndarray, top_k: int) -> tuple[np.ndarray, ...]:
@@ -283,13 +332,14 @@ class FillMask:
         flat = feed["mask_index"]  # [n]
         return chunk[flat // seq_len], flat % seq_len, topk_lp, topk_ids
 
-    def prepared_feeds(self, texts: Sequence[str], top_k: int = 5,
-                       batch_size: int = 64) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    def prepared_feeds(
+        self, texts: Sequence[str], top_k: int = 5, batch_size: int = 64
+    ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """The feeds fill(texts, top_k, batch_size) runs, built ahead, and the text order of their rows
         (bench's model-only timing: the graph alone on inputs already prepared)."""
         rows = self.encode_rows(list(texts), truncation=False)
         order = np.argsort(rows.lengths, kind="stable")
-        feeds = [self.chunk_feed(rows, order[s:s + batch_size], top_k)[0] for s in range(0, len(order), batch_size)]
+        feeds = [self.chunk_feed(rows, order[s : s + batch_size], top_k)[0] for s in range(0, len(order), batch_size)]
         return feeds, order
 
     def vocab_strings(self) -> np.ndarray:
@@ -320,26 +370,35 @@ class FillMask:
         """Read-only feed arrays that depend on one size only: [1, n] ones, [n, 1] zeros, [k]."""
         array = self._constants.get((kind, n))
         if array is None:
-            make = {"ones": lambda: np.ones((1, n), np.int64), "zeros": lambda: np.zeros((n, 1), np.int64),
-                    "k": lambda: np.array([n], np.int64)}[kind]
+            make = {
+                "ones": lambda: np.ones((1, n), np.int64),
+                "zeros": lambda: np.zeros((n, 1), np.int64),
+                "k": lambda: np.array([n], np.int64),
+            }[kind]
             array = make()
             array.flags.writeable = False
             self._constants[(kind, n)] = array
         return array
 
-    def _predictions(self, ids: list[int], positions: list[int], topk_lp: np.ndarray,
-                     topk_ids: np.ndarray) -> list[list[dict]]:
+    def _predictions(
+        self, ids: list[int], positions: list[int], topk_lp: np.ndarray, topk_ids: np.ndarray
+    ) -> list[list[dict]]:
         """Per mask the top-k dicts: score = exp of the float32 log-prob taken in float64; spliced sequences."""
         scores, tokens = np.exp(topk_lp.astype(np.float64)).tolist(), topk_ids.tolist()  # [n_masks, k] each
         token_str, out = self.token_str, []
         for position, row_scores, row_tokens in zip(positions, scores, tokens):
             sequences = self.filled_sequences(ids, position, row_tokens)
-            out.append([{"score": s, "token": t, "token_str": token_str(t), "sequence": q}
-                        for s, t, q in zip(row_scores, row_tokens, sequences)])
+            out.append(
+                [
+                    {"score": s, "token": t, "token_str": token_str(t), "sequence": q}
+                    for s, t, q in zip(row_scores, row_tokens, sequences)
+                ]
+            )
         return out
 
-    def _arrays_overlapped(self, texts: list[str], top_k: int, batch_size: int,
-                           truncation: bool) -> tuple[TokenRows, tuple[np.ndarray, ...]]:
+    def _arrays_overlapped(
+        self, texts: list[str], top_k: int, batch_size: int, truncation: bool
+    ) -> tuple[TokenRows, tuple[np.ndarray, ...]]:
         """Tokenize block i+1 in a thread while block i runs (both release the GIL); blocks joined."""
         block = max(self.overlap_block, batch_size)
         blocks, parts = [], []
@@ -349,7 +408,7 @@ class FillMask:
                 rows = pending.result()
                 if start + block < len(texts):
                     nxt = start + block
-                    pending = pool.submit(self.encode_rows, texts[nxt:nxt + block], truncation, nxt)
+                    pending = pool.submit(self.encode_rows, texts[nxt : nxt + block], truncation, nxt)
                 blocks.append(rows)
                 parts.append(self.score_rows(rows, top_k, batch_size))
         return join_blocks(blocks, parts)
@@ -361,12 +420,18 @@ class FillMask:
     def decode_filled(self, candidates: list[tuple[np.ndarray, int, object]]) -> list[str]:
         """Decode each sequence with its mask at `position` replaced by token id(s), in one batch call."""
         if self.pieces:
-            return [self.pieces.decode(ids[:position].tolist() + ([token] if isinstance(token, int) else list(token))
-                                       + ids[position + 1:].tolist()) for ids, position, token in candidates]
+            return [
+                self.pieces.decode(
+                    ids[:position].tolist()
+                    + ([token] if isinstance(token, int) else list(token))
+                    + ids[position + 1 :].tolist()
+                )
+                for ids, position, token in candidates
+            ]
         filled = []
         for ids, position, token in candidates:
             pieces = [token] if isinstance(token, int) else list(token)
-            filled.append(np.concatenate([ids[:position], pieces, ids[position + 1:]]))
+            filled.append(np.concatenate([ids[:position], pieces, ids[position + 1 :]]))
         return self.decode_batch(filled)
 
     def decode_batch(self, sequences: list[np.ndarray]) -> list[str]:
@@ -395,7 +460,7 @@ class NextPieces(dict):
 
     def __missing__(self, token: int) -> str:
         both = self.tokenizer.decode([self.anchor, token], skip_special_tokens=False)
-        self[token] = piece = both[len(self.anchor_text):]
+        self[token] = piece = both[len(self.anchor_text) :]
         return piece
 
 
@@ -416,7 +481,7 @@ class Pieces:
         self.next = NextPieces(tokenizer, anchor)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Tokenizer, hidden: set[int], first) -> "Pieces | None":
+    def for_tokenizer(cls, tokenizer: Tokenizer, hidden: set[int], first) -> Pieces | None:
         if not isinstance(tokenizer.decoder, decoders.WordPiece):
             return None  # other decoders may join pieces across tokens: keep the tokenizer's decode
         return cls(tokenizer, hidden, first, anchor=tokenizer.token_to_id("[UNK]") or 0)
@@ -435,12 +500,12 @@ class Pieces:
         """decode(ids with ids[position] replaced by t) for each t of tokens."""
         nxt, hidden = self.next, self.hidden
         before = [t for t in ids[:position] if t not in hidden]
-        right = "".join([nxt[t] for t in ids[position + 1:] if t not in hidden])
+        right = "".join([nxt[t] for t in ids[position + 1 :] if t not in hidden])
         left = self.first(before[0]) + "".join([nxt[t] for t in before[1:]]) if before else ""
         out = []
         for t in tokens:
             if not self.visible(t):  # the candidate itself is dropped: the next token may become first
-                out.append(self.decode(ids[:position] + [t] + ids[position + 1:]))
+                out.append(self.decode(ids[:position] + [t] + ids[position + 1 :]))
             else:
                 out.append(left + nxt[t] + right if before else self.first(t) + right)
         return out
@@ -449,8 +514,10 @@ class Pieces:
 # ---------------------------------------------------------------------- input checks
 def validate_texts(texts, mask_token: str) -> tuple[list[str], bool]:
     if texts is None:
-        raise DeniroTypeError("texts is None; pass a string or a list of strings, each with "
-                              f"{mask_token} where a word should be predicted")
+        raise DeniroTypeError(
+            "texts is None; pass a string or a list of strings, each with "
+            f"{mask_token} where a word should be predicted"
+        )
     if isinstance(texts, str):
         texts, single = [texts], True
     elif isinstance(texts, (list, tuple)):
@@ -467,8 +534,11 @@ def validate_texts(texts, mask_token: str) -> tuple[list[str], bool]:
 
 def no_mask_message(text: str, index: int, mask_token: str) -> str:
     shown = text if len(text) <= 80 else text[:77] + "..."
-    hint = (f" (the mask token is case-sensitive: write {mask_token})"
-            if mask_token.lower() in text.lower() else f"; put {mask_token} where a word should be predicted")
+    hint = (
+        f" (the mask token is case-sensitive: write {mask_token})"
+        if mask_token.lower() in text.lower()
+        else f"; put {mask_token} where a word should be predicted"
+    )
     return f"text {index} has no {mask_token}: {shown!r}{hint}"
 
 
@@ -486,16 +556,21 @@ def fit_window(ids: np.ndarray, max_len: int, mask_id: int, truncation: bool, in
     if len(ids) <= max_len:
         return ids, []
     if not truncation:
-        raise DeniroError(f"text {index} is {len(ids)} tokens, more than the model's maximum of "
-                          f"{max_len}; shorten it, or pass truncation=True to keep a window around the masks")
+        raise DeniroError(
+            f"text {index} is {len(ids)} tokens, more than the model's maximum of "
+            f"{max_len}; shorten it, or pass truncation=True to keep a window around the masks"
+        )
     inner, budget = ids[1:-1], max_len - 2
     masks = np.flatnonzero(inner == mask_id)  # [n_masks]
     start = window_start(masks, budget, len(inner))
     lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]
     if lost:
-        warnings.warn(f"text {index}: masks {lost} (0-based) lie outside the {max_len}-token window "
-                      f"kept by truncation; their predictions are empty lists", stacklevel=4)
-    return np.concatenate([ids[:1], inner[start:start + budget], ids[-1:]]), lost
+        warnings.warn(
+            f"text {index}: masks {lost} (0-based) lie outside the {max_len}-token window "
+            f"kept by truncation; their predictions are empty lists",
+            stacklevel=4,
+        )
+    return np.concatenate([ids[:1], inner[start : start + budget], ids[-1:]]), lost
 
 
 def window_start(masks: np.ndarray, budget: int, length: int) -> int:
@@ -591,8 +666,13 @@ def score_targets(fm: FillMask, encoded, targets, top_k: int, batch_size: int):
         variants = widened_masks(fm, encoded, width)
         tgt = np.array(words, np.int64).T  # [width, n_words of this width]
         owners += [owner for owner, _, _ in variants]
-        scored += fm.score([v for _, v, _ in variants], [p for _, _, p in variants], [tgt] * len(variants),
-                           top_k=1, batch_size=batch_size)
+        scored += fm.score(
+            [v for _, v, _ in variants],
+            [p for _, _, p in variants],
+            [tgt] * len(variants),
+            top_k=1,
+            batch_size=batch_size,
+        )
     return collect_targets(fm, encoded, pieces, owners, columns, scored, top_k)
 
 
@@ -602,7 +682,7 @@ def widened_masks(fm: FillMask, encoded, width: int) -> list[tuple[tuple, np.nda
     out = []
     for t, ids in enumerate(encoded):
         for m, position in enumerate(np.flatnonzero(ids == fm.mask_id)):
-            widened = np.concatenate([ids[:position], [fm.mask_id] * width, ids[position + 1:]])
+            widened = np.concatenate([ids[:position], [fm.mask_id] * width, ids[position + 1 :]])
             out.append(((t, m, width, position), widened, np.arange(position, position + width)))
     return out
 
@@ -638,7 +718,12 @@ def fill_jointly(fm: FillMask, encoded, batch_size: int) -> list[dict]:
             current[i][position] = s.topk_ids[best, 0]
             logprob[i] += float(s.topk_logprobs[best, 0])
     sequences = fm.decode_batch(current)
-    return [{"sequence": seq, "score": float(np.exp(lp)),
-             "tokens": [int(t) for t in ids[orig == fm.mask_id]],
-             "token_strs": [fm.token_str(int(t)) for t in ids[orig == fm.mask_id]]}
-            for seq, lp, ids, orig in zip(sequences, logprob, current, encoded)]
+    return [
+        {
+            "sequence": seq,
+            "score": float(np.exp(lp)),
+            "tokens": [int(t) for t in ids[orig == fm.mask_id]],
+            "token_strs": [fm.token_str(int(t)) for t in ids[orig == fm.mask_id]],
+        }
+        for seq, lp, ids, orig in zip(sequences, logprob, current, encoded)
+    ]

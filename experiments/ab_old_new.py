@@ -9,6 +9,7 @@ run today it compares against whatever ships now.
     mkdir -p /tmp/old-default && git archive 3964d17 deniro_rt/models/default | tar -x -C /tmp/old-default
     .venv/bin/python experiments/ab_old_new.py [--old /tmp/old-default/deniro_rt/models/default] [--dataset DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,14 @@ def main() -> None:
     sents = sentences(args.dataset)
     res = {name: {"prompt": [], "b32": []} for name in models}
     for rnd in range(6):
-        for name, fm in (models.items() if rnd % 2 == 0 else reversed(models.items())):
+        for name, fm in models.items() if rnd % 2 == 0 else reversed(models.items()):
             one_round(fm, sents, res[name])
     for name in res:
-        print(name, "prompt ms median %.2f" % statistics.median(res[name]["prompt"]),
-              "| batch-32 sentences/s median %.0f" % statistics.median(res[name]["b32"]))
+        print(
+            name,
+            "prompt ms median {:.2f}".format(statistics.median(res[name]["prompt"])),
+            "| batch-32 sentences/s median {:.0f}".format(statistics.median(res[name]["b32"])),
+        )
 
 
 if __name__ == "__main__":

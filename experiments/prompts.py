@@ -5,6 +5,7 @@ the PyTorch checkpoint runs/minilm-gpu). The folders are git-ignored scratch on 
 
     .venv/bin/python experiments/prompts.py [--out bench/results/cpu-2core-minilm/prompts.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import deniro_rt  # noqa: E402
 
 PROMPTS = ["This is a great [MASK]!", "I gave it [MASK] out of ten."]
-ARTIFACTS = [("deniro_rt fp32 (exports/minilm)", "exports/minilm", "fp32"),
-             ("deniro_rt fp32 (exports/minilm-int8-weight-only)", "exports/minilm-int8-weight-only", "fp32"),
-             ("deniro_rt int8 weight-only (exports/minilm-int8-weight-only)", "exports/minilm-int8-weight-only", "int8")]
+ARTIFACTS = [
+    ("deniro_rt fp32 (exports/minilm)", "exports/minilm", "fp32"),
+    ("deniro_rt fp32 (exports/minilm-int8-weight-only)", "exports/minilm-int8-weight-only", "fp32"),
+    ("deniro_rt int8 weight-only (exports/minilm-int8-weight-only)", "exports/minilm-int8-weight-only", "int8"),
+]
 TORCH_MODEL = "runs/minilm-gpu"
 
 

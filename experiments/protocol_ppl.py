@@ -8,6 +8,7 @@ seed 1234 -- what `python -m train` reports per epoch -- scored by deniro_rt (no
 Every bench/results/cpu-2core-minilm/shipped/protocol_ppl*.json was written this way (whole split: no --reviews;
 about 18 min a model on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def score(artifact: str, reviews: list[str], limit: int | None, settings: EvalSe
     started = time.perf_counter()
     result = fm.perplexity(masked, batch_size=32)
     seconds = time.perf_counter() - started
-    return {"artifact": artifact, "vocab_size": fm.manifest.vocab_size, "chunks": len(masked.input_ids),
-            **result, "seconds": round(seconds, 1)}
+    return {
+        "artifact": artifact,
+        "vocab_size": fm.manifest.vocab_size,
+        "chunks": len(masked.input_ids),
+        **result,
+        "seconds": round(seconds, 1),
+    }
 
 
 def main() -> None:
@@ -45,8 +51,7 @@ def main() -> None:
     for artifact in args.artifacts:
         rows.append(score(artifact, reviews, args.reviews, settings))
         print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"reviews": args.reviews or len(reviews), "settings": settings.__dict__, "rows": rows},
-                     indent=2))
+    print(json.dumps({"reviews": args.reviews or len(reviews), "settings": settings.__dict__, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Run from the repo root:
   flock /tmp/deniro-bench.lock .venv/bin/python experiments/size_experiment.py time
 Results: bench/results/cpu-2core-minilm/size/size.json (one key per step).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,19 +49,42 @@ def inventory() -> list[dict]:
     rows = []
     for init in proto.graph.initializer:
         arr = numpy_helper.to_array(init)
-        rows.append({"name": init.name, "shape": list(arr.shape), "dtype": str(arr.dtype), "mb": arr.nbytes / 1e6,
-                     "consumers": consumers.get(init.name, [])})
+        rows.append(
+            {
+                "name": init.name,
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "mb": arr.nbytes / 1e6,
+                "consumers": consumers.get(init.name, []),
+            }
+        )
     rows.sort(key=lambda r: -r["mb"])
     groups = Counter()
     for r in rows:
         c = " ".join(r["consumers"])
-        kind = ("word embedding table (tied)" if r["name"] == TABLE else "attention QKV" if "Attention" in c
-                else "FFN lin1/lin2" if "ffn" in c else "attention out_lin" if "out_lin" in c
-                else "position embeddings" if "position" in r["name"] else "vocab_transform" if "vocab_transform" in c
-                else "other (biases, LayerNorm, constants)")
+        kind = (
+            "word embedding table (tied)"
+            if r["name"] == TABLE
+            else "attention QKV"
+            if "Attention" in c
+            else "FFN lin1/lin2"
+            if "ffn" in c
+            else "attention out_lin"
+            if "out_lin" in c
+            else "position embeddings"
+            if "position" in r["name"]
+            else "vocab_transform"
+            if "vocab_transform" in c
+            else "other (biases, LayerNorm, constants)"
+        )
         groups[kind] += r["mb"]
-    return {"file_mb": (SRC / "fast.onnx").stat().st_size / 1e6, "initializers_mb": sum(r["mb"] for r in rows),
-            "count": len(rows), "groups": dict(groups.most_common()), "top": rows[:22]}
+    return {
+        "file_mb": (SRC / "fast.onnx").stat().st_size / 1e6,
+        "initializers_mb": sum(r["mb"] for r in rows),
+        "count": len(rows),
+        "groups": dict(groups.most_common()),
+        "top": rows[:22],
+    }
 
 
 # --------------------------------------------------------------------------- graph surgery
@@ -70,8 +94,16 @@ def head_nodes(proto) -> list[str]:
     return sorted(downstream_nodes(proto.graph, "mask_index"))
 
 
-def quantize_encoder(proto, bits: int, block: int, accuracy_level: int, exclude: list[str], sym: bool = True,
-                     algo: str = "rtn", only: tuple[str, ...] | None = None):
+def quantize_encoder(
+    proto,
+    bits: int,
+    block: int,
+    accuracy_level: int,
+    exclude: list[str],
+    sym: bool = True,
+    algo: str = "rtn",
+    only: tuple[str, ...] | None = None,
+):
     """MatMuls with a constant weight (Attention split into QKV MatMul + MHA) -> MatMulNBits.
 
     only: quantize just the MatMuls whose name contains one of these substrings (others untouched)."""
@@ -82,10 +114,21 @@ def quantize_encoder(proto, bits: int, block: int, accuracy_level: int, exclude:
     exclude = list(exclude)
     if only:
         exclude += [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(o in n.name for o in only)]
-    config = HQQWeightOnlyQuantConfig(block_size=block, bits=bits, op_types_to_quantize=("MatMul",)) \
-        if algo == "hqq" else None
-    q = MatMulNBitsQuantizer(proto, bits=bits, block_size=block, is_symmetric=sym, accuracy_level=accuracy_level,
-                             nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",), algo_config=config)
+    config = (
+        HQQWeightOnlyQuantConfig(block_size=block, bits=bits, op_types_to_quantize=("MatMul",))
+        if algo == "hqq"
+        else None
+    )
+    q = MatMulNBitsQuantizer(
+        proto,
+        bits=bits,
+        block_size=block,
+        is_symmetric=sym,
+        accuracy_level=accuracy_level,
+        nodes_to_exclude=exclude,
+        op_types_to_quantize=("MatMul",),
+        algo_config=config,
+    )
     with quantizer_logs_muted():
         q.process()
     return q.model.model
@@ -103,8 +146,10 @@ def projector_to_matmul(proto) -> None:
             continue
         x, _, bias = node.input
         mm = node.output[0] + "_mm"
-        nodes += [helper.make_node("MatMul", [x, "projector_weight_T"], [mm], name="/vocab_projector/MatMul"),
-                  helper.make_node("Add", [mm, bias], list(node.output), name="/vocab_projector/Add")]
+        nodes += [
+            helper.make_node("MatMul", [x, "projector_weight_T"], [mm], name="/vocab_projector/MatMul"),
+            helper.make_node("Add", [mm, bias], list(node.output), name="/vocab_projector/Add"),
+        ]
     del g.node[:]
     g.node.extend(nodes)
 
@@ -120,15 +165,21 @@ def table_dq(proto, bits: int, block: int = 32) -> None:
     if bits == 8:
         scale = np.maximum(np.abs(w).max(axis=1), 1e-12) / 127.0  # [vocab]
         q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
-        g.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale.astype(np.float32), sname)])
+        g.initializer.extend(
+            [numpy_helper.from_array(q, qname), numpy_helper.from_array(scale.astype(np.float32), sname)]
+        )
         dq = helper.make_node("DequantizeLinear", [qname, sname], [fname], name="table_DQ", axis=0)
     else:  # int4, blocks of `block` along the hidden axis (DequantizeLinear-21 block_size)
         vocab, hidden = w.shape
         blocks = w.reshape(vocab, hidden // block, block)
         scale = np.maximum(np.abs(blocks).max(axis=2), 1e-12) / 7.0  # [vocab, hidden/block]
         q = np.clip(np.rint(blocks / scale[:, :, None]), -8, 7).astype(np.int8).reshape(vocab, hidden)
-        g.initializer.extend([helper.make_tensor(qname, onnx.TensorProto.INT4, q.shape, q.ravel().tolist()),
-                          numpy_helper.from_array(scale.astype(np.float32), sname)])
+        g.initializer.extend(
+            [
+                helper.make_tensor(qname, onnx.TensorProto.INT4, q.shape, q.ravel().tolist()),
+                numpy_helper.from_array(scale.astype(np.float32), sname),
+            ]
+        )
         dq = helper.make_node("DequantizeLinear", [qname, sname], [fname], name="table_DQ", axis=1, block_size=block)
         set_opset(proto, 21)
     for node in g.node:
@@ -152,18 +203,34 @@ def pack_table(g, bits: int, block: int) -> tuple[int, int]:
     q = q.astype(np.uint8)  # [vocab, nb, block] unsigned
     if bits == 4:
         q = (q[:, :, 0::2] | (q[:, :, 1::2] << 4)).astype(np.uint8)  # [vocab, nb, block/2], low nibble first
-    g.initializer.extend([numpy_helper.from_array(q, TABLE + "_nbits"), numpy_helper.from_array(scale, TABLE + "_scales"),
-                          numpy_helper.from_array(scale[:, :, None], TABLE + "_scales3"),
-                          numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "table_gbq_shape")])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(q, TABLE + "_nbits"),
+            numpy_helper.from_array(scale, TABLE + "_scales"),
+            numpy_helper.from_array(scale[:, :, None], TABLE + "_scales3"),
+            numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "table_gbq_shape"),
+        ]
+    )
     return vocab, hidden
 
 
 def gbq(indices: str, name: str, bits: int, block: int) -> tuple[list, str]:
     """Rows of the packed table for `indices`, as [..., hidden] floats."""
     raw, flat = name + "_raw", name + "_out"
-    return [helper.make_node("GatherBlockQuantized", [TABLE + "_nbits", indices, TABLE + "_scales3"], [raw], name=name,
-                             domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=bits),
-            helper.make_node("Reshape", [raw, "table_gbq_shape"], [flat], name=name + "_Reshape")], flat
+    return [
+        helper.make_node(
+            "GatherBlockQuantized",
+            [TABLE + "_nbits", indices, TABLE + "_scales3"],
+            [raw],
+            name=name,
+            domain="com.microsoft",
+            gather_axis=0,
+            quantize_axis=2,
+            block_size=block,
+            bits=bits,
+        ),
+        helper.make_node("Reshape", [raw, "table_gbq_shape"], [flat], name=name + "_Reshape"),
+    ], flat
 
 
 def unfused_embedding(eln, bits: int, block: int) -> list:
@@ -174,8 +241,10 @@ def unfused_embedding(eln, bits: int, block: int) -> list:
     return word_nodes + [
         helper.make_node("Gather", [pos_table, pos_ids], ["pos_emb"], name="pos_Gather", axis=0),
         helper.make_node("Add", [word, "pos_emb"], ["emb_sum"], name="emb_Add"),
-        helper.make_node("LayerNormalization", ["emb_sum", gamma, beta], [eln.output[0]], name="emb_LayerNorm",
-                         axis=-1, epsilon=eps)]
+        helper.make_node(
+            "LayerNormalization", ["emb_sum", gamma, beta], [eln.output[0]], name="emb_LayerNorm", axis=-1, epsilon=eps
+        ),
+    ]
 
 
 def table_shared_nbits(proto, bits: int, block: int, accuracy_level: int = 0) -> None:
@@ -193,10 +262,21 @@ def table_shared_nbits(proto, bits: int, block: int, accuracy_level: int = 0) ->
         elif node.name == PROJECTOR:
             x, _, bias = node.input
             mm = node.output[0] + "_mm"
-            nodes += [helper.make_node("MatMulNBits", [x, TABLE + "_nbits", TABLE + "_scales"], [mm],
-                                       name="/vocab_projector/MatMulNBits", domain="com.microsoft", K=hidden, N=vocab,
-                                       bits=bits, block_size=block, accuracy_level=accuracy_level),
-                      helper.make_node("Add", [mm, bias], list(node.output), name="/vocab_projector/Add")]
+            nodes += [
+                helper.make_node(
+                    "MatMulNBits",
+                    [x, TABLE + "_nbits", TABLE + "_scales"],
+                    [mm],
+                    name="/vocab_projector/MatMulNBits",
+                    domain="com.microsoft",
+                    K=hidden,
+                    N=vocab,
+                    bits=bits,
+                    block_size=block,
+                    accuracy_level=accuracy_level,
+                ),
+                helper.make_node("Add", [mm, bias], list(node.output), name="/vocab_projector/Add"),
+            ]
         else:
             nodes.append(node)
     del g.node[:]
@@ -286,9 +366,16 @@ def build() -> dict:
                 table_shared_nbits(proto, *spec["shared"])
             dst = OUT / f"{name}.onnx"
             onnx.save(proto, str(dst))
-            ops = Counter(n.op_type for n in proto.graph.node
-                          if n.op_type in ("MatMulNBits", "MatMul", "DequantizeLinear", "Gemm", "MultiHeadAttention"))
-            built[name] = {"mb": dst.stat().st_size / 1e6, "ops": dict(ops), "s": round(time.perf_counter() - started, 1)}
+            ops = Counter(
+                n.op_type
+                for n in proto.graph.node
+                if n.op_type in ("MatMulNBits", "MatMul", "DequantizeLinear", "Gemm", "MultiHeadAttention")
+            )
+            built[name] = {
+                "mb": dst.stat().st_size / 1e6,
+                "ops": dict(ops),
+                "s": round(time.perf_counter() - started, 1),
+            }
         except Exception as exc:  # noqa: BLE001 - recorded, the other variants go on
             built[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(name, built[name], flush=True)
@@ -308,8 +395,10 @@ def session(path: Path, threads: int = 2):
 
 
 def graphs() -> dict[str, Path]:
-    return {"fp32": SRC / "fast.onnx", **{n: OUT / f"{n}.onnx" for n in VARIANTS
-                                           if (OUT / f"{n}.onnx").exists() and (not WANTED or n in WANTED)}}
+    return {
+        "fp32": SRC / "fast.onnx",
+        **{n: OUT / f"{n}.onnx" for n in VARIANTS if (OUT / f"{n}.onnx").exists() and (not WANTED or n in WANTED)},
+    }
 
 
 def score() -> dict:
@@ -319,8 +408,15 @@ def score() -> dict:
 
     manifest, tok = load_manifest(SRC), artifact_tokenizer(SRC)
     texts, origin = validate.load_texts("/work/shared/data/imdb", "test", "text")
-    spec = validate.ValidationSpec(manifest.vocab_size, manifest.max_positions, sentences=SENTENCES,
-                                   random_sequences=0, perplexity_chunks=32, batch_size=16, seed=0)
+    spec = validate.ValidationSpec(
+        manifest.vocab_size,
+        manifest.max_positions,
+        sentences=SENTENCES,
+        random_sequences=0,
+        perplexity_chunks=32,
+        batch_size=16,
+        seed=0,
+    )
     data = validate.build_validation_set(tok, texts, origin, spec)
     ref = validate.fast_reference(session(SRC / "fast.onnx"), data, manifest.vocab_size)
     ref_all = np.concatenate(ref.logits)  # [n, vocab] fp32 log-probs
@@ -336,18 +432,26 @@ def score() -> dict:
             continue
         outs = []
         for batch in data.queries:
-            every = np.broadcast_to(np.arange(manifest.vocab_size, dtype=np.int64),
-                                    (len(batch.mask_index), manifest.vocab_size))
+            every = np.broadcast_to(
+                np.arange(manifest.vocab_size, dtype=np.int64), (len(batch.mask_index), manifest.vocab_size)
+            )
             outs.append(validate.run_fast(s, batch, every, 5))
         _, ids, lps = (np.concatenate(p) for p in zip(*outs))
         m = validate.topk_metrics(ref_all, ids, 5)
         dlp = np.abs(lps[np.arange(len(lps)), ref_top1] - ref_all[np.arange(len(lps)), ref_top1])
         ppl = validate.fast_perplexity(s, data)
-        results[name] = {"mb": round(path.stat().st_size / 1e6, 2), "rows": int(len(ids)),
-                         "top1": m["top1_agreement"], "top5_identical": m["top5_identical"],
-                         "mean_abs_dlogprob_top1": float(dlp.mean()), "max_abs_dlogprob_top1": float(dlp.max()),
-                         "perplexity": ppl, "ppl_rel_diff": validate.rel_diff(ppl, ref.perplexity),
-                         **validate.batch_drift(s, data.queries[0], 5), "s": round(time.perf_counter() - started, 1)}
+        results[name] = {
+            "mb": round(path.stat().st_size / 1e6, 2),
+            "rows": int(len(ids)),
+            "top1": m["top1_agreement"],
+            "top5_identical": m["top5_identical"],
+            "mean_abs_dlogprob_top1": float(dlp.mean()),
+            "max_abs_dlogprob_top1": float(dlp.max()),
+            "perplexity": ppl,
+            "ppl_rel_diff": validate.rel_diff(ppl, ref.perplexity),
+            **validate.batch_drift(s, data.queries[0], 5),
+            "s": round(time.perf_counter() - started, 1),
+        }
         print(name, results[name], flush=True)
     return results
 
@@ -361,9 +465,13 @@ def prompt_feed() -> dict:
     text = f"This is a great {tok.mask_token} and I would happily watch it again soon."
     ids = np.asarray(tok(text)["input_ids"], np.int64)
     assert len(ids) == 16, len(ids)
-    return {"input_ids": ids[None], "attention_mask": np.ones((1, 16), np.int64),
-            "mask_index": np.flatnonzero(ids == tok.mask_token_id).astype(np.int64),
-            "target_ids": np.zeros((1, 1), np.int64), "top_k": np.array([5], np.int64)}
+    return {
+        "input_ids": ids[None],
+        "attention_mask": np.ones((1, 16), np.int64),
+        "mask_index": np.flatnonzero(ids == tok.mask_token_id).astype(np.int64),
+        "target_ids": np.zeros((1, 1), np.int64),
+        "top_k": np.array([5], np.int64),
+    }
 
 
 def timed(s, feed: dict, runs: int, warmup: int) -> dict:
@@ -392,8 +500,11 @@ def latency(runs: int = 200, warmup: int = 20) -> dict:
         except Exception as exc:  # noqa: BLE001
             results[name] = {"error": f"load: {type(exc).__name__}: {str(exc)[:300]}"}
             continue
-        results[name] = {**timed(s, feed, runs, warmup), "session_rss_mb": round(rss, 1),
-                         "fp32_p50_ms_just_before": timed(fp32, feed, runs, warmup)["p50_ms"]}
+        results[name] = {
+            **timed(s, feed, runs, warmup),
+            "session_rss_mb": round(rss, 1),
+            "fp32_p50_ms_just_before": timed(fp32, feed, runs, warmup)["p50_ms"],
+        }
         del s
         print(name, results[name], flush=True)
     results["fp32 (last)"] = timed(fp32, feed, runs, warmup)
@@ -412,8 +523,10 @@ def report() -> None:
         print(f"| {k} | {v:.2f} |")
     score, s1024 = data.get("score", {}), data.get("score_1024", {})
     timed, fold = data.get("time", {}), data.get("time_fold_dq", {})
-    print("\n| variant | MB | top-1 | top-5 identical | mean abs dlogp top-1 | ppl rel diff | top-1 (1024) "
-          "| p50 ms | fp32 p50 ms | p50 ms folded DQ | fp32 (folded run) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| variant | MB | top-1 | top-5 identical | mean abs dlogp top-1 | ppl rel diff | top-1 (1024) "
+        "| p50 ms | fp32 p50 ms | p50 ms folded DQ | fp32 (folded run) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for name, m in score.items():
         if "error" in m:
             print(f"| {name} | | {m['error']} |")
@@ -421,11 +534,13 @@ def report() -> None:
         t, f, b = timed.get(name, {}), fold.get(name, {}), s1024.get(name, {})
         big = f"{100 * b['top1']:.2f} %" if b else ""
         fp = timed.get("fp32 (first)", {}) if name == "fp32" else {}
-        print(f"| {name} | {m['mb']:.2f} | {100 * m['top1']:.2f} % | {100 * m['top5_identical']:.2f} % "
-              f"| {m['mean_abs_dlogprob_top1']:.4f} | {m['ppl_rel_diff']:.1e} "
-              f"| {big} "
-              f"| {t.get('p50_ms', fp.get('p50_ms', ''))} | {t.get('fp32_p50_ms_just_before', '')} "
-              f"| {f.get('p50_ms', '')} | {f.get('fp32_p50_ms_just_before', '')} |")
+        print(
+            f"| {name} | {m['mb']:.2f} | {100 * m['top1']:.2f} % | {100 * m['top5_identical']:.2f} % "
+            f"| {m['mean_abs_dlogprob_top1']:.4f} | {m['ppl_rel_diff']:.1e} "
+            f"| {big} "
+            f"| {t.get('p50_ms', fp.get('p50_ms', ''))} | {t.get('fp32_p50_ms_just_before', '')} "
+            f"| {f.get('p50_ms', '')} | {f.get('fp32_p50_ms_just_before', '')} |"
+        )
 
 
 if __name__ == "__main__":
@@ -433,7 +548,9 @@ if __name__ == "__main__":
     if step == "report":
         sys.exit(report())
     value = {"inventory": inventory, "build": build, "score": score, "time": latency}[step]()
-    suffix = "_fold_dq" if FOLD_DQ and step == "time" else f"_{SENTENCES}" if SENTENCES != 256 and step == "score" else ""
+    suffix = (
+        "_fold_dq" if FOLD_DQ and step == "time" else f"_{SENTENCES}" if SENTENCES != 256 and step == "score" else ""
+    )
     save_results(step + suffix, value)
     if step == "inventory":
         print(json.dumps({k: v for k, v in value.items() if k != "top"}, indent=1))

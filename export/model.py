@@ -1,4 +1,5 @@
 """Load the checkpoint to export, and the two torch modules that are traced into ONNX graphs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,11 +34,14 @@ class Source:
 
 def load_source(name: str, tokenizer_name: str | None, attn_implementation: str) -> Source:
     model = load_mlm(name, resolve_attn_implementation(attn_implementation))
-    tokenizer = load_tokenizer(tokenizer_name or name,
-                               hint="pass --tokenizer with the folder of the tokenizer the model was trained with")
+    tokenizer = load_tokenizer(
+        tokenizer_name or name, hint="pass --tokenizer with the folder of the tokenizer the model was trained with"
+    )
     if tokenizer.mask_token_id >= model.config.vocab_size or len(tokenizer) > model.config.vocab_size:
-        raise DeniroError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
-                          f"embeddings; pass the --tokenizer the model was trained with")
+        raise DeniroError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} "
+            f"embeddings; pass the --tokenizer the model was trained with"
+        )
     weights = weight_files(name)
     return Source(model, tokenizer, [w.name for w in weights], weights_digest(weights))
 
@@ -64,25 +68,36 @@ def load_mlm(name: str, attn_implementation: str) -> nn.Module:
     from transformers import AutoModelForMaskedLM
 
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
-        raise DeniroError(f"--model {name}: folder not found (pass a save_pretrained folder, e.g. the "
-                          f"--output of python -m train, or a hub id)")
+        raise DeniroError(
+            f"--model {name}: folder not found (pass a save_pretrained folder, e.g. the "
+            f"--output of python -m train, or a hub id)"
+        )
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
-            str(Path(name).expanduser()) if _looks_like_path(name) else name, output_loading_info=True,
-            attn_implementation=attn_implementation, dtype=torch.float32)
+            str(Path(name).expanduser()) if _looks_like_path(name) else name,
+            output_loading_info=True,
+            attn_implementation=attn_implementation,
+            dtype=torch.float32,
+        )
     except Exception as exc:
         first = (str(exc).splitlines() or [""])[0][:160]
         where = "folder" if Path(name).expanduser().is_dir() else "hub id (there is no such folder)"
-        raise DeniroError(f"could not load a masked-LM checkpoint from {where} {name!r} ({type(exc).__name__}: "
-                          f"{first}); pass a save_pretrained folder of a DistilBertForMaskedLM") from exc
+        raise DeniroError(
+            f"could not load a masked-LM checkpoint from {where} {name!r} ({type(exc).__name__}: "
+            f"{first}); pass a save_pretrained folder of a DistilBertForMaskedLM"
+        ) from exc
     # Loading a checkpoint without its head "works" with a random head; refuse it instead.
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     if missing:
-        raise DeniroError(f"{name!r} has no masked-LM head (missing weights: {', '.join(sorted(missing)[:4])}); "
-                          f"export needs a DistilBertForMaskedLM checkpoint such as python -m train writes")
+        raise DeniroError(
+            f"{name!r} has no masked-LM head (missing weights: {', '.join(sorted(missing)[:4])}); "
+            f"export needs a DistilBertForMaskedLM checkpoint such as python -m train writes"
+        )
     if model.config.model_type != "distilbert":
-        raise DeniroError(f"{name!r} is a {model.config.model_type} model; the export supports DistilBERT "
-                          f"masked LMs (the fast graph uses DistilBERT's MLM head)")
+        raise DeniroError(
+            f"{name!r} is a {model.config.model_type} model; the export supports DistilBERT "
+            f"masked LMs (the fast graph uses DistilBERT's MLM head)"
+        )
     return model.eval()
 
 
@@ -156,14 +171,17 @@ class FullFillMask(nn.Module):
 @torch.no_grad()
 def torch_logits(model: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     """transformers' own forward. [batch, seq] -> logits [batch, seq, vocab] float32."""
-    out = model(input_ids=torch.from_numpy(np.asarray(input_ids, np.int64)),
-                attention_mask=torch.from_numpy(np.asarray(attention_mask, np.int64)))
+    out = model(
+        input_ids=torch.from_numpy(np.asarray(input_ids, np.int64)),
+        attention_mask=torch.from_numpy(np.asarray(attention_mask, np.int64)),
+    )
     return out.logits.float().numpy()
 
 
 @torch.no_grad()
-def torch_mask_logits(model: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray,
-                      mask_index: np.ndarray) -> np.ndarray:
+def torch_mask_logits(
+    model: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray, mask_index: np.ndarray
+) -> np.ndarray:
     """The PyTorch reference at the mask rows: transformers' encoder, then the MLM head on those rows.
 
     Equal to torch_logits(...)[mask rows] (the head is applied per position) without computing the
@@ -171,7 +189,9 @@ def torch_mask_logits(model: nn.Module, input_ids: np.ndarray, attention_mask: n
     [batch, seq], mask_index [n] -> logits [n, vocab] float32.
     """
     mlm = MaskedOnlyMLM(model)
-    hidden = model.distilbert(input_ids=torch.from_numpy(np.asarray(input_ids, np.int64)),
-                              attention_mask=torch.from_numpy(np.asarray(attention_mask, np.int64)))[0]
+    hidden = model.distilbert(
+        input_ids=torch.from_numpy(np.asarray(input_ids, np.int64)),
+        attention_mask=torch.from_numpy(np.asarray(attention_mask, np.int64)),
+    )[0]
     rows = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(np.asarray(mask_index, np.int64))]  # [n, H]
     return mlm.head(rows).float().numpy()

@@ -1,10 +1,11 @@
 """ONNX Runtime transformer fusions, fp16 conversion and int8 quantization of the traced graphs."""
+
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import Counter
-import io
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,13 @@ class Arch:
     n_layers: int
 
     @classmethod
-    def of(cls, config) -> "Arch":
+    def of(cls, config) -> Arch:
         return cls(n_heads=config.n_heads, hidden=config.dim, n_layers=config.n_layers)
 
 
 def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     """Node count per op type among the fused / quantized ops (com.microsoft domain) and REPORTED_OPS."""
-    counts = Counter(n.op_type for n in proto.graph.node
-                     if n.domain == "com.microsoft" or n.op_type in REPORTED_OPS)
+    counts = Counter(n.op_type for n in proto.graph.node if n.domain == "com.microsoft" or n.op_type in REPORTED_OPS)
     return dict(sorted(counts.items()))
 
 
@@ -60,8 +60,15 @@ def fuse(src: Path, arch: Arch, *, use_gpu: bool = False):
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: python fusions only; onnxruntime's own rewrites would tie the file to one provider.
-    return optimize_model(str(src), model_type="bert", num_heads=arch.n_heads, hidden_size=arch.hidden,
-                          optimization_options=fusion_options(), opt_level=0, use_gpu=use_gpu)
+    return optimize_model(
+        str(src),
+        model_type="bert",
+        num_heads=arch.n_heads,
+        hidden_size=arch.hidden,
+        optimization_options=fusion_options(),
+        opt_level=0,
+        use_gpu=use_gpu,
+    )
 
 
 def unfused(src: Path):
@@ -73,9 +80,11 @@ def unfused(src: Path):
 def require_attention(counts: dict[str, int], arch: Arch, label: str) -> None:
     found = sum(counts.get(op, 0) for op in ATTENTION_OPS)
     if found != arch.n_layers:
-        raise DeniroError(f"{label}: onnxruntime fused {found} of {arch.n_layers} attention layers (ops: "
-                          f"{counts}); try the other --attn-implementation (sdpa or eager), or pass --no-fuse to accept "
-                          f"unfused graphs")
+        raise DeniroError(
+            f"{label}: onnxruntime fused {found} of {arch.n_layers} attention layers (ops: "
+            f"{counts}); try the other --attn-implementation (sdpa or eager), or pass --no-fuse to accept "
+            f"unfused graphs"
+        )
 
 
 def _optimized(src: Path, arch: Arch, fused: bool, label: str, **kwargs):
@@ -104,15 +113,28 @@ def build_fp16(src: Path, dst: Path, arch: Arch, fused: bool, **_) -> dict[str, 
     return op_counts(model.model)
 
 
-def build_int8(src: Path, dst: Path, arch: Arch, fused: bool, per_channel: bool = True,
-               int8_method: str = DEFAULT_INT8_METHOD, calibration: list[dict] | None = None, **_) -> dict[str, int]:
+def build_int8(
+    src: Path,
+    dst: Path,
+    arch: Arch,
+    fused: bool,
+    per_channel: bool = True,
+    int8_method: str = DEFAULT_INT8_METHOD,
+    calibration: list[dict] | None = None,
+    **_,
+) -> dict[str, int]:
     """int8 fast graph for CPU by `int8_method` (INT8_METHODS); static needs `calibration` feeds."""
     model = _optimized(src, arch, fused, dst.name)
     return quantize_fused(model.model, dst, INT8_METHODS[int8_method], calibration, per_channel)
 
 
-def quantize_fused(proto: onnx.ModelProto, dst: Path, method: Int8Method, calibration: list[dict] | None = None,
-                   per_channel: bool = True) -> dict[str, int]:
+def quantize_fused(
+    proto: onnx.ModelProto,
+    dst: Path,
+    method: Int8Method,
+    calibration: list[dict] | None = None,
+    per_channel: bool = True,
+) -> dict[str, int]:
     """Quantize an optimized fp32 fast graph (e.g. an artifact's fast.onnx) into `dst`; returns its op counts.
 
     Attention is first split into a QKV MatMul + MultiHeadAttention: the int8 kernels handle MatMul
@@ -129,8 +151,10 @@ def quantize_fused(proto: onnx.ModelProto, dst: Path, method: Int8Method, calibr
         quantize_dynamic_matmuls(proto, dst, head, per_channel)
     elif method.kind == "static":
         if not calibration:
-            raise DeniroError("static int8 quantization needs calibration sentences (a --dataset with text); "
-                              "pass --int8-method nbits to quantize without data")
+            raise DeniroError(
+                "static int8 quantization needs calibration sentences (a --dataset with text); "
+                "pass --int8-method nbits to quantize without data"
+            )
         quantize_static_qdq(proto, dst, method, head, calibration, per_channel)
     else:
         raise DeniroError(f"unknown int8 method kind {method.kind!r}")
@@ -164,10 +188,18 @@ def attention_to_mha(proto: onnx.ModelProto) -> onnx.ModelProto:
         qkv, q, k, v = (f"{node.name}_{part}" for part in ("qkv", "q", "k", "v"))
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         mha_attrs = {name: attrs[name] for name in ("num_heads", "mask_filter_value", "scale") if name in attrs}
-        nodes += [helper.make_node("MatMul", [x, weight], [qkv], name=f"{node.name}_QKV_MatMul"),
-                  helper.make_node("Split", [qkv, split.name], [q, k, v], name=f"{node.name}_Split", axis=-1),
-                  helper.make_node("MultiHeadAttention", [q, k, v, bias, mask], list(node.output),
-                                   name=f"{node.name}_MHA", domain="com.microsoft", **mha_attrs)]
+        nodes += [
+            helper.make_node("MatMul", [x, weight], [qkv], name=f"{node.name}_QKV_MatMul"),
+            helper.make_node("Split", [qkv, split.name], [q, k, v], name=f"{node.name}_Split", axis=-1),
+            helper.make_node(
+                "MultiHeadAttention",
+                [q, k, v, bias, mask],
+                list(node.output),
+                name=f"{node.name}_MHA",
+                domain="com.microsoft",
+                **mha_attrs,
+            ),
+        ]
     del graph.node[:]
     graph.node.extend(nodes)
     return proto
@@ -177,16 +209,23 @@ def quantize_nbits(proto: onnx.ModelProto, dst: Path, method: Int8Method, head: 
     """MatMulNBits, 8-bit symmetric blockwise weights; accuracy_level 4 quantizes activations per row."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(proto, bits=8, block_size=method.block_size, is_symmetric=True,
-                                     accuracy_level=method.accuracy_level, nodes_to_exclude=head,
-                                     op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(
+        proto,
+        bits=8,
+        block_size=method.block_size,
+        is_symmetric=True,
+        accuracy_level=method.accuracy_level,
+        nodes_to_exclude=head,
+        op_types_to_quantize=("MatMul",),
+    )
     with quantizer_logs_muted():
         quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-def quantize_static_qdq(proto: onnx.ModelProto, dst: Path, method: Int8Method, head: list[str],
-                        calibration: list[dict], per_channel: bool) -> None:
+def quantize_static_qdq(
+    proto: onnx.ModelProto, dst: Path, method: Int8Method, head: list[str], calibration: list[dict], per_channel: bool
+) -> None:
     """QDQ int8 MatMuls with activation scales fixed by calibration (uint8 activations, int8 weights).
 
     MatMul outputs stay fp32 (no requantization: ONNX Runtime fuses DQ -> MatMul into
@@ -201,12 +240,22 @@ def quantize_static_qdq(proto: onnx.ModelProto, dst: Path, method: Int8Method, h
     onnx.save(typed, str(staged))
     try:
         with quantizer_logs_muted():
-            quantize_static(str(staged), str(dst), FeedReader(calibration), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["MatMul"], nodes_to_exclude=head, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, method.calibration),
-                            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
-                                           "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+            quantize_static(
+                str(staged),
+                str(dst),
+                FeedReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=head,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method.calibration),
+                extra_options={
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                    "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                },
+            )
     finally:
         staged.unlink(missing_ok=True)
 
@@ -220,9 +269,15 @@ def quantize_dynamic_matmuls(proto: onnx.ModelProto, dst: Path, head: list[str],
         onnx.save(proto, str(staged))
     try:
         with quantizer_logs_muted():
-            quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=["MatMul"], nodes_to_exclude=head,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_dynamic(
+                str(staged),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=head,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
     finally:
         staged.unlink(missing_ok=True)
     quantized = onnx.load(str(dst))
@@ -240,8 +295,9 @@ class FeedReader:
         return next(self._feeds, None)
 
 
-def calibration_feeds(rows: list[np.ndarray], mask_id: int, pad_id: int, seq_len: int,
-                      batch_size: int = 16) -> list[dict]:
+def calibration_feeds(
+    rows: list[np.ndarray], mask_id: int, pad_id: int, seq_len: int, batch_size: int = 16
+) -> list[dict]:
     """Fast-graph feeds for calibration: token rows padded to one [batch_size, seq_len] shape.
 
     One shape for every batch: the histogram calibrators (Percentile, Entropy) stack batches.
@@ -252,11 +308,18 @@ def calibration_feeds(rows: list[np.ndarray], mask_id: int, pad_id: int, seq_len
     for start in range(0, len(rows) - batch_size + 1, batch_size):
         ids = np.full((batch_size, seq_len), pad_id, np.int64)  # [batch, seq]
         attention = np.zeros((batch_size, seq_len), np.int64)  # [batch, seq]
-        for b, row in enumerate(rows[start:start + batch_size]):
-            ids[b, :len(row)], attention[b, :len(row)] = row, 1
+        for b, row in enumerate(rows[start : start + batch_size]):
+            ids[b, : len(row)], attention[b, : len(row)] = row, 1
         masks = np.flatnonzero(ids.ravel() == mask_id).astype(np.int64)  # [n]
-        feeds.append({"input_ids": ids, "attention_mask": attention, "mask_index": masks,
-                      "target_ids": np.zeros((len(masks), 1), np.int64), "top_k": np.array([1], np.int64)})
+        feeds.append(
+            {
+                "input_ids": ids,
+                "attention_mask": attention,
+                "mask_index": masks,
+                "target_ids": np.zeros((len(masks), 1), np.int64),
+                "top_k": np.array([1], np.int64),
+            }
+        )
     return feeds
 
 
@@ -267,8 +330,11 @@ def quantizer_logs_muted():
     previous = root.level
     root.setLevel(max(previous, logging.WARNING))
     try:  # the histogram calibrators print() their settings and progress
-        with muted_root_warning(PRE_PROCESS_HINT), muted_root_warning(STATIC_PRE_PROCESS_HINT), \
-                redirect_stdout(io.StringIO()):
+        with (
+            muted_root_warning(PRE_PROCESS_HINT),
+            muted_root_warning(STATIC_PRE_PROCESS_HINT),
+            redirect_stdout(io.StringIO()),
+        ):
             yield
     finally:
         root.setLevel(previous)
@@ -333,15 +399,28 @@ def downstream_nodes(graph: onnx.GraphProto, tensor: str) -> set[str]:
 BUILDERS = {"fp32": build_fp32, "fp16": build_fp16, "int8": build_int8}
 
 
-def build_graph(precision: str, src: Path, dst: Path, arch: Arch, fused: bool, per_channel: bool,
-                int8_method: str = DEFAULT_INT8_METHOD, calibration: list[dict] | None = None) -> dict[str, int]:
+def build_graph(
+    precision: str,
+    src: Path,
+    dst: Path,
+    arch: Arch,
+    fused: bool,
+    per_channel: bool,
+    int8_method: str = DEFAULT_INT8_METHOD,
+    calibration: list[dict] | None = None,
+) -> dict[str, int]:
     """Write the `precision` graph built from the traced fp32 graph `src`; returns its op counts.
 
     int8_method, calibration: see build_int8 (ignored by the other precisions).
     """
     started = time.perf_counter()
-    counts = BUILDERS[precision](src, dst, arch, fused, per_channel=per_channel, int8_method=int8_method,
-                                 calibration=calibration)
-    log.info("%s built in %.1f s: %s", dst.name, time.perf_counter() - started,
-             ", ".join(f"{op} {n}" for op, n in counts.items()) or "no fused ops")
+    counts = BUILDERS[precision](
+        src, dst, arch, fused, per_channel=per_channel, int8_method=int8_method, calibration=calibration
+    )
+    log.info(
+        "%s built in %.1f s: %s",
+        dst.name,
+        time.perf_counter() - started,
+        ", ".join(f"{op} {n}" for op, n in counts.items()) or "no fused ops",
+    )
     return counts

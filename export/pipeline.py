@@ -3,6 +3,7 @@
 Everything is written to a temporary folder next to --output and renamed into place only after
 validation passed, so a failed export never leaves a half-written or wrong artifact behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deniro_rt.artifact import (FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, TOKENIZER_FILE,
-                               sha256_file)
+from deniro_rt.artifact import FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, TOKENIZER_FILE, sha256_file
 from deniro_rt.data import untruncated
 from deniro_rt.files import staged
 
@@ -26,10 +26,21 @@ from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
 from .optimize import Arch, build_graph, calibration_feeds
-from .rowquant import build_any_graph
 from .reference import write_reference
-from .validate import (FULL_GRAPH_KEY, ValidationFailed, ValidationSet, ValidationSpec, build_validation_set,
-                       failures, load_texts, random_rows, sentence_rows, summary, validate)
+from .rowquant import build_any_graph
+from .validate import (
+    FULL_GRAPH_KEY,
+    ValidationFailed,
+    ValidationSet,
+    ValidationSpec,
+    build_validation_set,
+    failures,
+    load_texts,
+    random_rows,
+    sentence_rows,
+    summary,
+    validate,
+)
 from .weights import ROUNDING_SCHEME, round_weights, rounding_cost, store_int8
 
 log = logging.getLogger(__name__)
@@ -47,9 +58,16 @@ def precision_providers(config: ExportConfig) -> dict[str, list[str]]:
 def validation_set(config: ExportConfig, source: Source) -> ValidationSet:
     texts, origin = load_texts(config.dataset, config.split, config.text_column)
     cfg = source.model.config
-    spec = ValidationSpec(cfg.vocab_size, cfg.max_position_embeddings, sentences=config.sentences,
-                          random_sequences=config.random_sequences, perplexity_chunks=config.perplexity_chunks,
-                          chunk_size=config.chunk_size, batch_size=config.batch_size, seed=config.seed)
+    spec = ValidationSpec(
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        sentences=config.sentences,
+        random_sequences=config.random_sequences,
+        perplexity_chunks=config.perplexity_chunks,
+        chunk_size=config.chunk_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
     return build_validation_set(source.tokenizer, texts, origin, spec)
 
 
@@ -108,13 +126,22 @@ def rounded(source: Source, data: ValidationSet | None) -> Source:
     names, result = rounding_cost(source.model, data)
     log.info("weights rounded to int8: %d matrices; %s", len(names), summary(result))
     if not result["passed"]:
-        raise ValidationFailed("rounding the weights to int8 changed the model too much, nothing written: "
-                               + "; ".join(result["failed"]) + "; export with --weights fp32")
+        raise ValidationFailed(
+            "rounding the weights to int8 changed the model too much, nothing written: "
+            + "; ".join(result["failed"])
+            + "; export with --weights fp32"
+        )
     return replace(source, rounding=result)
 
 
-def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | None,
-                   providers: dict[str, list[str]], stage: Path, started: float) -> None:
+def build_artifact(
+    config: ExportConfig,
+    source: Source,
+    data: ValidationSet | None,
+    providers: dict[str, list[str]],
+    stage: Path,
+    started: float,
+) -> None:
     fused = write_graphs(config, source, stage)
     validation = {}
     if data is not None:
@@ -127,8 +154,13 @@ def build_artifact(config: ExportConfig, source: Source, data: ValidationSet | N
         if failed:
             raise ValidationFailed(f"validation failed, nothing written to {config.output}: " + " | ".join(failed))
     save_tokenizer(source.tokenizer, stage)
-    write_reference(source.model, source.tokenizer, stage, f"the transformers model exported from {config.model} "
-                    f"(weights {config.weights}), each text alone; written by python -m export")
+    write_reference(
+        source.model,
+        source.tokenizer,
+        stage,
+        f"the transformers model exported from {config.model} "
+        f"(weights {config.weights}), each text alone; written by python -m export",
+    )
     source.model.config.save_pretrained(str(stage))  # config.json: Optimum loads model.onnx with it
     manifest = build_manifest(config, source, fused, validation, stage)
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
@@ -153,12 +185,24 @@ def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str,
     export_fast(source.model, raw / FAST_GRAPHS["fp32"], config.opset)
     log.info("traced the fast graph in %.1f s", time.perf_counter() - started)
     calibration = calibration_set(config, source) if needs_calibration(config) else None
-    fused = {p: build_any_graph(p, raw / FAST_GRAPHS["fp32"], stage / FAST_GRAPHS[p], arch, config.fuse,
-                                config.per_channel, config.int8_method, calibration) for p in config.precisions()}
+    fused = {
+        p: build_any_graph(
+            p,
+            raw / FAST_GRAPHS["fp32"],
+            stage / FAST_GRAPHS[p],
+            arch,
+            config.fuse,
+            config.per_channel,
+            config.int8_method,
+            calibration,
+        )
+        for p in config.precisions()
+    }
     if config.full_graph:
         export_full(source.model, raw / FULL_GRAPH, config.opset)
-        fused[FULL_GRAPH_KEY] = build_graph("fp32", raw / FULL_GRAPH, stage / FULL_GRAPH, arch, config.fuse,
-                                            config.per_channel)
+        fused[FULL_GRAPH_KEY] = build_graph(
+            "fp32", raw / FULL_GRAPH, stage / FULL_GRAPH, arch, config.fuse, config.per_channel
+        )
     if config.weights == "int8":  # the fp32 graphs of the rounded model: int8 storage, same values
         for name in (FAST_GRAPHS["fp32"], FULL_GRAPH if config.full_graph else None):
             if name:
@@ -173,15 +217,21 @@ def build_manifest(config: ExportConfig, source: Source, fused: dict, validation
     files = sorted(p for p in stage.iterdir() if p.is_file() and p.name != MANIFEST)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (cfg.pad_token_id or 0)
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "graphs": {p: FAST_GRAPHS[p] for p in config.precisions()},
         "full_graph": FULL_GRAPH if config.full_graph else None,
         "files": {p.name: sha256_file(p) for p in files},
         "sizes": {p.name: p.stat().st_size for p in files},
-        "vocab_size": cfg.vocab_size, "max_positions": cfg.max_position_embeddings,
-        "mask_token": tok.mask_token, "mask_token_id": tok.mask_token_id, "pad_token_id": pad_id,
-        "top_k_max": None, "opset": config.opset,
-        "fused_ops": fused, "validation": validation,
+        "vocab_size": cfg.vocab_size,
+        "max_positions": cfg.max_position_embeddings,
+        "mask_token": tok.mask_token,
+        "mask_token_id": tok.mask_token_id,
+        "pad_token_id": pad_id,
+        "top_k_max": None,
+        "opset": config.opset,
+        "fused_ops": fused,
+        "validation": validation,
         "source": {"model": config.model, "sha256": source.sha256, "weights": source.weights},
         "weight_rounding": source.rounding,
         "export_config": config.to_json(),

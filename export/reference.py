@@ -10,6 +10,7 @@ exported from, each text run alone (no padding). Anyone can later compare a runt
 as int8 are dequantized exactly), for artifacts whose PyTorch weights are gone: the shipped model's
 reference (tests/data/shipped-reference.json) was made that way.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,12 @@ def reference_record(model, tokenizer, about: str) -> dict:
     import torch
     import transformers
 
-    return {"about": about, "transformers": transformers.__version__, "torch": torch.__version__,
-            **reference(model, tokenizer)}
+    return {
+        "about": about,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        **reference(model, tokenizer),
+    }
 
 
 def write_reference(model, tokenizer, folder: Path, about: str) -> Path:
@@ -120,8 +125,8 @@ def layer_weights(nodes: list, inits: dict[str, np.ndarray], prefix: str) -> dic
     hidden = qkv.shape[0]
     found = {}
     for i, name in enumerate(("q_lin", "k_lin", "v_lin")):
-        found[f"attention.{name}.weight"] = qkv[:, i * hidden:(i + 1) * hidden].T  # torch Linear: [out, in]
-        found[f"attention.{name}.bias"] = qkv_bias[i * hidden:(i + 1) * hidden]
+        found[f"attention.{name}.weight"] = qkv[:, i * hidden : (i + 1) * hidden].T  # torch Linear: [out, in]
+        found[f"attention.{name}.bias"] = qkv_bias[i * hidden : (i + 1) * hidden]
     found["attention.out_lin.weight"], found["attention.out_lin.bias"] = inits[out.input[1]].T, inits[sa_norm.input[4]]
     found["sa_layer_norm.weight"], found["sa_layer_norm.bias"] = inits[sa_norm.input[2]], inits[sa_norm.input[3]]
     found["ffn.lin1.weight"], found["ffn.lin1.bias"] = inits[lin1.input[1]].T, inits[gelu.input[1]]
@@ -136,18 +141,25 @@ def graph_state_dict(proto, n_layers: int) -> dict[str, np.ndarray]:
     nodes, inits = weighted_nodes(proto)
     expected = ("EmbedLayerNormalization", *LAYER_OPS * n_layers, *HEAD_OPS)
     if tuple(n.op_type for n in nodes) != expected:
-        raise DeniroError(f"the graph is not a fused DistilBERT of {n_layers} layers (weighted ops: "
-                          f"{[n.op_type for n in nodes]}); rebuild needs an export with fusion on")
+        raise DeniroError(
+            f"the graph is not a fused DistilBERT of {n_layers} layers (weighted ops: "
+            f"{[n.op_type for n in nodes]}); rebuild needs an export with fusion on"
+        )
     embed, transform, norm, projector = nodes[0], nodes[-3], nodes[-2], nodes[-1]
-    state = {"distilbert.embeddings.word_embeddings.weight": inits[embed.input[2]],
-             "distilbert.embeddings.position_embeddings.weight": inits[embed.input[3]],
-             "distilbert.embeddings.LayerNorm.weight": inits[embed.input[5]],
-             "distilbert.embeddings.LayerNorm.bias": inits[embed.input[6]],
-             "vocab_transform.weight": inits[transform.input[1]], "vocab_transform.bias": inits[transform.input[2]],
-             "vocab_layer_norm.weight": inits[norm.input[1]], "vocab_layer_norm.bias": inits[norm.input[2]],
-             "vocab_projector.weight": inits[projector.input[1]], "vocab_projector.bias": inits[projector.input[2]]}
+    state = {
+        "distilbert.embeddings.word_embeddings.weight": inits[embed.input[2]],
+        "distilbert.embeddings.position_embeddings.weight": inits[embed.input[3]],
+        "distilbert.embeddings.LayerNorm.weight": inits[embed.input[5]],
+        "distilbert.embeddings.LayerNorm.bias": inits[embed.input[6]],
+        "vocab_transform.weight": inits[transform.input[1]],
+        "vocab_transform.bias": inits[transform.input[2]],
+        "vocab_layer_norm.weight": inits[norm.input[1]],
+        "vocab_layer_norm.bias": inits[norm.input[2]],
+        "vocab_projector.weight": inits[projector.input[1]],
+        "vocab_projector.bias": inits[projector.input[2]],
+    }
     for layer in range(n_layers):
-        block = nodes[1 + layer * len(LAYER_OPS): 1 + (layer + 1) * len(LAYER_OPS)]
+        block = nodes[1 + layer * len(LAYER_OPS) : 1 + (layer + 1) * len(LAYER_OPS)]
         state.update(layer_weights(block, inits, f"distilbert.transformer.layer.{layer}"))
     return state
 

@@ -9,6 +9,7 @@ Nothing is changed if validation fails (exit 1).
 Example:
   python -m export.requantize --model deniro_rt/models/default --dataset ../shared/data/imdb
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,19 +51,27 @@ def main(config: RequantizeConfig) -> Path:
     from .weights import float_weights
 
     manifest = load_manifest(config.model)
-    export_config = ExportConfig(dataset=config.dataset, calibration_sentences=config.calibration_sentences,
-                                 int8_method=config.int8_method, seed=config.seed)
+    export_config = ExportConfig(
+        dataset=config.dataset,
+        calibration_sentences=config.calibration_sentences,
+        int8_method=config.int8_method,
+        seed=config.seed,
+    )
     tok = artifact_tokenizer(manifest.folder)
     method = INT8_METHODS[config.int8_method]
-    calibration = (calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
-                   if method.kind == "static" else None)  # only static scales are calibrated
+    calibration = (
+        calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
+        if method.kind == "static"
+        else None
+    )  # only static scales are calibrated
     with tempfile.TemporaryDirectory(dir=manifest.folder, prefix=".requantize-") as stage:
         staged = Path(stage) / FAST_GRAPHS["int8"]
         counts = quantize_fused(float_weights(load(str(manifest.graph_path("fp32")))), staged, method, calibration)
         result = validate_against_fp32(config, manifest, staged, tok)
         if not result["passed"]:
-            raise ValidationFailed(f"int8 validation failed, {manifest.folder} unchanged: "
-                                   + "; ".join(result["failed"]))
+            raise ValidationFailed(
+                f"int8 validation failed, {manifest.folder} unchanged: " + "; ".join(result["failed"])
+            )
         # Graph and manifest are swapped together: the new manifest (hash of the staged graph) is written
         # first to a temp file, then both renames follow, so no failure leaves a graph its manifest refuses.
         new_manifest = staged_manifest(manifest, staged, counts, result, config, versions())
@@ -83,27 +92,40 @@ def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, 
     from . import validate
 
     texts, origin = validate.load_texts(config.dataset, "test", "text")
-    spec = validate.ValidationSpec(manifest.vocab_size, manifest.max_positions, sentences=config.sentences,
-                                   random_sequences=0, perplexity_chunks=config.perplexity_chunks, seed=config.seed)
+    spec = validate.ValidationSpec(
+        manifest.vocab_size,
+        manifest.max_positions,
+        sentences=config.sentences,
+        random_sequences=0,
+        perplexity_chunks=config.perplexity_chunks,
+        seed=config.seed,
+    )
     data = validate.build_validation_set(tok, texts, origin, spec)
     cpu = ["CPUExecutionProvider"]
     fp32 = validate.session_for(manifest.graph_path("fp32"), cpu, "fp32")
     ref = validate.fast_reference(fp32, data, manifest.vocab_size)
     metrics = validate.score_fast_graph(validate.session_for(int8_graph, cpu), data, ref)
-    return {**validate.verdict("int8", metrics), "source": data.source,
-            "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)"}
+    return {
+        **validate.verdict("int8", metrics),
+        "source": data.source,
+        "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)",
+    }
 
 
-def staged_manifest(manifest, staged: Path, counts: dict, result: dict, config: RequantizeConfig,
-                    found_versions: dict) -> Path:
+def staged_manifest(
+    manifest, staged: Path, counts: dict, result: dict, config: RequantizeConfig, found_versions: dict
+) -> Path:
     """The manifest for the staged int8 graph (hash, size, op counts, validation), in a temp file beside it."""
     raw, name = dict(manifest.raw), FAST_GRAPHS["int8"]
     raw["files"] = {**raw["files"], name: sha256_file(staged)}
     raw["sizes"] = {**raw.get("sizes", {}), name: staged.stat().st_size}
     raw["fused_ops"] = {**raw["fused_ops"], "int8": counts}
     raw["validation"] = {**raw["validation"], "int8": result}
-    raw["export_config"] = {**raw["export_config"], "int8_method": config.int8_method,
-                            "calibration_sentences": config.calibration_sentences}
+    raw["export_config"] = {
+        **raw["export_config"],
+        "int8_method": config.int8_method,
+        "calibration_sentences": config.calibration_sentences,
+    }
     raw["requantized"] = {"config": asdict(config), "versions": found_versions}
     temp = staged.with_name(MANIFEST)
     temp.write_text(json.dumps(raw, indent=2) + "\n")
@@ -112,17 +134,28 @@ def staged_manifest(manifest, staged: Path, counts: dict, result: dict, config: 
 
 def parse_args(argv: list[str] | None = None) -> RequantizeConfig:
     defaults = RequantizeConfig()
-    parser = argparse.ArgumentParser(prog="python -m export.requantize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export.requantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=defaults.model, help=f"artifact folder (default: {defaults.model})")
-    parser.add_argument("--int8-method", choices=list(INT8_METHODS), default=defaults.int8_method,
-                        help=f"see python -m export --help (default: {defaults.int8_method})")
-    parser.add_argument("--dataset", default=defaults.dataset,
-                        help=f"folder of <split>.parquet: calibration from train, validation from test "
-                             f"(default: {defaults.dataset})")
+    parser.add_argument(
+        "--int8-method",
+        choices=list(INT8_METHODS),
+        default=defaults.int8_method,
+        help=f"see python -m export --help (default: {defaults.int8_method})",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=defaults.dataset,
+        help=f"folder of <split>.parquet: calibration from train, validation from test (default: {defaults.dataset})",
+    )
     for name in ("calibration_sentences", "sentences", "perplexity_chunks", "seed"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
-                            help=f"(default: {getattr(defaults, name)})")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=getattr(defaults, name),
+            help=f"(default: {getattr(defaults, name)})",
+        )
     return RequantizeConfig(**vars(parser.parse_args(argv)))
 
 

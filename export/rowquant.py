@@ -14,6 +14,7 @@ numbers are bit-identical alone, in any batch and padded (tests/test_cpu_precisi
 Why it keeps accuracy: the shipped weights already ARE int8 x a per-column scale (export --weights int8,
 export/weights.py), so the weight side is exact; only activations are rounded, each row to its own range.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,12 +47,16 @@ class Rewriter:
     def __init__(self, graph: onnx.GraphProto):
         self.graph, self.nodes = graph, []
         self.inits = {init.name: init for init in graph.initializer}
-        self.graph.initializer.extend([numpy_helper.from_array(np.array(MIN_SCALE), "rowq_min_scale"),
-                                       numpy_helper.from_array(np.array(127, np.float32), "rowq_127"),
-                                       numpy_helper.from_array(np.array(254, np.float32), "rowq_254"),
-                                       numpy_helper.from_array(np.array(1 / 254, np.float32), "rowq_inv254"),
-                                       numpy_helper.from_array(np.array(128, np.float32), "rowq_128"),
-                                       numpy_helper.from_array(np.array(128, np.uint8), "rowq_zero_point")])
+        self.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(MIN_SCALE), "rowq_min_scale"),
+                numpy_helper.from_array(np.array(127, np.float32), "rowq_127"),
+                numpy_helper.from_array(np.array(254, np.float32), "rowq_254"),
+                numpy_helper.from_array(np.array(1 / 254, np.float32), "rowq_inv254"),
+                numpy_helper.from_array(np.array(128, np.float32), "rowq_128"),
+                numpy_helper.from_array(np.array(128, np.uint8), "rowq_zero_point"),
+            ]
+        )
 
     def constant(self, name: str) -> np.ndarray | None:
         init = self.inits.get(name)
@@ -68,8 +73,12 @@ class Rewriter:
         passes=2 adds the rounding remainder as a second int8 matrix (x ~ s * (q1 + q2 / 254)): about
         16-bit activations for twice the int8 work."""
         q_weight, w_scale = quantize_columns(weight)
-        self.graph.initializer.extend([numpy_helper.from_array(q_weight, prefix + "_w_int8"),
-                                       numpy_helper.from_array(w_scale, prefix + "_w_scale")])
+        self.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q_weight, prefix + "_w_int8"),
+                numpy_helper.from_array(w_scale, prefix + "_w_scale"),
+            ]
+        )
         abs_max = self.add("ReduceMax", [self.add("Abs", [x], prefix)], prefix, axes=[-1], keepdims=1)  # [.., 1]
         scale = self.add("Div", [self.add("Max", [abs_max, "rowq_min_scale"], prefix), "rowq_127"], prefix)
         units = self.add("Div", [x, scale], prefix)  # |units| <= 127 by the choice of scale: no Clip needed
@@ -77,8 +86,9 @@ class Rewriter:
         acc = self.int8_product(rounded, prefix)
         if passes == 2:
             remainder = self.add("Mul", [self.add("Sub", [units, rounded], prefix), "rowq_254"], prefix)  # |.| <= 127
-            low = self.add("Mul", [self.int8_product(self.add("Round", [remainder], prefix), prefix), "rowq_inv254"],
-                           prefix)
+            low = self.add(
+                "Mul", [self.int8_product(self.add("Round", [remainder], prefix), prefix), "rowq_inv254"], prefix
+            )
             acc = self.add("Add", [acc, low], prefix)
         scaled = self.add("Mul", [acc, prefix + "_w_scale"], prefix)
         result = self.add("Mul", [scaled, scale], prefix)
@@ -110,8 +120,16 @@ def split_attention(rw: Rewriter, node: onnx.NodeProto, prefix: str, passes: int
     names = [f"{prefix}_{part}" for part in "qkv"]
     rw.nodes.append(helper.make_node("Split", [qkv, sizes], names, name=prefix + "_Split", axis=-1))
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    rw.nodes.append(helper.make_node("MultiHeadAttention", [*names, node.input[2], node.input[3]],
-                                     list(node.output), name=prefix + "_MHA", domain="com.microsoft", **attrs))
+    rw.nodes.append(
+        helper.make_node(
+            "MultiHeadAttention",
+            [*names, node.input[2], node.input[3]],
+            list(node.output),
+            name=prefix + "_MHA",
+            domain="com.microsoft",
+            **attrs,
+        )
+    )
     return True
 
 
@@ -163,8 +181,9 @@ def build_row_int8(src, dst, arch, fused: bool, int8_method: str = "row", **_) -
     return op_counts(proto)
 
 
-def build_any_graph(precision: str, src, dst, arch, fused: bool, per_channel: bool, int8_method: str,
-                    calibration=None) -> dict[str, int]:
+def build_any_graph(
+    precision: str, src, dst, arch, fused: bool, per_channel: bool, int8_method: str, calibration=None
+) -> dict[str, int]:
     """export.optimize.build_graph, plus the per-row int8 methods (ROW_METHODS) for --precision int8."""
     from .optimize import build_graph
 

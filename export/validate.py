@@ -4,6 +4,7 @@ Reusable by bench/: build a `ValidationSet` once (`build_validation_set`), score
 (`torch_reference`), then score any fast graph (`score_fast_graph`) or full graph (`score_full_graph`)
 and `check` the metrics against `THRESHOLDS`. `validate` does all of it for a set of graph files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from deniro_rt.data import (IGNORE_INDEX, Chunks, chunk_texts, load_text_splits, log_softmax,
-                            mask_one_word, masked_nll, perplexity, premask, review_sentences)
+from deniro_rt.data import (
+    IGNORE_INDEX,
+    Chunks,
+    chunk_texts,
+    load_text_splits,
+    log_softmax,
+    mask_one_word,
+    masked_nll,
+    perplexity,
+    premask,
+    review_sentences,
+)
 from deniro_rt.errors import DeniroError
 
 log = logging.getLogger(__name__)
@@ -27,11 +38,20 @@ FULL_GRAPH_KEY = "full_graph"  # validation/fused_ops entry of model.onnx, next 
 # measured on a GPU (cuBLAS may pick another kernel for one row than for a padded batch).
 BATCH_METRICS = ("batch_drift", "batch_topk_mismatches")
 THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
-    "fp32": {"max_rel_logit_diff": ("<=", 1e-4), "top5_identical": (">=", 0.999),
-             "perplexity_rel_diff": ("<=", 1e-4), "batch_drift": ("<=", 1e-5), "batch_topk_mismatches": ("<=", 0)},
+    "fp32": {
+        "max_rel_logit_diff": ("<=", 1e-4),
+        "top5_identical": (">=", 0.999),
+        "perplexity_rel_diff": ("<=", 1e-4),
+        "batch_drift": ("<=", 1e-5),
+        "batch_topk_mismatches": ("<=", 0),
+    },
     "fp16": {"top1_agreement": (">=", 0.995), "perplexity_rel_diff": ("<=", 5e-3)},
-    "int8": {"top1_agreement": (">=", 0.97), "perplexity_rel_diff": ("<=", 0.03), "batch_drift": ("<=", 1e-4),
-             "batch_topk_mismatches": ("<=", 0)},
+    "int8": {
+        "top1_agreement": (">=", 0.97),
+        "perplexity_rel_diff": ("<=", 0.03),
+        "batch_drift": ("<=", 1e-4),
+        "batch_topk_mismatches": ("<=", 0),
+    },
     FULL_GRAPH_KEY: {"max_rel_logit_diff": ("<=", 1e-4), "top5_identical": (">=", 0.999)},
 }
 
@@ -103,8 +123,8 @@ def pad_batch(rows: list[np.ndarray], masks: list[np.ndarray], pad_id: int) -> M
     input_ids = np.full((len(rows), seq), pad_id, dtype=np.int64)  # [batch, seq]
     attention_mask = np.zeros((len(rows), seq), dtype=np.int64)  # [batch, seq]
     for b, row in enumerate(rows):
-        input_ids[b, :len(row)] = row
-        attention_mask[b, :len(row)] = 1
+        input_ids[b, : len(row)] = row
+        attention_mask[b, : len(row)] = 1
     mask_index = np.concatenate([b * seq + np.asarray(m, np.int64) for b, m in enumerate(masks)])  # [n]
     return MaskBatch(input_ids, attention_mask, mask_index)
 
@@ -116,8 +136,11 @@ def sentence_rows(tokenizer, texts: list[str], n: int, rng: np.random.Generator,
         if len(rows) >= n:
             break
         sentences = review_sentences(review)
-        masked = mask_one_word(sentences[int(rng.integers(len(sentences)))], rng,
-                               tokenizer.mask_token) if sentences else None
+        masked = (
+            mask_one_word(sentences[int(rng.integers(len(sentences)))], rng, tokenizer.mask_token)
+            if sentences
+            else None
+        )
         if masked is None:
             continue
         ids = np.asarray(tokenizer(masked[0], truncation=True, max_length=max_len)["input_ids"], np.int64)
@@ -132,12 +155,14 @@ def random_rows(n: int, vocab_size: int, rng: np.random.Generator, max_len: int)
 
 
 def query_batches(rows: list[np.ndarray], masks: list[np.ndarray], pad_id: int, batch_size: int) -> list[MaskBatch]:
-    return [pad_batch(rows[i:i + batch_size], masks[i:i + batch_size], pad_id)
-            for i in range(0, len(rows), batch_size)]
+    return [
+        pad_batch(rows[i : i + batch_size], masks[i : i + batch_size], pad_id) for i in range(0, len(rows), batch_size)
+    ]
 
 
-def random_queries(n: int, tokenizer, vocab_size: int, rng: np.random.Generator, max_len: int,
-                   batch_size: int) -> list[MaskBatch]:
+def random_queries(
+    n: int, tokenizer, vocab_size: int, rng: np.random.Generator, max_len: int, batch_size: int
+) -> list[MaskBatch]:
     """Random-id sequences with 1-3 positions replaced by [MASK] (scored there)."""
     rows = random_rows(n, vocab_size, rng, max_len)
     masks = []
@@ -148,8 +173,9 @@ def random_queries(n: int, tokenizer, vocab_size: int, rng: np.random.Generator,
     return query_batches(rows, masks, tokenizer.pad_token_id or 0, batch_size)
 
 
-def perplexity_set(tokenizer, texts: list[str], n_chunks: int, chunk_size: int, vocab_size: int,
-                   seed: int, batch_size: int) -> list[MaskBatch]:
+def perplexity_set(
+    tokenizer, texts: list[str], n_chunks: int, chunk_size: int, vocab_size: int, seed: int, batch_size: int
+) -> list[MaskBatch]:
     """Chunks masked once with `premask` (as training's eval set), as batches with labels."""
     if n_chunks == 0:
         return []
@@ -162,10 +188,16 @@ def perplexity_set(tokenizer, texts: list[str], n_chunks: int, chunk_size: int, 
     masked = premask(chunks, seed, tokenizer.mask_token_id, vocab_size)
     batches = []
     for i in range(0, len(chunks), batch_size):
-        ids, labels = masked.input_ids[i:i + batch_size], masked.labels[i:i + batch_size]  # [batch, seq]
+        ids, labels = masked.input_ids[i : i + batch_size], masked.labels[i : i + batch_size]  # [batch, seq]
         scored = (labels != IGNORE_INDEX).ravel()
-        batches.append(MaskBatch(ids.astype(np.int64), np.ones_like(ids, dtype=np.int64),
-                                 np.flatnonzero(scored).astype(np.int64), labels.ravel()[scored].astype(np.int64)))
+        batches.append(
+            MaskBatch(
+                ids.astype(np.int64),
+                np.ones_like(ids, dtype=np.int64),
+                np.flatnonzero(scored).astype(np.int64),
+                labels.ravel()[scored].astype(np.int64),
+            )
+        )
     return [b for b in batches if len(b.mask_index)]
 
 
@@ -181,17 +213,30 @@ def build_validation_set(tokenizer, texts: list[str], source: str, spec: Validat
     queries += random_queries(spec.random_sequences, tokenizer, spec.vocab_size, rng, max_len, spec.batch_size)
     if not queries:
         raise DeniroError("the validation set is empty: raise --sentences or --random-sequences")
-    ppl_texts = order[half:half + 4 * spec.perplexity_chunks]  # ~300 tokens a review: plenty of chunks
-    ppl = perplexity_set(tokenizer, ppl_texts, spec.perplexity_chunks, min(spec.chunk_size, spec.max_positions),
-                         spec.vocab_size, spec.seed, spec.batch_size)
-    log.info("validation set: %d sentences + %d random sequences, %d perplexity chunks (%s)",
-             len(rows), spec.random_sequences, sum(len(b.input_ids) for b in ppl), source)
+    ppl_texts = order[half : half + 4 * spec.perplexity_chunks]  # ~300 tokens a review: plenty of chunks
+    ppl = perplexity_set(
+        tokenizer,
+        ppl_texts,
+        spec.perplexity_chunks,
+        min(spec.chunk_size, spec.max_positions),
+        spec.vocab_size,
+        spec.seed,
+        spec.batch_size,
+    )
+    log.info(
+        "validation set: %d sentences + %d random sequences, %d perplexity chunks (%s)",
+        len(rows),
+        spec.random_sequences,
+        sum(len(b.input_ids) for b in ppl),
+        source,
+    )
     return ValidationSet(queries, ppl, source)
 
 
 # --------------------------------------------------------------------------- comparisons
-def compare_topk(ref_ids: np.ndarray, ids: np.ndarray, k: int = TOP_K, ref_scores: np.ndarray | None = None,
-                 tie_tol: float = 0.0) -> dict[str, float]:
+def compare_topk(
+    ref_ids: np.ndarray, ids: np.ndarray, k: int = TOP_K, ref_scores: np.ndarray | None = None, tie_tol: float = 0.0
+) -> dict[str, float]:
     """Agreement of two top-k id lists per row. ref_ids, ids: [n, >=k], best first.
 
     With ref_scores ([n, vocab], the reference's logits), a rank where the lists hold different ids
@@ -204,9 +249,11 @@ def compare_topk(ref_ids: np.ndarray, ids: np.ndarray, k: int = TOP_K, ref_score
         rows = np.arange(len(ids))[:, None]  # [n, 1]
         same |= np.abs(ref_scores[rows, ids] - ref_scores[rows, ref_ids]) <= tie_tol
     overlap = [len(set(a) & set(b)) / k for a, b in zip(ref_ids.tolist(), ids.tolist())]
-    return {"top1_agreement": float(np.mean(same[:, 0])),
-            f"top{k}_identical": float(np.mean(same.all(axis=1))),
-            f"top{k}_overlap": float(np.mean(overlap))}
+    return {
+        "top1_agreement": float(np.mean(same[:, 0])),
+        f"top{k}_identical": float(np.mean(same.all(axis=1))),
+        f"top{k}_overlap": float(np.mean(overlap)),
+    }
 
 
 def compare_logprobs(ref_logits: np.ndarray, log_probs: np.ndarray) -> dict[str, float]:
@@ -228,8 +275,9 @@ def reference_topk(ref_logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
     return np.argsort(-ref_logits, axis=1, kind="stable")[:, :k]  # [n, k]
 
 
-def topk_metrics(ref_logits: np.ndarray, ids: np.ndarray, k: int = TOP_K,
-                 tie_rel: float = TIE_REL["fp32"]) -> dict[str, float]:
+def topk_metrics(
+    ref_logits: np.ndarray, ids: np.ndarray, k: int = TOP_K, tie_rel: float = TIE_REL["fp32"]
+) -> dict[str, float]:
     """compare_topk against the reference's own top-k; ties within tie_rel x the logit scale are not swaps."""
     tol = tie_rel * logit_scale(ref_logits)
     return compare_topk(reference_topk(ref_logits, k), ids, k, ref_scores=ref_logits, tie_tol=tol)
@@ -271,9 +319,13 @@ def mask_rows(logits: np.ndarray, mask_index: np.ndarray) -> np.ndarray:
 
 def run_fast(session, batch: MaskBatch, target_ids: np.ndarray, k: int) -> list[np.ndarray]:
     """One fast-graph call: [topk_logprobs [n, k], topk_ids [n, k], target_logprobs [n, t]]."""
-    feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-             "mask_index": batch.mask_index, "target_ids": np.ascontiguousarray(target_ids, np.int64),
-             "top_k": np.array([k], np.int64)}
+    feeds = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "mask_index": batch.mask_index,
+        "target_ids": np.ascontiguousarray(target_ids, np.int64),
+        "top_k": np.array([k], np.int64),
+    }
     return session.run(["topk_logprobs", "topk_ids", "target_logprobs"], feeds)
 
 
@@ -289,8 +341,9 @@ def fast_perplexity(session, data: ValidationSet) -> float | None:
     return perplexity(total, count)
 
 
-def score_fast_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_K,
-                     tie_rel: float = TIE_REL["fp32"]) -> dict[str, float]:
+def score_fast_graph(
+    session, data: ValidationSet, ref: Reference, k: int = TOP_K, tie_rel: float = TIE_REL["fp32"]
+) -> dict[str, float]:
     """Metrics of a fast graph: full-vocabulary log-probs (target_ids = every id), top-k, perplexity."""
     outputs = []
     for batch, logits in zip(data.queries, ref.logits):
@@ -302,9 +355,16 @@ def score_fast_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_
     consistency = float(np.abs(topk_lp - np.take_along_axis(lps, ids, axis=1)).max())
     ppl = fast_perplexity(session, data)
     diffs = compare_logprobs(ref_all, lps)
-    return {"rows": int(len(ids)), **diffs, **topk_metrics(ref_all, ids, k, tie_rel),
-            "topk_logprob_consistency": consistency, "perplexity": ppl, "perplexity_reference": ref.perplexity,
-            "perplexity_rel_diff": rel_diff(ppl, ref.perplexity), **batch_drift(session, data.queries[0], k)}
+    return {
+        "rows": int(len(ids)),
+        **diffs,
+        **topk_metrics(ref_all, ids, k, tie_rel),
+        "topk_logprob_consistency": consistency,
+        "perplexity": ppl,
+        "perplexity_reference": ref.perplexity,
+        "perplexity_rel_diff": rel_diff(ppl, ref.perplexity),
+        **batch_drift(session, data.queries[0], k),
+    }
 
 
 def split_rows(batch: MaskBatch) -> list[MaskBatch]:
@@ -334,13 +394,22 @@ def batch_drift(session, batch: MaskBatch, k: int = TOP_K) -> dict[str, float]:
 
 def score_full_graph(session, data: ValidationSet, ref: Reference, k: int = TOP_K) -> dict[str, float]:
     """Metrics of model.onnx: its logits at the query masks against PyTorch's."""
-    rows = [mask_rows(session.run(["logits"], {"input_ids": b.input_ids, "attention_mask": b.attention_mask})[0],
-                      b.mask_index) for b in data.queries]
+    rows = [
+        mask_rows(
+            session.run(["logits"], {"input_ids": b.input_ids, "attention_mask": b.attention_mask})[0], b.mask_index
+        )
+        for b in data.queries
+    ]
     logits, ref_all = np.concatenate(rows), np.concatenate(ref.logits)  # [n, vocab]
     diff = float(np.abs(logits.astype(np.float64) - ref_all).max())
     scale = logit_scale(ref_all)
-    return {"rows": int(len(logits)), "max_abs_logit_diff": diff, "logit_scale": scale,
-            "max_rel_logit_diff": diff / scale, **topk_metrics(ref_all, reference_topk(logits, k), k)}
+    return {
+        "rows": int(len(logits)),
+        "max_abs_logit_diff": diff,
+        "logit_scale": scale,
+        "max_rel_logit_diff": diff / scale,
+        **topk_metrics(ref_all, reference_topk(logits, k), k),
+    }
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -365,8 +434,12 @@ def verdict(key: str, metrics: dict, on_cpu: bool = True) -> dict:
 def judged(metrics: dict, thresholds: dict[str, tuple[str, float]]) -> dict:
     """The record the manifest keeps: metrics, thresholds, passed, failed (see `check`)."""
     failed = check(metrics, thresholds)
-    return {"metrics": metrics, "thresholds": {m: [op, b] for m, (op, b) in thresholds.items()},
-            "passed": not failed, "failed": failed}
+    return {
+        "metrics": metrics,
+        "thresholds": {m: [op, b] for m, (op, b) in thresholds.items()},
+        "passed": not failed,
+        "failed": failed,
+    }
 
 
 def session_for(path: Path, providers: list[str], precision: str | None = None):
@@ -378,12 +451,12 @@ def session_for(path: Path, providers: list[str], precision: str | None = None):
 
     options = session_options(providers[0], None, precision)
     # fp32 on CUDA is validated as the runtime runs it: in fp32, not ORT's default TF32
-    return ort.InferenceSession(str(path), options,
-                                providers=[(p, EXACT_FP32) if p == CUDA else p for p in providers])
+    return ort.InferenceSession(str(path), options, providers=[(p, EXACT_FP32) if p == CUDA else p for p in providers])
 
 
-def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dict[str, list[str]],
-             full_graph: Path | None = None) -> dict[str, dict]:
+def validate(
+    model, graphs: dict[str, Path], data: ValidationSet, providers: dict[str, list[str]], full_graph: Path | None = None
+) -> dict[str, dict]:
     """Score each fast graph (precision -> file) and the full graph against PyTorch.
 
     providers: precision -> onnxruntime providers. Returns {precision or "full_graph": verdict};
@@ -392,8 +465,12 @@ def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dic
     ref = torch_reference(model, data)
     results = {}
     for precision, path in graphs.items():
-        metrics = score_fast_graph(session_for(path, providers[precision], precision), data, ref,
-                                   tie_rel=TIE_REL.get(precision, TIE_REL["fp32"]))
+        metrics = score_fast_graph(
+            session_for(path, providers[precision], precision),
+            data,
+            ref,
+            tie_rel=TIE_REL.get(precision, TIE_REL["fp32"]),
+        )
         on_cpu = providers[precision][0] == "CPUExecutionProvider"
         results[precision] = {**verdict(precision, metrics, on_cpu), "source": data.source}
         log.info("validation %s: %s", precision, summary(results[precision]))
@@ -405,8 +482,15 @@ def validate(model, graphs: dict[str, Path], data: ValidationSet, providers: dic
 
 
 def summary(result: dict) -> str:
-    shown = ("max_rel_logit_diff", "top1_agreement", "top5_identical", "perplexity", "perplexity_reference",
-             "perplexity_rel_diff", "batch_drift")
+    shown = (
+        "max_rel_logit_diff",
+        "top1_agreement",
+        "top5_identical",
+        "perplexity",
+        "perplexity_reference",
+        "perplexity_rel_diff",
+        "batch_drift",
+    )
     parts = [f"{name} {result['metrics'][name]:.4g}" for name in shown if result["metrics"].get(name) is not None]
     return ", ".join(parts) + ("" if result["passed"] else " -- FAILED: " + "; ".join(result["failed"]))
 

@@ -12,6 +12,7 @@ Exactness: each scale keeps 17 significant bits, so q x scale (|q| <= 127, 7 bit
 the row maximum is exactly 127 x scale. The graph pass recomputes the scales from the rounded values,
 checks bit equality, and leaves any matrix that is not on its grid in fp32.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,7 +38,7 @@ def grid_scales(abs_max: np.ndarray) -> np.ndarray:
     """Per-row scales, max|row| / 127 with the mantissa cut to SCALE_BITS; zero rows get scale 1."""
     scale = np.where(abs_max > 0, abs_max, 127.0).astype(np.float32) / np.float32(127.0)
     mantissa, exponent = np.frexp(scale)  # scale = mantissa * 2**exponent, mantissa in [0.5, 1)
-    return np.ldexp(np.round(mantissa * 2.0 ** SCALE_BITS) / 2.0 ** SCALE_BITS, exponent).astype(np.float32)
+    return np.ldexp(np.round(mantissa * 2.0**SCALE_BITS) / 2.0**SCALE_BITS, exponent).astype(np.float32)
 
 
 @torch.no_grad()
@@ -85,16 +86,29 @@ def store_int8(path: Path) -> dict:
             continue
         q, scale, axis = found
         graph.initializer.remove(init)
-        graph.initializer.extend([numpy_helper.from_array(q, init.name + "_int8"),
-                                  numpy_helper.from_array(scale, init.name + "_scale")])
-        dequantize.append(helper.make_node("DequantizeLinear", [init.name + "_int8", init.name + "_scale"],
-                                           [init.name], name=init.name + "_DequantizeLinear", axis=axis))
+        graph.initializer.extend(
+            [numpy_helper.from_array(q, init.name + "_int8"), numpy_helper.from_array(scale, init.name + "_scale")]
+        )
+        dequantize.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [init.name + "_int8", init.name + "_scale"],
+                [init.name],
+                name=init.name + "_DequantizeLinear",
+                axis=axis,
+            )
+        )
         stored.append(init.name)
     for node in reversed(dequantize):  # first in the graph: their outputs keep the old initializer names
         graph.node.insert(0, node)
     onnx.save(proto, str(path))
-    log.info("%s: %d matrices stored as int8, %.2f -> %.2f MB", path.name, len(stored), before / 1e6,
-             path.stat().st_size / 1e6)
+    log.info(
+        "%s: %d matrices stored as int8, %.2f -> %.2f MB",
+        path.name,
+        len(stored),
+        before / 1e6,
+        path.stat().st_size / 1e6,
+    )
     return {"int8_matrices": len(stored), "mb_fp32": round(before / 1e6, 2), "mb": round(path.stat().st_size / 1e6, 2)}
 
 
@@ -107,9 +121,13 @@ def rounding_cost(model: torch.nn.Module, data) -> tuple[list[str], dict]:
     names = round_weights(model)
     after = torch_reference(model, data)
     ref_logits, logits = np.concatenate(before.logits), np.concatenate(after.logits)  # [n, vocab]
-    metrics = {"rows": int(len(logits)), **topk_metrics(ref_logits, reference_topk(logits, TOP_K), TOP_K),
-               "perplexity": after.perplexity, "perplexity_unrounded": before.perplexity,
-               "perplexity_rel_diff": rel_diff(after.perplexity, before.perplexity)}
+    metrics = {
+        "rows": int(len(logits)),
+        **topk_metrics(ref_logits, reference_topk(logits, TOP_K), TOP_K),
+        "perplexity": after.perplexity,
+        "perplexity_unrounded": before.perplexity,
+        "perplexity_rel_diff": rel_diff(after.perplexity, before.perplexity),
+    }
     return names, {"scheme": ROUNDING_SCHEME, "matrices": len(names), **judged(metrics, ROUNDING_THRESHOLDS)}
 
 

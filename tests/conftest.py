@@ -4,6 +4,7 @@ Every test reads tests/data/imdb-sample (500 train + 500 test reviews, every 50t
 or not ../shared sits beside the clone: a bare clone and a developer machine run the same suite on the same
 texts. No fixture falls back to a hub id.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,10 @@ def imdb_dir() -> Path:
 def imdb_texts(imdb_dir) -> dict[str, list[str]]:
     import pyarrow.parquet as pq
 
-    return {split: pq.read_table(imdb_dir / f"{split}.parquet", columns=["text"]).column("text").to_pylist()
-            for split in ("train", "test")}  # 500 reviews each, both labels
+    return {
+        split: pq.read_table(imdb_dir / f"{split}.parquet", columns=["text"]).column("text").to_pylist()
+        for split in ("train", "test")
+    }  # 500 reviews each, both labels
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +48,15 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
     torch.manual_seed(0)
-    config = DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=32, n_layers=2, n_heads=2,
-                              hidden_dim=64, max_position_embeddings=128,
-                              pad_token_id=tiny_tokenizer.pad_token_id)
+    config = DistilBertConfig(
+        vocab_size=len(tiny_tokenizer),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
     model = DistilBertForMaskedLM(config).eval()
     with torch.no_grad():  # sharpen the random head so top-k orders are well separated
         model.vocab_projector.weight.mul_(8.0)
@@ -64,5 +73,14 @@ def tiny_artifact(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
     from export.pipeline import main
 
     folder = tmp_path_factory.mktemp("tiny_artifact")
-    return main(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(folder), precision=("fp32", "int8"),
-                             full_graph=True, validate=True, dataset=str(imdb_dir)))
+    return main(
+        ExportConfig(
+            onnx=True,
+            model=str(tiny_model_dir),
+            output=str(folder),
+            precision=("fp32", "int8"),
+            full_graph=True,
+            validate=True,
+            dataset=str(imdb_dir),
+        )
+    )

@@ -4,6 +4,7 @@ The reference below is the per-text path that fill used before the columnar API 
 FillMask.score's per-row feed builder, the tokenizer's own decode): the new path must give the same token
 ids and the same scores, bit for bit (same batches), and to_dicts must give fill's output exactly.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -47,10 +48,18 @@ def reference_fill(fm: FillMask, texts: list[str], top_k: int, batch_size: int, 
     for ids, scored, cut in zip(windowed, fm.score(windowed, top_k=top_k, batch_size=batch_size), lost):
         per_mask = []
         for position, lp, tokens in zip(np.flatnonzero(ids == fm.mask_id), scored.topk_logprobs, scored.topk_ids):
-            filled = [np.concatenate([ids[:position], [t], ids[position + 1:]]) for t in tokens]
-            per_mask.append([{"score": float(np.exp(np.float64(p))), "token": int(t),
-                              "token_str": fm.tokenizer.decode([int(t)], skip_special_tokens=False), "sequence": q}
-                             for p, t, q in zip(lp, tokens, fm.tokenizer_decode_batch(filled))])
+            filled = [np.concatenate([ids[:position], [t], ids[position + 1 :]]) for t in tokens]
+            per_mask.append(
+                [
+                    {
+                        "score": float(np.exp(np.float64(p))),
+                        "token": int(t),
+                        "token_str": fm.tokenizer.decode([int(t)], skip_special_tokens=False),
+                        "sequence": q,
+                    }
+                    for p, t, q in zip(lp, tokens, fm.tokenizer_decode_batch(filled))
+                ]
+            )
         results.append(restore_dropped(per_mask, cut))
     return results
 
@@ -95,15 +104,18 @@ def test_truncation_rows(tiny_artifact, sentences):
     assert table.column("token_ids").to_pylist()[int(np.flatnonzero(cut)[0])] == []
 
 
-@pytest.mark.parametrize("texts, message", [
-    (["a fine [MASK] .", "no mask here"], "text 1 has no [MASK]: 'no mask here'; put [MASK]"),
-    (["this is [mask] ."], "text 0 has no [MASK]: 'this is [mask] .' (the mask token is case-sensitive"),
-    (["ok [MASK]", "   "], "text 1 is empty"),
-    (None, "texts is None"),
-    (["ok [MASK]", 3], "text 1 is int, expected a string"),
-    (["ok [MASK]", "good " * 600 + "[MASK]"], "text 1 is 603 tokens, more than the model's maximum of 512"),
-    (["no mask", "good " * 600 + "[MASK]"], "text 0 has no [MASK]"),
-])
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        (["a fine [MASK] .", "no mask here"], "text 1 has no [MASK]: 'no mask here'; put [MASK]"),
+        (["this is [mask] ."], "text 0 has no [MASK]: 'this is [mask] .' (the mask token is case-sensitive"),
+        (["ok [MASK]", "   "], "text 1 is empty"),
+        (None, "texts is None"),
+        (["ok [MASK]", 3], "text 1 is int, expected a string"),
+        (["ok [MASK]", "good " * 600 + "[MASK]"], "text 1 is 603 tokens, more than the model's maximum of 512"),
+        (["no mask", "good " * 600 + "[MASK]"], "text 0 has no [MASK]"),
+    ],
+)
 def test_bad_input_as_in_fill(shipped, texts, message):
     with pytest.raises(DeniroError) as ours:
         shipped.fill_arrays(texts)
@@ -146,9 +158,12 @@ def test_padding_fraction():
 
 
 def test_the_columnar_path_imports_no_pyarrow(tiny_artifact):
-    code = (f"import sys, deniro_rt; p = deniro_rt.fill_arrays(['a [MASK] .', 'the [MASK] end'], "
-            f"model={str(tiny_artifact)!r}, device='cpu'); p.token_strs(); p.to_dicts(); "
-            f"sys.exit('pyarrow imported' if 'pyarrow' in sys.modules else 0)")
+    code = (
+        f"import sys, deniro_rt; p = deniro_rt.fill_arrays(['a [MASK] .', 'the [MASK] end'], "
+        f"model={str(tiny_artifact)!r}, device='cpu'); p.token_strs(); p.to_dicts(); "
+        f"sys.exit('pyarrow imported' if 'pyarrow' in sys.modules else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert deniro_rt.fill_arrays("a [MASK] .", model=tiny_artifact, device="cpu").to_dicts() == \
-        deniro_rt.fill("a [MASK] .", model=tiny_artifact, device="cpu")
+    assert deniro_rt.fill_arrays("a [MASK] .", model=tiny_artifact, device="cpu").to_dicts() == deniro_rt.fill(
+        "a [MASK] .", model=tiny_artifact, device="cpu"
+    )

@@ -1,4 +1,5 @@
 """bench/: the harness on the tiny model (--quick), so it cannot rot. Checks structure and parity, never speed."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,21 @@ OURS = ("deniro_rt", "deniro_rt-model")
 
 
 def bench_args(command, tiny_artifact, tiny_model_dir, imdb_dir, out, *extra) -> list[str]:
-    return [command, "--quick", "--device", "cpu", "--model", str(tiny_artifact),
-            "--torch-model", str(tiny_model_dir), "--dataset", str(imdb_dir), "--out", str(out), *extra]
+    return [
+        command,
+        "--quick",
+        "--device",
+        "cpu",
+        "--model",
+        str(tiny_artifact),
+        "--torch-model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(imdb_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +47,20 @@ def quick(tiny_artifact, imdb_dir, tmp_path_factory):
     No --torch-model: the PyTorch side is found through the manifest's source.model.
     """
     out = tmp_path_factory.mktemp("bench")
-    code = run(["all", "--quick", "--device", "cpu", "--model", str(tiny_artifact), "--dataset", str(imdb_dir),
-                "--out", str(out)])
+    code = run(
+        [
+            "all",
+            "--quick",
+            "--device",
+            "cpu",
+            "--model",
+            str(tiny_artifact),
+            "--dataset",
+            str(imdb_dir),
+            "--out",
+            str(out),
+        ]
+    )
     return code, json.loads((out / "bench.json").read_text()), out
 
 
@@ -45,8 +71,13 @@ def test_quick_all_writes_every_report(quick):
     assert set(result) >= {"header", "config", "model", "workload", "parity", "rows", "speedups", "train"}
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "bench.md").read_text()
-    for title in ("## Parity", "## Latency and throughput", "## Host overhead per call", "## Speedup of deniro_rt",
-                  "## Training loop"):
+    for title in (
+        "## Parity",
+        "## Latency and throughput",
+        "## Host overhead per call",
+        "## Speedup of deniro_rt",
+        "## Training loop",
+    ):
         assert title in md
     assert md.count("\n| deniro_rt |") == sum(r["engine"] == "deniro_rt" for r in result["rows"])
 
@@ -129,11 +160,15 @@ def test_speedups_cover_every_other_engine(quick):
 def test_host_overhead_rows(quick):
     """deniro_rt e2e p50 minus the graph alone (deniro_rt-model) per precision and length, batch 1."""
     rows, overhead = quick[1]["rows"], quick[1]["overhead"]
-    assert {(o["precision"], o["length"]) for o in overhead} == {(p, n) for p in ("fp32", "int8")
-                                                                 for n in (16, 64, PROMPT)}
+    assert {(o["precision"], o["length"]) for o in overhead} == {
+        (p, n) for p in ("fp32", "int8") for n in (16, 64, PROMPT)
+    }
     p50 = {(r["engine"], r["precision"], r["length"]): r["latency"]["p50_ms"] for r in rows if r["batch"] == 1}
     for o in overhead:
-        e2e, model = p50[("deniro_rt", o["precision"], o["length"])], p50[("deniro_rt-model", o["precision"], o["length"])]
+        e2e, model = (
+            p50[("deniro_rt", o["precision"], o["length"])],
+            p50[("deniro_rt-model", o["precision"], o["length"])],
+        )
         assert (o["e2e_p50_ms"], o["model_p50_ms"]) == (e2e, model) and o["host_ms"] == pytest.approx(e2e - model)
 
 
@@ -141,8 +176,9 @@ def test_model_only_engine_needs_prepared_inputs(tiny_artifact, tiny_model_dir):
     from bench.engines import Context, DeniroRtModel
     from deniro_rt.artifact import load_manifest
 
-    ctx = Context(device="cpu", artifact=tiny_artifact, manifest=load_manifest(tiny_artifact),
-                  torch_model=tiny_model_dir, top_k=3)
+    ctx = Context(
+        device="cpu", artifact=tiny_artifact, manifest=load_manifest(tiny_artifact), torch_model=tiny_model_dir, top_k=3
+    )
     engine = DeniroRtModel(ctx, "fp32")
     calls = [["a [MASK] movie .", "the [MASK] was long and the end was bad ."], ["[MASK] !"]]
     engine.prepare(calls, 1)
@@ -156,8 +192,24 @@ def test_model_only_engine_needs_prepared_inputs(tiny_artifact, tiny_model_dir):
 
 def test_host_overhead_of_the_shipped_model_without_pytorch(imdb_dir, tmp_path):
     """deniro_rt engines alone need no PyTorch checkpoint (the shipped model has none here)."""
-    code = run(["latency", "--quick", "--device", "cpu", "--engines", "deniro_rt,deniro_rt-model", "--precisions",
-                "fp32", "--lengths", "16", "--dataset", str(imdb_dir), "--out", str(tmp_path)])
+    code = run(
+        [
+            "latency",
+            "--quick",
+            "--device",
+            "cpu",
+            "--engines",
+            "deniro_rt,deniro_rt-model",
+            "--precisions",
+            "fp32",
+            "--lengths",
+            "16",
+            "--dataset",
+            str(imdb_dir),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     result = json.loads((tmp_path / "latency.json").read_text())
     assert code == 0 and result["model"]["torch_model"] == "None"
     assert [(o["precision"], o["length"]) for o in result["overhead"]] == [("fp32", 16), ("fp32", PROMPT)]
@@ -166,7 +218,14 @@ def test_host_overhead_of_the_shipped_model_without_pytorch(imdb_dir, tmp_path):
 
 def test_markdown_table_helper():
     assert report.table("T", ["a", "b"], [[1, "x"], [2.5, ""]]) == [
-        "## T", "", "| a | b |", "|---|---|", "| 1 | x |", "| 2.5 |  |", ""]
+        "## T",
+        "",
+        "| a | b |",
+        "|---|---|",
+        "| 1 | x |",
+        "| 2.5 |  |",
+        "",
+    ]
 
 
 def test_parity_passes_the_export_thresholds(quick):
@@ -215,12 +274,15 @@ def test_check_flags_each_threshold():
     assert len(parity.check("fp16", result)) == 2  # a NaN never passes
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--model", "/nonexistent/export"], "model folder not found"),
-    (["--lengths", "512"], "no --lengths fit"),
-    (["--engines", "pytorch,deniro_rt"], "unknown pytorch"),
-    (["--precisions", "fp16"], "has only"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "/nonexistent/export"], "model folder not found"),
+        (["--lengths", "512"], "no --lengths fit"),
+        (["--engines", "pytorch,deniro_rt"], "unknown pytorch"),
+        (["--precisions", "fp16"], "has only"),
+    ],
+)
 def test_bad_input_is_one_error_line(tiny_artifact, tiny_model_dir, imdb_dir, tmp_path, capsys, extra, message):
     code = run(bench_args("latency", tiny_artifact, tiny_model_dir, imdb_dir, tmp_path) + extra)
     err = capsys.readouterr().err.strip().splitlines()
@@ -246,8 +308,18 @@ def test_quick_values_yield_to_explicit_flags():
 # --------------------------------------------------------------------------- pieces
 def test_workload_buckets_are_seeded_and_in_range(tiny_artifact, imdb_texts):
     tokenizer = load_tokenizer(tiny_artifact)
-    make = lambda seed: build_workload(imdb_texts["test"], tokenizer, [16, 64], 20, seed, "[MASK]",  # noqa: E731
-                                       "This is a great [MASK]!")
+
+    def make(seed):
+        return build_workload(
+            imdb_texts["test"],
+            tokenizer,
+            [16, 64],
+            20,
+            seed,
+            "[MASK]",  # noqa: E731
+            "This is a great [MASK]!",
+        )
+
     work = make(0)
     assert work.prompt == "This is a great [MASK]!" and set(work.buckets) == {16, 64}
     for n, texts in work.buckets.items():
@@ -264,7 +336,11 @@ def test_compare_sentences_against_a_known_reference():
     ids = np.argsort(-reference, axis=1)[:, :5]
     logprobs = np.take_along_axis(reference, ids, axis=1).astype(np.float64)
     assert parity.compare_sentences(reference, ids, logprobs) == {
-        "sentences": 8, "top1_agreement": 1.0, "top5_identical": 1.0, "max_abs_logprob_diff": 0.0}
+        "sentences": 8,
+        "top1_agreement": 1.0,
+        "top5_identical": 1.0,
+        "max_abs_logprob_diff": 0.0,
+    }
     swapped = ids.copy()
     swapped[0, [3, 4]] = swapped[0, [4, 3]]
     logprobs[1, 0] += 0.5
@@ -284,11 +360,25 @@ def test_fill_results_one_text_and_many():
 
 def test_speedups_pair_same_length_and_batch():
     def row(engine, batch, p50=None, sps=None):
-        return {"engine": engine, "precision": "fp32", "provider": "x", "batch": batch, "length": 16,
-                "latency": p50 and {"p50_ms": p50}, "throughput": sps and {"sentences_per_s": sps}}
+        return {
+            "engine": engine,
+            "precision": "fp32",
+            "provider": "x",
+            "batch": batch,
+            "length": 16,
+            "latency": p50 and {"p50_ms": p50},
+            "throughput": sps and {"sentences_per_s": sps},
+        }
 
-    rows = [row("pytorch-card", 1, p50=10.0, sps=100.0), row("pytorch-batched", 64, sps=400.0),
-            row("deniro_rt", 1, p50=2.0), row("deniro_rt", 64, sps=800.0)]
+    rows = [
+        row("pytorch-card", 1, p50=10.0, sps=100.0),
+        row("pytorch-batched", 64, sps=400.0),
+        row("deniro_rt", 1, p50=2.0),
+        row("deniro_rt", 64, sps=800.0),
+    ]
     got = {(s["metric"], s["versus"]): s["speedup"] for s in report.speedups(rows)}
-    assert got == {("latency", "pytorch-card/fp32"): 5.0, ("throughput", "pytorch-card/fp32"): 8.0,
-                   ("throughput", "pytorch-batched/fp32"): 2.0}
+    assert got == {
+        ("latency", "pytorch-card/fp32"): 5.0,
+        ("throughput", "pytorch-card/fp32"): 8.0,
+        ("throughput", "pytorch-batched/fp32"): 2.0,
+    }

@@ -1,5 +1,6 @@
 """export/card.py: every artifact folder carries a README.md whose Hugging Face metadata header states the
 license, dataset, task, base model and the validation figures of its own deniro.json."""
+
 import json
 import shutil
 
@@ -27,13 +28,18 @@ def test_export_writes_the_card_from_its_manifest(tiny_artifact):
     for name in manifest.files:  # the extra README.md does not disturb the artifact's verification
         verify_file(manifest, name)
     meta = header(tiny_artifact)
-    assert (meta["license"], meta["pipeline_tag"], meta["datasets"]) == ("apache-2.0", "fill-mask", ["stanfordnlp/imdb"])
+    assert (meta["license"], meta["pipeline_tag"], meta["datasets"]) == (
+        "apache-2.0",
+        "fill-mask",
+        ["stanfordnlp/imdb"],
+    )
     assert "base_model" not in meta  # the tiny model has no training record to follow back
     metrics = index_metrics(meta)
     for precision in manifest.graphs:  # the fast graphs; the full graph's validation has no perplexity
         record = manifest.raw["validation"][precision]
-        assert metrics[f"perplexity, export validation set ({precision} graph)"] == \
-            round(record["metrics"]["perplexity"], 4)
+        assert metrics[f"perplexity, export validation set ({precision} graph)"] == round(
+            record["metrics"]["perplexity"], 4
+        )
         assert metrics[f"top-1 agreement with PyTorch ({precision})"] == round(record["metrics"]["top1_agreement"], 4)
     body = (tiny_artifact / CARD).read_text()
     assert all(f"`{name}`" in body for name in manifest.files)
@@ -45,8 +51,19 @@ def test_card_cli_adds_protocol_perplexity_and_notes(tiny_artifact, tmp_path):
     ppl.write_text(json.dumps({"rows": [{"artifact": "x", "perplexity": 17.683327, "tokens": 1149794}]}))
     notes = tmp_path / "notes.md"
     notes.write_text("## Intended uses\n\nMovie reviews.\n")
-    main([str(folder), "--name", "deniro-test", "--base-model", MINILM, "--protocol-ppl", str(ppl),
-          "--notes", str(notes)])
+    main(
+        [
+            str(folder),
+            "--name",
+            "deniro-test",
+            "--base-model",
+            MINILM,
+            "--protocol-ppl",
+            str(ppl),
+            "--notes",
+            str(notes),
+        ]
+    )
     meta = header(folder)
     assert meta["base_model"] == MINILM and meta["model-index"][0]["name"] == "deniro-test"
     assert index_metrics(meta)["perplexity, 256-token chunks, whole-word masking 15 %, seed 1234"] == 17.6833
@@ -73,8 +90,9 @@ def test_shipped_model_card_matches_its_manifest():
     meta = header(DEFAULT_MODEL_DIR)
     manifest = json.loads((DEFAULT_MODEL_DIR / MANIFEST).read_text())
     assert meta["base_model"] == MINILM and meta["pipeline_tag"] == "fill-mask"
-    assert index_metrics(meta)["perplexity, export validation set (fp32 graph)"] == \
-        round(manifest["validation"]["fp32"]["metrics"]["perplexity"], 4)
+    assert index_metrics(meta)["perplexity, export validation set (fp32 graph)"] == round(
+        manifest["validation"]["fp32"]["metrics"]["perplexity"], 4
+    )
     model_card = (DEFAULT_MODEL_DIR.parents[2] / "MODEL_CARD.md").read_text().strip()
     assert model_card in (DEFAULT_MODEL_DIR / CARD).read_text(), "MODEL_CARD.md changed: rerun python -m export.card"
     folder_bytes = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())

@@ -1,5 +1,6 @@
 """`python -m deniro_rt` as a user runs it: real subprocesses on the tiny artifact, answers compared with the
 library's own fill() (itself compared with transformers in test_runtime.py and test_reference.py)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ LONG = "the movie was long and slow . " * 40 + "the ending was [MASK] ." + " and
 
 
 def cli(*args: str, stdin: str | None = "", **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deniro_rt", *args], input=stdin, capture_output=True, text=True,
-                          cwd=REPO, timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "deniro_rt", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        **kwargs,
+    )
 
 
 def json_rows(out: str) -> list[dict]:
@@ -76,7 +84,10 @@ def test_stdin_lines_table(fm, model_args):
     lines = done.stdout.splitlines()
     first, second = fm.fill(["a [MASK] day", "the [MASK] end"], top_k=2)
     assert lines[0] == "a [MASK] day" and lines[3] == "the [MASK] end" and len(lines) == 6  # blank lines skipped
-    assert lines[1].split()[:2] == ["1", first[0]["token_str"]] and lines[5].split()[:2] == ["2", second[1]["token_str"]]
+    assert lines[1].split()[:2] == ["1", first[0]["token_str"]] and lines[5].split()[:2] == [
+        "2",
+        second[1]["token_str"],
+    ]
 
 
 def test_empty_stdin_prints_nothing_and_succeeds(model_args):
@@ -93,11 +104,18 @@ def test_no_texts_at_a_terminal_is_a_usage_error(model_args):
     """Nothing piped in and no texts: a clear error instead of waiting silently for the terminal."""
     parent, child = pty.openpty()
     try:
-        done = subprocess.run([sys.executable, "-m", "deniro_rt", *model_args], stdin=child, capture_output=True,
-                              text=True, cwd=REPO, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "deniro_rt", *model_args],
+            stdin=child,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
     finally:
         os.close(child)
         os.close(parent)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip() == ('error: no texts; pass them as arguments (python -m deniro_rt "A great '
-                                   '[MASK]!") or pipe lines on stdin')
+    assert done.stderr.strip() == (
+        'error: no texts; pass them as arguments (python -m deniro_rt "A great [MASK]!") or pipe lines on stdin'
+    )

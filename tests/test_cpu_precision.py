@@ -1,4 +1,5 @@
 """Per-row int8 graphs (export/rowquant.py, issue 22): construction, exact batch invariance, agreement."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,10 +38,15 @@ def feed(rows: list[list[int]], mask_id: int) -> dict[str, np.ndarray]:
     ids = np.zeros((len(rows), width), np.int64)  # [batch, seq]
     attention = np.zeros_like(ids)
     for i, row in enumerate(rows):
-        ids[i, :len(row)], attention[i, :len(row)] = row, 1
+        ids[i, : len(row)], attention[i, : len(row)] = row, 1
     ids[:, 2] = mask_id
-    return {"input_ids": ids, "attention_mask": attention, "mask_index": np.arange(len(rows)) * width + 2,
-            "target_ids": np.zeros((len(rows), 1), np.int64), "top_k": np.array([5], np.int64)}
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "mask_index": np.arange(len(rows)) * width + 2,
+        "target_ids": np.zeros((len(rows), 1), np.int64),
+        "top_k": np.array([5], np.int64),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +67,13 @@ def test_quantize_columns_is_exact_on_an_int8_grid():
 
 
 def one_matmul(weight: np.ndarray, passes: int) -> ort.InferenceSession:
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", weight.shape[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", weight.shape[1]])],
-                              [numpy_helper.from_array(weight, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", weight.shape[1]])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     row_quantize(proto, passes=passes)
     return session(proto)
@@ -109,9 +118,21 @@ def test_export_builds_validates_and_serves_a_row_int8_graph(tmp_path, tiny_mode
     from export.config import ExportConfig
     from export.pipeline import main
 
-    folder = main(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(tmp_path / "a"), precision=("int8",),
-                               int8_method="row", full_graph=False, validate=True, dataset=str(imdb_dir),
-                               sentences=64, random_sequences=8, perplexity_chunks=8))
+    folder = main(
+        ExportConfig(
+            onnx=True,
+            model=str(tiny_model_dir),
+            output=str(tmp_path / "a"),
+            precision=("int8",),
+            int8_method="row",
+            full_graph=False,
+            validate=True,
+            dataset=str(imdb_dir),
+            sentences=64,
+            random_sequences=8,
+            perplexity_chunks=8,
+        )
+    )
     manifest = load_manifest(folder)
     validation = manifest.raw["validation"]["int8"]
     assert validation["passed"] and validation["metrics"]["batch_drift"] == 0.0
@@ -125,9 +146,19 @@ def test_export_builds_validates_and_serves_a_row_int8_graph(tmp_path, tiny_mode
 def test_bench_quant_scores_row_graphs_against_the_folded_fp32_graph(tmp_path, imdb_dir):
     from bench.quant import QuantConfig, main
 
-    report = main(QuantConfig(methods="row2", dataset=str(imdb_dir), sentences=32, perplexity_chunks=4,
-                              drift_sentences=16, calibration_sentences=8, timed_calls=2, shapes="1x16",
-                              out=str(tmp_path)))
+    report = main(
+        QuantConfig(
+            methods="row2",
+            dataset=str(imdb_dir),
+            sentences=32,
+            perplexity_chunks=4,
+            drift_sentences=16,
+            calibration_sentences=8,
+            timed_calls=2,
+            shapes="1x16",
+            out=str(tmp_path),
+        )
+    )
     fp32, row2 = report["agreement"]["fp32"], report["agreement"]["row2"]
     assert fp32["top5_identical"] == 1.0 and fp32["top1_decisive"] == 1.0  # opened as the runtime opens it
     assert row2["top1_decisive"] == 1.0 and row2["batch_drift"] == 0.0 and row2["batch_topk_mismatches"] == 0

@@ -1,11 +1,24 @@
 """The torch-free data code shared by train/, export/, bench/ and the runtime."""
+
 import math
 
 import numpy as np
 import pytest
 
-from deniro_rt.data import (IGNORE_INDEX, NO_WORD, chunk_stream, chunk_texts, encode_stream, log_softmax,
-                            mask_one_word, masked_nll, perplexity, premask, review_sentences, whole_word_mask)
+from deniro_rt.data import (
+    IGNORE_INDEX,
+    NO_WORD,
+    chunk_stream,
+    chunk_texts,
+    encode_stream,
+    log_softmax,
+    mask_one_word,
+    masked_nll,
+    perplexity,
+    premask,
+    review_sentences,
+    whole_word_mask,
+)
 from deniro_rt.errors import DeniroError
 
 
@@ -42,8 +55,14 @@ def test_chunk_size_must_be_sensible():
 
 def _masked(backend, texts, seed=0, p=0.15, chunk=128):
     chunks = chunk_texts(backend, texts, chunk)
-    out = whole_word_mask(chunks.input_ids, chunks.word_ids, np.random.default_rng(seed),
-                          mask_token_id=4, vocab_size=600, mlm_probability=p)
+    out = whole_word_mask(
+        chunks.input_ids,
+        chunks.word_ids,
+        np.random.default_rng(seed),
+        mask_token_id=4,
+        vocab_size=600,
+        mlm_probability=p,
+    )
     return chunks, out
 
 

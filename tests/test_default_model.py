@@ -1,5 +1,6 @@
 """The model shipped inside the package (issue 12): the DeNiro recipe on a pretrained MiniLM, vocabulary
 pruned to the 20,000 pieces IMDB uses most, weights stored as int8; offline, <= 20 MB, real English."""
+
 import json
 
 import onnx

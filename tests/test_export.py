@@ -1,4 +1,5 @@
 """python -m export: graphs equal PyTorch, the artifact matches the deniro_rt contract, bad input is refused."""
+
 from __future__ import annotations
 
 import json
@@ -12,18 +13,44 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from deniro_rt.artifact import (FAST_GRAPHS, FAST_INPUTS, FAST_OUTPUTS, FORMAT, FORMAT_VERSION, FULL_GRAPH,
-                                MANIFEST, load_manifest, sha256_file, verify_file)
-from deniro_rt.errors import ArtifactError, DeniroError, EXIT_USAGE
+from deniro_rt.artifact import (
+    FAST_GRAPHS,
+    FAST_INPUTS,
+    FAST_OUTPUTS,
+    FORMAT,
+    FORMAT_VERSION,
+    FULL_GRAPH,
+    MANIFEST,
+    load_manifest,
+    sha256_file,
+    verify_file,
+)
+from deniro_rt.errors import EXIT_USAGE, ArtifactError, DeniroError
 from export import optimize, validate
 from export.__main__ import EXIT_VALIDATION, build_parser, run
 from export.config import ExportConfig, split_precisions
 
 CPU = ["CPUExecutionProvider"]
 SMALL_VALIDATION = ["--sentences", "24", "--random-sequences", "8", "--perplexity-chunks", "4"]
-MANIFEST_KEYS = {"format", "format_version", "graphs", "full_graph", "files", "vocab_size", "max_positions",
-                 "mask_token", "mask_token_id", "pad_token_id", "top_k_max", "opset", "fused_ops",
-                 "validation", "source", "export_config", "versions"}
+MANIFEST_KEYS = {
+    "format",
+    "format_version",
+    "graphs",
+    "full_graph",
+    "files",
+    "vocab_size",
+    "max_positions",
+    "mask_token",
+    "mask_token_id",
+    "pad_token_id",
+    "top_k_max",
+    "opset",
+    "fused_ops",
+    "validation",
+    "source",
+    "export_config",
+    "versions",
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -35,9 +62,11 @@ def tiny(tiny_model_dir):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-SENTENCES = ["This movie was [MASK] and the acting was great.",
-             "I [MASK] it.",
-             "The plot made no sense at all, but the [MASK] was beautiful and the music [MASK] too."]
+SENTENCES = [
+    "This movie was [MASK] and the acting was great.",
+    "I [MASK] it.",
+    "The plot made no sense at all, but the [MASK] was beautiful and the music [MASK] too.",
+]
 
 
 def padded_batch(tokenizer):
@@ -58,8 +87,16 @@ def torch_mask_logprobs(model, ids, mask, mask_index) -> torch.Tensor:
 
 def run_fast(path: Path, ids, mask, mask_index, target_ids, k: int):
     session = ort.InferenceSession(str(path), providers=CPU)
-    return session.run(list(FAST_OUTPUTS), {"input_ids": ids, "attention_mask": mask, "mask_index": mask_index,
-                                            "target_ids": target_ids, "top_k": np.array([k], np.int64)})
+    return session.run(
+        list(FAST_OUTPUTS),
+        {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "mask_index": mask_index,
+            "target_ids": target_ids,
+            "top_k": np.array([k], np.int64),
+        },
+    )
 
 
 def cli(argv: list[str], capsys) -> tuple[int, list[str]]:
@@ -118,8 +155,9 @@ def test_int8_graph_is_quantized_and_agrees_at_top1(tiny_artifact, tiny):
     # static QDQ: every encoder MatMul (QKV, out, lin1, lin2 per layer) reads a fixed-scale quantized input
     assert ops["MultiHeadAttention"] == 2 and ops["QuantizeLinear"] == 4 * 2
     assert "DynamicQuantizeLinear" not in ops and "Attention" not in ops
-    _, topk_ids, _ = run_fast(tiny_artifact / FAST_GRAPHS["int8"], ids, mask, mask_index,
-                              np.zeros((len(mask_index), 1), np.int64), 1)
+    _, topk_ids, _ = run_fast(
+        tiny_artifact / FAST_GRAPHS["int8"], ids, mask, mask_index, np.zeros((len(mask_index), 1), np.int64), 1
+    )
     expected = torch_mask_logprobs(model, ids, mask, mask_index).argmax(-1).numpy()
     np.testing.assert_array_equal(topk_ids[:, 0], expected)
 
@@ -141,23 +179,33 @@ def test_fast_graph_keeps_the_contract_and_never_builds_a_vocab_per_position_ten
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     vocab = load_manifest(tiny_artifact).vocab_size
-    for precision, name in FAST_GRAPHS.items():
+    for _precision, name in FAST_GRAPHS.items():
         if not (tiny_artifact / name).exists():
             continue
         graph = onnx.load(str(tiny_artifact / name)).graph
         assert [i.name for i in graph.input] == list(FAST_INPUTS)
         assert [o.name for o in graph.output] == list(FAST_OUTPUTS)
         assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in graph.input)
-        assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64,
-                                                                        onnx.TensorProto.FLOAT]
+        assert [o.type.tensor_type.elem_type for o in graph.output] == [
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.INT64,
+            onnx.TensorProto.FLOAT,
+        ]
         dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
-        assert dims == {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"], "mask_index": ["n"],
-                        "target_ids": ["n", "t"], "top_k": [1]}
+        assert dims == {
+            "input_ids": ["batch", "seq"],
+            "attention_mask": ["batch", "seq"],
+            "mask_index": ["n"],
+            "target_ids": ["n", "t"],
+            "top_k": [1],
+        }
 
     def vocab_tensors(path: Path) -> list[list]:
         inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=True)
-        shapes = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-                  for v in [*inferred.graph.value_info, *inferred.graph.output]]
+        shapes = [
+            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*inferred.graph.value_info, *inferred.graph.output]
+        ]
         return [s for s in shapes if len(s) >= 3 and s[-1] == vocab]
 
     assert vocab_tensors(tiny_artifact / FULL_GRAPH)  # the check sees [batch, seq, vocab] where it exists
@@ -172,8 +220,9 @@ def test_fast_wrapper_equals_transformers_forward(tiny):
     ids, mask, mask_index = padded_batch(tokenizer)
     target = torch.tensor([[1, 2]] * len(mask_index))
     with torch.no_grad():
-        values, indices, target_lp = FastFillMask(model)(torch.from_numpy(ids), torch.from_numpy(mask),
-                                                         torch.from_numpy(mask_index), target, torch.tensor([4]))
+        values, indices, target_lp = FastFillMask(model)(
+            torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(mask_index), target, torch.tensor([4])
+        )
     expected = torch_mask_logprobs(model, ids, mask, mask_index)
     torch.testing.assert_close(values, torch.topk(expected, 4).values, atol=1e-5, rtol=0)
     torch.testing.assert_close(target_lp, expected.gather(1, target), atol=1e-5, rtol=0)
@@ -187,20 +236,25 @@ def test_fp16_graph_keeps_fp32_io_and_agrees(tmp_path, tiny_model_dir, imdb_dir)
 
     source = load_source(str(tiny_model_dir), None, "sdpa")
     export_fast(source.model, tmp_path / "raw.onnx", 17)
-    counts = optimize.build_graph("fp16", tmp_path / "raw.onnx", tmp_path / "fp16.onnx",
-                                  optimize.Arch.of(source.model.config), True, True)
+    counts = optimize.build_graph(
+        "fp16", tmp_path / "raw.onnx", tmp_path / "fp16.onnx", optimize.Arch.of(source.model.config), True, True
+    )
     assert counts["Attention"] == source.model.config.n_layers
     proto = onnx.load(str(tmp_path / "fp16.onnx"))
-    assert {o.type.tensor_type.elem_type for o in proto.graph.output} == {onnx.TensorProto.FLOAT,
-                                                                          onnx.TensorProto.INT64}
+    assert {o.type.tensor_type.elem_type for o in proto.graph.output} == {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.INT64,
+    }
     assert {i.data_type for i in proto.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
     texts, origin = validate.load_texts(str(imdb_dir), "test", "text")
     cfg = source.model.config
-    spec = validate.ValidationSpec(cfg.vocab_size, cfg.max_position_embeddings, sentences=64, random_sequences=16,
-                                   perplexity_chunks=4)
+    spec = validate.ValidationSpec(
+        cfg.vocab_size, cfg.max_position_embeddings, sentences=64, random_sequences=16, perplexity_chunks=4
+    )
     data = validate.build_validation_set(source.tokenizer, texts, origin, spec)
-    metrics = validate.score_fast_graph(validate.session_for(tmp_path / "fp16.onnx", CPU), data,
-                                        validate.torch_reference(source.model, data))
+    metrics = validate.score_fast_graph(
+        validate.session_for(tmp_path / "fp16.onnx", CPU), data, validate.torch_reference(source.model, data)
+    )
     assert validate.check(metrics, validate.THRESHOLDS["fp16"]) == [], metrics
 
 
@@ -277,8 +331,22 @@ def test_mismatched_manifest_is_refused(tiny_artifact, tmp_path):
 def test_failed_validation_leaves_no_output(tiny_model_dir, imdb_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(validate.THRESHOLDS["fp32"], "top5_identical", (">=", 1.01))  # impossible
     out = tmp_path / "out"
-    code, lines = cli(["--onnx", "--model", str(tiny_model_dir), "--output", str(out), "--precision", "fp32",
-                       "--no-full-graph", "--dataset", str(imdb_dir), *SMALL_VALIDATION], capsys)
+    code, lines = cli(
+        [
+            "--onnx",
+            "--model",
+            str(tiny_model_dir),
+            "--output",
+            str(out),
+            "--precision",
+            "fp32",
+            "--no-full-graph",
+            "--dataset",
+            str(imdb_dir),
+            *SMALL_VALIDATION,
+        ],
+        capsys,
+    )
     assert code == EXIT_VALIDATION
     assert_one_error(lines, "validation failed", "top5_identical 1 (needs >= 1.01)")
     assert list(tmp_path.iterdir()) == []  # neither the output nor the temp folder is left behind
@@ -308,8 +376,19 @@ def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, capl
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old export")
-    argv = ["--onnx", "--model", str(tiny_model_dir), "--output", str(out), "--precision", "fp32,int8",
-            "--no-full-graph", "--dataset", str(tmp_path / "no-such-dataset"), *SMALL_VALIDATION]
+    argv = [
+        "--onnx",
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+        "--precision",
+        "fp32,int8",
+        "--no-full-graph",
+        "--dataset",
+        str(tmp_path / "no-such-dataset"),
+        *SMALL_VALIDATION,
+    ]
     code, lines = cli(argv, capsys)
     assert code == EXIT_USAGE
     assert_one_error(lines, "not empty", "--overwrite")
@@ -333,8 +412,20 @@ def test_artifact_tokenizer_never_truncates_or_pads(tiny_model_dir, tmp_path, ca
     saved.enable_truncation(max_length=8)
     saved.enable_padding(length=16)
     saved.save(str(source / "tokenizer.json"))
-    code, _ = cli(["--onnx", "--model", str(source), "--output", str(tmp_path / "out"), "--precision", "fp32",
-                   "--no-full-graph", "--no-validate"], capsys)
+    code, _ = cli(
+        [
+            "--onnx",
+            "--model",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            "--precision",
+            "fp32",
+            "--no-full-graph",
+            "--no-validate",
+        ],
+        capsys,
+    )
     assert code == 0
     shipped = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
     assert shipped.truncation is None and shipped.padding is None
@@ -360,13 +451,22 @@ def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
         assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--onnx", "--output", "{out}", "--precision", "fp16", "--device", "cpu"], "--precision fp16 needs --device cuda"),
-    (["--onnx", "--output", "{out}", "--precision", "fp32,bf16"], "unknown --precision bf16"),
-    (["--output", "{out}"], "pass --onnx"),
-    (["--onnx"], "pass --output"),
-    (["--onnx", "--output", "{out}", "--calibration-sentences", "8"], "--calibration-sentences must be at least 16"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (
+            ["--onnx", "--output", "{out}", "--precision", "fp16", "--device", "cpu"],
+            "--precision fp16 needs --device cuda",
+        ),
+        (["--onnx", "--output", "{out}", "--precision", "fp32,bf16"], "unknown --precision bf16"),
+        (["--output", "{out}"], "pass --onnx"),
+        (["--onnx"], "pass --output"),
+        (
+            ["--onnx", "--output", "{out}", "--calibration-sentences", "8"],
+            "--calibration-sentences must be at least 16",
+        ),
+    ],
+)
 def test_bad_options_are_refused(argv, needle, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     code, lines = cli(["--model", str(tiny_model_dir), *(a.format(out=out) for a in argv)], capsys)
@@ -377,8 +477,9 @@ def test_bad_options_are_refused(argv, needle, tiny_model_dir, tmp_path, capsys)
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available")
 def test_cuda_without_cuda_provider_names_the_gpu_extra(tiny_model_dir, tmp_path, capsys):
-    code, lines = cli(["--onnx", "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"),
-                       "--device", "cuda"], capsys)
+    code, lines = cli(
+        ["--onnx", "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"), "--device", "cuda"], capsys
+    )
     assert code == EXIT_USAGE
     assert_one_error(lines, "CUDAExecutionProvider", 'pip install "deniro[gpu]"', "CPUExecutionProvider")
 
@@ -405,8 +506,11 @@ def test_precisions_parse_and_default_per_device():
 def test_compare_topk_counts_agreement_and_forgives_only_near_ties():
     ref = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     got = np.array([[1, 2, 3], [4, 6, 5], [9, 8, 7]])
-    assert validate.compare_topk(ref, got, k=3) == {"top1_agreement": 2 / 3, "top3_identical": 1 / 3,
-                                                    "top3_overlap": 1.0}
+    assert validate.compare_topk(ref, got, k=3) == {
+        "top1_agreement": 2 / 3,
+        "top3_identical": 1 / 3,
+        "top3_overlap": 1.0,
+    }
     scores = np.zeros((3, 10))
     scores[1, [5, 6]] = 1.0  # 5 and 6 tie in row 1: swapping them is not a disagreement
     scores[2, [7, 9]] = [2.0, 1.0]  # row 2's swap of 7 and 9 is real
@@ -439,8 +543,9 @@ def tiny_fp32_fused(tiny_artifact):
 def tiny_validation(tiny, imdb_dir):
     model, tokenizer = tiny
     texts, origin = validate.load_texts(str(imdb_dir), "test", "text")
-    spec = validate.ValidationSpec(model.config.vocab_size, 128, sentences=64, random_sequences=0, perplexity_chunks=4,
-                                   batch_size=32)
+    spec = validate.ValidationSpec(
+        model.config.vocab_size, 128, sentences=64, random_sequences=0, perplexity_chunks=4, batch_size=32
+    )
     return validate.build_validation_set(tokenizer, texts, origin, spec)
 
 
@@ -468,13 +573,22 @@ def build_method(method: str, tiny_model_dir, tiny_validation, tmp_path) -> Path
     rows = [b.input_ids[i][b.attention_mask[i] == 1] for b in tiny_validation.queries for i in range(len(b.input_ids))]
     tok = source.tokenizer
     calibration = optimize.calibration_feeds(rows, tok.mask_token_id, tok.pad_token_id, 64)
-    optimize.build_graph("int8", tmp_path / "raw.onnx", tmp_path / f"{method}.onnx",
-                         optimize.Arch.of(source.model.config), True, True, method, calibration)
+    optimize.build_graph(
+        "int8",
+        tmp_path / "raw.onnx",
+        tmp_path / f"{method}.onnx",
+        optimize.Arch.of(source.model.config),
+        True,
+        True,
+        method,
+        calibration,
+    )
     return tmp_path / f"{method}.onnx"
 
 
-@pytest.mark.parametrize("method, invariant", [("static", True), ("static-percentile", True), ("nbits", True),
-                                               ("dynamic", False)])
+@pytest.mark.parametrize(
+    "method, invariant", [("static", True), ("static-percentile", True), ("nbits", True), ("dynamic", False)]
+)
 def test_int8_methods_batch_invariance(method, invariant, tiny_model_dir, tiny_validation, tmp_path):
     """Fixed (static) or per-row (nbits) activation scales: a sentence's answer is the same alone and padded
     in a batch; dynamic quantization's per-tensor scale makes it depend on its batch-mates."""
@@ -504,8 +618,13 @@ def test_calibration_feeds_have_one_shape():
 
 def test_batch_invariance_is_gated_on_cpu_only():
     """A padded-batch drift fails fp32 on CPU; on CUDA it is reported, not gated, until measured on a GPU."""
-    metrics = {"max_rel_logit_diff": 0.0, "top5_identical": 1.0, "perplexity_rel_diff": 0.0,
-               "batch_drift": 2e-3, "batch_topk_mismatches": 1}
+    metrics = {
+        "max_rel_logit_diff": 0.0,
+        "top5_identical": 1.0,
+        "perplexity_rel_diff": 0.0,
+        "batch_drift": 2e-3,
+        "batch_topk_mismatches": 1,
+    }
     on_cpu = validate.verdict("fp32", metrics)
     assert not on_cpu["passed"] and [f.split()[0] for f in on_cpu["failed"]] == ["batch_drift", "batch_topk_mismatches"]
     on_cuda = validate.verdict("fp32", metrics, on_cpu=False)
@@ -516,8 +635,9 @@ def test_batch_invariance_is_gated_on_cpu_only():
 REQUANTIZE_SMALL = ["--calibration-sentences", "16", "--sentences", "24", "--perplexity-chunks", "4"]
 
 
-def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(tiny_artifact, imdb_dir, tmp_path,
-                                                                         monkeypatch):
+def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(
+    tiny_artifact, imdb_dir, tmp_path, monkeypatch
+):
     from export.requantize import EXIT_VALIDATION as REQUANTIZE_FAILED
     from export.requantize import run as requantize
 

@@ -1,4 +1,5 @@
 """deniro_rt.files: a published folder replaces the old one without a moment where neither is there."""
+
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ def test_an_existing_folder_is_swapped_in_one_step(tmp_path, monkeypatch):
             result = step(*args, **kwargs)
             seen.append(version_of(out))  # raises if out is missing in between
             return result
+
         return run
 
     for name, step in (("exchange", files.exchange), ("rmtree", files.shutil.rmtree)):

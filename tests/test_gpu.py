@@ -1,12 +1,24 @@
 """deniro_rt/cuda.py: the bucketing and placement logic on CPU (always), the CUDA provider with
 `pytest -m gpu` on a GPU box with onnxruntime-gpu (never run yet: no GPU lent so far)."""
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from deniro_rt import FillMask
-from deniro_rt.cuda import (Bucket, BucketSpec, CudaBinding, GraphRunner, choose_bucket, mask_bucket, node_placement,
-                            pad_feed, placement_from_trace, round_up, unpad_outputs)
+from deniro_rt.cuda import (
+    Bucket,
+    BucketSpec,
+    CudaBinding,
+    GraphRunner,
+    choose_bucket,
+    mask_bucket,
+    node_placement,
+    pad_feed,
+    placement_from_trace,
+    round_up,
+    unpad_outputs,
+)
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")]
@@ -29,8 +41,13 @@ def test_choose_bucket_covers_the_shape_or_declines():
 
 
 def test_pad_feed_rebases_mask_positions_and_pads_every_input():
-    feed = {"input_ids": np.array([[2, 7, 4, 3], [2, 4, 4, 3]]), "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]]),
-            "mask_index": np.array([2, 5, 6]), "target_ids": np.array([[9], [8], [7]]), "top_k": np.array([5])}
+    feed = {
+        "input_ids": np.array([[2, 7, 4, 3], [2, 4, 4, 3]]),
+        "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        "mask_index": np.array([2, 5, 6]),
+        "target_ids": np.array([[9], [8], [7]]),
+        "top_k": np.array([5]),
+    }
     padded = pad_feed(feed, Bucket(batch=4, seq=8, masks=4, targets=1, k=5), pad_id=0)
     assert padded["input_ids"].shape == padded["attention_mask"].shape == (4, 8)
     assert padded["input_ids"][:2, :4].tolist() == feed["input_ids"].tolist() and not padded["input_ids"][2:].any()
@@ -66,8 +83,15 @@ def test_bucketed_runner_plumbing_on_cpu(tiny_artifact):
     plain_fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
     fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
     binding = CudaBinding(fm.session, no_graph=True, device="cpu")
-    runner = GraphRunner(fm.session, binding, fm.pad_id, fm.manifest.max_positions, 0,
-                         BucketSpec(batches=(1, 4, 8), seqs=(16, 32), max_tokens=8 * 32), device="cpu")
+    runner = GraphRunner(
+        fm.session,
+        binding,
+        fm.pad_id,
+        fm.manifest.max_positions,
+        0,
+        BucketSpec(batches=(1, 4, 8), seqs=(16, 32), max_tokens=8 * 32),
+        device="cpu",
+    )
     fm._run = runner.run
     texts = TEXTS[:6] + ["the movie was long and slow . " * 8 + "the end was [MASK] ."]  # > 32 tokens: plain
     for _ in range(2):  # the second pass reuses every slot
@@ -85,9 +109,13 @@ def test_bucketed_runner_plumbing_on_cpu(tiny_artifact):
 def test_node_placement_reads_the_profiling_trace(tiny_artifact):
     fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
     ids = fm.tokenizer.encode("a [MASK] movie").ids
-    feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
-            "mask_index": np.array([ids.index(fm.mask_id)]), "target_ids": np.zeros((1, 1), np.int64),
-            "top_k": np.array([3])}
+    feed = {
+        "input_ids": np.array([ids]),
+        "attention_mask": np.ones((1, len(ids)), np.int64),
+        "mask_index": np.array([ids.index(fm.mask_id)]),
+        "target_ids": np.zeros((1, 1), np.int64),
+        "top_k": np.array([3]),
+    }
     placed = node_placement(str(tiny_artifact / "fast.onnx"), ["CPUExecutionProvider"], feed)
     assert set(placed["nodes"]) == {"CPUExecutionProvider"} and placed["nodes"]["CPUExecutionProvider"] > 5
     assert placed["memcpy"] == 0 and "Attention" in placed["cpu_ops"] and "Attention" in placed["fallback"]
@@ -97,12 +125,20 @@ def test_placement_from_a_cuda_trace():
     def node(op, provider):
         return {"cat": "Node", "name": f"{op}_1_kernel_time", "args": {"op_name": op, "provider": provider}}
 
-    events = [node("Attention", "CUDAExecutionProvider"), node("Shape", "CPUExecutionProvider"),
-              node("MemcpyToHost", "CUDAExecutionProvider"), node("TopK", "CPUExecutionProvider"),
-              {"cat": "Session", "name": "model_run", "args": {}}]
+    events = [
+        node("Attention", "CUDAExecutionProvider"),
+        node("Shape", "CPUExecutionProvider"),
+        node("MemcpyToHost", "CUDAExecutionProvider"),
+        node("TopK", "CPUExecutionProvider"),
+        {"cat": "Session", "name": "model_run", "args": {}},
+    ]
     placed = placement_from_trace(events)
-    assert placed == {"nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 2},
-                      "cpu_ops": {"Shape": 1, "TopK": 1}, "memcpy": 1, "fallback": ["TopK"]}
+    assert placed == {
+        "nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 2},
+        "cpu_ops": {"Shape": 1, "TopK": 1},
+        "memcpy": 1,
+        "fallback": ["TopK"],
+    }
 
 
 # --------------------------------------------------------------------------- CUDA (GPU only)

@@ -1,6 +1,7 @@
 """bench/gpu/run.sh rehearsed on CPU (--dry-run: every step, tiny sizes, the repo's IMDB sample), so no GPU
 minute is lost to a Python error, a missing file or a wrong flag. The full rehearsal is slow (minutes). The
 device calls' plan (bench/gpu/calls.py) is checked fast: every call fits the transfer at the repo's size now."""
+
 import importlib
 import json
 import re
@@ -103,10 +104,23 @@ def test_stash_calls_rebuild_the_start_point_and_onnxruntime(tmp_path):
 
 def _dry_run(tmp_path, script: str) -> tuple[Path, subprocess.CompletedProcess]:
     out, work = tmp_path / "out", tmp_path / "work"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(out), "WORK": str(work),
-           "DATA": str(SAMPLE), "HOME": str(tmp_path)}
-    done = subprocess.run(["bash", str(GPU / script), "--dry-run"], check=False, cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHON": sys.executable,
+        "OUT": str(out),
+        "WORK": str(work),
+        "DATA": str(SAMPLE),
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        ["bash", str(GPU / script), "--dry-run"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done
 
@@ -172,16 +186,21 @@ def test_unsupervised_text_travels_apart_and_unpacks_beside_train_and_test(tmp_p
 
     carry = [sys.executable, str(GPU / "carry.py")]
     subprocess.run(carry + ["pack-text", str(SAMPLE), str(tmp_path / "text")], check=True, capture_output=True)
-    subprocess.run(carry + ["pack-text", str(SAMPLE), str(tmp_path / "text"), "--splits", "unsupervised"],
-                   check=True, capture_output=True)
-    subprocess.run(carry + ["unpack-text", str(tmp_path / "text"), str(tmp_path / "imdb")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        carry + ["pack-text", str(SAMPLE), str(tmp_path / "text"), "--splits", "unsupervised"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        carry + ["unpack-text", str(tmp_path / "text"), str(tmp_path / "imdb")], check=True, capture_output=True
+    )
     for split in ("train", "test", "unsupervised"):
         back = pq.read_table(tmp_path / "imdb" / f"{split}.parquet").column("text").to_pylist()
         assert back == pq.read_table(SAMPLE / f"{split}.parquet").column("text").to_pylist(), split
     (tmp_path / "text" / "test.jsonl.xz").unlink()
-    lacking = subprocess.run(carry + ["unpack-text", str(tmp_path / "text"), str(tmp_path / "x")], capture_output=True,
-                             text=True)
+    lacking = subprocess.run(
+        carry + ["unpack-text", str(tmp_path / "text"), str(tmp_path / "x")], capture_output=True, text=True
+    )
     assert lacking.returncode == 1 and "lacks test.jsonl.xz" in lacking.stderr
 
 
@@ -190,8 +209,18 @@ def _weights_come_back(out: Path, work: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    subprocess.run([sys.executable, str(GPU / "carry.py"), "unpack-model", str(out), str(work / "minilm-init"),
-                    str(work / "back")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(GPU / "carry.py"),
+            "unpack-model",
+            str(out),
+            str(work / "minilm-init"),
+            str(work / "back"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     trained, back = load_file(work / "minilm" / "model.safetensors"), load_file(work / "back" / "model.safetensors")
     assert trained.keys() == back.keys()
     for name, weight in trained.items():
@@ -215,10 +244,24 @@ def test_arrays_stage_dry_run(tmp_path):
     """STAGES=arrays (issue 21): the shipped model's dicts / columnar / graph-only rows with the host-us table,
     the B=1 prompt latency, pytest -m gpu and (where bench load has --device) the load test, on CPU."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(out), "WORK": str(work),
-           "DATA": str(SAMPLE), "HOME": str(tmp_path), "STAGES": "arrays"}
-    done = subprocess.run(["bash", str(GPU / "run.sh"), "--dry-run"], check=False, cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHON": sys.executable,
+        "OUT": str(out),
+        "WORK": str(work),
+        "DATA": str(SAMPLE),
+        "HOME": str(tmp_path),
+        "STAGES": "arrays",
+    }
+    done = subprocess.run(
+        ["bash", str(GPU / "run.sh"), "--dry-run"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     steps = {s["step"]: s["exit"] for s in json.loads((out / "summary.json").read_text())["steps"]}
     assert steps["arrays: shipped model, dicts / columnar / graph only"] == "0", steps

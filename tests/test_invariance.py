@@ -5,6 +5,7 @@ answer: identical token ids, scores within 1e-5 (fp32) and 1e-4 (int8). Checked 
 one graph) and on the tiny exported model (fp32 and int8), with 64 short IMDB test sentences (one whole word
 masked each).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,10 @@ from deniro_rt.data import mask_one_word, review_sentences
 from deniro_rt.models import DEFAULT_MODEL_DIR
 
 TOLERANCE = {"fp32": 1e-5, "int8": 1e-4}
-LONG = ("the story follows a family that moves to a small town by the sea , where the father takes a job at the "
-        "old lighthouse and the children slowly find out that the [MASK] next door has a secret of its own .")
+LONG = (
+    "the story follows a family that moves to a small town by the sea , where the father takes a job at the "
+    "old lighthouse and the children slowly find out that the [MASK] next door has a secret of its own ."
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +83,12 @@ def test_the_check_sees_batch_dependence(sentences, tmp_path):
     for method in ("dynamic", "nbits"):
         graphs[method] = tmp_path / f"{method}.onnx"
         quantize_fused(fp32, graphs[method], INT8_METHODS[method])
-    drift = {name: validate.batch_drift(validate.session_for(path, ["CPUExecutionProvider"], "fp32" if name == "fp32"
-                                                             else None), batch) for name, path in graphs.items()}
+    drift = {
+        name: validate.batch_drift(
+            validate.session_for(path, ["CPUExecutionProvider"], "fp32" if name == "fp32" else None), batch
+        )
+        for name, path in graphs.items()
+    }
     assert drift["dynamic"]["batch_drift"] > 1e-3 and drift["dynamic"]["batch_topk_mismatches"] > 0, drift
     for name in ("fp32", "nbits"):
         assert drift[name]["batch_drift"] <= 1e-4 and drift[name]["batch_topk_mismatches"] == 0, drift
@@ -91,9 +98,16 @@ def test_bench_quant_reports_the_largest_drift(tmp_path, imdb_dir):
     """python -m bench quant's rows: agreement with fp32 and the largest batch drift per int8 method."""
     from bench.quant import QuantConfig, main
 
-    config = QuantConfig(methods="static-percentile,dynamic", dataset=str(imdb_dir), sentences=32,
-                         perplexity_chunks=4, drift_sentences=32, calibration_sentences=32, timed_calls=2,
-                         out=str(tmp_path))
+    config = QuantConfig(
+        methods="static-percentile,dynamic",
+        dataset=str(imdb_dir),
+        sentences=32,
+        perplexity_chunks=4,
+        drift_sentences=32,
+        calibration_sentences=32,
+        timed_calls=2,
+        out=str(tmp_path),
+    )
     report = main(config)
     agreement = report["agreement"]
     assert set(agreement) == {"fp32", "static-percentile", "dynamic"} == set(report["speed"])

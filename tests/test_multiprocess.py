@@ -3,6 +3,7 @@
 `accelerate launch --multi_gpu --num_processes 2 -m train` and `torchrun --nproc_per_node 2 -m train`
 start the same processes; torchrun is used here because it needs no accelerate config file.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,32 @@ PPL_TOLERANCE = 0.03  # masks and dropout differ between the runs (they derive f
 
 
 def train_args(imdb_dir, tiny_model_dir, out: Path, batch_size: int) -> list[str]:
-    return ["--preset", "tiny", "--dataset", str(imdb_dir), "--tokenizer", str(tiny_model_dir),
-            "--output", str(out), "--max-train-texts", "120", "--max-eval-texts", "30",
-            "--batch-size", str(batch_size), "--max-steps", str(STEPS), "--save-every", "10"]
+    return [
+        "--preset",
+        "tiny",
+        "--dataset",
+        str(imdb_dir),
+        "--tokenizer",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+        "--max-train-texts",
+        "120",
+        "--max-eval-texts",
+        "30",
+        "--batch-size",
+        str(batch_size),
+        "--max-steps",
+        str(STEPS),
+        "--save-every",
+        "10",
+    ]
 
 
 def launch(prefix: list[str], trace: Path, args: list[str]) -> None:
-    done = subprocess.run([*prefix, str(TRACED), str(trace), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [*prefix, str(TRACED), str(trace), *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -41,8 +60,7 @@ def runs(tmp_path_factory, imdb_dir, tiny_model_dir):
     base = tmp_path_factory.mktemp("multiprocess")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     launch(torchrun, base / "trace2", train_args(imdb_dir, tiny_model_dir, base / "two", PER_PROCESS_BATCH))
-    launch([sys.executable], base / "trace1", train_args(imdb_dir, tiny_model_dir, base / "one",
-                                                          2 * PER_PROCESS_BATCH))
+    launch([sys.executable], base / "trace1", train_args(imdb_dir, tiny_model_dir, base / "one", 2 * PER_PROCESS_BATCH))
     return base
 
 
@@ -62,7 +80,9 @@ def test_two_process_checkpoint_loads_and_matches_one_process_perplexity(runs):
     two = json.loads((runs / "two" / "metrics.json").read_text())["epochs"]
     one = json.loads((runs / "one" / "metrics.json").read_text())["epochs"]
     assert [r["step"] for r in two] == [r["step"] for r in one] == [0, STEPS]  # same steps per epoch
-    assert two[0]["perplexity"] == pytest.approx(one[0]["perplexity"], rel=1e-5)  # same eval set and init; fp32 sums split over 2 ranks
+    assert two[0]["perplexity"] == pytest.approx(
+        one[0]["perplexity"], rel=1e-5
+    )  # same eval set and init; fp32 sums split over 2 ranks
     assert two[-1]["perplexity"] < 0.9 * two[0]["perplexity"]  # it learned
     assert two[-1]["perplexity"] == pytest.approx(one[-1]["perplexity"], rel=PPL_TOLERANCE)
     assert (runs / "two" / "checkpoints" / f"step_{STEPS:08d}").is_dir()

@@ -1,5 +1,6 @@
 """The lean per-call path (issue 9): spliced decoding, the one-text path and overlapped tokenization give
 exactly what the tokenizer-based path gives. The speed itself is a bench row (host overhead per call)."""
+
 import copy
 
 import numpy as np
@@ -42,9 +43,12 @@ def test_spliced_decoding_equals_the_tokenizer(shipped, sentences):
     for encoding in shipped.tokenizer.encode_batch(sentences):
         ids = encoding.ids
         for position in [i for i, t in enumerate(ids) if t == shipped.mask_id]:
-            tokens = rng.integers(0, shipped.manifest.vocab_size, 4).tolist() + \
-                [int(rng.choice(specials)), int(rng.choice(wordpieces)), int(rng.choice(punctuation))]
-            filled = [np.array(ids[:position] + [t] + ids[position + 1:]) for t in tokens]
+            tokens = rng.integers(0, shipped.manifest.vocab_size, 4).tolist() + [
+                int(rng.choice(specials)),
+                int(rng.choice(wordpieces)),
+                int(rng.choice(punctuation)),
+            ]
+            filled = [np.array(ids[:position] + [t] + ids[position + 1 :]) for t in tokens]
             assert shipped.pieces.filled(ids, position, tokens) == shipped.tokenizer_decode_batch(filled), ids
             checked += len(tokens)
         assert shipped.pieces.decode(ids) == shipped.tokenizer_decode_batch([np.array(ids)])[0]
@@ -57,7 +61,7 @@ def test_the_first_position_and_empty_sequences(shipped):
     for ids in ([cls, mask, sep], [cls, mask, hashes, sep], [mask], [cls, sep, mask, 5, sep]):
         position = ids.index(mask)
         for token in (hashes, sep, 5, 7, mask):
-            expected = shipped.tokenizer_decode_batch([np.array(ids[:position] + [token] + ids[position + 1:])])[0]
+            expected = shipped.tokenizer_decode_batch([np.array(ids[:position] + [token] + ids[position + 1 :])])[0]
             assert shipped.pieces.filled(ids, position, [token]) == [expected], (ids, token)
 
 
@@ -105,10 +109,12 @@ def test_bench_host_reports_the_goal_ratios(tiny_artifact, imdb_dir, tmp_path):
     """python -m bench.host (issue 21): interleaved us/sentence of encode_batch, fill_arrays, fill and the graph."""
     from bench.host import HostConfig, main
 
-    result = main(HostConfig(model=str(tiny_artifact), batch=8, batches=2, repeats=1, dataset=str(imdb_dir),
-                             out=str(tmp_path)))
+    result = main(
+        HostConfig(model=str(tiny_artifact), batch=8, batches=2, repeats=1, dataset=str(imdb_dir), out=str(tmp_path))
+    )
     assert set(result["us_per_sentence"]) == {"encode_batch", "arrays", "dicts", "model"}
     assert result["sentences"] == 16 and 0 <= result["padding_fraction"] < 1
     assert result["ratios"]["arrays_vs_encode_batch"] == pytest.approx(
-        result["us_per_sentence"]["arrays"] / result["us_per_sentence"]["encode_batch"])
+        result["us_per_sentence"]["arrays"] / result["us_per_sentence"]["encode_batch"]
+    )
     assert "| arrays |" in (tmp_path / "host.md").read_text() and (tmp_path / "host.png").exists()

@@ -1,4 +1,5 @@
 """train.prune: the pruned folder is checked against the original model and tokenizer it came from."""
+
 import json
 import re
 import shutil
@@ -41,9 +42,12 @@ def _rotated(tokenizer, shift):
         token["id"] = (token["id"] + shift) % size
     for special in spec["post_processor"]["special_tokens"].values():
         special["ids"] = [(i + shift) % size for i in special["ids"]]
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-                                   model_max_length=tokenizer.model_max_length,
-                                   model_input_names=tokenizer.model_input_names, **tokenizer.special_tokens_map)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        model_max_length=tokenizer.model_max_length,
+        model_input_names=tokenizer.model_input_names,
+        **tokenizer.special_tokens_map,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,23 @@ def source_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def pruned_dir(tmp_path_factory, source_dir, small_dataset):
     out = tmp_path_factory.mktemp("pruned") / "model"
-    assert prune.run(["--model", str(source_dir), "--dataset", str(small_dataset), "--output", str(out),
-                      "--keep", str(KEEP), "--count-texts", str(COUNT_TEXTS)]) == 0
+    assert (
+        prune.run(
+            [
+                "--model",
+                str(source_dir),
+                "--dataset",
+                str(small_dataset),
+                "--output",
+                str(out),
+                "--keep",
+                str(KEEP),
+                "--count-texts",
+                str(COUNT_TEXTS),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -129,8 +148,11 @@ def test_tokenizer_ids_are_the_old_ids_mapped(pair, pruned_dir, imdb_texts):
 
 def test_a_pruned_whole_word_falls_back_to_kept_pieces(pair):
     old_tok, new_tok, *_, kept = pair
-    pruned_words = [piece for piece, i in old_tok.get_vocab().items()
-                    if i not in set(kept.tolist()) and piece.isalpha() and len(piece) > 3]
+    pruned_words = [
+        piece
+        for piece, i in old_tok.get_vocab().items()
+        if i not in set(kept.tolist()) and piece.isalpha() and len(piece) > 3
+    ]
     assert pruned_words, "the tiny vocabulary lost no whole-word piece"
     word = pruned_words[0]
     assert old_tok.tokenize(word) == [word]  # one piece before pruning
@@ -151,14 +173,18 @@ def test_prune_json_records_config_and_stats(pruned_dir, source_dir):
     assert stats["source_model"] == str(source_dir.resolve())
 
 
-@pytest.mark.parametrize("keep, message", [
-    (50, r"--keep 50 is smaller than the \d+ pieces that are always kept .*pass --keep \d+ or more"),
-    (600, r"--keep 600 is not smaller than the vocabulary \(600 pieces\): nothing to prune"),
-])
+@pytest.mark.parametrize(
+    "keep, message",
+    [
+        (50, r"--keep 50 is smaller than the \d+ pieces that are always kept .*pass --keep \d+ or more"),
+        (600, r"--keep 600 is not smaller than the vocabulary \(600 pieces\): nothing to prune"),
+    ],
+)
 def test_bad_keep_is_refused_and_writes_nothing(tiny_model_dir, small_dataset, tmp_path, keep, message):
     out = tmp_path / "out"
-    config = prune.PruneConfig(model=str(tiny_model_dir), dataset=str(small_dataset), output=str(out), keep=keep,
-                               count_texts=COUNT_TEXTS)
+    config = prune.PruneConfig(
+        model=str(tiny_model_dir), dataset=str(small_dataset), output=str(out), keep=keep, count_texts=COUNT_TEXTS
+    )
     with pytest.raises(DeniroError, match=message):
         prune.main(config)
     assert list(tmp_path.iterdir()) == []
@@ -169,17 +195,19 @@ def test_bad_inputs_are_refused_in_one_line(tiny_model_dir, small_dataset, tmp_p
 
     headless = tmp_path / "headless"
     DistilBertModel(DistilBertConfig(vocab_size=600, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
-        headless)
+        headless
+    )
     only_test = tmp_path / "only_test"
     only_test.mkdir()
     shutil.copy(small_dataset / "train.parquet", only_test / "test.parquet")  # a dataset without a train split
-    cases = [(tmp_path / "nowhere", small_dataset, "no config.json"),
-             (headless, small_dataset, "has no masked-LM head"),
-             (tiny_model_dir, only_test, "has no train.parquet")]
+    cases = [
+        (tmp_path / "nowhere", small_dataset, "no config.json"),
+        (headless, small_dataset, "has no masked-LM head"),
+        (tiny_model_dir, only_test, "has no train.parquet"),
+    ]
     for model, dataset, message in cases:
         out = tmp_path / "out"
-        assert prune.run(["--model", str(model), "--dataset", str(dataset), "--output", str(out),
-                          "--keep", "300"]) == 2
+        assert prune.run(["--model", str(model), "--dataset", str(dataset), "--output", str(out), "--keep", "300"]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
 
@@ -189,8 +217,13 @@ def test_a_failure_after_writing_leaves_no_output(tiny_model_dir, small_dataset,
         raise RuntimeError("simulated failure after the model was written")
 
     monkeypatch.setattr(prune, "check_logits", broken_check)
-    config = prune.PruneConfig(model=str(tiny_model_dir), dataset=str(small_dataset), output=str(tmp_path / "out"),
-                               keep=KEEP, count_texts=COUNT_TEXTS)
+    config = prune.PruneConfig(
+        model=str(tiny_model_dir),
+        dataset=str(small_dataset),
+        output=str(tmp_path / "out"),
+        keep=KEEP,
+        count_texts=COUNT_TEXTS,
+    )
     with pytest.raises(RuntimeError, match="simulated"):
         prune.main(config)
     assert list(tmp_path.iterdir()) == []  # neither --output nor the staging folder

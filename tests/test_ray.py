@@ -4,6 +4,7 @@ Serve deployment over HTTP on 127.0.0.1, all compared with deniro_rt.fill on IMD
 One local Ray (2 CPUs, no dashboard) for the whole module. Answers are compared exactly, in fp32
 (Ray Data and Serve batch the texts differently from one fill call; fp32 is batch-invariant).
 """
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,10 @@ def per_text(results) -> list[list[list[dict]]]:
 def as_fill(columns: dict) -> list:
     """The batch output's list columns turned back into fill's dicts (sequences column needed)."""
     rows = zip(columns["token_ids"], columns["token_strs"], columns["scores"], columns["sequences"])
-    return [[[{"score": s, "token": t, "token_str": w, "sequence": q} for t, w, s, q in zip(*m)]
-             for m in zip(*row)] for row in rows]
+    return [
+        [[{"score": s, "token": t, "token_str": w, "sequence": q} for t, w, s, q in zip(*m)] for m in zip(*row)]
+        for row in rows
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +102,17 @@ def test_fill_mask_batch_adds_list_columns_for_arrow_numpy_and_pandas_batches(se
     out = worker({"review": np.array(texts, dtype=object), "id": ids})
     frame = worker(pd.DataFrame({"review": texts, "id": ids}))
     reference = per_text(expected(texts, top_k=3))
-    assert table.column_names == ["review", "id", "top1", "top1_score", "mask_positions", "token_ids",
-                                  "token_strs", "scores", "sequences"]
+    assert table.column_names == [
+        "review",
+        "id",
+        "top1",
+        "top1_score",
+        "mask_positions",
+        "token_ids",
+        "token_strs",
+        "scores",
+        "sequences",
+    ]
     assert str(table.schema.field("token_ids").type) == "list<item: list<item: int64>>"
     assert as_fill(table.to_pydict()) == reference
     assert table.column("top1").to_pylist() == [r[0][0]["token_str"] for r in reference]
@@ -114,8 +126,9 @@ def test_ray_data_map_batches_equals_fill(local_ray, sentences):
     local_ray.data.DataContext.get_current().execution_options.preserve_order = True
     table = pa.table({"text": sentences, "id": list(range(len(sentences)))})
     blocks = [table.slice(i, 8) for i in range(0, table.num_rows, 8)]  # 5 blocks for 2 actors
-    dataset = fill_dataset(local_ray.data.from_arrow(blocks), FillSpec(precision=PRECISION, sequences=True),
-                           concurrency=2, batch_size=8)
+    dataset = fill_dataset(
+        local_ray.data.from_arrow(blocks), FillSpec(precision=PRECISION, sequences=True), concurrency=2, batch_size=8
+    )
     rows = pa.concat_tables(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
     assert rows.column("id").to_pylist() == list(range(len(sentences)))
     assert as_fill(rows.to_pydict()) == per_text(expected(sentences))
@@ -140,17 +153,38 @@ def corpus(tmp_path, sentences):
     return path
 
 
-@pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "2", "--batch-size", "8"]],
-                         ids=["in-process", "ray-data"])
+@pytest.mark.parametrize(
+    "extra", [[], ["--ray", "--concurrency", "2", "--batch-size", "8"]], ids=["in-process", "ray-data"]
+)
 def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences, tmp_path, extra):
     out = tmp_path / "out"
-    argv = ["--input", str(corpus), "--column", "review", "--output", str(out), "--precision", PRECISION,
-            "--rows-per-shard", "16", "--sequences"]
+    argv = [
+        "--input",
+        str(corpus),
+        "--column",
+        "review",
+        "--output",
+        str(out),
+        "--precision",
+        PRECISION,
+        "--rows-per-shard",
+        "16",
+        "--sequences",
+    ]
     assert batch_main(argv + extra) == 0
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     table = pq.read_table(out / "predictions")
-    assert table.column_names == ["id", "review", "top1", "top1_score", "mask_positions", "token_ids",
-                                  "token_strs", "scores", "sequences"]
+    assert table.column_names == [
+        "id",
+        "review",
+        "top1",
+        "top1_score",
+        "mask_positions",
+        "token_ids",
+        "token_strs",
+        "scores",
+        "sequences",
+    ]
     assert table.column("id").to_pylist() == list(range(len(sentences)))
     reference = per_text(expected(sentences))
     assert as_fill(table.to_pydict()) == reference
@@ -172,8 +206,22 @@ def test_batch_command_reads_text_files_and_parquet_folders(tmp_path, sentences)
     folder.mkdir()
     for n, part in enumerate((sentences[:10], sentences[10:25])):
         pq.write_table(pa.table({"text": part}), folder / f"part-{n}.parquet")
-    assert batch_main(["--input", str(folder), "--output", str(tmp_path / "f"), "--precision", PRECISION,
-                       "--sequences", "--batch-size", "4"]) == 0
+    assert (
+        batch_main(
+            [
+                "--input",
+                str(folder),
+                "--output",
+                str(tmp_path / "f"),
+                "--precision",
+                PRECISION,
+                "--sequences",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     table = pq.read_table(tmp_path / "f" / "predictions")
     assert table.column("text").to_pylist() == sentences[:25]
     assert as_fill(table.to_pydict()) == per_text(expected(sentences[:25]))
@@ -188,15 +236,18 @@ def test_batch_command_bad_input(tmp_path, corpus, capsys):
     missing = tmp_path / "nope.parquet"
     assert batch_error(capsys, ["--input", str(missing), "--output", str(tmp_path / "o")]) == (
         f"error: --input {missing} does not exist; pass a .parquet file, a folder of .parquet files, "
-        f"or a .txt file with one text per line")
+        f"or a .txt file with one text per line"
+    )
     assert batch_error(capsys, ["--input", str(corpus), "--output", str(tmp_path / "o")]) == (
-        f"error: --input {corpus} has no column 'text' (it has: id, review); pass --column with the text column")
+        f"error: --input {corpus} has no column 'text' (it has: id, review); pass --column with the text column"
+    )
     unmasked = tmp_path / "unmasked.parquet"
     pq.write_table(pa.table({"text": ["a [MASK] movie", "no mask here", "a [mask] plot"]}), unmasked)
     assert batch_error(capsys, ["--input", str(unmasked), "--output", str(tmp_path / "o")]) == (
         "error: 2 of 3 rows of column 'text' have no [MASK] (rows 1, 2; first: 'no mask here') (the mask "
         "token is case-sensitive: write [MASK]); put [MASK] where a word should be predicted in every row, "
-        "or filter those rows out first")
+        "or filter those rows out first"
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -205,13 +256,27 @@ def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     argv = ["--input", str(corpus), "--column", "review", "--output", str(out)]
-    assert batch_error(capsys, argv) == f"error: --output {out} exists and is not empty; pass another folder or --overwrite"
+    assert (
+        batch_error(capsys, argv)
+        == f"error: --output {out} exists and is not empty; pass another folder or --overwrite"
+    )
     assert (out / "mine.txt").read_text() == "keep me"
     long_text = "good " * 600 + "[MASK] ."  # the model refuses it during the fill (after shards were written)
     refused = tmp_path / "refused.parquet"
     pq.write_table(pa.table({"review": ["a [MASK] movie"] * 40 + [long_text]}), refused)
-    failing = ["--input", str(refused), "--column", "review", "--output", str(out), "--overwrite",
-               "--rows-per-shard", "8", "--batch-size", "8"]
+    failing = [
+        "--input",
+        str(refused),
+        "--column",
+        "review",
+        "--output",
+        str(out),
+        "--overwrite",
+        "--rows-per-shard",
+        "8",
+        "--batch-size",
+        "8",
+    ]
     assert "text 0 is 604 tokens" in batch_error(capsys, failing)
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and not out.with_name("out.partial").exists()
     assert batch_main(argv + ["--overwrite"]) == 0
@@ -229,8 +294,11 @@ def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, senten
     base = ["--input", str(corpus), "--precision", PRECISION, "--rows-per-shard", "50", "--batch-size", "25"]
     killed = tmp_path / "killed"
     shards = tmp_path / "killed.partial" / "predictions"
-    run = subprocess.Popen([sys.executable, "-m", "deniro_rt", "batch", "--output", str(killed)] + base,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "deniro_rt", "batch", "--output", str(killed)] + base,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (shards.is_dir() and len(list(shards.glob("part-*.parquet"))) >= 2) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -249,7 +317,8 @@ def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, senten
     (tmp_path / "o2.partial").mkdir()
     (tmp_path / "o2.partial" / "job.json").write_text(json.dumps({**job, "batch_size": 5}))
     assert batch_error(capsys, ["--output", str(tmp_path / "o2"), "--resume"] + base).startswith(
-        f"error: --resume: {tmp_path / 'o2.partial'} was written with other batch_size; resume with the same")
+        f"error: --resume: {tmp_path / 'o2.partial'} was written with other batch_size; resume with the same"
+    )
 
 
 def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, capsys, monkeypatch):
@@ -257,7 +326,8 @@ def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, cap
     argv = ["--input", str(corpus), "--column", "review", "--output", str(tmp_path / "o"), "--ray"]
     assert batch_error(capsys, argv) == (
         'error: --ray needs Ray Data, which is not installed; pip install "deniro[ray]", or leave out '
-        '--ray/--concurrency/--address to fill in this process')
+        "--ray/--concurrency/--address to fill in this process"
+    )
 
 
 # ---------------------------------------------------------------------- Ray Serve over HTTP
@@ -267,8 +337,9 @@ def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences,
 
     from deniro_rt.serve.ray import RayServeConfig, start
 
-    config = RayServeConfig(precision=PRECISION, port=serve_port, batching=batching, max_wait_ms=20,
-                            name=f"deniro-{batching}")
+    config = RayServeConfig(
+        precision=PRECISION, port=serve_port, batching=batching, max_wait_ms=20, name=f"deniro-{batching}"
+    )
     url = start(config)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -320,8 +391,10 @@ def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, cap
     path = tmp_path / "long.parquet"
     pq.write_table(pa.table({"text": ["a [MASK] movie", long_text]}), path)
     error = batch_error(capsys, ["--input", str(path), "--output", str(tmp_path / "o"), "--batch-size", "8"] + extra)
-    refusal = ("text 1 is 604 tokens, more than the model's maximum of 512; shorten it, or pass "
-               "truncation=True to keep a window around the masks")
+    refusal = (
+        "text 1 is 604 tokens, more than the model's maximum of 512; shorten it, or pass "
+        "truncation=True to keep a window around the masks"
+    )
     prefix = "error: rows 0-1: " if not extra else "error: a Ray worker refused a batch of up to --batch-size rows ("
     assert error.startswith(prefix) and refusal in error
     assert not (tmp_path / "o").exists()
@@ -331,6 +404,7 @@ def test_batch_command_names_the_extra_when_pyarrow_is_missing(tmp_path, corpus,
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # the core install: no pyarrow
     argv = ["--input", str(corpus), "--column", "review", "--output", str(tmp_path / "o")]
     assert batch_error(capsys, argv) == (
-        'error: the batch command reads and writes parquet with pyarrow, which is not installed; '
-        'pip install "deniro[batch]" (or "deniro[ray]")')
+        "error: the batch command reads and writes parquet with pyarrow, which is not installed; "
+        'pip install "deniro[batch]" (or "deniro[ray]")'
+    )
     assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ Tolerances: fp32 log-probs within LOGPROB_TOL of PyTorch's (measured: 1.05e-5 on
 masks; the export's own fp32 gate is a relative logit difference of 1e-4); ids equal at every rank, a swap
 forgiven only between two ids PyTorch scores within LOGPROB_TOL of each other (a rounding-level tie).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ def test_shipped_model_matches_its_pytorch_reference():
     """The shipped model against PyTorch top-10s made by tests/data/make_shipped_reference.py."""
     record = json.loads(SHIPPED_REFERENCE.read_text())
     shipped = load_manifest(DEFAULT_MODEL_DIR).files[FAST_GRAPHS["fp32"]]
-    assert record["graph_sha256"] == shipped, ("the shipped model changed: rerun "
-                                               "python tests/data/make_shipped_reference.py")
+    assert record["graph_sha256"] == shipped, (
+        "the shipped model changed: rerun python tests/data/make_shipped_reference.py"
+    )
     assert record["mapping_check"]["passed"] and len(record["texts"]) >= 30 and record["top_k"] == 10
     assert sum(len(m) for m in record["masks"]) > len(record["texts"])  # some texts have several masks
     assert_matches_reference(record, FillMask(DEFAULT_MODEL_DIR, device="cpu", precision="fp32"))
@@ -102,7 +104,7 @@ def mask_words(sentence: str, n: int, rng: np.random.Generator) -> str | None:
     if len(words) < n:
         return None
     for match in sorted((words[i] for i in rng.choice(len(words), n, replace=False)), key=lambda m: -m.start()):
-        sentence = sentence[:match.start()] + "[MASK]" + sentence[match.end():]
+        sentence = sentence[: match.start()] + "[MASK]" + sentence[match.end() :]
     return sentence
 
 
@@ -130,7 +132,8 @@ def torch_log_probs(model, ids: list[int]):
 def kept_window(ids: list[int], mask_id: int, max_len: int) -> tuple[int, list[int], list[int]]:
     """What truncation documents, written out: [CLS] + max_len - 2 tokens centred on the masks (clipped to
     the text) + [SEP]; when the masks do not fit together it starts an eighth of the window before the
-    first mask (clipped too). Returns (start in the text without [CLS], the window's ids, mask positions in that text)."""
+    first mask (clipped too). Returns (start in the text without [CLS], the window's ids, mask positions in
+    that text)."""
     inner, budget = ids[1:-1], max_len - 2
     masks = [p for p, t in enumerate(inner) if t == mask_id]
     if masks[-1] - masks[0] < budget:
@@ -138,13 +141,13 @@ def kept_window(ids: list[int], mask_id: int, max_len: int) -> tuple[int, list[i
     else:
         start = masks[0] - budget // 8
     start = min(max(start, 0), len(inner) - budget)
-    return start, [ids[0], *inner[start:start + budget], ids[-1]], masks
+    return start, [ids[0], *inner[start : start + budget], ids[-1]], masks
 
 
 def masked_review(review: str, picks: list[int]) -> str:
     words = list(WORD.finditer(review))
     for i in sorted((i % len(words) for i in picks), reverse=True):
-        review = review[:words[i].start()] + "[MASK]" + review[words[i].end():]
+        review = review[: words[i].start()] + "[MASK]" + review[words[i].end() :]
     return review
 
 
@@ -170,8 +173,9 @@ def test_truncation_equals_transformers_on_the_kept_window(picks, fm, tiny_model
                 continue
             top = logp[1 + mask - start].topk(5)
             assert [p["token"] for p in per_mask[n]] == top.indices.tolist(), (text[:80], picks, n)
-            np.testing.assert_allclose(np.log([p["score"] for p in per_mask[n]]), top.values.numpy(),
-                                       atol=LOGPROB_TOL, rtol=0)
+            np.testing.assert_allclose(
+                np.log([p["score"] for p in per_mask[n]]), top.values.numpy(), atol=LOGPROB_TOL, rtol=0
+            )
 
 
 def greedy_joint(model, ids: list[int], mask_id: int) -> tuple[list[int], float]:

@@ -1,4 +1,5 @@
 """deniro_rt against transformers' FillMaskPipeline on the same tiny checkpoint, and its error handling."""
+
 import json
 import shutil
 import subprocess
@@ -32,8 +33,7 @@ def pipe(tiny_model_dir):
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
-    return pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
-                    device="cpu")
+    return pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), device="cpu")
 
 
 def assert_same_predictions(ours, theirs):
@@ -69,8 +69,7 @@ def test_several_masks_parity(fm, pipe):
 
 
 def test_single_piece_targets_parity(fm, pipe, tiny_tokenizer):
-    words = [w for w in ["the", "and", "movie", "film", "good", "bad", "it"]
-             if len(tiny_tokenizer.tokenize(w)) == 1]
+    words = [w for w in ["the", "and", "movie", "film", "good", "bad", "it"] if len(tiny_tokenizer.tokenize(w)) == 1]
     assert len(words) >= 4
     for text in TEXTS[:2]:
         assert_same_predictions(fm.fill(text, targets=words, top_k=3), pipe(text, targets=words, top_k=3))
@@ -80,8 +79,11 @@ def test_multi_piece_target_is_scored_as_a_whole_word(fm, tiny_model_dir, tiny_t
     import torch
     from transformers import AutoModelForMaskedLM
 
-    word = next(w for w in ["masterpiece", "unwatchable", "cinematography", "disappointing"]
-                if len(tiny_tokenizer.tokenize(w)) >= 2)
+    word = next(
+        w
+        for w in ["masterpiece", "unwatchable", "cinematography", "disappointing"]
+        if len(tiny_tokenizer.tokenize(w)) >= 2
+    )
     pieces = tiny_tokenizer.convert_tokens_to_ids(tiny_tokenizer.tokenize(word))
     [result] = fm.fill("this movie is a [MASK] .", targets=[word])
     widened = "this movie is a " + " ".join(["[MASK]"] * len(pieces)) + " ."
@@ -107,11 +109,11 @@ def whole_word_reference(model, tokenizer, text: str, words: list[str]) -> list[
         for word in dict.fromkeys(words):
             pieces = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
             parts = text.split("[MASK]")
-            widened = "[MASK]".join(parts[:m + 1]) + " ".join(["[MASK]"] * len(pieces)) + "[MASK]".join(parts[m + 1:])
+            widened = "[MASK]".join(parts[: m + 1]) + " ".join(["[MASK]"] * len(pieces)) + "[MASK]".join(parts[m + 1 :])
             batch = tokenizer(widened, return_tensors="pt")
             with torch.no_grad():
                 logp = model(**batch).logits[0].double().log_softmax(-1)  # [seq, vocab]
-            positions = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().ravel()[m:m + len(pieces)]
+            positions = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().ravel()[m : m + len(pieces)]
             scored.append((tuple(pieces), float(sum(logp[p, t] for p, t in zip(positions, pieces)).exp())))
         per_mask.append(sorted(scored, key=lambda c: -c[1]))
     return per_mask
@@ -166,8 +168,9 @@ def test_perplexity_matches_pytorch(fm, tiny_model_dir, tiny_tokenizer, imdb_tex
     result = fm.perplexity(masked)
     assert result["tokens"] == int((masked.labels != -100).sum())
     assert result["perplexity"] == pytest.approx(expected, rel=1e-4)
-    assert deniro_rt.perplexity(masked, model=fm.manifest.folder, device="cpu",
-                                precision="fp32")["perplexity"] == pytest.approx(result["perplexity"])
+    assert deniro_rt.perplexity(masked, model=fm.manifest.folder, device="cpu", precision="fp32")[
+        "perplexity"
+    ] == pytest.approx(result["perplexity"])
 
 
 def test_threads_share_one_session(fm):
@@ -188,15 +191,18 @@ def test_threads_share_one_session(fm):
 
 
 # ---------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("texts, message", [
-    (["a fine [MASK] .", "no mask here"], "text 1 has no [MASK]: 'no mask here'; put [MASK]"),
-    (["this is [mask] ."], "text 0 has no [MASK]: 'this is [mask] .' (the mask token is case-sensitive"),
-    ([""], "text 0 is empty"),
-    (["ok [MASK]", "   "], "text 1 is empty"),
-    (None, "texts is None"),
-    (["ok [MASK]", 3], "text 1 is int, expected a string"),
-    (42, "texts must be a string or a list of strings, got int"),
-])
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        (["a fine [MASK] .", "no mask here"], "text 1 has no [MASK]: 'no mask here'; put [MASK]"),
+        (["this is [mask] ."], "text 0 has no [MASK]: 'this is [mask] .' (the mask token is case-sensitive"),
+        ([""], "text 0 is empty"),
+        (["ok [MASK]", "   "], "text 1 is empty"),
+        (None, "texts is None"),
+        (["ok [MASK]", 3], "text 1 is int, expected a string"),
+        (42, "texts must be a string or a list of strings, got int"),
+    ],
+)
 def test_bad_texts(fm, texts, message):
     with pytest.raises(DeniroError) as info:
         fm.fill(texts)
@@ -235,7 +241,7 @@ def test_thousand_masks(fm):
 
 
 def test_control_characters_and_emoji(fm, pipe):
-    text = "what a \x07 great [MASK] \U0001F600 \u200b !"
+    text = "what a \x07 great [MASK] \U0001f600 \u200b !"
     assert_same_predictions(fm.fill(text), pipe(text))
 
 
@@ -281,8 +287,23 @@ def test_corrupted_and_missing_artifacts(tiny_artifact, tmp_path):
 
 # ---------------------------------------------------------------------- CLI and packaging
 def test_cli_json_and_stdin(tiny_artifact, capsys, monkeypatch):
-    assert cli(["this movie is [MASK] .", "--model", str(tiny_artifact), "--json", "--top-k", "2",
-                "--precision", "fp32", "--device", "cpu"]) == 0
+    assert (
+        cli(
+            [
+                "this movie is [MASK] .",
+                "--model",
+                str(tiny_artifact),
+                "--json",
+                "--top-k",
+                "2",
+                "--precision",
+                "fp32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out)
     assert row["text"] == "this movie is [MASK] ." and len(row["result"]) == 2
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("a [MASK] day\n\nthe [MASK] end\n"))
@@ -290,11 +311,16 @@ def test_cli_json_and_stdin(tiny_artifact, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "a [MASK] day" in out and "the [MASK] end" in out
     assert cli(["no mask", "--model", str(tiny_artifact)]) == 2
-    assert capsys.readouterr().err.strip() == "error: text 0 has no [MASK]: 'no mask'; put [MASK] where a word should be predicted"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: text 0 has no [MASK]: 'no mask'; put [MASK] where a word should be predicted"
+    )
 
 
 def test_import_pulls_in_neither_torch_nor_transformers():
-    code = ("import sys, deniro_rt, deniro_rt.runtime, deniro_rt.data, deniro_rt.__main__; "
-            "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+    code = (
+        "import sys, deniro_rt, deniro_rt.runtime, deniro_rt.data, deniro_rt.__main__; "
+        "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

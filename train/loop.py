@@ -7,6 +7,7 @@ that stops and resumes ends on the same weights as one that never stopped.
 The protocol (issue 23): every evaluation during training scores the validation reviews carved from
 --train-splits; the test split is masked once up front, sealed, and scored once after the last step.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deniro_rt.data import (Chunks, MaskedBatch, chunk_texts, load_text_splits, looks_like_path, perplexity,
-                             premask, whole_word_mask)
+from deniro_rt.data import (
+    Chunks,
+    MaskedBatch,
+    chunk_texts,
+    load_text_splits,
+    looks_like_path,
+    perplexity,
+    premask,
+    whole_word_mask,
+)
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import publish
 
 from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig
-from .data import (VALIDATION, DeviceChunks, carve_validation, check_splits, epoch_order, mask_rows, split_list,
-                   step_generator, to_device)
+from .data import (
+    VALIDATION,
+    DeviceChunks,
+    carve_validation,
+    check_splits,
+    epoch_order,
+    mask_rows,
+    split_list,
+    step_generator,
+    to_device,
+)
 from .model import MaskedOnlyMLM, build_model, make_scheduler, max_positions, param_groups, resolve_model
 from .tokenizer import load_tokenizer, train_wordpiece
 
@@ -54,8 +72,10 @@ class SealedTest:
 
     def open(self, step: int, total_steps: int) -> Heldout:
         if step < total_steps:
-            raise DeniroError(f"the test split is scored once, after training (step {step} of {total_steps}); "
-                              f"choices read the {VALIDATION} split")
+            raise DeniroError(
+                f"the test split is scored once, after training (step {step} of {total_steps}); "
+                f"choices read the {VALIDATION} split"
+            )
         if self._opened:
             raise DeniroError("the test split was already scored for this run; it is scored once")
         self._opened = True
@@ -78,8 +98,9 @@ def check_output(config: TrainConfig) -> Path:
         raise DeniroError(f"--output {out} exists and is a file; pass a folder")
     busy = out.exists() and any(out.iterdir())
     if busy and not (config.resume or config.overwrite):
-        raise DeniroError(f"--output {out} is not empty; pass --resume to continue it, --overwrite to "
-                          f"replace it, or another --output")
+        raise DeniroError(
+            f"--output {out} is not empty; pass --resume to continue it, --overwrite to replace it, or another --output"
+        )
     if config.resume and not latest_checkpoint(out):
         raise DeniroError(f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume first")
     if config.precision not in PRECISIONS:
@@ -107,11 +128,12 @@ def get_tokenizer(config: TrainConfig, out: Path, texts: dict[str, list[str]], s
 
 def check_sources(config: TrainConfig) -> None:
     model = config.model if config.init == "pretrained" and config.model != MINILM_SOURCE else None
-    for flag, source in (("--model", model),
-                         ("--tokenizer", config.tokenizer)):
+    for flag, source in (("--model", model), ("--tokenizer", config.tokenizer)):
         if source and looks_like_path(source) and not Path(source).expanduser().exists():
-            raise DeniroError(f"{flag} {source}: no such checkpoint folder; pass a save_pretrained "
-                              f"folder or a hub id (e.g. {BASE_MODEL_ID})")
+            raise DeniroError(
+                f"{flag} {source}: no such checkpoint folder; pass a save_pretrained "
+                f"folder or a hub id (e.g. {BASE_MODEL_ID})"
+            )
 
 
 def split_texts(config: TrainConfig, texts: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -119,16 +141,19 @@ def split_texts(config: TrainConfig, texts: dict[str, list[str]]) -> dict[str, l
     labelled = [t for s in split_list(config.train_splits) for t in texts[s]]
     train, val = carve_validation(labelled, config.val_fraction, config.val_seed)
     train += [t for s in split_list(config.extra_splits) for t in texts[s]]
-    return {"train": subset(train, config.max_train_texts, config.seed),
-            VALIDATION: subset(val, config.max_val_texts, config.val_seed),
-            "test": subset(texts[config.eval_split], config.max_eval_texts, config.eval_seed)}
+    return {
+        "train": subset(train, config.max_train_texts, config.seed),
+        VALIDATION: subset(val, config.max_val_texts, config.val_seed),
+        "test": subset(texts[config.eval_split], config.max_eval_texts, config.eval_seed),
+    }
 
 
 def heldout(name: str, texts: list[str], seed: int, tokenizer, config: TrainConfig) -> Heldout:
     chunks = chunk_texts(tokenizer.backend_tokenizer, texts, config.chunk_size)
     if len(chunks) == 0:
-        raise DeniroError(f"the {name} split has no chunk of {config.chunk_size} tokens ({len(texts)} reviews); "
-                          f"use more texts")
+        raise DeniroError(
+            f"the {name} split has no chunk of {config.chunk_size} tokens ({len(texts)} reviews); use more texts"
+        )
     batch = premask(chunks, seed, tokenizer.mask_token_id, len(tokenizer), config.mlm_probability)
     return Heldout(name, batch, len(texts))
 
@@ -145,17 +170,26 @@ def prepare(config: TrainConfig, out: Path) -> Prepared:
     model = build_model(config, tokenizer, source)
     limit = max_positions(model)
     if config.chunk_size > limit:
-        raise DeniroError(f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
-                          f"{limit} positions; pass --chunk-size {limit} or less")
+        raise DeniroError(
+            f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
+            f"{limit} positions; pass --chunk-size {limit} or less"
+        )
     parts = split_texts(config, texts)
     train = chunk_texts(tokenizer.backend_tokenizer, parts["train"], config.chunk_size)
     if len(train) == 0:
         raise DeniroError(f"not enough text for one chunk of {config.chunk_size} tokens; use more texts")
     val = heldout(VALIDATION, parts[VALIDATION], config.val_seed, tokenizer, config) if parts[VALIDATION] else None
     test = heldout(config.eval_split, parts["test"], config.eval_seed, tokenizer, config)
-    log.info("data: %d train chunks (%d reviews), %d %s reviews, %d %s reviews (scored once, at the end); "
-             "%d tokens a chunk", len(train), len(parts["train"]), len(parts[VALIDATION]), VALIDATION,
-             test.texts, test.name, config.chunk_size)
+    log.info(
+        "data: %d train chunks (%d reviews), %d %s reviews, %d %s reviews (scored once, at the end); %d tokens a chunk",
+        len(train),
+        len(parts["train"]),
+        len(parts[VALIDATION]),
+        VALIDATION,
+        test.texts,
+        test.name,
+        config.chunk_size,
+    )
     return Prepared(tokenizer, model, train, val, SealedTest(test))
 
 
@@ -196,8 +230,9 @@ def best_row(history: list[dict]) -> dict | None:
     return min(scored, key=lambda row: row["perplexity"]) if scored else None
 
 
-def save_final(accelerator, wrapped, prepared: Prepared, config: TrainConfig, out: Path, history: list,
-               test: dict) -> None:
+def save_final(
+    accelerator, wrapped, prepared: Prepared, config: TrainConfig, out: Path, history: list, test: dict
+) -> None:
     """save_pretrained folder (safetensors + tokenizer), written to a temp dir and moved in file by file."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -226,29 +261,51 @@ def make_schedule(config: TrainConfig, n_chunks: int, n_procs: int) -> Schedule:
     per_step = config.batch_size * n_procs * config.grad_accum
     steps_per_epoch = n_chunks // per_step
     if steps_per_epoch == 0:
-        raise DeniroError(f"{n_chunks} training chunks are fewer than one step of {per_step}; "
-                          f"lower --batch-size/--grad-accum or use more texts")
+        raise DeniroError(
+            f"{n_chunks} training chunks are fewer than one step of {per_step}; "
+            f"lower --batch-size/--grad-accum or use more texts"
+        )
     total = config.max_steps or steps_per_epoch * config.epochs
     return Schedule(config.batch_size, steps_per_epoch, total)
 
 
-def micro_batch(config: TrainConfig, train: Chunks | DeviceChunks, sched: Schedule, step: int, micro: int,
-                rank: int, n_procs: int, tokenizer):
+def micro_batch(
+    config: TrainConfig,
+    train: Chunks | DeviceChunks,
+    sched: Schedule,
+    step: int,
+    micro: int,
+    rank: int,
+    n_procs: int,
+    tokenizer,
+):
     """The (deterministic) chunks and masks of one micro-step of one process: a MaskedBatch masked on the
     host (numpy), or a TorchBatch masked where `train` lives (DeviceChunks, --masking device)."""
     epoch, in_epoch = divmod(step, sched.steps_per_epoch)
     order = epoch_order(config.seed, epoch, len(train))
     global_micro = in_epoch * config.grad_accum + micro
     start = (global_micro * n_procs + rank) * sched.micro_batch
-    rows = order[start:start + sched.micro_batch]
+    rows = order[start : start + sched.micro_batch]
     if isinstance(train, DeviceChunks):
         device = train.input_ids.device
         gen = step_generator(device, config.seed, epoch, global_micro, rank)
-        return mask_rows(train, torch.tensor(rows, device=device), gen, tokenizer.mask_token_id, len(tokenizer),
-                         config.mlm_probability)
+        return mask_rows(
+            train,
+            torch.tensor(rows, device=device),
+            gen,
+            tokenizer.mask_token_id,
+            len(tokenizer),
+            config.mlm_probability,
+        )
     rng = np.random.default_rng([config.seed, epoch, global_micro, rank])
-    return whole_word_mask(train.input_ids[rows], train.word_ids[rows], rng,
-                           tokenizer.mask_token_id, len(tokenizer), config.mlm_probability)
+    return whole_word_mask(
+        train.input_ids[rows],
+        train.word_ids[rows],
+        rng,
+        tokenizer.mask_token_id,
+        len(tokenizer),
+        config.mlm_probability,
+    )
 
 
 @torch.no_grad()
@@ -262,8 +319,8 @@ def evaluate(accelerator, wrapped, heldout: Heldout, batch_size: int) -> float:
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # [nll, tokens]
     starts = range(rank * batch_size, len(eval_set.input_ids), batch_size * n_procs)
     for start in tqdm(starts, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
-        ids = torch.from_numpy(eval_set.input_ids[start:start + batch_size]).to(accelerator.device)
-        labels = torch.from_numpy(eval_set.labels[start:start + batch_size]).to(accelerator.device)
+        ids = torch.from_numpy(eval_set.input_ids[start : start + batch_size]).to(accelerator.device)
+        labels = torch.from_numpy(eval_set.labels[start : start + batch_size]).to(accelerator.device)
         with accelerator.autocast():
             nll = wrapped(input_ids=ids, labels=labels, reduction="sum")
         total += torch.stack([nll.double(), (labels != -100).sum().double()])
@@ -296,8 +353,10 @@ def format_table(history: list[dict], test: dict) -> str:
         ppl = "—" if row["perplexity"] is None else f"{row['perplexity']:.2f}"
         rate = f"{row['tokens_per_s']:,.0f}" if row.get("tokens_per_s") else "—"
         lines.append(f"| {row['epoch']} | {row['step']} | {loss} | {ppl} | {rate} |")
-    lines.append(f"\n{test['split']} perplexity (once, after training; {test['texts']} reviews, mask seed "
-                 f"{test['seed']}): {test['perplexity']:.2f}")
+    lines.append(
+        f"\n{test['split']} perplexity (once, after training; {test['texts']} reviews, mask seed "
+        f"{test['seed']}): {test['perplexity']:.2f}"
+    )
     return "\n".join(lines)
 
 
@@ -336,8 +395,7 @@ def make_optimizer(config: TrainConfig, wrapped, device) -> torch.optim.Optimize
         raise DeniroError(f"--adamw must be auto, fused or foreach, got {config.adamw!r}")
     fused = config.adamw == "fused" or (config.adamw == "auto" and torch.device(device).type == "cuda")
     kind = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(param_groups(wrapped, config), lr=config.lr, weight_decay=config.weight_decay,
-                             **kind)
+    return torch.optim.AdamW(param_groups(wrapped, config), lr=config.lr, weight_decay=config.weight_decay, **kind)
 
 
 def masks_on_device(config: TrainConfig, device) -> bool:
@@ -353,8 +411,10 @@ def start_run(config: TrainConfig) -> Run:
     masks_on_device(config, "cpu")  # a bad --masking fails before any work
     # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
     # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
-    accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision],
-                              cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=PRECISIONS[config.precision],
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+    )
     if not accelerator.is_main_process:
         log.setLevel(logging.WARNING)  # one process reports progress; the others only their problems
     log.info("config: %s", json.dumps(asdict(config)))
@@ -402,8 +462,16 @@ def main(config: TrainConfig) -> list[dict]:
     run = start_run(config)
     step, history = load_checkpoint(run.accelerator, run.out) if config.resume else (0, [])
     if step == 0:
-        history.append({"epoch": 0, "step": 0, "train_loss": None, "split": VALIDATION, "perplexity": validate(run),
-                        "tokens_per_s": None})
+        history.append(
+            {
+                "epoch": 0,
+                "step": 0,
+                "train_loss": None,
+                "split": VALIDATION,
+                "perplexity": validate(run),
+                "tokens_per_s": None,
+            }
+        )
         log.info(">>> step 0: %s perplexity %s", VALIDATION, history[0]["perplexity"])
     total = run.sched.total_steps
     stop_at = min(total, step + config.stop_after_steps) if config.stop_after_steps else total
@@ -420,8 +488,12 @@ def main(config: TrainConfig) -> list[dict]:
 def one_step(run: Run, step: int, tally: Tally) -> torch.Tensor:
     acc, config = run.accelerator, run.config
     torch.manual_seed(config.seed * 1_000_003 + step)  # dropout depends on the step alone: resumable
-    batches = [micro_batch(config, run.train_data, run.sched, step, m, acc.process_index, acc.num_processes,
-                           run.prepared.tokenizer) for m in range(config.grad_accum)]
+    batches = [
+        micro_batch(
+            config, run.train_data, run.sched, step, m, acc.process_index, acc.num_processes, run.prepared.tokenizer
+        )
+        for m in range(config.grad_accum)
+    ]
     loss = train_step(acc, run.wrapped, run.optimizer, batches)
     run.scheduler.step()
     tally.loss, tally.steps, tally.run_steps = tally.loss + loss, tally.steps + 1, tally.run_steps + 1
@@ -433,8 +505,9 @@ def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, li
     from tqdm.auto import tqdm
 
     acc, config, sched = run.accelerator, run.config, run.sched
-    bar = tqdm(total=sched.total_steps, initial=step, disable=not acc.is_local_main_process,
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=sched.total_steps, initial=step, disable=not acc.is_local_main_process, desc="train", dynamic_ncols=True
+    )
     tally = Tally(torch.zeros((), device=acc.device))
     run.wrapped.train()
     while step < stop_at:
@@ -459,8 +532,7 @@ def show_progress(run: Run, bar, tally: Tally, loss: torch.Tensor) -> None:
     rate = tally.tokens_per_s(run.config, run.accelerator.num_processes) or 0.0
     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:,.0f}")
     if not bar.disable and not bar.fp.isatty():  # a log file gets a line now and then (no bar redraws)
-        log.info("step %d: loss %.3f, lr %.2e, %.0f tokens/s", bar.n, loss.item(),
-                 run.scheduler.get_last_lr()[0], rate)
+        log.info("step %d: loss %.3f, lr %.2e, %.0f tokens/s", bar.n, loss.item(), run.scheduler.get_last_lr()[0], rate)
 
 
 def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
@@ -468,7 +540,19 @@ def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
     mean_loss = float(run.accelerator.reduce(tally.loss, reduction="mean")) / max(tally.steps, 1)
     epoch = step / run.sched.steps_per_epoch
     rate = tally.tokens_per_s(run.config, run.accelerator.num_processes)
-    log.info(">>> step %d (epoch %.2f): %s perplexity %s, %s tokens/s", step, epoch, VALIDATION,
-             "—" if ppl is None else f"{ppl:.2f}", "—" if rate is None else f"{rate:,.0f}")
-    return {"epoch": round(epoch, 3), "step": step, "train_loss": mean_loss, "split": VALIDATION,
-            "perplexity": ppl, "tokens_per_s": rate}
+    log.info(
+        ">>> step %d (epoch %.2f): %s perplexity %s, %s tokens/s",
+        step,
+        epoch,
+        VALIDATION,
+        "—" if ppl is None else f"{ppl:.2f}",
+        "—" if rate is None else f"{rate:,.0f}",
+    )
+    return {
+        "epoch": round(epoch, 3),
+        "step": step,
+        "train_loss": mean_loss,
+        "split": VALIDATION,
+        "perplexity": ppl,
+        "tokens_per_s": rate,
+    }

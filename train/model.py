@@ -1,4 +1,5 @@
 """Model construction and the masked-positions-only MLM loss."""
+
 from __future__ import annotations
 
 import logging
@@ -35,17 +36,18 @@ def build_model(config: TrainConfig, tokenizer, source: str | None = None):
     if config.init == "random":
         shape = SHAPES[config.preset]
         vocab_size = max(config.vocab_size, len(tokenizer))
-        arch = DistilBertConfig(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
-                                **shape.__dict__)
+        arch = DistilBertConfig(vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id, **shape.__dict__)
         torch.manual_seed(config.seed)
         return DistilBertForMaskedLM(arch)
     try:
         return AutoModelForMaskedLM.from_pretrained(source or config.model)
     except Exception as exc:
         where = "folder" if Path(source or config.model).exists() else "hub id"
-        raise DeniroError(f"could not load a masked-LM checkpoint from {where} {source or config.model!r} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); pass a "
-                          f"save_pretrained folder, or --init random to start from scratch") from exc
+        raise DeniroError(
+            f"could not load a masked-LM checkpoint from {where} {source or config.model!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); pass a "
+            f"save_pretrained folder, or --init random to start from scratch"
+        ) from exc
 
 
 def max_positions(model) -> int:
@@ -99,8 +101,10 @@ def param_groups(wrapped: nn.Module, config: TrainConfig) -> list[dict]:
     head = [p for n, p in named if is_head(n)]
     if not head:
         raise DeniroError("--head-lr/--head-warmup-steps need a DistilBERT masked LM (vocab_transform ...)")
-    return [{"params": [p for n, p in named if not is_head(n)], "lr": config.lr},
-            {"params": head, "lr": config.lr if config.head_lr is None else config.head_lr}]
+    return [
+        {"params": [p for n, p in named if not is_head(n)], "lr": config.lr},
+        {"params": head, "lr": config.lr if config.head_lr is None else config.head_lr},
+    ]
 
 
 def linear_decay(step: int, warmup: int, total: int, frozen_until: int = 0) -> float:
@@ -117,7 +121,13 @@ def make_scheduler(optimizer, config: TrainConfig, total_steps: int):
     """LambdaLR with one multiplier per param group (partials: checkpointable, resumable)."""
     from torch.optim.lr_scheduler import LambdaLR
 
-    lambdas = [partial(linear_decay, warmup=config.warmup_steps, total=total_steps,
-                       frozen_until=config.head_warmup_steps if i == 0 and len(optimizer.param_groups) > 1 else 0)
-               for i in range(len(optimizer.param_groups))]
+    lambdas = [
+        partial(
+            linear_decay,
+            warmup=config.warmup_steps,
+            total=total_steps,
+            frozen_until=config.head_warmup_steps if i == 0 and len(optimizer.param_groups) > 1 else 0,
+        )
+        for i in range(len(optimizer.param_groups))
+    ]
     return LambdaLR(optimizer, lambdas)

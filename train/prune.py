@@ -18,6 +18,7 @@ Both are checked before anything is published; prune.json in the folder records 
     python -m train.prune --model runs/minilm-gpu --dataset ../shared/data/imdb --keep 20000 --output runs/minilm-20k
     python -m export --onnx --model runs/minilm-20k --output exports/minilm-20k --dataset ../shared/data/imdb
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ log = logging.getLogger("train.prune")
 # tensors with one row (or entry) per vocabulary piece
 VOCAB_TENSORS = ("distilbert.embeddings.word_embeddings.weight", "vocab_projector.weight", "vocab_projector.bias")
 # init_kwargs of the original tokenizer that describe its old files or old ids, not its settings
-TOKENIZER_FILE_KWARGS = ("name_or_path", "vocab_file", "tokenizer_file", "added_tokens_decoder",
-                         "tokenizer_object", "special_tokens_map_file")
+TOKENIZER_FILE_KWARGS = (
+    "name_or_path",
+    "vocab_file",
+    "tokenizer_file",
+    "added_tokens_decoder",
+    "tokenizer_object",
+    "special_tokens_map_file",
+)
 MODEL_CHECK_TEXTS = 4  # reviews the pruned model's logits are compared on before publishing
 MODEL_CHECK_TOKENS = 64
 LOGITS_TOLERANCE = 1e-4
@@ -81,22 +88,30 @@ def load_source(model_dir: Path):
     from .tokenizer import load_tokenizer
 
     if not (model_dir / "config.json").is_file():
-        raise DeniroError(f"--model {model_dir}: no config.json; pass a DistilBertForMaskedLM save_pretrained "
-                          f"folder (e.g. runs/minilm-gpu)")
+        raise DeniroError(
+            f"--model {model_dir}: no config.json; pass a DistilBertForMaskedLM save_pretrained "
+            f"folder (e.g. runs/minilm-gpu)"
+        )
     model_type = AutoConfig.from_pretrained(model_dir).model_type
     if model_type != "distilbert":
-        raise DeniroError(f"--model {model_dir} is a {model_type!r} model, not DistilBERT; convert a BERT first "
-                          f"with python -m train.convert")
+        raise DeniroError(
+            f"--model {model_dir} is a {model_type!r} model, not DistilBERT; convert a BERT first "
+            f"with python -m train.convert"
+        )
     with quiet_transformers():  # a missing head is reported below, in one line
         model, info = DistilBertForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
     missing = set(info["missing_keys"]) - {"vocab_projector.weight"}  # tied: stored once
     if missing:
-        raise DeniroError(f"--model {model_dir} has no masked-LM head (missing {sorted(missing)[:3]}); pass a "
-                          f"DistilBertForMaskedLM folder")
+        raise DeniroError(
+            f"--model {model_dir} has no masked-LM head (missing {sorted(missing)[:3]}); pass a "
+            f"DistilBertForMaskedLM folder"
+        )
     tokenizer = load_tokenizer(str(model_dir), hint="the model folder needs its tokenizer files (tokenizer.json)")
     if len(tokenizer) > model.config.vocab_size:
-        raise DeniroError(f"--model {model_dir}: the tokenizer has {len(tokenizer)} pieces but the model only "
-                          f"{model.config.vocab_size} embedding rows; pass the folder the model was trained with")
+        raise DeniroError(
+            f"--model {model_dir}: the tokenizer has {len(tokenizer)} pieces but the model only "
+            f"{model.config.vocab_size} embedding rows; pass the folder the model was trained with"
+        )
     return model.eval(), tokenizer
 
 
@@ -115,8 +130,10 @@ def forced_piece_ids(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarra
     is kept (as `x` and `##x`, where the vocabulary has them) when it occurs in the normalized texts."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     if spec["model"]["type"] != "WordPiece":
-        raise DeniroError(f"the tokenizer is {spec['model']['type']}, not WordPiece; only BERT-style WordPiece "
-                          f"vocabularies can be pruned")
+        raise DeniroError(
+            f"the tokenizer is {spec['model']['type']}, not WordPiece; only BERT-style WordPiece "
+            f"vocabularies can be pruned"
+        )
     vocab, prefix = spec["model"]["vocab"], spec["model"]["continuing_subword_prefix"]
     added = [token["id"] for token in spec["added_tokens"]]
     specials = np.unique(np.asarray(tokenizer.all_special_ids + added, dtype=np.int64))
@@ -131,18 +148,22 @@ def forced_piece_ids(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarra
 def check_keep(keep: int, vocab_size: int, forced: int | None = None) -> None:
     """--keep must prune something and leave room for the `forced` pieces (checked once they are known)."""
     if keep >= vocab_size:
-        raise DeniroError(f"--keep {keep} is not smaller than the vocabulary ({vocab_size} pieces): nothing to "
-                          f"prune; pass a smaller --keep (e.g. 20000)")
+        raise DeniroError(
+            f"--keep {keep} is not smaller than the vocabulary ({vocab_size} pieces): nothing to "
+            f"prune; pass a smaller --keep (e.g. 20000)"
+        )
     if forced is not None and keep < forced:
-        raise DeniroError(f"--keep {keep} is smaller than the {forced} pieces that are always kept (special "
-                          f"tokens and the single characters of the counted reviews); pass --keep {forced} or more")
+        raise DeniroError(
+            f"--keep {keep} is smaller than the {forced} pieces that are always kept (special "
+            f"tokens and the single characters of the counted reviews); pass --keep {forced} or more"
+        )
 
 
 def choose_kept(order: np.ndarray, forced: np.ndarray, keep: int, vocab_size: int) -> np.ndarray:
     """The kept original ids, ascending: the forced ones, then the most frequent others up to `keep`."""
     check_keep(keep, vocab_size, len(forced))
     others = order[~np.isin(order, forced)]  # most frequent first
-    return np.sort(np.concatenate([forced, others[:keep - len(forced)]]))  # [keep]
+    return np.sort(np.concatenate([forced, others[: keep - len(forced)]]))  # [keep]
 
 
 # --------------------------------------------------------------------------- the pruned tokenizer
@@ -168,8 +189,10 @@ def pruned_backend(tokenizer, kept: np.ndarray):
     piece_of = {old_id: piece for piece, old_id in spec["model"]["vocab"].items()}
     missing = [token["content"] for token in spec["added_tokens"] if token["id"] not in piece_of]
     if missing:
-        raise DeniroError(f"added tokens {missing[:3]} are not in the WordPiece vocabulary; this tokenizer "
-                          f"cannot be pruned (a BERT-style tokenizer.json has them in model.vocab)")
+        raise DeniroError(
+            f"added tokens {missing[:3]} are not in the WordPiece vocabulary; this tokenizer "
+            f"cannot be pruned (a BERT-style tokenizer.json has them in model.vocab)"
+        )
     vocab = {piece_of[int(old_id)]: new_id for new_id, old_id in enumerate(kept)}
     spec["model"]["vocab"] = vocab
     for token in spec["added_tokens"]:
@@ -232,20 +255,27 @@ def tokenizer_stats(old, new, kept: np.ndarray, texts: list[str]) -> dict:
         counts["new_tokens"] += int((~np.isin(new_ids, new_specials)).sum())
         counts["old_unk"] += int((old_ids == old.unk_token_id).sum())
         counts["new_unk"] += int((new_ids == new.unk_token_id).sum())
-    return {"counted_tokens": counts["old_tokens"],
-            "covered_fraction": round(counts["covered"] / max(counts["old_tokens"], 1), 6),
-            "tokens_per_review_ratio": round(counts["new_tokens"] / max(counts["old_tokens"], 1), 6),
-            "unk_fraction_before": round(counts["old_unk"] / max(counts["old_tokens"], 1), 6),
-            "unk_fraction_after": round(counts["new_unk"] / max(counts["new_tokens"], 1), 6),
-            "reviews_all_kept_identical_ids": counts["texts_all_kept"]}
+    return {
+        "counted_tokens": counts["old_tokens"],
+        "covered_fraction": round(counts["covered"] / max(counts["old_tokens"], 1), 6),
+        "tokens_per_review_ratio": round(counts["new_tokens"] / max(counts["old_tokens"], 1), 6),
+        "unk_fraction_before": round(counts["old_unk"] / max(counts["old_tokens"], 1), 6),
+        "unk_fraction_after": round(counts["new_unk"] / max(counts["new_tokens"], 1), 6),
+        "reviews_all_kept_identical_ids": counts["texts_all_kept"],
+    }
 
 
 @torch.no_grad()
 def check_logits(old_model, new_model, new_tokenizer, kept: np.ndarray, texts: list[str]) -> float:
     """Max |logit difference| between the pruned model and the original at the kept ids. Exact for any
     input: new id i is old id kept[i], so the original is fed kept[new_ids]."""
-    batch = new_tokenizer(texts[:MODEL_CHECK_TEXTS], truncation=True, max_length=MODEL_CHECK_TOKENS,
-                          padding="max_length", return_tensors="pt")
+    batch = new_tokenizer(
+        texts[:MODEL_CHECK_TEXTS],
+        truncation=True,
+        max_length=MODEL_CHECK_TOKENS,
+        padding="max_length",
+        return_tensors="pt",
+    )
     new_ids, mask = batch["input_ids"], batch["attention_mask"]  # [batch, seq]
     old_ids = torch.from_numpy(kept)[new_ids]  # [batch, seq]
     expected = old_model(input_ids=old_ids, attention_mask=mask).logits[..., torch.from_numpy(kept)]  # [b, s, keep]
@@ -269,18 +299,29 @@ def prune(config: PruneConfig, stage: Path) -> dict:
     check_keep(config.keep, len(tokenizer), len(specials) + len(singles))
     order = piece_order(tokenizer, texts)  # [vocab] ids, most frequent first
     kept = choose_kept(order, np.union1d(specials, singles), config.keep, len(tokenizer))  # [keep]
-    log.info("keeping %d of %d pieces (%d special, %d single characters forced)", len(kept), len(tokenizer),
-             len(specials), len(singles))
+    log.info(
+        "keeping %d of %d pieces (%d special, %d single characters forced)",
+        len(kept),
+        len(tokenizer),
+        len(specials),
+        len(singles),
+    )
     new_tokenizer = pruned_tokenizer(tokenizer, kept)
     new_model = pruned_model(model, kept, new_tokenizer.pad_token_id)
     new_model.save_pretrained(stage, safe_serialization=True)
     new_tokenizer.save_pretrained(str(stage))
     saved = AutoTokenizer.from_pretrained(str(stage))  # checked: what export will load
-    stats = {"source_model": str(Path(config.model).resolve()), "original_vocab_size": len(tokenizer),
-             "kept": len(kept), "forced_special": len(specials), "forced_single_char": len(singles),
-             "counted_reviews": len(texts), **tokenizer_stats(tokenizer, saved, kept, texts),
-             "max_logit_difference": check_logits(model, new_model, saved, kept, texts),
-             "seconds": round(time.perf_counter() - started, 1)}
+    stats = {
+        "source_model": str(Path(config.model).resolve()),
+        "original_vocab_size": len(tokenizer),
+        "kept": len(kept),
+        "forced_special": len(specials),
+        "forced_single_char": len(singles),
+        "counted_reviews": len(texts),
+        **tokenizer_stats(tokenizer, saved, kept, texts),
+        "max_logit_difference": check_logits(model, new_model, saved, kept, texts),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     record = {"config": asdict(config), "stats": stats}
     (stage / "prune.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("%s", stats)
@@ -300,16 +341,22 @@ def main(config: PruneConfig) -> Path:
 def run(argv: list[str] | None = None) -> int:
     from deniro_rt.cli import run_main, setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m train.prune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.prune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, default in asdict(PruneConfig(model="", dataset="", output="")).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=HELP[name])
             continue
         kind = int if isinstance(default, int) else str
-        parser.add_argument(flag, type=kind, default=default or None, required=name in ("model", "dataset", "output"),
-                            help=f"{HELP[name]} (default: {default})" if default else HELP[name])
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=default or None,
+            required=name in ("model", "dataset", "output"),
+            help=f"{HELP[name]} (default: {default})" if default else HELP[name],
+        )
     setup_logging(ours=("train",))
     config = PruneConfig(**vars(parser.parse_args(argv)))
     return run_main(lambda: main(config))

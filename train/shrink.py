@@ -11,6 +11,7 @@ is exported or shipped.
     python -m train.shrink --model $TMPDIR/deniro-minilm/minilm-l6-v2-0.1.2-distilbert \
         --checkpoint runs/minilm/checkpoints/step_00000100 --dataset ../shared/data/imdb   # a running run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ HELP = {
     "output": "JSON file for the results",
     "checkpoint": "a python -m train checkpoint folder (step_*) whose weights replace --model's",
     "mixed": "comma-separated counts N: the whole vocabulary, the N most frequent rows 8-bit and the rest 4-bit, "
-             "per-row scales (measured after the --keep rows)",
+    "per-row scales (measured after the --keep rows)",
 }
 
 
@@ -101,15 +102,15 @@ def variant_table(weight: torch.Tensor, variant: Variant, order: np.ndarray) -> 
 def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> tuple[float, np.ndarray, float]:
     """Perplexity, the top-1 predictions (original ids) at the masked positions, and the fraction of
     masked labels that were pruned (scored as [UNK])."""
-    kept = torch.from_numpy(np.sort(order[:variant.keep]))  # [keep]
+    kept = torch.from_numpy(np.sort(order[: variant.keep]))  # [keep]
     is_kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     is_kept[kept] = True
     weight = variant_table(model.distilbert.embeddings.word_embeddings.weight, variant, order)
     position = {int(t): i for i, t in enumerate(kept)}
     nll, count, top1, pruned = 0.0, 0, [], 0
     for start in range(0, len(eval_set.input_ids), 16):
-        ids = torch.from_numpy(eval_set.input_ids[start:start + 16])  # [batch, seq]
-        labels = torch.from_numpy(eval_set.labels[start:start + 16])  # [batch, seq]
+        ids = torch.from_numpy(eval_set.input_ids[start : start + 16])  # [batch, seq]
+        labels = torch.from_numpy(eval_set.labels[start : start + 16])  # [batch, seq]
         ids = torch.where(is_kept[ids], ids, unk_id)  # pruned pieces (also 80/10/10's random ones) -> [UNK]
         embeds = torch.nn.functional.embedding(ids, weight)  # [batch, seq, dim]
         hidden = model.distilbert(inputs_embeds=embeds)[0][labels != -100]  # [n, dim]
@@ -147,8 +148,9 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
     state = {k.removeprefix("model."): v for k, v in load_file(checkpoint / "model.safetensors").items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"vocab_projector.weight"}:  # the projector is tied: stored once
-        raise DeniroError(f"{checkpoint} does not match --model's architecture (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
+        raise DeniroError(
+            f"{checkpoint} does not match --model's architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
 
 
@@ -167,10 +169,14 @@ def main(config: ShrinkConfig) -> list[dict]:
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     texts = load_text_splits(config.dataset, ["train", "test"])
     rng = np.random.default_rng(config.eval_seed)
-    count_texts = [texts["train"][i] for i in rng.choice(len(texts["train"]), min(config.count_texts,
-                                                                               len(texts["train"])), replace=False)]
-    eval_texts = [texts["test"][i] for i in rng.choice(len(texts["test"]), min(config.eval_texts, len(texts["test"])),
-                                                      replace=False)]
+    count_texts = [
+        texts["train"][i]
+        for i in rng.choice(len(texts["train"]), min(config.count_texts, len(texts["train"])), replace=False)
+    ]
+    eval_texts = [
+        texts["test"][i]
+        for i in rng.choice(len(texts["test"]), min(config.eval_texts, len(texts["test"])), replace=False)
+    ]
     order = piece_order(tokenizer, count_texts)
     chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
     eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
@@ -182,10 +188,16 @@ def main(config: ShrinkConfig) -> list[dict]:
         reference = top1 if reference is None else reference
         same = top1 == reference
         size = package_bytes(model, variant.keep, variant.int8_embedding, variant.int8_rows)
-        rows.append({**asdict(variant), "perplexity": round(ppl, 3),
-                     "top1_agreement_vs_fp32": round(float(same.mean()), 4),
-                     "top1_agreement_at_mask_inputs": round(float(same[at_mask].mean()), 4),
-                     "labels_pruned": round(pruned, 4), "est_int8_graph_mb": round(size / 1e6, 2)})
+        rows.append(
+            {
+                **asdict(variant),
+                "perplexity": round(ppl, 3),
+                "top1_agreement_vs_fp32": round(float(same.mean()), 4),
+                "top1_agreement_at_mask_inputs": round(float(same[at_mask].mean()), 4),
+                "labels_pruned": round(pruned, 4),
+                "est_int8_graph_mb": round(size / 1e6, 2),
+            }
+        )
         log.info("%s", rows[-1])
     if config.output:
         Path(config.output).write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=2) + "\n")
@@ -195,12 +207,18 @@ def main(config: ShrinkConfig) -> list[dict]:
 def run(argv: list[str] | None = None) -> int:
     from deniro_rt.cli import run_main, setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m train.shrink", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.shrink", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, default in asdict(ShrinkConfig(model="", dataset="")).items():
         kind = int if isinstance(default, int) else str
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default or None,
-                            required=name in ("model", "dataset"), help=f"{HELP[name]} (default: {default})")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=default or None,
+            required=name in ("model", "dataset"),
+            help=f"{HELP[name]} (default: {default})",
+        )
     setup_logging(ours=("train",))
     config = ShrinkConfig(**vars(parser.parse_args(argv)))
     return run_main(lambda: main(config))

@@ -1,9 +1,10 @@
 """The tokenizer: the base model's when online, or a WordPiece vocabulary learned from IMDB offline."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -19,28 +20,40 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, model_max_length: int
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    backend.normalizer = normalizers.Sequence([
-        normalizers.Replace(r"<br />", " "),  # IMDB's line breaks are markup, not words
-        normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True),
-    ])
+    backend.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(r"<br />", " "),  # IMDB's line breaks are markup, not words
+            normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True),
+        ]
+    )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                        continuing_subword_prefix="##", show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##", show_progress=False
+    )
     log.info("training a %d-piece WordPiece vocabulary on %d texts", vocab_size, len(texts))
     backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length,
-        model_input_names=["input_ids", "attention_mask"])  # DistilBERT takes no token_type_ids
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )  # DistilBERT takes no token_type_ids
 
 
-def load_tokenizer(name_or_path: str, hint: str = "pass --tokenizer with a local folder, or --init "
-                                                   "random to train one", **kwargs):
+def load_tokenizer(
+    name_or_path: str, hint: str = "pass --tokenizer with a local folder, or --init random to train one", **kwargs
+):
     """AutoTokenizer.from_pretrained (with `kwargs`) and a one-line error; only fast tokenizers (word ids)
     are usable."""
     from transformers import AutoTokenizer

@@ -9,6 +9,7 @@ the wheels) fits one call, so calls 1-3 each carry one folder, .carry/callN, lai
     python bench/gpu/calls.py plan     # the calls as the device tool takes them (carry, timeout_s, command)
     python bench/gpu/calls.py paths    # each call's carry path, for ../shared/tools/ort-gpu/budget.sh
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,12 @@ CALLS = (
     Call((), 540, "source /tmp/ortenv.sh && bash bench/gpu/sweep.sh"),
 )
 # What calls 1-3 carry (du -sb, 26 Nov 2026), for checking the plan where nothing is prepared (CI).
-NOMINAL_BYTES = {".carry/call1": 35_458_368, ".carry/call2": 39_706_645, ".carry/call3": 39_750_260,
-                 ".ortgpu/part2": 34_110_513}
+NOMINAL_BYTES = {
+    ".carry/call1": 35_458_368,
+    ".carry/call2": 39_706_645,
+    ".carry/call3": 39_750_260,
+    ".ortgpu/part2": 34_110_513,
+}
 
 
 def stash_sources(root: Path = ROOT) -> dict[str, list[tuple[Path, str]]]:
@@ -54,9 +59,11 @@ def stash_sources(root: Path = ROOT) -> dict[str, list[tuple[Path, str]]]:
     parts = sorted(init.glob(PARTS_GLOB))
     side = sorted(p for p in init.glob("*") if p not in parts)  # config, tokenizer, minilm-pack.json: 0.9 MB
     part1 = root / ".ortgpu" / "part1"
-    return {"call1": [(part1 / "ort.tar.xz.aa", "ortgpu"), *((p, "minilm-parts") for p in side)],
-            "call2": [(part1 / "wheels", "ortgpu"), *((p, "minilm-parts") for p in parts[:1])],
-            "call3": [(root / ".carry" / "text", "carry"), *((p, "minilm-parts") for p in parts[1:])]}
+    return {
+        "call1": [(part1 / "ort.tar.xz.aa", "ortgpu"), *((p, "minilm-parts") for p in side)],
+        "call2": [(part1 / "wheels", "ortgpu"), *((p, "minilm-parts") for p in parts[:1])],
+        "call3": [(root / ".carry" / "text", "carry"), *((p, "minilm-parts") for p in parts[1:])],
+    }
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -91,8 +98,16 @@ def stage(root: Path = ROOT) -> list[str]:
 def repo_bytes(root: Path = ROOT) -> int:
     """What every call carries besides its paths, counted as budget.sh does: tracked files as they are
     in the working tree (a deleted one does not travel), untracked ones that git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                            check=True, capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return sum(os.lstat(root / name).st_size for name in set(listed) if name and os.path.lexists(root / name))
 
 
@@ -121,8 +136,11 @@ def join_errors(root: Path = ROOT) -> list[str]:
     (as install.sh checks them) and the start point's parts, gathered from calls 1-3 as /tmp will hold them."""
     errors = []
     aa, part2 = root / ".carry/call1/ortgpu/ort.tar.xz.aa", root / ".ortgpu/part2"
-    if (aa.is_file() and (part2 / "ort.sha256").is_file()
-            and sha256_of([aa, part2 / "ort.tar.xz.ab"]) != (part2 / "ort.sha256").read_text().split()[0]):
+    if (
+        aa.is_file()
+        and (part2 / "ort.sha256").is_file()
+        and sha256_of([aa, part2 / "ort.tar.xz.ab"]) != (part2 / "ort.sha256").read_text().split()[0]
+    ):
         errors.append("onnxruntime-gpu: call 1's half and part2 do not match ort.sha256 (prepare again)")
     staged = sorted(root.glob(".carry/call[0-9]/minilm-parts/*"), key=lambda p: p.name)
     parts = [p for p in staged if p.match(PARTS_GLOB)]
@@ -161,8 +179,10 @@ def main(argv: list[str]) -> int:
         return 1 if missing else 0
     if command == "plan":
         for i, call in enumerate(CALLS, 1):
-            print(f"call {i}:", json.dumps({"carry": list(call.carry), "timeout_s": call.timeout_s,
-                                            "command": call.command}))
+            print(
+                f"call {i}:",
+                json.dumps({"carry": list(call.carry), "timeout_s": call.timeout_s, "command": call.command}),
+            )
         return 0
     if command == "paths":
         print("\n".join(p for call in CALLS for p in call.carry))

@@ -16,6 +16,7 @@ what fine-tuning moves, and the weights are loaded back into fp32 models at both
 in parts: its 45.5 MB beside the repo (22 MB) no longer fit one transfer; bench/gpu/calls.py says which
 call carries which part.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,11 +103,16 @@ def pack_model(model: Path, out: Path, report: Path, part_bytes: int = PART_BYTE
     parts = []
     for i in range(0, len(data), part_bytes):
         name = f"minilm-fp16.safetensors.{i // part_bytes:02d}"
-        (out / name).write_bytes(data[i:i + part_bytes])
+        (out / name).write_bytes(data[i : i + part_bytes])
         parts.append(name)
     metrics = json.loads((model / "metrics.json").read_text()) if (model / "metrics.json").is_file() else None
-    report.write_text(json.dumps({"parts": parts, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                                  "metrics": metrics}, indent=2) + "\n")
+    report.write_text(
+        json.dumps(
+            {"parts": parts, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "metrics": metrics},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"{len(parts)} parts, {len(data) / 1e6:.1f} MB -> {out}")
 
 
@@ -162,8 +168,9 @@ def join_init(parts_dir: Path, init_dir: Path) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["init", "pack-text", "unpack-text", "pack-model", "unpack-model",
-                                            "split-init", "join-init"])
+    parser.add_argument(
+        "command", choices=["init", "pack-text", "unpack-text", "pack-model", "unpack-model", "split-init", "join-init"]
+    )
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="pack-model: where the part list, sha256 and metrics go")
     parser.add_argument("--from", dest="source", type=Path, help="init: a trained model folder instead of MiniLM")
@@ -171,12 +178,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--splits", default=",".join(SPLITS), help="pack-text: comma-separated splits to pack")
     args = parser.parse_args(argv)
     splits = tuple(s for s in args.splits.split(",") if s)
-    run = {"init": lambda d: init(d, args.source), "pack-text": lambda s, d: pack_text(s, d, splits),
-           "unpack-text": unpack_text,
-           "unpack-model": unpack_model,
-           "pack-model": lambda m, o: pack_model(m, o, args.json or o / PACK_JSON, args.part_bytes or PART_BYTES),
-           "split-init": lambda i, o: split_init(i, o, args.part_bytes or INIT_PART_BYTES),
-           "join-init": join_init}[args.command]
+    run = {
+        "init": lambda d: init(d, args.source),
+        "pack-text": lambda s, d: pack_text(s, d, splits),
+        "unpack-text": unpack_text,
+        "unpack-model": unpack_model,
+        "pack-model": lambda m, o: pack_model(m, o, args.json or o / PACK_JSON, args.part_bytes or PART_BYTES),
+        "split-init": lambda i, o: split_init(i, o, args.part_bytes or INIT_PART_BYTES),
+        "join-init": join_init,
+    }[args.command]
     run(*args.paths)
 
 

@@ -9,6 +9,7 @@ top-5 identical per mask (fp32: must be 100 %; fp16 kernels may differ by bucket
 top-1), largest score difference; then batch-1 p50 of the model card's prompt, end to end and
 graph-only, for both. On --device cpu the same code runs as a rehearsal (cuda_graph is a no-op there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ from deniro_rt.providers import HARDWARE  # noqa: E402
 
 PROMPT = "This is a great [MASK]!"
 SCORE_TIE = 1e-6  # probability difference under which two candidates' order is rounding
-TEXTS = ["the acting was [MASK] and the story was good .", "i have seen this [MASK] twice .", PROMPT,
-         "the [MASK] was great but the [MASK] was too long .", "[MASK] !"] * 20
+TEXTS = [
+    "the acting was [MASK] and the story was good .",
+    "i have seen this [MASK] twice .",
+    PROMPT,
+    "the [MASK] was great but the [MASK] was too long .",
+    "[MASK] !",
+] * 20
 
 
 def p50_ms(fn, n: int = 300, warmup: int = 30) -> float:
@@ -57,15 +63,27 @@ def graphs(model: str, precision: str, device: str, samples: int) -> dict:
     top1 = float(np.mean([a[0]["token"] == b[0]["token"] for a, b in pairs]))
     # a rank counts as the same when the ids match or two near-equal candidates swapped (a random model's
     # flat scores tie to 1e-7; run 1 on the H100 saw such swaps between padded and unpadded shapes)
-    top5 = float(np.mean([all(p["token"] == q["token"] or abs(p["score"] - q["score"]) <= SCORE_TIE
-                              for p, q in zip(a, b)) for a, b in pairs]))
+    top5 = float(
+        np.mean(
+            [
+                all(p["token"] == q["token"] or abs(p["score"] - q["score"]) <= SCORE_TIE for p, q in zip(a, b))
+                for a, b in pairs
+            ]
+        )
+    )
     diff = max(abs(p["score"] - q["score"]) for a, b in pairs for p, q in zip(a, b))
-    out = {"cuda_graph_enabled": runs[True].cuda_graph, "top1_agreement": top1, "top5_identical": top5,
-           "max_score_diff": float(diff)}
+    out = {
+        "cuda_graph_enabled": runs[True].cuda_graph,
+        "top1_agreement": top1,
+        "top5_identical": top5,
+        "max_score_diff": float(diff),
+    }
     for flag, fm in runs.items():
         (feed,), _ = fm.prepared_feeds([PROMPT], 5, 1)
-        out[f"graph_{flag}"] = {"e2e_p50_ms": p50_ms(lambda: fm.fill(PROMPT), samples, samples // 10),
-                                "model_p50_ms": p50_ms(lambda: fm.run_graph(feed), samples, samples // 10)}
+        out[f"graph_{flag}"] = {
+            "e2e_p50_ms": p50_ms(lambda fm=fm: fm.fill(PROMPT), samples, samples // 10),
+            "model_p50_ms": p50_ms(lambda fm=fm, feed=feed: fm.run_graph(feed), samples, samples // 10),
+        }
     # fp32: padding must not change anything; fp16 kernels may differ by shape, so near-ties of a
     # random model can swap: top-1 agreement >= 99 % there.
     out["passed"] = top1 == 1.0 and top5 == 1.0 if precision == "fp32" else top1 >= 0.99

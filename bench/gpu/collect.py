@@ -7,6 +7,7 @@ perplexities, parity, the goal rows, CUDA checks, the export manifests' validati
 (every JSON/markdown/PNG report of WORK, no models) and base-bench.md for reading at a glance. run.sh
 itself writes log.txt, and carry.py the MiniLM weights (fp16 parts): 7 files of the 8 allowed.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,31 +45,45 @@ def goal_rows(bench: dict | None) -> dict:
         return {}
     rows = bench.get("rows", [])
     short = [r for r in rows if r["length"] in (16, "prompt")]
-    return {"latency_b1": [{k: r[k] for k in ("engine", "scope", "precision", "length")} | {"p50_ms": r["latency"]["p50_ms"]}
-                           for r in short if r["latency"]],
-            "throughput_16": [{k: r[k] for k in ("engine", "scope", "precision", "batch")}
-                              | {"sentences_per_s": r["throughput"]["sentences_per_s"]}
-                              for r in rows if r["length"] == 16 and r["throughput"]],
-            "overhead": bench.get("overhead", []), "parity": bench.get("parity", [])}
+    return {
+        "latency_b1": [
+            {k: r[k] for k in ("engine", "scope", "precision", "length")} | {"p50_ms": r["latency"]["p50_ms"]}
+            for r in short
+            if r["latency"]
+        ],
+        "throughput_16": [
+            {k: r[k] for k in ("engine", "scope", "precision", "batch")}
+            | {"sentences_per_s": r["throughput"]["sentences_per_s"]}
+            for r in rows
+            if r["length"] == 16 and r["throughput"]
+        ],
+        "overhead": bench.get("overhead", []),
+        "parity": bench.get("parity", []),
+    }
 
 
 def main(work: Path, out: Path, device: str) -> None:
     bench = load(work / "bench-base" / "bench.json")
-    summary = {"device": device, "steps": steps(work),
-               "train_minilm_real": without(load(work / "train-minilm.json"), "config"),
-               "minilm_pack": without(load(work / "minilm-pack.json"), "metrics"),
-               "train_mini_synthetic": (load(work / "train-mini-probe" / "train.json") or {}).get("train"),
-               "train_base_synthetic": (load(work / "train-base" / "train.json") or {}).get("train"),
-               "minilm_validation": (load(work / "minilm-onnx" / MANIFEST) or {}).get("validation"),
-               "minilm_parity": (load(work / "minilm-parity" / "parity.json") or {}).get("parity"),
-               "base": goal_rows(bench), "cuda_checks": load(work / "check-base.json"),
-               "header": (bench or {}).get("header")}
+    summary = {
+        "device": device,
+        "steps": steps(work),
+        "train_minilm_real": without(load(work / "train-minilm.json"), "config"),
+        "minilm_pack": without(load(work / "minilm-pack.json"), "metrics"),
+        "train_mini_synthetic": (load(work / "train-mini-probe" / "train.json") or {}).get("train"),
+        "train_base_synthetic": (load(work / "train-base" / "train.json") or {}).get("train"),
+        "minilm_validation": (load(work / "minilm-onnx" / MANIFEST) or {}).get("validation"),
+        "minilm_parity": (load(work / "minilm-parity" / "parity.json") or {}).get("parity"),
+        "base": goal_rows(bench),
+        "cuda_checks": load(work / "check-base.json"),
+        "header": (bench or {}).get("header"),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
         for path in sorted(work.rglob("*")):
-            if path.is_file() and (path.name == MANIFEST or path.suffix in REPORTS
-                                   and not any(p in path.parts for p in MODEL_DIRS)):
+            if path.is_file() and (
+                path.name == MANIFEST or path.suffix in REPORTS and not any(p in path.parts for p in MODEL_DIRS)
+            ):
                 tar.add(path, arcname=str(path.relative_to(work)))
     if (work / "bench-base" / "bench.md").is_file():
         shutil.copy(work / "bench-base" / "bench.md", out / "base-bench.md")
@@ -76,8 +91,17 @@ def main(work: Path, out: Path, device: str) -> None:
 
 
 # checkpoints, exports and data stay behind (but each export's manifest, deniro.json, comes back)
-MODEL_DIRS = ("minilm", "base", "minilm-onnx", "base-onnx", "minilm-init", "minilm-fp16", "minilm-parts", "data",
-              "packed")
+MODEL_DIRS = (
+    "minilm",
+    "base",
+    "minilm-onnx",
+    "base-onnx",
+    "minilm-init",
+    "minilm-fp16",
+    "minilm-parts",
+    "data",
+    "packed",
+)
 MANIFEST = "deniro.json"
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 The real loop also masks each batch on the host and evaluates every 500 steps: budget / (1.5 x the
 probe's step time), at most MAX (the preset's 4,500).
 """
+
 import json
 import sys
 

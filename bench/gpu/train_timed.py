@@ -8,6 +8,7 @@ by the wall time between those calls minus the time spent in evaluation and chec
 between two train_step starts is one full step of the real loop (data masking on the host
 included); the device queue keeps it honest without a synchronisation per step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ class Clock:
             finally:
                 if pause:
                     self.pauses.append((start, time.perf_counter() - start))
+
         return wrapper
 
     def paused(self) -> float:
@@ -77,14 +79,22 @@ def summarise(clock: Clock, config, wall: float, history: list) -> dict:
     test = test_score(config)
     tokens_per_step = config.batch_size * config.chunk_size * config.grad_accum
     span = (clock.starts[-1] - clock.starts[0] - clock.paused()) if steps > 1 else float("nan")
-    return {"steps": steps, "tokens_per_step": tokens_per_step,
-            "tokens_per_s": (steps - 1) * tokens_per_step / span if steps > 1 else None,
-            "step_ms": 1e3 * span / (steps - 1) if steps > 1 else None,
-            "eval_and_checkpoint_s": clock.paused(), "wall_s": wall, "precision": config.precision,
-            "final_perplexity": history[-1]["perplexity"] if history else None, "selection_split": "validation",
-            "test_perplexity": test["perplexity"] if test else None, "test": test,
-            "loop_tokens_per_s": history[-1].get("tokens_per_s") if history else None,
-            "history": history, "config": asdict(config)}
+    return {
+        "steps": steps,
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_s": (steps - 1) * tokens_per_step / span if steps > 1 else None,
+        "step_ms": 1e3 * span / (steps - 1) if steps > 1 else None,
+        "eval_and_checkpoint_s": clock.paused(),
+        "wall_s": wall,
+        "precision": config.precision,
+        "final_perplexity": history[-1]["perplexity"] if history else None,
+        "selection_split": "validation",
+        "test_perplexity": test["perplexity"] if test else None,
+        "test": test,
+        "loop_tokens_per_s": history[-1].get("tokens_per_s") if history else None,
+        "history": history,
+        "config": asdict(config),
+    }
 
 
 if __name__ == "__main__":

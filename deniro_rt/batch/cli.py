@@ -19,6 +19,7 @@ Without --ray the fill runs in this process in batches (all cores, one ONNX Runt
 and running that many ORT threads. The input is read and the shards written by this (driver) process
 in input order; the actors do the fill.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,35 +66,61 @@ class BatchConfig:
     def spec(self):
         from .ray import FillSpec
 
-        return FillSpec(column=self.column, model=self.model, device=self.device, precision=self.precision,
-                        top_k=self.top_k, cpus_per_worker=self.cpus_per_worker,
-                        gpus_per_worker=self.gpus_per_worker, truncation=self.truncation, sequences=self.sequences)
+        return FillSpec(
+            column=self.column,
+            model=self.model,
+            device=self.device,
+            precision=self.precision,
+            top_k=self.top_k,
+            cpus_per_worker=self.cpus_per_worker,
+            gpus_per_worker=self.gpus_per_worker,
+            truncation=self.truncation,
+            sequences=self.sequences,
+        )
 
     def job(self, rows: int) -> dict:
         """What decides the output: a --resume must match it (workers and Ray options may differ)."""
-        keys = ("input", "column", "model", "precision", "top_k", "truncation", "batch_size", "sequences",
-                "rows_per_shard")
+        keys = (
+            "input",
+            "column",
+            "model",
+            "precision",
+            "top_k",
+            "truncation",
+            "batch_size",
+            "sequences",
+            "rows_per_shard",
+        )
         return {**{k: getattr(self, k) for k in keys}, "rows": rows}
 
 
 # ---------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None) -> BatchConfig:
-    parser = argparse.ArgumentParser(prog="python -m deniro_rt batch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deniro_rt batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add("--input", required=True, help="a .parquet file, a folder of .parquet files, or a .txt file")
     add("--output", required=True, help="output folder (created; must not exist unless --overwrite)")
     add("--column", default="text", help="column holding texts with [MASK] (default: text)")
     add("--model", default=None, help="export folder (default: the shipped IMDB model)")
     add("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="per worker (default: cpu)")
-    add("--precision", default=None, choices=["fp32", "fp16", "int8"],
-        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)")
+    add(
+        "--precision",
+        default=None,
+        choices=["fp32", "fp16", "int8"],
+        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)",
+    )
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
     add("--truncation", action="store_true", help="keep a window around the masks of over-long texts")
     add("--batch-size", type=int, default=256, help="rows per fill call / Ray Data batch (default: 256)")
     add("--ray", action="store_true", help="fill through Ray Data (extra deniro[ray])")
-    add("--concurrency", type=int, default=None,
-        help="Ray actors (implies --ray; default: the cluster's CPUs // --cpus-per-worker)")
+    add(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Ray actors (implies --ray; default: the cluster's CPUs // --cpus-per-worker)",
+    )
     add("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs per actor = its ORT threads (default: 1)")
     add("--gpus-per-worker", type=float, default=0.0, help="Ray GPUs per actor, with --device cuda (default: 0)")
     add("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
@@ -133,10 +160,14 @@ def run_batch(config: BatchConfig) -> Path:
         raise
     seconds = time.perf_counter() - start
     filled = table.num_rows - writer.first_row
-    finish(staging, output, {**asdict(config), "rows": table.num_rows, "seconds": seconds,
-                             "resumed_from_row": writer.first_row})
-    log.info("filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9),
-             output / SHARDS)
+    finish(
+        staging,
+        output,
+        {**asdict(config), "rows": table.num_rows, "seconds": seconds, "resumed_from_row": writer.first_row},
+    )
+    log.info(
+        "filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9), output / SHARDS
+    )
     return output
 
 
@@ -156,8 +187,10 @@ def import_pyarrow():
     try:
         import pyarrow
     except ImportError as exc:
-        raise DeniroError('the batch command reads and writes parquet with pyarrow, which is not '
-                          'installed; pip install "deniro[batch]" (or "deniro[ray]")') from exc
+        raise DeniroError(
+            "the batch command reads and writes parquet with pyarrow, which is not "
+            'installed; pip install "deniro[batch]" (or "deniro[ray]")'
+        ) from exc
     return pyarrow
 
 
@@ -166,8 +199,10 @@ def import_ray():
         import ray
         import ray.data
     except ImportError as exc:
-        raise DeniroError('--ray needs Ray Data, which is not installed; pip install "deniro[ray]", '
-                          'or leave out --ray/--concurrency/--address to fill in this process') from exc
+        raise DeniroError(
+            '--ray needs Ray Data, which is not installed; pip install "deniro[ray]", '
+            "or leave out --ray/--concurrency/--address to fill in this process"
+        ) from exc
     return ray
 
 
@@ -178,8 +213,10 @@ def read_input(path: Path, column: str):
     import pyarrow.parquet as pq
 
     if not path.exists():
-        raise DeniroError(f"--input {path} does not exist; pass a .parquet file, a folder of .parquet "
-                          f"files, or a .txt file with one text per line")
+        raise DeniroError(
+            f"--input {path} does not exist; pass a .parquet file, a folder of .parquet "
+            f"files, or a .txt file with one text per line"
+        )
     if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
         lines = [line.rstrip("\n") for line in path.open(encoding="utf-8")]
         table = pa.table({column: [line for line in lines if line.strip()]})
@@ -187,11 +224,15 @@ def read_input(path: Path, column: str):
         try:
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise DeniroError(f"--input {path} is not readable as parquet ({exc}); pass a .parquet file, "
-                              f"a folder of them, or a .txt file with one text per line") from exc
+            raise DeniroError(
+                f"--input {path} is not readable as parquet ({exc}); pass a .parquet file, "
+                f"a folder of them, or a .txt file with one text per line"
+            ) from exc
     if column not in table.column_names:
-        raise DeniroError(f"--input {path} has no column {column!r} (it has: "
-                          f"{', '.join(table.column_names)}); pass --column with the text column")
+        raise DeniroError(
+            f"--input {path} has no column {column!r} (it has: "
+            f"{', '.join(table.column_names)}); pass --column with the text column"
+        )
     if table.num_rows == 0:
         raise DeniroError(f"--input {path} has no rows; nothing to fill")
     return table
@@ -205,15 +246,22 @@ def check_texts(texts: list, config: BatchConfig) -> None:
     mask = load_manifest(config.model or DEFAULT_MODEL_DIR).mask_token
     not_text = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if not_text:
-        raise DeniroError(f"{len(not_text)} of {len(texts)} rows of column {config.column!r} are empty or "
-                          f"not text (rows {_rows(not_text)}); drop or fill those rows first")
+        raise DeniroError(
+            f"{len(not_text)} of {len(texts)} rows of column {config.column!r} are empty or "
+            f"not text (rows {_rows(not_text)}); drop or fill those rows first"
+        )
     no_mask = [i for i, t in enumerate(texts) if mask not in t]
     if no_mask:
-        hint = (f" (the mask token is case-sensitive: write {mask})"
-                if any(mask.lower() in texts[i].lower() for i in no_mask) else "")
-        raise DeniroError(f"{len(no_mask)} of {len(texts)} rows of column {config.column!r} have no {mask} "
-                          f"(rows {_rows(no_mask)}; first: {texts[no_mask[0]][:60]!r}){hint}; put {mask} "
-                          f"where a word should be predicted in every row, or filter those rows out first")
+        hint = (
+            f" (the mask token is case-sensitive: write {mask})"
+            if any(mask.lower() in texts[i].lower() for i in no_mask)
+            else ""
+        )
+        raise DeniroError(
+            f"{len(no_mask)} of {len(texts)} rows of column {config.column!r} have no {mask} "
+            f"(rows {_rows(no_mask)}; first: {texts[no_mask[0]][:60]!r}){hint}; put {mask} "
+            f"where a word should be predicted in every row, or filter those rows out first"
+        )
 
 
 def _rows(indices: list[int]) -> str:
@@ -237,9 +285,17 @@ def fill_in_process(table, config: BatchConfig, writer: ShardWriter) -> None:
     from .ray import FillMaskBatch
 
     spec = config.spec()
-    worker = FillMaskBatch(spec.model, spec.device, spec.precision, threads=None, top_k=spec.top_k,
-                           column=spec.column, truncation=spec.truncation, sequences=spec.sequences,
-                           batch_size=config.batch_size)
+    worker = FillMaskBatch(
+        spec.model,
+        spec.device,
+        spec.precision,
+        threads=None,
+        top_k=spec.top_k,
+        column=spec.column,
+        truncation=spec.truncation,
+        sequences=spec.sequences,
+        batch_size=config.batch_size,
+    )
     with _progress(table.num_rows, "fill") as bar:
         bar.update(writer.first_row)
         row = writer.first_row
@@ -276,8 +332,7 @@ def fill_on_ray(table, config: BatchConfig, writer: ShardWriter) -> None:
         context.enable_progress_bars = False  # one bar (ours, on the driver) instead of one per operator
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # after import: Ray sets it on import
         blocks = [pa.Table.from_batches([b]) for b in shard_batches(table, writer.first_row, config)]
-        dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config),
-                               config.batch_size)
+        dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config), config.batch_size)
         _collect(dataset, table.num_rows, writer)
     except Exception as exc:  # a DeniroError of a worker arrives wrapped (RayTaskError, UserCodeException)
         refusal = _worker_error(exc)
@@ -341,14 +396,17 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
         saved = json.loads(job_file.read_text()) if job_file.is_file() else {}
         changed = sorted(k for k in job if saved.get(k) != job[k])
         if changed:
-            raise DeniroError(f"--resume: {staging} was written with other {', '.join(changed)}; resume with "
-                              f"the same input and options, or drop --resume and pass --overwrite to start over")
+            raise DeniroError(
+                f"--resume: {staging} was written with other {', '.join(changed)}; resume with "
+                f"the same input and options, or drop --resume and pass --overwrite to start over"
+            )
         done = count_shards(staging / SHARDS)
         log.info("resuming after %d shards (%d rows)", done, min(rows, done * config.rows_per_shard))
         return done
     if staging.exists() and not config.overwrite:
-        raise DeniroError(f"{staging} holds an unfinished run; pass --resume to continue it, or --overwrite "
-                          f"to start over")
+        raise DeniroError(
+            f"{staging} holds an unfinished run; pass --resume to continue it, or --overwrite to start over"
+        )
     shutil.rmtree(staging, ignore_errors=True)
     (staging / SHARDS).mkdir(parents=True)
     write_text_atomically(job_file, json.dumps(job, indent=2) + "\n")

@@ -19,6 +19,7 @@ __init__; ORT's intra-op threads are set to the CPUs the actor reserves (`num_cp
 reserves CPUs but does not stop ORT from starting one thread per core of the node: N actors with
 all-core sessions on one node oversubscribe it. This module imports ray and pyarrow only inside functions.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ from ..runtime import FillMask
 # Columns added next to the input columns, per row (text): the first mask's best word and its score,
 # then per mask (list) and per candidate (inner list, best first); sequences only when asked for.
 TOP1, TOP1_SCORE = "top1", "top1_score"
-MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES, SEQUENCES = "mask_positions", "token_ids", "token_strs", "scores", \
-    "sequences"
+MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES, SEQUENCES = (
+    "mask_positions",
+    "token_ids",
+    "token_strs",
+    "scores",
+    "sequences",
+)
 ADDED = (TOP1, TOP1_SCORE, MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES)
 
 
@@ -67,9 +73,14 @@ def text_columns(preds, sequences: bool = False) -> dict[str, Any]:
     np.cumsum(counts, out=offsets[1:])
     first = offsets[:-1]  # [n_texts] row of each text's first mask
     cut = preds.mask_position[first] < 0  # its first mask cut away by truncation: no top1
-    columns = {TOP1: pa.array(np.where(cut, "", preds.token_strs()[first, 0]).tolist(), pa.string()),
-               TOP1_SCORE: pa.array(np.where(cut, np.nan, preds.scores[first, 0]))}
-    nest = lambda name: pa.ListArray.from_arrays(pa.array(offsets), per_mask.column(name).combine_chunks())
+    columns = {
+        TOP1: pa.array(np.where(cut, "", preds.token_strs()[first, 0]).tolist(), pa.string()),
+        TOP1_SCORE: pa.array(np.where(cut, np.nan, preds.scores[first, 0])),
+    }
+
+    def nest(name):
+        return pa.ListArray.from_arrays(pa.array(offsets), per_mask.column(name).combine_chunks())
+
     columns[MASK_POSITIONS] = nest("mask_position")
     for name in (TOKEN_IDS, TOKEN_STRS, SCORES) + ((SEQUENCES,) if sequences else ()):
         columns[name] = nest(name)
@@ -80,16 +91,26 @@ class FillMaskBatch:
     """Ray Data `map_batches` callable: adds text_columns' columns (from FillMask.fill_arrays) to a batch:
     a pyarrow Table (batch_format="pyarrow", what fill_dataset uses), a dict of numpy arrays or pandas."""
 
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str | None = None,
-                 threads: int | None = None, top_k: int = 5, column: str = "text", truncation: bool = False,
-                 sequences: bool = False, batch_size: int = 256):
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "cpu",
+        precision: str | None = None,
+        threads: int | None = None,
+        top_k: int = 5,
+        column: str = "text",
+        truncation: bool = False,
+        sequences: bool = False,
+        batch_size: int = 256,
+    ):
         self.runtime = FillMask(model, device=device, precision=precision, threads=threads)
         self.top_k, self.column, self.truncation, self.sequences = top_k, column, truncation, sequences
         self.batch_size = batch_size
 
     def predict(self, texts: list[str]) -> dict[str, Any]:
-        preds = self.runtime.fill_arrays(texts, top_k=self.top_k, batch_size=self.batch_size,
-                                         truncation=self.truncation)
+        preds = self.runtime.fill_arrays(
+            texts, top_k=self.top_k, batch_size=self.batch_size, truncation=self.truncation
+        )
         return text_columns(preds, self.sequences)
 
     def __call__(self, batch: Any):
@@ -114,12 +135,20 @@ def fill_dataset(dataset, spec: FillSpec, concurrency: int | tuple[int, int] = 1
     an autoscaling pool), each reserving `spec.cpus_per_worker` CPUs and running that many threads."""
     import ray.data
 
-    sizes = {"size": concurrency} if isinstance(concurrency, int) else \
-        {"min_size": concurrency[0], "max_size": concurrency[1]}
+    sizes = (
+        {"size": concurrency}
+        if isinstance(concurrency, int)
+        else {"min_size": concurrency[0], "max_size": concurrency[1]}
+    )
     return dataset.map_batches(
-        FillMaskBatch, fn_constructor_kwargs={**_constructor_kwargs(spec), "batch_size": batch_size},
-        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(**sizes),
-        num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker or None)
+        FillMaskBatch,
+        fn_constructor_kwargs={**_constructor_kwargs(spec), "batch_size": batch_size},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(**sizes),
+        num_cpus=spec.cpus_per_worker,
+        num_gpus=spec.gpus_per_worker or None,
+    )
 
 
 def _constructor_kwargs(spec: FillSpec) -> dict:

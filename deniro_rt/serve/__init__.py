@@ -6,6 +6,7 @@
 Needs the `serve` extra (`pip install "deniro[serve]"`); importing this package does not: FastAPI
 and uvicorn are imported only by `create_app` and `main`.
 """
+
 from __future__ import annotations
 
 import importlib

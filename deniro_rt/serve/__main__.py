@@ -8,6 +8,7 @@
 Routes: POST / and /fill (Hugging Face Inference API fill-mask body), GET /health, /metrics
 (Prometheus), /docs, /openapi.json. SIGTERM: stop accepting, answer what is in flight, exit 0.
 """
+
 from __future__ import annotations
 
 import logging

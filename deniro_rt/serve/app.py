@@ -1,6 +1,7 @@
 """The ASGI app on FastAPI: POST / and /fill (Inference API fill-mask body), GET /health, /metrics,
 /docs (offline), /openapi.json (generated). Every answer that is not a 200 is `{"error": "..."}`.
 FastAPI is imported here only (the `serve` extra)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,10 +26,16 @@ from .config import ServeConfig, model_threads
 from .schema import EXAMPLE, ErrorBody, FillAnswer, FillBody, Parameters, docs_page
 
 log = logging.getLogger(__name__)
-ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
-    (400, "body is not JSON"), (413, "too many texts, body too large or a text too long"),
-    (415, "Content-Type is not application/json"), (422, "invalid body (the message names the field and the fix)"),
-    (503, "queue full, shutting down or model not loaded; see the Retry-After header"))}
+ERRORS = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in (
+        (400, "body is not JSON"),
+        (413, "too many texts, body too large or a text too long"),
+        (415, "Content-Type is not application/json"),
+        (422, "invalid body (the message names the field and the fix)"),
+        (503, "queue full, shutting down or model not loaded; see the Retry-After header"),
+    )
+}
 CLIENT_GONE = 499  # nginx's "client closed request": counted, never sent
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -39,15 +46,28 @@ class ServeMetrics:
 
     def __init__(self):
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("deniro_requests", "HTTP fill requests answered, by status code", ["status"],
-                                registry=registry)
+        self.requests = Counter(
+            "deniro_requests", "HTTP fill requests answered, by status code", ["status"], registry=registry
+        )
         self.texts = Counter("deniro_texts", "texts filled, by outcome", ["outcome"], registry=registry)
-        self.batch_size = Histogram("deniro_batch_size", "texts per fill call of the dynamic batcher",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
-        self.queue_wait = Histogram("deniro_queue_wait_seconds", "time a request waited before its batch started",
-                                    buckets=SECONDS_BUCKETS, registry=registry)
-        self.latency = Histogram("deniro_request_latency_seconds", "fill request latency, body read to answer",
-                                 buckets=SECONDS_BUCKETS, registry=registry)
+        self.batch_size = Histogram(
+            "deniro_batch_size",
+            "texts per fill call of the dynamic batcher",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "deniro_queue_wait_seconds",
+            "time a request waited before its batch started",
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "deniro_request_latency_seconds",
+            "fill request latency, body read to answer",
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
         self.queued = Gauge("deniro_queue_texts", "texts waiting for a batch now", registry=registry)
 
 
@@ -56,13 +76,25 @@ def create_app(config: ServeConfig, fill_mask=None, batcher_class: type = Dynami
     joint=, truncation=, batch_size=)` (default: a deniro_rt.FillMask from config, loaded at startup).
     batcher_class: DynamicBatcher's constructor, enqueue, drop and close (Ray Serve: ray.ServeBatcher)."""
     service = FillService(config.check(), fill_mask, batcher_class)
-    app = FastAPI(title="deniro fill-mask server", version=__version__, lifespan=service.lifespan,
-                  description="Hugging Face Inference API fill-mask body, with dynamic batching.",
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="deniro fill-mask server",
+        version=__version__,
+        lifespan=service.lifespan,
+        description="Hugging Face Inference API fill-mask body, with dynamic batching.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service = service
     for path in ("/", "/fill"):
-        app.router.add_api_route(path, service.fill, methods=["POST"], response_model=FillAnswer,
-                                 responses=ERRORS, summary="Fill [MASK]", route_class_override=FillRoute)
+        app.router.add_api_route(
+            path,
+            service.fill,
+            methods=["POST"],
+            response_model=FillAnswer,
+            responses=ERRORS,
+            summary="Fill [MASK]",
+            route_class_override=FillRoute,
+        )
     app.add_api_route("/health", service.health, methods=["GET"], summary="200 once the model is loaded")
     app.add_api_route("/metrics", service.metrics_text, methods=["GET"], summary="Prometheus metrics")
     app.add_api_route("/docs", service.docs, methods=["GET"], summary="this page", response_class=HTMLResponse)
@@ -72,8 +104,9 @@ def create_app(config: ServeConfig, fill_mask=None, batcher_class: type = Dynami
 
 
 def load_fill_mask(config: ServeConfig) -> FillMask:
-    return FillMask(config.model, device=config.device, precision=config.precision,
-                    threads=model_threads(config.threads))
+    return FillMask(
+        config.model, device=config.device, precision=config.precision, threads=model_threads(config.threads)
+    )
 
 
 class FillRoute(APIRoute):
@@ -89,8 +122,11 @@ class FillRoute(APIRoute):
             try:
                 kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if kind != "application/json" and not kind.endswith("+json"):
-                    raise HTTPException(415, f"Content-Type is {kind or 'missing'!r}; send the body as JSON "
-                                             f"with 'Content-Type: application/json'")
+                    raise HTTPException(
+                        415,
+                        f"Content-Type is {kind or 'missing'!r}; send the body as JSON "
+                        f"with 'Content-Type: application/json'",
+                    )
                 request._body = await read_body(request, request.app.state.service.config.max_body_bytes)
                 request._json = parse_json(request._body)
                 response = await handler(request)
@@ -115,8 +151,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise HTTPException(413, f"body is more than {limit} bytes; this server takes at most {limit} "
-                                     f"(--max-body-bytes)")
+            raise HTTPException(
+                413, f"body is more than {limit} bytes; this server takes at most {limit} (--max-body-bytes)"
+            )
     return bytes(body)
 
 
@@ -194,29 +231,49 @@ class FillService:
         """The server's own limits, before anything is queued (a bad request never joins a batch)."""
         cfg = self.config
         if len(texts) > cfg.max_texts_per_request:
-            raise HTTPException(413, f'"inputs" has {len(texts)} texts; this server takes at most '
-                                     f"{cfg.max_texts_per_request} per request (--max-texts-per-request); "
-                                     "split the list")
+            raise HTTPException(
+                413,
+                f'"inputs" has {len(texts)} texts; this server takes at most '
+                f"{cfg.max_texts_per_request} per request (--max-texts-per-request); "
+                "split the list",
+            )
         for index, text in enumerate(texts):
             if len(text) > cfg.max_text_chars:
-                raise HTTPException(413, f"text {index} is {len(text)} characters; this server takes at most "
-                                         f"{cfg.max_text_chars} (--max-text-chars)")
+                raise HTTPException(
+                    413,
+                    f"text {index} is {len(text)} characters; this server takes at most "
+                    f"{cfg.max_text_chars} (--max-text-chars)",
+                )
             if self.backend.mask_token not in text:
                 raise HTTPException(422, no_mask_message(text, index, self.backend.mask_token))
         if parameters.top_k > cfg.max_top_k:
-            raise HTTPException(422, f"parameters.top_k is {parameters.top_k}; this server returns at most "
-                                     f"{cfg.max_top_k} (--max-top-k)")
+            raise HTTPException(
+                422,
+                f"parameters.top_k is {parameters.top_k}; this server returns at most {cfg.max_top_k} (--max-top-k)",
+            )
         targets = parameters.targets
-        return FillParams(parameters.top_k, (targets,) if isinstance(targets, str) else targets and tuple(targets),
-                          parameters.joint, parameters.truncation)
+        return FillParams(
+            parameters.top_k,
+            (targets,) if isinstance(targets, str) else targets and tuple(targets),
+            parameters.joint,
+            parameters.truncation,
+        )
 
     async def health(self) -> Response:
         if self.batcher is None:  # lifespan skipped by the host and no request yet: not loaded
             raise HTTPException(503, "not loaded; the first fill request loads the model", self.retry_after)
         cfg = self.config
-        return JSONResponse({"status": "ok", **describe(self.backend), "queued_texts": self.batcher.queued_texts,
-                             "threads": model_threads(cfg.threads), "max_batch_size": cfg.max_batch_size,
-                             "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue})
+        return JSONResponse(
+            {
+                "status": "ok",
+                **describe(self.backend),
+                "queued_texts": self.batcher.queued_texts,
+                "threads": model_threads(cfg.threads),
+                "max_batch_size": cfg.max_batch_size,
+                "max_wait_ms": cfg.max_wait_ms,
+                "max_queue": cfg.max_queue,
+            }
+        )
 
     async def metrics_text(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -238,8 +295,11 @@ def describe(backend) -> dict:
     """What /health reports about the backend (a FillMask, or any adapter with these attributes)."""
     manifest = getattr(backend, "manifest", None)
     model = str(manifest.folder) if manifest is not None else getattr(backend, "model_name", type(backend).__name__)
-    return {"model": model, "precision": getattr(backend, "precision", None),
-            "provider": getattr(backend, "provider", None)}
+    return {
+        "model": model,
+        "precision": getattr(backend, "precision", None),
+        "provider": getattr(backend, "provider", None),
+    }
 
 
 async def error_response(request: Request, exc: Exception) -> JSONResponse:
@@ -247,9 +307,10 @@ async def error_response(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         status, message, headers = 422, validation_message(exc.errors()), None
     elif isinstance(exc, HTTPException):
-        routing = {404: f"no route {request.url.path}; the routes are listed at /docs",
-                   405: f"{request.method} is not allowed on {request.url.path} (allowed: "
-                        f"{(exc.headers or {}).get('Allow')})"}  # Starlette's own, for a bad path or method
+        routing = {
+            404: f"no route {request.url.path}; the routes are listed at /docs",
+            405: f"{request.method} is not allowed on {request.url.path} (allowed: {(exc.headers or {}).get('Allow')})",
+        }  # Starlette's own, for a bad path or method
         status, message, headers = exc.status_code, routing.get(exc.status_code, str(exc.detail)), exc.headers
     else:  # a bug or a runtime failure: the client still gets an answer, the log the details
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
@@ -263,8 +324,8 @@ def validation_message(errors: list[dict]) -> str:
     parts = []
     for error in errors[:4]:
         where = ".".join(str(p) for p in error["loc"][1:] if not (isinstance(p, str) and ("[" in p or p == "str")))
-        problem = str(error.get("ctx", {}).get("error", error["msg"])) if error["type"] == "value_error" \
-            else error["msg"]
+        problem = (
+            str(error.get("ctx", {}).get("error", error["msg"])) if error["type"] == "value_error" else error["msg"]
+        )
         parts.append(f"{where or 'body'}: {problem}")
     return "; ".join(dict.fromkeys(parts)) + f"; send e.g. {json.dumps(EXAMPLE)}"
-

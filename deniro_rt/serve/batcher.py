@@ -8,15 +8,16 @@ stragglers and everyone else.
 Batches run in one worker thread; jobs of clients that went away are dropped, never computed; the
 queue is bounded in texts (Unavailable).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ def fill_jobs(fill: Callable, jobs: list[Job], batch_size: int, observe: Callabl
     return answers
 
 
-def fill_group(fill: Callable, requests: list[list[str]], params: FillParams, batch_size: int,
-               observe: Callable[[int], None]) -> list:
+def fill_group(
+    fill: Callable, requests: list[list[str]], params: FillParams, batch_size: int, observe: Callable[[int], None]
+) -> list:
     """One fill call for the texts of several requests; if it raises, each request is retried alone,
     so that one bad text fails only its own request."""
     texts = [t for request in requests for t in request]  # [n_texts] of every request, in order
@@ -108,8 +110,9 @@ class DynamicBatcher:
         if self._closing:
             raise Unavailable("the server is shutting down")
         if self.queued_texts + len(texts) > self.limits.max_queue:
-            raise Unavailable(f"the queue is full ({self.queued_texts} texts waiting, at most "
-                            f"{self.limits.max_queue}); retry later")
+            raise Unavailable(
+                f"the queue is full ({self.queued_texts} texts waiting, at most {self.limits.max_queue}); retry later"
+            )
         job = Job(texts, params, single, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._set_queued(self.queued_texts + len(texts))
@@ -140,8 +143,13 @@ class DynamicBatcher:
             batch, started = self._take(), time.perf_counter()
             try:
                 answers = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, fill_jobs, self.fill, batch, self.limits.max_batch_size,
-                    self.metrics.batch_size.observe)
+                    self._executor,
+                    fill_jobs,
+                    self.fill,
+                    batch,
+                    self.limits.max_batch_size,
+                    self.metrics.batch_size.observe,
+                )
             except Exception as exc:  # never leave a request without an answer, whatever broke
                 log.exception("batch failed")
                 answers = [exc] * len(batch)
@@ -157,8 +165,12 @@ class DynamicBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = time.perf_counter() + min(self.limits.max_wait_ms / 1000, self._last_run_s / 2)
-        while len(self._jobs) < self._returning and self.queued_texts < self.limits.max_batch_size \
-                and not self._closing and (remaining := deadline - time.perf_counter()) > 0:
+        while (
+            len(self._jobs) < self._returning
+            and self.queued_texts < self.limits.max_batch_size
+            and not self._closing
+            and (remaining := deadline - time.perf_counter()) > 0
+        ):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)

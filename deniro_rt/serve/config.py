@@ -1,4 +1,5 @@
 """ServeConfig: every knob of `python -m deniro_rt serve`, checked once at start; its command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,16 @@ from ..errors import DeniroError
 from ..providers import DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
-POSITIVE = ("max_batch_size", "max_queue", "max_texts_per_request", "max_body_bytes", "max_text_chars",
-            "max_top_k", "retry_after_s", "max_header_bytes")
+POSITIVE = (
+    "max_batch_size",
+    "max_queue",
+    "max_texts_per_request",
+    "max_body_bytes",
+    "max_text_chars",
+    "max_top_k",
+    "retry_after_s",
+    "max_header_bytes",
+)
 NOT_NEGATIVE = ("max_wait_ms", "graceful_timeout_s", "keep_alive_s", "header_timeout_s", "body_timeout_s")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 CHOICES = {"device": DEVICES, "precision": PRECISIONS, "log_level": LOG_LEVELS}
@@ -25,31 +34,39 @@ def opt(default, help: str):
 class ServeConfig:
     model: str | None = opt(None, "export folder from `python -m export --onnx` (default: the shipped IMDB model)")
     device: str = opt("auto", "auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
-    precision: str | None = opt(None, "graph to run: fp32, int8 (CPU) or fp16 (CUDA) (default: the runtime's "
-                                      "choice for the device)")
+    precision: str | None = opt(
+        None, "graph to run: fp32, int8 (CPU) or fp16 (CUDA) (default: the runtime's choice for the device)"
+    )
     host: str = opt("127.0.0.1", "address to listen on; keep 127.0.0.1 unless a proxy in front needs otherwise")
     port: int = opt(8000, "TCP port; 0: any free port (the log says which)")
     max_batch_size: int = opt(64, "most texts per model call; 1 turns batching off")
     # (at most half the batch's run time: the model idles at most a third of the time)
-    max_wait_ms: float = opt(20.0, "right after a batch, most time to wait for its clients' next requests, at "
-                                   "most half the batch's run time (a lone request never waits)")
+    max_wait_ms: float = opt(
+        20.0,
+        "right after a batch, most time to wait for its clients' next requests, at "
+        "most half the batch's run time (a lone request never waits)",
+    )
     max_queue: int = opt(1024, "most texts waiting for a batch; beyond it requests get 503 with Retry-After")
-    max_texts_per_request: int = opt(64, "most texts in one request's \"inputs\" (413 beyond)")
+    max_texts_per_request: int = opt(64, 'most texts in one request\'s "inputs" (413 beyond)')
     max_body_bytes: int = opt(1_048_576, "largest request body (413 beyond)")
     max_text_chars: int = opt(10_000, "longest text in characters (413 beyond)")
     max_top_k: int = opt(100, "largest top_k a request may ask for (422 beyond)")
     max_header_bytes: int = opt(16_384, "largest request line and headers (431 beyond)")
-    threads: int | None = opt(None, "ONNX Runtime intra-op threads on CPU (default: one per usable core but "
-                                    "one, which the HTTP event loop needs while a batch runs; at least 1)")
+    threads: int | None = opt(
+        None,
+        "ONNX Runtime intra-op threads on CPU (default: one per usable core but "
+        "one, which the HTTP event loop needs while a batch runs; at least 1)",
+    )
     keep_alive_s: float = opt(5.0, "an idle keep-alive connection is closed after this many seconds")
     header_timeout_s: float = opt(10.0, "a request's headers must arrive within this many seconds (408 beyond)")
-    body_timeout_s: float = opt(10.0, "a request's body must arrive within this many seconds after its headers "
-                                      "(408 beyond)")
+    body_timeout_s: float = opt(
+        10.0, "a request's body must arrive within this many seconds after its headers (408 beyond)"
+    )
     graceful_timeout_s: float = opt(30.0, "after SIGTERM, how long requests in flight may still take")
     retry_after_s: int = opt(1, "Retry-After seconds sent with a 503")
     log_level: str = opt("info", "uvicorn and deniro log level")
 
-    def check(self) -> "ServeConfig":
+    def check(self) -> ServeConfig:
         """Raise DeniroError naming the bad value; clamp max_texts_per_request to max_queue."""
         for name in POSITIVE:
             value = getattr(self, name)
@@ -67,8 +84,9 @@ class ServeConfig:
                 raise DeniroError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.max_texts_per_request > self.max_queue:
             # A request larger than the queue could never be admitted: cap it, and say so.
-            log.warning("--max-texts-per-request %d lowered to --max-queue %d", self.max_texts_per_request,
-                        self.max_queue)
+            log.warning(
+                "--max-texts-per-request %d lowered to --max-queue %d", self.max_texts_per_request, self.max_queue
+            )
             self.max_texts_per_request = self.max_queue
         return self
 
@@ -86,16 +104,27 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parser_for(config_class: type, prog: str, description: str, help: dict[str, str] | None = None,
-               choices: dict[str, tuple] | None = None) -> argparse.ArgumentParser:
+def parser_for(
+    config_class: type,
+    prog: str,
+    description: str,
+    help: dict[str, str] | None = None,
+    choices: dict[str, tuple] | None = None,
+) -> argparse.ArgumentParser:
     """One --flag per dataclass field (ServeConfig or a subclass): its type, default and help text
     (`help` overrides a field's)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for f in fields(config_class):
         text = (help or {}).get(f.name) or f.metadata["help"]
         note = "" if "(default:" in text else f" (default: {f.default})"
         kind = {"str": str, "int": int, "float": float}[f.type.split(" |")[0]]  # `int | None` -> int
-        parser.add_argument(flag(f.name), type=kind, default=f.default,
-                            choices={**CHOICES, **(choices or {})}.get(f.name), help=text + note)
+        parser.add_argument(
+            flag(f.name),
+            type=kind,
+            default=f.default,
+            choices={**CHOICES, **(choices or {})}.get(f.name),
+            help=text + note,
+        )
     return parser

@@ -3,6 +3,7 @@ header whole, and waited forever on idle connections, slowloris and bodies short
 Content-Length): headers capped (431); a request's headers due --header-timeout-s after the connection
 opens or the last answer (plus the keep-alive time), its body --body-timeout-s after them (408);
 JSON for malformed HTTP (400). Each refusal closes the connection."""
+
 from __future__ import annotations
 
 import json

@@ -17,6 +17,7 @@ instead (both run a batch through batcher.fill_jobs). Measured on 2 cores
 (bench/results/cpu-2core-ray/): the app's batcher as fast or faster (1.01-1.18x over three runs; the
 Serve HTTP proxy is the bottleneck) and about twice as large batches.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,22 +48,31 @@ class RayServeConfig(ServeConfig):
     target_ongoing_requests: float = opt(32.0, "autoscaling: requests in flight per replica it aims for")
     # Serve's default max_ongoing_requests, 5, starves batching
     max_ongoing_requests: int = opt(256, "requests one replica takes at once (keep >= --max-batch-size)")
-    max_queued_requests: int = opt(1024, "requests waiting at Serve's proxy beyond those; more get 503 + "
-                                         "Retry-After (-1: no limit)")
+    max_queued_requests: int = opt(
+        1024, "requests waiting at Serve's proxy beyond those; more get 503 + Retry-After (-1: no limit)"
+    )
     num_cpus: float = opt(1.0, "Ray CPUs per replica; also its ONNX Runtime intra-op threads")
     num_gpus: float = opt(0.0, "Ray GPUs per replica (with --device cuda)")
     batching: str = opt("app", "app: the app's DynamicBatcher; serve: Ray Serve's @serve.batch")
-    address: str | None = opt(None, "Ray cluster address, e.g. auto or ray://head:10001 (default: "
-                                    "$RAY_ADDRESS, else local)")
+    address: str | None = opt(
+        None, "Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else local)"
+    )
     name: str = opt("deniro", "Serve application name")
 
-    def check(self) -> "RayServeConfig":
+    def check(self) -> RayServeConfig:
         if self.batching not in BATCHING:
             raise DeniroError(f"--batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
-        if self.num_replicas < 1 or self.min_replicas < 0 or self.max_ongoing_requests < 1 or \
-                self.max_queued_requests == 0 or self.max_queued_requests < -1:
-            raise DeniroError("--num-replicas and --max-ongoing-requests must be >= 1, --min-replicas >= 0, "
-                              "--max-queued-requests >= 1 or -1 (no limit)")
+        if (
+            self.num_replicas < 1
+            or self.min_replicas < 0
+            or self.max_ongoing_requests < 1
+            or self.max_queued_requests == 0
+            or self.max_queued_requests < -1
+        ):
+            raise DeniroError(
+                "--num-replicas and --max-ongoing-requests must be >= 1, --min-replicas >= 0, "
+                "--max-queued-requests >= 1 or -1 (no limit)"
+            )
         if self.max_replicas is not None and self.max_replicas < max(1, self.min_replicas):
             raise DeniroError(f"--max-replicas ({self.max_replicas}) must be >= --min-replicas and >= 1")
         if self.num_cpus <= 0:
@@ -86,13 +96,19 @@ class RayServeConfig(ServeConfig):
     def deployment_options(self) -> dict:
         """serve.deployment(...) options: replicas (fixed or autoscaling) and per-replica resources."""
         actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
-        options = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests,
-                   "max_queued_requests": self.max_queued_requests,
-                   "backpressure_config": {"retry_after_s": self.retry_after_s}}  # the 503 says when to retry
+        options = {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "backpressure_config": {"retry_after_s": self.retry_after_s},
+        }  # the 503 says when to retry
         if self.max_replicas is None:
             return {**options, "num_replicas": self.num_replicas}
-        autoscaling = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                       "target_ongoing_requests": self.target_ongoing_requests}
+        autoscaling = {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+        }
         return {**options, "autoscaling_config": autoscaling}
 
 
@@ -136,8 +152,11 @@ class ServeBatcher:
         self.queued_texts = 0
         self._running: set[asyncio.Task] = set()
         wait_ms = min(config.max_wait_ms, SERVE_BATCH_WAIT_MS)  # Serve waits this long even for a lone request
-        self._submit = serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=wait_ms / 1000,
-                                   batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs))(self._fill_many)
+        self._submit = serve.batch(
+            max_batch_size=config.max_batch_size,
+            batch_wait_timeout_s=wait_ms / 1000,
+            batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs),
+        )(self._fill_many)
 
     async def close(self) -> None:
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -160,8 +179,7 @@ class ServeBatcher:
         settle(job, ClientGone())
 
     async def _fill_many(self, jobs: list[Job]) -> list:
-        return await asyncio.to_thread(fill_jobs, self.fill, jobs, self.batch_size,
-                                       self.metrics.batch_size.observe)
+        return await asyncio.to_thread(fill_jobs, self.fill, jobs, self.batch_size, self.metrics.batch_size.observe)
 
 
 # ---------------------------------------------------------------------- building and running
@@ -233,8 +251,11 @@ def main(config: RayServeConfig) -> int:
 
 
 # ---------------------------------------------------------------------- command line
-HELP = {"threads": "ONNX Runtime intra-op threads per replica (default: --num-cpus)",
-        "host": "Serve HTTP proxy address", "port": "Serve HTTP proxy port"}  # what they mean here
+HELP = {
+    "threads": "ONNX Runtime intra-op threads per replica (default: --num-cpus)",
+    "host": "Serve HTTP proxy address",
+    "port": "Serve HTTP proxy port",
+}  # what they mean here
 
 
 def command_line() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ flight run to completion (at most --graceful-timeout-s), then the app's lifespan
 the batcher. uvicorn >= 0.29 then re-raises the signal it caught (so a default SIGTERM would end the
 process with 143); the handler installed here turns that into a clean exit 0.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def main(config: ServeConfig, fill_mask=None) -> int:
         from .app import create_app, load_fill_mask  # fastapi, pydantic, prometheus_client
         from .protocol import GuardedHttpTools  # httptools
     except ImportError as exc:
-        raise DeniroError(f"the HTTP server needs the serve extra ({exc.name} is missing): "
-                          'pip install "deniro[serve]"') from None
+        raise DeniroError(
+            f'the HTTP server needs the serve extra ({exc.name} is missing): pip install "deniro[serve]"'
+        ) from None
 
     config.check()
     # SIGTERM outside uvicorn's own handling (while loading, or re-raised after the graceful shutdown):
@@ -46,13 +48,20 @@ def main(config: ServeConfig, fill_mask=None) -> int:
         sock = socket.create_server((config.host, config.port), family=family, backlog=2048)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it: no Nagle delay
     except OSError as exc:
-        raise DeniroError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); pass another "
-                          f"--port (0: any free port)") from None
+        raise DeniroError(
+            f"cannot listen on {config.host}:{config.port} ({exc.strerror}); pass another --port (0: any free port)"
+        ) from None
     log.warning("deniro serve listening on http://%s:%d", config.host, sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(config, backend), lifespan="on", log_level=config.log_level, access_log=False,
-        http=type("GuardedHttpTools", (GuardedHttpTools,), {"limits": config}),  # this server's limits
-        timeout_keep_alive=config.keep_alive_s,
-        timeout_graceful_shutdown=config.graceful_timeout_s))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, backend),
+            lifespan="on",
+            log_level=config.log_level,
+            access_log=False,
+            http=type("GuardedHttpTools", (GuardedHttpTools,), {"limits": config}),  # this server's limits
+            timeout_keep_alive=config.keep_alive_s,
+            timeout_graceful_shutdown=config.graceful_timeout_s,
+        )
+    )
     server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -7,6 +7,7 @@ there, 250 each) and every 100th of unsupervised (500). These are exactly the re
 reads from the full copy (tests/conftest.py takes [::50]), so a test sees the same texts either way.
 Writes the three parquet files (stanfordnlp/imdb schema: text string, label int64) and SHA256SUMS.
 """
+
 from __future__ import annotations
 
 import argparse

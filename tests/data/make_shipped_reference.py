@@ -13,6 +13,7 @@ and this script copies that instead.
 What the reference is independent of: ONNX Runtime, the graph fusions, deniro_rt's tokenization, batching
 and post-processing. What it is not independent of: the weights, which are the graph's own.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def mapping_check(model, tokenizer) -> dict:
     texts, source = load_texts(str(SAMPLE), "test", "text")
     spec = ValidationSpec(vocab_size=model.config.vocab_size, max_positions=model.config.max_position_embeddings)
     data = build_validation_set(tokenizer, texts, source, spec)
-    result = validate(model, {"fp32": DEFAULT_MODEL_DIR / FAST_GRAPHS["fp32"]}, data,
-                      {"fp32": ["CPUExecutionProvider"]})["fp32"]
+    result = validate(
+        model, {"fp32": DEFAULT_MODEL_DIR / FAST_GRAPHS["fp32"]}, data, {"fp32": ["CPUExecutionProvider"]}
+    )["fp32"]
     if not result["passed"]:
         raise SystemExit(f"the rebuilt model disagrees with the shipped graph: {result['failed']}")
     return {**result, "source": "tests/data/imdb-sample split test (export's fp32 validation set)"}
@@ -50,8 +52,10 @@ def rebuilt_reference() -> dict:
     model = model_from_graph(DEFAULT_MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
     check = mapping_check(model, tokenizer)
-    about = ("transformers DistilBertForMaskedLM rebuilt from the shipped fast.onnx (export.reference."
-             "model_from_graph), each text alone; written by tests/data/make_shipped_reference.py")
+    about = (
+        "transformers DistilBertForMaskedLM rebuilt from the shipped fast.onnx (export.reference."
+        "model_from_graph), each text alone; written by tests/data/make_shipped_reference.py"
+    )
     return {**reference_record(model, tokenizer, about), "mapping_check": check}
 
 

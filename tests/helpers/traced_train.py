@@ -6,6 +6,7 @@ Every micro-batch a process builds is written to TRACE_DIR/rank<r>.jsonl as the 
 (labels where a token was masked, input ids elsewhere), so a test can compare what each process saw
 with what a one-process run saw, whatever the masks were.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ def traced(original, trace: Path):
         with trace.open("a") as f:
             f.write(json.dumps(rows.tolist()) + "\n")
         return batch
+
     return micro_batch
 
 
