@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from deniro_rt.errors import DeniroError
+from deniro_rt.providers import CPU, CUDA, RUNS_ON
 
 log = logging.getLogger(__name__)
-CPU_PRECISIONS = ("fp32", "int8")
-CUDA_PRECISIONS = ("fp32", "fp16")
+CPU_PRECISIONS = tuple(p for p, providers in RUNS_ON.items() if CPU in providers)  # fp32, int8
+CUDA_PRECISIONS = tuple(p for p, providers in RUNS_ON.items() if CUDA in providers)  # fp32, fp16
 
 
 @dataclass

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import DeniroError
 from ..files import publish
+from ..providers import DEVICES, PRECISIONS
 
 log = logging.getLogger(__name__)
 SHARDS = "predictions"  # <output>/predictions/part-NNNNN.parquet
@@ -104,11 +105,11 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
     add("--output", required=True, help="output folder (created; must not exist unless --overwrite)")
     add("--column", default="text", help="column holding texts with [MASK] (default: text)")
     add("--model", default=None, help="export folder (default: the shipped IMDB model)")
-    add("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="per worker (default: cpu)")
+    add("--device", default="cpu", choices=DEVICES, help="per worker (default: cpu)")
     add(
         "--precision",
         default=None,
-        choices=["fp32", "fp16", "int8"],
+        choices=PRECISIONS,
         help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)",
     )
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
