@@ -157,15 +157,9 @@ def _percent(metrics: dict, key: str) -> str:
     return f"{100 * metrics[key]:.2f} %" if key in metrics else "—"
 
 
-def facts(manifest: dict) -> list[str]:
-    """The generated body: how to load it, its files, its validation, its source and versions."""
-    files = [
-        f"| `{name}` | {manifest.get('sizes', {}).get(name, 0):,} | `{digest[:16]}…` |"
-        for name, digest in sorted(manifest["files"].items())
-    ]
-    rounding = manifest.get("weight_rounding") or {}
-    source, versions = manifest.get("source", {}), manifest.get("versions", {})
-    lines = [
+def _use_section(manifest: dict) -> list[str]:
+    graphs = ", ".join(f"{p}: `{f}`" for p, f in sorted(manifest["graphs"].items()))
+    return [
         "## Use",
         "",
         "```python",
@@ -176,40 +170,67 @@ def facts(manifest: dict) -> list[str]:
         "",
         (
             f"deniro_rt ONNX artifact (format {manifest['format']} v{manifest['format_version']}): graphs "
-            f"{', '.join(f'{p}: `{f}`' for p, f in sorted(manifest['graphs'].items()))}; vocabulary "
+            f"{graphs}; vocabulary "
             f"{manifest['vocab_size']:,} pieces, at most {manifest['max_positions']} tokens a text, mask token "
             f"`{manifest['mask_token']}`. deniro_rt checks every file below against `{MANIFEST}` on load."
         ),
         "",
-        "## Files",
-        "",
+    ]
+
+
+def _files_table(manifest: dict) -> list[str]:
+    sizes = manifest.get("sizes", {})
+    return [
         "| file | bytes | sha256 |",
         "|---|---|---|",
-        *files,
-        "",
-        "## Validation against PyTorch (at export)",
-        "",
-        *validation_table(manifest),
+        *(
+            f"| `{name}` | {sizes.get(name, 0):,} | `{digest[:16]}…` |"
+            for name, digest in sorted(manifest["files"].items())
+        ),
+    ]
+
+
+def _rounding_note(manifest: dict) -> list[str]:
+    rounding = manifest.get("weight_rounding") or {}
+    if not rounding.get("metrics"):
+        return []
+    r = rounding["metrics"]
+    return [
+        (
+            f"Weights stored as int8 ({rounding['scheme']}): against the unrounded model perplexity "
+            f"{100 * r['perplexity_rel_diff']:+.2f} %, top-1 {100 * r['top1_agreement']:.1f} %, top-5 overlap "
+            f"{100 * r['top5_overlap']:.1f} % over {r['rows']} validation rows."
+        ),
         "",
     ]
-    if rounding.get("metrics"):
-        r = rounding["metrics"]
-        lines += [
-            (
-                f"Weights stored as int8 ({rounding['scheme']}): against the unrounded model perplexity "
-                f"{100 * r['perplexity_rel_diff']:+.2f} %, top-1 {100 * r['top1_agreement']:.1f} %, top-5 overlap "
-                f"{100 * r['top5_overlap']:.1f} % over {r['rows']} validation rows."
-            ),
-            "",
-        ]
-    lines += [
+
+
+def _source_section(manifest: dict) -> list[str]:
+    source, versions = manifest.get("source", {}), manifest.get("versions", {})
+    return [
         "## Source and export",
         "",
         (f"- source model: `{source.get('model')}` (sha256 `{str(source.get('sha256'))[:16]}…`)"),
         f"- opset {manifest.get('opset')}, exported in "
         f"{manifest.get('export_seconds', '?')} s with: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
-    return lines
+
+
+def facts(manifest: dict) -> list[str]:
+    """The generated body: how to load it, its files, its validation, its source and versions."""
+    return [
+        *_use_section(manifest),
+        "## Files",
+        "",
+        *_files_table(manifest),
+        "",
+        "## Validation against PyTorch (at export)",
+        "",
+        *validation_table(manifest),
+        "",
+        *_rounding_note(manifest),
+        *_source_section(manifest),
+    ]
 
 
 def render(manifest: dict, info: CardInfo) -> str:
