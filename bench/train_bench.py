@@ -93,6 +93,56 @@ def build_optimizer(config, wrapped, loop: LoopOptions, device):
     return make_optimizer(config, wrapped, device)
 
 
+@dataclass
+class TrainRun:
+    """One shape's model, optimizer and data, prepared as train/'s loop has them (bench_shape's state)."""
+
+    config: object
+    vocab: SyntheticVocab
+    accelerator: object
+    model: object
+    wrapped: object
+    optimizer: object
+    data: object
+    sched: object
+
+
+def prepare_run(config, precision: str, device: str, loop: LoopOptions, total_steps: int) -> TrainRun:
+    from train.data import to_device
+    from train.loop import make_schedule, masks_on_device
+    from train.model import MaskedOnlyMLM, build_model
+
+    vocab = SyntheticVocab(config.vocab_size)
+    accelerator = make_accelerator(precision, device)
+    model = build_model(config, vocab)
+    if loop.compile:
+        model.distilbert.compile()
+    wrapped = MaskedOnlyMLM(model)
+    optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
+    n_procs = accelerator.num_processes
+    chunks = synthetic_chunks(total_steps * config.batch_size * n_procs, config.chunk_size, vocab.size)
+    data = to_device(chunks, accelerator.device) if masks_on_device(loop, accelerator.device) else chunks
+    sched = make_schedule(config, len(chunks), n_procs)
+    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
+    wrapped.train()
+    return TrainRun(config, vocab, accelerator, model, wrapped, optimizer, data, sched)
+
+
+def time_steps(run: TrainRun, steps: int, warmup: int, desc: str) -> tuple[list[float], float]:
+    """Seconds of every step after the warm-up, and the last loss."""
+    from train.loop import micro_batch, train_step
+
+    acc, n_procs = run.accelerator, run.accelerator.num_processes
+    times = []
+    for step in tqdm(range(warmup + steps), desc=desc, leave=False, dynamic_ncols=True):
+        start = time.perf_counter()
+        batch = micro_batch(run.config, run.data, run.sched, step, 0, acc.process_index, n_procs, run.vocab)
+        loss = float(train_step(acc, run.wrapped, run.optimizer, [batch]))  # float(): waits for the device
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return times, loss
+
+
 def bench_shape(
     shape: str,
     steps: int,
@@ -103,42 +153,21 @@ def bench_shape(
     device: str,
     loop: LoopOptions = LoopOptions(),
 ) -> dict:
-    from train.data import to_device
-    from train.loop import make_schedule, masks_on_device, micro_batch, train_step
-    from train.model import MaskedOnlyMLM, build_model
-
     config = train_config(shape, batch_size, chunk_size, precision)
-    vocab = SyntheticVocab(config.vocab_size)
-    accelerator = make_accelerator(precision, device)
-    model = build_model(config, vocab)
-    if loop.compile:
-        model.distilbert.compile()
-    wrapped = MaskedOnlyMLM(model)
-    optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
-    n_procs = accelerator.num_processes
-    chunks = synthetic_chunks((steps + warmup) * config.batch_size * n_procs, config.chunk_size, vocab.size)
-    data = to_device(chunks, accelerator.device) if masks_on_device(loop, accelerator.device) else chunks
-    sched = make_schedule(config, len(chunks), n_procs)
-    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
-    wrapped.train()
-    times = []
-    for step in tqdm(range(warmup + steps), desc=f"train {shape} {loop.name}", leave=False, dynamic_ncols=True):
-        start = time.perf_counter()
-        batch = micro_batch(config, data, sched, step, 0, accelerator.process_index, n_procs, vocab)
-        loss = float(train_step(accelerator, wrapped, optimizer, [batch]))  # float(): waits for the device
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+    run = prepare_run(config, precision, device, loop, steps + warmup)
+    times, loss = time_steps(run, steps, warmup, f"train {shape} {loop.name}")
+    n_procs = run.accelerator.num_processes
     tokens = config.batch_size * config.chunk_size * n_procs
     return {
         "shape": shape,
         "precision": precision,
-        "device": str(accelerator.device),
+        "device": str(run.accelerator.device),
         **asdict(loop),
         "processes": n_procs,
         "batch_size": config.batch_size,
         "chunk_size": config.chunk_size,
-        "vocab_size": vocab.size,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": run.vocab.size,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
         "steps": steps,
         "warmup": warmup,
         "step_ms_mean": 1e3 * float(np.mean(times)),
@@ -261,7 +290,7 @@ def time_masking(batch_size: int, chunk_size: int, vocab: int, rounds: int, reps
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.train_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -275,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time the loop with torch.compile")
     parser.add_argument("--json", type=Path, help="write rows and summary here")
     parser.add_argument("--masking-only", action="store_true", help="time micro_batch alone (host vs device)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.masking_only:
         result = time_masking(args.batch_size or 32, args.chunk_size or 256, 30522, args.rounds)
