@@ -156,42 +156,20 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
     """Ray Serve variants (batching mode x replicas) and the plain server, rounds interleaved."""
     from ray import serve
 
-    from deniro_rt.serve.ray import RayServeConfig, start
+    from deniro_rt.serve.ray import start
 
-    from .load import LoadConfig, ServerProcess, free_port, start_server, stop_server, summarize
+    from .load import ServerProcess, free_port, start_server, stop_server, summarize
 
     port, cpus = free_port(), float(os.cpu_count() or 1)
     variants = [("app", 1, cpus), ("serve", 1, cpus), ("app", 2, cpus / 2)]  # (batching, replicas, cpus each)
-    load_cfg = LoadConfig(
-        model=cfg.model,
-        precision=cfg.precision,
-        seconds=cfg.seconds,
-        requests=cfg.requests,
-        warmup=cfg.warmup,
-        max_batch_size=cfg.max_batch_size,
-        max_wait_ms=cfg.max_wait_ms,
-        max_queue=cfg.max_queue,
-    )
+    load_cfg = load_config(cfg)
     plain = start_server("batched", load_cfg, None)
     cells: dict[tuple[str, int], list] = {}
     try:
         for _ in range(cfg.rounds):
             for batching, replicas, each in variants:
                 name = f"ray-serve-{batching}-{replicas}x{each:g}cpu"
-                url = start(
-                    RayServeConfig(
-                        model=cfg.model,
-                        precision=cfg.precision,
-                        num_replicas=replicas,
-                        num_cpus=each,
-                        batching=batching,
-                        max_batch_size=cfg.max_batch_size,
-                        max_wait_ms=cfg.max_wait_ms,
-                        max_queue=cfg.max_queue,
-                        port=port,
-                        name=name,
-                    )
-                )
+                url = start(serve_config(cfg, name, batching, replicas, each, port))
                 measure_all(ServerProcess(name, None, url.rstrip("/"), {}), texts, cfg, load_cfg, cells)
                 serve.delete(name)
             measure_all(plain, texts, cfg, load_cfg, cells)
@@ -203,6 +181,40 @@ def serve_rows(texts: list[str], cfg: RayBenchConfig) -> list[dict]:
             None if row["server"].startswith("ray-serve") and "-1x" not in row["server"] else row["mean_batch"]
         )
     return rows
+
+
+def load_config(cfg: RayBenchConfig):
+    """bench.load's settings for the measured cells, from this benchmark's."""
+    from .load import LoadConfig
+
+    return LoadConfig(
+        model=cfg.model,
+        precision=cfg.precision,
+        seconds=cfg.seconds,
+        requests=cfg.requests,
+        warmup=cfg.warmup,
+        max_batch_size=cfg.max_batch_size,
+        max_wait_ms=cfg.max_wait_ms,
+        max_queue=cfg.max_queue,
+    )
+
+
+def serve_config(cfg: RayBenchConfig, name: str, batching: str, replicas: int, each: float, port: int):
+    """One Ray Serve deployment: `replicas` replicas of `each` CPUs, batching in the app or in Serve."""
+    from deniro_rt.serve.ray import RayServeConfig
+
+    return RayServeConfig(
+        model=cfg.model,
+        precision=cfg.precision,
+        num_replicas=replicas,
+        num_cpus=each,
+        batching=batching,
+        max_batch_size=cfg.max_batch_size,
+        max_wait_ms=cfg.max_wait_ms,
+        max_queue=cfg.max_queue,
+        port=port,
+        name=name,
+    )
 
 
 def measure_all(server, texts: list[str], cfg: RayBenchConfig, load_cfg, cells: dict) -> None:
@@ -256,8 +268,7 @@ def write_reports(result: dict, out: Path) -> None:
 
 
 def markdown(result: dict) -> str:
-    h, cfg = result["header"], result["config"]
-    plain = result["offline"][0]["sentences_per_s"]
+    h = result["header"]
     lines = [
         f"# deniro_rt on Ray — {h['machine']}, {h['created']}",
         "",
@@ -265,6 +276,16 @@ def markdown(result: dict) -> str:
         f"versions: {json.dumps(h['versions'])}; load average {result['load_average']}; "
         f"precision {result['offline'][0]['precision']} (every engine)",
         "",
+        *offline_table(result),
+        "",
+        *online_table(result),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def offline_table(result: dict) -> list[str]:
+    cfg, plain = result["config"], result["offline"][0]["sentences_per_s"]
+    lines = [
         f"## Offline: {result['sentences']} IMDB test sentences ({cfg['length']}-token bucket), "
         f"{cfg['batch_size']} rows per batch, median of {cfg['repeats']} runs",
         "",
@@ -281,8 +302,12 @@ def markdown(result: dict) -> str:
             f"| {r['engine']} | {r['sentences_per_s']:,.1f} | {r['sentences_per_s'] / plain:.2f}× | "
             f"{runs} | {_f(r['first_batch_s'])} | {pct} |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def online_table(result: dict) -> list[str]:
+    cfg = result["config"]
+    lines = [
         f"## Online: one sentence per request, closed loop, {cfg['rounds']} interleaved rounds of at "
         f"most {cfg['seconds']} s / {cfg['requests']} requests per cell",
         "",
@@ -295,7 +320,7 @@ def markdown(result: dict) -> str:
             f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['failed']} | {r['rejected_503']} | "
             f"{_f(r['mean_batch'])} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _f(value) -> str:
