@@ -507,13 +507,24 @@ def write_reports(result: dict, out: Path) -> None:
 
 
 def markdown(result: dict) -> str:
-    h, cfg = result["header"], result["config"]
+    h = result["header"]
     lines = [
         f"# deniro serve load test — {h['machine']}, {h['created']}",
         "",
         f"CPU: {h['hardware']['cpu']} ({h['hardware']['usable_cores']} usable cores); "
         f"versions: {json.dumps(h['versions'])}",
         "",
+        *_setup_paragraphs(result),
+        *_rows_table(result),
+        *_ratios_table(result),
+        *_histogram_table(result),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _setup_paragraphs(result: dict) -> list[str]:
+    cfg = result["config"]
+    return [
         f"One IMDB test sentence per request ({result['sentences']['count']} sentences of the "
         f"{cfg['length']}-token bucket), closed loop; {cfg['rounds']} rounds, servers interleaved, each "
         f"cell at most {cfg['requests']} requests or {cfg['seconds']} s per round after {cfg['warmup']} "
@@ -526,6 +537,11 @@ def markdown(result: dict) -> str:
         f"of the shared machine: {result['load_average']['start']} at start, "
         f"{result['load_average']['end']} at the end.",
         "",
+    ]
+
+
+def _rows_table(result: dict) -> list[str]:
+    lines = [
         "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -536,12 +552,20 @@ def markdown(result: dict) -> str:
             f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
             f"{r['rejected_503']} | {r['failed']} |"
         )
+    return lines
+
+
+def _ratios_table(result: dict) -> list[str]:
     others = ("unbatched", "hf-pipeline", "before-batched")
-    lines += ["", "| clients | " + " | ".join(f"batched vs {o}" for o in others) + " |", "|---|---|---|---|"]
+    lines = ["", "| clients | " + " | ".join(f"batched vs {o}" for o in others) + " |", "|---|---|---|---|"]
     for r in result["ratios"]:
         lines.append(f"| {r['clients']} | " + " | ".join(_x(r.get(f"vs_{o}")) for o in others) + " |")
+    return lines
+
+
+def _histogram_table(result: dict) -> list[str]:
     labels = list(result["rows"][0]["batch_histogram"])
-    lines += [
+    lines = [
         "",
         "Fill calls by batch size (texts per call), all rounds:",
         "",
@@ -552,7 +576,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['server']} | {r['clients']} | " + " | ".join(str(v) for v in r["batch_histogram"].values()) + " |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _served(result: dict) -> str:
