@@ -247,35 +247,8 @@ def write_markdown_too(report: dict, out: Path, write) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = write(report, out, "quant")
-    speed, agreement = report["speed"], report["agreement"]
+    speed = report["speed"]
     reference = next(name for name in ("baseline", "dynamic", "fp32") if name in speed)
-    rows = []
-    for name in dict.fromkeys([*agreement, *speed]):
-        a = agreement.get(
-            name,
-            {
-                "top1_agreement": float("nan"),
-                "top5_identical": float("nan"),
-                "size_mb": "",
-                "top1_decisive": float("nan"),
-                "perplexity_rel_diff": float("nan"),
-                "batch_drift": float("nan"),
-                "batch_topk_mismatches": "-",
-            },
-        )
-        ratios = [speed[reference][s]["p50"] / speed[name][s]["p50"] for s in speed.get(name, {})]
-        rows.append(
-            [
-                name,
-                f"{100 * a['top1_agreement']:.2f} %",
-                f"{100 * a.get('top1_decisive', float('nan')):.2f} %",
-                f"{100 * a['top5_identical']:.2f} %",
-                f"{a['perplexity_rel_diff']:.1e}",
-                f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
-                " / ".join(f"{r:.2f}×" for r in ratios),
-                a["size_mb"],
-            ]
-        )
     timed = shapes_of(QuantConfig(**report["config"]))
     shapes = " / ".join(f"{b}×{t}" for b, t in timed)
     lines = table(
@@ -290,11 +263,43 @@ def write_markdown_too(report: dict, out: Path, write) -> None:
             f"speed vs {reference}",
             "MB",
         ],
-        rows,
+        option_rows(report, reference),
     )
     ms = [[name] + [speed[name][f"{b}x{t}"]["p50"] for b, t in timed] for name in speed]
     lines += table("p50 ms per call", ["graph"] + [f"{b}×{t}" for b, t in timed], ms)
     paths["markdown"].write_text(paths["markdown"].read_text() + "\n" + "\n".join(lines) + "\n")
+
+
+def option_rows(report: dict, reference: str) -> list[list]:
+    """One row per option (scored, timed or both): agreement, drift, speed against `reference`, size."""
+    speed, agreement = report["speed"], report["agreement"]
+    nan = float("nan")
+    unscored = {
+        "top1_agreement": nan,
+        "top5_identical": nan,
+        "size_mb": "",
+        "top1_decisive": nan,
+        "perplexity_rel_diff": nan,
+        "batch_drift": nan,
+        "batch_topk_mismatches": "-",
+    }
+    rows = []
+    for name in dict.fromkeys([*agreement, *speed]):
+        a = agreement.get(name, unscored)
+        ratios = [speed[reference][s]["p50"] / speed[name][s]["p50"] for s in speed.get(name, {})]
+        rows.append(
+            [
+                name,
+                f"{100 * a['top1_agreement']:.2f} %",
+                f"{100 * a.get('top1_decisive', nan):.2f} %",
+                f"{100 * a['top5_identical']:.2f} %",
+                f"{a['perplexity_rel_diff']:.1e}",
+                f"{a['batch_drift']:.1e} ({a['batch_topk_mismatches']})",
+                " / ".join(f"{r:.2f}×" for r in ratios),
+                a["size_mb"],
+            ]
+        )
+    return rows
 
 
 def cli(argv: list[str] | None = None) -> int:
