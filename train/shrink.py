@@ -160,13 +160,8 @@ def variants(config: ShrinkConfig, vocab: int) -> list[Variant]:
     return kept + [Variant(vocab, False, min(int(n), vocab)) for n in (config.mixed or "").split(",") if n]
 
 
-def main(config: ShrinkConfig) -> list[dict]:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
-    if config.checkpoint:
-        load_checkpoint_weights(model, Path(config.checkpoint))
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
+def sample_texts(config: ShrinkConfig) -> tuple[list[str], list[str]]:
+    """Seeded samples: train texts to count pieces on, test texts to score on (one generator, in that order)."""
     texts = load_text_splits(config.dataset, ["train", "test"])
     rng = np.random.default_rng(config.eval_seed)
     count_texts = [
@@ -177,6 +172,17 @@ def main(config: ShrinkConfig) -> list[dict]:
         texts["test"][i]
         for i in rng.choice(len(texts["test"]), min(config.eval_texts, len(texts["test"])), replace=False)
     ]
+    return count_texts, eval_texts
+
+
+def main(config: ShrinkConfig) -> list[dict]:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
+    if config.checkpoint:
+        load_checkpoint_weights(model, Path(config.checkpoint))
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    count_texts, eval_texts = sample_texts(config)
     order = piece_order(tokenizer, count_texts)
     chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
     eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
