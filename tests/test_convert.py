@@ -175,14 +175,36 @@ def test_real_minilm_converts_exactly(tmp_path, sentences):
     assert (distil.num_parameters(), distil.config.vocab_size) == (22_743_738, 30522)
 
 
-def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir, tmp_path):
-    """train.shrink: full vocabulary in fp32 reproduces the model's own perplexity (MaskedOnlyMLM), the
-    int8 table stays close, pruning maps the rare pieces to [UNK]."""
+def _own_perplexity(model_dir, imdb_dir) -> float:
+    """The model's perplexity (MaskedOnlyMLM) on the texts train.shrink draws with its defaults (seed 1234,
+    100 count texts first, then 20 test texts, 64-token chunks)."""
     from transformers import AutoModelForMaskedLM
 
     from deniro_rt.data import chunk_texts, load_text_splits, premask
-    from train import shrink
     from train.model import MaskedOnlyMLM
+
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    splits = load_text_splits(str(imdb_dir), ["train", "test"])
+    texts = splits["test"]
+    rng = np.random.default_rng(1234)
+    rng.choice(len(splits["train"]), 100, replace=False)  # the count subset is drawn first
+    chunks = chunk_texts(
+        model_tokenizer(model_dir).backend_tokenizer,
+        [texts[i] for i in rng.choice(len(texts), 20, replace=False)],
+        64,
+    )
+    eval_set = premask(chunks, 1234, 4, 600)
+    with torch.no_grad():
+        nll = MaskedOnlyMLM(model)(
+            torch.from_numpy(eval_set.input_ids), torch.from_numpy(eval_set.labels), reduction="sum"
+        )
+    return float(np.exp(float(nll) / (eval_set.labels != -100).sum()))
+
+
+def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir, tmp_path):
+    """train.shrink: full vocabulary in fp32 reproduces the model's own perplexity (MaskedOnlyMLM), the
+    int8 table stays close, pruning maps the rare pieces to [UNK]."""
+    from train import shrink
 
     weight = torch.randn(50, 16)
     assert ((shrink.quantize_rows(weight) - weight).abs() <= weight.abs().amax(1, keepdim=True) / 254 + 1e-7).all()
@@ -197,22 +219,7 @@ def test_shrink_levers_measure_against_the_model_itself(tiny_model_dir, imdb_dir
             output=str(tmp_path / "r.json"),
         )
     )
-    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
-    splits = load_text_splits(str(imdb_dir), ["train", "test"])
-    texts = splits["test"]
-    rng = np.random.default_rng(1234)
-    rng.choice(len(splits["train"]), 100, replace=False)  # the count subset is drawn first
-    chunks = chunk_texts(
-        model_tokenizer(tiny_model_dir).backend_tokenizer,
-        [texts[i] for i in rng.choice(len(texts), 20, replace=False)],
-        64,
-    )
-    eval_set = premask(chunks, 1234, 4, 600)
-    with torch.no_grad():
-        nll = MaskedOnlyMLM(model)(
-            torch.from_numpy(eval_set.input_ids), torch.from_numpy(eval_set.labels), reduction="sum"
-        )
-    expected = float(np.exp(float(nll) / (eval_set.labels != -100).sum()))
+    expected = _own_perplexity(tiny_model_dir, imdb_dir)
     full, full_int8, pruned = rows[0], rows[1], rows[2]
     assert (full["keep"], full["int8_embedding"], full["top1_agreement_vs_fp32"]) == (600, False, 1.0)
     assert abs(full["perplexity"] - expected) < 1e-3 * expected and full["labels_pruned"] == 0
