@@ -40,8 +40,23 @@ def save_results(key: str, value) -> None:
 
 
 # --------------------------------------------------------------------------- 1. where the bytes go
-def inventory() -> list[dict]:
+def inventory() -> dict:
     proto = onnx.load(str(SRC / "fast.onnx"))
+    rows = initializer_rows(proto)
+    groups = Counter()
+    for r in rows:
+        groups[weight_group(r)] += r["mb"]
+    return {
+        "file_mb": (SRC / "fast.onnx").stat().st_size / 1e6,
+        "initializers_mb": sum(r["mb"] for r in rows),
+        "count": len(rows),
+        "groups": dict(groups.most_common()),
+        "top": rows[:22],
+    }
+
+
+def initializer_rows(proto) -> list[dict]:
+    """One row per initializer (name, shape, dtype, MB, the nodes that read it), largest first."""
     consumers: dict[str, list[str]] = {}
     for node in proto.graph.node:
         for name in node.input:
@@ -59,32 +74,27 @@ def inventory() -> list[dict]:
             }
         )
     rows.sort(key=lambda r: -r["mb"])
-    groups = Counter()
-    for r in rows:
-        c = " ".join(r["consumers"])
-        kind = (
-            "word embedding table (tied)"
-            if r["name"] == TABLE
-            else "attention QKV"
-            if "Attention" in c
-            else "FFN lin1/lin2"
-            if "ffn" in c
-            else "attention out_lin"
-            if "out_lin" in c
-            else "position embeddings"
-            if "position" in r["name"]
-            else "vocab_transform"
-            if "vocab_transform" in c
-            else "other (biases, LayerNorm, constants)"
-        )
-        groups[kind] += r["mb"]
-    return {
-        "file_mb": (SRC / "fast.onnx").stat().st_size / 1e6,
-        "initializers_mb": sum(r["mb"] for r in rows),
-        "count": len(rows),
-        "groups": dict(groups.most_common()),
-        "top": rows[:22],
-    }
+    return rows
+
+
+def weight_group(row: dict) -> str:
+    """Which part of the model an initializer row belongs to, from its name and its consumers."""
+    c = " ".join(row["consumers"])
+    return (
+        "word embedding table (tied)"
+        if row["name"] == TABLE
+        else "attention QKV"
+        if "Attention" in c
+        else "FFN lin1/lin2"
+        if "ffn" in c
+        else "attention out_lin"
+        if "out_lin" in c
+        else "position embeddings"
+        if "position" in row["name"]
+        else "vocab_transform"
+        if "vocab_transform" in c
+        else "other (biases, LayerNorm, constants)"
+    )
 
 
 # --------------------------------------------------------------------------- graph surgery
@@ -339,8 +349,6 @@ VARIANTS = {
 
 
 def build() -> dict:
-    from export.optimize import attention_to_mha
-
     OUT.mkdir(parents=True, exist_ok=True)
     fp32 = onnx.load(str(SRC / "fast.onnx"))
     built = {}
@@ -350,36 +358,48 @@ def build() -> dict:
         started = time.perf_counter()
         proto = onnx.ModelProto()
         proto.CopyFrom(fp32)
-        head = head_nodes(proto)
         try:
-            if spec.get("proj"):
-                projector_to_matmul(proto)
-            if spec.get("enc"):
-                proto = attention_to_mha(proto)
-                if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-                    proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-                for step in spec["enc"]:
-                    proto = quantize_encoder(proto, **step, exclude=head)
-            if spec.get("table"):
-                table_dq(proto, *spec["table"])
-            if spec.get("shared"):
-                table_shared_nbits(proto, *spec["shared"])
+            proto = apply_variant(proto, spec)
             dst = OUT / f"{name}.onnx"
             onnx.save(proto, str(dst))
-            ops = Counter(
-                n.op_type
-                for n in proto.graph.node
-                if n.op_type in ("MatMulNBits", "MatMul", "DequantizeLinear", "Gemm", "MultiHeadAttention")
-            )
             built[name] = {
                 "mb": dst.stat().st_size / 1e6,
-                "ops": dict(ops),
+                "ops": weight_op_counts(proto),
                 "s": round(time.perf_counter() - started, 1),
             }
         except Exception as exc:  # noqa: BLE001 - recorded, the other variants go on
             built[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(name, built[name], flush=True)
     return built
+
+
+def apply_variant(proto, spec: dict):
+    """Apply one VARIANTS spec to a copy of the fp32 graph: projector, encoder, table, shared table."""
+    from export.optimize import attention_to_mha
+
+    head = head_nodes(proto)
+    if spec.get("proj"):
+        projector_to_matmul(proto)
+    if spec.get("enc"):
+        proto = attention_to_mha(proto)
+        if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        for step in spec["enc"]:
+            proto = quantize_encoder(proto, **step, exclude=head)
+    if spec.get("table"):
+        table_dq(proto, *spec["table"])
+    if spec.get("shared"):
+        table_shared_nbits(proto, *spec["shared"])
+    return proto
+
+
+def weight_op_counts(proto) -> dict[str, int]:
+    ops = Counter(
+        n.op_type
+        for n in proto.graph.node
+        if n.op_type in ("MatMulNBits", "MatMul", "DequantizeLinear", "Gemm", "MultiHeadAttention")
+    )
+    return dict(ops)
 
 
 # --------------------------------------------------------------------------- 2. quality
@@ -403,10 +423,36 @@ def graphs() -> dict[str, Path]:
 
 def score() -> dict:
     from deniro_rt.artifact import load_manifest
+
+    manifest = load_manifest(SRC)
+    data, ref = reference_run(manifest)
+    ref_all = np.concatenate(ref.logits)  # [n, vocab] fp32 log-probs
+    ref_top1 = ref_all.argmax(axis=1)
+    results = {}
+    for name, path in graphs().items():
+        started = time.perf_counter()
+        try:
+            s = session(path)
+        except Exception as exc:  # noqa: BLE001
+            results[name] = {"error": f"load: {type(exc).__name__}: {str(exc)[:300]}"}
+            print(name, results[name], flush=True)
+            continue
+        quality = graph_quality(s, data, ref, ref_all, ref_top1, manifest.vocab_size)
+        results[name] = {
+            "mb": round(path.stat().st_size / 1e6, 2),
+            **quality,
+            "s": round(time.perf_counter() - started, 1),
+        }
+        print(name, results[name], flush=True)
+    return results
+
+
+def reference_run(manifest):
+    """The validation set (SENTENCES IMDB test sentences) and the fp32 graph's answers on it."""
     from export import validate
     from export.requantize import artifact_tokenizer
 
-    manifest, tok = load_manifest(SRC), artifact_tokenizer(SRC)
+    tok = artifact_tokenizer(SRC)
     texts, origin = validate.load_texts("/work/shared/data/imdb", "test", "text")
     spec = validate.ValidationSpec(
         manifest.vocab_size,
@@ -419,41 +465,31 @@ def score() -> dict:
     )
     data = validate.build_validation_set(tok, texts, origin, spec)
     ref = validate.fast_reference(session(SRC / "fast.onnx"), data, manifest.vocab_size)
-    ref_all = np.concatenate(ref.logits)  # [n, vocab] fp32 log-probs
-    ref_top1 = ref_all.argmax(axis=1)
-    results = {}
-    for name, path in graphs().items():
-        started = time.perf_counter()
-        try:
-            s = session(path)
-        except Exception as exc:  # noqa: BLE001
-            results[name] = {"error": f"load: {type(exc).__name__}: {str(exc)[:300]}"}
-            print(name, results[name], flush=True)
-            continue
-        outs = []
-        for batch in data.queries:
-            every = np.broadcast_to(
-                np.arange(manifest.vocab_size, dtype=np.int64), (len(batch.mask_index), manifest.vocab_size)
-            )
-            outs.append(validate.run_fast(s, batch, every, 5))
-        _, ids, lps = (np.concatenate(p) for p in zip(*outs))
-        m = validate.topk_metrics(ref_all, ids, 5)
-        dlp = np.abs(lps[np.arange(len(lps)), ref_top1] - ref_all[np.arange(len(lps)), ref_top1])
-        ppl = validate.fast_perplexity(s, data)
-        results[name] = {
-            "mb": round(path.stat().st_size / 1e6, 2),
-            "rows": int(len(ids)),
-            "top1": m["top1_agreement"],
-            "top5_identical": m["top5_identical"],
-            "mean_abs_dlogprob_top1": float(dlp.mean()),
-            "max_abs_dlogprob_top1": float(dlp.max()),
-            "perplexity": ppl,
-            "ppl_rel_diff": validate.rel_diff(ppl, ref.perplexity),
-            **validate.batch_drift(s, data.queries[0], 5),
-            "s": round(time.perf_counter() - started, 1),
-        }
-        print(name, results[name], flush=True)
-    return results
+    return data, ref
+
+
+def graph_quality(s, data, ref, ref_all, ref_top1, vocab_size: int) -> dict:
+    """Top-k agreement, log-prob drift on the fp32 top-1, perplexity and batch drift of one session."""
+    from export import validate
+
+    outs = []
+    for batch in data.queries:
+        every = np.broadcast_to(np.arange(vocab_size, dtype=np.int64), (len(batch.mask_index), vocab_size))
+        outs.append(validate.run_fast(s, batch, every, 5))
+    _, ids, lps = (np.concatenate(p) for p in zip(*outs))
+    m = validate.topk_metrics(ref_all, ids, 5)
+    dlp = np.abs(lps[np.arange(len(lps)), ref_top1] - ref_all[np.arange(len(lps)), ref_top1])
+    ppl = validate.fast_perplexity(s, data)
+    return {
+        "rows": int(len(ids)),
+        "top1": m["top1_agreement"],
+        "top5_identical": m["top5_identical"],
+        "mean_abs_dlogprob_top1": float(dlp.mean()),
+        "max_abs_dlogprob_top1": float(dlp.max()),
+        "perplexity": ppl,
+        "ppl_rel_diff": validate.rel_diff(ppl, ref.perplexity),
+        **validate.batch_drift(s, data.queries[0], 5),
+    }
 
 
 # --------------------------------------------------------------------------- 3. latency
