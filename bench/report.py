@@ -249,26 +249,6 @@ def _parity_md(report: dict) -> list[str]:
 def _speed_md(report: dict) -> list[str]:
     if not report.get("rows"):
         return []
-    rows = []
-    for r in report["rows"]:
-        lat, thr = r["latency"] or {}, r["throughput"] or {}
-        agree = r.get("top1_vs_pytorch")
-        rows.append(
-            [
-                r["engine"],
-                r.get("scope", "e2e"),
-                r["precision"],
-                r["provider"],
-                r["batch"],
-                r["length"],
-                _f(lat.get("p50_ms")),
-                _f(lat.get("p90_ms")),
-                _f(lat.get("p99_ms")),
-                _f(thr.get("sentences_per_s"), 1),
-                thr.get("sentences", lat.get("samples", "")),
-                "" if agree is None else f"{agree:.1%}",
-            ]
-        )
     return table(
         "Latency and throughput (scope e2e: tokenize, model, top-k, decode; model: the graph alone on prepared inputs)",
         [
@@ -285,8 +265,27 @@ def _speed_md(report: dict) -> list[str]:
             "n",
             "top-1 vs pytorch",
         ],
-        rows,
+        [_speed_row(r) for r in report["rows"]],
     )
+
+
+def _speed_row(r: dict) -> list:
+    lat, thr = r["latency"] or {}, r["throughput"] or {}
+    agree = r.get("top1_vs_pytorch")
+    return [
+        r["engine"],
+        r.get("scope", "e2e"),
+        r["precision"],
+        r["provider"],
+        r["batch"],
+        r["length"],
+        _f(lat.get("p50_ms")),
+        _f(lat.get("p90_ms")),
+        _f(lat.get("p99_ms")),
+        _f(thr.get("sentences_per_s"), 1),
+        thr.get("sentences", lat.get("samples", "")),
+        "" if agree is None else f"{agree:.1%}",
+    ]
 
 
 def _overhead_md(report: dict) -> list[str]:
