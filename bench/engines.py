@@ -117,8 +117,18 @@ def load_torch_model(path: Path, device: str, precision: str, rounded: bool = Fa
         ) from exc
     if rounded:
         round_weights(model)
-    model = model.half() if precision == "fp16" else model
+    model = model.half() if precision == "fp16" else model  # bf16 keeps fp32 weights: autocast (autocast())
     return model.to(device).eval()
+
+
+def autocast(precision: str, device: str):
+    """bf16: torch.autocast, the two lines a PyTorch user adds for bf16 matmuls (AMX / AVX-512 BF16 on CPU);
+    fp32 and fp16 (a .half() model) run as they are."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 class Engine:
@@ -165,7 +175,7 @@ class PytorchCard(Engine):
         import torch
 
         rows = []
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.precision, self.ctx.device):
             for text in texts:
                 rows.append(self._one(text, torch))
         ids = np.array(rows, dtype=np.int64)
@@ -198,7 +208,7 @@ class PytorchBatched(Engine):
     def _batch(self, texts: list[str]) -> Prediction:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.ctx.device):
             logprobs, input_ids, where = mask_logprobs(self.model, self.tokenizer, texts, self.ctx.device)
             top = torch.topk(logprobs, self.ctx.top_k, dim=-1)
             ids, values = top.indices.cpu().numpy(), top.values.double().cpu().numpy()
@@ -362,8 +372,13 @@ ENGINE_CLASSES = {
 
 
 def torch_precisions(name: str, device: str) -> list[str]:
-    """pytorch-batched also runs fp16 on CUDA; every other PyTorch engine is fp32 (the card's setup)."""
-    return ["fp32", "fp16"] if name == "pytorch-batched" and device == "cuda" else ["fp32"]
+    """pytorch-batched also runs fp16 on CUDA; on CPU pytorch-card and pytorch-batched also run bf16 autocast
+    (issue 22: what a PyTorch user gets from two lines); the pipelines are fp32 (the card's setup)."""
+    if name == "pytorch-batched" and device == "cuda":
+        return ["fp32", "fp16"]
+    if name in ("pytorch-card", "pytorch-batched") and device == "cpu":
+        return ["fp32", "bf16"]
+    return ["fp32"]
 
 
 def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:

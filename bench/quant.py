@@ -2,7 +2,9 @@
 
 For a trained artifact (--model, default the shipped model) each int8 method of export/config.py's
 INT8_METHODS is built from its fp32 fast.onnx (export.optimize.quantize_fused) and compared with that
-fp32 graph (ONNX vs ONNX, no torch): top-1 agreement and identical top-5 lists on masked IMDB test
+fp32 graph (ONNX vs ONNX, no torch); so are the per-row int8 rewrites (export/rowquant.py: row, row-ffn,
+row2, row2-ffn) and OpenVINO running the fp32 graph in f32 or bf16 (openvino-f32, openvino-bf16; needs the
+`openvino` extra, bench/openvino.py): top-1 agreement and identical top-5 lists on masked IMDB test
 sentences, perplexity on premasked test chunks, and the largest batch drift (a sentence alone vs padded
 into a batch of --drift-sentences short sentences: max |score| change of its top-5, and how many
 sentences' top-5 ids change). Speed: median / p90 / p99 session time of each method's graph on
@@ -29,9 +31,12 @@ import numpy as np
 
 from deniro_rt.artifact import load_manifest
 from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.errors import DeniroError
 from deniro_rt.models import DEFAULT_MODEL_DIR
 from export.requantize import artifact_tokenizer
 from export.rowquant import ROW_METHODS
+
+from .openvino import OV_METHODS, OpenVinoSession
 
 log = logging.getLogger(__name__)
 SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model by default
@@ -65,6 +70,7 @@ class Prepared:
 def main(config: QuantConfig) -> dict:
     from bench.report import header, write
 
+    check_methods(config.methods)
     same = Path(config.speed_model or config.model) == Path(config.model)
     with tempfile.TemporaryDirectory(prefix="deniro-quant-") as tmp:
         graphs = build_methods(config, Path(config.model), Path(tmp) / "model")
@@ -103,6 +109,8 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
         started = time.perf_counter()
         if name in ROW_METHODS:  # per-row int8 (issue 22): a rewrite of the fp32 graph, no calibration
             row_graph(fp32, out / f"{name}.onnx", name)
+        elif name in OV_METHODS:  # OpenVINO compiles the folded fp32 graph itself (bench/openvino.py)
+            onnx.save(fp32, str(out / f"{name}.onnx"))
         else:
             quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
         log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
@@ -157,9 +165,7 @@ def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     prepared = prepare(config, Path(config.model))
     results = {}
     for name, path in graphs.items():
-        # the fp32 graph as the runtime opens it: int8-stored weights folded once (without that, ORT's QDQ
-        # fusions run the shipped graph's MatMuls in int8: top-5 sets 86 % identical to fp32's, measured)
-        session = validate.session_for(path, ["CPUExecutionProvider"], "fp32" if name == "fp32" else None)
+        session = open_graph(name, path)
         metrics = validate.score_fast_graph(session, prepared.data, prepared.reference)
         drift = validate.batch_drift(session, prepared.drift_batch)
         results[name] = {
@@ -174,6 +180,26 @@ def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
         }
         log.info("%s: %s", name, results[name])
     return results
+
+
+def open_graph(name: str, path: Path):
+    """The session a method's graph is scored and timed with: OpenVINO for openvino-*, else onnxruntime, the
+    fp32 graph as the runtime opens it: int8-stored weights folded once (without that, ORT's QDQ fusions run
+    the shipped graph's MatMuls in int8: top-5 sets 86 % identical to fp32's, measured)."""
+    from export import validate
+
+    if name in OV_METHODS:
+        return OpenVinoSession(path, OV_METHODS[name])
+    return validate.session_for(path, ["CPUExecutionProvider"], "fp32" if name == "fp32" else None)
+
+
+def check_methods(methods: str) -> None:
+    from export.config import INT8_METHODS
+
+    known = [*INT8_METHODS, *ROW_METHODS, *OV_METHODS]
+    unknown = [name for name in methods.split(",") if name not in known]
+    if unknown:
+        raise DeniroError(f"--methods {','.join(unknown)}: unknown; choose from {', '.join(known)}")
 
 
 def decisive_top1(session, prepared: Prepared, margin: float = 0.01) -> dict:
@@ -197,16 +223,7 @@ def decisive_top1(session, prepared: Prepared, margin: float = 0.01) -> dict:
 def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     """p50/p90/p99 ms per shape. Calls go round-robin over the graphs, so a busy moment of a shared
     machine slows every graph alike instead of whichever happened to be timed then."""
-    import onnxruntime as ort
-
-    from deniro_rt.providers import CPU, session_options
-
-    sessions = {
-        name: ort.InferenceSession(
-            str(p), session_options(CPU, None, "fp32" if name == "fp32" else None), providers=[CPU]
-        )
-        for name, p in graphs.items()
-    }
+    sessions = {name: open_graph(name, path) for name, path in graphs.items()}
     results: dict[str, dict] = {name: {} for name in graphs}
     for batch, tokens in shapes_of(config):
         feed = random_feed(batch, tokens)

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deniro_rt.artifact import load_manifest
+from deniro_rt.errors import DeniroError
 from deniro_rt.providers import CPU, session_options
 from export.rowquant import ROW_METHODS, quantize_columns, row_quantize
 
@@ -163,3 +164,33 @@ def test_bench_quant_scores_row_graphs_against_the_folded_fp32_graph(tmp_path, i
     assert fp32["top5_identical"] == 1.0 and fp32["top1_decisive"] == 1.0  # opened as the runtime opens it
     assert row2["top1_decisive"] == 1.0 and row2["batch_drift"] == 0.0 and row2["batch_topk_mismatches"] == 0
     assert set(report["speed"]["row2"]) == {"1x16"} and "| row2 |" in (tmp_path / "quant.md").read_text()
+
+
+def test_bench_quant_runs_openvino_on_the_shipped_graph(tmp_path, imdb_dir):
+    """OpenVINO (issue 22, candidate 4) scored like an ORT graph: f32 gives fp32's answers, bf16 is reported."""
+    from bench.quant import QuantConfig, main
+
+    report = main(
+        QuantConfig(
+            methods="openvino-f32",
+            dataset=str(imdb_dir),
+            sentences=32,
+            perplexity_chunks=4,
+            drift_sentences=16,
+            calibration_sentences=8,
+            timed_calls=2,
+            shapes="1x16,4x32",
+            out=str(tmp_path),
+        )
+    )
+    f32 = report["agreement"]["openvino-f32"]
+    assert f32["top1_decisive"] == 1.0 and f32["top5_identical"] >= 0.95 and f32["batch_topk_mismatches"] == 0
+    assert abs(f32["perplexity_rel_diff"]) < 1e-4 and set(report["speed"]["openvino-f32"]) == {"1x16", "4x32"}
+    assert "| openvino-f32 |" in (tmp_path / "quant.md").read_text()
+
+
+def test_bench_quant_names_unknown_methods(tmp_path):
+    from bench.quant import QuantConfig, main
+
+    with pytest.raises(DeniroError, match=r"--methods openvino-int4: unknown; choose from static, .*openvino-bf16"):
+        main(QuantConfig(methods="static,openvino-int4", out=str(tmp_path)))
