@@ -46,7 +46,7 @@ HELP = {
     "engines": "comma-separated engines to time: pytorch-card, pytorch-batched, hf-pipeline, "
     "optimum-ort, deniro_rt, deniro_rt-model (the graph alone on prepared inputs)",
     "precisions": "comma-separated deniro_rt precisions (default: fp32,int8 on CPU, fp32,fp16 on "
-    "CUDA, those the artifact has)",
+    "CUDA, those the artifact has; bf16 = the fp32 graph on OpenVINO, CPU only, when asked for)",
     "out": "report folder (default: bench/results/<machine>-<date>/)",
     "dataset": "folder of <split>.parquet files, or a hub dataset id (default: ../shared/data/imdb "
     "when present, else stanfordnlp/imdb)",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deniro_rt.errors import DeniroError
-from deniro_rt.providers import CPU, CUDA, RUNS_ON
+from deniro_rt.providers import COMPUTED, CPU, CUDA, RUNS_ON
 
 log = logging.getLogger(__name__)
 CPU_PRECISIONS = tuple(p for p, providers in RUNS_ON.items() if CPU in providers)  # fp32, int8
@@ -382,8 +382,9 @@ def torch_precisions(name: str, device: str) -> list[str]:
 
 
 def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:
-    """The precisions to run: --precisions, else those the artifact has that suit the device."""
-    have = list(manifest.graphs)
+    """The precisions to run: --precisions, else those the artifact has that suit the device (the computed
+    ones, bf16 via OpenVINO, only when asked for)."""
+    have = list(manifest.graphs) + [p for p, (graph, _) in COMPUTED.items() if graph in manifest.graphs]
     if wanted:
         asked = [p.strip() for p in wanted.split(",") if p.strip()]
         missing = [p for p in asked if p not in have]

@@ -109,8 +109,9 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
         started = time.perf_counter()
         if name in ROW_METHODS:  # per-row int8 (issue 22): a rewrite of the fp32 graph, no calibration
             row_graph(fp32, out / f"{name}.onnx", name)
-        elif name in OV_METHODS:  # OpenVINO compiles the folded fp32 graph itself (bench/openvino.py)
-            onnx.save(fp32, str(out / f"{name}.onnx"))
+        elif name in OV_METHODS:  # OpenVINO compiles the fp32 graph itself (bench/openvino.py)
+            graphs[name] = manifest.graph_path("fp32")
+            continue
         else:
             quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
         log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
@@ -220,27 +221,40 @@ def decisive_top1(session, prepared: Prepared, margin: float = 0.01) -> dict:
     return {"top1_decisive": float(same[decisive].mean()), "decisive_masks": int(decisive.sum())}
 
 
+ROUNDS = 4  # timing rounds per shape; each round times every graph in a block of calls
+
+
 def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
-    """p50/p90/p99 ms per shape. Calls go round-robin over the graphs, so a busy moment of a shared
-    machine slows every graph alike instead of whichever happened to be timed then."""
+    """p50/p90/p99 ms per shape, in ROUNDS rounds of one block of calls per graph (a warm-up call, then the
+    timed ones), the block order rotated each round: a busy moment of a shared machine falls on every graph
+    alike. Blocks, not call-by-call round-robin: ORT's and OpenVINO's thread pools spin on the cores after a
+    call, which slowed the other runtime's next call (OpenVINO 1x164 12 -> 20 ms, measured)."""
     sessions = {name: open_graph(name, path) for name, path in graphs.items()}
     results: dict[str, dict] = {name: {} for name in graphs}
     for batch, tokens in shapes_of(config):
         feed = random_feed(batch, tokens)
-        for session in sessions.values():
-            for _ in range(3 if batch == 1 else 1):  # warm-up
-                session.run(None, feed)
+        calls = config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)
         times: dict[str, list[float]] = {name: [] for name in sessions}
-        for _ in range(config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)):
-            for name, session in sessions.items():
-                started = time.perf_counter()
-                session.run(None, feed)
-                times[name].append(1000 * (time.perf_counter() - started))
+        for turn in range(ROUNDS):
+            names = list(sessions)[turn % len(sessions) :] + list(sessions)[: turn % len(sessions)]
+            for name in names:
+                times[name] += timed_block(sessions[name], feed, max(1, calls // ROUNDS))
         for name, measured in times.items():
             results[name][f"{batch}x{tokens}"] = {
                 q: round(float(np.percentile(measured, p)), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))
             }
     return results
+
+
+def timed_block(session, feed: dict, calls: int) -> list[float]:
+    """ms of `calls` consecutive calls after one untimed warm-up call."""
+    session.run(None, feed)
+    out = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        session.run(None, feed)
+        out.append(1000 * (time.perf_counter() - started))
+    return out
 
 
 def shapes_of(config: QuantConfig) -> list[tuple[int, int]]:

@@ -18,8 +18,13 @@ CUDA = "CUDAExecutionProvider"
 PREFERRED_PRECISION = {CPU: ("fp32", "int8"), CUDA: ("fp16", "fp32")}
 FLOAT_PRECISIONS = ("fp32", "fp16")
 RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
+# Precisions computed from another graph by another engine, not graphs an artifact holds: bf16 is the fp32
+# graph compiled by OpenVINO in bf16 on CPU (deniro_rt/openvino.py, the `openvino` extra; issue 22). An opt-in:
+# faster than fp32 with fp32's decisive answers, but not fp32's scores to the last digit.
+COMPUTED = {"bf16": ("fp32", CPU)}  # precision -> (the graph it compiles, the provider it runs on)
 # Declared here once; every stage's --device / --precision choices import these.
 PRECISIONS = tuple(RUNS_ON)  # the graph precisions an artifact can hold
+RUNTIME_PRECISIONS = PRECISIONS + tuple(COMPUTED)  # what FillMask(precision=...) accepts
 HARDWARE = DEVICES[1:]  # what "auto" resolves to: the devices a graph is built or timed for
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
@@ -57,8 +62,10 @@ def resolve_precision(requested: str | None, provider: str, available: dict[str,
         raise DeniroError(
             f"the artifact has no graph for {provider} (it has {', '.join(available)}); re-export with --precision fp32"
         )
+    if requested in COMPUTED:
+        return resolve_computed(requested, provider, available)
     if requested not in RUNS_ON:
-        raise DeniroError(f"precision must be one of {', '.join(RUNS_ON)}, got {requested!r}")
+        raise DeniroError(f"precision must be one of {', '.join(RUNTIME_PRECISIONS)}, got {requested!r}")
     if provider not in RUNS_ON[requested]:
         raise DeniroError(
             f"precision {requested} does not run on {provider}; use one of "
@@ -68,6 +75,19 @@ def resolve_precision(requested: str | None, provider: str, available: dict[str,
         raise DeniroError(
             f"the artifact has no {requested} graph (it has {', '.join(available)}); "
             f"re-export with --precision {requested}"
+        )
+    return requested
+
+
+def resolve_computed(requested: str, provider: str, available: dict[str, str]) -> str:
+    graph, runs_on = COMPUTED[requested]
+    if provider != runs_on:
+        others = [p for p, on in RUNS_ON.items() if provider in on]
+        raise DeniroError(f"precision {requested} runs on {runs_on} only; on {provider} use one of {', '.join(others)}")
+    if graph not in available:
+        raise DeniroError(
+            f"precision {requested} compiles the artifact's {graph} graph, and it has only {', '.join(available)}; "
+            f"re-export with --precision {graph}"
         )
     return requested
 

@@ -26,7 +26,7 @@ from .data import IGNORE_INDEX, MaskedBatch, perplexity
 from .errors import DeniroError, DeniroTypeError
 from .models import DEFAULT_MODEL_DIR
 from .predictions import Predictions, Source, TokenRows
-from .providers import CPU, resolve_precision, resolve_provider, session_options
+from .providers import COMPUTED, CPU, resolve_precision, resolve_provider, session_options
 
 OVERLAP_BLOCK = 2048  # texts tokenized per block when tokenization overlaps the device runs
 
@@ -79,10 +79,19 @@ class FillMask:
         log.info("deniro_rt: %s (%s, %s)", self.manifest.folder, self.precision, self.provider)
 
     def _open_session(self, threads: int | None, cuda_graph: bool) -> None:
-        """The session and its run(feed) function: plain session.run on CPU, IO binding on CUDA."""
-        graph = str(verify_file(self.manifest, self.manifest.graphs[self.precision]))
-        options = session_options(self.provider, threads, self.precision)
+        """The session and its run(feed) function: plain session.run on CPU, IO binding on CUDA, OpenVINO
+        for the computed precisions (bf16)."""
+        graph_precision = COMPUTED.get(self.precision, (self.precision,))[0]
+        self.graph_file = self.manifest.graphs[graph_precision]  # file name inside the artifact
+        graph = str(verify_file(self.manifest, self.graph_file))
+        options = session_options(self.provider, threads, graph_precision)
         self.cuda_graph = False
+        if self.precision in COMPUTED:  # bf16: the fp32 graph compiled by OpenVINO (deniro_rt/openvino.py)
+            from .openvino import OpenVinoGraph
+
+            self.session = OpenVinoGraph(graph, self.precision, threads, self.pad_id)
+            self._run = self.session.run
+            return
         if self.provider == CPU:
             self.session = ort.InferenceSession(graph, options, providers=[CPU])
             self._run = lambda feed: self.session.run(None, feed)
@@ -97,10 +106,10 @@ class FillMask:
         return self._run(feed)
 
     def _check_graph(self) -> None:
-        names = tuple(i.name for i in self.session.get_inputs())
+        names = getattr(self.session, "input_names", None) or tuple(i.name for i in self.session.get_inputs())
         if names != FAST_INPUTS:
             raise DeniroError(
-                f"{self.manifest.graphs[self.precision]} has inputs {names}, expected "
+                f"{self.graph_file} has inputs {names}, expected "
                 f"{FAST_INPUTS}: the artifact is from another version; re-export it"
             )
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field, fields
 
 from ..errors import DeniroError
-from ..providers import DEVICES, PRECISIONS
+from ..providers import DEVICES, RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
 POSITIVE = (
@@ -22,7 +22,7 @@ POSITIVE = (
 )
 NOT_NEGATIVE = ("max_wait_ms", "graceful_timeout_s", "keep_alive_s", "header_timeout_s", "body_timeout_s")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-CHOICES = {"device": DEVICES, "precision": PRECISIONS, "log_level": LOG_LEVELS}
+CHOICES = {"device": DEVICES, "precision": RUNTIME_PRECISIONS, "log_level": LOG_LEVELS}
 
 
 def opt(default, help: str):

@@ -1,0 +1,115 @@
+"""precision="bf16" on CPU: the shipped fp32 graph compiled by OpenVINO in bf16 (deniro_rt/openvino.py, issue 22).
+
+Its promise: fp32's decisive answers, and a text's answer (ids and scores, bit for bit) independent of the
+batch it runs in. Checked on IMDB sentences and review-length texts against the fp32 graph.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deniro_rt import FillMask
+from deniro_rt.data import mask_one_word, review_sentences
+from deniro_rt.errors import DeniroError
+from deniro_rt.openvino import MIN_TOKENS, OpenVinoGraph, check_bf16, floored, import_openvino
+from deniro_rt.providers import CPU, CUDA, resolve_precision
+
+
+def has_bf16() -> bool:
+    return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.fixture(scope="module")
+def texts(imdb_texts) -> list[str]:
+    """~120 masked test sentences (5-40 tokens) and 24 review openings (up to ~250 tokens), one mask each."""
+    rng, out = np.random.default_rng(0), []
+    for review in imdb_texts["test"][:60]:
+        out += [m[0] for m in (mask_one_word(s, rng, "[MASK]") for s in review_sentences(review)[:2]) if m]
+    for review in imdb_texts["test"][100:124]:
+        words = review.split()[:180]
+        words[len(words) // 2] = "[MASK]"
+        out.append(" ".join(words))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bf16():
+    if not has_bf16():  # a CPU without bf16 instructions gets the error instead (tested below)
+        with pytest.raises(DeniroError, match="this CPU has no bf16 instructions"):
+            FillMask(device="cpu", precision="bf16")
+        return None
+    return FillMask(device="cpu", precision="bf16")
+
+
+def test_bf16_answers_do_not_depend_on_the_batch(bf16, texts):
+    if bf16 is None:
+        return
+    alone = bf16.fill_arrays(texts, batch_size=1)
+    for batch_size in (7, 64, len(texts)):
+        batched = bf16.fill_arrays(texts, batch_size=batch_size)
+        assert np.array_equal(batched.token_ids, alone.token_ids) and np.array_equal(batched.scores, alone.scores)
+    assert [bf16.fill(t) for t in texts[:20]] == bf16.fill(texts[:20])  # the one-text path too, dicts
+
+
+def test_bf16_keeps_fp32s_decisive_answers(bf16, texts):
+    if bf16 is None:
+        return
+    fp32 = FillMask(device="cpu").fill_arrays(texts)
+    got = bf16.fill_arrays(texts)
+    decisive = fp32.scores[:, 0] - fp32.scores[:, 1] >= 0.01  # a swap of near-ties is not another answer
+    assert decisive.sum() > 100
+    assert np.array_equal(got.token_ids[decisive, 0], fp32.token_ids[decisive, 0])
+    assert not np.array_equal(got.scores, fp32.scores)  # it really ran in bf16
+    assert np.abs(np.log(got.scores[:, 0]) - np.log(fp32.scores[:, 0])).max() < 0.1
+
+
+def test_floored_pads_to_a_multiple_of_min_tokens_and_moves_the_mask_index():
+    ids = np.array([[2, 7, 4, 3], [2, 4, 3, 0]], np.int64)  # [batch 2, seq 4]
+    feed = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64), "mask_index": np.array([2, 5])}
+    out = floored(feed, MIN_TOKENS, pad_id=0)
+    assert out["input_ids"].shape == (2, MIN_TOKENS) and out["attention_mask"][:, 4:].sum() == 0
+    assert out["input_ids"].reshape(-1)[out["mask_index"]].tolist() == [4, 4]
+    assert out["mask_index"].tolist() == [2, MIN_TOKENS + 1]
+    long = {**feed, "input_ids": np.zeros((2, 2 * MIN_TOKENS), np.int64)}
+    assert floored(long, MIN_TOKENS, 0) is long and floored(feed, 0, 0) is feed  # nothing to pad
+
+
+def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
+    with pytest.raises(DeniroError, match="precision bf16 runs on CPUExecutionProvider only; on CUDAExecutionProvider"):
+        resolve_precision("bf16", CUDA, {"fp32": "fast.onnx", "fp16": "fast_fp16.onnx"})
+    with pytest.raises(DeniroError, match=r"compiles the artifact's fp32 graph, and it has only int8; re-export"):
+        resolve_precision("bf16", CPU, {"int8": "fast_int8.onnx"})
+    with pytest.raises(DeniroError, match="precision must be one of fp32, int8, fp16, bf16, got 'bf17'"):
+        resolve_precision("bf17", CPU, {"fp32": "fast.onnx"})
+    with pytest.raises(DeniroError, match=r"this CPU has no bf16 instructions .*FP32, INT8.*precision='fp32'"):
+        check_bf16(["FP32", "INT8"])
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(DeniroError, match=r'not installed: pip install "deniro\[openvino\]"'):
+        FillMask(tiny_artifact, device="cpu", precision="bf16")
+
+
+def test_f32_engine_on_the_tiny_artifact_equals_onnxruntime(tiny_artifact):
+    """OpenVinoGraph itself (f32: no padding floor) against the runtime's ORT session on the same feed."""
+    fm = FillMask(tiny_artifact, device="cpu")
+    feeds, _ = fm.prepared_feeds(["the film was [MASK] .", "a [MASK] , long and [MASK] story"], batch_size=2)
+    graph = OpenVinoGraph(tiny_artifact / fm.graph_file, "f32")
+    ov, ort = graph.run(feeds[0]), fm.run_graph(feeds[0])
+    assert np.array_equal(ov[1], ort[1]) and np.allclose(ov[0], ort[0], atol=1e-5)
+
+
+def test_cli_runs_bf16():
+    out = subprocess.run(
+        [sys.executable, "-m", "deniro_rt", "--precision", "bf16", "--json", "This is a great [MASK]!"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if not has_bf16():
+        assert out.returncode != 0 and "no bf16 instructions" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    assert '"token_str": "movie"' in out.stdout
