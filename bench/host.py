@@ -21,6 +21,7 @@ import numpy as np
 from . import report
 from .config import default_dataset
 
+INT_FIELDS = ("batch", "batches", "repeats", "min_words", "max_words", "threads", "token_budget")
 GOALS = {"arrays": 1.5, "dicts": 3.0}  # x the bare tokenizer's encode_batch, per sentence
 
 
@@ -33,6 +34,7 @@ class HostConfig:
     min_words: int = 5
     max_words: int = 12
     threads: int | None = None  # ORT intra-op threads (default: all cores)
+    token_budget: int | None = None  # padded tokens per graph run (default: the runtime's CPU budget; 0: none)
     dataset: str = ""
     out: str = "bench/results/cpu-2core-arrays"
 
@@ -62,7 +64,7 @@ def measure(cfg: HostConfig) -> dict:
     from deniro_rt import FillMask
     from deniro_rt.runtime import padding_fraction
 
-    fm = FillMask(cfg.model, device="cpu", threads=cfg.threads)
+    fm = FillMask(cfg.model, device="cpu", threads=cfg.threads, token_budget=cfg.token_budget)
     texts = sentences(cfg, fm.mask_token)
     batches = [texts[i : i + cfg.batch] for i in range(0, len(texts), cfg.batch)]
     feeds = [fm.prepared_feeds(b, 5, cfg.batch)[0] for b in batches]
@@ -85,8 +87,9 @@ def measure(cfg: HostConfig) -> dict:
         "us_per_sentence": us,
         "sentences": len(texts),
         "mean_tokens": float(lengths.mean()),
-        "padding_fraction": padding_fraction(lengths, cfg.batch),
+        "padding_fraction": padding_fraction(lengths, cfg.batch, fm.token_budget),
         "threads": cfg.threads,
+        "token_budget": fm.token_budget,
         "artifact": str(fm.manifest.folder),
     }
 
@@ -173,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> HostConfig:
         prog="python -m bench.host", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for name, default in asdict(HostConfig()).items():
-        kind = int if name in ("batch", "batches", "repeats", "min_words", "max_words", "threads") else str
+        kind = int if name in INT_FIELDS else str
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"(default: {default})")
     return HostConfig(**vars(parser.parse_args(argv)))
 

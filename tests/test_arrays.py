@@ -17,7 +17,7 @@ import deniro_rt
 from deniro_rt import FillMask
 from deniro_rt.data import mask_one_word, review_sentences
 from deniro_rt.errors import DeniroError
-from deniro_rt.runtime import padding_fraction, restore_dropped
+from deniro_rt.runtime import CPU_TOKEN_BUDGET, length_chunks, padding_fraction, restore_dropped
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,37 @@ def test_padding_fraction():
     assert padding_fraction(np.array([4, 4, 4, 4]), 2) == 0.0
     assert padding_fraction(np.array([2, 4, 4, 2]), 2) == 0.0  # sorted first: [2, 2] and [4, 4]
     assert padding_fraction(np.array([2, 4, 3]), 3) == pytest.approx(1 - 9 / 12)
+
+
+def test_length_chunks_keep_batch_size_and_token_budget():
+    ordered = np.array([3, 3, 4, 5, 8, 9, 30, 40])  # sorted lengths
+    runs = [(r.start, r.stop) for r in length_chunks(ordered, 4, 16)]
+    assert runs == [(0, 3), (3, 5), (5, 6), (6, 7), (7, 8)]  # 3 rows x 4 = 12 <= 16; a 30-token row runs alone
+    assert [(r.start, r.stop) for r in length_chunks(ordered, 4)] == [(0, 4), (4, 8)]  # no budget
+    assert padding_fraction(ordered, 4, 16) == pytest.approx(1 - 102 / (12 + 16 + 9 + 30 + 40))
+    with pytest.raises(DeniroError, match="batch_size must be a whole number >= 1, got 0"):
+        length_chunks(ordered, 0)
+
+
+def test_token_budget_splits_runs_without_changing_an_answer(shipped, sentences):
+    """CPU default: CPU_TOKEN_BUDGET padded tokens a run (big batches ran 1.9x slower a sentence); the runs are
+    smaller than batch_size, the answers the same to the bit."""
+    assert shipped.token_budget == CPU_TOKEN_BUDGET
+    unbounded = FillMask(device="cpu", precision="fp32", token_budget=0)
+    small = FillMask(device="cpu", precision="fp32", token_budget=64)
+    calls = {"unbounded": [], "small": []}  # [batch, seq] of every graph run
+
+    def counted(run, shapes):
+        return lambda feed: shapes.append(feed["input_ids"].shape) or run(feed)
+
+    for name, fm in (("unbounded", unbounded), ("small", small)):
+        fm._run = counted(fm._run, calls[name])
+    got, want = small.fill_arrays(sentences, batch_size=512), unbounded.fill_arrays(sentences, batch_size=512)
+    assert np.array_equal(got.token_ids, want.token_ids) and np.array_equal(got.scores, want.scores)
+    assert len(calls["unbounded"]) == 1 and len(calls["small"]) > 5
+    assert all(rows == 1 or rows * seq <= 64 for rows, seq in calls["small"])
+    with pytest.raises(DeniroError, match="token_budget must be a whole number >= 0 .* got -1"):
+        FillMask(device="cpu", token_budget=-1)
 
 
 def test_the_columnar_path_imports_no_pyarrow(tiny_artifact):
