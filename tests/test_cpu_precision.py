@@ -143,23 +143,17 @@ def test_export_builds_validates_and_serves_a_row_int8_graph(tmp_path, tiny_mode
     assert [fm.fill([t])[0] for t in texts] == fm.fill(texts)  # alone == batched, scores included
 
 
-@pytest.mark.slow
-def test_bench_quant_scores_row_graphs_against_the_folded_fp32_graph(tmp_path, imdb_dir):
+def quick_quant(methods: str, shapes: str, tmp_path, imdb_dir) -> dict:
+    """python -m bench quant on the shipped model with the repo's IMDB sample, small counts."""
     from bench.quant import QuantConfig, main
 
-    report = main(
-        QuantConfig(
-            methods="row2",
-            dataset=str(imdb_dir),
-            sentences=32,
-            perplexity_chunks=4,
-            drift_sentences=16,
-            calibration_sentences=8,
-            timed_calls=2,
-            shapes="1x16",
-            out=str(tmp_path),
-        )
-    )
+    sizes = dict(sentences=32, perplexity_chunks=4, drift_sentences=16, calibration_sentences=8, timed_calls=2)
+    return main(QuantConfig(methods=methods, dataset=str(imdb_dir), shapes=shapes, out=str(tmp_path), **sizes))
+
+
+@pytest.mark.slow
+def test_bench_quant_scores_row_graphs_against_the_folded_fp32_graph(tmp_path, imdb_dir):
+    report = quick_quant("row2", "1x16", tmp_path, imdb_dir)
     fp32, row2 = report["agreement"]["fp32"], report["agreement"]["row2"]
     assert fp32["top5_identical"] == 1.0 and fp32["top1_decisive"] == 1.0  # opened as the runtime opens it
     assert row2["top1_decisive"] == 1.0 and row2["batch_drift"] == 0.0 and row2["batch_topk_mismatches"] == 0
@@ -167,22 +161,8 @@ def test_bench_quant_scores_row_graphs_against_the_folded_fp32_graph(tmp_path, i
 
 
 def test_bench_quant_runs_openvino_on_the_shipped_graph(tmp_path, imdb_dir):
-    """OpenVINO (issue 22, candidate 4) scored like an ORT graph: f32 gives fp32's answers, bf16 is reported."""
-    from bench.quant import QuantConfig, main
-
-    report = main(
-        QuantConfig(
-            methods="openvino-f32",
-            dataset=str(imdb_dir),
-            sentences=32,
-            perplexity_chunks=4,
-            drift_sentences=16,
-            calibration_sentences=8,
-            timed_calls=2,
-            shapes="1x16,4x32",
-            out=str(tmp_path),
-        )
-    )
+    """OpenVINO (issue 22, candidate 4) scored and timed like an ORT graph: in f32 it gives fp32's answers."""
+    report = quick_quant("openvino-f32", "1x16,4x32", tmp_path, imdb_dir)
     f32 = report["agreement"]["openvino-f32"]
     assert f32["top1_decisive"] == 1.0 and f32["top5_identical"] >= 0.95 and f32["batch_topk_mismatches"] == 0
     assert abs(f32["perplexity_rel_diff"]) < 1e-4 and set(report["speed"]["openvino-f32"]) == {"1x16", "4x32"}
