@@ -66,7 +66,9 @@ class OpenVinoGraph:
     """The fast graph compiled by OpenVINO; run(feed) returns OUTPUTS like session.run. Thread-safe: one
     infer request per calling thread."""
 
-    def __init__(self, graph: str | Path, precision: str = "bf16", threads: int | None = None, pad_id: int = 0):
+    def __init__(
+        self, graph: str | Path, precision: str = "bf16", threads: int | None = None, pad_id: int = 0, max_tokens: int = 512
+    ):
         ov = import_openvino()
         core = ov.Core()
         if precision == "bf16":
@@ -82,24 +84,24 @@ class OpenVinoGraph:
             self.compiled = core.compile_model(model, "CPU", config)
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
         self.min_tokens = MIN_TOKENS if precision == "bf16" else 0
-        self.pad_id = pad_id
+        self.pad_id, self.max_tokens = pad_id, max_tokens  # max_tokens: the model's position limit
         self._requests = threading.local()
 
     def run(self, feed: dict[str, np.ndarray], names: tuple[str, ...] = OUTPUTS) -> list[np.ndarray]:
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled.create_infer_request()
-        result = request.infer(floored(feed, self.min_tokens, self.pad_id))
+        result = request.infer(floored(feed, self.min_tokens, self.pad_id, self.max_tokens))
         # copies: the request's output buffers are overwritten by its next call
         return [np.array(result[self.compiled.output(name)]) for name in names]
 
 
-def floored(feed: dict[str, np.ndarray], min_tokens: int, pad_id: int) -> dict[str, np.ndarray]:
-    """feed padded to a multiple of min_tokens tokens (pad ids, attention 0; 0: as it is), its flat mask
-    index moved to match."""
+def floored(feed: dict[str, np.ndarray], min_tokens: int, pad_id: int, max_tokens: int = 512) -> dict:
+    """feed padded to a multiple of min_tokens tokens (pad ids, attention 0; 0: as it is) but not past the
+    model's max_tokens positions, its flat mask index moved to match."""
     ids = feed["input_ids"]  # [batch, seq]
     batch, seq = ids.shape
-    padded = -(-seq // min_tokens) * min_tokens if min_tokens else seq
+    padded = max(seq, min(-(-seq // min_tokens) * min_tokens, max_tokens)) if min_tokens else seq
     if padded == seq:
         return feed
     input_ids = np.full((batch, padded), pad_id, np.int64)  # [batch, padded]

@@ -98,7 +98,7 @@ class FillMask:
         if self.precision in COMPUTED:  # bf16: the fp32 graph compiled by OpenVINO (deniro_rt/openvino.py)
             from .openvino import OpenVinoGraph
 
-            self.session = OpenVinoGraph(graph, self.precision, threads, self.pad_id)
+            self.session = OpenVinoGraph(graph, self.precision, threads, self.pad_id, self.manifest.max_positions)
             self._run = self.session.run
             return
         if self.provider == CPU:

@@ -76,6 +76,7 @@ def test_floored_pads_to_a_multiple_of_min_tokens_and_moves_the_mask_index():
     assert out["mask_index"].tolist() == [2, MIN_TOKENS + 1]
     long = {**feed, "input_ids": np.zeros((2, 2 * MIN_TOKENS), np.int64)}
     assert floored(long, MIN_TOKENS, 0) is long and floored(feed, 0, 0) is feed  # nothing to pad
+    assert floored(feed, MIN_TOKENS, 0, max_tokens=20)["input_ids"].shape == (2, 20)  # never past the positions
 
 
 def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
