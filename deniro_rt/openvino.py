@@ -67,7 +67,12 @@ class OpenVinoGraph:
     infer request per calling thread."""
 
     def __init__(
-        self, graph: str | Path, precision: str = "bf16", threads: int | None = None, pad_id: int = 0, max_tokens: int = 512
+        self,
+        graph: str | Path,
+        precision: str = "bf16",
+        threads: int | None = None,
+        pad_id: int = 0,
+        max_tokens: int = 512,
     ):
         ov = import_openvino()
         core = ov.Core()
