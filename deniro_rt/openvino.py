@@ -2,7 +2,8 @@
 
 Needs the `openvino` extra (pip install "deniro[openvino]") and a CPU with bf16 instructions (AVX-512 BF16
 or AMX). What it gives, measured on the shipped model against the fp32 graph on a 2-core AMD EPYC
-(docs/precision.md): 1.1-1.9x the speed, top-1 99.8 % on the decisive masks, perplexity +0.01 %.
+(docs/precision.md): the graph 1.1-1.9x as fast (1.0-2.3x end to end), top-1 99.8 % on the decisive masks,
+perplexity +0.01 %.
 
 Two details keep its answers honest:
 - The weights are folded to fp32 first (onnxruntime's own constant folding, no extra dependency): read
