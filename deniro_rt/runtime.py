@@ -93,7 +93,6 @@ class FillMask:
         graph_precision = COMPUTED.get(self.precision, (self.precision,))[0]
         self.graph_file = self.manifest.graphs[graph_precision]  # file name inside the artifact
         graph = str(verify_file(self.manifest, self.graph_file))
-        options = session_options(self.provider, threads, graph_precision)
         self.cuda_graph = False
         if self.precision in COMPUTED:  # bf16: the fp32 graph compiled by OpenVINO (deniro_rt/openvino.py)
             from .openvino import OpenVinoGraph
@@ -101,6 +100,7 @@ class FillMask:
             self.session = OpenVinoGraph(graph, self.precision, threads, self.pad_id, self.manifest.max_positions)
             self._run = self.session.run
             return
+        options = session_options(self.provider, threads, self.precision)  # ONNX Runtime's, not OpenVINO's
         if self.provider == CPU:
             self.session = ort.InferenceSession(graph, options, providers=[CPU])
             self._run = lambda feed: self.session.run(None, feed)
