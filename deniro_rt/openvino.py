@@ -8,11 +8,12 @@ perplexity +0.01 %.
 Two details keep its answers honest:
 - The weights are folded to fp32 first (onnxruntime's own constant folding, no extra dependency): read
   as int8 + DequantizeLinear, OpenVINO keeps them compressed and its answers moved by up to 0.12 in log-prob.
-- Every batch is padded to a multiple of MIN_TOKENS tokens. OpenVINO's CPU plugin picks its bf16 kernels by
-  sequence length: one 23-token text scored one way at 23-31 tokens and another (5e-3 in probability) at 32
-  and more; a 47-token text one way at 47 and another at 48-300. So a text's answer depended on the length
-  of the batch it was padded into. Padded to multiples of 32, 357 IMDB texts of 5-233 tokens came out bit
-  for bit the same alone and in batches of 2 to 357, on 1 and 2 threads (tests/test_openvino.py checks it).
+- Every batch is padded to a multiple of MIN_TOKENS tokens. OpenVINO's CPU plugin works on the sequence in
+  blocks of 16 and handles a partial last block another way: one 23-token text scored one way at 23-31 tokens
+  and another (5e-3 in probability) at 32 and more; a 47-token text one way at 47 and another at 48-300. So a
+  text's answer depended on the length of the batch it was padded into. Padded to multiples of 16, each of 357
+  IMDB texts of 4-263 tokens came out bit for bit the same at every multiple of 16 up to 512 tokens, alone and
+  in batches of 7 to 357, on 1 and 2 threads; multiples of 8 changed 33 of them (tests/test_openvino.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import onnxruntime as ort
 from .errors import DeniroError
 from .providers import usable_cores
 
-MIN_TOKENS = 32  # bf16: every batch fed to OpenVINO is padded to a multiple of this (see above)
+MIN_TOKENS = 16  # bf16: every batch fed to OpenVINO is padded to a multiple of this (see above)
 OUTPUTS = ("topk_logprobs", "topk_ids", "target_logprobs")
 INSTALL_HINT = 'pip install "deniro[openvino]"'
 
