@@ -3,8 +3,9 @@
 For a trained artifact (--model, default the shipped model) each int8 method of export/config.py's
 INT8_METHODS is built from its fp32 fast.onnx (export.optimize.quantize_fused) and compared with that
 fp32 graph (ONNX vs ONNX, no torch); so are the per-row int8 rewrites (export/rowquant.py: row, row-ffn,
-row2, row2-ffn) and OpenVINO running the fp32 graph in f32 or bf16 (openvino-f32, openvino-bf16; needs the
-`openvino` extra, bench/openvino.py): top-1 agreement and identical top-5 lists on masked IMDB test
+row2, row2-ffn), OpenVINO running the fp32 graph in f32 or bf16 (openvino-f32, openvino-bf16; needs the
+`openvino` extra) and NNCF's SmoothQuant static int8 run by OpenVINO (openvino-int8; the `nncf` extra;
+bench/openvino.py): top-1 agreement and identical top-5 lists on masked IMDB test
 sentences, perplexity on premasked test chunks, and the largest batch drift (a sentence alone vs padded
 into a batch of --drift-sentences short sentences: max |score| change of its top-5, and how many
 sentences' top-5 ids change). Speed: median / p90 / p99 session time of each method's graph on
@@ -36,7 +37,7 @@ from deniro_rt.models import DEFAULT_MODEL_DIR
 from export.requantize import artifact_tokenizer
 from export.rowquant import ROW_METHODS
 
-from .openvino import OV_METHODS, OpenVinoSession
+from .openvino import OV_METHODS, OpenVinoSession, ov_graph
 
 log = logging.getLogger(__name__)
 SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model by default
@@ -109,8 +110,9 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
         started = time.perf_counter()
         if name in ROW_METHODS:  # per-row int8 (issue 22): a rewrite of the fp32 graph, no calibration
             row_graph(fp32, out / f"{name}.onnx", name)
-        elif name in OV_METHODS:  # OpenVINO compiles the fp32 graph itself (bench/openvino.py)
-            graphs[name] = manifest.graph_path("fp32")
+        elif name in OV_METHODS:  # OpenVINO compiles the fp32 graph or its NNCF int8 IR (bench/openvino.py)
+            graphs[name] = ov_graph(name, manifest.graph_path("fp32"), out, calibration)
+            log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
             continue
         else:
             quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
@@ -177,7 +179,7 @@ def score_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
             "perplexity_rel_diff": metrics["perplexity_rel_diff"],
             "rows": metrics["rows"],
             **drift,
-            "size_mb": round(path.stat().st_size / 1e6, 2),
+            "size_mb": round(sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.exists()) / 1e6, 2),
         }
         log.info("%s: %s", name, results[name])
     return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -174,3 +176,21 @@ def test_bench_quant_names_unknown_methods(tmp_path):
 
     with pytest.raises(DeniroError, match=r"--methods openvino-int4: unknown; choose from static, .*openvino-bf16"):
         main(QuantConfig(methods="static,openvino-int4", out=str(tmp_path)))
+
+
+def test_bench_quant_builds_nncf_int8_and_scores_it(tmp_path, imdb_dir):
+    """NNCF's SmoothQuant static int8 (issue 22, candidates 3 and 4): built from the shipped graph, really int8
+    (not fp32's answers), run by OpenVINO padded like bf16, so its answers do not depend on the batch."""
+    report = quick_quant("openvino-int8", "1x16", tmp_path, imdb_dir)
+    int8 = report["agreement"]["openvino-int8"]
+    assert int8["batch_drift"] == 0.0 and int8["batch_topk_mismatches"] == 0
+    assert 0.5 < int8["top1_agreement"] < 1.0 and int8["top5_identical"] < 1.0 and int8["size_mb"] > 15
+    assert "| openvino-int8 |" in (tmp_path / "quant.md").read_text()
+
+
+def test_bench_quant_names_the_nncf_extra(tmp_path, monkeypatch):
+    from bench.openvino import nncf_int8
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf -> ImportError
+    with pytest.raises(DeniroError, match=r'quantizes with NNCF, not installed: pip install "deniro\[nncf\]"'):
+        nncf_int8(tmp_path / "fast.onnx", tmp_path / "int8.xml", [])
