@@ -92,6 +92,7 @@ class OpenVinoGraph:
             model = core.read_model(str(source))
             self.compiled = core.compile_model(model, "CPU", config)
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
+        self.outputs = {name: self.compiled.output(name) for name in OUTPUTS}
         self.min_tokens = MIN_TOKENS if precision == "bf16" else 0
         self.pad_id, self.max_tokens = pad_id, max_tokens  # max_tokens: the model's position limit
         self._requests = threading.local()
@@ -100,9 +101,11 @@ class OpenVinoGraph:
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled.create_infer_request()
-        result = request.infer(floored(feed, self.min_tokens, self.pad_id, self.max_tokens))
-        # copies: the request's output buffers are overwritten by its next call
-        return [np.array(result[self.compiled.output(name)]) for name in names]
+        # shared, not copied in and out (0.3-0.4 ms of a 2 ms call at batch 1, measured); the copies below are
+        # what keeps the results: the request's output buffers are overwritten by its next call
+        feed = floored(feed, self.min_tokens, self.pad_id, self.max_tokens)
+        result = request.infer(feed, share_inputs=True, share_outputs=True)
+        return [np.array(result[self.outputs[name]]) for name in names]
 
 
 def floored(feed: dict[str, np.ndarray], min_tokens: int, pad_id: int, max_tokens: int = 512) -> dict:
