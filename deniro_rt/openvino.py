@@ -2,7 +2,7 @@
 
 Needs the `openvino` extra (pip install "deniro[openvino]") and a CPU with bf16 instructions (AVX-512 BF16
 or AMX). What it gives, measured on the shipped model against the fp32 graph on a 2-core AMD EPYC
-(docs/precision.md): the graph 1.3-2.1x as fast (1.25-2.2x end to end; an 8-token text about 1.0-1.25x), top-1
+(docs/precision.md): the graph 1.3-2.3x as fast (1.45-2.2x end to end), top-1
 99.8 % on the decisive masks, perplexity +0.01 %.
 
 Two details keep its answers honest:
