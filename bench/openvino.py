@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deniro_rt.errors import DeniroError
-from deniro_rt.openvino import MIN_TOKENS, OUTPUTS, OpenVinoGraph, fold_weights, import_openvino
+from deniro_rt.openvino import OUTPUTS, OpenVinoGraph, bf16_min_tokens, fold_weights, import_openvino
 
 # bench quant method -> OpenVINO's inference precision (int8: the FakeQuantize ops NNCF inserts run in int8)
 OV_METHODS = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
@@ -28,7 +28,7 @@ class OpenVinoSession:
     def __init__(self, path: Path, precision: str):
         self.graph = OpenVinoGraph(path, precision)
         if path.suffix == ".xml":  # int8: OpenVINO's kernels depend on the length here too (drift 8e-3 unpadded)
-            self.graph.min_tokens = MIN_TOKENS
+            self.graph.min_tokens = bf16_min_tokens()
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.graph.run(feed, tuple(output_names or OUTPUTS))

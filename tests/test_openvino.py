@@ -15,7 +15,15 @@ import pytest
 from deniro_rt import FillMask
 from deniro_rt.data import mask_one_word, review_sentences
 from deniro_rt.errors import DeniroError
-from deniro_rt.openvino import MIN_TOKENS, OpenVinoGraph, check_bf16, floored, import_openvino
+from deniro_rt.openvino import (
+    AMX_MIN_TOKENS,
+    MIN_TOKENS,
+    OpenVinoGraph,
+    bf16_min_tokens,
+    check_bf16,
+    floored,
+    import_openvino,
+)
 from deniro_rt.providers import CPU, CUDA, resolve_precision
 
 
@@ -94,6 +102,17 @@ def test_floored_pads_to_a_multiple_of_min_tokens_and_moves_the_mask_index():
     assert floored(long, MIN_TOKENS, 0) is long and floored(feed, 0, 0) is feed  # nothing to pad
     capped = floored(feed, MIN_TOKENS, 0, max_tokens=MIN_TOKENS - 3)  # never past the model's positions
     assert capped["input_ids"].shape == (2, MIN_TOKENS - 3)
+
+
+def test_bf16_pads_to_32_on_amx_and_where_the_cpu_is_unknown(tmp_path):
+    avx512 = tmp_path / "avx512"
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    no_flags = tmp_path / "no-flags"
+    no_flags.write_text("processor\t: 0\n")
+    assert bf16_min_tokens(avx512) == MIN_TOKENS == 16
+    assert bf16_min_tokens(amx) == bf16_min_tokens(no_flags) == bf16_min_tokens(tmp_path / "missing") == AMX_MIN_TOKENS
 
 
 def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
