@@ -108,20 +108,18 @@ def build_methods(config: QuantConfig, folder: Path, out: Path) -> dict[str, Pat
     graphs = {"fp32": manifest.graph_path("fp32")}
     for name in config.methods.split(","):
         started = time.perf_counter()
-        if name in ROW_METHODS:  # per-row int8 (issue 22): a rewrite of the fp32 graph, no calibration
-            row_graph(fp32, out / f"{name}.onnx", name)
-        elif name in OV_METHODS:  # OpenVINO compiles the fp32 graph or its NNCF int8 IR (bench/openvino.py)
+        if name in OV_METHODS:  # OpenVINO compiles the fp32 graph or its NNCF int8 IR (bench/openvino.py)
             graphs[name] = ov_graph(name, manifest.graph_path("fp32"), out, calibration)
-            log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
-            continue
+        elif name in ROW_METHODS:  # per-row int8 (issue 22): a rewrite of the fp32 graph, no calibration
+            graphs[name] = row_graph(fp32, out / f"{name}.onnx", name)
         else:
-            quantize_fused(fp32, out / f"{name}.onnx", INT8_METHODS[name], calibration)
+            graphs[name] = out / f"{name}.onnx"
+            quantize_fused(fp32, graphs[name], INT8_METHODS[name], calibration)
         log.info("built %s for %s in %.1f s", name, folder, time.perf_counter() - started)
-        graphs[name] = out / f"{name}.onnx"
     return graphs
 
 
-def row_graph(fp32, dst: Path, name: str) -> None:
+def row_graph(fp32, dst: Path, name: str) -> Path:
     import copy
 
     import onnx
@@ -132,6 +130,7 @@ def row_graph(fp32, dst: Path, name: str) -> None:
     attention, passes = ROW_METHODS[name]
     row_quantize(proto, attention=attention, passes=passes)
     onnx.save(proto, str(dst))
+    return dst
 
 
 def prepare(config: QuantConfig, folder: Path) -> Prepared:
