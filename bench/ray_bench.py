@@ -53,7 +53,7 @@ QUICK = {
 @dataclass
 class RayBenchConfig(QuickDefaults):
     model: str | None = None  # artifact folder; default: deniro_rt's shipped model
-    precision: str | None = None  # default: the runtime's choice (fp32 on CPU)
+    precision: str | None = None  # default: the runtime's choice (providers.PRECISION_HELP)
     dataset: str = field(default_factory=default_dataset)
     split: str = "test"
     length: int = 64  # sentence bucket: texts of 3/4 L..L tokens
@@ -350,7 +350,7 @@ def plot(result: dict, path: Path) -> None:
 
 HELP = {
     "model": "artifact folder (default: deniro_rt's shipped model)",
-    "precision": "fp32 | int8 (default: the runtime's choice, fp32 on CPU)",
+    "precision": "bf16 | fp32 | int8 (default: the runtime's choice)",
     "dataset": "folder of <split>.parquet files, or a hub dataset id",
     "split": "split the sentences are cut from",
     "length": "sentence bucket: texts of 3/4 L..L tokens",

@@ -19,7 +19,7 @@ import sys
 
 from .cli import run_main, setup_logging
 from .errors import EXIT_USAGE
-from .providers import DEVICES, RUNTIME_PRECISIONS
+from .providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch.cli"}  # imported only when used
 
@@ -56,8 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--precision",
         default=None,
         choices=RUNTIME_PRECISIONS,
-        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; opt-in: int8, and bf16 on CPU "
-        "(OpenVINO, the openvino extra))",
+        help=PRECISION_HELP,
     )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
     parser.add_argument("--joint", action="store_true", help="fill all masks of a text together (greedy)")

@@ -68,14 +68,34 @@ def fold_weights(graph: str | Path, out: Path) -> Path:
     return out
 
 
-def bf16_min_tokens(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
-    """The padding multiple for bf16 on this CPU: MIN_TOKENS, or AMX_MIN_TOKENS with AMX (Linux's flags)."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags as Linux lists them; None where they cannot be read (other systems)."""
     try:
         with open(cpuinfo) as lines:
             flags = next((line for line in lines if line.startswith("flags")), "")
     except OSError:
-        return AMX_MIN_TOKENS
-    return AMX_MIN_TOKENS if not flags or "amx_bf16" in flags.split() else MIN_TOKENS
+        return None
+    return set(flags.partition(":")[2].split()) or None
+
+
+def bf16_min_tokens(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
+    """The padding multiple for bf16 on this CPU: MIN_TOKENS, or AMX_MIN_TOKENS with AMX (Linux's flags)."""
+    flags = cpu_flags(cpuinfo)
+    return AMX_MIN_TOKENS if flags is None or "amx_bf16" in flags else MIN_TOKENS
+
+
+def bf16_by_default(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether precision=None on CPU picks bf16: OpenVINO installed, and a CPU whose bf16 kernels are the ones
+    issue 22's gate was measured on (AVX-512 BF16 without AMX: fp32's decisive answers, batch-invariant with the
+    16-token rule). On AMX, or where the flags cannot be read, bf16 is an opt-in until measured there."""
+    flags = cpu_flags(cpuinfo)
+    if flags is None or "avx512_bf16" not in flags or "amx_bf16" in flags:
+        return False
+    try:
+        openvino = import_openvino()
+    except DeniroError:  # not installed: fp32, the runtime's own default
+        return False
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoGraph:

@@ -11,21 +11,28 @@ from .errors import DeniroError
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-# What each provider runs best, in order of preference when the caller does not choose. On CPU that is
-# fp32: no int8 graph measured agrees with fp32 closely enough (issue 11: top-1 >= 99.5 %, identical
-# top-5 >= 95 %; README "int8 on CPU: the options, measured"), so int8 (about 2.5x faster on the base
-# shape, batch-invariant) is an explicit opt-in: precision="int8".
-PREFERRED_PRECISION = {CPU: ("fp32", "int8"), CUDA: ("fp16", "fp32")}
+# What each provider runs best, in order of preference when the caller does not choose. On CPU that is bf16
+# where OpenVINO is installed and the CPU's bf16 kernels are the ones issue 22's gate passed on
+# (deniro_rt.openvino.bf16_by_default: fp32's decisive answers, perplexity +0.01 %, batch-invariant, 1.5-2.2x
+# faster), else fp32. int8 compute is an explicit opt-in: no int8 graph measured agrees with fp32 closely enough
+# (docs/precision.md).
+PREFERRED_PRECISION = {CPU: ("bf16", "fp32", "int8"), CUDA: ("fp16", "fp32")}
 FLOAT_PRECISIONS = ("fp32", "fp16")
 RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
 # Precisions computed from another graph by another engine, not graphs an artifact holds: bf16 is the fp32
-# graph compiled by OpenVINO in bf16 on CPU (deniro_rt/openvino.py, the `openvino` extra; issue 22). An opt-in:
-# faster than fp32 with fp32's decisive answers, but not fp32's scores to the last digit.
+# graph compiled by OpenVINO in bf16 on CPU (deniro_rt/openvino.py, the `openvino` extra; issue 22): faster than
+# fp32 with fp32's decisive answers, but not fp32's scores to the last digit (precision="fp32" gives those).
 COMPUTED = {"bf16": ("fp32", CPU)}  # precision -> (the graph it compiles, the provider it runs on)
 # Declared here once; every stage's --device / --precision choices import these.
 PRECISIONS = tuple(RUNS_ON)  # the graph precisions an artifact can hold
 RUNTIME_PRECISIONS = PRECISIONS + tuple(COMPUTED)  # what FillMask(precision=...) accepts
 HARDWARE = DEVICES[1:]  # what "auto" resolves to: the devices a graph is built or timed for
+# The --precision help every CLI and the server show (the choice itself: resolve_precision).
+PRECISION_HELP = (
+    "bf16, fp32, int8 (CPU) or fp16 (CUDA). Default: on CPU bf16 where the openvino extra is installed and the "
+    "CPU has AVX-512 BF16 without AMX (fp32's decisive answers, 1.5-2.2x faster), else fp32; fp32 gives fp32's "
+    "exact scores; int8 is opt-in. On CUDA fp16 if the artifact has it, else fp32"
+)
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
 
@@ -56,12 +63,7 @@ def session_providers(device: str) -> list[str]:
 def resolve_precision(requested: str | None, provider: str, available: dict[str, str]) -> str:
     """Pick the graph precision: the caller's, checked, or the provider's best that the artifact has."""
     if requested is None:
-        for precision in PREFERRED_PRECISION[provider]:
-            if precision in available:
-                return precision
-        raise DeniroError(
-            f"the artifact has no graph for {provider} (it has {', '.join(available)}); re-export with --precision fp32"
-        )
+        return default_precision(provider, available)
     if requested in COMPUTED:
         return resolve_computed(requested, provider, available)
     if requested not in RUNS_ON:
@@ -77,6 +79,26 @@ def resolve_precision(requested: str | None, provider: str, available: dict[str,
             f"re-export with --precision {requested}"
         )
     return requested
+
+
+def default_precision(provider: str, available: dict[str, str]) -> str:
+    """The provider's first preferred precision that the artifact has and, if computed, this machine runs by
+    default."""
+    for precision in PREFERRED_PRECISION[provider]:
+        if precision in COMPUTED:
+            if COMPUTED[precision][0] in available and computed_by_default(precision):
+                return precision
+        elif precision in available:
+            return precision
+    raise DeniroError(
+        f"the artifact has no graph for {provider} (it has {', '.join(available)}); re-export with --precision fp32"
+    )
+
+
+def computed_by_default(precision: str) -> bool:
+    from .openvino import bf16_by_default  # lazily: OpenVINO is an extra, and deniro_rt.openvino imports this
+
+    return precision == "bf16" and bf16_by_default()
 
 
 def resolve_computed(requested: str, provider: str, available: dict[str, str]) -> str:

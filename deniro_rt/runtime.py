@@ -85,7 +85,8 @@ class FillMask:
         self.pieces = Pieces.for_tokenizer(self.tokenizer, set(self._drop_ids.tolist()), self.token_str)
         self._constants: dict[tuple, np.ndarray] = {}  # read-only feed arrays reused by every call
         self._vocab_strings: np.ndarray | None = None  # [vocab + 1] token strings, built on first use
-        log.info("deniro_rt: %s (%s, %s)", self.manifest.folder, self.precision, self.provider)
+        chosen = "" if precision else ", the default here"  # bf16 where OpenVINO has it (providers.py), or fp32
+        log.info("deniro_rt: %s (%s%s, %s)", self.manifest.folder, self.precision, chosen, self.provider)
 
     def _open_session(self, threads: int | None, cuda_graph: bool) -> None:
         """The session and its run(feed) function: plain session.run on CPU, IO binding on CUDA, OpenVINO

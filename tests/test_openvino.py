@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import deniro_rt.openvino
 from deniro_rt import FillMask
 from deniro_rt.data import mask_one_word, review_sentences
 from deniro_rt.errors import DeniroError
@@ -19,6 +20,7 @@ from deniro_rt.openvino import (
     AMX_MIN_TOKENS,
     MIN_TOKENS,
     OpenVinoGraph,
+    bf16_by_default,
     bf16_min_tokens,
     check_bf16,
     floored,
@@ -82,7 +84,7 @@ def test_bf16_a_text_scores_the_same_at_every_padded_length(bf16, texts):
 def test_bf16_keeps_fp32s_decisive_answers(bf16, texts):
     if bf16 is None:
         return
-    fp32 = FillMask(device="cpu").fill_arrays(texts)
+    fp32 = FillMask(device="cpu", precision="fp32").fill_arrays(texts)
     got = bf16.fill_arrays(texts)
     decisive = fp32.scores[:, 0] - fp32.scores[:, 1] >= 0.01  # a swap of near-ties is not another answer
     assert decisive.sum() > 100
@@ -115,6 +117,32 @@ def test_bf16_pads_to_32_on_amx_and_where_the_cpu_is_unknown(tmp_path):
     assert bf16_min_tokens(amx) == bf16_min_tokens(no_flags) == bf16_min_tokens(tmp_path / "missing") == AMX_MIN_TOKENS
 
 
+def test_bf16_is_the_cpu_default_only_where_its_gate_was_measured(tmp_path, monkeypatch):
+    cpu = {
+        "avx512-bf16": "fpu avx512f avx512_bf16 avx512_vnni",  # the 2-core EPYC the gate passed on
+        "amx": "fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8",  # other kernels: not measured yet
+        "avx2": "fpu avx2 fma",  # no bf16 instructions
+    }
+    for name, flags in cpu.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert bf16_by_default(tmp_path / "avx512-bf16") == has_bf16()  # OpenVINO's own check has the last word
+    assert not bf16_by_default(tmp_path / "amx") and not bf16_by_default(tmp_path / "avx2")
+    assert not bf16_by_default(tmp_path / "missing")  # flags unknown (not Linux): fp32
+    monkeypatch.setitem(sys.modules, "openvino", None)  # the extra not installed: fp32, no error
+    assert not bf16_by_default(tmp_path / "avx512-bf16")
+
+
+def test_the_default_precision_follows_bf16_by_default(monkeypatch):
+    fp32_only = {"fp32": "fast.onnx"}
+    monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: True)
+    assert resolve_precision(None, CPU, fp32_only) == "bf16"
+    assert resolve_precision(None, CPU, {"int8": "fast_int8.onnx"}) == "int8"  # bf16 needs the fp32 graph
+    assert resolve_precision("fp32", CPU, fp32_only) == "fp32"  # an explicit choice wins
+    assert resolve_precision(None, CUDA, {**fp32_only, "fp16": "fast_fp16.onnx"}) == "fp16"
+    monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: False)
+    assert resolve_precision(None, CPU, {**fp32_only, "int8": "fast_int8.onnx"}) == "fp32"  # int8 stays opt-in
+
+
 def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
     with pytest.raises(DeniroError, match="precision bf16 runs on CPUExecutionProvider only; on CUDAExecutionProvider"):
         resolve_precision("bf16", CUDA, {"fp32": "fast.onnx", "fp16": "fast_fp16.onnx"})
@@ -131,7 +159,7 @@ def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
 
 def test_f32_engine_on_the_tiny_artifact_equals_onnxruntime(tiny_artifact):
     """OpenVinoGraph itself (f32: no padding floor) against the runtime's ORT session on the same feed."""
-    fm = FillMask(tiny_artifact, device="cpu")
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
     feeds, _ = fm.prepared_feeds(["the film was [MASK] .", "a [MASK] , long and [MASK] story"], batch_size=2)
     graph = OpenVinoGraph(tiny_artifact / fm.graph_file, "f32")
     ov, ort = graph.run(feeds[0]), fm.run_graph(feeds[0])

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..errors import DeniroError
 from ..files import publish
-from ..providers import DEVICES, RUNTIME_PRECISIONS
+from ..providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
 SHARDS = "predictions"  # <output>/predictions/part-NNNNN.parquet
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
         "--precision",
         default=None,
         choices=RUNTIME_PRECISIONS,
-        help="graph to run (default: fp32 on CPU, fp16 on CUDA if exported; int8 is opt-in)",
+        help=PRECISION_HELP,
     )
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
     add("--truncation", action="store_true", help="keep a window around the masks of over-long texts")

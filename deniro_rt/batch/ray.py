@@ -50,7 +50,7 @@ class FillSpec:
     column: str = "text"  # the column holding texts with [MASK]
     model: str | None = None  # export folder; None: the shipped model
     device: str = "cpu"  # cpu | cuda | auto (per worker)
-    precision: str | None = None  # fp32 | int8 | fp16; None: the device's best the artifact has
+    precision: str | None = None  # bf16 | fp32 | int8 | fp16; None: the runtime's default
     top_k: int = 5  # predictions per mask kept
     cpus_per_worker: float = 1.0  # Ray num_cpus of each actor; also its ORT intra-op threads
     gpus_per_worker: float = 0.0  # Ray num_gpus of each actor (device=cuda)

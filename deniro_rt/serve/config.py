@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field, fields
 
 from ..errors import DeniroError
-from ..providers import DEVICES, RUNTIME_PRECISIONS
+from ..providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
 POSITIVE = (
@@ -34,9 +34,7 @@ def opt(default, help: str):
 class ServeConfig:
     model: str | None = opt(None, "export folder from `python -m export --onnx` (default: the shipped IMDB model)")
     device: str = opt("auto", "auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
-    precision: str | None = opt(
-        None, "graph to run: fp32, int8 (CPU) or fp16 (CUDA) (default: the runtime's choice for the device)"
-    )
+    precision: str | None = opt(None, PRECISION_HELP)
     host: str = opt("127.0.0.1", "address to listen on; keep 127.0.0.1 unless a proxy in front needs otherwise")
     port: int = opt(8000, "TCP port; 0: any free port (the log says which)")
     max_batch_size: int = opt(64, "most texts per model call; 1 turns batching off")
