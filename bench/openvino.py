@@ -3,35 +3,28 @@ run by OpenVINO's CPU plugin in f32 or bf16, exactly as deniro_rt runs precision
 weights folded to fp32 first; bf16 batches padded to a multiple of MIN_TOKENS tokens), or quantized to static
 int8 by NNCF with SmoothQuant (openvino-int8: activation ranges from bench quant's calibration sentences).
 
-OpenVinoSession gives it onnxruntime's `run(output_names, feed)`, so every scorer of bench quant (top-1,
-top-5, perplexity, batch drift, timing) treats it like an ORT graph. Needs the extras: pip install -e
-".[openvino]" (".[nncf]" for openvino-int8; both are in dev).
+ov_session gives it onnxruntime's `run(output_names, feed)` (deniro_rt's OpenVinoSession), so every scorer of
+bench quant (top-1, top-5, perplexity, batch drift, timing) treats it like an ORT graph. Needs the extras:
+pip install -e ".[openvino]" (".[nncf]" for openvino-int8; both are in dev).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from deniro_rt.errors import DeniroError
-from deniro_rt.openvino import OUTPUTS, OpenVinoGraph, bf16_min_tokens, fold_weights, import_openvino
+from deniro_rt.openvino import OpenVinoGraph, OpenVinoSession, bf16_min_tokens, fold_weights, import_openvino
 
 # bench quant method -> OpenVINO's inference precision (int8: the FakeQuantize ops NNCF inserts run in int8)
 OV_METHODS = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
 SMOOTH_QUANT_ALPHA = 0.95  # of 0.5 / 0.95 / off on the shipped model, the closest to fp32 (top-1 90 / 95 / 91 %)
 
 
-class OpenVinoSession:
-    """deniro_rt's OpenVinoGraph behind onnxruntime's InferenceSession.run interface."""
-
-    def __init__(self, path: Path, precision: str):
-        self.graph = OpenVinoGraph(path, precision)
-        if path.suffix == ".xml":  # int8: OpenVINO's kernels depend on the length here too (drift 8e-3 unpadded)
-            self.graph.min_tokens = bf16_min_tokens()
-
-    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.graph.run(feed, tuple(output_names or OUTPUTS))
+def ov_session(path: Path, precision: str) -> OpenVinoSession:
+    """The method's graph as an ORT-like session; the int8 IR is padded like bf16: OpenVINO's int8 kernels depend
+    on the length too (drift 8e-3 unpadded)."""
+    min_tokens = bf16_min_tokens() if path.suffix == ".xml" else None
+    return OpenVinoSession(OpenVinoGraph(path, precision, min_tokens=min_tokens))
 
 
 def ov_graph(name: str, fp32_graph: Path, out: Path, calibration: list[dict]) -> Path:

@@ -37,7 +37,7 @@ from deniro_rt.models import DEFAULT_MODEL_DIR
 from export.requantize import artifact_tokenizer
 from export.rowquant import ROW_METHODS
 
-from .openvino import OV_METHODS, OpenVinoSession, ov_graph
+from .openvino import OV_METHODS, ov_graph, ov_session
 
 log = logging.getLogger(__name__)
 SHAPES = ((1, 16), (1, 64), (32, 64))  # (batch, tokens) timed on --speed-model by default
@@ -191,7 +191,7 @@ def open_graph(name: str, path: Path):
     from export import validate
 
     if name in OV_METHODS:
-        return OpenVinoSession(path, OV_METHODS[name])
+        return ov_session(path, OV_METHODS[name])
     return validate.session_for(path, ["CPUExecutionProvider"], "fp32" if name == "fp32" else None)
 
 

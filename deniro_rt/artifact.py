@@ -58,6 +58,11 @@ class Manifest:
     def graph_path(self, precision: str) -> Path:
         return self.folder / self.graphs[precision]
 
+    def passed(self, key: str) -> bool:
+        """Whether the export's validation record `key` (a graph's precision, or "bf16") passed its thresholds."""
+        record = self.raw.get("validation", {}).get(key) or {}
+        return record.get("passed") is True
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()

@@ -3,7 +3,8 @@
 Needs the `openvino` extra (pip install "deniro[openvino]") and a CPU with bf16 instructions (AVX-512 BF16
 or AMX). What it gives, measured on the shipped model against the fp32 graph on a 2-core AMD EPYC
 (docs/precision.md): the graph 1.3-2.3x as fast (1.45-2.2x end to end), top-1
-99.8 % on the decisive masks, perplexity +0.01 %.
+99.8 % on the decisive masks, perplexity +0.01 %. It is the CPU default where bf16_by_default() holds (that kind
+of CPU, the extra installed), an opt-in elsewhere.
 
 Two details keep its answers honest:
 - The weights are folded to fp32 first (onnxruntime's own constant folding, no extra dependency): read
@@ -78,19 +79,27 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     return set(flags.partition(":")[2].split()) or None
 
 
+def bf16_kernels(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """Which bf16 kernels OpenVINO runs on this CPU, by Linux's flags: "amx", "avx512_bf16", or "unknown"."""
+    flags = cpu_flags(cpuinfo) or set()
+    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "unknown"
+
+
 def bf16_min_tokens(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
-    """The padding multiple for bf16 on this CPU: MIN_TOKENS, or AMX_MIN_TOKENS with AMX (Linux's flags)."""
-    flags = cpu_flags(cpuinfo)
-    return AMX_MIN_TOKENS if flags is None or "amx_bf16" in flags else MIN_TOKENS
+    """The padding multiple for bf16 on this CPU: MIN_TOKENS where measured (AVX-512 BF16), else AMX_MIN_TOKENS."""
+    return MIN_TOKENS if bf16_kernels(cpuinfo) == "avx512_bf16" else AMX_MIN_TOKENS
 
 
 def bf16_by_default(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether precision=None on CPU picks bf16: OpenVINO installed, and a CPU whose bf16 kernels are the ones
-    issue 22's gate was measured on (AVX-512 BF16 without AMX: fp32's decisive answers, batch-invariant with the
-    16-token rule). On AMX, or where the flags cannot be read, bf16 is an opt-in until measured there."""
-    flags = cpu_flags(cpuinfo)
-    if flags is None or "avx512_bf16" not in flags or "amx_bf16" in flags:
-        return False
+    """Whether precision=None on CPU may pick bf16 (for an artifact whose bf16 record passed): OpenVINO installed,
+    and a CPU whose bf16 kernels are the ones issue 22's gate was measured on (AVX-512 BF16 without AMX: fp32's
+    decisive answers, batch-invariant with the 16-token rule). On AMX, or where the flags cannot be read, bf16 is
+    an opt-in until measured there."""
+    return bf16_kernels(cpuinfo) == "avx512_bf16" and bf16_available()
+
+
+def bf16_available() -> bool:
+    """OpenVINO is installed and reports bf16 on this CPU (AVX-512 BF16 or AMX): precision="bf16" can run."""
     try:
         openvino = import_openvino()
     except DeniroError:  # not installed: fp32, the runtime's own default
@@ -109,6 +118,7 @@ class OpenVinoGraph:
         threads: int | None = None,
         pad_id: int = 0,
         max_tokens: int = 512,
+        min_tokens: int | None = None,
     ):
         ov = import_openvino()
         core = ov.Core()
@@ -127,7 +137,8 @@ class OpenVinoGraph:
             self.compiled = core.compile_model(model, "CPU", config)
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
         self.outputs = {name: self.compiled.output(name) for name in OUTPUTS}
-        self.min_tokens = bf16_min_tokens() if precision == "bf16" else 0
+        # None: bf16's rule for this CPU; f32 is exact at any length (0: no padding)
+        self.min_tokens = (bf16_min_tokens() if precision == "bf16" else 0) if min_tokens is None else min_tokens
         self.pad_id, self.max_tokens = pad_id, max_tokens  # max_tokens: the model's position limit
         self._requests = threading.local()
 
@@ -140,6 +151,17 @@ class OpenVinoGraph:
         feed = floored(feed, self.min_tokens, self.pad_id, self.max_tokens)
         result = request.infer(feed, share_inputs=True, share_outputs=True)
         return [np.array(result[self.outputs[name]]) for name in names]
+
+
+class OpenVinoSession:
+    """An OpenVinoGraph behind onnxruntime's InferenceSession.run(output_names, feed), for code written against
+    ORT sessions (export's validation, bench quant)."""
+
+    def __init__(self, graph: OpenVinoGraph):
+        self.graph = graph
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.graph.run(feed, tuple(output_names or OUTPUTS))
 
 
 def floored(feed: dict[str, np.ndarray], min_tokens: int, pad_id: int, max_tokens: int = 512) -> dict:

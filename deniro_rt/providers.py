@@ -12,10 +12,10 @@ DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # What each provider runs best, in order of preference when the caller does not choose. On CPU that is bf16
-# where OpenVINO is installed and the CPU's bf16 kernels are the ones issue 22's gate passed on
-# (deniro_rt.openvino.bf16_by_default: fp32's decisive answers, perplexity +0.01 %, batch-invariant, 1.5-2.2x
-# faster), else fp32. int8 compute is an explicit opt-in: no int8 graph measured agrees with fp32 closely enough
-# (docs/precision.md).
+# for an artifact whose export validated bf16 against issue 22's gate (export/bf16.py), where OpenVINO is
+# installed and the CPU's bf16 kernels are the kind the gate was measured on (deniro_rt.openvino.bf16_by_default;
+# the shipped model: fp32's decisive answers, perplexity +0.01 %, batch-invariant, 1.5-2.2x faster), else fp32.
+# int8 compute is an explicit opt-in: no int8 graph measured agrees with fp32 closely enough (docs/precision.md).
 PREFERRED_PRECISION = {CPU: ("bf16", "fp32", "int8"), CUDA: ("fp16", "fp32")}
 FLOAT_PRECISIONS = ("fp32", "fp16")
 RUNS_ON = {"fp32": (CPU, CUDA), "int8": (CPU,), "fp16": (CUDA,)}
@@ -29,9 +29,10 @@ RUNTIME_PRECISIONS = PRECISIONS + tuple(COMPUTED)  # what FillMask(precision=...
 HARDWARE = DEVICES[1:]  # what "auto" resolves to: the devices a graph is built or timed for
 # The --precision help every CLI and the server show (the choice itself: resolve_precision).
 PRECISION_HELP = (
-    "bf16, fp32, int8 (CPU) or fp16 (CUDA). Default: on CPU bf16 where the openvino extra is installed and the "
-    "CPU has AVX-512 BF16 without AMX (fp32's decisive answers, 1.5-2.2x faster), else fp32; fp32 gives fp32's "
-    "exact scores; int8 is opt-in. On CUDA fp16 if the artifact has it, else fp32"
+    "bf16, fp32, int8 (CPU) or fp16 (CUDA). Default: on CPU bf16 where the openvino extra is installed, the "
+    "CPU has AVX-512 BF16 without AMX and the model's export validated bf16 (the shipped one did: fp32's decisive "
+    "answers, 1.5-2.2x faster), else fp32; fp32 gives fp32's exact scores; int8 is opt-in. On CUDA fp16 if the "
+    "artifact has it, else fp32"
 )
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
@@ -60,10 +61,13 @@ def session_providers(device: str) -> list[str]:
     return [CUDA, CPU] if provider == CUDA else [CPU]
 
 
-def resolve_precision(requested: str | None, provider: str, available: dict[str, str]) -> str:
-    """Pick the graph precision: the caller's, checked, or the provider's best that the artifact has."""
+def resolve_precision(
+    requested: str | None, provider: str, available: dict[str, str], validated: tuple[str, ...] = ()
+) -> str:
+    """Pick the precision: the caller's, checked, or the provider's best that the artifact has. validated: the
+    computed precisions whose export validation passed for this artifact (only those can be its default)."""
     if requested is None:
-        return default_precision(provider, available)
+        return default_precision(provider, available, validated)
     if requested in COMPUTED:
         return resolve_computed(requested, provider, available)
     if requested not in RUNS_ON:
@@ -81,12 +85,12 @@ def resolve_precision(requested: str | None, provider: str, available: dict[str,
     return requested
 
 
-def default_precision(provider: str, available: dict[str, str]) -> str:
-    """The provider's first preferred precision that the artifact has and, if computed, this machine runs by
-    default."""
+def default_precision(provider: str, available: dict[str, str], validated: tuple[str, ...] = ()) -> str:
+    """The provider's first preferred precision that the artifact has; a computed one only if it passed the
+    artifact's validation and this machine runs it by default."""
     for precision in PREFERRED_PRECISION[provider]:
         if precision in COMPUTED:
-            if COMPUTED[precision][0] in available and computed_by_default(precision):
+            if precision in validated and COMPUTED[precision][0] in available and computed_by_default(precision):
                 return precision
         elif precision in available:
             return precision

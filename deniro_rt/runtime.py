@@ -70,7 +70,8 @@ class FillMask:
         self.manifest = load_manifest(model or DEFAULT_MODEL_DIR)
         self.provider = resolve_provider(device)
         self.token_budget = check_budget(token_budget, self.provider)
-        self.precision = resolve_precision(precision, self.provider, self.manifest.graphs)
+        validated = tuple(p for p in COMPUTED if self.manifest.passed(p))  # bf16 may be its default (providers)
+        self.precision = resolve_precision(precision, self.provider, self.manifest.graphs, validated)
         self.tokenizer = Tokenizer.from_file(str(verify_file(self.manifest, TOKENIZER_FILE)))
         self.tokenizer.no_truncation()  # long texts are reported (or windowed), never cut silently
         self.tokenizer.no_padding()

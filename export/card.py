@@ -70,7 +70,7 @@ def model_index(manifest: dict, info: CardInfo) -> list[dict]:
     results = []
     for precision, record in sorted(manifest.get("validation", {}).items()):
         m = record.get("metrics", {})
-        if "perplexity" not in m:
+        if "perplexity" not in m or record.get("reference") == "fp32 graph":  # bf16: not against PyTorch
             continue
         metrics = [
             {
@@ -144,6 +144,8 @@ def validation_table(manifest: dict) -> list[str]:
     ]
     for key, record in sorted(manifest.get("validation", {}).items()):
         m = record.get("metrics", {})
+        if record.get("reference") == "fp32 graph":  # bf16: its own note (bf16_note), not against PyTorch
+            continue
         graph = manifest["graphs"].get(key) or manifest.get("full_graph") or key
         ppl = f"{m['perplexity']:.4f} ({m['perplexity_reference']:.4f})" if "perplexity" in m else "—"
         rows.append(
@@ -151,6 +153,25 @@ def validation_table(manifest: dict) -> list[str]:
             f"| {m.get('max_rel_logit_diff', float('nan')):.1e} | {'yes' if record.get('passed') else 'no'} |"
         )
     return rows if len(rows) > 2 else ["Not validated (exported with --no-validate)."]
+
+
+def bf16_note(manifest: dict) -> list[str]:
+    """export/bf16.py's record: OpenVINO's bf16 compile of the fp32 graph, scored against that graph."""
+    record = manifest.get("validation", {}).get("bf16")
+    if not record:
+        return []
+    m = record["metrics"]
+    outcome = "passed: deniro_rt's CPU default" if record["passed"] else "failed: fp32 stays the CPU default"
+    return [
+        (
+            f"bf16 on CPU (the fp32 graph compiled by OpenVINO, against the fp32 graph; {record.get('source')}, "
+            f"{m['rows']} masks, {m.get('decisive_rows', 0)} decisive, {record.get('kernels')} kernels): decisive "
+            f"top-1 {_percent(m, 'top1_decisive')}, top-1 {_percent(m, 'top1_agreement')}, perplexity "
+            f"{m['perplexity']:.4f} ({m['perplexity_reference']:.4f}), {m['batch_topk_mismatches']} texts whose "
+            f"top-5 changed with the batch; {outcome} where the CPU allows (docs/precision.md)."
+        ),
+        "",
+    ]
 
 
 def _percent(metrics: dict, key: str) -> str:
@@ -229,6 +250,7 @@ def facts(manifest: dict) -> list[str]:
         *validation_table(manifest),
         "",
         *_rounding_note(manifest),
+        *bf16_note(manifest),
         *_source_section(manifest),
     ]
 

@@ -19,8 +19,11 @@ import numpy as np
 
 from deniro_rt.artifact import FAST_GRAPHS, FORMAT, FORMAT_VERSION, FULL_GRAPH, MANIFEST, TOKENIZER_FILE, sha256_file
 from deniro_rt.data import untruncated
+from deniro_rt.errors import DeniroError
 from deniro_rt.files import staged
 
+from .bf16 import KEY as BF16_KEY
+from .bf16 import Bf16Config, bf16_record
 from .card import write_card
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
@@ -153,6 +156,7 @@ def build_artifact(
         failed = failures(validation)
         if failed:
             raise ValidationFailed(f"validation failed, nothing written to {config.output}: " + " | ".join(failed))
+        validation.update(bf16_validation(config, source, stage, providers))
     save_tokenizer(source.tokenizer, stage)
     write_reference(
         source.model,
@@ -166,6 +170,22 @@ def build_artifact(
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     write_card(stage, manifest)  # README.md: the folder's model card, derived from the manifest (not hashed)
+
+
+def bf16_validation(config: ExportConfig, source: Source, stage: Path, providers: dict[str, list[str]]) -> dict:
+    """{"bf16": record} where the fp32 graph was validated on CPU and this machine runs bf16 (export/bf16.py),
+    on the validation dataset; else {} (bf16 is then not this artifact's CPU default)."""
+    if providers.get("fp32", [""])[0] != "CPUExecutionProvider":
+        return {}
+    cfg = source.model.config
+    check = Bf16Config(str(stage), config.dataset, config.split, config.text_column, seed=config.seed)
+    graph = stage / FAST_GRAPHS["fp32"]
+    try:
+        record = bf16_record(check, source.tokenizer, graph, cfg.vocab_size, cfg.max_position_embeddings)
+    except DeniroError as exc:  # advisory: the export stands, bf16 is just not this artifact's default
+        log.warning("bf16 not checked (fp32 stays the CPU default): %s", exc)
+        return {}
+    return {} if record is None else {BF16_KEY: record}
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:

@@ -6,31 +6,37 @@ batch it runs in. Checked on IMDB sentences and review-length texts against the 
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import deniro_rt.openvino
 from deniro_rt import FillMask
+from deniro_rt.artifact import MANIFEST, load_manifest
 from deniro_rt.data import mask_one_word, review_sentences
 from deniro_rt.errors import DeniroError
+from deniro_rt.models import DEFAULT_MODEL_DIR
 from deniro_rt.openvino import (
     AMX_MIN_TOKENS,
     MIN_TOKENS,
     OpenVinoGraph,
+    bf16_available,
     bf16_by_default,
+    bf16_kernels,
     bf16_min_tokens,
     check_bf16,
     floored,
-    import_openvino,
 )
 from deniro_rt.providers import CPU, CUDA, resolve_precision
-
-
-def has_bf16() -> bool:
-    return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+from export.bf16 import cli as bf16_cli
+from export.config import ExportConfig
+from export.pipeline import main as export_main
+from export.validate import THRESHOLDS
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def texts(imdb_texts) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bf16():
-    if not has_bf16():  # a CPU without bf16 instructions gets the error instead (tested below)
+    if not bf16_available():  # a CPU without bf16 instructions gets the error instead (tested below)
         with pytest.raises(DeniroError, match="this CPU has no bf16 instructions"):
             FillMask(device="cpu", precision="bf16")
         return None
@@ -115,6 +121,8 @@ def test_bf16_pads_to_32_on_amx_and_where_the_cpu_is_unknown(tmp_path):
     no_flags.write_text("processor\t: 0\n")
     assert bf16_min_tokens(avx512) == MIN_TOKENS == 16
     assert bf16_min_tokens(amx) == bf16_min_tokens(no_flags) == bf16_min_tokens(tmp_path / "missing") == AMX_MIN_TOKENS
+    kernels = [bf16_kernels(path) for path in (avx512, amx, no_flags, tmp_path / "missing")]
+    assert kernels == ["avx512_bf16", "amx", "unknown", "unknown"]  # what a bf16 record says it was measured on
 
 
 def test_bf16_is_the_cpu_default_only_where_its_gate_was_measured(tmp_path, monkeypatch):
@@ -125,22 +133,64 @@ def test_bf16_is_the_cpu_default_only_where_its_gate_was_measured(tmp_path, monk
     }
     for name, flags in cpu.items():
         (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    assert bf16_by_default(tmp_path / "avx512-bf16") == has_bf16()  # OpenVINO's own check has the last word
+    assert bf16_by_default(tmp_path / "avx512-bf16") == bf16_available()  # OpenVINO's own check has the last word
     assert not bf16_by_default(tmp_path / "amx") and not bf16_by_default(tmp_path / "avx2")
     assert not bf16_by_default(tmp_path / "missing")  # flags unknown (not Linux): fp32
     monkeypatch.setitem(sys.modules, "openvino", None)  # the extra not installed: fp32, no error
     assert not bf16_by_default(tmp_path / "avx512-bf16")
 
 
-def test_the_default_precision_follows_bf16_by_default(monkeypatch):
-    fp32_only = {"fp32": "fast.onnx"}
+def test_the_default_precision_is_bf16_only_where_validated_and_the_cpu_allows(monkeypatch):
+    fp32_only, passed = {"fp32": "fast.onnx"}, ("bf16",)  # passed: the artifact's bf16 record passed
     monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: True)
-    assert resolve_precision(None, CPU, fp32_only) == "bf16"
-    assert resolve_precision(None, CPU, {"int8": "fast_int8.onnx"}) == "int8"  # bf16 needs the fp32 graph
-    assert resolve_precision("fp32", CPU, fp32_only) == "fp32"  # an explicit choice wins
-    assert resolve_precision(None, CUDA, {**fp32_only, "fp16": "fast_fp16.onnx"}) == "fp16"
-    monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: False)
-    assert resolve_precision(None, CPU, {**fp32_only, "int8": "fast_int8.onnx"}) == "fp32"  # int8 stays opt-in
+    assert resolve_precision(None, CPU, fp32_only, passed) == "bf16"
+    assert resolve_precision(None, CPU, fp32_only) == "fp32"  # no passed record (failed, or never checked)
+    assert resolve_precision(None, CPU, {"int8": "fast_int8.onnx"}, passed) == "int8"  # bf16 needs the fp32 graph
+    assert resolve_precision("fp32", CPU, fp32_only, passed) == "fp32"  # an explicit choice wins
+    assert resolve_precision(None, CUDA, {**fp32_only, "fp16": "fast_fp16.onnx"}, passed) == "fp16"
+    monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: False)  # AMX, AVX2, or no openvino
+    assert resolve_precision(None, CPU, {**fp32_only, "int8": "fast_int8.onnx"}, passed) == "fp32"  # int8: opt-in
+
+
+def test_the_shipped_model_carries_a_passed_bf16_record():
+    """export/bf16.py's record, made on the full IMDB test split (2,000 sentences, 200 chunks; docs/precision.md)."""
+    record = load_manifest(DEFAULT_MODEL_DIR).raw["validation"]["bf16"]
+    assert record["passed"] and record["reference"] == "fp32 graph" and record["kernels"] == "avx512_bf16"
+    assert record["metrics"]["decisive_rows"] >= 1800 and record["metrics"]["top1_decisive"] >= 0.995
+
+
+def test_export_bf16_checks_an_artifact_and_records_it(tmp_path, imdb_dir):
+    """python -m export.bf16 on a copy of the shipped model: the record lands in deniro.json, which still loads
+    (every hashed file untouched), and FillMask's default follows it."""
+    artifact = tmp_path / "shipped"
+    shutil.copytree(DEFAULT_MODEL_DIR, artifact)
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    del manifest["validation"]["bf16"]
+    (artifact / MANIFEST).write_text(json.dumps(manifest))
+    assert FillMask(artifact, device="cpu").precision == "fp32"  # no record: fp32 whatever the CPU
+    args = ["--artifact", str(artifact), "--dataset", str(imdb_dir), "--sentences", "150", "--perplexity-chunks", "16"]
+    if not bf16_available():
+        assert bf16_cli(args) == 2  # the error names the extra and the CPU it needs
+        return
+    assert bf16_cli(args) == 0
+    record = load_manifest(artifact).raw["validation"]["bf16"]
+    assert record["passed"] and record["metrics"]["decisive_rows"] > 100 and record["metrics"]["rows"] == 150
+    assert record["config"]["sentences"] == 150  # the check's config saved next to its result
+    assert FillMask(artifact, device="cpu").precision == ("bf16" if bf16_by_default() else "fp32")
+
+
+def test_a_failed_bf16_record_never_fails_an_export(tiny_model_dir, imdb_dir, tmp_path, monkeypatch):
+    """bf16 held to a bound nothing meets: the export still succeeds, its record says failed and why, and the
+    artifact's CPU default stays fp32 (on a machine without bf16 there is no record at all)."""
+    monkeypatch.setitem(THRESHOLDS, "bf16", {**THRESHOLDS["bf16"], "top1_decisive": (">=", 1.01)})
+    config = ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(tmp_path / "a"), dataset=str(imdb_dir))
+    artifact = export_main(replace(config, full_graph=False))
+    record = load_manifest(artifact).raw["validation"].get("bf16")
+    if bf16_available():
+        assert not record["passed"] and record["failed"][0].startswith("top1_decisive 1 (needs >= 1.01)")
+    else:
+        assert record is None
+    assert load_manifest(artifact).passed("fp32") and FillMask(artifact, device="cpu").precision == "fp32"
 
 
 def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
@@ -173,7 +223,7 @@ def test_cli_runs_bf16():
         text=True,
         timeout=120,
     )
-    if not has_bf16():
+    if not bf16_available():
         assert out.returncode != 0 and "no bf16 instructions" in out.stderr
         return
     assert out.returncode == 0, out.stderr

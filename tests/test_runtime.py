@@ -12,6 +12,7 @@ import pytest
 import deniro_rt
 from deniro_rt import FillMask
 from deniro_rt.__main__ import run as cli
+from deniro_rt.artifact import load_manifest
 from deniro_rt.data import chunk_texts, premask
 from deniro_rt.errors import ArtifactError, DeniroError
 from deniro_rt.openvino import bf16_by_default
@@ -260,9 +261,10 @@ def test_cuda_without_the_gpu_build(tiny_artifact):
 
 
 def test_precision_choice(tiny_artifact):
-    # The CPU default: bf16 where OpenVINO's bf16 passed the gate on this kind of CPU (tests/test_openvino.py),
-    # else fp32; int8 is opt-in (issue 11)
-    assert FillMask(tiny_artifact, device="cpu").precision == ("bf16" if bf16_by_default() else "fp32")
+    # The CPU default: bf16 where the artifact's bf16 record passed and the CPU is the kind it was measured on
+    # (tests/test_openvino.py), else fp32; int8 is opt-in (issue 11)
+    bf16 = bf16_by_default() and load_manifest(tiny_artifact).passed("bf16")
+    assert FillMask(tiny_artifact, device="cpu").precision == ("bf16" if bf16 else "fp32")
     assert FillMask(tiny_artifact, device="cpu", precision="int8").precision == "int8"
     with pytest.raises(DeniroError, match="precision fp16 does not run on CPUExecutionProvider"):
         FillMask(tiny_artifact, device="cpu", precision="fp16")
