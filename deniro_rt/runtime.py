@@ -100,24 +100,25 @@ class FillMask:
             from .openvino import OpenVinoGraph
 
             self.session = OpenVinoGraph(graph, self.precision, threads, self.pad_id, self.manifest.max_positions)
-            self._run = self.session.run
+            self._run, self.input_names = self.session.run, self.session.input_names
             return
         options = session_options(self.provider, threads, self.precision)  # ONNX Runtime's, not OpenVINO's
         if self.provider == CPU:
             self.session = ort.InferenceSession(graph, options, providers=[CPU])
             self._run = lambda feed: self.session.run(None, feed)
-            return
-        from .cuda import make_runner, make_session  # GPU-only path, see deniro_rt/cuda.py
+        else:
+            from .cuda import make_runner, make_session  # GPU-only path, see deniro_rt/cuda.py
 
-        self.session, self.cuda_graph = make_session(graph, options, cuda_graph)
-        self._run = make_runner(self.session, self.cuda_graph, self.pad_id, self.manifest.max_positions)
+            self.session, self.cuda_graph = make_session(graph, options, cuda_graph)
+            self._run = make_runner(self.session, self.cuda_graph, self.pad_id, self.manifest.max_positions)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
 
     def run_graph(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The graph alone on a prepared feed (what bench times as model-only): [topk lp, ids, target lp]."""
         return self._run(feed)
 
     def _check_graph(self) -> None:
-        names = getattr(self.session, "input_names", None) or tuple(i.name for i in self.session.get_inputs())
+        names = self.input_names  # set by _open_session for each engine
         if names != FAST_INPUTS:
             raise DeniroError(
                 f"{self.graph_file} has inputs {names}, expected "
