@@ -533,7 +533,7 @@ def _setup_paragraphs(result: dict) -> list[str]:
         f"--max-queue {cfg['max_queue']}. hf-pipeline model: {result.get('torch_model', '-')}.",
         "",
         f"deniro_rt servers: {_served(result)}. Server intra-op threads: "
-        f"{cfg['threads'] or 'serve default (usable cores - 1)'}. Load average (1/5/15 min) "
+        f"{cfg['threads'] or 'serve default (one per usable core)'}. Load average (1/5/15 min) "
         f"of the shared machine: {result['load_average']['start']} at start, "
         f"{result['load_average']['end']} at the end.",
         "",
@@ -647,7 +647,7 @@ HELP = {
     "device": "--device of the deniro_rt servers (auto: CUDA when onnxruntime-gpu sees one); hf-pipeline "
     "runs on the CPU",
     "threads": "intra-op threads of every server: ONNX Runtime's, torch.set_num_threads for hf-pipeline "
-    "(default: deniro_rt serve's, one per usable core but one)",
+    "(default: deniro_rt serve's, one per usable core)",
     "out": "report folder",
     "quick": f"small counts ({QUICK}): checks the harness, not the speed",
 }

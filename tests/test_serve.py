@@ -32,6 +32,7 @@ pytest.importorskip("uvicorn")
 
 import deniro_rt  # noqa: E402
 from deniro_rt.data import mask_one_word, review_sentences  # noqa: E402
+from deniro_rt.providers import usable_cores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = '{"inputs": "This is a great [MASK]!", "parameters": {"top_k": 3}}'
@@ -349,6 +350,9 @@ def test_concurrent_clients_get_their_own_answers(server):
 def test_health_metrics_docs(server):
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["model"].endswith("default")
+    assert health["threads"] == usable_cores()  # the model gets every core by default (docs/serving.md)
+    answered = httpx.post(server.url + "/", json={"inputs": "a [MASK] film ."}, headers=JSON)  # run alone too
+    assert answered.status_code == 200
     metrics = server.metrics()
     for name in (
         'deniro_requests_total{status="200"}',
