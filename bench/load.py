@@ -25,7 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -37,13 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.providers import DEVICES
 
@@ -655,24 +654,7 @@ TYPES = {"model": str, "torch_model": str, "precision": str, "threads": int, "ba
 
 
 def parse_args(argv: list[str] | None) -> LoadConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    defaults = LoadConfig()
-    for f in fields(LoadConfig):
-        default = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=HELP[f.name])
-            continue
-        note = "" if "(default:" in HELP[f.name] else f" (default: {default})"
-        parser.add_argument(
-            flag,
-            type=TYPES.get(f.name) or type(default),
-            default=default,
-            choices=DEVICES if f.name == "device" else None,
-            help=HELP[f.name] + note,
-        )
+    parser = config_parser(LoadConfig(), "python -m bench load", __doc__, HELP, TYPES, {"device": DEVICES})
     return LoadConfig(**vars(parser.parse_args(argv)))
 
 

@@ -19,19 +19,18 @@ Reports: <out>/ray.json (header with hardware and versions, every row), ray.md, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
 from .config import REPO, QuickDefaults, default_dataset
@@ -368,23 +367,13 @@ HELP = {
     "max_wait_ms": "servers' --max-wait-ms",
     "max_queue": "servers' --max-queue",
     "out": "report folder",
+    "quick": "small counts: checks the harness, not the speed",
 }
 
 
 def parse_args(argv: list[str] | None) -> RayBenchConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
     types = {"model": str, "precision": str}
-    for f in fields(RayBenchConfig):
-        default = getattr(RayBenchConfig, f.name, None) if f.name != "dataset" else default_dataset()
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help="small counts: checks the harness, not the speed")
-            continue
-        parser.add_argument(
-            flag, type=types.get(f.name) or type(default), default=default, help=f"{HELP[f.name]} (default: {default})"
-        )
+    parser = config_parser(RayBenchConfig(), "python -m bench ray", __doc__, HELP, types)
     return RayBenchConfig(**vars(parser.parse_args(argv)))
 
 

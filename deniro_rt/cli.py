@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 
 from .errors import EXIT_USAGE, DeniroError
 
@@ -31,3 +33,28 @@ def run_main(call: Callable[[], object], exit_codes: dict[type, int] | None = No
     except tuple(codes) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return next(code for kind, code in codes.items() if isinstance(exc, kind))
+
+
+def config_parser(
+    defaults: object,
+    prog: str,
+    description: str,
+    help: dict[str, str],
+    types: dict[str, type] | None = None,
+    choices: dict[str, tuple] | None = None,
+) -> argparse.ArgumentParser:
+    """One --flag per field of a dataclass config, `defaults` an instance of it: a bool is a store_true switch,
+    anything else takes its default's type (`types` for fields whose default is None) and its help text, which
+    gets "(default: ...)" unless it states one."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in fields(defaults):
+        default, text, flag = getattr(defaults, f.name), help[f.name], "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=text)
+            continue
+        note = "" if "(default:" in text else f" (default: {default})"
+        kind = (types or {}).get(f.name) or type(default)
+        parser.add_argument(flag, type=kind, default=default, choices=(choices or {}).get(f.name), help=text + note)
+    return parser

@@ -17,16 +17,15 @@ derived from it (rerun `python -m export.card DIR`, docs/export.md, to show the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deniro_rt.artifact import MANIFEST, load_manifest
-from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.openvino import OpenVinoGraph, OpenVinoSession, bf16_available, bf16_kernels
 
@@ -132,14 +131,7 @@ def main(config: Bf16Config) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> Bf16Config:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.bf16", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    defaults = Bf16Config()
-    for field in fields(Bf16Config):
-        default = getattr(defaults, field.name)
-        flag = f"--{field.name.replace('_', '-')}"
-        parser.add_argument(flag, type=type(default), default=default, help=f"{HELP[field.name]} (default: {default})")
+    parser = config_parser(Bf16Config(), "python -m export.bf16", __doc__, HELP)
     return Bf16Config(**vars(parser.parse_args(argv)))
 
 

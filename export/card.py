@@ -162,20 +162,21 @@ def bf16_note(manifest: dict) -> list[str]:
         return []
     m = record["metrics"]
     outcome = "passed: deniro_rt's CPU default" if record["passed"] else "failed: fp32 stays the CPU default"
+    ppl = f"{m['perplexity']:.4f} ({m['perplexity_reference']:.4f})" if m.get("perplexity") is not None else "—"
     return [
         (
             f"bf16 on CPU (the fp32 graph compiled by OpenVINO, against the fp32 graph; {record.get('source')}, "
             f"{m['rows']} masks, {m.get('decisive_rows', 0)} decisive, {record.get('kernels')} kernels): decisive "
-            f"top-1 {_percent(m, 'top1_decisive')}, top-1 {_percent(m, 'top1_agreement')}, perplexity "
-            f"{m['perplexity']:.4f} ({m['perplexity_reference']:.4f}), {m['batch_topk_mismatches']} texts whose "
-            f"top-5 changed with the batch; {outcome} where the CPU allows (docs/precision.md)."
+            f"top-1 {_percent(m, 'top1_decisive')}, top-1 {_percent(m, 'top1_agreement')}, perplexity {ppl}, "
+            f"{m['batch_topk_mismatches']} texts whose top-5 changed with the batch; {outcome} where the CPU "
+            "allows (docs/precision.md)."
         ),
         "",
     ]
 
 
 def _percent(metrics: dict, key: str) -> str:
-    return f"{100 * metrics[key]:.2f} %" if key in metrics else "—"
+    return f"{100 * metrics[key]:.2f} %" if metrics.get(key) is not None else "—"
 
 
 def _use_section(manifest: dict) -> list[str]:
@@ -185,6 +186,7 @@ def _use_section(manifest: dict) -> list[str]:
         "",
         "```python",
         "import deniro_rt",
+        "",  # as ruff formats it: the repo's own card stays unchanged by `ruff format`
         'fm = deniro_rt.FillMask("path/to/this/folder")',
         'fm.fill("This is a great [MASK]!")',
         "```",
