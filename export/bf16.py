@@ -47,7 +47,7 @@ KEY = "bf16"  # the manifest's validation entry, next to the graphs' ("fp32", "i
 
 @dataclass(frozen=True)
 class Bf16Config:
-    artifact: str = "deniro_rt/models/default"  # the export folder whose deniro.json gets the record
+    artifact: str | None = None  # the export folder whose deniro.json gets the record (required: it is rewritten)
     dataset: str = "stanfordnlp/imdb"  # hub id or folder of <split>.parquet
     split: str = "test"
     text_column: str = "text"
@@ -57,7 +57,7 @@ class Bf16Config:
 
 
 HELP = {
-    "artifact": "export folder (python -m export --onnx --output) whose deniro.json gets validation['bf16']",
+    "artifact": "export folder (python -m export --onnx --output) whose deniro.json gets validation['bf16'] (required)",
     "dataset": "hub id or folder of <split>.parquet files (e.g. ../shared/data/imdb)",
     "split": "split the sentences and chunks are cut from",
     "text_column": "column holding the review text",
@@ -114,6 +114,8 @@ def main(config: Bf16Config) -> dict:
     """Score bf16 on an existing artifact and write the record into its deniro.json (the card: export.card)."""
     from transformers import AutoTokenizer
 
+    if not config.artifact:
+        raise DeniroError("pass --artifact DIR: the export folder whose deniro.json gets the bf16 record")
     manifest = load_manifest(config.artifact)
     if "fp32" not in manifest.graphs:
         raise DeniroError(f"{config.artifact} has no fp32 graph to compile in bf16; re-export with --precision fp32")
@@ -131,7 +133,7 @@ def main(config: Bf16Config) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> Bf16Config:
-    parser = config_parser(Bf16Config(), "python -m export.bf16", __doc__, HELP)
+    parser = config_parser(Bf16Config(), "python -m export.bf16", __doc__, HELP, {"artifact": str})
     return Bf16Config(**vars(parser.parse_args(argv)))
 
 

@@ -168,6 +168,7 @@ def test_export_bf16_checks_an_artifact_and_records_it(tmp_path, imdb_dir):
     del manifest["validation"]["bf16"]
     (artifact / MANIFEST).write_text(json.dumps(manifest))
     assert FillMask(artifact, device="cpu").precision == "fp32"  # no record: fp32 whatever the CPU
+    assert bf16_cli(["--dataset", str(imdb_dir)]) == 2  # no --artifact: an error, never the shipped folder
     args = ["--artifact", str(artifact), "--dataset", str(imdb_dir), "--sentences", "150", "--perplexity-chunks", "16"]
     if not bf16_available():
         assert bf16_cli(args) == 2  # the error names the extra and the CPU it needs
