@@ -6,6 +6,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field, fields
 
+from ..cli import config_parser
 from ..errors import DeniroError
 from ..providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
@@ -110,20 +111,9 @@ def parser_for(
     help: dict[str, str] | None = None,
     choices: dict[str, tuple] | None = None,
 ) -> argparse.ArgumentParser:
-    """One --flag per dataclass field (ServeConfig or a subclass): its type, default and help text
-    (`help` overrides a field's)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in fields(config_class):
-        text = (help or {}).get(f.name) or f.metadata["help"]
-        note = "" if "(default:" in text else f" (default: {f.default})"
-        kind = {"str": str, "int": int, "float": float}[f.type.split(" |")[0]]  # `int | None` -> int
-        parser.add_argument(
-            flag(f.name),
-            type=kind,
-            default=f.default,
-            choices={**CHOICES, **(choices or {})}.get(f.name),
-            help=text + note,
-        )
-    return parser
+    """cli.config_parser over ServeConfig or a subclass: each field's help text from its metadata (`help`
+    overrides a field's), its type from its annotation (`int | None` -> int)."""
+    declared = fields(config_class)
+    texts = {f.name: (help or {}).get(f.name) or f.metadata["help"] for f in declared}
+    types = {f.name: {"str": str, "int": int, "float": float}[f.type.split(" |")[0]] for f in declared}
+    return config_parser(config_class(), prog, description, texts, types, {**CHOICES, **(choices or {})})
