@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import fields, replace
@@ -382,4 +383,35 @@ def test_speedups_pair_same_length_and_batch():
         ("latency", "pytorch-card/fp32"): 5.0,
         ("throughput", "pytorch-card/fp32"): 8.0,
         ("throughput", "pytorch-batched/fp32"): 2.0,
+    }
+
+
+def test_train_bench_loops_by_name_and_a_clear_error_for_others():
+    from bench.train_bench import LOOPS, LoopOptions, main, pick_loops
+
+    assert pick_loops("device,compiled", compile=False) == [LoopOptions(masking="device"), LoopOptions(compile=True)]
+    assert pick_loops("before,host,device", compile=True)[-1] == LOOPS["compiled"]  # --compile adds it once
+    assert pick_loops("compiled", compile=True) == [LOOPS["compiled"]]
+    with pytest.raises(DeniroError, match=r"^--loops: unknown loop fast; choose from before, host, device, compiled$"):
+        pick_loops("device,fast", compile=False)
+    with pytest.raises(DeniroError, match=r"^--loops: no loop given; choose"):
+        main(["--loops", ",", "--shapes", "tiny"])
+
+
+def test_train_bench_a_failing_loop_keeps_the_other_rows(monkeypatch):
+    import bench.train_bench as tb
+
+    def fake_bench_shape(shape, steps, warmup, batch_size, chunk_size, precision, device, loop):
+        if loop.compile:
+            raise RuntimeError("no C compiler")
+        return {"shape": shape, "tokens_per_s": 1000.0, **dataclasses.asdict(loop)}
+
+    monkeypatch.setattr(tb, "bench_shape", fake_bench_shape)
+    result = tb.compare_loops(["tiny"], 2, 1, 0, None, None, "bf16", tb.pick_loops("device,compiled", False))
+    failed = [r for r in result["rows"] if "error" in r]
+    assert len(result["rows"]) == 4 and len(failed) == 2
+    assert failed[0]["error"] == "RuntimeError: no C compiler" and failed[0]["loop"] == "auto-mask/auto-adamw/compiled"
+    assert result["summary"]["tiny"] == {
+        "median_tokens_per_s": {"device-mask/auto-adamw": 1000.0, "auto-mask/auto-adamw/compiled": None},
+        "ratio_to_first": {"device-mask/auto-adamw": 1.0, "auto-mask/auto-adamw/compiled": None},
     }

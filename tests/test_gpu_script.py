@@ -239,10 +239,8 @@ def test_sweep_dry_run_trains_the_variants_and_returns_the_best(tmp_path):
     _start_point_joined_from_parts(tmp_path / "work")
 
 
-@pytest.mark.slow
-def test_arrays_stage_dry_run(tmp_path):
-    """STAGES=arrays (issue 21): the shipped model's dicts / columnar / graph-only rows with the host-us table,
-    the B=1 prompt latency, pytest -m gpu and (where bench load has --device) the load test, on CPU."""
+def _stage_dry_run(tmp_path: Path, stages: str) -> tuple[Path, Path]:
+    """run.sh --dry-run with STAGES=stages; returns (OUT, WORK)."""
     out, work = tmp_path / "out", tmp_path / "work"
     env = {
         "PATH": "/usr/bin:/bin",
@@ -251,7 +249,7 @@ def test_arrays_stage_dry_run(tmp_path):
         "WORK": str(work),
         "DATA": str(SAMPLE),
         "HOME": str(tmp_path),
-        "STAGES": "arrays",
+        "STAGES": stages,
     }
     done = subprocess.run(
         ["bash", str(GPU / "run.sh"), "--dry-run"],
@@ -263,6 +261,14 @@ def test_arrays_stage_dry_run(tmp_path):
         timeout=1800,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, work
+
+
+@pytest.mark.slow
+def test_arrays_stage_dry_run(tmp_path):
+    """STAGES=arrays (issue 21): the shipped model's dicts / columnar / graph-only rows with the host-us table,
+    the B=1 prompt latency, pytest -m gpu and (where bench load has --device) the load test, on CPU."""
+    out, work = _stage_dry_run(tmp_path, "arrays")
     steps = {s["step"]: s["exit"] for s in json.loads((out / "summary.json").read_text())["steps"]}
     assert steps["arrays: shipped model, dicts / columnar / graph only"] == "0", steps
     assert steps["arrays: shipped model, B=1 prompt latency"] == "0" and steps["pytest -m gpu"] in ("0", "5"), steps
@@ -270,3 +276,22 @@ def test_arrays_stage_dry_run(tmp_path):
     assert {r["engine"] for r in report["rows"]} == {"deniro_rt", "deniro_rt-arrays", "deniro_rt-model"}
     assert {h["engine"] for h in report["host_us"]} == {"deniro_rt", "deniro_rt-arrays"}
     assert "Host microseconds per sentence" in (work / "arrays-shipped" / "throughput.md").read_text()
+
+
+@pytest.mark.slow
+def test_loop_stage_dry_run(tmp_path):
+    """STAGES=loop (issue 23): train/'s loop eager vs torch.compile in bf16, timed, in summary.json."""
+    out, work = _stage_dry_run(tmp_path, "loop")
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["step"]: s["exit"] for s in summary["steps"]}
+    assert steps["loop speed: eager vs compiled, bf16"] == "0", steps
+    rows = json.loads((work / "loop.json").read_text())["rows"]
+    assert [(r["shape"], r["masking"], r["compile"], r["precision"]) for r in rows] == [
+        ("tiny", "device", False, "bf16"),
+        ("tiny", "auto", True, "bf16"),
+    ]
+    assert all(r["tokens_per_s"] > 0 and r["last_loss"] > 0 for r in rows)
+    assert set(summary["train_loop"]["tiny"]["median_tokens_per_s"]) == {
+        "device-mask/auto-adamw",
+        "auto-mask/auto-adamw/compiled",
+    }

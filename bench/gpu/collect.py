@@ -71,6 +71,7 @@ def main(work: Path, out: Path, device: str) -> None:
         "minilm_pack": without(load(work / "minilm-pack.json"), "metrics"),
         "train_mini_synthetic": (load(work / "train-mini-probe" / "train.json") or {}).get("train"),
         "train_base_synthetic": (load(work / "train-base" / "train.json") or {}).get("train"),
+        "train_loop": (load(work / "loop.json") or {}).get("summary"),  # STAGES=loop: eager vs compiled
         "minilm_validation": (load(work / "minilm-onnx" / MANIFEST) or {}).get("validation"),
         "minilm_parity": (load(work / "minilm-parity" / "parity.json") or {}).get("parity"),
         "base": goal_rows(bench),

@@ -13,7 +13,7 @@
 # (folder of <split>.jsonl.xz), MINILM_PARTS (the fp16 MiniLM start point in parts, carry.py split-init),
 # MINILM_INIT (where they are joined), OUT (what comes back: at most 8 files), WORK (scratch), BUDGET_S
 # (wall-clock budget of the whole script), PYTHON, MINILM_S (its cap), STAGES (comma-separated: train,
-# minilm, base, arrays; default the first three: arrays (issue 21) is opt-in).
+# minilm, base, arrays, loop; default the first three: arrays (issue 21) and loop (issue 23) are opt-in).
 # On CUDA: BUDGET_S 540 s + ~30 s of ort-gpu install, inside one 600 s device call.
 # Every step has its own time limit inside the budget; a failing step is logged and the run goes on.
 set -uo pipefail
@@ -168,6 +168,21 @@ step "arrays: shipped model, B=1 prompt latency" 90 "${BENCH[@]}" latency "${COM
 step "pytest -m gpu" 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
 step "load: 32 and 128 clients" 150 "${BENCH[@]}" load --device "$DEVICE" --servers batched "${LOAD[@]}" \
   --dataset "$DATA" --out "$WORK/arrays-load"
+collect
+fi
+
+if want loop; then
+# 7. Issue 23 (opt-in: STAGES=loop): train/'s loop pieces (whole-word masking on the device, fused AdamW, bf16
+#    autocast; synthetic tokens, the content of a chunk does not change the work), eager vs torch.compile, on the
+#    MiniLM shape (goal >= 1 M tokens/s) and the base shape (goal >= 500 k), 32 x 256. Compiling costs ~1 min
+#    a shape; the result says whether the sweep should pass --compile (sweep.sh COMPILE=1).
+if [ "$DEVICE" = cuda ]; then
+  LOOP=(--shapes minilm,deniro --steps 30 --warmup 5)
+else
+  LOOP=(--shapes tiny --batch-size 2 --chunk-size 32 --steps 2 --warmup 3)
+fi
+step "loop speed: eager vs compiled, bf16" 200 "$PY" -m bench.train_bench "${LOOP[@]}" --precision bf16 \
+  --loops device,compiled --rounds 1 --json "$WORK/loop.json"
 collect
 fi
 

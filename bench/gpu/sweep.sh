@@ -21,6 +21,7 @@
 # variant is chosen on the final VALIDATION perplexity (train_timed.py's final_perplexity), never on test.
 # EXTRA=unsupervised (default) adds the 50,000 unsupervised reviews as MLM training text (stashed by the
 # extra call of bench/gpu/README.md); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
+# COMPILE=1 passes --compile (torch.compile of the encoder): only after run.sh STAGES=loop measured it faster.
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
 DEVICE=${DEVICE:-cuda}
@@ -55,6 +56,7 @@ if [ -n "$EXTRA" ]; then
 else
   EXTRA_FLAGS=()
 fi
+[ "${COMPILE:-0}" = 1 ] && EXTRA_FLAGS+=(--compile)
 # name:flags -- the knobs each variant changes. With the unsupervised text an epoch is ~2,830 steps of 32 x 256
 # (train alone: 909): 3 epochs ~ 8,500 steps; 500 warm-up steps = 6 %. On the H200 the host-masked loop took
 # 36 ms a step for three at once (26 Nov): 3 epochs would need ~300 s, masking on the GPU should cut that.
