@@ -79,7 +79,8 @@ class Context:
         self._models = self._models or {}
         if precision not in self._models:
             rounded = bool(self.manifest.raw.get("weight_rounding"))
-            self._models[precision] = load_torch_model(self.torch_model, self.device, precision, rounded)
+            table_8bit = mixed_rows_of(self.manifest.graph_path("fp32")) if rounded else None
+            self._models[precision] = load_torch_model(self.torch_model, self.device, precision, rounded, table_8bit)
         return self._models[precision]
 
     def runtime(self, precision: str):
@@ -100,9 +101,19 @@ class Context:
             torch.cuda.synchronize()
 
 
-def load_torch_model(path: Path, device: str, precision: str, rounded: bool = False):
+def mixed_rows_of(graph: Path):
+    """The 8-bit rows of the graph's mixed 8/4-bit table (export --table-8bit-rows), None without one."""
+    import onnx
+
+    from export.weights import mixed_8bit_rows
+
+    return mixed_8bit_rows(onnx.load(str(graph)))
+
+
+def load_torch_model(path: Path, device: str, precision: str, rounded: bool = False, table_8bit=None):
     """rounded: the artifact was exported with --weights int8, so PyTorch runs the model it holds (the
-    checkpoint's weights rounded the same way, export/weights.py), not the unrounded checkpoint."""
+    checkpoint's weights rounded the same way, export/weights.py; `table_8bit`: the 8-bit rows of a mixed
+    table), not the unrounded checkpoint."""
     from transformers import AutoModelForMaskedLM
 
     from export.weights import round_weights
@@ -116,7 +127,7 @@ def load_torch_model(path: Path, device: str, precision: str, rounded: bool = Fa
             f"exported from"
         ) from exc
     if rounded:
-        round_weights(model)
+        round_weights(model, table_8bit)
     model = model.half() if precision == "fp16" else model  # bf16 keeps fp32 weights: autocast (autocast())
     return model.to(device).eval()
 

@@ -62,6 +62,7 @@ class ExportConfig:
     per_channel: bool = True  # int8: one scale per output channel of each weight
     int8_method: str = DEFAULT_INT8_METHOD  # how the int8 graph is built (INT8_METHODS)
     weights: str = "fp32"  # fp32 | int8: weight matrices rounded to int8 and stored so (export/weights.py)
+    table_8bit_rows: int | None = None  # --weights int8: only the N most frequent pieces' table rows 8-bit, the rest 4
     calibration_sentences: int = 256  # static int8: IMDB sentences (train split) that fix the activation scales
     # validation
     validate: bool = True  # compare every graph against PyTorch; write nothing if a threshold fails
@@ -122,6 +123,11 @@ def check_config(config: ExportConfig) -> Path:
         raise DeniroError(f"--int8-method must be one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}")
     if config.weights not in WEIGHT_STORAGE:
         raise DeniroError(f"--weights must be one of {', '.join(WEIGHT_STORAGE)}, got {config.weights!r}")
+    if config.table_8bit_rows is not None and (config.weights != "int8" or config.table_8bit_rows < 0):
+        raise DeniroError(
+            f"--table-8bit-rows {config.table_8bit_rows}: pass a number of rows >= 0 together with --weights int8 "
+            f"(the rest of the word-embedding table is stored at 4 bits)"
+        )
     if config.weights == "int8" and "fp16" in config.precisions():
         raise DeniroError("--weights int8 stores fp32 graphs compactly for CPU apps; export fp16 without it")
     if config.calibration_sentences < 16:

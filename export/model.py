@@ -30,6 +30,7 @@ class Source:
     weights: list[str]  # weight file names, for the manifest
     sha256: str  # of the weights file (of the sorted per-file digests when sharded)
     rounding: dict | None = None  # --weights int8: how the weights were rounded and what it cost
+    table_8bit: object = None  # --table-8bit-rows: the table rows rounded to 8 bits (np.ndarray of ids)
 
 
 def load_source(name: str, tokenizer_name: str | None, attn_implementation: str) -> Source:

@@ -44,10 +44,11 @@ from .validate import (
     summary,
     validate,
 )
-from .weights import ROUNDING_SCHEME, round_weights, rounding_cost, store_int8
+from .weights import round_weights, rounding_cost, rounding_scheme, store_int8
 
 log = logging.getLogger(__name__)
 RAW = ".raw"  # traced, unoptimised graphs; removed before the folder is published
+COUNT_REVIEWS = 5000  # --table-8bit-rows: train reviews the piece frequencies are counted on (as train.prune)
 VERSIONED = ("torch", "transformers", "onnxruntime", "onnx", "optimum", "optimum-onnx", "numpy", "tokenizers")
 
 
@@ -114,27 +115,56 @@ def main(config: ExportConfig) -> Path:
     source = load_source(config.model, config.tokenizer, config.attn_implementation)
     data = validation_set(config, source) if config.validate else None
     if config.weights == "int8":
-        source = rounded(source, data)
+        source = rounded(source, data, table_rows_8bit(config, source))
     with staged(out) as stage:  # published only if everything below succeeds
         build_artifact(config, source, data, providers, stage, started)
     report(out, time.perf_counter() - started)
     return out
 
 
-def rounded(source: Source, data: ValidationSet | None) -> Source:
+def table_rows_8bit(config: ExportConfig, source: Source) -> np.ndarray | None:
+    """--table-8bit-rows N: the ids of the N pieces most frequent on --dataset's train reviews (specials first)."""
+    if config.table_8bit_rows is None:
+        return None
+    from train.prune import sample_train_texts
+    from train.shrink import piece_order
+
+    vocab = source.model.get_input_embeddings().weight.shape[0]
+    if config.table_8bit_rows >= vocab:
+        raise DeniroError(
+            f"--table-8bit-rows {config.table_8bit_rows} keeps every one of the {vocab} rows at 8 bits; "
+            f"pass fewer, or leave the flag out for an all-8-bit table"
+        )
+    texts = sample_train_texts(config.dataset, COUNT_REVIEWS, config.seed)
+    order = piece_order(source.tokenizer, texts)  # [vocab] ids, most frequent first
+    log.info("table: %d most frequent pieces of %d train reviews 8-bit", config.table_8bit_rows, len(texts))
+    return np.sort(order[: config.table_8bit_rows])
+
+
+def rounded(source: Source, data: ValidationSet | None, table_8bit: np.ndarray | None) -> Source:
     """--weights int8: the source model rounded in place, and what that cost against the unrounded model."""
     if data is None:  # --no-validate: nothing to measure the cost on
-        names = round_weights(source.model)
-        return replace(source, rounding={"scheme": ROUNDING_SCHEME, "matrices": len(names), "metrics": None})
-    names, result = rounding_cost(source.model, data)
+        names = round_weights(source.model, table_8bit)
+        scheme = rounding_scheme(table_8bit)
+        rounding = {"scheme": scheme, "matrices": len(names), "metrics": None}
+        return replace(source, rounding=rounding, table_8bit=table_8bit)
+    names, result = rounding_cost(source.model, data, table_8bit)
     log.info("weights rounded to int8: %d matrices; %s", len(names), summary(result))
     if not result["passed"]:
-        raise ValidationFailed(
-            "rounding the weights to int8 changed the model too much, nothing written: "
-            + "; ".join(result["failed"])
-            + "; export with --weights fp32"
+        what, fix = (
+            ("int8", "--weights fp32")
+            if table_8bit is None
+            else (
+                f"int8 with {len(table_8bit)} table rows at 8 bits and the rest at 4",
+                "a larger --table-8bit-rows, or without it",
+            )
         )
-    return replace(source, rounding=result)
+        raise ValidationFailed(
+            f"rounding the weights to {what} changed the model too much, nothing written: "
+            + "; ".join(result["failed"])
+            + f"; export with {fix}"
+        )
+    return replace(source, rounding=result, table_8bit=table_8bit)
 
 
 def build_artifact(
@@ -226,7 +256,7 @@ def write_graphs(config: ExportConfig, source: Source, stage: Path) -> dict[str,
     if config.weights == "int8":  # the fp32 graphs of the rounded model: int8 storage, same values
         for name in (FAST_GRAPHS["fp32"], FULL_GRAPH if config.full_graph else None):
             if name:
-                store_int8(stage / name)
+                store_int8(stage / name, source.table_8bit)
     shutil.rmtree(raw)
     return fused
 

@@ -20,6 +20,9 @@ from export.weights import (
     float_weights,
     grid_scales,
     int8_on_grid,
+    mixed_8bit_rows,
+    mixed_table,
+    round_rows,
     round_weights,
     store_int8,
 )
@@ -42,6 +45,23 @@ def int8_artifact(tmp_path_factory, tiny_model_dir, imdb_dir):
             **SMALL,
         )
     )
+
+
+@pytest.fixture(scope="module")
+def mixed_artifact(tmp_path_factory, tiny_model_dir, imdb_dir):
+    folder = tmp_path_factory.mktemp("mixed_table")
+    config = ExportConfig(
+        onnx=True,
+        model=str(tiny_model_dir),
+        output=str(folder),
+        precision=("fp32",),
+        full_graph=False,
+        weights="int8",
+        table_8bit_rows=300,
+        dataset=str(imdb_dir),
+        **SMALL,
+    )
+    return main(config)
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +189,16 @@ def test_int8_weights_refuse_fp16(tiny_model_dir, tmp_path):
         )
 
 
-def test_bench_parity_compares_the_rounded_model(int8_artifact, imdb_dir, tmp_path):
-    """bench's PyTorch side rounds the checkpoint like the export did: fp32 parity holds (it would not
-    against the unrounded checkpoint: rounding moved the logits, see the test above)."""
+@pytest.mark.parametrize("artifact", ["int8_artifact", "mixed_artifact"])
+def test_bench_parity_compares_the_rounded_model(artifact, request, imdb_dir, tmp_path):
+    """bench's PyTorch side rounds the checkpoint like the export did (a mixed table: its 8-bit rows read
+    from the graph): fp32 parity holds (it would not against the unrounded checkpoint: rounding moved the
+    logits, see the tests above)."""
     import json
 
     from bench.__main__ import run
 
+    int8_artifact = request.getfixturevalue(artifact)
     code = run(
         [
             "parity",
@@ -196,3 +219,107 @@ def test_bench_parity_compares_the_rounded_model(int8_artifact, imdb_dir, tmp_pa
     [fp32] = json.loads((tmp_path / "parity.json").read_text())["parity"]
     assert code == 0 and fp32["passed"], fp32["failures"]
     assert fp32["chunks"]["rel_diff"] <= 1e-4 and fp32["sentences"]["top5_identical"] >= 0.999
+
+
+# --------------------------------------------------------------------------- mixed 8/4-bit table (issue 23)
+def one_lookup(table: np.ndarray) -> onnx.ModelProto:
+    node = helper.make_node("Gather", ["table", "ids"], ["rows"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, table.shape[1]])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_mixed_table_is_stored_bit_exact_in_less_space_and_folds_to_one_table_at_load(tmp_path):
+    weight = np.random.default_rng(0).normal(size=(600, 48)).astype(np.float32)
+    rows_8bit = np.arange(0, 600, 6)  # 100 rows keep 8 bits
+    table = mixed_table(weight, round_rows(weight), rows_8bit)
+    assert np.array_equal(table[rows_8bit], round_rows(weight)[rows_8bit])
+    others = np.setdiff1d(np.arange(600), rows_8bit)
+    levels = table[others] / grid_scales(np.abs(table[others]).max(axis=1), 7)[:, None]
+    assert np.array_equal(levels, np.rint(levels)) and np.abs(levels).max() == 7  # 4-bit rows: -7..7
+    path = tmp_path / "lookup.onnx"
+    onnx.save(one_lookup(table), str(path))
+    assert store_int8(path)["int8_matrices"] == 0  # not told which rows are 8-bit: left in fp32
+    stored = store_int8(path, rows_8bit)
+    assert stored["int8_matrices"] == 1 and stored["mixed_tables"] == 1
+    assert path.stat().st_size < 0.8 * (600 * 48 + 600 * 4)  # vs all 8-bit: 100 rows of 48 bytes + 500 of 24
+    options = session_options(CPU, 1, "fp32")
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    got = ort.InferenceSession(str(path), options, providers=[CPU]).run(None, {"ids": np.arange(600)})[0]
+    assert np.array_equal(got, table)
+    assert [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node] == ["Gather"]
+    assert np.array_equal(mixed_8bit_rows(onnx.load(str(path))), rows_8bit)
+    restored = float_weights(onnx.load(str(path)))  # back to one fp32 initializer, for requantizers
+    assert [n.op_type for n in restored.graph.node] == ["Gather"] and len(restored.graph.initializer) == 1
+    assert np.array_equal(numpy_helper.to_array(restored.graph.initializer[0]), table)
+
+
+def test_mixed_table_artifact_is_validated_smaller_and_equals_the_rounded_model(
+    mixed_artifact, int8_artifact, tiny_model_dir
+):
+    from transformers import AutoModelForMaskedLM
+
+    manifest = load_manifest(mixed_artifact)
+    rounding = manifest.raw["weight_rounding"]
+    assert rounding["passed"] and rounding["scheme"].endswith("300 most frequent pieces 8-bit, the rest 4-bit")
+    assert manifest.raw["validation"]["fp32"]["passed"] and manifest.raw["export_config"]["table_8bit_rows"] == 300
+    fast = mixed_artifact / FAST_GRAPHS["fp32"]
+    table_bytes = [
+        sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(folder / FAST_GRAPHS["fp32"])).graph.initializer)
+        for folder in (mixed_artifact, int8_artifact)
+    ]
+    assert table_bytes[0] < table_bytes[1] - 2000  # 300 rows at 16 bytes instead of 32, less the order's 2,400
+    rows_8bit = mixed_8bit_rows(onnx.load(str(fast)))
+    assert len(rows_8bit) == 300 and {0, 1, 2, 3, 4} <= set(rows_8bit.tolist())  # the special tokens lead
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    round_weights(model, rows_8bit)
+    text = "This movie was [MASK] and the acting was great."
+    tokenizer = FillMask(mixed_artifact, device="cpu", precision="fp32")
+    got = tokenizer.fill(text, top_k=5)
+    enc = tokenizer.tokenizer.encode(text)
+    ids = torch.tensor([enc.ids])
+    with torch.no_grad():
+        expected = torch.log_softmax(model(input_ids=ids).logits[0, enc.ids.index(tokenizer.mask_id)], -1)
+    top = torch.topk(expected, 5)
+    assert [r["token"] for r in got] == top.indices.tolist()
+    assert np.allclose([r["score"] for r in got], top.values.exp().numpy(), rtol=1e-5)
+
+
+def test_table_8bit_rows_needs_int8_weights_and_fewer_rows_than_the_vocabulary(tiny_model_dir, imdb_dir, tmp_path):
+    from deniro_rt.errors import DeniroError
+    from export.config import check_config
+
+    base = {"onnx": True, "model": str(tiny_model_dir), "dataset": str(imdb_dir), **SMALL}
+    with pytest.raises(DeniroError, match=r"^--table-8bit-rows 100: pass a number of rows >= 0 together with "):
+        check_config(ExportConfig(output=str(tmp_path / "a"), table_8bit_rows=100, **base))
+    with pytest.raises(DeniroError, match=r"^--table-8bit-rows 100000 keeps every one of the \d+ rows at 8 bits"):
+        main(ExportConfig(output=str(tmp_path / "b"), weights="int8", table_8bit_rows=100000, **base))
+    assert not (tmp_path / "b").exists()  # nothing written
+
+
+def test_a_mixed_table_that_costs_too_much_perplexity_writes_nothing(tiny_model_dir, imdb_dir, tmp_path):
+    """On the random tiny model, 4-bit rows beyond its 100 most frequent pieces move perplexity by > 1 %."""
+    from export.validate import ValidationFailed
+
+    config = ExportConfig(
+        onnx=True,
+        model=str(tiny_model_dir),
+        output=str(tmp_path / "out"),
+        weights="int8",
+        table_8bit_rows=100,
+        dataset=str(imdb_dir),
+        **SMALL,
+    )
+    expected = (
+        r"^rounding the weights to int8 with 100 table rows at 8 bits and the rest at 4 changed the model too "
+        r"much, nothing written: perplexity_rel_diff [0-9.]+ \(needs <= 0.01\); export with a larger "
+        r"--table-8bit-rows, or without it$"
+    )
+    with pytest.raises(ValidationFailed, match=expected):
+        main(config)
+    assert not (tmp_path / "out").exists()
