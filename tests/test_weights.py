@@ -30,38 +30,21 @@ from export.weights import (
 SMALL = {"sentences": 48, "random_sequences": 8, "perplexity_chunks": 4}
 
 
+def int8_config(model_dir, imdb_dir, output, **overrides) -> ExportConfig:
+    """--weights int8 export of the tiny model, fp32 graphs only, small validation."""
+    settings = {"precision": ("fp32",), "weights": "int8", "dataset": str(imdb_dir), **SMALL, **overrides}
+    return ExportConfig(onnx=True, model=str(model_dir), output=str(output), **settings)
+
+
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory, tiny_model_dir, imdb_dir):
-    folder = tmp_path_factory.mktemp("int8_weights")
-    return main(
-        ExportConfig(
-            onnx=True,
-            model=str(tiny_model_dir),
-            output=str(folder),
-            precision=("fp32",),
-            full_graph=True,
-            weights="int8",
-            dataset=str(imdb_dir),
-            **SMALL,
-        )
-    )
+    return main(int8_config(tiny_model_dir, imdb_dir, tmp_path_factory.mktemp("int8_weights"), full_graph=True))
 
 
 @pytest.fixture(scope="module")
 def mixed_artifact(tmp_path_factory, tiny_model_dir, imdb_dir):
     folder = tmp_path_factory.mktemp("mixed_table")
-    config = ExportConfig(
-        onnx=True,
-        model=str(tiny_model_dir),
-        output=str(folder),
-        precision=("fp32",),
-        full_graph=False,
-        weights="int8",
-        table_8bit_rows=300,
-        dataset=str(imdb_dir),
-        **SMALL,
-    )
-    return main(config)
+    return main(int8_config(tiny_model_dir, imdb_dir, folder, full_graph=False, table_8bit_rows=300))
 
 
 @pytest.fixture(scope="module")
@@ -306,15 +289,7 @@ def test_a_mixed_table_that_costs_too_much_perplexity_writes_nothing(tiny_model_
     """On the random tiny model, 4-bit rows beyond its 100 most frequent pieces move perplexity by > 1 %."""
     from export.validate import ValidationFailed
 
-    config = ExportConfig(
-        onnx=True,
-        model=str(tiny_model_dir),
-        output=str(tmp_path / "out"),
-        weights="int8",
-        table_8bit_rows=100,
-        dataset=str(imdb_dir),
-        **SMALL,
-    )
+    config = int8_config(tiny_model_dir, imdb_dir, tmp_path / "out", precision=(), table_8bit_rows=100)
     expected = (
         r"^rounding the weights to int8 with 100 table rows at 8 bits and the rest at 4 changed the model too "
         r"much, nothing written: perplexity_rel_diff [0-9.]+ \(needs <= 0.01\); export with a larger "
