@@ -156,3 +156,38 @@ def test_cuda_fp32_matches_cpu_fp32(cuda_graph):
         assert [p["token"] for p in a] == [p["token"] for p in b]
         np.testing.assert_allclose([p["score"] for p in a], [p["score"] for p in b], atol=1e-4)
         assert cuda_runtime.fill(TEXTS[0]) == cuda_runtime.fill([TEXTS[0]])[0]
+
+
+@pytest.mark.parametrize("stored", ["int8 rows", "mixed 8/4-bit table"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
+def test_stored_weights_are_folded_before_cuda_runs(stored, tmp_path, tiny_model_dir, imdb_dir):
+    """export --weights int8 (the shipped model) and --table-8bit-rows graphs: ONNX Runtime folds the stored
+    weights to fp32 once at load on CUDA too, so no DequantizeLinear or BitShift runs per call, and the
+    answers are the CPU's."""
+    import onnx
+
+    from deniro_rt.artifact import load_manifest
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+    from deniro_rt.providers import CPU, CUDA, session_options
+    from export.config import ExportConfig
+    from export.pipeline import main
+
+    folder = DEFAULT_MODEL_DIR
+    if stored.startswith("mixed"):
+        folder = tmp_path / "mixed"
+        small = {"sentences": 48, "random_sequences": 8, "perplexity_chunks": 4, "dataset": str(imdb_dir)}
+        main(ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(folder), weights="int8",
+                          table_8bit_rows=300, full_graph=False, **small))  # fmt: skip
+    options = session_options(CUDA, None, "fp32")
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    graph = load_manifest(folder).graph_path("fp32")
+    ort.InferenceSession(str(graph), options, providers=[(CUDA, {"use_tf32": "0"}), CPU])
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert not ops & {"DequantizeLinear", "BitShift"}, ops
+    texts = TEXTS[:2]
+    cpu = FillMask(folder, device="cpu", precision="fp32").fill(texts, top_k=5)
+    cuda = FillMask(folder, device="cuda", precision="fp32", cuda_graph=False).fill(texts, top_k=5)
+    flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]  # noqa: E731
+    assert [p["token"] for p in flat(cpu)] == [p["token"] for p in flat(cuda)]
+    np.testing.assert_allclose([p["score"] for p in flat(cpu)], [p["score"] for p in flat(cuda)], atol=1e-4)
