@@ -44,9 +44,12 @@ HELP = {
     "in the artifact's deniro.json, else the artifact itself if it holds the weights)",
     "device": "auto: cuda when PyTorch sees a GPU, else cpu",
     "engines": "comma-separated engines to time: pytorch-card, pytorch-batched, hf-pipeline, "
-    "optimum-ort, deniro_rt, deniro_rt-model (the graph alone on prepared inputs)",
+    "optimum-ort, deniro_rt, deniro_rt-model (the graph alone on prepared inputs), deniro_rt-arrays "
+    "(fill_arrays: columns instead of dicts; not in the default list)",
     "precisions": "comma-separated deniro_rt precisions (default: fp32,int8 on CPU, fp32,fp16 on "
-    "CUDA, those the artifact has; bf16 = the fp32 graph on OpenVINO, CPU only, when asked for)",
+    "CUDA, those the artifact has, plus the runtime's own default for it here: bf16 = the fp32 graph on "
+    "OpenVINO, CPU only, where the artifact's bf16 validation passed and this CPU runs it by default; "
+    "elsewhere only when asked for)",
     "out": "report folder (default: bench/results/<machine>-<date>/)",
     "dataset": "folder of <split>.parquet files, or a hub dataset id (default: ../shared/data/imdb "
     "when present, else stanfordnlp/imdb)",

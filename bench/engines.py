@@ -392,9 +392,18 @@ def torch_precisions(name: str, device: str) -> list[str]:
     return ["fp32"]
 
 
+def runtime_default(manifest, device: str) -> str:
+    """The precision deniro_rt.FillMask picks for this artifact on this machine when none is asked for."""
+    from deniro_rt.providers import COMPUTED, CPU, CUDA, resolve_precision
+
+    validated = tuple(p for p in COMPUTED if manifest.passed(p))
+    return resolve_precision(None, CUDA if device == "cuda" else CPU, manifest.graphs, validated)
+
+
 def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:
-    """The precisions to run: --precisions, else those the artifact has that suit the device (the computed
-    ones, bf16 via OpenVINO, only when asked for)."""
+    """The precisions to run: --precisions, else those the artifact has that suit the device plus the one
+    the runtime picks by default here (bf16 via OpenVINO where the artifact's bf16 record passed and this CPU
+    runs it by default; otherwise the computed precisions only when asked for)."""
     have = list(manifest.graphs) + [p for p, (graph, _) in COMPUTED.items() if graph in manifest.graphs]
     if wanted:
         asked = [p.strip() for p in wanted.split(",") if p.strip()]
@@ -403,7 +412,9 @@ def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:
             raise DeniroError(f"--precisions {', '.join(missing)}: the artifact has only {', '.join(have)}")
         return asked
     suits = CUDA_PRECISIONS if device == "cuda" else CPU_PRECISIONS
-    return [p for p in suits if p in have]
+    chosen = [p for p in suits if p in have]
+    default = runtime_default(manifest, device)
+    return chosen + ([default] if default not in chosen else [])
 
 
 def make_engines(ctx: Context, names: list[str], precisions: list[str]) -> tuple[list[Engine], list[dict]]:

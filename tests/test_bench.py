@@ -66,6 +66,17 @@ def quick(tiny_artifact, imdb_dir, tmp_path_factory):
     return code, json.loads((out / "bench.json").read_text()), out
 
 
+@pytest.fixture(scope="module")
+def ours(tiny_artifact) -> list[str]:
+    """deniro_rt's precisions in the quick run: the artifact's CPU graphs (fp32, int8) plus the runtime's own
+    default here, bf16 where the tiny artifact's bf16 record passed and this CPU runs bf16 by default."""
+    from deniro_rt.artifact import load_manifest
+    from deniro_rt.openvino import bf16_by_default
+
+    manifest = load_manifest(tiny_artifact)
+    return ["fp32", "int8"] + (["bf16"] if manifest.passed("bf16") and bf16_by_default() else [])
+
+
 # --------------------------------------------------------------------------- the quick run
 def test_quick_all_writes_every_report(quick):
     code, result, out = quick
@@ -84,10 +95,10 @@ def test_quick_all_writes_every_report(quick):
     assert md.count("\n| deniro_rt |") == sum(r["engine"] == "deniro_rt" for r in result["rows"])
 
 
-def test_torch_model_comes_from_the_manifest(quick, tiny_artifact, tiny_model_dir):
+def test_torch_model_comes_from_the_manifest(quick, tiny_artifact, tiny_model_dir, ours):
     model = quick[1]["model"]
     assert model["artifact"] == str(tiny_artifact) and model["torch_model"] == str(tiny_model_dir)
-    assert model["precisions"] == ["fp32", "int8"]
+    assert model["precisions"] == ours
 
 
 def test_torch_model_fallbacks(tmp_path, tiny_artifact):
@@ -113,12 +124,12 @@ def test_header_names_hardware_and_versions(quick):
         assert versions[package], package
 
 
-def test_one_row_per_engine_precision_provider_batch_length(quick):
+def test_one_row_per_engine_precision_provider_batch_length(quick, ours):
     rows = quick[1]["rows"]
     keys = [(r["engine"], r["precision"], r["provider"], r["batch"], r["length"]) for r in rows]
     assert len(keys) == len(set(keys))
     seen = {(r["engine"], r["precision"]) for r in rows}
-    assert seen == {(e, "fp32") for e in ENGINES} | {(e, "int8") for e in OURS} | AUTOCAST
+    assert seen == {(e, "fp32") for e in ENGINES} | {(e, p) for e in OURS for p in ours} | AUTOCAST
     assert {r["engine"] for r in rows if r["scope"] == "model"} == {"deniro_rt-model"}
     lengths = [16, 64]
     for engine, precision in seen:
@@ -148,23 +159,21 @@ def test_every_engine_predicts_what_pytorch_predicts(quick):
             assert row["top1_vs_pytorch"] >= (0.97 if row["precision"] in ("int8", "bf16") else 0.999), row
 
 
-def test_speedups_cover_every_other_engine(quick):
+def test_speedups_cover_every_other_engine(quick, ours):
     result = quick[1]
     speedups = result["speedups"]
     assert all(s["speedup"] > 0 and s["deniro_rt"].startswith("deniro_rt/") for s in speedups)
     latency = {(s["deniro_rt"], s["length"], s["versus"]) for s in speedups if s["metric"] == "latency"}
     others = {f"{e}/fp32" for e in ENGINES if e not in OURS} | {f"{e}/{p}" for e, p in AUTOCAST}  # end to end
-    assert latency == {(f"deniro_rt/{p}", n, v) for p in ("fp32", "int8") for n in (16, 64, PROMPT) for v in others}
+    assert latency == {(f"deniro_rt/{p}", n, v) for p in ours for n in (16, 64, PROMPT) for v in others}
     through = {(s["deniro_rt"], s["length"], s["versus"]) for s in speedups if s["metric"] == "throughput"}
-    assert through == {(f"deniro_rt/{p}", n, v) for p in ("fp32", "int8") for n in (16, 64) for v in others}
+    assert through == {(f"deniro_rt/{p}", n, v) for p in ours for n in (16, 64) for v in others}
 
 
-def test_host_overhead_rows(quick):
+def test_host_overhead_rows(quick, ours):
     """deniro_rt e2e p50 minus the graph alone (deniro_rt-model) per precision and length, batch 1."""
     rows, overhead = quick[1]["rows"], quick[1]["overhead"]
-    assert {(o["precision"], o["length"]) for o in overhead} == {
-        (p, n) for p in ("fp32", "int8") for n in (16, 64, PROMPT)
-    }
+    assert {(o["precision"], o["length"]) for o in overhead} == {(p, n) for p in ours for n in (16, 64, PROMPT)}
     p50 = {(r["engine"], r["precision"], r["length"]): r["latency"]["p50_ms"] for r in rows if r["batch"] == 1}
     for o in overhead:
         e2e, model = (
@@ -230,9 +239,9 @@ def test_markdown_table_helper():
     ]
 
 
-def test_parity_passes_the_export_thresholds(quick):
+def test_parity_passes_the_export_thresholds(quick, ours):
     results = {r["precision"]: r for r in quick[1]["parity"]}
-    assert set(results) == {"fp32", "int8"}
+    assert list(results) == ours and all(r["passed"] for r in results.values())
     fp32 = results["fp32"]
     assert fp32["passed"] and not fp32["failures"]
     assert fp32["sentences"]["top5_identical"] >= 0.999

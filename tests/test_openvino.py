@@ -152,6 +152,18 @@ def test_the_default_precision_is_bf16_only_where_validated_and_the_cpu_allows(m
     assert resolve_precision(None, CPU, {**fp32_only, "int8": "fast_int8.onnx"}, passed) == "fp32"  # int8: opt-in
 
 
+def test_bench_times_the_runtimes_default_precision_too(monkeypatch):
+    """bench's default precisions: what the artifact has for the device, plus the one FillMask picks here."""
+    from bench.engines import deniro_precisions
+
+    shipped = load_manifest(DEFAULT_MODEL_DIR)  # fp32 graph, passed bf16 record
+    monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: True)
+    assert deniro_precisions(shipped, "cpu", None) == ["fp32", "bf16"]
+    assert deniro_precisions(shipped, "cpu", "fp32") == ["fp32"]  # --precisions wins
+    monkeypatch.setattr(deniro_rt.openvino, "bf16_by_default", lambda: False)
+    assert deniro_precisions(shipped, "cpu", None) == ["fp32"]
+
+
 def test_the_shipped_model_carries_a_passed_bf16_record():
     """export/bf16.py's record, made on the full IMDB test split (2,000 sentences, 200 chunks; docs/precision.md)."""
     record = load_manifest(DEFAULT_MODEL_DIR).raw["validation"]["bf16"]
