@@ -63,6 +63,8 @@ HELP = {
     "latency_samples": "timed batch-1 calls per engine and length",
     "throughput_sentences": "sentences timed per engine, batch and length (texts cycle if fewer)",
     "throughput_seconds": "stop each throughput measurement after this many seconds (none: all sentences)",
+    "rounds": "time the engines this many times in turn (A, B, C, A, B, C, ...) and report each row's median round, "
+    "so that ratios between engines share the machine's drift (1: each engine once)",
     "parity_texts": "test reviews chunked and premasked for the perplexity check",
     "parity_sentences": "workload sentences compared prediction by prediction",
     "chunk_size": "parity chunk length (default: the torch model's train_config.json, else 256)",

@@ -55,6 +55,7 @@ class BenchConfig:
     latency_samples: int = 200  # batch-1 calls timed per engine and length
     throughput_sentences: int = 10000  # sentences per engine, batch and length
     throughput_seconds: float | None = None  # stop a throughput measurement after this long
+    rounds: int = 1  # time every engine this many times, interleaved; each row reports its median round
     # parity
     parity_texts: int = 500  # test reviews chunked and premasked for the perplexity check
     parity_sentences: int = 1000  # workload sentences compared top-k by top-k

@@ -91,30 +91,54 @@ def make_workload(cfg: BenchConfig, ctx: Context, reviews: list[str], per_bucket
 def speed_rows(
     cfg: BenchConfig, ctx: Context, workload: Workload, engines: list[Engine], modes: set[str]
 ) -> list[dict]:
-    """One row per engine x precision x provider x batch x length (latency at batch 1)."""
+    """One row per engine x precision x provider x batch x length (latency at batch 1); with --rounds N the
+    engines are timed N times in turn and each row is its median round (median_round)."""
     timing = Timing(warmup=cfg.warmup, sync=ctx.sync, seconds=cfg.throughput_seconds)
-    rows, predictions = [], {}
+    rounds, predictions, alive = [], {}, list(engines)
     lengths = list(workload.buckets) + ([PROMPT] if "latency" in modes else [])
-    for engine in engines:
-        started = time.perf_counter()
-        try:
-            rows += [
-                row
-                for length in lengths
-                for row in engine_rows(cfg, engine, workload, length, modes, timing, predictions)
-            ]
-        except Exception as exc:  # one engine's failure (a library's bug) must not lose the others' rows
-            log.error(
-                "%s (%s) failed, its rows are left out: %s: %s",
-                engine.label,
-                engine.provider,
-                type(exc).__name__,
-                str(exc).splitlines()[0][:200] if str(exc) else "",
-            )
-            continue
-        log.info("%s (%s): measured in %.0f s", engine.label, engine.provider, time.perf_counter() - started)
+    for _ in range(cfg.rounds):
+        rows = []
+        for engine in list(alive):
+            try:
+                rows += timed_engine(cfg, engine, workload, lengths, modes, timing, predictions)
+            except Exception as exc:  # one engine's failure (a library's bug) must not lose the others' rows
+                first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+                log.error("%s (%s) failed, its rows are left out: %s: %s", engine.label, engine.provider,
+                          type(exc).__name__, first_line)  # fmt: skip
+                alive.remove(engine)  # and it is not timed again in later rounds
+        rounds.append(rows)
+    rows = median_rounds(rounds)
     agreement(rows, predictions)
     return rows
+
+
+def timed_engine(cfg, engine: Engine, workload: Workload, lengths, modes, timing, predictions) -> list[dict]:
+    started = time.perf_counter()
+    rows = [row for length in lengths for row in engine_rows(cfg, engine, workload, length, modes, timing, predictions)]
+    log.info("%s (%s): measured in %.0f s", engine.label, engine.provider, time.perf_counter() - started)
+    return rows
+
+
+ROW_KEY = ("engine", "precision", "provider", "batch", "length")
+
+
+def median_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Each row (ROW_KEY) as in its median round: latency by p50, throughput by sentences/s; the per-round
+    values are kept (`rounds`). One round: the rows as they are."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = []
+    for first in rounds[0]:
+        key = tuple(first[k] for k in ROW_KEY)
+        same = [row for rows in rounds for row in rows if tuple(row[k] for k in ROW_KEY) == key]
+        row = dict(first)
+        for metric, value in (("latency", "p50_ms"), ("throughput", "sentences_per_s")):
+            measured = [r[metric] for r in same if r[metric]]
+            if measured:
+                by_value = sorted(measured, key=lambda m: m[value])
+                row[metric] = {**by_value[(len(by_value) - 1) // 2], "rounds": [m[value] for m in measured]}
+        merged.append(row)
+    return merged
 
 
 def engine_rows(cfg, engine: Engine, workload: Workload, length, modes, timing, predictions) -> list[dict]:
@@ -164,6 +188,8 @@ def main(cfg: BenchConfig) -> int:
     wanted = {"parity", "latency", "throughput", "train"} if cfg.command == "all" else {cfg.command}
     device = resolve_device(cfg.device)
     cfg.engine_list(), cfg.length_list(), cfg.batch_list()  # bad lists fail now, not after minutes
+    if cfg.rounds < 1:
+        raise DeniroError(f"--rounds must be at least 1 (each engine timed once), got {cfg.rounds}")
     result = {"header": report.header(device, cfg.cli()), "config": cfg.__dict__.copy()}
     if wanted & {"parity", "latency", "throughput"}:
         result.update(model_benchmarks(cfg, device, wanted))

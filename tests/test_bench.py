@@ -424,3 +424,27 @@ def test_train_bench_a_failing_loop_keeps_the_other_rows(monkeypatch):
         "median_tokens_per_s": {"device-mask/auto-adamw": 1000.0, "auto-mask/auto-adamw/compiled": None},
         "ratio_to_first": {"device-mask/auto-adamw": 1.0, "auto-mask/auto-adamw/compiled": None},
     }
+
+
+def test_rounds_interleave_the_engines_and_report_each_rows_median_round(tiny_artifact, imdb_dir, tmp_path, capsys):
+    from bench.run import median_rounds
+
+    def row(engine, per_s, p50):
+        key = {"engine": engine, "precision": "fp32", "provider": "cpu", "batch": 4, "length": 16}
+        return {**key, "throughput": {"sentences_per_s": per_s, "sentences": 8}, "latency": {"p50_ms": p50}}
+
+    rounds = [[row("a", 10.0, 3.0), row("b", 5.0, 1.0)], [row("a", 30.0, 1.0)], [row("a", 20.0, 2.0)]]
+    a = median_rounds(rounds)[0]
+    assert a["throughput"] == {"sentences_per_s": 20.0, "sentences": 8, "rounds": [10.0, 30.0, 20.0]}
+    assert a["latency"] == {"p50_ms": 2.0, "rounds": [3.0, 1.0, 2.0]}
+    assert median_rounds(rounds)[1]["throughput"]["rounds"] == [5.0]  # b ran once: its one round
+    assert median_rounds(rounds[:1]) == rounds[0]
+    args = ["throughput", "--quick", "--device", "cpu", "--model", str(tiny_artifact), "--dataset", str(imdb_dir)]
+    args += ["--engines", "deniro_rt,deniro_rt-model", "--precisions", "fp32", "--lengths", "16", "--out"]
+    assert run([*args, str(tmp_path), "--rounds", "2"]) == 0
+    rows = json.loads((tmp_path / "throughput.json").read_text())["rows"]
+    assert len(rows) == 2 and all(len(r["throughput"]["rounds"]) == 2 for r in rows)
+    assert all(r["throughput"]["sentences_per_s"] in r["throughput"]["rounds"] for r in rows)
+    assert run([*args, str(tmp_path / "zero"), "--rounds", "0"]) == 2
+    error = "error: --rounds must be at least 1 (each engine timed once), got 0"
+    assert capsys.readouterr().err.splitlines()[-1] == error
