@@ -129,7 +129,12 @@ def table_rows_8bit(config: ExportConfig, source: Source) -> np.ndarray | None:
     from train.prune import sample_train_texts
     from train.shrink import piece_order
 
-    vocab = source.model.get_input_embeddings().weight.shape[0]
+    vocab, dim = source.model.get_input_embeddings().weight.shape
+    if dim % 2:
+        raise DeniroError(
+            f"--table-8bit-rows stores two 4-bit values a byte and this model's table is {dim} wide (odd); "
+            f"export without --table-8bit-rows"
+        )
     if config.table_8bit_rows >= vocab:
         raise DeniroError(
             f"--table-8bit-rows {config.table_8bit_rows} keeps every one of the {vocab} rows at 8 bits; "

@@ -287,6 +287,21 @@ def test_table_8bit_rows_needs_int8_weights_and_fewer_rows_than_the_vocabulary(t
     assert not (tmp_path / "b").exists()  # nothing written
 
 
+def test_an_odd_width_table_is_refused_and_nothing_written(tiny_tokenizer, imdb_dir, tmp_path):
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from deniro_rt.errors import DeniroError
+
+    shape = {"dim": 33, "n_layers": 1, "n_heads": 3, "hidden_dim": 64, "max_position_embeddings": 128}
+    model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=len(tiny_tokenizer), **shape))
+    model.save_pretrained(tmp_path / "odd")
+    tiny_tokenizer.save_pretrained(tmp_path / "odd")
+    config = int8_config(tmp_path / "odd", imdb_dir, tmp_path / "out", table_8bit_rows=100)
+    with pytest.raises(DeniroError, match=r"^--table-8bit-rows stores two 4-bit values a byte and this model's "):
+        main(config)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_mixed_table_that_costs_too_much_perplexity_writes_nothing(tiny_model_dir, imdb_dir, tmp_path):
     """On the random tiny model, 4-bit rows beyond its 100 most frequent pieces move perplexity by > 1 %."""
     from export.validate import ValidationFailed
