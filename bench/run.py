@@ -92,7 +92,7 @@ def speed_rows(
     cfg: BenchConfig, ctx: Context, workload: Workload, engines: list[Engine], modes: set[str]
 ) -> list[dict]:
     """One row per engine x precision x provider x batch x length (latency at batch 1); with --rounds N the
-    engines are timed N times in turn and each row is its median round (median_round)."""
+    engines are timed N times in turn and each row is its median round (median_rounds)."""
     timing = Timing(warmup=cfg.warmup, sync=ctx.sync, seconds=cfg.throughput_seconds)
     rounds, predictions, alive = [], {}, list(engines)
     lengths = list(workload.buckets) + ([PROMPT] if "latency" in modes else [])
