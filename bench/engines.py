@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deniro_rt.errors import DeniroError
-from deniro_rt.providers import COMPUTED, CPU, CUDA, RUNS_ON
+from deniro_rt.providers import COMPUTED, CPU, CUDA, RUNS_ON, artifact_precision
 
 log = logging.getLogger(__name__)
 CPU_PRECISIONS = tuple(p for p, providers in RUNS_ON.items() if CPU in providers)  # fp32, int8
@@ -392,14 +392,6 @@ def torch_precisions(name: str, device: str) -> list[str]:
     return ["fp32"]
 
 
-def runtime_default(manifest, device: str) -> str:
-    """The precision deniro_rt.FillMask picks for this artifact on this machine when none is asked for."""
-    from deniro_rt.providers import COMPUTED, CPU, CUDA, resolve_precision
-
-    validated = tuple(p for p in COMPUTED if manifest.passed(p))
-    return resolve_precision(None, CUDA if device == "cuda" else CPU, manifest.graphs, validated)
-
-
 def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:
     """The precisions to run: --precisions, else those the artifact has that suit the device plus the one
     the runtime picks by default here (bf16 via OpenVINO where the artifact's bf16 record passed and this CPU
@@ -413,7 +405,7 @@ def deniro_precisions(manifest, device: str, wanted: str | None) -> list[str]:
         return asked
     suits = CUDA_PRECISIONS if device == "cuda" else CPU_PRECISIONS
     chosen = [p for p in suits if p in have]
-    default = runtime_default(manifest, device)
+    default = artifact_precision(None, CUDA if device == "cuda" else CPU, manifest)  # what FillMask picks here
     return chosen + ([default] if default not in chosen else [])
 
 

@@ -85,6 +85,13 @@ def resolve_precision(
     return requested
 
 
+def artifact_precision(requested: str | None, provider: str, manifest) -> str:
+    """resolve_precision for an artifact (deniro_rt.artifact.Manifest): its graphs, and the computed precisions
+    whose validation passed for it, the only ones that can be its default. FillMask and bench both ask this."""
+    validated = tuple(p for p in COMPUTED if manifest.passed(p))
+    return resolve_precision(requested, provider, manifest.graphs, validated)
+
+
 def default_precision(provider: str, available: dict[str, str], validated: tuple[str, ...] = ()) -> str:
     """The provider's first preferred precision that the artifact has; a computed one only if it passed the
     artifact's validation and this machine runs it by default."""

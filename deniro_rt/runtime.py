@@ -26,7 +26,7 @@ from .data import IGNORE_INDEX, MaskedBatch, perplexity
 from .errors import DeniroError, DeniroTypeError
 from .models import DEFAULT_MODEL_DIR
 from .predictions import Predictions, Source, TokenRows
-from .providers import COMPUTED, CPU, resolve_precision, resolve_provider, session_options
+from .providers import COMPUTED, CPU, artifact_precision, resolve_provider, session_options
 
 OVERLAP_BLOCK = 2048  # texts tokenized per block when tokenization overlaps the device runs
 # Padded tokens per graph run on CPU (rows x the run's longest row). Beyond about a thousand the activations
@@ -70,8 +70,7 @@ class FillMask:
         self.manifest = load_manifest(model or DEFAULT_MODEL_DIR)
         self.provider = resolve_provider(device)
         self.token_budget = check_budget(token_budget, self.provider)
-        validated = tuple(p for p in COMPUTED if self.manifest.passed(p))  # bf16 may be its default (providers)
-        self.precision = resolve_precision(precision, self.provider, self.manifest.graphs, validated)
+        self.precision = artifact_precision(precision, self.provider, self.manifest)  # bf16 may be its default
         self.tokenizer = Tokenizer.from_file(str(verify_file(self.manifest, TOKENIZER_FILE)))
         self.tokenizer.no_truncation()  # long texts are reported (or windowed), never cut silently
         self.tokenizer.no_padding()
