@@ -25,6 +25,11 @@ needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs onn
 TEXTS = ["This is a great [MASK]!", "The acting was [MASK] and the [MASK] was too long."] * 40
 
 
+def flat(results: list) -> list[dict]:
+    """fill()'s per-text results (a text with several masks gives one list per mask) as one list of predictions."""
+    return [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]
+
+
 # --------------------------------------------------------------------------- buckets (CPU)
 def test_round_up_and_mask_buckets():
     assert [round_up(n, (16, 32, 64)) for n in (1, 16, 17, 64, 65)] == [16, 16, 32, 64, None]
@@ -54,8 +59,8 @@ def test_pad_feed_rebases_mask_positions_and_pads_every_input():
     assert padded["attention_mask"][:, 4:].sum() == 0 and padded["attention_mask"][2:, 0].tolist() == [1, 1]
     assert padded["mask_index"].tolist() == [2, 9, 10, 0]  # row * 8 + col; the pad row points at 0
     assert padded["target_ids"].tolist() == [[9], [8], [7], [0]]
-    flat = padded["input_ids"].ravel()[padded["mask_index"][:3]]
-    assert flat.tolist() == [4, 4, 4]
+    at_masks = padded["input_ids"].ravel()[padded["mask_index"][:3]]
+    assert at_masks.tolist() == [4, 4, 4]
     with pytest.raises(ValueError, match="does not fit"):
         pad_feed(feed, Bucket(batch=1, seq=8, masks=4, targets=1, k=5), pad_id=0)
 
@@ -96,7 +101,6 @@ def test_bucketed_runner_plumbing_on_cpu(tiny_artifact):
     texts = TEXTS[:6] + ["the movie was long and slow . " * 8 + "the end was [MASK] ."]  # > 32 tokens: plain
     for _ in range(2):  # the second pass reuses every slot
         ours, plain = fm.fill(texts, top_k=4, batch_size=4), plain_fm.fill(texts, top_k=4, batch_size=4)
-        flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]  # noqa: E731
         assert [(p["token"], p["sequence"]) for p in flat(ours)] == [(p["token"], p["sequence"]) for p in flat(plain)]
         np.testing.assert_allclose([p["score"] for p in flat(ours)], [p["score"] for p in flat(plain)], rtol=1e-5)
         assert fm.fill(TEXTS[0]) == plain_fm.fill(TEXTS[0])
@@ -151,7 +155,6 @@ def test_cuda_fp32_matches_cpu_fp32(cuda_graph):
     assert cuda_runtime.provider == "CUDAExecutionProvider"
     for _ in range(3):  # the graph is captured after a few runs: the replays must agree too
         cuda = cuda_runtime.fill(TEXTS, top_k=5, batch_size=16)
-        flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]  # noqa: E731
         a, b = flat(cpu), flat(cuda)
         assert [p["token"] for p in a] == [p["token"] for p in b]
         np.testing.assert_allclose([p["score"] for p in a], [p["score"] for p in b], atol=1e-4)
@@ -188,6 +191,5 @@ def test_stored_weights_are_folded_before_cuda_runs(stored, tmp_path, tiny_model
     texts = TEXTS[:2]
     cpu = FillMask(folder, device="cpu", precision="fp32").fill(texts, top_k=5)
     cuda = FillMask(folder, device="cuda", precision="fp32", cuda_graph=False).fill(texts, top_k=5)
-    flat = lambda results: [p for r in results for m in (r if isinstance(r[0], list) else [r]) for p in m]  # noqa: E731
     assert [p["token"] for p in flat(cpu)] == [p["token"] for p in flat(cuda)]
     np.testing.assert_allclose([p["score"] for p in flat(cpu)], [p["score"] for p in flat(cuda)], atol=1e-4)
