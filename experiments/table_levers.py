@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,6 +39,7 @@ from bench.parity import EvalSettings, eval_chunks  # noqa: E402
 from deniro_rt import FillMask  # noqa: E402
 from deniro_rt.artifact import MANIFEST, sha256_file  # noqa: E402
 from deniro_rt.data import load_text_splits  # noqa: E402
+from train.shrink import piece_order  # noqa: E402
 
 TABLE = "mlm.model.distilbert.embeddings.word_embeddings.weight"
 DEFAULT_VARIANTS = "shipped,mixed-2000,mixed-4000,mixed-8000,int4,rank-256,rank-192,rank-128"
@@ -78,15 +80,6 @@ def table_bytes(name: str, vocab: int, dim: int) -> int:
     return vocab * rank + 4 * vocab + 4 * rank * dim  # int8 [vocab, rank] + scales + fp32 [rank, dim]
 
 
-def piece_order(fm: FillMask, texts: list[str]) -> np.ndarray:
-    """Row ids, most frequent piece in `texts` first (specials first)."""
-    counts = np.zeros(fm.manifest.vocab_size, dtype=np.int64)
-    for encoding in fm.tokenizer.encode_batch(texts):
-        counts += np.bincount(encoding.ids, minlength=len(counts))
-    counts[list(fm.tokenizer.get_added_tokens_decoder())] = np.iinfo(np.int64).max
-    return np.argsort(-counts, kind="stable")
-
-
 def load_table(graph: Path) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     """The graph, its table's int8 rows [vocab, dim] and their fp32 scales [vocab]."""
     proto = onnx.load(str(graph))
@@ -124,8 +117,8 @@ def main() -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     args = parser.parse_args()
     splits = load_text_splits(args.dataset, ["train", "test"])
-    fm = FillMask(args.model, device="cpu", precision="fp32")
-    order = piece_order(fm, splits["train"][: args.count_reviews])
+    tokenizer = AutoTokenizer.from_pretrained(args.model)  # the artifact's own tokenizer files
+    order = piece_order(tokenizer, splits["train"][: args.count_reviews])  # as train.prune and export count them
     vocab, dim = load_table(Path(args.model) / "fast.onnx")[1].shape
     names = ["shipped"] + [n for n in args.variants.split(",") if n and n != "shipped"]  # the reference first
     rows = []
