@@ -302,14 +302,19 @@ def test_an_odd_width_table_is_refused_and_nothing_written(tiny_tokenizer, imdb_
     assert not (tmp_path / "out").exists()
 
 
-def test_a_mixed_table_that_costs_too_much_perplexity_writes_nothing(tiny_model_dir, imdb_dir, tmp_path):
-    """On the random tiny model, 4-bit rows beyond its 100 most frequent pieces move perplexity by > 1 %."""
+def test_a_mixed_table_that_costs_too_much_perplexity_writes_nothing(tiny_model_dir, imdb_dir, tmp_path, monkeypatch):
+    """On the random tiny model, 4-bit rows beyond its 100 most frequent pieces move perplexity by 1.1-1.3 %
+    (the tiny vocabulary is retrained each session, so that sits on the real 1 % gate: a CI run passed it);
+    the perplexity gate is set to 0.1 % here so that the failure does not depend on the draw."""
+    import export.weights
     from export.validate import ValidationFailed
 
+    gate = {**export.weights.ROUNDING_THRESHOLDS, "perplexity_rel_diff": ("<=", 0.001)}
+    monkeypatch.setattr(export.weights, "ROUNDING_THRESHOLDS", gate)
     config = int8_config(tiny_model_dir, imdb_dir, tmp_path / "out", precision=(), table_8bit_rows=100)
     expected = (
         r"^rounding the weights to int8 with 100 table rows at 8 bits and the rest at 4 changed the model too "
-        r"much, nothing written: perplexity_rel_diff [0-9.]+ \(needs <= 0.01\); export with a larger "
+        r"much, nothing written: perplexity_rel_diff [0-9.]+ \(needs <= 0.001\); export with a larger "
         r"--table-8bit-rows, or without it$"
     )
     with pytest.raises(ValidationFailed, match=expected):
