@@ -291,3 +291,17 @@ def test_device_masking_has_the_host_masking_statistics():
     assert np.allclose(stats[0], stats[1], atol=0.02)
     again = mask_rows(to_device(chunks, "cpu"), torch.arange(400), step_generator("cpu", 0), 4, 1000, 0.15)
     assert torch.equal(again.labels, dev.labels)  # the same key draws the same masks (resumable)
+
+
+def test_tokens_per_s_leaves_out_the_first_step_of_the_process():
+    """The first step holds torch.compile's compilation (and autotuning): timed apart, not in tokens/s."""
+    from train.config import TrainConfig
+    from train.loop import Tally
+
+    config = TrainConfig(batch_size=2, chunk_size=8, grad_accum=1)  # 16 tokens a step
+    tally = Tally(torch.zeros(()))
+    tally.add_step_time(30.0)  # compiling
+    assert tally.tokens_per_s(config, n_procs=1) is None and tally.first_step_s == 30.0
+    tally.add_step_time(0.5)
+    tally.add_step_time(1.5)
+    assert tally.tokens_per_s(config, n_procs=2) == 2 * 16 * 2 / 2.0

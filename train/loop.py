@@ -377,15 +377,26 @@ class Run:
 
 @dataclass
 class Tally:
-    """Running sums between two evaluations, and the time spent in optimizer steps this process (tokens/s)."""
+    """Running sums between two evaluations, and the time spent in optimizer steps this process (tokens/s).
+
+    The process's first step is timed apart (first_step_s) and left out of tokens/s: it holds torch.compile's
+    compilation, kernel autotuning and the allocator's growth, which would make a short or compiled run look slow.
+    """
 
     loss: torch.Tensor
     steps: int = 0
-    run_steps: int = 0
-    step_s: float = 0.0  # seconds in optimizer steps (data, masking, forward, backward, update), this process
+    timed_steps: int = 0  # steps of this process after its first
+    step_s: float = 0.0  # seconds in those steps (data, masking, forward, backward, update)
+    first_step_s: float | None = None
+
+    def add_step_time(self, seconds: float) -> None:
+        if self.first_step_s is None:
+            self.first_step_s = seconds
+        else:
+            self.timed_steps, self.step_s = self.timed_steps + 1, self.step_s + seconds
 
     def tokens_per_s(self, config: TrainConfig, n_procs: int) -> float | None:
-        tokens = self.run_steps * config.batch_size * config.chunk_size * config.grad_accum * n_procs
+        tokens = self.timed_steps * config.batch_size * config.chunk_size * config.grad_accum * n_procs
         return tokens / self.step_s if self.step_s > 0 else None
 
 
@@ -496,7 +507,7 @@ def one_step(run: Run, step: int, tally: Tally) -> torch.Tensor:
     ]
     loss = train_step(acc, run.wrapped, run.optimizer, batches)
     run.scheduler.step()
-    tally.loss, tally.steps, tally.run_steps = tally.loss + loss, tally.steps + 1, tally.run_steps + 1
+    tally.loss, tally.steps = tally.loss + loss, tally.steps + 1
     return loss
 
 
@@ -517,7 +528,7 @@ def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, li
         bar.update(1)
         if step % 10 == 0 or step == stop_at:  # loss.item() waits for the device: the steps' time includes it
             show_progress(run, bar, tally, loss)
-        tally.step_s += time.perf_counter() - started
+        tally.add_step_time(time.perf_counter() - started)
         epoch_end = step % sched.steps_per_epoch == 0
         if epoch_end or step == sched.total_steps or (config.eval_every and step % config.eval_every == 0):
             history.append(evaluation_row(run, step, tally))
@@ -554,5 +565,6 @@ def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
         "train_loss": mean_loss,
         "split": VALIDATION,
         "perplexity": ppl,
-        "tokens_per_s": rate,
+        "tokens_per_s": rate,  # the process's first step left out (Tally)
+        "first_step_s": tally.first_step_s,
     }
