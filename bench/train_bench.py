@@ -10,7 +10,7 @@ The loop before and after issue 23, interleaved in one process (ratio measured i
 
     python -m bench.train_bench --shapes tiny,minilm --batch-size 8 --chunk-size 128 --rounds 3 \
         --json bench/results/cpu-2core-train/loop.json
-    python -m bench.train_bench --shapes minilm,deniro --precision bf16 --loops device,compiled \
+    python -m bench.train_bench --shapes minilm,deniro --precision bf16 --loops device,head-rows,compiled \
         --rounds 1 --steps 30 --warmup 5 --json loop.json     # issue 23's loop goals on a GPU (run.sh STAGES=loop)
 """
 
@@ -63,19 +63,23 @@ class LoopOptions:
     masking: str = "auto"  # as train's --masking: auto (torch on CUDA, numpy elsewhere) | device | host
     adamw: str = "auto"  # train.loop.make_optimizer's choice; "plain": torch.optim.AdamW() as before
     compile: bool = False
+    head_rows: float = 0.0  # train's --head-rows: 0, the head on exactly the masked rows (a device wait a step)
 
     @property
     def name(self) -> str:
-        return f"{self.masking}-mask/{self.adamw}-adamw" + ("/compiled" if self.compile else "")
+        rows = f"/head-rows-{self.head_rows:g}" if self.head_rows else ""
+        return f"{self.masking}-mask/{self.adamw}-adamw{rows}" + ("/compiled" if self.compile else "")
 
 
 BEFORE = LoopOptions(masking="host", adamw="plain")
-# --loops names: the loop before issue 23, train's defaults with masking forced to one side, and train's
-# defaults with --compile (masking auto: on the device on CUDA, the host elsewhere).
+# --loops names: the loop before issue 23, train's defaults with masking forced to one side, device masking with
+# the head on a fixed number of rows (--head-rows 0.25: no device wait in the step), and train's defaults with
+# --compile (masking auto: on the device on CUDA, the host elsewhere).
 LOOPS = {
     "before": BEFORE,
     "host": LoopOptions(masking="host"),
     "device": LoopOptions(masking="device"),
+    "head-rows": LoopOptions(masking="device", head_rows=0.25),
     "compiled": LoopOptions(compile=True),
 }
 
@@ -138,7 +142,7 @@ def prepare_run(config, precision: str, device: str, loop: LoopOptions, total_st
     model = build_model(config, vocab)
     if loop.compile:
         model.distilbert.compile()
-    wrapped = MaskedOnlyMLM(model)
+    wrapped = MaskedOnlyMLM(model, loop.head_rows)
     optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
     n_procs = accelerator.num_processes
     chunks = synthetic_chunks(total_steps * config.batch_size * n_procs, config.chunk_size, vocab.size)

@@ -280,18 +280,20 @@ def test_arrays_stage_dry_run(tmp_path):
 
 @pytest.mark.slow
 def test_loop_stage_dry_run(tmp_path):
-    """STAGES=loop (issue 23): train/'s loop eager vs torch.compile in bf16, timed, in summary.json."""
+    """STAGES=loop (issue 23): train/'s loop eager, with --head-rows and with torch.compile, bf16, in summary.json."""
     out, work = _stage_dry_run(tmp_path, "loop")
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s["exit"] for s in summary["steps"]}
     assert steps["loop speed: eager vs compiled, bf16"] == "0", steps
     rows = json.loads((work / "loop.json").read_text())["rows"]
-    assert [(r["shape"], r["masking"], r["compile"], r["precision"]) for r in rows] == [
-        ("tiny", "device", False, "bf16"),
-        ("tiny", "auto", True, "bf16"),
+    assert [(r["shape"], r["masking"], r["head_rows"], r["compile"], r["precision"]) for r in rows] == [
+        ("tiny", "device", 0.0, False, "bf16"),
+        ("tiny", "device", 0.25, False, "bf16"),
+        ("tiny", "auto", 0.0, True, "bf16"),
     ]
     assert all(r["tokens_per_s"] > 0 and r["last_loss"] > 0 for r in rows)
     assert set(summary["train_loop"]["tiny"]["median_tokens_per_s"]) == {
         "device-mask/auto-adamw",
+        "device-mask/auto-adamw/head-rows-0.25",
         "auto-mask/auto-adamw/compiled",
     }

@@ -305,3 +305,48 @@ def test_tokens_per_s_leaves_out_the_first_step_of_the_process():
     tally.add_step_time(0.5)
     tally.add_step_time(1.5)
     assert tally.tokens_per_s(config, n_procs=2) == 2 * 16 * 2 / 2.0
+
+
+def test_head_rows_gives_the_exact_loss_and_gradients_without_a_data_dependent_shape(tiny_model_dir):
+    """--head-rows 0.25: the head runs on a fixed number of rows, the scored ones first; same loss as the
+    boolean selection (head_rows 0), and the masked tokens that do not fit are counted, not hidden."""
+    from transformers import AutoModelForMaskedLM
+
+    from deniro_rt.data import IGNORE_INDEX
+    from train.model import MaskedOnlyMLM, head_capacity, rows_over_capacity
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)
+    ids = torch.randint(5, 600, (8, 64), generator=torch.Generator().manual_seed(0))  # [batch, seq]
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.15, ids, IGNORE_INDEX)
+    grads = []
+    for head_rows in (0.0, 0.25):
+        model.zero_grad()
+        torch.manual_seed(2)  # the same dropout masks in both runs
+        loss = MaskedOnlyMLM(model, head_rows).train()(input_ids=ids, labels=labels)
+        loss.backward()
+        grads.append((loss.detach(), model.distilbert.embeddings.word_embeddings.weight.grad.clone()))
+    (exact_loss, exact_grad), (fixed_loss, fixed_grad) = grads
+    torch.testing.assert_close(fixed_loss, exact_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fixed_grad, exact_grad, rtol=1e-5, atol=1e-8)
+    assert head_capacity(labels.numel(), 0.25) == 128 and int(rows_over_capacity(labels, 0.25)) == 0
+    scored = int((labels != IGNORE_INDEX).sum())
+    assert int(rows_over_capacity(labels, 0.05)) == scored - 64 > 0  # capacity 64: the rest is left out, counted
+    assert rows_over_capacity(labels.numpy(), 0.05) == scored - 64 and rows_over_capacity(labels, 0.0) == 0
+
+
+def test_a_head_rows_outside_0_to_1_fails_before_any_work(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--head-rows", "1.5")) == 2
+    assert _error_line(capsys) == (
+        "error: --head-rows must be 0 (the head on exactly the masked tokens) or a fraction of the batch's tokens "
+        "in (0, 1] (e.g. 0.25 for 15 % masking), got 1.5"
+    )
+    assert not out.exists()
+
+
+def test_masked_tokens_beyond_head_rows_are_reported_in_metrics(imdb_dir, tiny_model_dir, tmp_path, caplog):
+    out = tmp_path / "run"
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--max-steps", "4", "--head-rows", "0.05")) == 0
+    rows = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert rows[-1]["head_rows_left_out"] > 0  # tiny preset: 8 x 64 tokens, capacity 64 < ~77 masked
+    assert "were left out of the loss; raise --head-rows (or 0: exactly the masked tokens)" in caplog.text

@@ -63,6 +63,9 @@ HELP = {
     "head_lr": "peak lr of the MLM head (vocab_transform, vocab_layer_norm, projector bias; the projector "
     "matrix is the tied word embedding and keeps --lr); default: --lr",
     "head_warmup_steps": "train only the MLM head for this many first steps (the encoder's lr is 0)",
+    "head_rows": "0: the MLM head runs on exactly the masked tokens (the host waits for the device each step); "
+    "F in (0, 1]: on a fixed F x batch tokens rows (0.25 for 15 %% masking): same loss, no wait, one shape for "
+    "--compile; masked tokens beyond it are left out and counted in metrics.json",
     "weight_decay": "AdamW weight decay",
     "warmup_steps": "linear warm-up steps",
     "precision": "fp32 (the recipe) | bf16 | fp16 (Accelerate mixed precision; bf16 on CPU works too)",

@@ -47,7 +47,16 @@ from .data import (
     step_generator,
     to_device,
 )
-from .model import MaskedOnlyMLM, build_model, make_scheduler, max_positions, param_groups, resolve_model
+from .model import (
+    MaskedOnlyMLM,
+    build_model,
+    check_head_rows,
+    make_scheduler,
+    max_positions,
+    param_groups,
+    resolve_model,
+    rows_over_capacity,
+)
 from .tokenizer import load_tokenizer, train_wordpiece
 
 log = logging.getLogger("train")
@@ -385,6 +394,7 @@ class Tally:
 
     loss: torch.Tensor
     steps: int = 0
+    left_out: torch.Tensor | int = 0  # scored tokens beyond --head-rows' capacity (rows_over_capacity)
     timed_steps: int = 0  # steps of this process after its first
     step_s: float = 0.0  # seconds in those steps (data, masking, forward, backward, update)
     first_step_s: float | None = None
@@ -419,7 +429,8 @@ def start_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
     out = check_output(config)
-    masks_on_device(config, "cpu")  # a bad --masking fails before any work
+    masks_on_device(config, "cpu")  # a bad --masking or --head-rows fails before any work
+    check_head_rows(config.head_rows)
     # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
     # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
     accelerator = Accelerator(
@@ -438,7 +449,7 @@ def start_run(config: TrainConfig) -> Run:
         prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
     if config.compile:  # in place: parameter names (checkpoints, save_pretrained) stay as they are
         prepared.model.distilbert.compile()
-    wrapped = MaskedOnlyMLM(prepared.model)
+    wrapped = MaskedOnlyMLM(prepared.model, config.head_rows)
     optimizer = make_optimizer(config, wrapped, accelerator.device)
     sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
     # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.
@@ -506,6 +517,8 @@ def one_step(run: Run, step: int, tally: Tally) -> torch.Tensor:
         for m in range(config.grad_accum)
     ]
     loss = train_step(acc, run.wrapped, run.optimizer, batches)
+    for batch in batches:  # no wait: a device tensor with device masking, an int with host masking
+        tally.left_out = tally.left_out + rows_over_capacity(batch.labels, config.head_rows)
     run.scheduler.step()
     tally.loss, tally.steps = tally.loss + loss, tally.steps + 1
     return loss
@@ -532,7 +545,7 @@ def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, li
         epoch_end = step % sched.steps_per_epoch == 0
         if epoch_end or step == sched.total_steps or (config.eval_every and step % config.eval_every == 0):
             history.append(evaluation_row(run, step, tally))
-            tally.loss, tally.steps = torch.zeros((), device=acc.device), 0
+            tally.loss, tally.steps, tally.left_out = torch.zeros((), device=acc.device), 0, 0
         if epoch_end or step == stop_at or (config.save_every and step % config.save_every == 0):
             save_checkpoint(acc, run.out, step, history, config.keep_checkpoints)
     bar.close()
@@ -551,6 +564,7 @@ def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
     mean_loss = float(run.accelerator.reduce(tally.loss, reduction="mean")) / max(tally.steps, 1)
     epoch = step / run.sched.steps_per_epoch
     rate = tally.tokens_per_s(run.config, run.accelerator.num_processes)
+    left_out = left_out_tokens(run, tally, step)
     log.info(
         ">>> step %d (epoch %.2f): %s perplexity %s, %s tokens/s",
         step,
@@ -567,4 +581,21 @@ def evaluation_row(run: Run, step: int, tally: Tally) -> dict:
         "perplexity": ppl,
         "tokens_per_s": rate,  # the process's first step left out (Tally)
         "first_step_s": tally.first_step_s,
+        "head_rows_left_out": left_out,  # masked tokens out of the loss since the last row (--head-rows)
     }
+
+
+def left_out_tokens(run: Run, tally: Tally, step: int) -> int:
+    """Masked tokens that --head-rows' capacity left out of the loss since the last evaluation, all processes
+    (read here, where the evaluation waits for the device anyway); a warning names the fix."""
+    left_out = torch.as_tensor(tally.left_out, device=run.accelerator.device).reshape(())
+    total = int(run.accelerator.reduce(left_out, reduction="sum"))
+    if total:
+        log.warning(
+            "step %d: %d masked tokens did not fit --head-rows %s of a batch and were left out of the loss; "
+            "raise --head-rows (or 0: exactly the masked tokens)",
+            step,
+            total,
+            run.config.head_rows,
+        )
+    return total

@@ -61,27 +61,71 @@ class MaskedOnlyMLM(nn.Module):
     The head is [hidden -> vocab]; running it on every position costs most of a small model's step.
     Wrapping (rather than calling submodules from the loop) keeps DDP's hooks in the forward path,
     so `accelerate launch` multi-GPU works unchanged.
+
+    head_rows = 0: the head runs on exactly the scored rows; their number is known only on the device, so
+    the host waits for the encoder every step. head_rows = F in (0, 1]: in training, the head runs on a fixed
+    head_capacity(tokens, F) rows (the scored ones first, then unscored ones that the loss ignores): the same
+    loss without that wait, and one shape a step for torch.compile. Scored rows beyond the capacity are left
+    out of the loss; the loop counts them (rows_over_capacity).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, head_rows: float = 0.0):
         super().__init__()
         self.model = model
         self.has_fast_head = hasattr(model, "distilbert") and hasattr(model, "vocab_projector")
+        self.head_rows = check_head_rows(head_rows)
 
     def forward(self, input_ids, labels, attention_mask=None, reduction: str = "mean"):
         if not self.has_fast_head:  # any other masked LM: full head, same loss
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
         hidden = self.model.distilbert(input_ids=input_ids, attention_mask=attention_mask)[0]  # [B, T, H]
-        scored = labels != IGNORE_INDEX  # [B, T]
-        logits = self.head(hidden[scored])  # [n_scored, vocab]
-        return F.cross_entropy(logits.float(), labels[scored], reduction=reduction)
+        if self.head_rows and self.training:
+            rows, targets = fixed_rows(hidden, labels, head_capacity(labels.numel(), self.head_rows))
+        else:
+            scored = labels != IGNORE_INDEX  # [B, T]
+            rows, targets = hidden[scored], labels[scored]  # [n_scored, H], [n_scored]
+        logits = self.head(rows)  # [rows, vocab]
+        return F.cross_entropy(logits.float(), targets, reduction=reduction)  # ignores IGNORE_INDEX targets
 
     def head(self, rows: torch.Tensor) -> torch.Tensor:
         """DistilBERT's MLM head on selected hidden rows. rows [n, H] -> logits [n, vocab]."""
         m = self.model
         x = m.vocab_layer_norm(m.activation(m.vocab_transform(rows)))
         return m.vocab_projector(x)
+
+
+def check_head_rows(fraction: float) -> float:
+    if not 0 <= fraction <= 1:
+        raise DeniroError(
+            f"--head-rows must be 0 (the head on exactly the masked tokens) or a fraction of the batch's tokens "
+            f"in (0, 1] (e.g. 0.25 for 15 % masking), got {fraction}"
+        )
+    return fraction
+
+
+def head_capacity(tokens: int, fraction: float) -> int:
+    """Rows the head runs on with --head-rows F: F of the batch's tokens, rounded up to a multiple of 64."""
+    return min(tokens, -(-round(tokens * fraction) // 64) * 64)
+
+
+def fixed_rows(hidden: torch.Tensor, labels: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scored rows in position order (as hidden[labels != IGNORE_INDEX]), then unscored ones, `capacity`
+    in all: a shape known on the host. hidden [B, T, H], labels [B, T] -> [capacity, H], [capacity]."""
+    flat_labels = labels.flatten()  # [B*T]
+    unscored = (flat_labels == IGNORE_INDEX).to(torch.uint8)
+    order = torch.sort(unscored, stable=True).indices[:capacity]  # [capacity]: scored first, each in order
+    return hidden.flatten(0, 1)[order], flat_labels[order]
+
+
+def rows_over_capacity(labels, fraction: float):
+    """Scored tokens of a [B, T] batch that --head-rows F leaves out of the loss (0 with F = 0); a device
+    tensor for a torch batch (no wait), an int for a numpy one."""
+    if not fraction:
+        return 0
+    tokens = labels.numel() if torch.is_tensor(labels) else labels.size  # torch [B, T] or numpy [B, T]
+    over = (labels != IGNORE_INDEX).sum() - head_capacity(tokens, fraction)
+    return over.clamp(min=0) if torch.is_tensor(over) else max(int(over), 0)
 
 
 # --------------------------------------------------------------------------- optimizer

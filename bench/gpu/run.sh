@@ -182,7 +182,7 @@ else
   LOOP=(--shapes tiny --batch-size 2 --chunk-size 32 --steps 2 --warmup 3)
 fi
 step "loop speed: eager vs compiled, bf16" 200 "$PY" -m bench.train_bench "${LOOP[@]}" --precision bf16 \
-  --loops device,compiled --rounds 1 --json "$WORK/loop.json"
+  --loops device,head-rows,compiled --rounds 1 --json "$WORK/loop.json"
 collect
 fi
 

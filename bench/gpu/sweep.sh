@@ -22,6 +22,7 @@
 # EXTRA=unsupervised (default) adds the 50,000 unsupervised reviews as MLM training text (stashed by the
 # extra call of bench/gpu/README.md); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
 # COMPILE=1 passes --compile (torch.compile of the encoder): only after run.sh STAGES=loop measured it faster.
+# HEAD_ROWS=0.25 passes --head-rows 0.25 (the head on a fixed quarter of the tokens): likewise.
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
 DEVICE=${DEVICE:-cuda}
@@ -57,6 +58,7 @@ else
   EXTRA_FLAGS=()
 fi
 [ "${COMPILE:-0}" = 1 ] && EXTRA_FLAGS+=(--compile)
+[ -n "${HEAD_ROWS:-}" ] && EXTRA_FLAGS+=(--head-rows "$HEAD_ROWS")
 # name:flags -- the knobs each variant changes. With the unsupervised text an epoch is ~2,830 steps of 32 x 256
 # (train alone: 909): 3 epochs ~ 8,500 steps; 500 warm-up steps = 6 %. On the H200 the host-masked loop took
 # 36 ms a step for three at once (26 Nov): 3 epochs would need ~300 s, masking on the GPU should cut that.
