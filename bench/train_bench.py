@@ -4,7 +4,8 @@ Per shape (train/config.py SHAPES, with that preset's batch and chunk size unles
 build_model (random init) -> MaskedOnlyMLM -> AdamW -> Accelerate -> micro_batch (whole-word
 masking) -> train_step, timed after a few warm-up steps. The token ids are random (the content
 of a chunk does not change the work); words are runs of 1-3 tokens, so masking behaves as on text.
-A step is timed from micro_batch to the loss on the host, as the real loop pays it (masking included).
+Steps are timed from micro_batch to the loss on the host, as the real loop pays them (masking included),
+waiting for the device every 10 steps as the real loop does.
 
 The loop before and after issue 23, interleaved in one process (ratio measured in the same run):
 
@@ -153,18 +154,30 @@ def prepare_run(config, precision: str, device: str, loop: LoopOptions, total_st
     return TrainRun(config, vocab, accelerator, model, wrapped, optimizer, data, sched)
 
 
+SYNC_EVERY = 10  # train/'s loop reads the loss, and so waits for the device, every 10 steps (show_progress)
+
+
 def time_steps(run: TrainRun, steps: int, warmup: int, desc: str) -> tuple[list[float], float]:
-    """Seconds of every step after the warm-up, and the last loss."""
+    """Seconds of every step after the warm-up, and the last loss. The device is waited for every SYNC_EVERY
+    steps, as in train/'s loop, so a loop whose host runs ahead of the device shows it; each step of a window
+    gets the window's mean."""
     from train.loop import micro_batch, train_step
 
     acc, n_procs = run.accelerator, run.accelerator.num_processes
-    times = []
+    times, window, loss = [], 0, 0.0
     for step in tqdm(range(warmup + steps), desc=desc, leave=False, dynamic_ncols=True):
-        start = time.perf_counter()
+        if step == warmup:
+            start = time.perf_counter()
         batch = micro_batch(run.config, run.data, run.sched, step, 0, acc.process_index, n_procs, run.vocab)
-        loss = float(train_step(acc, run.wrapped, run.optimizer, [batch]))  # float(): waits for the device
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+        loss_on_device = train_step(acc, run.wrapped, run.optimizer, [batch])
+        if step < warmup:
+            loss = float(loss_on_device)
+            continue
+        window += 1
+        if window == SYNC_EVERY or step == warmup + steps - 1:
+            loss = float(loss_on_device)  # waits for the device
+            times += [(time.perf_counter() - start) / window] * window
+            start, window = time.perf_counter(), 0
     return times, loss
 
 

@@ -427,6 +427,33 @@ def test_train_bench_a_failing_loop_keeps_the_other_rows(monkeypatch):
     }
 
 
+def test_train_bench_waits_for_the_device_every_10_steps_as_train_does(monkeypatch):
+    """The loop probe reads the loss (a device wait) after each warm-up step and then every SYNC_EVERY steps,
+    so a loop whose host runs ahead of the device is timed as train/'s loop pays it."""
+    import train.loop
+    from bench import train_bench as tb
+
+    waits = []
+
+    class Loss:
+        def __init__(self, step):
+            self.step = step
+
+        def __float__(self):
+            waits.append(self.step)
+            return 1.0
+
+    steps_done = iter(range(100))
+    monkeypatch.setattr(train.loop, "micro_batch", lambda *args: None)
+    monkeypatch.setattr(train.loop, "train_step", lambda *args: Loss(next(steps_done)))
+    run = tb.TrainRun(
+        None, tb.SyntheticVocab(10), type("Acc", (), {"num_processes": 1, "process_index": 0}), *[None] * 5
+    )
+    times, loss = tb.time_steps(run, steps=25, warmup=3, desc="t")
+    assert waits == [0, 1, 2, 12, 22, 27] and len(times) == 25 and loss == 1.0
+    assert times[:10] == [times[0]] * 10 and times[20:] == [times[20]] * 5  # a window's steps share its mean
+
+
 def test_rounds_interleave_the_engines_and_report_each_rows_median_round(tiny_artifact, imdb_dir, tmp_path, capsys):
     from bench.run import median_rounds
 
