@@ -350,3 +350,27 @@ def test_masked_tokens_beyond_head_rows_are_reported_in_metrics(imdb_dir, tiny_m
     rows = json.loads((out / "metrics.json").read_text())["epochs"]
     assert rows[-1]["head_rows_left_out"] > 0  # tiny preset: 8 x 64 tokens, capacity 64 < ~77 masked
     assert "were left out of the loss; raise --head-rows (or 0: exactly the masked tokens)" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_head_rows_forward_never_waits_for_the_device(tiny_model_dir):
+    """With --head-rows the training forward has no device-to-host sync; the boolean selection (0) has one."""
+    from transformers import AutoModelForMaskedLM
+
+    from deniro_rt.data import IGNORE_INDEX
+    from train.model import MaskedOnlyMLM
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).cuda()
+    ids = torch.randint(5, 600, (8, 64), device="cuda")  # [batch, seq]
+    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.15, ids, IGNORE_INDEX)
+    fixed, exact = MaskedOnlyMLM(model, 0.25).train(), MaskedOnlyMLM(model, 0.0).train()
+    fixed(input_ids=ids, labels=labels), exact(input_ids=ids, labels=labels)  # warm-up: lazy init may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fixed(input_ids=ids, labels=labels)
+        with pytest.raises(RuntimeError, match="^called a synchronizing CUDA operation"):
+            exact(input_ids=ids, labels=labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
