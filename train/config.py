@@ -48,7 +48,7 @@ class TrainConfig:
     masking: str = "auto"  # auto: device on CUDA, host elsewhere | device: torch where the model runs | host: numpy
     adamw: str = "auto"  # auto: fused on CUDA, foreach elsewhere | fused | foreach
     compile: bool = False  # torch.compile the encoder (static [batch, seq] shapes; the head stays eager)
-    head_rows: float = 0.0  # 0: the head on exactly the masked tokens | F: on F x tokens rows (no device wait)
+    head_rows: float = 0.0  # 0: the head on exactly the masked tokens | F: on F x tokens rows (no wait for the count)
     seed: int = 42
     # bookkeeping
     output: str = "runs/deniro"
