@@ -74,8 +74,8 @@ class LoopOptions:
 
 BEFORE = LoopOptions(masking="host", adamw="plain")
 # --loops names: the loop before issue 23, train's defaults with masking forced to one side, device masking with
-# the head on a fixed number of rows (--head-rows 0.25: no device wait in the step), and train's defaults with
-# --compile (masking auto: on the device on CUDA, the host elsewhere).
+# the head on a fixed number of rows (--head-rows 0.25: no wait for the count of masked tokens), and train's
+# defaults with --compile (masking auto: on the device on CUDA, the host elsewhere).
 LOOPS = {
     "before": BEFORE,
     "host": LoopOptions(masking="host"),
