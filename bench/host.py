@@ -154,8 +154,7 @@ def to_png(result: dict, path: Path) -> None:
     ax.set_xlabel("microseconds per sentence (lower is better)")
     ax.set_title(f"batch {result['config']['batch']}: host path vs the bare tokenizer", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=120)
 
 
 def main(cfg: HostConfig) -> dict:

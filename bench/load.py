@@ -47,6 +47,7 @@ from deniro_rt.errors import DeniroError
 from deniro_rt.providers import DEVICES
 
 from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset
+from .figures import save_figure
 
 log = logging.getLogger("bench.load")
 SERVERS = ("batched", "unbatched", "hf-pipeline", "before-batched", "before-unbatched")
@@ -618,8 +619,7 @@ def plot(result: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"deniro_rt serve over HTTP, 127.0.0.1 — {result['header']['hardware']['cpu']}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- command line

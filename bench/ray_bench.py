@@ -34,6 +34,7 @@ from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
 from .config import REPO, QuickDefaults, default_dataset
+from .figures import save_figure
 
 log = logging.getLogger("bench.ray")
 OUT = REPO / "bench" / "results" / "cpu-2core-ray"
@@ -343,8 +344,7 @@ def plot(result: dict, path: Path) -> None:
     right.set_xlabel("sentences/s (HTTP, one sentence per request)")
     fig.suptitle(f"deniro_rt on Ray {result['ray']} — {result['header']['hardware']['cpu']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 HELP = {

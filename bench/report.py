@@ -13,6 +13,8 @@ from pathlib import Path
 
 from export.pipeline import versions
 
+from .figures import save_figure
+
 log = logging.getLogger(__name__)
 VERSIONED = (
     "torch",
@@ -401,8 +403,7 @@ def plot(rows: list[dict], path: Path, head: dict) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[label]) for label in labels]
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 PANELS = (
