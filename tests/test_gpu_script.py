@@ -285,7 +285,7 @@ def test_loop_stage_dry_run(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s["exit"] for s in summary["steps"]}
     assert steps["loop speed: eager vs compiled, bf16"] == "0", steps
-    assert steps["pytest -m gpu: the --head-rows forward never waits for the device"] == "0", steps  # skipped on CPU
+    assert steps["pytest -m gpu: the --head-rows forward and step never wait for the device"] == "0", steps  # skipped
     rows = json.loads((work / "loop.json").read_text())["rows"]
     assert [(r["shape"], r["masking"], r["head_rows"], r["compile"], r["precision"]) for r in rows] == [
         ("tiny", "device", 0.0, False, "bf16"),

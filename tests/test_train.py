@@ -1,6 +1,7 @@
 """python -m train end to end on a slice of the real IMDB data (tiny shapes, CPU)."""
 
 import json
+from contextlib import nullcontext
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -374,3 +375,32 @@ def test_head_rows_forward_never_waits_for_the_device(tiny_model_dir):
             exact(input_ids=ids, labels=labels)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _loop_step(run, step: int) -> torch.Tensor:
+    """One step of train/'s loop on a bench.train_bench run: the micro-batch, then the optimizer step."""
+    from train.loop import micro_batch, train_step
+
+    batch = micro_batch(run.config, run.data, run.sched, step, 0, 0, 1, run.vocab)
+    return train_step(run.accelerator, run.wrapped, run.optimizer, [batch])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_head_rows_step_never_waits_for_the_device():
+    """A whole step of train/'s loop with device masking and --head-rows (the epoch's order, the masking, the
+    bf16 forward and backward, fused AdamW) is queued without waiting for the device; the same step with the
+    head on exactly the masked rows (--head-rows 0) waits."""
+    from bench.train_bench import LOOPS, prepare_run, train_config
+
+    config = train_config("mini", batch_size=8, chunk_size=64, precision="bf16")
+    for loop, waits in ((LOOPS["head-rows"], False), (LOOPS["device"], True)):
+        run = prepare_run(config, "bf16", "cuda", loop, total_steps=4)
+        _loop_step(run, 0)  # warm-up: lazy init (cuBLAS, the optimizer's state, the epoch's order there) may wait
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with pytest.raises(RuntimeError, match="^called a synchronizing CUDA") if waits else nullcontext():
+                _loop_step(run, 1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

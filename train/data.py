@@ -124,6 +124,13 @@ def epoch_order(seed: int, epoch: int, n_chunks: int) -> np.ndarray:
     return order
 
 
+@lru_cache(maxsize=2)
+def device_epoch_order(seed: int, epoch: int, n_chunks: int, device: torch.device) -> torch.Tensor:
+    """epoch_order on `device`, copied there once an epoch. A copy a step would make the host wait every
+    step: a copy from pageable host memory waits for the device's queue to drain first."""
+    return torch.from_numpy(epoch_order(seed, epoch, n_chunks).copy()).to(device)
+
+
 def as_masked_batch(batch: TorchBatch | MaskedBatch) -> MaskedBatch:
     """Numpy view of either kind of batch (tests and traces)."""
     if isinstance(batch, MaskedBatch):

@@ -41,6 +41,7 @@ from .data import (
     DeviceChunks,
     carve_validation,
     check_splits,
+    device_epoch_order,
     epoch_order,
     mask_rows,
     split_list,
@@ -291,21 +292,21 @@ def micro_batch(
     """The (deterministic) chunks and masks of one micro-step of one process: a MaskedBatch masked on the
     host (numpy), or a TorchBatch masked where `train` lives (DeviceChunks, --masking device)."""
     epoch, in_epoch = divmod(step, sched.steps_per_epoch)
-    order = epoch_order(config.seed, epoch, len(train))
     global_micro = in_epoch * config.grad_accum + micro
     start = (global_micro * n_procs + rank) * sched.micro_batch
-    rows = order[start : start + sched.micro_batch]
     if isinstance(train, DeviceChunks):
         device = train.input_ids.device
+        order_there = device_epoch_order(config.seed, epoch, len(train), device)  # [n_chunks], copied once an epoch
         gen = step_generator(device, config.seed, epoch, global_micro, rank)
         return mask_rows(
             train,
-            torch.tensor(rows, device=device),
+            order_there[start : start + sched.micro_batch],
             gen,
             tokenizer.mask_token_id,
             len(tokenizer),
             config.mlm_probability,
         )
+    rows = epoch_order(config.seed, epoch, len(train))[start : start + sched.micro_batch]
     rng = np.random.default_rng([config.seed, epoch, global_micro, rank])
     return whole_word_mask(
         train.input_ids[rows],

@@ -184,7 +184,7 @@ else
 fi
 step "loop speed: eager vs compiled, bf16" 200 "$PY" -m bench.train_bench "${LOOP[@]}" --precision bf16 \
   --loops device,head-rows,compiled --rounds 1 --json "$WORK/loop.json"
-step "pytest -m gpu: the --head-rows forward never waits for the device" 90 "$PY" -m pytest -m gpu -q \
+step "pytest -m gpu: the --head-rows forward and step never wait for the device" 90 "$PY" -m pytest -m gpu -q \
   -p no:cacheprovider tests/test_train.py -k never_waits
 collect
 fi
