@@ -247,9 +247,10 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     return results
 
 
-def timed_block(session, feed: dict, calls: int) -> list[float]:
-    """ms of `calls` consecutive calls after one untimed warm-up call."""
-    session.run(None, feed)
+def timed_block(session, feed: dict, calls: int, warmup: int = 1) -> list[float]:
+    """ms of `calls` consecutive calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        session.run(None, feed)
     out = []
     for _ in range(calls):
         started = time.perf_counter()

@@ -511,13 +511,9 @@ def prompt_feed() -> dict:
 
 
 def timed(s, feed: dict, runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        s.run(None, feed)
-    t = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        s.run(None, feed)
-        t.append(1000 * (time.perf_counter() - start))
+    from bench.quant import timed_block
+
+    t = timed_block(s, feed, runs, warmup)
     return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3)}
 
 
