@@ -11,7 +11,7 @@ The loop before and after issue 23, interleaved in one process (ratio measured i
 
     python -m bench.train_bench --shapes tiny,minilm --batch-size 8 --chunk-size 128 --rounds 3 \
         --json bench/results/cpu-2core-train/loop.json
-    python -m bench.train_bench --shapes minilm,deniro --precision bf16 --loops device,head-rows,compiled \
+    python -m bench.train_bench --shapes minilm,deniro --precision bf16 --loops device,head-rows,compiled-head-rows \
         --rounds 1 --steps 30 --warmup 5 --json loop.json     # issue 23's loop goals on a GPU (run.sh STAGES=loop)
 """
 
@@ -74,14 +74,16 @@ class LoopOptions:
 
 BEFORE = LoopOptions(masking="host", adamw="plain")
 # --loops names: the loop before issue 23, train's defaults with masking forced to one side, device masking with
-# the head on a fixed number of rows (--head-rows 0.25: no wait for the count of masked tokens), and train's
-# defaults with --compile (masking auto: on the device on CUDA, the host elsewhere).
+# the head on a fixed number of rows (--head-rows 0.25: no wait for the count of masked tokens), train's
+# defaults with --compile (masking auto: on the device on CUDA, the host elsewhere; the encoder compiled), and
+# both (--compile --head-rows 0.25: the encoder, the head and the loss compiled, every shape fixed).
 LOOPS = {
     "before": BEFORE,
     "host": LoopOptions(masking="host"),
     "device": LoopOptions(masking="device"),
     "head-rows": LoopOptions(masking="device", head_rows=0.25),
     "compiled": LoopOptions(compile=True),
+    "compiled-head-rows": LoopOptions(masking="device", compile=True, head_rows=0.25),
 }
 
 
@@ -136,14 +138,14 @@ class TrainRun:
 def prepare_run(config, precision: str, device: str, loop: LoopOptions, total_steps: int) -> TrainRun:
     from train.data import to_device
     from train.loop import make_schedule, masks_on_device
-    from train.model import MaskedOnlyMLM, build_model
+    from train.model import MaskedOnlyMLM, build_model, compile_in_place
 
     vocab = SyntheticVocab(config.vocab_size)
     accelerator = make_accelerator(precision, device)
     model = build_model(config, vocab)
-    if loop.compile:
-        model.distilbert.compile()
     wrapped = MaskedOnlyMLM(model, loop.head_rows)
+    if loop.compile:
+        compile_in_place(wrapped)
     optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
     n_procs = accelerator.num_processes
     chunks = synthetic_chunks(total_steps * config.batch_size * n_procs, config.chunk_size, vocab.size)
@@ -339,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--loops",
         default="before,host,device",
         help="loops to time, comma-separated: before (host masking, plain AdamW: the loop before issue 23), "
-        "host / device (train's defaults, masking on that side), compiled (train's defaults + --compile)",
+        "host / device (train's defaults, masking on that side), head-rows (device + --head-rows 0.25), "
+        "compiled (train's defaults + --compile), compiled-head-rows (head-rows + --compile)",
     )
     parser.add_argument("--compile", action="store_true", help="also time the loop with torch.compile (= compiled)")
     parser.add_argument("--json", type=Path, help="write rows and summary here")

@@ -280,7 +280,7 @@ def test_arrays_stage_dry_run(tmp_path):
 
 @pytest.mark.slow
 def test_loop_stage_dry_run(tmp_path):
-    """STAGES=loop (issue 23): train/'s loop eager, with --head-rows and with torch.compile, bf16, in summary.json."""
+    """STAGES=loop (issue 23): train/'s loop eager, with --head-rows, and with both it and torch.compile, bf16."""
     out, work = _stage_dry_run(tmp_path, "loop")
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s["exit"] for s in summary["steps"]}
@@ -290,11 +290,11 @@ def test_loop_stage_dry_run(tmp_path):
     assert [(r["shape"], r["masking"], r["head_rows"], r["compile"], r["precision"]) for r in rows] == [
         ("tiny", "device", 0.0, False, "bf16"),
         ("tiny", "device", 0.25, False, "bf16"),
-        ("tiny", "auto", 0.0, True, "bf16"),
+        ("tiny", "device", 0.25, True, "bf16"),
     ]
     assert all(r["tokens_per_s"] > 0 and r["last_loss"] > 0 for r in rows)
     assert set(summary["train_loop"]["tiny"]["median_tokens_per_s"]) == {
         "device-mask/auto-adamw",
         "device-mask/auto-adamw/head-rows-0.25",
-        "auto-mask/auto-adamw/compiled",
+        "device-mask/auto-adamw/head-rows-0.25/compiled",
     }

@@ -404,3 +404,35 @@ def test_head_rows_step_never_waits_for_the_device():
                 _loop_step(run, 1)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_compile_with_head_rows_compiles_the_head_too_and_keeps_loss_gradients_and_names(tiny_model_dir):
+    """--compile --head-rows: the encoder and the fixed-rows head and loss are compiled (two graphs), with the
+    eager loss and gradients and the same parameter names; without --head-rows the head stays eager."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForMaskedLM
+
+    from deniro_rt.data import IGNORE_INDEX
+    from train.model import MaskedOnlyMLM, compile_in_place
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir, dropout=0.0, attention_dropout=0.0)  # no RNG
+    ids = torch.randint(5, 600, (8, 64), generator=torch.Generator().manual_seed(0))  # [batch, seq]
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.15, ids, IGNORE_INDEX)
+    wrapped = MaskedOnlyMLM(model, 0.25).train()
+    names, results = list(wrapped.state_dict()), []
+    torch._dynamo.reset()
+    counters.clear()
+    for compiled in (False, True):
+        if compiled:
+            compile_in_place(wrapped)
+        model.zero_grad()
+        loss = wrapped(input_ids=ids, labels=labels)
+        loss.backward()
+        results.append((loss.detach(), model.distilbert.embeddings.word_embeddings.weight.grad.clone()))
+    (eager_loss, eager_grad), (compiled_loss, compiled_grad) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-7)
+    assert counters["stats"]["unique_graphs"] == 2 and list(wrapped.state_dict()) == names
+    exact = MaskedOnlyMLM(model, 0.0)
+    compile_in_place(exact)
+    assert "fixed_rows_loss" not in vars(exact) and "fixed_rows_loss" in vars(wrapped)

@@ -47,7 +47,7 @@ HELP = {
     "host: numpy on the CPU, as before (same statistics); auto: device on CUDA, host elsewhere "
     "(on 2 CPU cores numpy masks a 32 x 256 batch in 1.2 ms, torch in 9.3)",
     "adamw": "auto: fused AdamW on CUDA, foreach elsewhere; fused; foreach",
-    "compile": "torch.compile the encoder (in place; the MLM head on the masked rows stays eager)",
+    "compile": "torch.compile the encoder (in place), and with --head-rows the MLM head and loss too (fixed shapes; without it the head's row count changes every step and it stays eager)",
     "tokenizer_splits": "comma-separated splits a new WordPiece vocabulary is learned from",
     "text_column": "column holding the text",
     "max_train_texts": "train on a seeded random subset of this many texts (smoke runs)",

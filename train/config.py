@@ -47,7 +47,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through Accelerate)
     masking: str = "auto"  # auto: device on CUDA, host elsewhere | device: torch where the model runs | host: numpy
     adamw: str = "auto"  # auto: fused on CUDA, foreach elsewhere | fused | foreach
-    compile: bool = False  # torch.compile the encoder (static [batch, seq] shapes; the head stays eager)
+    compile: bool = False  # torch.compile the encoder, and with head_rows the head and loss (their shapes are fixed)
     head_rows: float = 0.0  # 0: the head on exactly the masked tokens | F: on F x tokens rows (no wait for the count)
     seed: int = 42
     # bookkeeping

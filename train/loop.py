@@ -52,6 +52,7 @@ from .model import (
     MaskedOnlyMLM,
     build_model,
     check_head_rows,
+    compile_in_place,
     make_scheduler,
     max_positions,
     param_groups,
@@ -448,9 +449,9 @@ def start_run(config: TrainConfig) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "train_config.json")
         prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
-    if config.compile:  # in place: parameter names (checkpoints, save_pretrained) stay as they are
-        prepared.model.distilbert.compile()
     wrapped = MaskedOnlyMLM(prepared.model, config.head_rows)
+    if config.compile:
+        compile_in_place(wrapped)
     optimizer = make_optimizer(config, wrapped, accelerator.device)
     sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
     # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.

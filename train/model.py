@@ -81,18 +81,30 @@ class MaskedOnlyMLM(nn.Module):
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
         hidden = self.model.distilbert(input_ids=input_ids, attention_mask=attention_mask)[0]  # [B, T, H]
         if self.head_rows and self.training:
-            rows, targets = fixed_rows(hidden, labels, head_capacity(labels.numel(), self.head_rows))
-        else:
-            scored = labels != IGNORE_INDEX  # [B, T]
-            rows, targets = hidden[scored], labels[scored]  # [n_scored, H], [n_scored]
-        logits = self.head(rows)  # [rows, vocab]
-        return F.cross_entropy(logits.float(), targets, reduction=reduction)  # ignores IGNORE_INDEX targets
+            return self.fixed_rows_loss(hidden, labels, reduction)
+        scored = labels != IGNORE_INDEX  # [B, T]
+        rows, targets = hidden[scored], labels[scored]  # [n_scored, H], [n_scored]: a shape known on the device
+        return F.cross_entropy(self.head(rows).float(), targets, reduction=reduction)
+
+    def fixed_rows_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+        """--head-rows' training loss: the head on head_capacity rows, a shape known on the host (compilable)."""
+        rows, targets = fixed_rows(hidden, labels, head_capacity(labels.numel(), self.head_rows))  # [rows, H], [rows]
+        return F.cross_entropy(self.head(rows).float(), targets, reduction=reduction)  # ignores IGNORE_INDEX targets
 
     def head(self, rows: torch.Tensor) -> torch.Tensor:
         """DistilBERT's MLM head on selected hidden rows. rows [n, H] -> logits [n, vocab]."""
         m = self.model
         x = m.vocab_layer_norm(m.activation(m.vocab_transform(rows)))
         return m.vocab_projector(x)
+
+
+def compile_in_place(wrapped: MaskedOnlyMLM) -> None:
+    """--compile: the encoder (in place: parameter names, so checkpoints, stay as they are), and with --head-rows
+    the head and loss on their fixed rows too. Without --head-rows the head stays eager: its number of rows changes
+    every step, and each new shape would compile again."""
+    wrapped.model.distilbert.compile()
+    if wrapped.head_rows:
+        wrapped.fixed_rows_loss = torch.compile(wrapped.fixed_rows_loss)
 
 
 def check_head_rows(fraction: float) -> float:

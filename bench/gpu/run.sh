@@ -174,16 +174,17 @@ fi
 if want loop; then
 # 7. Issue 23 (opt-in: STAGES=loop): train/'s loop pieces (whole-word masking on the device, fused AdamW, bf16
 #    autocast; synthetic tokens, the content of a chunk does not change the work), eager vs torch.compile, on the
-#    MiniLM shape (goal >= 1 M tokens/s) and the base shape (goal >= 500 k), 32 x 256. Compiling costs ~1 min
-#    a shape; the result says whether the sweep should pass --compile (sweep.sh COMPILE=1). The head-rows loop
-#    (--head-rows 0.25) and a sync check of its forward say whether it should pass HEAD_ROWS=0.25.
+#    MiniLM shape (goal >= 1 M tokens/s) and the base shape (goal >= 500 k), 32 x 256. The head-rows loop
+#    (--head-rows 0.25: no wait for the count of masked tokens; sync checks of its forward and whole step) says
+#    whether the sweep should pass HEAD_ROWS=0.25, and compiled-head-rows (both flags: encoder, head and loss
+#    compiled, ~1 min a shape) whether it should add COMPILE=1. LOOPS= picks other loops (bench.train_bench).
 if [ "$DEVICE" = cuda ]; then
   LOOP=(--shapes minilm,deniro --steps 30 --warmup 5)
 else
   LOOP=(--shapes tiny --batch-size 2 --chunk-size 32 --steps 2 --warmup 3)
 fi
 step "loop speed: eager vs compiled, bf16" 200 "$PY" -m bench.train_bench "${LOOP[@]}" --precision bf16 \
-  --loops device,head-rows,compiled --rounds 1 --json "$WORK/loop.json"
+  --loops "${LOOPS:-device,head-rows,compiled-head-rows}" --rounds 1 --json "$WORK/loop.json"
 step "pytest -m gpu: the --head-rows forward and step never wait for the device" 90 "$PY" -m pytest -m gpu -q \
   -p no:cacheprovider tests/test_train.py -k never_waits
 collect

@@ -21,7 +21,8 @@
 # variant is chosen on the final VALIDATION perplexity (train_timed.py's final_perplexity), never on test.
 # EXTRA=unsupervised (default) adds the 50,000 unsupervised reviews as MLM training text (stashed by the
 # extra call of bench/gpu/README.md); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
-# COMPILE=1 passes --compile (torch.compile of the encoder): only after run.sh STAGES=loop measured it faster.
+# COMPILE=1 passes --compile (torch.compile of the encoder; with HEAD_ROWS, of the head and loss too): only after
+# run.sh STAGES=loop measured it faster.
 # HEAD_ROWS=0.25 passes --head-rows 0.25 (the head on a fixed quarter of the tokens): likewise.
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
