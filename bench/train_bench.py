@@ -74,16 +74,16 @@ class LoopOptions:
 
 BEFORE = LoopOptions(masking="host", adamw="plain")
 # --loops names: the loop before issue 23, train's defaults with masking forced to one side, device masking with
-# the head on a fixed number of rows (--head-rows 0.25: no wait for the count of masked tokens), train's
+# the head on a fixed number of rows (--head-rows 0.2: no wait for the count of masked tokens), train's
 # defaults with --compile (masking auto: on the device on CUDA, the host elsewhere; the encoder compiled), and
-# both (--compile --head-rows 0.25: the encoder, the head and the loss compiled, every shape fixed).
+# both (--compile --head-rows 0.2: the encoder, the head and the loss compiled, every shape fixed).
 LOOPS = {
     "before": BEFORE,
     "host": LoopOptions(masking="host"),
     "device": LoopOptions(masking="device"),
-    "head-rows": LoopOptions(masking="device", head_rows=0.25),
+    "head-rows": LoopOptions(masking="device", head_rows=0.2),
     "compiled": LoopOptions(compile=True),
-    "compiled-head-rows": LoopOptions(masking="device", compile=True, head_rows=0.25),
+    "compiled-head-rows": LoopOptions(masking="device", compile=True, head_rows=0.2),
 }
 
 
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loops",
         default="before,host,device",
         help="loops to time, comma-separated: before (host masking, plain AdamW: the loop before issue 23), "
-        "host / device (train's defaults, masking on that side), head-rows (device + --head-rows 0.25), "
+        "host / device (train's defaults, masking on that side), head-rows (device + --head-rows 0.2), "
         "compiled (train's defaults + --compile), compiled-head-rows (head-rows + --compile)",
     )
     parser.add_argument("--compile", action="store_true", help="also time the loop with torch.compile (= compiled)")

@@ -289,12 +289,12 @@ def test_loop_stage_dry_run(tmp_path):
     rows = json.loads((work / "loop.json").read_text())["rows"]
     assert [(r["shape"], r["masking"], r["head_rows"], r["compile"], r["precision"]) for r in rows] == [
         ("tiny", "device", 0.0, False, "bf16"),
-        ("tiny", "device", 0.25, False, "bf16"),
-        ("tiny", "device", 0.25, True, "bf16"),
+        ("tiny", "device", 0.2, False, "bf16"),
+        ("tiny", "device", 0.2, True, "bf16"),
     ]
     assert all(r["tokens_per_s"] > 0 and r["last_loss"] > 0 for r in rows)
     assert set(summary["train_loop"]["tiny"]["median_tokens_per_s"]) == {
         "device-mask/auto-adamw",
-        "device-mask/auto-adamw/head-rows-0.25",
-        "device-mask/auto-adamw/head-rows-0.25/compiled",
+        "device-mask/auto-adamw/head-rows-0.2",
+        "device-mask/auto-adamw/head-rows-0.2/compiled",
     }

@@ -3,6 +3,7 @@
 import json
 from contextlib import nullcontext
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -340,7 +341,7 @@ def test_a_head_rows_outside_0_to_1_fails_before_any_work(imdb_dir, tiny_model_d
     assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--head-rows", "1.5")) == 2
     assert _error_line(capsys) == (
         "error: --head-rows must be 0 (the head on exactly the masked tokens) or a fraction of the batch's tokens "
-        "in (0, 1] (e.g. 0.25 for 15 % masking), got 1.5"
+        "in (0, 1] (e.g. 0.2 for 15 % masking), got 1.5"
     )
     assert not out.exists()
 
@@ -436,3 +437,26 @@ def test_compile_with_head_rows_compiles_the_head_too_and_keeps_loss_gradients_a
     exact = MaskedOnlyMLM(model, 0.0)
     compile_in_place(exact)
     assert "fixed_rows_loss" not in vars(exact) and "fixed_rows_loss" in vars(wrapped)
+
+
+def test_head_rows_0_2_holds_every_masked_token_of_real_imdb_batches(imdb_texts):
+    """docs/training.md's reason for --head-rows 0.2: batches of 32 x 256 tokens of IMDB train reviews,
+    whole-word masked at 15 %, mask 15 % of their tokens with a small spread, well under the 0.2 capacity."""
+    from tokenizers import Tokenizer
+
+    from deniro_rt.data import IGNORE_INDEX, chunk_texts, whole_word_mask
+    from deniro_rt.runtime import DEFAULT_MODEL_DIR
+    from train.model import head_capacity
+
+    tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    chunks = chunk_texts(tokenizer, imdb_texts["train"], 256)  # [n_chunks, 256]
+    rng = np.random.default_rng(0)
+    shares = []
+    for _ in range(300):
+        rows = rng.choice(len(chunks.input_ids), 32, replace=False)
+        ids, words = chunks.input_ids[rows], chunks.word_ids[rows]  # [32, 256]
+        batch = whole_word_mask(ids, words, rng, tokenizer.token_to_id("[MASK]"), tokenizer.get_vocab_size(), 0.15)
+        shares.append(float((batch.labels != IGNORE_INDEX).mean()))
+    mean, spread, capacity = np.mean(shares), np.std(shares), head_capacity(32 * 256, 0.2) / (32 * 256)
+    assert abs(mean - 0.15) < 0.005 and spread < 0.006 and max(shares) < 0.18, (mean, spread, max(shares))
+    assert capacity == 1664 / 8192 and (capacity - mean) / spread > 10  # the docs' "12 deviations above the mean"

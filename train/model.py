@@ -111,7 +111,7 @@ def check_head_rows(fraction: float) -> float:
     if not 0 <= fraction <= 1:
         raise DeniroError(
             f"--head-rows must be 0 (the head on exactly the masked tokens) or a fraction of the batch's tokens "
-            f"in (0, 1] (e.g. 0.25 for 15 % masking), got {fraction}"
+            f"in (0, 1] (e.g. 0.2 for 15 % masking), got {fraction}"
         )
     return fraction
 

@@ -175,8 +175,8 @@ if want loop; then
 # 7. Issue 23 (opt-in: STAGES=loop): train/'s loop pieces (whole-word masking on the device, fused AdamW, bf16
 #    autocast; synthetic tokens, the content of a chunk does not change the work), eager vs torch.compile, on the
 #    MiniLM shape (goal >= 1 M tokens/s) and the base shape (goal >= 500 k), 32 x 256. The head-rows loop
-#    (--head-rows 0.25: no wait for the count of masked tokens; sync checks of its forward and whole step) says
-#    whether the sweep should pass HEAD_ROWS=0.25, and compiled-head-rows (both flags: encoder, head and loss
+#    (--head-rows 0.2: no wait for the count of masked tokens; sync checks of its forward and whole step) says
+#    whether the sweep should pass HEAD_ROWS=0.2, and compiled-head-rows (both flags: encoder, head and loss
 #    compiled, ~1 min a shape) whether it should add COMPILE=1. LOOPS= picks other loops (bench.train_bench).
 if [ "$DEVICE" = cuda ]; then
   LOOP=(--shapes minilm,deniro --steps 30 --warmup 5)

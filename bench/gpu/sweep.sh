@@ -23,7 +23,7 @@
 # extra call of bench/gpu/README.md); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
 # COMPILE=1 passes --compile (torch.compile of the encoder; with HEAD_ROWS, of the head and loss too): only after
 # run.sh STAGES=loop measured it faster.
-# HEAD_ROWS=0.25 passes --head-rows 0.25 (the head on a fixed quarter of the tokens): likewise.
+# HEAD_ROWS=0.2 passes --head-rows 0.2 (the head on a fixed fifth of the tokens): likewise.
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
 DEVICE=${DEVICE:-cuda}
