@@ -65,18 +65,21 @@ class LoopOptions:
     adamw: str = "auto"  # train.loop.make_optimizer's choice; "plain": torch.optim.AdamW() as before
     compile: bool = False
     head_rows: float = 0.0  # train's --head-rows: 0, the head on exactly the masked rows (a device wait a step)
+    compile_mode: str = "default"  # train's --compile-mode
 
     @property
     def name(self) -> str:
         rows = f"/head-rows-{self.head_rows:g}" if self.head_rows else ""
-        return f"{self.masking}-mask/{self.adamw}-adamw{rows}" + ("/compiled" if self.compile else "")
+        mode = "" if self.compile_mode == "default" else f"-{self.compile_mode}"
+        return f"{self.masking}-mask/{self.adamw}-adamw{rows}" + (f"/compiled{mode}" if self.compile else "")
 
 
 BEFORE = LoopOptions(masking="host", adamw="plain")
 # --loops names: the loop before issue 23, train's defaults with masking forced to one side, device masking with
 # the head on a fixed number of rows (--head-rows 0.2: no wait for the count of masked tokens), train's
 # defaults with --compile (masking auto: on the device on CUDA, the host elsewhere; the encoder compiled), and
-# both (--compile --head-rows 0.2: the encoder, the head and the loss compiled, every shape fixed).
+# both (--compile --head-rows 0.2: the encoder, the head and the loss compiled, every shape fixed), and both
+# with CUDA graphs (--compile-mode reduce-overhead: each compiled part's kernels replayed as one launch).
 LOOPS = {
     "before": BEFORE,
     "host": LoopOptions(masking="host"),
@@ -84,6 +87,7 @@ LOOPS = {
     "head-rows": LoopOptions(masking="device", head_rows=0.2),
     "compiled": LoopOptions(compile=True),
     "compiled-head-rows": LoopOptions(masking="device", compile=True, head_rows=0.2),
+    "graphs": LoopOptions(masking="device", compile=True, head_rows=0.2, compile_mode="reduce-overhead"),
 }
 
 
@@ -145,7 +149,7 @@ def prepare_run(config, precision: str, device: str, loop: LoopOptions, total_st
     model = build_model(config, vocab)
     wrapped = MaskedOnlyMLM(model, loop.head_rows)
     if loop.compile:
-        compile_in_place(wrapped)
+        compile_in_place(wrapped, loop.compile_mode)
     optimizer = build_optimizer(config, wrapped, loop, accelerator.device)
     n_procs = accelerator.num_processes
     chunks = synthetic_chunks(total_steps * config.batch_size * n_procs, config.chunk_size, vocab.size)
@@ -342,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="before,host,device",
         help="loops to time, comma-separated: before (host masking, plain AdamW: the loop before issue 23), "
         "host / device (train's defaults, masking on that side), head-rows (device + --head-rows 0.2), "
-        "compiled (train's defaults + --compile), compiled-head-rows (head-rows + --compile)",
+        "compiled (train's defaults + --compile), compiled-head-rows (head-rows + --compile), graphs "
+        "(compiled-head-rows + --compile-mode reduce-overhead: CUDA graphs)",
     )
     parser.add_argument("--compile", action="store_true", help="also time the loop with torch.compile (= compiled)")
     parser.add_argument("--json", type=Path, help="write rows and summary here")

@@ -404,7 +404,8 @@ def test_train_bench_loops_by_name_and_a_clear_error_for_others():
     assert pick_loops("device,compiled", compile=False) == [LoopOptions(masking="device"), LoopOptions(compile=True)]
     assert pick_loops("before,host,device", compile=True)[-1] == LOOPS["compiled"]  # --compile adds it once
     assert pick_loops("compiled", compile=True) == [LOOPS["compiled"]]
-    unknown = r"^--loops: unknown loop fast; choose from before, host, device, head-rows, compiled, compiled-head-rows$"
+    loops = "before, host, device, head-rows, compiled, compiled-head-rows, graphs"
+    unknown = rf"^--loops: unknown loop fast; choose from {loops}$"
     with pytest.raises(DeniroError, match=unknown):
         pick_loops("device,fast", compile=False)
     with pytest.raises(DeniroError, match=r"^--loops: no loop given; choose"):

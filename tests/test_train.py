@@ -346,6 +346,13 @@ def test_a_head_rows_outside_0_to_1_fails_before_any_work(imdb_dir, tiny_model_d
     assert not out.exists()
 
 
+def test_a_compile_mode_without_compile_fails_before_any_work(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--compile-mode", "reduce-overhead")) == 2
+    assert _error_line(capsys) == "error: --compile-mode reduce-overhead chooses how --compile compiles; add --compile"
+    assert not out.exists()
+
+
 def test_masked_tokens_beyond_head_rows_are_reported_in_metrics(imdb_dir, tiny_model_dir, tmp_path, caplog):
     out = tmp_path / "run"
     assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--max-steps", "4", "--head-rows", "0.05")) == 0
@@ -408,8 +415,9 @@ def test_head_rows_step_never_waits_for_the_device():
 
 
 def test_compile_with_head_rows_compiles_the_head_too_and_keeps_loss_gradients_and_names(tiny_model_dir):
-    """--compile --head-rows: the encoder and the fixed-rows head and loss are compiled (two graphs), with the
-    eager loss and gradients and the same parameter names; without --head-rows the head stays eager."""
+    """--compile --head-rows: the encoder and the fixed-rows head and loss are compiled (two graphs) in the mode
+    asked for, with the eager loss and gradients and the same parameter names; without --head-rows the head
+    stays eager."""
     from torch._dynamo.utils import counters
     from transformers import AutoModelForMaskedLM
 
@@ -425,7 +433,7 @@ def test_compile_with_head_rows_compiles_the_head_too_and_keeps_loss_gradients_a
     counters.clear()
     for compiled in (False, True):
         if compiled:
-            compile_in_place(wrapped)
+            compile_in_place(wrapped, "reduce-overhead")
         model.zero_grad()
         loss = wrapped(input_ids=ids, labels=labels)
         loss.backward()
@@ -434,6 +442,7 @@ def test_compile_with_head_rows_compiles_the_head_too_and_keeps_loss_gradients_a
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=0)
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-7)
     assert counters["stats"]["unique_graphs"] == 2 and list(wrapped.state_dict()) == names
+    assert counters["inductor"]["cudagraph_skips"] > 0  # the mode reached inductor: CUDA graphs, skipped on CPU
     exact = MaskedOnlyMLM(model, 0.0)
     compile_in_place(exact)
     assert "fixed_rows_loss" not in vars(exact) and "fixed_rows_loss" in vars(wrapped)
@@ -460,3 +469,20 @@ def test_head_rows_0_2_holds_every_masked_token_of_real_imdb_batches(imdb_texts)
     mean, spread, capacity = np.mean(shares), np.std(shares), head_capacity(32 * 256, 0.2) / (32 * 256)
     assert abs(mean - 0.15) < 0.005 and spread < 0.006 and max(shares) < 0.18, (mean, spread, max(shares))
     assert capacity == 1664 / 8192 and (capacity - mean) / spread > 10  # the docs' "12 deviations above the mean"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphs_loop_replays_cuda_graphs():
+    """The probe's graphs loop (--compile --compile-mode reduce-overhead --head-rows): no compiled part skips its
+    CUDA graphs, and the losses stay finite. Not in run.sh's loop stage (it compiles: about a minute)."""
+    from torch._dynamo.utils import counters
+
+    from bench.train_bench import LOOPS, prepare_run, train_config
+
+    torch._dynamo.reset()
+    counters.clear()
+    run = prepare_run(train_config("mini", 8, 64, "bf16"), "bf16", "cuda", LOOPS["graphs"], total_steps=6)
+    losses = [float(_loop_step(run, step)) for step in range(5)]  # warm-up, record, then replays
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert all(np.isfinite(losses)), losses

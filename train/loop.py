@@ -51,6 +51,7 @@ from .data import (
 from .model import (
     MaskedOnlyMLM,
     build_model,
+    check_compile_mode,
     check_head_rows,
     compile_in_place,
     make_scheduler,
@@ -433,6 +434,7 @@ def start_run(config: TrainConfig) -> Run:
     out = check_output(config)
     masks_on_device(config, "cpu")  # a bad --masking or --head-rows fails before any work
     check_head_rows(config.head_rows)
+    check_compile_mode(config.compile, config.compile_mode)
     # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
     # cpu=True makes Accelerate join them with gloo; left alone, each would train alone on the full data.
     accelerator = Accelerator(
@@ -451,7 +453,7 @@ def start_run(config: TrainConfig) -> Run:
         prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
     wrapped = MaskedOnlyMLM(prepared.model, config.head_rows)
     if config.compile:
-        compile_in_place(wrapped)
+        compile_in_place(wrapped, config.compile_mode)
     optimizer = make_optimizer(config, wrapped, accelerator.device)
     sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
     # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.

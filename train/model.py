@@ -14,7 +14,7 @@ from torch import nn
 from deniro_rt.data import IGNORE_INDEX
 from deniro_rt.errors import DeniroError
 
-from .config import MINILM_SOURCE, SHAPES, TrainConfig
+from .config import COMPILE_MODES, MINILM_SOURCE, SHAPES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,21 @@ class MaskedOnlyMLM(nn.Module):
         return m.vocab_projector(x)
 
 
-def compile_in_place(wrapped: MaskedOnlyMLM) -> None:
+def compile_in_place(wrapped: MaskedOnlyMLM, mode: str = "default") -> None:
     """--compile: the encoder (in place: parameter names, so checkpoints, stay as they are), and with --head-rows
     the head and loss on their fixed rows too. Without --head-rows the head stays eager: its number of rows changes
     every step, and each new shape would compile again."""
-    wrapped.model.distilbert.compile()
+    check_compile_mode(True, mode)
+    wrapped.model.distilbert.compile(mode=mode)
     if wrapped.head_rows:
-        wrapped.fixed_rows_loss = torch.compile(wrapped.fixed_rows_loss)
+        wrapped.fixed_rows_loss = torch.compile(wrapped.fixed_rows_loss, mode=mode)
+
+
+def check_compile_mode(compile: bool, mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise DeniroError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if mode != "default" and not compile:
+        raise DeniroError(f"--compile-mode {mode} chooses how --compile compiles; add --compile")
 
 
 def check_head_rows(fraction: float) -> float:

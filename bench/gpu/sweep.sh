@@ -22,7 +22,7 @@
 # EXTRA=unsupervised (default) adds the 50,000 unsupervised reviews as MLM training text (stashed by the
 # extra call of bench/gpu/README.md); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
 # COMPILE=1 passes --compile (torch.compile of the encoder; with HEAD_ROWS, of the head and loss too): only after
-# run.sh STAGES=loop measured it faster.
+# run.sh STAGES=loop measured it faster. COMPILE_MODE=reduce-overhead (with COMPILE=1) when the graphs loop won.
 # HEAD_ROWS=0.2 passes --head-rows 0.2 (the head on a fixed fifth of the tokens): likewise.
 set -uo pipefail
 [ "${1:-}" = "--dry-run" ] && DEVICE=cpu
@@ -59,6 +59,7 @@ else
   EXTRA_FLAGS=()
 fi
 [ "${COMPILE:-0}" = 1 ] && EXTRA_FLAGS+=(--compile)
+[ -n "${COMPILE_MODE:-}" ] && EXTRA_FLAGS+=(--compile-mode "$COMPILE_MODE")
 [ -n "${HEAD_ROWS:-}" ] && EXTRA_FLAGS+=(--head-rows "$HEAD_ROWS")
 # name:flags -- the knobs each variant changes. With the unsupervised text an epoch is ~2,830 steps of 32 x 256
 # (train alone: 909): 3 epochs ~ 8,500 steps; 500 warm-up steps = 6 %. On the H200 the host-masked loop took
