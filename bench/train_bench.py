@@ -268,11 +268,14 @@ def compare_loops(
     chunk_size: int | None,
     precision: str,
     loops: list[LoopOptions],
+    save=None,
 ) -> dict:
     """Each shape x loop `rounds` times, interleaved (before, after, before, ...): the ratio of the medians
     is measured under the same load (the CPU is shared). A loop that fails (torch.compile without a working
-    compiler, say) is a row with its error; the other loops' rows stand."""
+    compiler, say) is a row with its error; the other loops' rows stand. `save(result)` after every row: a
+    run cut by its time limit (a GPU lease) keeps the rows it finished."""
     rows = []
+    result = {"rows": rows, "summary": {}}
     for _ in range(rounds):
         for shape in shapes:
             for loop in loops:
@@ -283,7 +286,10 @@ def compare_loops(
                     row = {"shape": shape, **asdict(loop), "error": f"{type(exc).__name__}: {exc}"[:500]}
                     log.warning("%s %s failed: %s", shape, loop.name, row["error"])
                 rows.append({"loop": loop.name, **row})
-    return {"rows": rows, "summary": {shape: summarise(rows, shape, loops) for shape in shapes}}
+                result = {"rows": rows, "summary": {shape: summarise(rows, shape, loops) for shape in shapes}}
+                if save:
+                    save(result)
+    return result
 
 
 def summarise(rows: list[dict], shape: str, loops: list[LoopOptions]) -> dict:
@@ -365,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     loops = pick_loops(args.loops, args.compile)
+    save = (lambda result: write_json(result, args)) if args.json else None
     result = compare_loops(
         [s for s in args.shapes.split(",") if s],
         args.rounds,
@@ -374,13 +381,19 @@ def main(argv: list[str] | None = None) -> int:
         args.chunk_size,
         args.precision,
         loops,
+        save,
     )
-    result["args"] = {k: str(v) for k, v in vars(args).items()}
     print(json.dumps(result["summary"], indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def write_json(result: dict, args: argparse.Namespace) -> None:
+    """--json, with the command line: rewritten after every row (atomically: a kill mid-write leaves the last)."""
+    from deniro_rt.files import write_text_atomically
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    result = {**result, "args": {k: str(v) for k, v in vars(args).items()}}
+    write_text_atomically(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,13 @@ def publish(stage: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` at `path`, written aside and renamed into place: a kill mid-write leaves the previous file."""
+    temp = Path(path).with_name(f".{Path(path).name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)  # one rename, over an existing file too
+
+
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A fresh hidden folder beside `out` to write into: published as `out` when the block succeeds,

@@ -431,6 +431,25 @@ def test_train_bench_a_failing_loop_keeps_the_other_rows(monkeypatch):
     }
 
 
+def test_train_bench_json_keeps_the_finished_rows_when_a_time_limit_cuts_the_run(monkeypatch, tmp_path):
+    """--json is rewritten after every row: a run killed mid-way (a GPU lease's limit) keeps what it measured."""
+    import bench.train_bench as tb
+
+    def fake_bench_shape(shape, steps, warmup, batch_size, chunk_size, precision, device, loop):
+        if loop.compile:
+            raise KeyboardInterrupt  # stands for the kill: nothing after this point runs
+        return {"shape": shape, "tokens_per_s": 1000.0, **dataclasses.asdict(loop)}
+
+    monkeypatch.setattr(tb, "bench_shape", fake_bench_shape)
+    out = tmp_path / "loop.json"
+    with pytest.raises(KeyboardInterrupt):
+        tb.main(["--shapes", "tiny,mini", "--loops", "device,head-rows,compiled", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["loop"] for r in saved["rows"]] == ["device-mask/auto-adamw", "device-mask/auto-adamw/head-rows-0.2"]
+    assert saved["summary"]["tiny"]["ratio_to_first"]["device-mask/auto-adamw/head-rows-0.2"] == 1.0
+    assert saved["args"]["loops"] == "device,head-rows,compiled" and not list(tmp_path.glob(".*"))
+
+
 def test_train_bench_waits_for_the_device_every_10_steps_as_train_does(monkeypatch):
     """The loop probe reads the loss (a device wait) after each warm-up step and then every SYNC_EVERY steps,
     so a loop whose host runs ahead of the device is timed as train/'s loop pays it."""

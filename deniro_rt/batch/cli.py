@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import DeniroError
-from ..files import publish
+from ..files import publish, write_text_atomically
 from ..providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -424,12 +424,6 @@ def count_shards(folder: Path) -> int:
 
 def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    publish(temp, path)
 
 
 class ShardWriter:
