@@ -2,6 +2,7 @@
 exactly what the tokenizer-based path gives. The speed itself is a bench row (host overhead per call)."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -109,12 +110,15 @@ def test_bench_host_reports_the_goal_ratios(tiny_artifact, imdb_dir, tmp_path):
     """python -m bench.host (issue 21): interleaved us/sentence of encode_batch, fill_arrays, fill and the graph."""
     from bench.host import HostConfig, main
 
-    result = main(
-        HostConfig(model=str(tiny_artifact), batch=8, batches=2, repeats=1, dataset=str(imdb_dir), out=str(tmp_path))
-    )
-    assert set(result["us_per_sentence"]) == {"encode_batch", "arrays", "dicts", "model"}
+    config = HostConfig(model=str(tiny_artifact), batch=8, batches=2, repeats=1, overlap_block=3)
+    result = main(dataclasses.replace(config, dataset=str(imdb_dir), out=str(tmp_path)))
+    assert set(result["us_per_sentence"]) == {"encode_batch", "arrays", "dicts", "model", "arrays-overlap"}
     assert result["sentences"] == 16 and 0 <= result["padding_fraction"] < 1
     assert result["ratios"]["arrays_vs_encode_batch"] == pytest.approx(
         result["us_per_sentence"]["arrays"] / result["us_per_sentence"]["encode_batch"]
     )
-    assert "| arrays |" in (tmp_path / "host.md").read_text() and (tmp_path / "host.png").exists()
+    assert result["ratios"]["arrays_overlap_vs_arrays"] == pytest.approx(
+        result["us_per_sentence"]["arrays-overlap"] / result["us_per_sentence"]["arrays"]
+    )
+    md = (tmp_path / "host.md").read_text()
+    assert "| arrays |" in md and "Overlapped pipeline (blocks of 3):" in md and (tmp_path / "host.png").exists()
