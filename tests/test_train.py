@@ -401,7 +401,8 @@ def test_head_rows_step_never_waits_for_the_device():
     head on exactly the masked rows (--head-rows 0) waits."""
     from bench.train_bench import LOOPS, prepare_run, train_config
 
-    config = train_config("mini", batch_size=8, chunk_size=64, precision="bf16")
+    # 16 x 256 tokens: past 3,072 indices the CUDA embedding backward sorts them (the path a real batch takes)
+    config = train_config("mini", batch_size=16, chunk_size=256, precision="bf16")
     for loop, waits in ((LOOPS["head-rows"], False), (LOOPS["device"], True)):
         run = prepare_run(config, "bf16", "cuda", loop, total_steps=4)
         _loop_step(run, 0)  # warm-up: lazy init (cuBLAS, the optimizer's state, the epoch's order there) may wait
