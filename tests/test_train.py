@@ -450,8 +450,9 @@ def test_compile_with_head_rows_compiles_the_head_too_and_keeps_loss_gradients_a
 
 
 def test_head_rows_0_2_holds_every_masked_token_of_real_imdb_batches(imdb_texts):
-    """docs/training.md's reason for --head-rows 0.2: batches of 32 x 256 tokens of IMDB train reviews,
-    whole-word masked at 15 %, mask 15 % of their tokens with a small spread, well under the 0.2 capacity."""
+    """docs/training.md's reason for --head-rows 0.2: batches of 32 x 256 tokens of IMDB train reviews (the
+    shipped tokenizer), whole-word masked at 15 %, mask 15 % of their tokens with a small spread, well under
+    the 0.2 capacity."""
     from tokenizers import Tokenizer
 
     from deniro_rt.data import IGNORE_INDEX, chunk_texts, whole_word_mask
