@@ -432,7 +432,8 @@ def start_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
     out = check_output(config)
-    masks_on_device(config, "cpu")  # a bad --masking or --head-rows fails before any work
+    # A bad --masking, --head-rows or --compile-mode fails here, before any work.
+    masks_on_device(config, "cpu")
     check_head_rows(config.head_rows)
     check_compile_mode(config.compile, config.compile_mode)
     # Launched as several processes on a machine without CUDA (torchrun / accelerate launch --multi_gpu):
