@@ -2,7 +2,6 @@
 exactly what the tokenizer-based path gives. The speed itself is a bench row (host overhead per call)."""
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
@@ -110,8 +109,8 @@ def test_bench_host_reports_the_goal_ratios(tiny_artifact, imdb_dir, tmp_path):
     """python -m bench.host (issue 21): interleaved us/sentence of encode_batch, fill_arrays, fill and the graph."""
     from bench.host import HostConfig, main
 
-    config = HostConfig(model=str(tiny_artifact), batch=8, batches=2, repeats=1, overlap_block=3)
-    result = main(dataclasses.replace(config, dataset=str(imdb_dir), out=str(tmp_path)))
+    sizes = dict(batch=8, batches=2, repeats=1, overlap_block=3)
+    result = main(HostConfig(model=str(tiny_artifact), dataset=str(imdb_dir), out=str(tmp_path), **sizes))
     assert set(result["us_per_sentence"]) == {"encode_batch", "arrays", "dicts", "model", "arrays-overlap"}
     assert result["sentences"] == 16 and 0 <= result["padding_fraction"] < 1
     assert result["ratios"]["arrays_vs_encode_batch"] == pytest.approx(
