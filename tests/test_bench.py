@@ -412,15 +412,21 @@ def test_train_bench_loops_by_name_and_a_clear_error_for_others():
         main(["--loops", ",", "--shapes", "tiny"])
 
 
-def test_train_bench_a_failing_loop_keeps_the_other_rows(monkeypatch):
-    import bench.train_bench as tb
+def bench_shape_failing_when_compiled(error: BaseException):
+    """A stand-in for bench.train_bench.bench_shape: 1,000 tokens/s, or `error` for a compiled loop."""
 
     def fake_bench_shape(shape, steps, warmup, batch_size, chunk_size, precision, device, loop):
         if loop.compile:
-            raise RuntimeError("no C compiler")
+            raise error
         return {"shape": shape, "tokens_per_s": 1000.0, **dataclasses.asdict(loop)}
 
-    monkeypatch.setattr(tb, "bench_shape", fake_bench_shape)
+    return fake_bench_shape
+
+
+def test_train_bench_a_failing_loop_keeps_the_other_rows(monkeypatch):
+    import bench.train_bench as tb
+
+    monkeypatch.setattr(tb, "bench_shape", bench_shape_failing_when_compiled(RuntimeError("no C compiler")))
     result = tb.compare_loops(["tiny"], 2, 1, 0, None, None, "bf16", tb.pick_loops("device,compiled", False))
     failed = [r for r in result["rows"] if "error" in r]
     assert len(result["rows"]) == 4 and len(failed) == 2
@@ -435,12 +441,8 @@ def test_train_bench_json_keeps_the_finished_rows_when_a_time_limit_cuts_the_run
     """--json is rewritten after every row: a run killed mid-way (a GPU lease's limit) keeps what it measured."""
     import bench.train_bench as tb
 
-    def fake_bench_shape(shape, steps, warmup, batch_size, chunk_size, precision, device, loop):
-        if loop.compile:
-            raise KeyboardInterrupt  # stands for the kill: nothing after this point runs
-        return {"shape": shape, "tokens_per_s": 1000.0, **dataclasses.asdict(loop)}
-
-    monkeypatch.setattr(tb, "bench_shape", fake_bench_shape)
+    # the KeyboardInterrupt stands for the kill: nothing after the first compiled loop runs
+    monkeypatch.setattr(tb, "bench_shape", bench_shape_failing_when_compiled(KeyboardInterrupt()))
     out = tmp_path / "loop.json"
     with pytest.raises(KeyboardInterrupt):
         tb.main(["--shapes", "tiny,mini", "--loops", "device,head-rows,compiled", "--json", str(out)])
