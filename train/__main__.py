@@ -7,10 +7,10 @@ Examples:
   python -m train --preset mini --dataset ../shared/data/imdb             # small model from scratch
   python -m train --preset mini --dataset ../shared/data/imdb --resume    # continue a stopped run
   python -m train --preset minilm --dataset ../shared/data/imdb --extra-splits unsupervised --precision bf16
+  accelerate launch -m train --precision bf16 ...                         # several GPUs
 
 Every evaluation during training scores the validation reviews (--val-fraction of --train-splits, whole
 reviews, seeded); the test split is masked once and scored once, after the last step.
-  accelerate launch -m train --precision bf16 ...                         # several GPUs
 """
 
 from __future__ import annotations
