@@ -353,6 +353,27 @@ def test_a_compile_mode_without_compile_fails_before_any_work(imdb_dir, tiny_mod
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "flag, value, error",
+    [
+        ("--batch-size", "0", "error: --batch-size must be at least 1, got 0"),
+        ("--grad-accum", "0", "error: --grad-accum must be at least 1, got 0"),
+        ("--max-steps", "0", "error: --max-steps must be at least 1, got 0"),
+        ("--warmup-steps", "-3", "error: --warmup-steps must be at least 0, got -3"),
+        ("--lr", "0", "error: --lr must be above 0, got 0.0"),
+        ("--mlm-probability", "1.5", "error: --mlm-probability must be in (0, 1) (0.15: the recipe), got 1.5"),
+    ],
+)
+def test_a_count_or_rate_out_of_range_fails_before_any_work(
+    imdb_dir, tiny_model_dir, tmp_path, capsys, flag, value, error
+):
+    """Before the check, --batch-size 0 died in a ZeroDivisionError and --mlm-probability 1.5 trained."""
+    out = tmp_path / "run"
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, flag, value)) == 2
+    assert _error_line(capsys) == error
+    assert not out.exists()
+
+
 def test_masked_tokens_beyond_head_rows_are_reported_in_metrics(imdb_dir, tiny_model_dir, tmp_path, caplog):
     out = tmp_path / "run"
     assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--max-steps", "4", "--head-rows", "0.05")) == 0

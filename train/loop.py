@@ -35,7 +35,7 @@ from deniro_rt.data import (
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import publish
 
-from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig
+from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig, check_numbers
 from .data import (
     VALIDATION,
     DeviceChunks,
@@ -432,6 +432,7 @@ def start_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
     out = check_output(config)
+    check_numbers(config)
     # A bad --masking, --head-rows or --compile-mode fails here, before any work.
     masks_on_device(config, "cpu")
     check_head_rows(config.head_rows)
