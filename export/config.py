@@ -15,6 +15,8 @@ DEVICES = HARDWARE  # export builds for a device, never "auto"
 # 80 % of top-1s (README, issue 12), and a default that fails validation would make the plain command fail.
 DEFAULT_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
+# 14: the first opset with scaled_dot_product_attention; 23: the highest torch 2.13's exporter writes
+OPSETS = range(14, 24)
 WEIGHT_STORAGE = ("fp32", "int8")  # how the fp32 graphs store their weight matrices (export/weights.py)
 
 
@@ -113,12 +115,7 @@ def check_config(config: ExportConfig) -> Path:
         )
     if config.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise DeniroError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
-    if config.batch_size < 1:
-        raise DeniroError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if min(config.sentences, config.random_sequences, config.perplexity_chunks) < 0:
-        raise DeniroError("--sentences, --random-sequences and --perplexity-chunks must not be negative")
-    if config.chunk_size < 2:
-        raise DeniroError(f"--chunk-size must be at least 2, got {config.chunk_size}")
+    check_numbers(config)
     if config.int8_method not in INT8_METHODS:
         raise DeniroError(f"--int8-method must be one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}")
     if config.weights not in WEIGHT_STORAGE:
@@ -130,9 +127,20 @@ def check_config(config: ExportConfig) -> Path:
         )
     if config.weights == "int8" and "fp16" in config.precisions():
         raise DeniroError("--weights int8 stores fp32 graphs compactly for CPU apps; export fp16 without it")
+    return check_output(config)
+
+
+def check_numbers(config: ExportConfig) -> None:
+    if config.batch_size < 1:
+        raise DeniroError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if min(config.sentences, config.random_sequences, config.perplexity_chunks) < 0:
+        raise DeniroError("--sentences, --random-sequences and --perplexity-chunks must not be negative")
+    if config.chunk_size < 2:
+        raise DeniroError(f"--chunk-size must be at least 2, got {config.chunk_size}")
     if config.calibration_sentences < 16:
         raise DeniroError(f"--calibration-sentences must be at least 16, got {config.calibration_sentences}")
-    return check_output(config)
+    if config.opset not in OPSETS:
+        raise DeniroError(f"--opset must be from {OPSETS[0]} to {OPSETS[-1]} (default 17), got {config.opset}")
 
 
 def check_output(config: ExportConfig) -> Path:

@@ -467,6 +467,7 @@ def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
             ["--onnx", "--output", "{out}", "--calibration-sentences", "8"],
             "--calibration-sentences must be at least 16",
         ),
+        (["--onnx", "--output", "{out}", "--opset", "13"], "--opset must be from 14 to 23 (default 17), got 13"),
     ],
 )
 def test_bad_options_are_refused(argv, needle, tiny_model_dir, tmp_path, capsys):
