@@ -49,7 +49,7 @@ HELP = {
     "this flag the export fails if attention is not fused",
     "attn_implementation": "transformers attention implementation traced; auto picks the one whose graph "
     "onnxruntime fuses: sdpa with transformers 4.x, eager with 5.x",
-    "opset": "ONNX opset",
+    "opset": "ONNX opset, 14 to 23",
     "per_channel": "int8: one scale per weight tensor instead of per output channel",
     "int8_method": "how the int8 graph is built: static (QDQ, activation scales fixed by calibration: "
     "batch-invariant), static-percentile (the same, 99.999th-percentile ranges), dynamic (scales "
