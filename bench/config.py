@@ -90,6 +90,17 @@ class BenchConfig:
             raise DeniroError(f"--engines: unknown {', '.join(unknown)} (known: {', '.join(ENGINES)})")
         return names
 
+    def check_numbers(self) -> None:
+        """A count below its least value fails now, naming the flag, not after minutes or as a confusing error."""
+        from deniro_rt.errors import DeniroError
+
+        for name, least in LEAST.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise DeniroError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+        if self.throughput_seconds is not None and not self.throughput_seconds > 0:
+            raise DeniroError(f"--throughput-seconds must be above 0, got {self.throughput_seconds}")
+
     def cli(self) -> str:
         """The command line that gives this config (flags that differ from the defaults)."""
         defaults = build_config({"quick": self.quick})
@@ -107,6 +118,13 @@ class BenchConfig:
             return Path(self.out)
         machine = re.sub(r"[^A-Za-z0-9_.-]+", "-", platform.node() or "machine")
         return REPO / "bench" / "results" / f"{machine}-{datetime.date.today().isoformat()}"
+
+
+# The least value of every numeric knob (None, where allowed, means the default).
+LEAST = dict(
+    top_k=1, warmup=0, latency_samples=1, throughput_sentences=1, rounds=1, parity_texts=1, parity_sentences=1,
+    chunk_size=2, train_steps=1, train_warmup=0, train_batch_size=1, train_chunk_size=2,
+)  # fmt: skip
 
 
 def _ints(text: str, flag: str) -> list[int]:

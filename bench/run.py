@@ -188,8 +188,7 @@ def main(cfg: BenchConfig) -> int:
     wanted = {"parity", "latency", "throughput", "train"} if cfg.command == "all" else {cfg.command}
     device = resolve_device(cfg.device)
     cfg.engine_list(), cfg.length_list(), cfg.batch_list()  # bad lists fail now, not after minutes
-    if cfg.rounds < 1:
-        raise DeniroError(f"--rounds must be at least 1 (each engine timed once), got {cfg.rounds}")
+    cfg.check_numbers()
     result = {"header": report.header(device, cfg.cli()), "config": cfg.__dict__.copy()}
     if wanted & {"parity", "latency", "throughput"}:
         result.update(model_benchmarks(cfg, device, wanted))

@@ -499,5 +499,20 @@ def test_rounds_interleave_the_engines_and_report_each_rows_median_round(tiny_ar
     assert len(rows) == 2 and all(len(r["throughput"]["rounds"]) == 2 for r in rows)
     assert all(r["throughput"]["sentences_per_s"] in r["throughput"]["rounds"] for r in rows)
     assert run([*args, str(tmp_path / "zero"), "--rounds", "0"]) == 2
-    error = "error: --rounds must be at least 1 (each engine timed once), got 0"
-    assert capsys.readouterr().err.splitlines()[-1] == error
+    assert capsys.readouterr().err.splitlines()[-1] == "error: --rounds must be at least 1, got 0"
+
+
+@pytest.mark.parametrize(
+    "flag, value, error",
+    [
+        ("--top-k", "0", "--top-k must be at least 1, got 0"),
+        ("--warmup", "-1", "--warmup must be at least 0, got -1"),
+        # before the check: "no text of about 16 tokens in the dataset; drop 16 from --lengths"
+        ("--latency-samples", "0", "--latency-samples must be at least 1, got 0"),
+        ("--throughput-seconds", "0", "--throughput-seconds must be above 0, got 0.0"),
+    ],
+)
+def test_bench_counts_out_of_range_fail_before_any_work(flag, value, error, tmp_path, capsys):
+    assert run(["latency", "--quick", "--device", "cpu", "--out", str(tmp_path / "out"), flag, value]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {error}"
+    assert not (tmp_path / "out").exists()
