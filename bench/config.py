@@ -76,10 +76,10 @@ class BenchConfig:
 
     # ----------------------------------------------------------------- parsed lists
     def length_list(self) -> list[int]:
-        return _ints(self.lengths, "--lengths")
+        return int_list(self.lengths, "--lengths")
 
     def batch_list(self) -> list[int]:
-        return _ints(self.batch_sizes, "--batch-sizes")
+        return int_list(self.batch_sizes, "--batch-sizes")
 
     def engine_list(self) -> list[str]:
         from deniro_rt.errors import DeniroError
@@ -91,15 +91,7 @@ class BenchConfig:
         return names
 
     def check_numbers(self) -> None:
-        """A count below its least value fails now, naming the flag, not after minutes or as a confusing error."""
-        from deniro_rt.errors import DeniroError
-
-        for name, least in LEAST.items():
-            value = getattr(self, name)
-            if value is not None and value < least:
-                raise DeniroError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
-        if self.throughput_seconds is not None and not self.throughput_seconds > 0:
-            raise DeniroError(f"--throughput-seconds must be above 0, got {self.throughput_seconds}")
+        check_numbers(self, LEAST, above_zero=("throughput_seconds",))
 
     def cli(self) -> str:
         """The command line that gives this config (flags that differ from the defaults)."""
@@ -127,7 +119,22 @@ LEAST = dict(
 )  # fmt: skip
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def check_numbers(config, least: dict[str, int], above_zero: tuple[str, ...] = ()) -> None:
+    """A number below its least value fails before any work, naming the flag (not after minutes, or as a
+    confusing error from deep inside a run). None, where a field allows it, means its default."""
+    from deniro_rt.errors import DeniroError
+
+    for name, floor in least.items():
+        value = getattr(config, name)
+        if value is not None and value < floor:
+            raise DeniroError(f"--{name.replace('_', '-')} must be at least {floor}, got {value}")
+    for name in above_zero:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise DeniroError(f"--{name.replace('_', '-')} must be above 0, got {value}")
+
+
+def int_list(text: str, flag: str) -> list[int]:
     from deniro_rt.errors import DeniroError
 
     try:

@@ -46,7 +46,7 @@ from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.providers import DEVICES
 
-from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset
+from .config import LOCAL_IMDB, REPO, QuickDefaults, check_numbers, default_dataset, int_list
 from .figures import save_figure
 
 log = logging.getLogger("bench.load")
@@ -82,10 +82,14 @@ class LoadConfig(QuickDefaults):
     QUICK: ClassVar[dict] = QUICK
 
     def client_counts(self) -> list[int]:
-        counts = [int(c) for c in self.clients.split(",") if c.strip()]
-        if not counts or min(counts) < 1:
-            raise DeniroError(f"--clients must be positive integers, got {self.clients!r}")
-        return counts
+        return int_list(self.clients, "--clients")
+
+    def check_numbers(self) -> None:
+        check_numbers(
+            self,
+            dict(rounds=1, requests=1, warmup=0, sentences=1, max_batch_size=1, max_wait_ms=0, max_queue=1, threads=1),
+            above_zero=("seconds",),
+        )
 
     def server_names(self) -> list[str]:
         names = [s.strip() for s in self.servers.split(",") if s.strip()]
@@ -462,7 +466,8 @@ def main(cfg: LoadConfig) -> int:
 
     from . import report
 
-    names, _ = cfg.server_names(), cfg.client_counts()  # bad lists fail before any server starts
+    names, _ = cfg.server_names(), cfg.client_counts()  # bad lists and numbers fail before any server starts
+    cfg.check_numbers()
     artifact = Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR
     texts = load_sentences(cfg, artifact)
     result = {

@@ -198,7 +198,7 @@ def open_graph(name: str, path: Path):
 def check_methods(methods: str) -> None:
     from export.config import INT8_METHODS
 
-    known = [*INT8_METHODS, *ROW_METHODS, *OV_METHODS]
+    known = list(dict.fromkeys([*INT8_METHODS, *ROW_METHODS, *OV_METHODS]))  # the row methods are in both
     unknown = [name for name in methods.split(",") if name not in known]
     if unknown:
         raise DeniroError(f"--methods {','.join(unknown)}: unknown; choose from {', '.join(known)}")

@@ -33,7 +33,7 @@ import numpy as np
 from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
-from .config import REPO, QuickDefaults, default_dataset
+from .config import REPO, QuickDefaults, check_numbers, default_dataset, int_list
 from .figures import save_figure
 
 log = logging.getLogger("bench.ray")
@@ -84,10 +84,24 @@ class RayBenchConfig(QuickDefaults):
         return pools
 
     def client_counts(self) -> list[int]:
-        counts = [int(c) for c in self.clients.split(",") if c.strip()]
-        if not counts or min(counts) < 1:
-            raise DeniroError(f"--clients must be positive integers, got {self.clients!r}")
-        return counts
+        return int_list(self.clients, "--clients")
+
+    def check_numbers(self) -> None:
+        check_numbers(
+            self,
+            dict(
+                sentences=1,
+                batch_size=1,
+                repeats=1,
+                rounds=1,
+                requests=1,
+                warmup=0,
+                max_batch_size=1,
+                max_wait_ms=0,
+                max_queue=1,
+            ),
+            above_zero=("seconds",),
+        )
 
 
 # --------------------------------------------------------------------------- offline: Ray Data
@@ -235,7 +249,7 @@ def main(cfg: RayBenchConfig) -> int:
     from .load import load_sentences
 
     pools = cfg.pool_list()
-    cfg.client_counts()  # bad lists fail before anything starts
+    cfg.client_counts(), cfg.check_numbers()  # bad lists and numbers fail before anything starts
     texts = load_sentences(cfg, Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR)
     texts = (texts * math.ceil(cfg.sentences / max(1, len(texts))))[: cfg.sentences]
     result = {

@@ -617,6 +617,24 @@ def test_load_harness_quick(tmp_path, imdb_dir):
     assert (tmp_path / "load.png").stat().st_size > 10_000 and "| batched | 4 |" in (tmp_path / "load.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "command, flag, value, error",
+    [
+        ("load", "--requests", "0", "--requests must be at least 1, got 0"),  # ran, then died in the plot
+        ("load", "--clients", "1,a", "--clients takes comma-separated integers, got '1,a'"),  # was a ValueError
+        ("load", "--seconds", "0", "--seconds must be above 0, got 0.0"),
+        ("ray", "--repeats", "0", "--repeats must be at least 1, got 0"),
+        ("ray", "--clients", "0", "--clients needs positive integers, got '0'"),
+    ],
+)
+def test_load_and_ray_benches_refuse_bad_numbers_before_anything_starts(command, flag, value, error, tmp_path, capsys):
+    from bench.__main__ import run
+
+    assert run([command, "--out", str(tmp_path / "out"), flag, value]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {error}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_pipeline_backend_answers_like_the_pipeline(tmp_path):
     """The hf-pipeline adapter of bench/load.py: one result per text, also for a list of one."""
     pytest.importorskip("transformers")
