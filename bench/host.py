@@ -13,15 +13,16 @@ before leaving it off on CPU, where the tokenizer and the graph share the cores.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from deniro_rt.errors import DeniroError
+
 from . import report
-from .config import default_dataset
+from .config import check_numbers, default_dataset
 
 INT_FIELDS = ("batch", "batches", "repeats", "min_words", "max_words", "threads", "token_budget", "overlap_block")
 GOALS = {"arrays": 1.5, "dicts": 3.0}  # x the bare tokenizer's encode_batch, per sentence
@@ -195,14 +196,32 @@ def main(cfg: HostConfig) -> dict:
     return result
 
 
+HELP = {
+    "model": "artifact folder (default: the shipped model; the goals are meant for a near-free 1-layer graph)",
+    "batch": "sentences a call",
+    "batches": "distinct batches of sentences, each timed --repeats times per call",
+    "repeats": "timings of every batch per call",
+    "min_words": "shortest IMDB test sentence used, in words",
+    "max_words": "longest IMDB test sentence used, in words",
+    "threads": "ONNX Runtime intra-op threads (default: all cores)",
+    "token_budget": "padded tokens per graph run (default: the runtime's CPU budget; 0: none)",
+    "overlap_block": "texts a block in the arrays-overlap call (0: that call is not measured)",
+    "dataset": "folder of <split>.parquet files (default: ../shared/data/imdb when present, else the hub id)",
+    "out": "report folder (host.json, host.md, host.png)",
+}
+LEAST = dict(batch=1, batches=1, repeats=1, min_words=1, max_words=1, threads=1, token_budget=0, overlap_block=0)
+
+
 def parse_args(argv: list[str] | None = None) -> HostConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.host", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for name, default in asdict(HostConfig()).items():
-        kind = int if name in INT_FIELDS else str
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"(default: {default})")
-    return HostConfig(**vars(parser.parse_args(argv)))
+    from deniro_rt.cli import config_parser
+
+    types = {name: int for name in INT_FIELDS}
+    parser = config_parser(HostConfig(), "python -m bench.host", __doc__, HELP, types=types)
+    cfg = HostConfig(**vars(parser.parse_args(argv)))
+    check_numbers(cfg, LEAST)
+    if cfg.min_words > cfg.max_words:
+        raise DeniroError(f"--min-words {cfg.min_words} is above --max-words {cfg.max_words}")
+    return cfg
 
 
 if __name__ == "__main__":

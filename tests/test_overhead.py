@@ -121,3 +121,13 @@ def test_bench_host_reports_the_goal_ratios(tiny_artifact, imdb_dir, tmp_path):
     )
     md = (tmp_path / "host.md").read_text()
     assert "| arrays |" in md and "Overlapped pipeline (blocks of 3):" in md and (tmp_path / "host.png").exists()
+
+
+def test_bench_host_refuses_bad_numbers_with_the_flag_named():
+    from bench.host import parse_args
+
+    with pytest.raises(DeniroError, match=r"^--batch must be at least 1, got 0$"):
+        parse_args(["--batch", "0"])
+    with pytest.raises(DeniroError, match=r"^--min-words 9 is above --max-words 4$"):
+        parse_args(["--min-words", "9", "--max-words", "4"])
+    assert parse_args(["--threads", "1"]).threads == 1 and parse_args([]).token_budget is None
