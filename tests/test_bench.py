@@ -410,6 +410,10 @@ def test_train_bench_loops_by_name_and_a_clear_error_for_others():
         pick_loops("device,fast", compile=False)
     with pytest.raises(DeniroError, match=r"^--loops: no loop given; choose"):
         main(["--loops", ",", "--shapes", "tiny"])
+    with pytest.raises(DeniroError, match=r"^--shapes: unknown shape huge; choose from deniro, minilm, mini, tiny$"):
+        main(["--shapes", "tiny,huge"])
+    with pytest.raises(DeniroError, match=r"^--steps must be at least 1, got 0$"):  # was a ZeroDivisionError a row
+        main(["--shapes", "tiny", "--steps", "0"])
 
 
 def bench_shape_failing_when_compiled(error: BaseException):
