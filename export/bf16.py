@@ -116,6 +116,8 @@ def main(config: Bf16Config) -> dict:
 
     if not config.artifact:
         raise DeniroError("pass --artifact DIR: the export folder whose deniro.json gets the bf16 record")
+    if min(config.sentences, config.perplexity_chunks) < 0:
+        raise DeniroError("--sentences and --perplexity-chunks must not be negative")
     manifest = load_manifest(config.artifact)
     if "fp32" not in manifest.graphs:
         raise DeniroError(f"{config.artifact} has no fp32 graph to compile in bf16; re-export with --precision fp32")

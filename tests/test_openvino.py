@@ -171,7 +171,7 @@ def test_the_shipped_model_carries_a_passed_bf16_record():
     assert record["metrics"]["decisive_rows"] >= 1800 and record["metrics"]["top1_decisive"] >= 0.995
 
 
-def test_export_bf16_checks_an_artifact_and_records_it(tmp_path, imdb_dir):
+def test_export_bf16_checks_an_artifact_and_records_it(tmp_path, imdb_dir, capsys):
     """python -m export.bf16 on a copy of the shipped model: the record lands in deniro.json, which still loads
     (every hashed file untouched), and FillMask's default follows it."""
     artifact = tmp_path / "shipped"
@@ -181,6 +181,8 @@ def test_export_bf16_checks_an_artifact_and_records_it(tmp_path, imdb_dir):
     (artifact / MANIFEST).write_text(json.dumps(manifest))
     assert FillMask(artifact, device="cpu").precision == "fp32"  # no record: fp32 whatever the CPU
     assert bf16_cli(["--dataset", str(imdb_dir)]) == 2  # no --artifact: an error, never the shipped folder
+    assert bf16_cli(["--artifact", str(artifact), "--perplexity-chunks", "-1"]) == 2  # was numpy's ValueError
+    assert capsys.readouterr().err.splitlines()[-1] == "error: --sentences and --perplexity-chunks must not be negative"
     args = ["--artifact", str(artifact), "--dataset", str(imdb_dir), "--sentences", "150", "--perplexity-chunks", "16"]
     if not bf16_available():
         assert bf16_cli(args) == 2  # the error names the extra and the CPU it needs

@@ -177,13 +177,16 @@ def test_prune_json_records_config_and_stats(pruned_dir, source_dir):
     "keep, message",
     [
         (50, r"--keep 50 is smaller than the \d+ pieces that are always kept .*pass --keep \d+ or more"),
-        (600, r"--keep 600 is not smaller than the vocabulary \(600 pieces\): nothing to prune"),
+        (600, r"--keep 600 is not smaller than the vocabulary \(600 pieces\): nothing to prune; pass a smaller "
+         r"--keep \(e.g. 400\)$"),
+        (300, r"^--count-texts must be at least 1 \(the default counts 5000 reviews\), got 0$"),
     ],
-)
-def test_bad_keep_is_refused_and_writes_nothing(tiny_model_dir, small_dataset, tmp_path, keep, message):
+)  # fmt: skip
+def test_bad_keep_or_count_is_refused_and_writes_nothing(tiny_model_dir, small_dataset, tmp_path, keep, message):
     out = tmp_path / "out"
+    count_texts = 0 if "count-texts" in message else COUNT_TEXTS
     config = prune.PruneConfig(
-        model=str(tiny_model_dir), dataset=str(small_dataset), output=str(out), keep=keep, count_texts=COUNT_TEXTS
+        model=str(tiny_model_dir), dataset=str(small_dataset), output=str(out), keep=keep, count_texts=count_texts
     )
     with pytest.raises(DeniroError, match=message):
         prune.main(config)

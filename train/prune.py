@@ -150,7 +150,7 @@ def check_keep(keep: int, vocab_size: int, forced: int | None = None) -> None:
     if keep >= vocab_size:
         raise DeniroError(
             f"--keep {keep} is not smaller than the vocabulary ({vocab_size} pieces): nothing to "
-            f"prune; pass a smaller --keep (e.g. 20000)"
+            f"prune; pass a smaller --keep (e.g. {20000 if vocab_size > 20000 else vocab_size * 2 // 3})"
         )
     if forced is not None and keep < forced:
         raise DeniroError(
@@ -294,6 +294,10 @@ def prune(config: PruneConfig, stage: Path) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_source(Path(config.model))
     check_keep(config.keep, len(tokenizer))  # before the counting, the slow part
+    if config.count_texts < 1:
+        raise DeniroError(
+            f"--count-texts must be at least 1 (the default counts 5000 reviews), got {config.count_texts}"
+        )
     texts = sample_train_texts(config.dataset, config.count_texts, config.seed)
     specials, singles = forced_piece_ids(tokenizer, texts)
     check_keep(config.keep, len(tokenizer), len(specials) + len(singles))
