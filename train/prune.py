@@ -294,10 +294,6 @@ def prune(config: PruneConfig, stage: Path) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_source(Path(config.model))
     check_keep(config.keep, len(tokenizer))  # before the counting, the slow part
-    if config.count_texts < 1:
-        raise DeniroError(
-            f"--count-texts must be at least 1 (the default counts 5000 reviews), got {config.count_texts}"
-        )
     texts = sample_train_texts(config.dataset, config.count_texts, config.seed)
     specials, singles = forced_piece_ids(tokenizer, texts)
     check_keep(config.keep, len(tokenizer), len(specials) + len(singles))
@@ -336,6 +332,10 @@ def main(config: PruneConfig) -> Path:
     out = Path(config.output)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
+    if config.count_texts < 1:
+        raise DeniroError(
+            f"--count-texts must be at least 1 (the default counts 5000 reviews), got {config.count_texts}"
+        )
     with staged(out) as stage:  # published whole when prune returns; a failed run leaves nothing
         prune(config, stage)
     log.info("wrote %s", out)
