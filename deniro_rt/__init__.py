@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .data import MaskedBatch
-from .errors import ArtifactError, DeniroError, DeniroTypeError
+from .errors import ArtifactError, DeniroError, DeniroTypeError, TextError
 from .predictions import Predictions
 from .runtime import FillMask
 
@@ -26,13 +26,23 @@ __all__ = [
     "DeniroError",
     "DeniroTypeError",
     "ArtifactError",
+    "TextError",
 ]
 __version__ = "0.1.0"
 
 
-@lru_cache(maxsize=4)
-def _runtime(model: str | None, device: str, precision: str | None) -> FillMask:
+def _runtime(model: str | Path | None, device: str, precision: str | None) -> FillMask:
     """Sessions are costly to build: module-level calls reuse one per (model, device, precision)."""
+    if not (model is None or isinstance(model, (str, Path))):
+        raise DeniroTypeError(f"model must be a folder path, got {type(model).__name__} {model!r}")
+    for name, value in (("device", device), ("precision", precision)):
+        if not (value is None or isinstance(value, str)):  # a list would fail in the cache, far from here
+            raise DeniroTypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    return _cached_runtime(None if model is None else str(model), device, precision)
+
+
+@lru_cache(maxsize=4)
+def _cached_runtime(model: str | None, device: str, precision: str | None) -> FillMask:
     return FillMask(model, device=device, precision=precision)
 
 
@@ -61,7 +71,7 @@ def fill(
     the model's maximum (masks outside it get [] and a warning) instead of raising.
     model: an export folder (python -m export --onnx --output DIR); default: the shipped model.
     """
-    runtime = _runtime(None if model is None else str(model), device, precision)
+    runtime = _runtime(model, device, precision)
     return runtime.fill(texts, top_k=top_k, targets=targets, batch_size=batch_size, truncation=truncation, joint=joint)
 
 
@@ -78,7 +88,7 @@ def fill_arrays(
     order (text_index [n], mask_position [n], token_ids [n, k], scores [n, k]), with token_strs(),
     to_arrow() and to_dicts() (exactly fill's output). No dict or string per candidate is built
     unless asked for: the fast way to fill many texts. Same checks and errors as fill."""
-    runtime = _runtime(None if model is None else str(model), device, precision)
+    runtime = _runtime(model, device, precision)
     return runtime.fill_arrays(texts, top_k=top_k, batch_size=batch_size, truncation=truncation)
 
 
@@ -90,5 +100,5 @@ def perplexity(
     batch_size: int = 64,
 ) -> dict:
     """Perplexity on premasked rows (deniro_rt.data.premask): {"perplexity", "nll", "tokens"}."""
-    runtime = _runtime(None if model is None else str(model), device, precision)
+    runtime = _runtime(model, device, precision)
     return runtime.perplexity(masked, batch_size=batch_size)

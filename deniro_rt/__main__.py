@@ -18,7 +18,7 @@ import logging
 import sys
 
 from .cli import run_main, setup_logging
-from .errors import EXIT_USAGE
+from .errors import EXIT_USAGE, DeniroError, TextError
 from .providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 SUBCOMMANDS = {"serve": "deniro_rt.serve.__main__", "batch": "deniro_rt.batch.cli"}  # imported only when used
@@ -93,23 +93,40 @@ def run(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     # Empty piped input (an empty file, a filter that matched nothing) prints nothing and succeeds, like cat.
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    return run_main(lambda: fill_and_print(args, texts))
+    texts, lines = (args.texts, None) if args.texts else stdin_texts()
+    return run_main(lambda: fill_and_print(args, texts, lines))
 
 
-def fill_and_print(args: argparse.Namespace, texts: list[str]) -> None:
+def stdin_texts() -> tuple[list[str], list[int]]:
+    """The non-blank lines of stdin (CRLF or LF) and their line numbers. Bytes that are not UTF-8 are kept as
+    surrogates, so the runtime's check names the line instead of the decoder failing on the whole input."""
+    texts, numbers = [], []
+    stdin = getattr(sys.stdin, "buffer", None)  # None: replaced by a text stream (an embedding app, a test)
+    lines = stdin if stdin is not None else (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+    for number, raw in enumerate(lines, 1):
+        line = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        if line.strip():
+            texts.append(line)
+            numbers.append(number)
+    return texts, numbers
+
+
+def fill_and_print(args: argparse.Namespace, texts: list[str], lines: list[int] | None) -> None:
     from .runtime import FillMask
 
     runtime = FillMask(args.model, device=args.device, precision=args.precision)
     targets = args.targets.split(",") if args.targets else None
-    results = runtime.fill(
-        texts,
-        top_k=args.top_k,
-        targets=targets,
-        batch_size=args.batch_size,
-        truncation=args.truncation,
-        joint=args.joint,
-    )
+    try:
+        results = runtime.fill(
+            texts,
+            top_k=args.top_k,
+            targets=targets,
+            batch_size=args.batch_size,
+            truncation=args.truncation,
+            joint=args.joint,
+        )
+    except TextError as exc:  # texts from stdin: name the line (blank lines are skipped, so text i is not line i)
+        raise exc if lines is None else DeniroError(f"stdin line {lines[exc.index]}: {exc}") from None
     for text, result in zip(texts, results):
         print(json.dumps({"text": text, "result": result}) if args.json else format_table(text, result, args.joint))
 

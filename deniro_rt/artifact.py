@@ -74,21 +74,25 @@ def sha256_file(path: Path) -> str:
 
 def load_manifest(folder: str | Path) -> Manifest:
     """Read and check deniro.json; raises ArtifactError naming the problem and the fix."""
+    if not str(folder).strip():  # Path("") is the working directory: never what an empty setting meant
+        raise ArtifactError("model is an empty path; pass an export folder, or none for the shipped model")
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise ArtifactError(
-            f"model folder not found: {folder} (pass an export folder made by `python -m export --onnx --output DIR`)"
-        )
+        what = "is a file, not a model folder" if folder.is_file() else "model folder not found:"
+        where = f"{folder} {what}" if folder.is_file() else f"{what} {folder}"
+        raise ArtifactError(f"{where} (pass an export folder made by `python -m export --onnx --output DIR`)")
     if not path.is_file():
         raise ArtifactError(
             f"{folder} has no {MANIFEST}: it is not a deniro export; run "
             f"`python -m export --onnx --model {folder} --output DIR` and pass DIR"
         )
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run the export") from exc
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path} holds a JSON {type(raw).__name__}, not a manifest object; re-run the export")
     _check_format(raw, path)
     try:
         return Manifest(

@@ -14,6 +14,18 @@ class DeniroTypeError(DeniroError, TypeError):
     """An argument of the wrong type (e.g. a number where a string was expected)."""
 
 
+class TextError(DeniroError):
+    """One of the texts is unusable (empty, no [MASK], too long, not valid Unicode); `index` is its place in
+    the list the caller passed, so a CLI can name the line it came from."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+    def __reduce__(self):  # pickled whole (a Ray worker's error crosses processes); args holds only the message
+        return type(self), (str(self), self.index)
+
+
 class ArtifactError(DeniroError):
     """An exported artifact folder is missing, corrupted or does not match this runtime."""
 

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders
 
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
-from .errors import DeniroError, DeniroTypeError
+from .errors import DeniroError, DeniroTypeError, TextError
 from .models import DEFAULT_MODEL_DIR
 from .predictions import Predictions, Source, TokenRows
 from .providers import COMPUTED, CPU, artifact_precision, resolve_provider, session_options
@@ -67,7 +67,7 @@ class FillMask:
         overlap_block: int = OVERLAP_BLOCK,
         token_budget: int | None = None,
     ):
-        self.manifest = load_manifest(model or DEFAULT_MODEL_DIR)
+        self.manifest = load_manifest(DEFAULT_MODEL_DIR if model is None else model)
         self.provider = resolve_provider(device)
         self.token_budget = check_budget(token_budget, self.provider)
         self.precision = artifact_precision(precision, self.provider, self.manifest)  # bf16 may be its default
@@ -146,19 +146,24 @@ class FillMask:
     ):
         """Predict each [MASK]; see deniro_rt.fill for the full description."""
         batch, single = validate_texts(texts, self.mask_token)
+        top_k, _ = min(check_top_k(top_k), self.manifest.vocab_size), check_batch_size(batch_size)
+        if joint and targets is not None:
+            raise DeniroError("joint=True fills the masks with the model's own choices; targets cannot rank there")
         if not batch:
             return []
-        top_k = check_top_k(top_k)
         if targets is None and not joint:
             if len(batch) == 1:  # the latency path: no batching machinery
                 result = self._fill_one(batch[0], top_k, truncation)
                 return result if single else [result]
             return self.fill_arrays(batch, top_k, batch_size, truncation).to_dicts()
-        encoded, dropped = self.encode(batch, truncation)
+        pieces = target_pieces(self, targets) if targets is not None else []
+        # a target of m pieces widens its mask to m: the text must leave room for the widest
+        reserved = max((len(p) for _, p in pieces), default=1) - 1
+        encoded, dropped = self.encode(batch, truncation, reserved=reserved)
         if joint:
             results = fill_jointly(self, encoded, batch_size)
         else:
-            results = score_targets(self, encoded, targets, top_k, batch_size)
+            results = score_targets(self, encoded, pieces, top_k, batch_size)
             results = [restore_dropped(r, d) for r, d in zip(results, dropped)]
         return results[0] if single else results
 
@@ -167,7 +172,7 @@ class FillMask:
     ) -> Predictions:
         """fill's top-k predictions as columns (see deniro_rt.predictions); same checks, same errors."""
         batch, single = validate_texts(texts, self.mask_token)
-        top_k = check_top_k(top_k)
+        top_k, _ = min(check_top_k(top_k), self.manifest.vocab_size), check_batch_size(batch_size)
         if self.overlap and len(batch) > self.overlap_block:
             rows, columns = self._arrays_overlapped(batch, top_k, batch_size, truncation)
         else:
@@ -188,15 +193,17 @@ class FillMask:
         return {"perplexity": perplexity(nll, tokens), "nll": nll, "tokens": tokens}
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, texts: list[str], truncation: bool, offset: int = 0) -> tuple[list[np.ndarray], list[list[int]]]:
+    def encode(
+        self, texts: list[str], truncation: bool, offset: int = 0, reserved: int = 0
+    ) -> tuple[list[np.ndarray], list[list[int]]]:
         """Token ids per text (with [CLS]/[SEP]) and the mask numbers truncation cut away, per text."""
-        rows = self.encode_rows(texts, truncation, offset)
+        rows = self.encode_rows(texts, truncation, offset, reserved)
         return [rows.row(t) for t in range(len(rows))], [rows.lost.get(t, []) for t in range(len(rows))]
 
-    def encode_rows(self, texts: list[str], truncation: bool, offset: int = 0) -> TokenRows:
+    def encode_rows(self, texts: list[str], truncation: bool, offset: int = 0, reserved: int = 0) -> TokenRows:
         """All texts' ids as one flat array (encode_batch_fast: no offsets computed); with truncation, a
         window around the masks of over-long texts. offset: index of texts[0] in the caller's list
-        (error messages name that index)."""
+        (error messages name that index); reserved: positions each text leaves free (for widened targets)."""
         encodings = self.tokenizer.encode_batch_fast(texts)
         ids_per_text = [e.ids for e in encodings]
         lengths = np.fromiter(map(len, ids_per_text), np.int64, len(texts))  # [n_texts]
@@ -205,28 +212,23 @@ class FillMask:
         np.cumsum(lengths, out=offsets[1:])
         owner = np.repeat(np.arange(len(texts)), lengths)  # [total] text of each token
         has_mask = np.bincount(owner[ids == self.mask_id], minlength=len(texts)) > 0  # [n_texts]
-        too_long = lengths > self.manifest.max_positions  # [n_texts]
+        too_long = lengths > self.manifest.max_positions - reserved  # [n_texts]
         bad = ~has_mask | (too_long & (not truncation))
         if bad.any():
             first = int(np.argmax(bad))
             if not has_mask[first]:
-                raise DeniroError(no_mask_message(texts[first], offset + first, self.mask_token))
-            fit_window(
-                ids[offsets[first] : offsets[first + 1]],
-                self.manifest.max_positions,
-                self.mask_id,
-                truncation,
-                offset + first,
-            )  # raises the too-long error
+                raise TextError(no_mask_message(texts[first], offset + first, self.mask_token), offset + first)
+            window = Window(self.manifest.max_positions, self.mask_id, truncation, reserved)
+            window.fit(ids[offsets[first] : offsets[first + 1]], offset + first)  # raises the too-long error
         rows = TokenRows(ids, offsets)
-        return self._windowed(rows, np.flatnonzero(too_long), offset) if too_long.any() else rows
+        return self._windowed(rows, np.flatnonzero(too_long), offset, reserved) if too_long.any() else rows
 
-    def _windowed(self, rows: TokenRows, long_texts: np.ndarray, offset: int) -> TokenRows:
+    def _windowed(self, rows: TokenRows, long_texts: np.ndarray, offset: int, reserved: int) -> TokenRows:
         """rows with the over-long texts cut to a window around their masks (a rare path: a loop is fine)."""
         parts = np.split(rows.ids, rows.offsets[1:-1])  # [n_texts] arrays
-        lost = {}
+        lost, window = {}, Window(self.manifest.max_positions, self.mask_id, True, reserved)
         for t in long_texts.tolist():
-            parts[t], cut = fit_window(parts[t], self.manifest.max_positions, self.mask_id, True, offset + t)
+            parts[t], cut = window.fit(parts[t], offset + t)
             if cut:
                 lost[t] = cut
         offsets = np.zeros(len(parts) + 1, np.int64)
@@ -551,8 +553,31 @@ def validate_texts(texts, mask_token: str) -> tuple[list[str], bool]:
         if not isinstance(text, str):
             raise DeniroTypeError(f"text {index} is {type(text).__name__}, expected a string with {mask_token}")
         if not text.strip():
-            raise DeniroError(f"text {index} is empty; pass a sentence with {mask_token} in it")
+            raise TextError(f"text {index} is empty; pass a sentence with {mask_token} in it", index)
+        if not text.isascii():
+            check_unicode(text, index)
     return texts, single
+
+
+def check_unicode(text: str, index: int) -> None:
+    """A lone surrogate (bytes that were not UTF-8, decoded with surrogateescape) cannot be tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TextError(
+            f"text {index} is not valid Unicode (character {exc.start}: {text[exc.start]!r}, from bytes that "
+            "are not UTF-8?); decode the input as UTF-8",
+            index,
+        ) from None
+
+
+def check_batch_size(batch_size) -> int:
+    message = f"batch_size must be a whole number >= 1, got {batch_size!r}"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise DeniroTypeError(message)
+    if batch_size < 1:
+        raise DeniroError(message)
+    return int(batch_size)
 
 
 def no_mask_message(text: str, index: int, mask_token: str) -> str:
@@ -574,26 +599,39 @@ def check_top_k(top_k) -> int:
     return int(top_k)
 
 
-def fit_window(ids: np.ndarray, max_len: int, mask_id: int, truncation: bool, index: int):
-    """Keep [CLS] + a window of the text around its masks + [SEP]; returns (ids, lost mask numbers)."""
-    if len(ids) <= max_len:
-        return ids, []
-    if not truncation:
-        raise DeniroError(
-            f"text {index} is {len(ids)} tokens, more than the model's maximum of "
-            f"{max_len}; shorten it, or pass truncation=True to keep a window around the masks"
-        )
-    inner, budget = ids[1:-1], max_len - 2
-    masks = np.flatnonzero(inner == mask_id)  # [n_masks]
-    start = window_start(masks, budget, len(inner))
-    lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]
-    if lost:
-        warnings.warn(
-            f"text {index}: masks {lost} (0-based) lie outside the {max_len}-token window "
-            f"kept by truncation; their predictions are empty lists",
-            stacklevel=4,
-        )
-    return np.concatenate([ids[:1], inner[start : start + budget], ids[-1:]]), lost
+@dataclass(frozen=True)
+class Window:
+    """How a text must fit the model: max_len positions, `reserved` of them left free (a target of m pieces
+    widens its mask to m); with truncation a window around the masks is kept, else a long text is an error."""
+
+    max_len: int
+    mask_id: int
+    truncation: bool
+    reserved: int = 0
+
+    def fit(self, ids: np.ndarray, index: int) -> tuple[np.ndarray, list[int]]:
+        """Keep [CLS] + a window of the text around its masks + [SEP]; returns (ids, lost mask numbers)."""
+        limit = self.max_len - self.reserved
+        if len(ids) <= limit:
+            return ids, []
+        if not self.truncation:
+            room = f" less the {self.reserved} extra pieces of the longest target" if self.reserved else ""
+            raise TextError(
+                f"text {index} is {len(ids)} tokens, more than the model's maximum of {self.max_len}{room}; "
+                f"shorten it, or pass truncation=True to keep a window around the masks",
+                index,
+            )
+        inner, budget = ids[1:-1], limit - 2
+        masks = np.flatnonzero(inner == self.mask_id)  # [n_masks]
+        start = window_start(masks, budget, len(inner))
+        lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]
+        if lost:
+            warnings.warn(
+                f"text {index}: masks {lost} (0-based) lie outside the {limit}-token window "
+                f"kept by truncation; their predictions are empty lists",
+                stacklevel=4,
+            )
+        return np.concatenate([ids[:1], inner[start : start + budget], ids[-1:]]), lost
 
 
 def window_start(masks: np.ndarray, budget: int, length: int) -> int:
@@ -656,8 +694,7 @@ def check_budget(token_budget: int | None, provider: str) -> int:
 def length_chunks(ordered: np.ndarray, batch_size: int, token_budget: int = 0) -> list[slice]:
     """Consecutive runs over length-sorted rows: at most batch_size rows and, with a budget, at most
     token_budget padded tokens (rows x the run's longest row) each; one row at least."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise DeniroError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    check_batch_size(batch_size)
     if not token_budget:
         return [slice(s, min(s + batch_size, len(ordered))) for s in range(0, len(ordered), batch_size)]
     out, start = [], 0
@@ -692,7 +729,11 @@ def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
         raise DeniroError(message)
     words = list(dict.fromkeys(w.strip() for w in words))
     encodings = fm.tokenizer.encode_batch(words, add_special_tokens=False)
-    pieces = [(w, list(e.ids)) for w, e in zip(words, encodings)]
+    # one candidate per spelling in pieces ("Movie" and "movie" are one word to an uncased model), as transformers
+    by_pieces: dict[tuple[int, ...], str] = {}
+    for word, encoding in zip(words, encodings):
+        by_pieces.setdefault(tuple(encoding.ids), word)  # the first spelling names the candidate
+    pieces = [(w, list(ids)) for ids, w in by_pieces.items()]
     special = {i for i, token in fm.tokenizer.get_added_tokens_decoder().items() if token.special}
     unusable = [w for w, p in pieces if special & set(p)]  # [MASK], [UNK], ...: not words to rank
     if unusable:
@@ -703,11 +744,10 @@ def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
     return pieces
 
 
-def score_targets(fm: FillMask, encoded, targets, top_k: int, batch_size: int):
-    """Rank the given words at each mask. A word of m pieces is scored as a whole word: its mask is
-    widened to m masks and the score is the product of each piece's probability at its position
+def score_targets(fm: FillMask, encoded, pieces: list[tuple[str, list[int]]], top_k: int, batch_size: int):
+    """Rank the given words (target_pieces) at each mask. A word of m pieces is scored as a whole word: its
+    mask is widened to m masks and the score is the product of each piece's probability at its position
     (one forward pass per width; the m masks are predicted independently, as for several masks)."""
-    pieces = target_pieces(fm, targets)
     columns = {w: [p for _, p in pieces if len(p) == w] for w in sorted({len(p) for _, p in pieces})}
     owners, scored = [], []  # one (text, mask, width, position) and one Scored per widened sequence
     for width, words in columns.items():  # one score() per width: every row of a batch has n_words targets

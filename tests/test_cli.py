@@ -90,6 +90,23 @@ def test_stdin_lines_table(fm, model_args):
     ]
 
 
+def test_stdin_errors_name_the_line_and_crlf_is_a_line_end(fm, model_args):
+    done = cli(*model_args, "--json", stdin="a [MASK] day\r\n")
+    assert [row["text"] for row in json_rows(done.stdout)] == ["a [MASK] day"]  # the \r was kept in the text
+    done = cli(*model_args, stdin="a [MASK] day\n\n\nhello\n")  # text 1 is line 4
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.strip() == (
+        "error: stdin line 4: text 1 has no [MASK]: 'hello'; put [MASK] where a word should be predicted"
+    )
+    latin1 = subprocess.run(
+        [sys.executable, "-m", "deniro_rt", *model_args], input=b"a [MASK] day\ncaf\xe9 [MASK]\n", capture_output=True
+    )  # was a 28-line traceback from deep inside the tokenizer
+    assert latin1.returncode == 2 and latin1.stderr.decode().strip() == (
+        "error: stdin line 2: text 1 is not valid Unicode (character 3: '\\udce9', from bytes that are not UTF-8?); "
+        "decode the input as UTF-8"
+    )
+
+
 def test_empty_stdin_prints_nothing_and_succeeds(model_args):
     """An empty file piped in (or a filter that matched nothing) is an empty batch, like `cat`: no output,
     exit 0, in both output formats."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import deniro_rt
-from deniro_rt import ArtifactError, DeniroError, DeniroTypeError
+from deniro_rt import ArtifactError, DeniroError, DeniroTypeError, TextError
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,10 @@ def test_hierarchy():
             lambda fm: fm.fill("a [MASK]", targets=["movie", None]),
             "targets must be a non-empty list of non-empty strings, got ['movie', None]",
         ),
+        (lambda fm: fm.fill("a [MASK]", batch_size=2.0), "batch_size must be a whole number >= 1, got 2.0"),
+        (lambda fm: fm.fill_arrays(["a [MASK]"], batch_size=None), "batch_size must be a whole number >= 1, got None"),
+        # a list reached the session cache and failed there ("unhashable type")
+        (lambda fm: deniro_rt.fill("a [MASK]", precision=["fp32"]), "precision must be a string, got list ['fp32']"),
     ],
 )
 def test_wrong_types_raise_type_error(fm, call, message):
@@ -65,6 +71,17 @@ def test_wrong_types_raise_type_error(fm, call, message):
             "targets must be a non-empty list of non-empty strings, got ['movie', ' ']",
         ),
         (lambda fm: deniro_rt.FillMask(device="tpu"), "device must be one of auto, cpu, cuda, got 'tpu'"),
+        # one text takes the latency path, which skipped the check
+        (lambda fm: fm.fill("a [MASK]", batch_size=0), "batch_size must be a whole number >= 1, got 0"),
+        (lambda fm: fm.fill([], top_k=0), "top_k must be a positive integer, got 0"),  # as fill_arrays([])
+        (
+            lambda fm: fm.fill("the [MASK] was [MASK].", joint=True, targets=["good"]),  # targets were ignored
+            "joint=True fills the masks with the model's own choices; targets cannot rank there",
+        ),
+        (
+            lambda fm: deniro_rt.FillMask(""),  # loaded the shipped model
+            "model is an empty path; pass an export folder, or none for the shipped model",
+        ),
     ],
 )
 def test_bad_values_raise_value_error_not_type_error(fm, call, message):
@@ -78,3 +95,43 @@ def test_missing_artifact_is_a_value_error(tmp_path):
     with pytest.raises(ValueError) as info:
         deniro_rt.FillMask(tmp_path / "nowhere")
     assert isinstance(info.value, ArtifactError)
+
+
+def test_text_errors_name_the_text_and_survive_pickling(fm):
+    """A text's error is a TextError with its index (a CLI names the line; Ray hands it across processes)."""
+    import pickle
+
+    with pytest.raises(TextError) as info:
+        fm.fill(["ok [MASK]", "caf\udce9 [MASK]"])  # a byte that was not UTF-8, kept as a surrogate by a reader
+    assert str(info.value) == (
+        "text 1 is not valid Unicode (character 3: '\\udce9', from bytes that are not UTF-8?); "
+        "decode the input as UTF-8"
+    )
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (type(copy), str(copy), copy.index) == (TextError, str(info.value), 1)
+    with pytest.raises(TextError) as info:
+        fm.fill_arrays(["ok [MASK]", "x", "y [MASK]"])
+    assert info.value.index == 1 and str(info.value).startswith("text 1 has no [MASK]")
+
+
+def test_a_top_k_above_the_vocabulary_is_the_whole_vocabulary(fm):
+    assert len(fm.fill_arrays([], top_k=2**63).token_ids) == 0  # was numpy's "Maximum allowed dimension exceeded"
+    assert len(fm.fill("a [MASK] movie", top_k=10**9)) == fm.manifest.vocab_size
+
+
+def test_a_malformed_manifest_is_an_artifact_error(tmp_path):
+    import shutil
+
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    copy = tmp_path / "copy"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    for content, message in (
+        (b"\xff\xfe{", "is not valid JSON ('utf-8' codec can't decode byte 0xff"),  # was a UnicodeDecodeError
+        (b"[1, 2]", "holds a JSON list, not a manifest object; re-run the export"),  # was an AttributeError
+    ):
+        (copy / "deniro.json").write_bytes(content)
+        with pytest.raises(ArtifactError, match=re.escape(message)):
+            deniro_rt.FillMask(copy)
+    with pytest.raises(ArtifactError, match=r"deniro\.json is a file, not a model folder \(pass an export folder"):
+        deniro_rt.FillMask(copy / "deniro.json")

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,39 @@ def test_batch_command_bad_input(tmp_path, corpus, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_batch_command_text_files_name_lines_and_outputs_it_cannot_replace_are_refused(tmp_path, capsys, monkeypatch):
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"a [MASK] day\r\nthe [MASK] end\r\n")
+    assert batch_main(["--input", str(crlf), "--output", str(tmp_path / "o"), "--precision", PRECISION]) == 0
+    earlier = tmp_path / "o" / "predictions"
+    assert pq.read_table(earlier).column("text").to_pylist() == ["a [MASK] day", "the [MASK] end"]  # no \r
+    blanks = tmp_path / "blanks.txt"
+    blanks.write_text("a [MASK] day\n\n\nhello\n")  # text 1 is line 4: messages name lines
+    assert batch_error(capsys, ["--input", str(blanks), "--output", str(tmp_path / "b")]) == (
+        "error: 1 of 2 rows of column 'text' have no [MASK] (lines 4; first: 'hello'); put [MASK] where a word "
+        "should be predicted in every row, or filter those rows out first"
+    )
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"a [MASK] day\ncaf\xe9 [MASK]\n")  # was a UnicodeDecodeError traceback
+    assert batch_error(capsys, ["--input", str(latin1), "--output", str(tmp_path / "b")]) == (
+        f"error: --input {latin1}: line 2 is not valid UTF-8; save the file as UTF-8"
+    )
+    # an earlier output read back would give two columns of one name, which parquet readers refuse
+    assert batch_error(capsys, ["--input", str(earlier), "--output", str(tmp_path / "b")]) == (
+        "error: --input has column(s) top1, top1_score, mask_positions, token_ids, token_strs, scores, which the "
+        "output adds (is it an earlier output?); drop or rename them first"
+    )
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    monkeypatch.chdir(inside)
+    for output in (".", ".."):  # was a ValueError (".") or a whole fill then a failed rename ("..")
+        assert batch_error(capsys, ["--input", str(crlf), "--output", output, "--overwrite"]) == (
+            f"error: --output {Path(output).resolve()} is the working directory or holds it; pass a new folder, "
+            "e.g. ./filled"
+        )
+    assert not list(tmp_path.glob("*.partial")) and list(inside.iterdir()) == []
+
+
 def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -283,9 +317,10 @@ def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["batch_config.json", "predictions"]
 
 
-def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, sentences, capsys):
+def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, sentences, capsys, monkeypatch):
     """A real `python -m deniro_rt batch`, SIGKILLed once its first shards exist, then --resume: the same
-    shards, byte for byte in content, as a run that was never interrupted."""
+    shards, byte for byte in content, as a run that was never interrupted. The resume names the input by
+    another path to the same file (a relative one)."""
     import subprocess
     import time
 
@@ -307,7 +342,8 @@ def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, senten
     written = len(list(shards.glob("part-*.parquet")))
     assert not killed.exists() and 2 <= written < 60, written  # killed mid-way: some shards, no output
     assert "holds an unfinished run; pass --resume" in batch_error(capsys, ["--output", str(killed)] + base)
-    assert batch_main(["--output", str(killed), "--resume"] + base) == 0
+    monkeypatch.chdir(tmp_path)
+    assert batch_main(["--output", str(killed), "--resume"] + ["--input", "big.parquet"] + base[2:]) == 0
     assert batch_main(["--output", str(tmp_path / "whole")] + base) == 0
     resumed = pq.read_table(killed / "predictions")
     assert resumed.equals(pq.read_table(tmp_path / "whole" / "predictions"))

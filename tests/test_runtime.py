@@ -14,7 +14,7 @@ from deniro_rt import FillMask
 from deniro_rt.__main__ import run as cli
 from deniro_rt.artifact import load_manifest
 from deniro_rt.data import chunk_texts, premask
-from deniro_rt.errors import ArtifactError, DeniroError
+from deniro_rt.errors import ArtifactError, DeniroError, TextError
 from deniro_rt.openvino import bf16_by_default
 
 TEXTS = [
@@ -142,6 +142,23 @@ def test_one_and_multi_piece_targets_together(fm, tiny_model_dir, tiny_tokenizer
             assert tokens == [t for t, _ in theirs]
             np.testing.assert_allclose([p["score"] for p in ours], [s for _, s in theirs], rtol=1e-4, atol=1e-12)
     assert fm.fill(texts[0], targets=words, top_k=2) == results[0][:2]  # alone == in a batch
+
+
+def test_targets_spelled_alike_are_one_candidate_and_long_texts_leave_room_for_their_pieces(fm, tiny_tokenizer):
+    spelled_alike = fm.fill("this is a great [MASK] !", targets=["Film", "film", "movie"], top_k=10)
+    assert sorted(p["token_str"] for p in spelled_alike) == ["film", "movie"]  # "film" was there twice
+    word, most = "unwatchable", fm.manifest.max_positions
+    width = len(tiny_tokenizer.tokenize(word))
+    assert width > 1 and len(tiny_tokenizer.tokenize("good")) == 1
+    fits = "good " * (most - 3) + "[MASK]"  # exactly the model's maximum with [CLS] and [SEP]...
+    with pytest.raises(TextError) as info:  # ...but not once the mask is widened to the word's pieces
+        fm.fill(fits, targets=[word, "movie"])  # was an engine error from deep inside ONNX Runtime
+    assert str(info.value) == (
+        f"text 0 is {most} tokens, more than the model's maximum of {most} less the {width - 1} extra pieces of "
+        "the longest target; shorten it, or pass truncation=True to keep a window around the masks"
+    )
+    window = "good " * (most - width - 2) + "[MASK]"  # what truncation keeps: the widened text just fits
+    assert fm.fill(fits, targets=[word, "movie"], truncation=True) == fm.fill(window, targets=[word, "movie"])
 
 
 def test_joint_fill(fm):

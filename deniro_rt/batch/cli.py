@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,7 +93,8 @@ class BatchConfig:
             "sequences",
             "rows_per_shard",
         )
-        return {**{k: getattr(self, k) for k in keys}, "rows": rows}
+        # the input as an absolute path: the same file named from another directory resumes, another file does not
+        return {**{k: getattr(self, k) for k in keys}, "input": str(Path(self.input).resolve()), "rows": rows}
 
 
 # ---------------------------------------------------------------------- command line
@@ -140,18 +142,25 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(logging.WARNING, ours=(__name__,))
     config = parse_args(argv)
-    return run_main(lambda: run_batch(config))
+    try:
+        return run_main(lambda: run_batch(config))
+    except KeyboardInterrupt:  # Ctrl-C: the finished shards are kept; say how to go on, not a traceback
+        staging = staging_folder(Path(config.output).resolve())
+        kept = f"the finished shards stay in {staging}; " if staging.is_dir() else ""
+        print(f"interrupted: {kept}run the same command with --resume to continue", file=sys.stderr)
+        return 130
 
 
 # ---------------------------------------------------------------------- the run
 def run_batch(config: BatchConfig) -> Path:
     """Validate the input, fill every row into shards in <output>.partial, rename it to <output>."""
     check_config(config)
-    table = read_input(Path(config.input), config.column)
-    check_texts(table.column(config.column).to_pylist(), config)
-    output = Path(config.output)
+    table, lines = read_input(Path(config.input), config.column)
+    check_columns(table.column_names, config)
+    check_texts(table.column(config.column).to_pylist(), config, lines)
+    output = Path(config.output).resolve()
     check_output(output, config.overwrite)
-    staging = output.with_name(output.name + ".partial")
+    staging = staging_folder(output)
     writer = ShardWriter(staging / SHARDS, config.rows_per_shard, open_staging(staging, config, table.num_rows))
     start = time.perf_counter()
     try:
@@ -170,6 +179,10 @@ def run_batch(config: BatchConfig) -> Path:
         "filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9), output / SHARDS
     )
     return output
+
+
+def staging_folder(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
 
 
 def check_config(config: BatchConfig) -> None:
@@ -209,7 +222,8 @@ def import_ray():
 
 # ---------------------------------------------------------------------- input and checks
 def read_input(path: Path, column: str):
-    """The input as a pyarrow Table with `column` present and non-empty."""
+    """The input as a pyarrow Table with `column` present and non-empty, and for a text file the line number
+    of each row (blank lines are skipped, so error messages name lines, not rows); None for parquet."""
     pa = import_pyarrow()
     import pyarrow.parquet as pq
 
@@ -218,9 +232,11 @@ def read_input(path: Path, column: str):
             f"--input {path} does not exist; pass a .parquet file, a folder of .parquet "
             f"files, or a .txt file with one text per line"
         )
+    numbers = None
     if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
-        lines = [line.rstrip("\n") for line in path.open(encoding="utf-8")]
-        table = pa.table({column: [line for line in lines if line.strip()]})
+        numbered = [(n, line) for n, line in enumerate(text_lines(path), 1) if line.strip()]
+        numbers = [n for n, _ in numbered]
+        table = pa.table({column: [line for _, line in numbered]})
     else:
         try:
             table = pq.read_table(path)
@@ -236,20 +252,52 @@ def read_input(path: Path, column: str):
         )
     if table.num_rows == 0:
         raise DeniroError(f"--input {path} has no rows; nothing to fill")
-    return table
+    return table, numbers
 
 
-def check_texts(texts: list, config: BatchConfig) -> None:
-    """Every row must be a non-empty string with the model's mask token: fail before any work."""
+def text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (LF or CRLF), or an error naming the first line that is not UTF-8."""
+    raw = path.read_bytes().splitlines()
+    try:
+        return [line.decode("utf-8") for line in raw]
+    except UnicodeDecodeError:
+        bad = next(n for n, line in enumerate(raw, 1) if not is_utf8(line))
+        raise DeniroError(f"--input {path}: line {bad} is not valid UTF-8; save the file as UTF-8") from None
+
+
+def is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def check_columns(names: list[str], config: BatchConfig) -> None:
+    """The output adds its columns next to the input's: an input column of the same name (an earlier
+    output read back, say) would make a table with two columns of one name, which readers refuse."""
+    from .ray import ADDED, SEQUENCES
+
+    clash = [n for n in names if n in ADDED + ((SEQUENCES,) if config.sequences else ())]
+    if clash:
+        raise DeniroError(
+            f"--input has column(s) {', '.join(clash)}, which the output adds (is it an earlier output?); "
+            f"drop or rename them first"
+        )
+
+
+def check_texts(texts: list, config: BatchConfig, lines: list[int] | None = None) -> None:
+    """Every row must be a non-empty string with the model's mask token: fail before any work. lines: the
+    text file's line number of each row (messages then name lines)."""
     from ..artifact import load_manifest
     from ..models import DEFAULT_MODEL_DIR
 
-    mask = load_manifest(config.model or DEFAULT_MODEL_DIR).mask_token
+    mask = load_manifest(DEFAULT_MODEL_DIR if config.model is None else config.model).mask_token
     not_text = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if not_text:
         raise DeniroError(
             f"{len(not_text)} of {len(texts)} rows of column {config.column!r} are empty or "
-            f"not text (rows {_rows(not_text)}); drop or fill those rows first"
+            f"not text ({_rows(not_text, lines)}); drop or fill those rows first"
         )
     no_mask = [i for i, t in enumerate(texts) if mask not in t]
     if no_mask:
@@ -260,17 +308,21 @@ def check_texts(texts: list, config: BatchConfig) -> None:
         )
         raise DeniroError(
             f"{len(no_mask)} of {len(texts)} rows of column {config.column!r} have no {mask} "
-            f"(rows {_rows(no_mask)}; first: {texts[no_mask[0]][:60]!r}){hint}; put {mask} "
+            f"({_rows(no_mask, lines)}; first: {texts[no_mask[0]][:60]!r}){hint}; put {mask} "
             f"where a word should be predicted in every row, or filter those rows out first"
         )
 
 
-def _rows(indices: list[int]) -> str:
-    shown = ", ".join(str(i) for i in indices[:SHOWN_ROWS])
-    return shown + (", ..." if len(indices) > SHOWN_ROWS else "")
+def _rows(indices: list[int], lines: list[int] | None = None) -> str:
+    """ "rows 0, 3" (0-based table rows) or, for a text file, "lines 1, 4" (its 1-based line numbers)."""
+    shown = ", ".join(str(i if lines is None else lines[i]) for i in indices[:SHOWN_ROWS])
+    return ("rows " if lines is None else "lines ") + shown + (", ..." if len(indices) > SHOWN_ROWS else "")
 
 
 def check_output(output: Path, overwrite: bool) -> None:
+    """output: resolved. It is replaced whole at the end, so it cannot hold the working directory."""
+    if Path.cwd().resolve().is_relative_to(output):
+        raise DeniroError(f"--output {output} is the working directory or holds it; pass a new folder, e.g. ./filled")
     if output.exists() and not output.is_dir():
         raise DeniroError(f"--output {output} is a file; pass a folder path")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
@@ -364,7 +416,7 @@ def _collect(dataset, rows: int, writer: ShardWriter) -> None:
 def _worker_error(exc: BaseException) -> DeniroError | None:
     """The DeniroError a Ray worker raised, as one message. Ray Data hands back only its text (a
     RayTaskError(UserCodeException) around the worker's formatted traceback), so it is read from there."""
-    found = re.search(r"(?:DeniroError|ArtifactError): (.+)", str(exc))
+    found = re.search(r"(?:DeniroError|DeniroTypeError|ArtifactError|TextError): (.+)", str(exc))  # errors.py
     if found is None:
         return None
     return DeniroError(f"a Ray worker refused a batch of up to --batch-size rows ({found.group(1).strip()})")
