@@ -73,9 +73,9 @@ def resolve_precision(
     if requested not in RUNS_ON:
         raise DeniroError(f"precision must be one of {', '.join(RUNTIME_PRECISIONS)}, got {requested!r}")
     if provider not in RUNS_ON[requested]:
+        here = [p for p, on in RUNS_ON.items() if provider in on and p in available]  # what this artifact can do here
         raise DeniroError(
-            f"precision {requested} does not run on {provider}; use one of "
-            f"{', '.join(p for p, on in RUNS_ON.items() if provider in on)}"
+            f"precision {requested} does not run on {provider}; this artifact runs {', '.join(here) or 'nothing'} there"
         )
     if requested not in available:
         raise DeniroError(

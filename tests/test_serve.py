@@ -184,6 +184,29 @@ def test_shapes_targets_joint(server):
     assert server.post({"inputs": []}).json() == []
 
 
+def test_every_answer_shape_matches_the_openapi_schema(server):
+    """Clients generated from /openapi.json must accept what the server sends (texts of one and of several
+    masks in one list, and joint on one string, were outside the schema)."""
+    from pydantic import TypeAdapter
+
+    from deniro_rt.serve.schema import FillAnswer
+
+    answers = TypeAdapter(FillAnswer)
+    multi = "the [MASK] was [MASK] ."
+    for body in (
+        {"inputs": "This is a great [MASK]!"},
+        {"inputs": multi},
+        {"inputs": ["This is a great [MASK]!", multi]},
+        {"inputs": multi, "parameters": {"joint": True}},
+        {"inputs": [multi, "a [MASK] ."], "parameters": {"joint": True}},
+        {"inputs": "a [MASK] .", "parameters": {"targets": ["movie", "unwatchable"]}},
+    ):
+        answer = server.post(body)
+        assert answer.status_code == 200, answer.text
+        answers.validate_python(answer.json())
+    assert '"JointFill"' in httpx.get(server.url + "/openapi.json").text
+
+
 def test_truncation_parameter(server):
     answer = server.post({"inputs": LONG_TEXT, "parameters": {"truncation": True, "top_k": 2}})
     assert answer.status_code == 200, answer.text
@@ -253,6 +276,20 @@ BAD_BODIES = [
         413,
         "text 1 is 5001 characters; this server takes at most 5000 (--max-text-chars)",
     ),
+    (
+        {"inputs": "[MASK] " * 257},  # the model's work grows with the masks (joint: one run per mask)
+        413,
+        "the texts hold 257 [MASK]s; this server fills at most 256 per request (--max-masks-per-request); split the "
+        "request",
+    ),
+    (
+        {"inputs": ["[MASK] " * 100 + "a" * 1000] * 2, "parameters": {"top_k": 100}},  # a 3 KB body, a 36 MB answer
+        413,
+        "the answer would be about 36.0 MB (200 masks x top_k 100, each candidate repeating its filled text); this "
+        "server answers at most 16.8 MB (--max-answer-bytes): ask for a smaller top_k or fewer masks, or send "
+        "shorter texts",
+    ),
+    ('{"inputs": "a [MASK]"}'.encode("utf-16"), 400, "body is not UTF-8; send JSON text in UTF-8"),  # was taken
     (b" " * 70000, 413, "body is 70000 bytes; this server takes at most 65536 (--max-body-bytes)"),
     (
         iter([b" " * 40000] * 2),
@@ -272,6 +309,7 @@ def test_bad_bodies(server):
     for method, path, status, message in [
         ("GET", "/fill", 405, "GET is not allowed on /fill (allowed: POST)"),
         ("GET", "/nope", 404, "no route /nope; the routes are listed at /docs"),
+        ("POST", "/fill/", 404, "no route /fill/; the routes are listed at /docs"),  # was a 307 to the Host header
     ]:
         answer = httpx.request(method, server.url + path)
         assert (answer.status_code, answer.json()) == (status, {"error": message})
@@ -480,6 +518,99 @@ def closed_by_server(sock: socket.socket) -> bool:
         return False
 
 
+def read_answers(sock: socket.socket, n: int) -> list[tuple[int, dict]]:
+    """The next n answers on a connection (pipelined requests are answered in order)."""
+    data, answers = b"", []
+    while len(answers) < n:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if found and len(rest) >= content_length(head + found):
+            size = content_length(head + found)
+            answers.append((int(head.split(b" ", 2)[1]), json.loads(rest[:size]) if size else None))
+            data = rest[size:]
+            continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return answers
+
+
+def test_headers_over_the_limit_in_one_read_and_a_refused_body_end_the_connection(server, strict):
+    big = raw(strict, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")  # one read
+    assert read_answer(big) == (431, {"error": "request headers are over 8192 bytes (--max-header-bytes)"})  # was 200
+    many = b"".join(b"X-%d: a\r\n" % i for i in range(3000))
+    assert read_answer(raw(strict, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"))[0] == 431
+    # a body over the limit: 413, and the connection closes (its unread rest was parsed as a next request's headers)
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n"
+    refused = raw(server, head + b" " * 70000 + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_answers(refused, 2) == [
+        (413, {"error": "body is 70000 bytes; this server takes at most 65536 (--max-body-bytes)"})
+    ]
+    assert closed_by_server(refused)
+    assert httpx.head(server.url + "/health").status_code == 200  # HEAD wherever GET works (was 405)
+
+
+def test_a_pipelined_request_is_not_cut_off_while_it_is_answered(tmp_path):
+    """A light and a heavy request in one write: the light one's answer re-armed the headers deadline, which
+    cut the heavy one off with a 408 while the model ran it."""
+    srv = start_server(tmp_path / "pipeline.log", "--header-timeout-s", "0.2", "--keep-alive-s", "0.1")
+    try:
+        heavy = json.dumps({"inputs": "[MASK] " * 150, "parameters": {"joint": True}}).encode()  # 150 model runs
+        post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        sock = raw(srv, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + post % len(heavy) + heavy)
+        started = time.monotonic()
+        answers = read_answers(sock, 2)
+        took = time.monotonic() - started
+        assert [status for status, _ in answers] == [200, 200], answers
+        assert took > 0.3, f"the heavy request took {took:.2f} s, not past the 0.3 s deadline: nothing was tested"
+        assert closed_by_server(sock)  # then idle: closed after the keep-alive and header time
+    finally:
+        assert srv.stop() == 0, srv.log.read_text()
+
+
+def received_bytes(sock: socket.socket) -> tuple[int, int]:
+    """(body bytes received before the connection ended, the answer's Content-Length)."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return len(body), content_length(head)
+
+
+def test_a_client_that_reads_nothing_is_cut_off_and_sigterm_does_not_wait_for_a_running_batch(tmp_path):
+    srv = start_server(tmp_path / "greedy.log", "--write-timeout-s", "1", "--graceful-timeout-s", "1")
+    try:
+        body = json.dumps({"inputs": "good " * 200 + "[MASK] " * 60, "parameters": {"top_k": 100}}).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing: tiny buffers
+        sock.connect(tuple(urlsplit(srv.url)[1].split(":")[:1]) + (int(srv.url.rsplit(":", 1)[1]),))
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        time.sleep(4)  # the ~9 MB answer waits in the server's buffers: freed after --write-timeout-s
+        sock.settimeout(30)
+        got, length = received_bytes(sock)
+        assert length > 5_000_000 and got < length, (got, length)  # was held until the client left
+        # SIGTERM while a batch runs past --graceful-timeout-s (joint: one model run per mask, many seconds)
+        heavy = partial_request(
+            srv, json.dumps({"inputs": "[MASK] " * 256, "parameters": {"joint": True}}).encode(), 10**6
+        )
+        time.sleep(1)
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0, srv.log.read_text()
+        assert time.monotonic() - started < 6, srv.log.read_text()  # was the whole batch (minutes), then a plain 500
+        assert read_answer(heavy) == (
+            503,
+            {"error": "the server is shutting down (--graceful-timeout-s); retry on another instance"},
+        )
+        assert "exiting with a batch still running (past --graceful-timeout-s)" in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
 def test_idle_slow_and_short_requests_are_closed_with_408(strict):
     idle = raw(strict)
     short = raw(strict, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
@@ -557,6 +688,15 @@ def test_abandoned_requests_are_dropped_not_computed(server, sentences):
         before, 'deniro_texts_total{outcome="dropped"}'
     )
     assert dropped >= 8 * 12, "fewer than 12 of 16 abandoned requests were dropped before the model"
+
+    def change(series: str) -> float:
+        return counter(after, series) - counter(before, series)
+
+    # texts the model ran = texts answered + texts whose client left once their batch had started ("abandoned";
+    # they were counted as dropped, although computed)
+    computed, filled = change("deniro_batch_size_sum"), change('deniro_texts_total{outcome="filled"}')
+    assert computed == filled + change('deniro_texts_total{outcome="abandoned"}')
+    assert dropped + computed == 16 * 8 + 1
     assert (
         counter(after, 'deniro_requests_total{status="200"}') - counter(before, 'deniro_requests_total{status="200"}')
         <= 5

@@ -37,6 +37,10 @@ ERRORS = {
     )
 }
 CLIENT_GONE = 499  # nginx's "client closed request": counted, never sent
+# After uvicorn's graceful shutdown (whose requests were answered or, past --graceful-timeout-s, cancelled and
+# dropped), the batcher gets this long to finish; a batch still running then is left behind (server.main exits).
+CLOSE_GRACE_S = 1.0
+OFF_LOOP_BYTES = 1_048_576  # answers estimated above this are rendered in a thread: /health stays responsive
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -83,6 +87,7 @@ def create_app(config: ServeConfig, fill_mask=None, batcher_class: type = Dynami
         description="Hugging Face Inference API fill-mask body, with dynamic batching.",
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # a 307 to a Location built from the client's Host header: a 404 instead
     )
     app.state.service = service
     for path in ("/", "/fill"):
@@ -95,9 +100,10 @@ def create_app(config: ServeConfig, fill_mask=None, batcher_class: type = Dynami
             summary="Fill [MASK]",
             route_class_override=FillRoute,
         )
-    app.add_api_route("/health", service.health, methods=["GET"], summary="200 once the model is loaded")
-    app.add_api_route("/metrics", service.metrics_text, methods=["GET"], summary="Prometheus metrics")
-    app.add_api_route("/docs", service.docs, methods=["GET"], summary="this page", response_class=HTMLResponse)
+    get = ["GET", "HEAD"]  # HEAD wherever GET works (RFC 9110)
+    app.add_api_route("/health", service.health, methods=get, summary="200 once the model is loaded")
+    app.add_api_route("/metrics", service.metrics_text, methods=get, summary="Prometheus metrics")
+    app.add_api_route("/docs", service.docs, methods=get, summary="this page", response_class=HTMLResponse)
     for kind in (HTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, error_response)
     return app
@@ -132,6 +138,10 @@ class FillRoute(APIRoute):
                 response = await handler(request)
             except ClientDisconnect:
                 response = Response(status_code=CLIENT_GONE)
+            except asyncio.CancelledError:  # uvicorn's shutdown, past --graceful-timeout-s: a JSON 503, not its 500
+                service = request.app.state.service
+                message = "the server is shutting down (--graceful-timeout-s); retry on another instance"
+                response = JSONResponse({"error": message}, 503, headers={**service.retry_after, "Connection": "close"})
             except Exception as exc:
                 response = await error_response(request, exc)
             metrics = request.app.state.service.metrics
@@ -145,21 +155,24 @@ class FillRoute(APIRoute):
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused (413) as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length", "")
+    close = {"Connection": "close"}  # the rest of the body is never read: the connection cannot carry another request
     if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body is {int(declared)} bytes; this server takes at most {limit} (--max-body-bytes)")
+        raise HTTPException(
+            413, f"body is {int(declared)} bytes; this server takes at most {limit} (--max-body-bytes)", close
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise HTTPException(
-                413, f"body is more than {limit} bytes; this server takes at most {limit} (--max-body-bytes)"
+                413, f"body is more than {limit} bytes; this server takes at most {limit} (--max-body-bytes)", close
             )
     return bytes(body)
 
 
 def parse_json(raw: bytes):
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))  # strictly UTF-8: json.loads(bytes) would take UTF-16 and UTF-32 too
     except RecursionError:
         raise HTTPException(400, "body nests too deeply to parse; send a flat fill-mask body") from None
     except json.JSONDecodeError as exc:
@@ -196,9 +209,9 @@ class FillService:
         await self.start()
         try:
             yield
-        finally:  # uvicorn has already waited for in-flight requests; answer anything still queued
-            await self.batcher.close()
-            log.info("batcher drained")
+        finally:  # uvicorn has already waited for in-flight requests (--graceful-timeout-s): drain what is left
+            await self.batcher.close(timeout=CLOSE_GRACE_S)
+            log.info("batcher closed")
 
     async def fill(self, body: FillBody, request: Request) -> Response:
         if self.batcher is None:
@@ -218,13 +231,18 @@ class FillService:
         try:
             answer = await job.future
         except ClientGone:
-            self.metrics.texts.labels("dropped").inc(len(texts))
+            self.metrics.texts.labels(job.outcome).inc(len(texts))
             return Response(status_code=CLIENT_GONE)
+        except asyncio.CancelledError:  # the graceful shutdown's time is up: its batch, if not started, never runs
+            self.batcher.drop(job)
+            raise
         except DeniroError as exc:  # what only the model sees (a text too long in tokens, a bad target)
             raise HTTPException(422, str(exc)) from None
         finally:
             watcher.cancel()
         self.metrics.texts.labels("filled").inc(len(texts))
+        if answer_bytes(texts, [t.count(self.backend.mask_token) for t in texts], params) > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(JSONResponse, answer)  # megabytes of JSON: not on the event loop
         return JSONResponse(answer)
 
     def checked(self, texts: list[str], parameters: Parameters) -> FillParams:
@@ -252,12 +270,35 @@ class FillService:
                 f"parameters.top_k is {parameters.top_k}; this server returns at most {cfg.max_top_k} (--max-top-k)",
             )
         targets = parameters.targets
-        return FillParams(
+        params = FillParams(
             parameters.top_k,
             (targets,) if isinstance(targets, str) else targets and tuple(targets),
             parameters.joint,
             parameters.truncation,
         )
+        self.check_size(texts, params)
+        return params
+
+    def check_size(self, texts: list[str], params: FillParams) -> int:
+        """The masks (the model's work: joint runs it once per mask) and the answer's estimated bytes (what
+        the server holds until the client has read it), both refused (413) beyond their limits."""
+        cfg, mask = self.config, self.backend.mask_token
+        masks = [text.count(mask) for text in texts]
+        if sum(masks) > cfg.max_masks_per_request:
+            raise HTTPException(
+                413,
+                f"the texts hold {sum(masks)} {mask}s; this server fills at most {cfg.max_masks_per_request} per "
+                "request (--max-masks-per-request); split the request",
+            )
+        size = answer_bytes(texts, masks, params)
+        if size > cfg.max_answer_bytes:
+            raise HTTPException(
+                413,
+                f"the answer would be about {size / 1e6:.1f} MB ({sum(masks)} masks x top_k {params.top_k}, each "
+                f"candidate repeating its filled text); this server answers at most {cfg.max_answer_bytes / 1e6:.1f} "
+                "MB (--max-answer-bytes): ask for a smaller top_k or fewer masks, or send shorter texts",
+            )
+        return size
 
     async def health(self) -> Response:
         if self.batcher is None:  # lifespan skipped by the host and no request yet: not loaded
@@ -280,6 +321,15 @@ class FillService:
 
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(docs_page(request.app.openapi()))
+
+
+def answer_bytes(texts: list[str], masks: list[int], params: FillParams) -> int:
+    """About the bytes of the JSON answer: per mask, one candidate per top_k (or target), each ~100 bytes plus
+    its filled text; joint=true: one filled text per text."""
+    if params.joint:
+        return sum(len(text) + 60 * n for text, n in zip(texts, masks))
+    candidates = min(len(params.targets), params.top_k) if params.targets else params.top_k
+    return sum(n * candidates * (len(text) + 100) for text, n in zip(texts, masks))
 
 
 async def drop_on_disconnect(request: Request, batcher, job) -> None:

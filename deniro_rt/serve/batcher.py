@@ -51,6 +51,7 @@ class Job:
     future: asyncio.Future | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
     dropped: bool = False  # its client went away: skip it (read by the worker thread)
+    outcome: str = "dropped"  # for the texts metric once its client is gone: "abandoned" if its batch had started
 
 
 def fill_jobs(fill: Callable, jobs: list[Job], batch_size: int, observe: Callable[[int], None]) -> list:
@@ -102,6 +103,7 @@ class DynamicBatcher:
         self._idle = asyncio.Event()  # set when no batch runs and nothing waits
         self._idle.set()
         self._closing = False
+        self._running: list[Job] = []  # the batch in the worker thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deniro-fill")
         self._task = asyncio.get_running_loop().create_task(self._collect_forever(), name="deniro-batcher")
 
@@ -123,24 +125,38 @@ class DynamicBatcher:
     def drop(self, job: Job) -> None:
         """The client went away: take its job out of the queue (or out of the batch about to run)."""
         job.dropped = True
+        if job in self._running:  # its batch started: computed, the answer thrown away
+            job.outcome = "abandoned"
         if job in self._jobs:
             self._jobs.remove(job)
             self._set_queued(self.queued_texts - len(job.texts))
         settle(job, ClientGone())
 
-    async def close(self) -> None:
-        """Stop taking requests, answer every queued one, then stop the collector and the worker."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests and answer every queued one; after `timeout` seconds, answer what is left
+        503 (Unavailable) and stop without the batch still running (`busy` says so; its thread is left)."""
         self._closing = True
         self._arrived.set()
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("shutting down with %d texts unanswered (503)", self.queued_texts + len(self._running))
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for job in [*self._jobs, *self._running]:
+            settle(job, Unavailable("the server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def busy(self) -> bool:
+        """A batch is running (after close: one that outlived its timeout, in its worker thread)."""
+        return bool(self._running)
 
     async def _collect_forever(self) -> None:
         while True:
             await self._wait_for_jobs()
             batch, started = self._take(), time.perf_counter()
+            self._running = batch
             try:
                 answers = await asyncio.get_running_loop().run_in_executor(
                     self._executor,
@@ -155,6 +171,7 @@ class DynamicBatcher:
                 answers = [exc] * len(batch)
             for job, answer in zip(batch, answers):
                 settle(job, answer)
+            self._running = []
             self._returning, self._last_run_s = len(batch), time.perf_counter() - started
             if not self._jobs:
                 self._idle.set()

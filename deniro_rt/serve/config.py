@@ -18,10 +18,19 @@ POSITIVE = (
     "max_body_bytes",
     "max_text_chars",
     "max_top_k",
+    "max_masks_per_request",
+    "max_answer_bytes",
     "retry_after_s",
     "max_header_bytes",
 )
-NOT_NEGATIVE = ("max_wait_ms", "graceful_timeout_s", "keep_alive_s", "header_timeout_s", "body_timeout_s")
+NOT_NEGATIVE = (
+    "max_wait_ms",
+    "graceful_timeout_s",
+    "keep_alive_s",
+    "header_timeout_s",
+    "body_timeout_s",
+    "write_timeout_s",
+)
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 CHOICES = {"device": DEVICES, "precision": RUNTIME_PRECISIONS, "log_level": LOG_LEVELS}
 
@@ -50,6 +59,14 @@ class ServeConfig:
     max_body_bytes: int = opt(1_048_576, "largest request body (413 beyond)")
     max_text_chars: int = opt(10_000, "longest text in characters (413 beyond)")
     max_top_k: int = opt(100, "largest top_k a request may ask for (422 beyond)")
+    # The work and the answer grow with the masks, not the texts: "[MASK] " * 500 is a 3.5 KB text whose answer at
+    # top_k 100 was 178 MB, and joint=true runs the model once per mask.
+    max_masks_per_request: int = opt(256, "most [MASK]s in one request, all texts together (413 beyond)")
+    max_answer_bytes: int = opt(
+        16 * 1_048_576,
+        "largest answer a request may ask for, estimated before any work as masks x top_k candidates, each "
+        "repeating its filled text (413 beyond)",
+    )
     max_header_bytes: int = opt(16_384, "largest request line and headers (431 beyond)")
     threads: int | None = opt(
         None,
@@ -61,7 +78,12 @@ class ServeConfig:
     body_timeout_s: float = opt(
         10.0, "a request's body must arrive within this many seconds after its headers (408 beyond)"
     )
-    graceful_timeout_s: float = opt(30.0, "after SIGTERM, how long requests in flight may still take")
+    write_timeout_s: float = opt(
+        10.0, "a client that reads none of its answer for this many seconds is disconnected (its answer freed)"
+    )
+    graceful_timeout_s: float = opt(
+        30.0, "after SIGTERM, how long requests in flight may still take; then they get 503 and the server exits"
+    )
     retry_after_s: int = opt(1, "Retry-After seconds sent with a 503")
     log_level: str = opt("info", "uvicorn and deniro log level")
 

@@ -158,8 +158,12 @@ class ServeBatcher:
             batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs),
         )(self._fill_many)
 
-    async def close(self) -> None:
-        await asyncio.gather(*self._running, return_exceptions=True)
+    async def close(self, timeout: float | None = None) -> None:
+        await asyncio.wait(
+            [asyncio.ensure_future(asyncio.gather(*self._running, return_exceptions=True))], timeout=timeout
+        )
+
+    busy = False  # Ray Serve's replica outlives the app's lifespan: nothing to exit without
 
     def enqueue(self, texts: list[str], params, single: bool = False) -> Job:
         job = Job(texts, params, single, asyncio.get_running_loop().create_future())

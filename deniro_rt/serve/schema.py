@@ -66,8 +66,9 @@ class JointFill(BaseModel):
 
 
 # One string with one mask: a list of predictions. Several masks: a list per mask. A list of texts: one
-# such entry per text. joint=true: one JointFill per text.
-FillAnswer = list[Prediction] | list[list[Prediction]] | list[list[list[Prediction]]] | list[JointFill]
+# such entry per text (texts with one mask and with several mixed). joint=true: one JointFill per text.
+PerText = list[Prediction] | list[list[Prediction]]
+FillAnswer = list[Prediction] | list[PerText] | JointFill | list[JointFill]
 
 
 class ErrorBody(BaseModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -43,6 +44,32 @@ def main(config: ServeConfig, fill_mask=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("serve config: %s", json.dumps(asdict(config)))
     backend = fill_mask if fill_mask is not None else load_fill_mask(config)  # errors before binding
+    sock = listen(config)
+    app = create_app(config, backend)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            lifespan="on",
+            log_level=config.log_level,
+            access_log=False,
+            http=type("GuardedHttpTools", (GuardedHttpTools,), {"limits": config}),  # this server's limits
+            ws="none",  # no WebSocket route: an Upgrade request is answered as plain HTTP
+            timeout_keep_alive=config.keep_alive_s,
+            timeout_graceful_shutdown=config.graceful_timeout_s,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:  # also on the SystemExit of the SIGTERM uvicorn re-raises
+        batcher = app.state.service.batcher
+        if batcher is not None and batcher.busy:  # a batch outlived --graceful-timeout-s: do not wait for its thread
+            log.warning("exiting with a batch still running (past --graceful-timeout-s)")
+            logging.shutdown()
+            os._exit(0)  # a requested stop; a plain exit would join the worker thread, i.e. wait for the batch
+    return 0 if server.started else 1
+
+
+def listen(config: ServeConfig) -> socket.socket:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     try:
         sock = socket.create_server((config.host, config.port), family=family, backlog=2048)
@@ -52,16 +79,4 @@ def main(config: ServeConfig, fill_mask=None) -> int:
             f"cannot listen on {config.host}:{config.port} ({exc.strerror}); pass another --port (0: any free port)"
         ) from None
     log.warning("deniro serve listening on http://%s:%d", config.host, sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, backend),
-            lifespan="on",
-            log_level=config.log_level,
-            access_log=False,
-            http=type("GuardedHttpTools", (GuardedHttpTools,), {"limits": config}),  # this server's limits
-            timeout_keep_alive=config.keep_alive_s,
-            timeout_graceful_shutdown=config.graceful_timeout_s,
-        )
-    )
-    server.run(sockets=[sock])
-    return 0 if server.started else 1
+    return sock
