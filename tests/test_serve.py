@@ -673,34 +673,23 @@ def test_abandoned_requests_are_dropped_not_computed(server, sentences):
     answer = server.post({"inputs": sentences[1]})  # the next real request
     assert answer.status_code == 200
     assert_close(answer.json(), expected(server.precision, sentences[1]), tol=1e-4)
+
+    def change(series: str, now: str | None = None) -> float:
+        return counter(now or server.metrics(), series) - counter(before, series)
+
     deadline = time.monotonic() + 30
-    while (
-        counter(server.metrics(), 'deniro_requests_total{status="499"}')
-        - counter(before, 'deniro_requests_total{status="499"}')
-        + counter(server.metrics(), 'deniro_requests_total{status="200"}')
-        - counter(before, 'deniro_requests_total{status="200"}')
-        < 17
-    ):
+    while change('deniro_requests_total{status="499"}') + change('deniro_requests_total{status="200"}') < 17:
         assert time.monotonic() < deadline, server.metrics()
         time.sleep(0.05)
     after = server.metrics()
-    dropped = counter(after, 'deniro_texts_total{outcome="dropped"}') - counter(
-        before, 'deniro_texts_total{outcome="dropped"}'
-    )
+    dropped = change('deniro_texts_total{outcome="dropped"}', after)
     assert dropped >= 8 * 12, "fewer than 12 of 16 abandoned requests were dropped before the model"
-
-    def change(series: str) -> float:
-        return counter(after, series) - counter(before, series)
-
     # texts the model ran = texts answered + texts whose client left once their batch had started ("abandoned";
     # they were counted as dropped, although computed)
-    computed, filled = change("deniro_batch_size_sum"), change('deniro_texts_total{outcome="filled"}')
-    assert computed == filled + change('deniro_texts_total{outcome="abandoned"}')
-    assert dropped + computed == 16 * 8 + 1
-    assert (
-        counter(after, 'deniro_requests_total{status="200"}') - counter(before, 'deniro_requests_total{status="200"}')
-        <= 5
-    )
+    computed = change("deniro_batch_size_sum", after)
+    filled, abandoned = (change(f'deniro_texts_total{{outcome="{o}"}}', after) for o in ("filled", "abandoned"))
+    assert computed == filled + abandoned and dropped + computed == 16 * 8 + 1
+    assert change('deniro_requests_total{status="200"}', after) <= 5
 
 
 def counter(metrics: str, series: str) -> float:

@@ -61,12 +61,16 @@ def main(config: ServeConfig, fill_mask=None) -> int:
     try:
         server.run(sockets=[sock])
     finally:  # also on the SystemExit of the SIGTERM uvicorn re-raises
-        batcher = app.state.service.batcher
-        if batcher is not None and batcher.busy:  # a batch outlived --graceful-timeout-s: do not wait for its thread
-            log.warning("exiting with a batch still running (past --graceful-timeout-s)")
-            logging.shutdown()
-            os._exit(0)  # a requested stop; a plain exit would join the worker thread, i.e. wait for the batch
+        leave_a_running_batch(app.state.service.batcher)
     return 0 if server.started else 1
+
+
+def leave_a_running_batch(batcher) -> None:
+    """A batch that outlived --graceful-timeout-s runs on in the worker thread: exit without it."""
+    if batcher is not None and batcher.busy:
+        log.warning("exiting with a batch still running (past --graceful-timeout-s)")
+        logging.shutdown()
+        os._exit(0)  # a requested stop; a plain exit would join the worker thread, i.e. wait for the batch
 
 
 def listen(config: ServeConfig) -> socket.socket:
