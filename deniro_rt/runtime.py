@@ -545,8 +545,8 @@ def validate_texts(texts, mask_token: str) -> tuple[list[str], bool]:
         )
     if isinstance(texts, str):
         texts, single = [texts], True
-    elif isinstance(texts, (list, tuple)):
-        texts, single = list(texts), False
+    elif isinstance(texts, (list, tuple, Sequence, np.ndarray)) and not isinstance(texts, (bytes, bytearray)):
+        texts, single = list(texts), False  # any sequence of strings, a NumPy array of them too
     else:
         raise DeniroTypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     for index, text in enumerate(texts):

@@ -135,3 +135,13 @@ def test_a_malformed_manifest_is_an_artifact_error(tmp_path):
             deniro_rt.FillMask(copy)
     with pytest.raises(ArtifactError, match=r"deniro\.json is a file, not a model folder \(pass an export folder"):
         deniro_rt.FillMask(copy / "deniro.json")
+
+
+def test_any_sequence_of_strings_is_texts(fm):
+    """The annotation says Sequence[str]: a NumPy array or a UserList of strings was refused."""
+    from collections import UserList
+
+    texts = ["a [MASK] movie", "the [MASK] end ."]
+    want = fm.fill(texts, top_k=2)
+    assert fm.fill(np.array(texts), top_k=2) == want and fm.fill(UserList(texts), top_k=2) == want
+    assert fm.fill_arrays(np.array(texts), top_k=2).to_dicts() == want
