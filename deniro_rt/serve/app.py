@@ -230,8 +230,7 @@ class FillService:
         watcher = asyncio.ensure_future(drop_on_disconnect(request, self.batcher, job))
         try:
             answer = await job.future
-        except ClientGone:
-            self.metrics.texts.labels(job.outcome).inc(len(texts))
+        except ClientGone:  # the batcher counts its texts (dropped, or abandoned if its batch computed them)
             return Response(status_code=CLIENT_GONE)
         except asyncio.CancelledError:  # the graceful shutdown's time is up: its batch, if not started, never runs
             self.batcher.drop(job)

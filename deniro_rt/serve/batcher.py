@@ -51,7 +51,6 @@ class Job:
     future: asyncio.Future | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
     dropped: bool = False  # its client went away: skip it (read by the worker thread)
-    outcome: str = "dropped"  # for the texts metric once its client is gone: "abandoned" if its batch had started
 
 
 def fill_jobs(fill: Callable, jobs: list[Job], batch_size: int, observe: Callable[[int], None]) -> list:
@@ -125,11 +124,10 @@ class DynamicBatcher:
     def drop(self, job: Job) -> None:
         """The client went away: take its job out of the queue (or out of the batch about to run)."""
         job.dropped = True
-        if job in self._running:  # its batch started: computed, the answer thrown away
-            job.outcome = "abandoned"
-        if job in self._jobs:
+        if job in self._jobs:  # counted now; a job of the running batch once the batch shows whether it ran
             self._jobs.remove(job)
             self._set_queued(self.queued_texts - len(job.texts))
+            self.metrics.texts.labels("dropped").inc(len(job.texts))
         settle(job, ClientGone())
 
     async def close(self, timeout: float | None = None) -> None:
@@ -171,6 +169,8 @@ class DynamicBatcher:
                 answers = [exc] * len(batch)
             for job, answer in zip(batch, answers):
                 settle(job, answer)
+                if job.dropped:  # its client left during the batch: skipped (None) or computed for nothing
+                    self.metrics.texts.labels("dropped" if answer is None else "abandoned").inc(len(job.texts))
             self._running = []
             self._returning, self._last_run_s = len(batch), time.perf_counter() - started
             if not self._jobs:

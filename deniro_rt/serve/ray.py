@@ -180,6 +180,7 @@ class ServeBatcher:
 
     def drop(self, job: Job) -> None:
         job.dropped = True  # fill_jobs skips it if its batch has not run yet
+        self.metrics.texts.labels("dropped").inc(len(job.texts))
         settle(job, ClientGone())
 
     async def _fill_many(self, jobs: list[Job]) -> list:
