@@ -117,6 +117,7 @@ def staged_manifest(
 ) -> Path:
     """The manifest for the staged int8 graph (hash, size, op counts, validation), in a temp file beside it."""
     raw, name = dict(manifest.raw), FAST_GRAPHS["int8"]
+    raw["graphs"] = {**raw["graphs"], "int8": name}  # an fp32-only artifact gains its int8 graph
     raw["files"] = {**raw["files"], name: sha256_file(staged)}
     raw["sizes"] = {**raw.get("sizes", {}), name: staged.stat().st_size}
     raw["fused_ops"] = {**raw["fused_ops"], "int8": counts}

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from deniro_rt import FillMask
 from deniro_rt.artifact import (
     FAST_GRAPHS,
     FAST_INPUTS,
@@ -646,6 +647,10 @@ def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(
 
     folder = tmp_path / "artifact"
     shutil.copytree(tiny_artifact, folder)
+    raw = json.loads((folder / MANIFEST).read_text())  # an fp32-only export: requantize must add the graph
+    del raw["graphs"]["int8"], raw["files"][FAST_GRAPHS["int8"]]
+    (folder / FAST_GRAPHS["int8"]).unlink()
+    (folder / MANIFEST).write_text(json.dumps(raw))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     argv = ["--model", str(folder), "--dataset", str(imdb_dir), "--int8-method", "static", *REQUANTIZE_SMALL]
     with monkeypatch.context() as patch:  # a bar no graph can pass: validation fails, nothing may change
@@ -655,7 +660,8 @@ def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(
     assert requantize(argv) == 0
     manifest = load_manifest(folder)
     assert manifest.raw["export_config"]["int8_method"] == "static" and manifest.raw["validation"]["int8"]["passed"]
-    assert (folder / FAST_GRAPHS["int8"]).read_bytes() != before[FAST_GRAPHS["int8"]]
+    assert manifest.graphs["int8"] == FAST_GRAPHS["int8"] and FAST_GRAPHS["int8"] not in before
+    assert FillMask(folder, device="cpu", precision="int8").precision == "int8"  # was "the artifact has no int8 graph"
     for name in manifest.files:
         verify_file(manifest, name)  # the new graph's sha256 is the manifest's
     assert (folder / FAST_GRAPHS["fp32"]).read_bytes() == before[FAST_GRAPHS["fp32"]]
