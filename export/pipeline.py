@@ -24,7 +24,7 @@ from deniro_rt.files import staged
 
 from .bf16 import KEY as BF16_KEY
 from .bf16 import Bf16Config, bf16_record
-from .card import write_card
+from .card import CardInfo, write_card
 from .config import INT8_METHODS, ExportConfig, check_config, resolve_providers
 from .graphs import export_fast, export_full
 from .model import Source, load_source
@@ -204,7 +204,9 @@ def build_artifact(
     manifest = build_manifest(config, source, fused, validation, stage)
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    write_card(stage, manifest)  # README.md: the folder's model card, derived from the manifest (not hashed)
+    # README.md: the folder's model card, derived from the manifest (not hashed), named after the output folder
+    # (the stage is a temp folder beside it)
+    write_card(stage, manifest, CardInfo(name=Path(config.output).expanduser().resolve().name))
 
 
 def bf16_validation(config: ExportConfig, source: Source, stage: Path, providers: dict[str, list[str]]) -> dict:

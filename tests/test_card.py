@@ -34,6 +34,7 @@ def test_export_writes_the_card_from_its_manifest(tiny_artifact):
         ["stanfordnlp/imdb"],
     )
     assert "base_model" not in meta  # the tiny model has no training record to follow back
+    assert meta["model-index"][0]["name"] == tiny_artifact.name  # the output folder's, not its temp stage's
     metrics = index_metrics(meta)
     for precision in manifest.graphs:  # the fast graphs; the full graph's validation has no perplexity
         record = manifest.raw["validation"][precision]
