@@ -69,7 +69,7 @@ HELP = {
     "parity_sentences": "workload sentences compared prediction by prediction",
     "chunk_size": "parity chunk length (default: the torch model's train_config.json, else 256)",
     "eval_seed": "parity masking seed (default: the torch model's train_config.json, else 1234)",
-    "train_shapes": "comma-separated model shapes for `train` (train/config.py: deniro, mini, tiny)",
+    "train_shapes": "comma-separated model shapes for `train` (train/config.py SHAPES: deniro, minilm, mini, tiny)",
     "train_steps": "timed optimizer steps per shape",
     "train_warmup": "untimed optimizer steps first",
     "train_batch_size": "chunks per step (default: the shape's preset)",

@@ -55,7 +55,7 @@ HELP = {
     "batch-invariant), static-percentile (the same, 99.999th-percentile ranges), dynamic (scales "
     "per call over the whole batch: answers depend on batch-mates), nbits (MatMulNBits 8-bit "
     "weights, int8 compute with per-row activation scales), weight-only (MatMulNBits 8-bit "
-    "weights, fp32 compute); measured in README 'int8 on CPU: the options, measured'",
+    "weights, fp32 compute); measured in docs/precision.md 'int8 on CPU: the options, measured'",
     "weights": "fp32: weights as trained; int8: every weight matrix rounded to 8 bits (one scale per row) "
     "in PyTorch before tracing and stored as int8 in the fp32 graphs, which ONNX Runtime "
     "dequantizes once at load (fp32 compute, ~4x smaller files); the rounding's cost against "

@@ -22,7 +22,7 @@ WEIGHT_STORAGE = ("fp32", "int8")  # how the fp32 graphs store their weight matr
 
 @dataclass(frozen=True)
 class Int8Method:
-    """One way to build the int8 fast graph (README: "int8 on CPU: the options, measured")."""
+    """One way to build the int8 fast graph (docs/precision.md: "int8 on CPU: the options, measured")."""
 
     kind: str  # static (QDQ, fixed scales) | dynamic (scales per call) | nbits (MatMulNBits 8-bit weights) | row
     calibration: str = "MinMax"  # static: MinMax | Percentile | Entropy
