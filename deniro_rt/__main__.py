@@ -7,7 +7,8 @@ Examples:
 
 Subcommands (see `python -m deniro_rt serve --help`, `... batch --help`):
   serve   fill-mask over HTTP with dynamic batching (extra deniro[serve])
-  batch   fill a parquet/text column of a corpus: in-process (extra deniro[batch]), or on Ray Data with --ray (deniro[ray])
+  batch   fill a parquet/text column of a corpus: in-process (extra deniro[batch]),
+          or on Ray Data with --ray (extra deniro[ray])
 """
 
 from __future__ import annotations
