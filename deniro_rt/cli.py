@@ -23,9 +23,17 @@ def setup_logging(level: int = logging.INFO, ours: tuple[str, ...] = (), quiet: 
         logging.getLogger(name).setLevel(quiet)
 
 
-def run_main(call: Callable[[], object], exit_codes: dict[type, int] | None = None) -> int:
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+def run_main(
+    call: Callable[[], object],
+    exit_codes: dict[type, int] | None = None,
+    interrupted: str | Callable[[], str] | None = None,
+) -> int:
     """Run a stage: its int result is the exit code (anything else: 0); errors of the types in
-    `exit_codes` (checked first) or DeniroError become one line and their code."""
+    `exit_codes` (checked first) or DeniroError become one line and their code. With `interrupted` (a line,
+    or a function giving it), Ctrl-C prints that line instead of a traceback and exits 130."""
     codes = {**(exit_codes or {}), DeniroError: EXIT_USAGE}
     try:
         result = call()
@@ -33,6 +41,11 @@ def run_main(call: Callable[[], object], exit_codes: dict[type, int] | None = No
     except tuple(codes) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return next(code for kind, code in codes.items() if isinstance(exc, kind))
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(interrupted() if callable(interrupted) else interrupted, file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def config_parser(

@@ -78,3 +78,20 @@ def staged(out: Path) -> Iterator[Path]:
         publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # the failed stage, or the old folder after a swap
+
+
+def check_output_folder(output: str | Path, sources: dict[str, str | None]) -> Path:
+    """--output as a Path, refused when it is a file, or when it is (or holds) one of the `sources` (flag ->
+    path) it would replace: `--model D --output D --overwrite` deleted the trained model it read."""
+    from .errors import DeniroError
+
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    for flag, source in sources.items():
+        inside = source and Path(source).expanduser().exists() and Path(source).expanduser().resolve()
+        if inside and (inside == out.resolve() or out.resolve() in inside.parents):
+            raise DeniroError(
+                f"--output {out} is or holds {flag} {source}, which the new output would replace; pass another --output"
+            )
+    return out

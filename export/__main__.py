@@ -128,7 +128,8 @@ def run(argv: list[str] | None = None) -> int:
     from .validate import ValidationFailed
 
     hf_logging.set_verbosity_error()  # e.g. "weights not initialized": we raise our own error for that
-    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION})
+    nothing = f"interrupted: nothing written to {config.output}"  # the artifact is staged beside it, then published
+    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION}, interrupted=nothing)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deniro_rt.artifact import FAST_GRAPHS
 from deniro_rt.errors import DeniroError
+from deniro_rt.files import check_output_folder
 from deniro_rt.providers import HARDWARE, session_providers
 
 DEVICES = HARDWARE  # export builds for a device, never "auto"
@@ -144,9 +145,7 @@ def check_numbers(config: ExportConfig) -> None:
 
 
 def check_output(config: ExportConfig) -> Path:
-    out = Path(config.output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    out = check_output_folder(config.output, {"--model": config.model, "--tokenizer": config.tokenizer})
     if out.is_dir() and any(out.iterdir()) and not config.overwrite:
         raise DeniroError(f"--output {out} is not empty; pass --overwrite to replace it, or another --output")
     return out

@@ -469,14 +469,17 @@ def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
             "--calibration-sentences must be at least 16",
         ),
         (["--onnx", "--output", "{out}", "--opset", "13"], "--opset must be from 14 to 23 (default 17), got 13"),
+        (["--onnx", "--output", "{model}", "--overwrite"], "which the new output would replace"),  # deleted the model
     ],
 )
 def test_bad_options_are_refused(argv, needle, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code, lines = cli(["--model", str(tiny_model_dir), *(a.format(out=out) for a in argv)], capsys)
+    code, lines = cli(
+        ["--model", str(tiny_model_dir), *(a.format(out=out, model=tiny_model_dir) for a in argv)], capsys
+    )
     assert code == EXIT_USAGE
     assert_one_error(lines, needle)
-    assert not out.exists()
+    assert not out.exists() and (tiny_model_dir / "config.json").is_file()
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available")

@@ -1,6 +1,7 @@
 """python -m train end to end on a slice of the real IMDB data (tiny shapes, CPU)."""
 
 import json
+import shutil
 from contextlib import nullcontext
 
 import numpy as np
@@ -113,6 +114,35 @@ def test_non_empty_output_needs_resume_or_overwrite(imdb_dir, tiny_model_dir, tm
     (out / "precious.txt").write_text("keep me")
     assert run(tiny_args(imdb_dir, tiny_model_dir, out)) == 2
     assert "is not empty" in _error_line(capsys) and (out / "precious.txt").read_text() == "keep me"
+    # --overwrite replaces the old run only once every check passed (a too-large batch emptied it, then failed)
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--overwrite", "--batch-size", "100000")) == 2
+    assert "fewer than one step of 100000" in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    data = shutil.copytree(imdb_dir, out / "data")  # an output that holds the input would delete it
+    argv = [*tiny_args(data, tiny_model_dir, out, "--overwrite")]
+    assert run(argv) == 2 and _error_line(capsys) == (
+        f"error: --output {out} is or holds --dataset {data}, which the new output would replace; pass another --output"
+    )
+
+
+def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(imdb_dir, tiny_model_dir, tmp_path):
+    """A real `python -m train`, SIGINTed once its first checkpoint exists: one line saying how to go on, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [*tiny_args(imdb_dir, tiny_model_dir, out, "--max-steps", "400", "--save-every", "2")]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "checkpoints").glob("step_*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    line = f"interrupted: continue from the last checkpoint with the same command and --resume (--output {out})"
+    assert line in err.splitlines() and "Traceback" not in err  # (the progress bar may close after it)
 
 
 def test_presets_and_explicit_flags():

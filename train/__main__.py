@@ -121,7 +121,10 @@ def run(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     from .loop import main
 
-    return run_main(lambda: main(config))
+    stopped = (
+        f"interrupted: continue from the last checkpoint with the same command and --resume (--output {config.output})"
+    )
+    return run_main(lambda: main(config), interrupted=stopped)
 
 
 if __name__ == "__main__":

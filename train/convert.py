@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from deniro_rt.errors import DeniroError
-from deniro_rt.files import staged
+from deniro_rt.files import check_output_folder, staged
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def convert_folder(bert_dir: Path, output: Path, seed: int = 0, record: dict | N
 
 
 def main(config: ConvertConfig) -> Path:
-    out = Path(config.output)
+    out = check_output_folder(config.output, {"--bert": config.bert})
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
     convert_folder(Path(config.bert), out, config.seed, asdict(config))
@@ -281,7 +281,7 @@ def run(argv: list[str] | None = None) -> int:
 
     setup_logging(ours=("train",))
     config = parse_args(argv)
-    return run_main(lambda: main(config))
+    return run_main(lambda: main(config), interrupted=f"interrupted: nothing written to {config.output}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from deniro_rt.data import (
     whole_word_mask,
 )
 from deniro_rt.errors import DeniroError
-from deniro_rt.files import publish
+from deniro_rt.files import check_output_folder, publish
 
 from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig, check_numbers
 from .data import (
@@ -105,16 +105,18 @@ class Prepared:
 
 # --------------------------------------------------------------------------- setup
 def check_output(config: TrainConfig) -> Path:
-    out = Path(config.output)
-    if out.exists() and not out.is_dir():
-        raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    sources = {"--model": config.model, "--tokenizer": config.tokenizer, "--dataset": config.dataset}
+    out = check_output_folder(config.output, sources if config.overwrite and not config.resume else {})
     busy = out.exists() and any(out.iterdir())
     if busy and not (config.resume or config.overwrite):
         raise DeniroError(
             f"--output {out} is not empty; pass --resume to continue it, --overwrite to replace it, or another --output"
         )
     if config.resume and not latest_checkpoint(out):
-        raise DeniroError(f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume first")
+        raise DeniroError(
+            f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume (with --overwrite if the run "
+            "stopped before its first checkpoint)"
+        )
     if config.precision not in PRECISIONS:
         raise DeniroError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     return out
@@ -447,17 +449,17 @@ def start_run(config: TrainConfig) -> Run:
         log.setLevel(logging.WARNING)  # one process reports progress; the others only their problems
     log.info("config: %s", json.dumps(asdict(config)))
     prepared = prepare(config, out)
-    if accelerator.is_main_process:
-        if config.overwrite and not config.resume:
-            shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "train_config.json")
-        prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
     wrapped = MaskedOnlyMLM(prepared.model, config.head_rows)
     if config.compile:
         compile_in_place(wrapped, config.compile_mode)
     optimizer = make_optimizer(config, wrapped, accelerator.device)
     sched = make_schedule(config, len(prepared.train), accelerator.num_processes)
+    if accelerator.is_main_process:  # only now, when every check passed, is an old run replaced
+        if config.overwrite and not config.resume:
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "train_config.json")
+        prepared.tokenizer.save_pretrained(out)  # --resume reloads exactly this vocabulary
     # Not passed to prepare(): Accelerate would step it once per process; it counts optimizer steps.
     scheduler = make_scheduler(optimizer, config, sched.total_steps)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)

@@ -35,7 +35,7 @@ import torch
 
 from deniro_rt.data import load_text_splits, untruncated
 from deniro_rt.errors import DeniroError
-from deniro_rt.files import staged
+from deniro_rt.files import check_output_folder, staged
 
 from .shrink import piece_order
 
@@ -329,7 +329,7 @@ def prune(config: PruneConfig, stage: Path) -> dict:
 
 
 def main(config: PruneConfig) -> Path:
-    out = Path(config.output)
+    out = check_output_folder(config.output, {"--model": config.model, "--dataset": config.dataset})
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
     if config.count_texts < 1:
@@ -363,7 +363,7 @@ def run(argv: list[str] | None = None) -> int:
         )
     setup_logging(ours=("train",))
     config = PruneConfig(**vars(parser.parse_args(argv)))
-    return run_main(lambda: main(config))
+    return run_main(lambda: main(config), interrupted=f"interrupted: nothing written to {config.output}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import json
 import logging
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(logging.WARNING, ours=(__name__,))
     config = parse_args(argv)
-    try:
-        return run_main(lambda: run_batch(config))
-    except KeyboardInterrupt:  # Ctrl-C: the finished shards are kept; say how to go on, not a traceback
-        staging = staging_folder(Path(config.output).resolve())
-        kept = f"the finished shards stay in {staging}; " if staging.is_dir() else ""
-        print(f"interrupted: {kept}run the same command with --resume to continue", file=sys.stderr)
-        return 130
+    return run_main(lambda: run_batch(config), interrupted=lambda: interrupted(config))
+
+
+def interrupted(config: BatchConfig) -> str:
+    """Ctrl-C: the finished shards are kept; say where, and how to go on."""
+    staging = staging_folder(Path(config.output).resolve())
+    kept = f"the finished shards stay in {staging}; " if staging.is_dir() else ""
+    return f"interrupted: {kept}run the same command with --resume to continue"
 
 
 # ---------------------------------------------------------------------- the run
