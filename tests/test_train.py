@@ -74,6 +74,24 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_mo
     assert len(shared) > 5 and any(not torch.equal(first["model." + k], a[k]) for k in shared)
 
 
+def test_resume_skips_a_damaged_checkpoint_and_refuses_other_options(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--max-steps", "8", "--save-every", "2", "--eval-every", "0"]
+    assert run(tiny_args(imdb_dir, tiny_model_dir, straight, *common)) == 0
+    assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, *common, "--stop-after-steps", "5")) == 0
+    capsys.readouterr()
+    assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, "--max-steps", "20", "--resume")) == 2
+    assert _error_line(capsys) == (  # was a silent early "finish" at the old step count
+        f"error: --resume: {resumed} was started with --max-steps 8 (now 20), --save-every 2 (now 10); resume with "
+        "the options it was started with"
+    )
+    latest = sorted((resumed / "checkpoints").glob("step_*"))[-1]
+    (latest / "model.safetensors").unlink()  # a damaged newest checkpoint: the one before it is complete
+    assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, *common, "--resume")) == 0  # was a FileNotFoundError
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 def _error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -281,7 +299,10 @@ def test_validation_is_whole_seeded_reviews_carved_from_train_and_extra_text_onl
 def test_resume_without_a_checkpoint_says_so(imdb_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--resume")) == 2
-    assert _error_line(capsys) == f"error: --resume: no checkpoint in {out / 'checkpoints'}; run without --resume first"
+    assert _error_line(capsys) == (
+        f"error: --resume: no checkpoint in {out / 'checkpoints'}; run without --resume (with --overwrite if the run "
+        "stopped before its first checkpoint)"
+    )
     assert not out.exists()
 
 

@@ -112,6 +112,8 @@ def check_output(config: TrainConfig) -> Path:
         raise DeniroError(
             f"--output {out} is not empty; pass --resume to continue it, --overwrite to replace it, or another --output"
         )
+    if config.resume:
+        check_same_run(config, out)
     if config.resume and not latest_checkpoint(out):
         raise DeniroError(
             f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume (with --overwrite if the run "
@@ -120,6 +122,22 @@ def check_output(config: TrainConfig) -> Path:
     if config.precision not in PRECISIONS:
         raise DeniroError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     return out
+
+
+# What may differ between a run and its --resume; anything else would silently train another run
+# (a forgotten --max-steps "finished" a stopped run early; another --preset died in a size mismatch).
+RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "stop_after_steps")
+
+
+def check_same_run(config: TrainConfig, out: Path) -> None:
+    saved_file = out / "train_config.json"
+    if not saved_file.is_file():
+        return  # no run to compare with: the missing checkpoint is reported next
+    saved, now = json.loads(saved_file.read_text()), asdict(config)
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})" for k in changed)
+        raise DeniroError(f"--resume: {out} was started with {diffs}; resume with the options it was started with")
 
 
 def subset(texts: list[str], limit: int | None, seed: int) -> list[str]:
@@ -231,11 +249,22 @@ def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int)
 
 
 def load_checkpoint(accelerator, out: Path) -> tuple[int, list]:
-    ckpt = latest_checkpoint(out)
-    accelerator.load_state(str(ckpt))
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    log.info("resumed from %s (step %d)", ckpt, state["step"])
-    return state["step"], state["history"]
+    """The newest checkpoint that loads (a damaged one, say a file lost to a full disk, is skipped with a
+    warning: the one before it is complete, and resuming from it gives the same result, later)."""
+    found = sorted((out / CHECKPOINTS).glob("step_*"), reverse=True)
+    for ckpt in found:
+        try:
+            accelerator.load_state(str(ckpt))  # every part is loaded again from the next one if this fails
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            log.warning("checkpoint %s does not load (%s: %s); trying the one before", ckpt, type(exc).__name__, exc)
+            continue
+        log.info("resumed from %s (step %d)", ckpt, state["step"])
+        return state["step"], state["history"]
+    raise DeniroError(
+        f"--resume: none of the checkpoints in {out / CHECKPOINTS} loads (the log names each problem); "
+        "delete the damaged ones, or start over with --overwrite"
+    )
 
 
 def best_row(history: list[dict]) -> dict | None:
