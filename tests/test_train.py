@@ -92,6 +92,17 @@ def test_resume_skips_a_damaged_checkpoint_and_refuses_other_options(imdb_dir, t
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_a_new_wordpiece_vocabulary_is_numbered_the_same_every_time(imdb_texts):
+    """Same text, same vocabulary, same ids: the trainer's own numbering of equally frequent pieces changed from
+    call to call (one seed, two results; each process of a multi-GPU run had its own numbering)."""
+    from train.tokenizer import SPECIAL_TOKENS, train_wordpiece
+
+    first, second = (train_wordpiece(imdb_texts["train"][:200], vocab_size=500) for _ in range(2))
+    assert first.get_vocab() == second.get_vocab() and len(first) == 500
+    assert first.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
+    assert first.decode(first("This movie was unwatchable!")["input_ids"]) == "[CLS] this movie was unwatchable! [SEP]"
+
+
 def _error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err

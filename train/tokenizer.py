@@ -33,6 +33,7 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, model_max_length: int
     )
     log.info("training a %d-piece WordPiece vocabulary on %d texts", vocab_size, len(texts))
     backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    backend.model = numbered_in_order(backend.get_vocab())
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -66,3 +67,15 @@ def load_tokenizer(
     if not tokenizer.is_fast or tokenizer.mask_token is None:
         raise DeniroError(f"tokenizer {name_or_path!r} must be a fast tokenizer (tokenizer.json) with a mask token")
     return tokenizer
+
+
+def numbered_in_order(vocab: dict[str, int]) -> models.WordPiece:
+    """The trained pieces with ids that depend on nothing but the pieces: the special tokens first, as
+    trained, then the others sorted. The trainer numbers pieces of equal count differently from call to call
+    (76-103 of 1,000 ids moved between two runs), so one seed gave two vocabularies, and the processes of a
+    multi-GPU run trained one model on differently numbered tokens. WordPiece itself only needs the set."""
+    specials = [piece for piece in SPECIAL_TOKENS if piece in vocab]
+    ordered = specials + sorted(piece for piece in vocab if piece not in SPECIAL_TOKENS)
+    return models.WordPiece(
+        vocab={piece: i for i, piece in enumerate(ordered)}, unk_token="[UNK]", max_input_chars_per_word=100
+    )
