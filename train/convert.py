@@ -74,9 +74,14 @@ def distilbert_config(bert_config):
     """The DistilBertConfig of the same shape; refuses what DistilBERT cannot express."""
     from transformers import DistilBertConfig
 
+    if bert_config.model_type != "bert":  # the checks below read BERT's fields: name the problem first
+        hint = (
+            " (it is DistilBERT already: train or export it as it is)" if bert_config.model_type == "distilbert" else ""
+        )
+        raise DeniroError(
+            f"cannot convert this model to DistilBERT: model_type is {bert_config.model_type!r}, not 'bert'{hint}"
+        )
     problems = []
-    if bert_config.model_type != "bert":
-        problems.append(f"model_type is {bert_config.model_type!r}, not 'bert'")
     if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
         problems.append(f"position_embedding_type {bert_config.position_embedding_type!r} (DistilBERT: absolute)")
     if abs(bert_config.layer_norm_eps - DISTILBERT_LAYER_NORM_EPS) > 1e-15:
