@@ -90,6 +90,12 @@ def test_resume_skips_a_damaged_checkpoint_and_refuses_other_options(imdb_dir, t
     assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, *common, "--resume")) == 0  # was a FileNotFoundError
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[name], b[name]) for name in a)
+    # and the same evaluation rows: the train loss since the last evaluation travels in the checkpoint
+    rows = [json.loads((run_dir / "metrics.json").read_text())["epochs"] for run_dir in (straight, resumed)]
+    assert any(r["train_loss"] is not None and r["step"] > 5 for r in rows[0])  # a row that spans the resume
+    assert [(r["step"], r["train_loss"], r["perplexity"]) for r in rows[0]] == [
+        (r["step"], r["train_loss"], r["perplexity"]) for r in rows[1]
+    ]
 
 
 def test_a_new_wordpiece_vocabulary_is_numbered_the_same_every_time(imdb_texts):

@@ -231,9 +231,14 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int) -> None:
-    """Write to a temp folder, then rename: a crash never leaves a half-written checkpoint."""
+def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int, tally: Tally) -> None:
+    """Write to a temp folder, then rename: a crash never leaves a half-written checkpoint. The train loss summed
+    since the last evaluation goes with it (a resumed run's next row then averages the same steps)."""
     accelerator.wait_for_everyone()
+    since_eval = {
+        "loss": float(accelerator.reduce(tally.loss.detach().clone(), reduction="mean")),
+        "steps": tally.steps,
+    }
     final = out / CHECKPOINTS / f"step_{step:08d}"
     tmp = out / CHECKPOINTS / f".tmp_step_{step:08d}"
     if accelerator.is_main_process:
@@ -241,14 +246,15 @@ def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
+        state = {"step": step, "history": history, "since_eval": since_eval}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
         publish(tmp, final)  # replaces a checkpoint of the same step in one swap
         for old in sorted((out / CHECKPOINTS).glob("step_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator, out: Path) -> tuple[int, list]:
+def load_checkpoint(accelerator, out: Path) -> tuple[int, list, dict | None]:
     """The newest checkpoint that loads (a damaged one, say a file lost to a full disk, is skipped with a
     warning: the one before it is complete, and resuming from it gives the same result, later)."""
     found = sorted((out / CHECKPOINTS).glob("step_*"), reverse=True)
@@ -260,7 +266,7 @@ def load_checkpoint(accelerator, out: Path) -> tuple[int, list]:
             log.warning("checkpoint %s does not load (%s: %s); trying the one before", ckpt, type(exc).__name__, exc)
             continue
         log.info("resumed from %s (step %d)", ckpt, state["step"])
-        return state["step"], state["history"]
+        return state["step"], state["history"], state.get("since_eval")
     raise DeniroError(
         f"--resume: none of the checkpoints in {out / CHECKPOINTS} loads (the log names each problem); "
         "delete the damaged ones, or start over with --overwrite"
@@ -519,7 +525,7 @@ def score_test(run: Run, step: int) -> dict:
 def main(config: TrainConfig) -> list[dict]:
     """Train; returns the evaluation history (one row per validation evaluation)."""
     run = start_run(config)
-    step, history = load_checkpoint(run.accelerator, run.out) if config.resume else (0, [])
+    step, history, since_eval = load_checkpoint(run.accelerator, run.out) if config.resume else (0, [], None)
     if step == 0:
         history.append(
             {
@@ -534,7 +540,7 @@ def main(config: TrainConfig) -> list[dict]:
         log.info(">>> step 0: %s perplexity %s", VALIDATION, history[0]["perplexity"])
     total = run.sched.total_steps
     stop_at = min(total, step + config.stop_after_steps) if config.stop_after_steps else total
-    step, history = run_steps(run, step, stop_at, history)
+    step, history = run_steps(run, step, stop_at, history, since_eval)
     if step >= total:
         test = score_test(run, step)
         save_final(run.accelerator, run.wrapped, run.prepared, config, run.out, history, test)
@@ -561,15 +567,17 @@ def one_step(run: Run, step: int, tally: Tally) -> torch.Tensor:
     return loss
 
 
-def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, list]:
-    """Optimizer steps from `step` to `stop_at`, evaluating and checkpointing on the way."""
+def run_steps(run: Run, step: int, stop_at: int, history: list, since_eval: dict | None) -> tuple[int, list]:
+    """Optimizer steps from `step` to `stop_at`, evaluating and checkpointing on the way. since_eval: the
+    checkpoint's train-loss sum and steps since its last evaluation (None: a fresh start)."""
     from tqdm.auto import tqdm
 
     acc, config, sched = run.accelerator, run.config, run.sched
     bar = tqdm(
         total=sched.total_steps, initial=step, disable=not acc.is_local_main_process, desc="train", dynamic_ncols=True
     )
-    tally = Tally(torch.zeros((), device=acc.device))
+    since_eval = since_eval or {"loss": 0.0, "steps": 0}
+    tally = Tally(torch.tensor(since_eval["loss"], device=acc.device), since_eval["steps"])
     run.wrapped.train()
     while step < stop_at:
         started = time.perf_counter()
@@ -584,7 +592,7 @@ def run_steps(run: Run, step: int, stop_at: int, history: list) -> tuple[int, li
             history.append(evaluation_row(run, step, tally))
             tally.loss, tally.steps, tally.left_out = torch.zeros((), device=acc.device), 0, 0
         if epoch_end or step == stop_at or (config.save_every and step % config.save_every == 0):
-            save_checkpoint(acc, run.out, step, history, config.keep_checkpoints)
+            save_checkpoint(acc, run.out, step, history, config.keep_checkpoints, tally)
     bar.close()
     return step, history
 
