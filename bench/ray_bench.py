@@ -87,21 +87,13 @@ class RayBenchConfig(QuickDefaults):
         return int_list(self.clients, "--clients")
 
     def check_numbers(self) -> None:
-        check_numbers(
-            self,
-            dict(
-                sentences=1,
-                batch_size=1,
-                repeats=1,
-                rounds=1,
-                requests=1,
-                warmup=0,
-                max_batch_size=1,
-                max_wait_ms=0,
-                max_queue=1,
-            ),
-            above_zero=("seconds",),
-        )
+        check_numbers(self, LEAST, above_zero=("seconds",))
+
+
+# The least value of each numeric knob
+LEAST = dict(
+    sentences=1, batch_size=1, repeats=1, rounds=1, requests=1, warmup=0, max_batch_size=1, max_wait_ms=0, max_queue=1,
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- offline: Ray Data

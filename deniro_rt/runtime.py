@@ -572,12 +572,16 @@ def check_unicode(text: str, index: int) -> None:
 
 
 def check_batch_size(batch_size) -> int:
-    message = f"batch_size must be a whole number >= 1, got {batch_size!r}"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    return positive_int(batch_size, f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def positive_int(value, message: str) -> int:
+    """value as an int: a wrong type (a float, a bool, a string) is a DeniroTypeError, a value below 1 a DeniroError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise DeniroTypeError(message)
-    if batch_size < 1:
+    if value < 1:
         raise DeniroError(message)
-    return int(batch_size)
+    return int(value)
 
 
 def no_mask_message(text: str, index: int, mask_token: str) -> str:
@@ -591,12 +595,7 @@ def no_mask_message(text: str, index: int, mask_token: str) -> str:
 
 
 def check_top_k(top_k) -> int:
-    message = f"top_k must be a positive integer, got {top_k!r}"
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise DeniroTypeError(message)
-    if top_k < 1:
-        raise DeniroError(message)
-    return int(top_k)
+    return positive_int(top_k, f"top_k must be a positive integer, got {top_k!r}")
 
 
 @dataclass(frozen=True)
