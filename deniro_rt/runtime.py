@@ -740,6 +740,10 @@ def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
     empty = [w for w, p in pieces if not p]
     if empty:
         raise DeniroError(f"targets {empty} tokenize to nothing; pass words the vocabulary can spell")
+    room = fm.manifest.max_positions // 2  # a target widens its mask to its pieces: half the model's positions at most
+    too_long = [w[:40] for w, p in pieces if len(p) > room]
+    if too_long:
+        raise DeniroError(f"targets {too_long} are over {room} word pieces; pass words, not passages")
     return pieces
 
 

@@ -75,6 +75,10 @@ def test_wrong_types_raise_type_error(fm, call, message):
         (lambda fm: fm.fill("a [MASK]", batch_size=0), "batch_size must be a whole number >= 1, got 0"),
         (lambda fm: fm.fill([], top_k=0), "top_k must be a positive integer, got 0"),  # as fill_arrays([])
         (
+            lambda fm: fm.fill("a [MASK]", targets=["word " * 300]),  # widened past the model's positions
+            "targets ['word word word word word word word word '] are over 256 word pieces; pass words, not passages",
+        ),
+        (
             lambda fm: fm.fill("the [MASK] was [MASK].", joint=True, targets=["good"]),  # targets were ignored
             "joint=True fills the masks with the model's own choices; targets cannot rank there",
         ),
