@@ -138,7 +138,8 @@ class DynamicBatcher:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
-            log.warning("shutting down with %d texts unanswered (503)", self.queued_texts + len(self._running))
+            left = self.queued_texts + sum(len(job.texts) for job in self._running)
+            log.warning("shutting down with %d texts unanswered (503)", left)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         for job in [*self._jobs, *self._running]:
