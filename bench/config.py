@@ -91,7 +91,9 @@ class BenchConfig:
         return names
 
     def check_numbers(self) -> None:
-        check_numbers(self, LEAST, above_zero=("throughput_seconds",))
+        from deniro_rt.cli import check_least
+
+        check_least(self, LEAST, above_zero=("throughput_seconds",))
 
     def cli(self) -> str:
         """The command line that gives this config (flags that differ from the defaults)."""
@@ -117,21 +119,6 @@ LEAST = dict(
     top_k=1, warmup=0, latency_samples=1, throughput_sentences=1, rounds=1, parity_texts=1, parity_sentences=1,
     chunk_size=2, train_steps=1, train_warmup=0, train_batch_size=1, train_chunk_size=2,
 )  # fmt: skip
-
-
-def check_numbers(config, least: dict[str, int], above_zero: tuple[str, ...] = ()) -> None:
-    """A number below its least value fails before any work, naming the flag (not after minutes, or as a
-    confusing error from deep inside a run). None, where a field allows it, means its default."""
-    from deniro_rt.errors import DeniroError
-
-    for name, floor in least.items():
-        value = getattr(config, name)
-        if value is not None and value < floor:
-            raise DeniroError(f"--{name.replace('_', '-')} must be at least {floor}, got {value}")
-    for name in above_zero:
-        value = getattr(config, name)
-        if value is not None and not value > 0:
-            raise DeniroError(f"--{name.replace('_', '-')} must be above 0, got {value}")
 
 
 def int_list(text: str, flag: str) -> list[int]:

@@ -22,7 +22,7 @@ import numpy as np
 from deniro_rt.errors import DeniroError
 
 from . import report
-from .config import check_numbers, default_dataset
+from .config import default_dataset
 
 INT_FIELDS = ("batch", "batches", "repeats", "min_words", "max_words", "threads", "token_budget", "overlap_block")
 GOALS = {"arrays": 1.5, "dicts": 3.0}  # x the bare tokenizer's encode_batch, per sentence
@@ -213,12 +213,12 @@ LEAST = dict(batch=1, batches=1, repeats=1, min_words=1, max_words=1, threads=1,
 
 
 def parse_args(argv: list[str] | None = None) -> HostConfig:
-    from deniro_rt.cli import config_parser
+    from deniro_rt.cli import check_least, config_parser
 
     types = {name: int for name in INT_FIELDS}
     parser = config_parser(HostConfig(), "python -m bench.host", __doc__, HELP, types=types)
     cfg = HostConfig(**vars(parser.parse_args(argv)))
-    check_numbers(cfg, LEAST)
+    check_least(cfg, LEAST)
     if cfg.min_words > cfg.max_words:
         raise DeniroError(f"--min-words {cfg.min_words} is above --max-words {cfg.max_words}")
     return cfg

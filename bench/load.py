@@ -42,11 +42,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from deniro_rt.cli import config_parser, run_main, setup_logging
+from deniro_rt.cli import check_least, config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.providers import DEVICES
 
-from .config import LOCAL_IMDB, REPO, QuickDefaults, check_numbers, default_dataset, int_list
+from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset, int_list
 from .figures import save_figure
 
 log = logging.getLogger("bench.load")
@@ -85,7 +85,7 @@ class LoadConfig(QuickDefaults):
         return int_list(self.clients, "--clients")
 
     def check_numbers(self) -> None:
-        check_numbers(
+        check_least(
             self,
             dict(rounds=1, requests=1, warmup=0, sentences=1, max_batch_size=1, max_wait_ms=0, max_queue=1, threads=1),
             above_zero=("seconds",),

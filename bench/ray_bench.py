@@ -30,10 +30,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from deniro_rt.cli import config_parser, run_main, setup_logging
+from deniro_rt.cli import check_least, config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
-from .config import REPO, QuickDefaults, check_numbers, default_dataset, int_list
+from .config import REPO, QuickDefaults, default_dataset, int_list
 from .figures import save_figure
 
 log = logging.getLogger("bench.ray")
@@ -87,7 +87,7 @@ class RayBenchConfig(QuickDefaults):
         return int_list(self.clients, "--clients")
 
     def check_numbers(self) -> None:
-        check_numbers(self, LEAST, above_zero=("seconds",))
+        check_least(self, LEAST, above_zero=("seconds",))
 
 
 # The least value of each numeric knob

@@ -363,15 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Bad shapes and numbers fail before any loop runs (a --steps 0 row died in a ZeroDivisionError)."""
+    from deniro_rt.cli import check_least
     from train.config import SHAPES
-
-    from .config import check_numbers
 
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
     if unknown or not args.shapes.strip(","):
         what = f"unknown shape {', '.join(unknown)}" if unknown else "no shape given"
         raise DeniroError(f"--shapes: {what}; choose from {', '.join(SHAPES)}")
-    check_numbers(args, dict(rounds=1, steps=1, warmup=0, batch_size=1, chunk_size=2))
+    check_least(args, dict(rounds=1, steps=1, warmup=0, batch_size=1, chunk_size=2))
 
 
 def main(argv: list[str] | None = None) -> int:

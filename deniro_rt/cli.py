@@ -71,3 +71,16 @@ def config_parser(
         kind = (types or {}).get(f.name) or type(default)
         parser.add_argument(flag, type=kind, default=default, choices=(choices or {}).get(f.name), help=text + note)
     return parser
+
+
+def check_least(config: object, least: dict[str, float], above_zero: tuple[str, ...] = ()) -> None:
+    """A numeric knob below its least value (or not above 0, for `above_zero`) fails before any work, naming the
+    flag: not after minutes, or as a confusing error from deep inside a run. None, where allowed, is a default."""
+    for name, floor in least.items():
+        value = getattr(config, name)
+        if value is not None and value < floor:
+            raise DeniroError(f"--{name.replace('_', '-')} must be at least {floor}, got {value}")
+    for name in above_zero:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise DeniroError(f"--{name.replace('_', '-')} must be above 0, got {value}")

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from deniro_rt.artifact import FAST_GRAPHS
+from deniro_rt.cli import check_least
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import check_output_folder
 from deniro_rt.providers import HARDWARE, session_providers
@@ -132,14 +133,9 @@ def check_config(config: ExportConfig) -> Path:
 
 
 def check_numbers(config: ExportConfig) -> None:
-    if config.batch_size < 1:
-        raise DeniroError(f"--batch-size must be at least 1, got {config.batch_size}")
     if min(config.sentences, config.random_sequences, config.perplexity_chunks) < 0:
         raise DeniroError("--sentences, --random-sequences and --perplexity-chunks must not be negative")
-    if config.chunk_size < 2:
-        raise DeniroError(f"--chunk-size must be at least 2, got {config.chunk_size}")
-    if config.calibration_sentences < 16:
-        raise DeniroError(f"--calibration-sentences must be at least 16, got {config.calibration_sentences}")
+    check_least(config, dict(batch_size=1, chunk_size=2, calibration_sentences=16))
     if config.opset not in OPSETS:
         raise DeniroError(f"--opset must be from {OPSETS[0]} to {OPSETS[-1]} (default 17), got {config.opset}")
 

@@ -139,22 +139,19 @@ def build_config(preset: str, overrides: dict) -> TrainConfig:
     return TrainConfig(**{**PRESETS[preset], **overrides, "preset": preset})
 
 
-# Knobs whose value must be >= 1 (None allowed where the field is optional), >= 0, or a fraction.
+# The least value of each numeric knob (None, where a field allows it, is its default).
 AT_LEAST_ONE = (
     "vocab_size", "chunk_size", "epochs", "batch_size", "grad_accum", "keep_checkpoints",
     "max_steps", "max_train_texts", "max_eval_texts", "max_val_texts", "stop_after_steps",
 )  # fmt: skip
 AT_LEAST_ZERO = ("save_every", "eval_every", "warmup_steps", "head_warmup_steps", "weight_decay")
+LEAST = {**dict.fromkeys(AT_LEAST_ONE, 1), **dict.fromkeys(AT_LEAST_ZERO, 0)}
 
 
 def check_numbers(config: TrainConfig) -> None:
     """A count of 0, a negative step or a masking rate outside (0, 1) fails before any work, naming the flag."""
-    for name in AT_LEAST_ONE + AT_LEAST_ZERO:
-        value, least = getattr(config, name), 1 if name in AT_LEAST_ONE else 0
-        if value is not None and value < least:
-            raise DeniroError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
-    for name in ("lr", "head_lr"):
-        if getattr(config, name) is not None and not getattr(config, name) > 0:
-            raise DeniroError(f"--{name.replace('_', '-')} must be above 0, got {getattr(config, name)}")
+    from deniro_rt.cli import check_least
+
+    check_least(config, LEAST, above_zero=("lr", "head_lr"))
     if not 0 < config.mlm_probability < 1:
         raise DeniroError(f"--mlm-probability must be in (0, 1) (0.15: the recipe), got {config.mlm_probability}")
