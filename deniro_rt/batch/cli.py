@@ -257,20 +257,13 @@ def read_input(path: Path, column: str):
 
 def text_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file (LF or CRLF), or an error naming the first line that is not UTF-8."""
-    raw = path.read_bytes().splitlines()
-    try:
-        return [line.decode("utf-8") for line in raw]
-    except UnicodeDecodeError:
-        bad = next(n for n, line in enumerate(raw, 1) if not is_utf8(line))
-        raise DeniroError(f"--input {path}: line {bad} is not valid UTF-8; save the file as UTF-8") from None
-
-
-def is_utf8(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DeniroError(f"--input {path}: line {number} is not valid UTF-8; save the file as UTF-8") from None
+    return lines
 
 
 def check_columns(names: list[str], config: BatchConfig) -> None:

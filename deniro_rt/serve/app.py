@@ -221,6 +221,7 @@ class FillService:
                 raise HTTPException(503, f"the model could not be loaded: {exc}", self.retry_after) from None
         texts, single = ([body.inputs], True) if isinstance(body.inputs, str) else (body.inputs, False)
         params = self.checked(texts, body.parameters)
+        size = self.check_size(texts, params)  # the answer's estimated bytes, refused beyond the limit
         if not texts:
             return JSONResponse([])
         try:
@@ -240,7 +241,7 @@ class FillService:
         finally:
             watcher.cancel()
         self.metrics.texts.labels("filled").inc(len(texts))
-        if answer_bytes(texts, [t.count(self.backend.mask_token) for t in texts], params) > OFF_LOOP_BYTES:
+        if size > OFF_LOOP_BYTES:
             return await asyncio.to_thread(JSONResponse, answer)  # megabytes of JSON: not on the event loop
         return JSONResponse(answer)
 
@@ -275,7 +276,6 @@ class FillService:
             parameters.joint,
             parameters.truncation,
         )
-        self.check_size(texts, params)
         return params
 
     def check_size(self, texts: list[str], params: FillParams) -> int:
