@@ -94,7 +94,7 @@ def bf16_verdict(fp32_graph: Path, data: ValidationSet, spec: ValidationSpec) ->
         return None
     reference = fast_reference(session_for(fp32_graph, ["CPUExecutionProvider"], "fp32"), data, spec.vocab_size)
     metrics = score_fast_graph(session, data, reference)
-    record = {**verdict(KEY, metrics), "source": data.source, "reference": "fp32 graph", "kernels": bf16_kernels()}
+    record = {**verdict(KEY, metrics), **data.record(), "reference": "fp32 graph", "kernels": bf16_kernels()}
     if metrics["top1_decisive"] is None:  # nothing to judge the answers on: not a pass
         record = {**record, "passed": False, "failed": [*record["failed"], "no decisive masks: raise --sentences"]}
     log.info("validation bf16 (OpenVINO, against the fp32 graph): %s", summary(record))

@@ -104,10 +104,12 @@ def model_index(manifest: dict, info: CardInfo) -> list[dict]:
 
 
 def _validation_set(manifest: dict) -> str:
-    cfg = manifest.get("export_config", {})
+    """The set's counts as validation recorded them; older manifests have only the requested ones (the config)."""
+    recorded = [r["set"] for r in manifest.get("validation", {}).values() if r.get("set")]
+    sizes = recorded[0] if recorded else manifest.get("export_config", {})
     return (
-        f"{cfg.get('sentences')} sentences, {cfg.get('random_sequences')} random sequences, "
-        f"{cfg.get('perplexity_chunks')} premasked chunks of {cfg.get('chunk_size')} tokens"
+        f"{sizes.get('sentences')} sentences, {sizes.get('random_sequences')} random sequences, "
+        f"{sizes.get('perplexity_chunks')} premasked chunks of {sizes.get('chunk_size')} tokens"
     )
 
 

@@ -107,7 +107,7 @@ def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, 
     metrics = validate.score_fast_graph(validate.session_for(int8_graph, cpu), data, ref)
     return {
         **validate.verdict("int8", metrics),
-        "source": data.source,
+        **data.record(),
         "reference": f"{FAST_GRAPHS['fp32']} (fp32 ONNX; re-quantized without the torch checkpoint)",
     }
 

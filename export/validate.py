@@ -8,7 +8,7 @@ and `check` the metrics against `THRESHOLDS`. `validate` does all of it for a se
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,11 @@ class ValidationSet:
     queries: list[MaskBatch]  # masked IMDB sentences, then random ids: logits and top-k
     perplexity: list[MaskBatch]  # premasked chunks (labels set): perplexity
     source: str  # where the text came from, for the manifest
+    sizes: dict[str, int] = field(default_factory=dict)  # what the set holds (a small corpus gives fewer)
+
+    def record(self) -> dict:
+        """The manifest's note of this set: its source and the counts it actually held."""
+        return {"source": self.source, "set": self.sizes}
 
 
 @dataclass(frozen=True)
@@ -233,14 +238,14 @@ def build_validation_set(tokenizer, texts: list[str], source: str, spec: Validat
         spec.seed,
         spec.batch_size,
     )
-    log.info(
-        "validation set: %d sentences + %d random sequences, %d perplexity chunks (%s)",
-        len(rows),
-        spec.random_sequences,
-        sum(len(b.input_ids) for b in ppl),
-        source,
-    )
-    return ValidationSet(queries, ppl, source)
+    sizes = {
+        "sentences": len(rows),
+        "random_sequences": spec.random_sequences,
+        "perplexity_chunks": sum(len(b.input_ids) for b in ppl),
+        "chunk_size": min(spec.chunk_size, spec.max_positions),
+    }
+    log.info("validation set: %s (%s)", sizes, source)
+    return ValidationSet(queries, ppl, source, sizes)
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -496,11 +501,11 @@ def validate(
             tie_rel=TIE_REL.get(precision, TIE_REL["fp32"]),
         )
         on_cpu = providers[precision][0] == "CPUExecutionProvider"
-        results[precision] = {**verdict(precision, metrics, on_cpu), "source": data.source}
+        results[precision] = {**verdict(precision, metrics, on_cpu), **data.record()}
         log.info("validation %s: %s", precision, summary(results[precision]))
     if full_graph is not None:
         metrics = score_full_graph(session_for(full_graph, providers["fp32"], "fp32"), data, ref)
-        results[FULL_GRAPH_KEY] = {**verdict(FULL_GRAPH_KEY, metrics), "source": data.source}
+        results[FULL_GRAPH_KEY] = {**verdict(FULL_GRAPH_KEY, metrics), **data.record()}
         log.info("validation %s: %s", full_graph.name, summary(results[FULL_GRAPH_KEY]))
     return results
 

@@ -98,3 +98,17 @@ def test_shipped_model_card_matches_its_manifest():
     assert model_card in (DEFAULT_MODEL_DIR / CARD).read_text(), "MODEL_CARD.md changed: rerun python -m export.card"
     folder_bytes = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())
     assert folder_bytes <= 20_000_000, f"the shipped folder with its card is {folder_bytes / 1e6:.2f} MB"
+
+
+def test_card_names_the_validation_set_it_ran(tiny_artifact):
+    """The dataset label counts what validation held, not what was asked for (a small corpus gives fewer)."""
+    manifest = load_manifest(tiny_artifact).raw
+    held = manifest["validation"]["fp32"]["set"]
+    asked = manifest["export_config"]
+    assert held["random_sequences"] == asked["random_sequences"]
+    assert 0 < held["sentences"] <= asked["sentences"] and 0 < held["perplexity_chunks"] <= asked["perplexity_chunks"]
+    label = header(tiny_artifact)["model-index"][0]["results"][0]["dataset"]["name"]
+    assert label == (
+        f"IMDB test split, export validation set ({held['sentences']} sentences, {held['random_sequences']} random "
+        f"sequences, {held['perplexity_chunks']} premasked chunks of {held['chunk_size']} tokens)"
+    )
