@@ -5,15 +5,19 @@ On Linux an existing `out` is swapped with the new folder in one system call (re
 so a reader or a crash sees the old folder or the new one, never neither. Where that call is missing
 (other systems, old kernels, file systems without it) the old folder is first renamed aside: a crash in
 that moment leaves `out` absent and the old folder, complete, at `.<name>.old-<pid>` beside it.
+A stage is named after its process (`.<name>.tmp-<pid>@<host>-…`): a run killed outright (SIGKILL, power loss)
+leaves it behind, and the next run writing the same `out` on that host deletes it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,13 +69,46 @@ def write_text_atomically(path: Path, text: str) -> None:
     os.replace(temp, path)  # one rename, over an existing file too
 
 
+def stage_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def stage_owner(stage: Path, out: Path) -> tuple[int, str] | None:
+    """(pid, host) of the process that made a stage beside `out`; None for names this module did not write."""
+    pid, at, rest = stage.name[len(stage_prefix(out)) :].partition("@")
+    host = rest.rpartition("-")[0]
+    return (int(pid), host) if at and pid.isdigit() and host else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_dead_stages(out: Path) -> None:
+    """Delete the stages beside `out` left by killed runs on this host (SIGKILL skips `staged`'s cleanup).
+    A stage of a live process, or of another host sharing the folder, is left alone."""
+    host = socket.gethostname()
+    for stage in out.parent.glob(f"{glob.escape(stage_prefix(out))}*"):
+        owner = stage_owner(stage, out)
+        if stage.is_dir() and owner and owner[1] == host and not alive(owner[0]):
+            log.warning("removing %s, the unfinished output of a killed run (pid %d)", stage, owner[0])
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A fresh hidden folder beside `out` to write into: published as `out` when the block succeeds,
     removed when it raises (then `out` is untouched)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_dead_stages(out)
+    stage = Path(tempfile.mkdtemp(prefix=f"{stage_prefix(out)}{os.getpid()}@{socket.gethostname()}-", dir=out.parent))
     stage.chmod(0o755)  # mkdtemp's 0700 would follow the folder when it is renamed into place
     try:
         yield stage

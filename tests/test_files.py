@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from deniro_rt import files
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make(folder: Path, version: str) -> Path:
@@ -110,3 +115,24 @@ def test_staged_publishes_on_success_and_leaves_nothing_on_failure(tmp_path):
             (stage / name).write_text(f"new {name}")
     assert version_of(out) == "new" and os.listdir(tmp_path) == ["out"] and (out / "inner").is_dir()
     assert (out.stat().st_mode & 0o777) == 0o755
+
+
+def test_staged_removes_the_stage_of_a_killed_run_only(tmp_path):
+    """SIGKILL skips staged's cleanup; the next run beside the same output deletes that stage, and only that."""
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, sys; from deniro_rt import files\n"
+        f"with files.staged({str(out)!r}) as stage:\n"
+        "    (stage / 'model.onnx').write_text('half'); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    (dead,) = tmp_path.glob(".out.tmp-*")
+    live = make(tmp_path / f".out.tmp-{os.getpid()}@{socket.gethostname()}-abc", "running")  # this process: alive
+    dead_pid = files.stage_owner(dead, out)[0]
+    elsewhere = make(tmp_path / f".out.tmp-{dead_pid}@other-host-abc", "remote")  # the dead pid, another host
+    foreign = make(tmp_path / ".out.tmp-xyz", "not ours")  # a name this module does not write
+    with files.staged(out) as stage:
+        (stage / "deniro.json").write_text("{}")
+    assert not dead.exists() and live.is_dir() and elsewhere.is_dir() and foreign.is_dir()
+    assert (out / "deniro.json").is_file()
