@@ -64,6 +64,27 @@ def resolve_attn_implementation(requested: str) -> str:
     return "sdpa" if int(transformers.__version__.split(".")[0]) < 5 else "eager"
 
 
+def check_model_folder(folder: Path) -> None:
+    """A folder without config.json, named for what it is: a run's checkpoint or an unfinished run say how to
+    get a model out of them (transformers only says "Unrecognized model")."""
+    if (folder / "config.json").is_file():
+        return
+    run = folder.parent.parent if (folder / "trainer_state.json").is_file() else folder
+    what = f"a checkpoint of the python -m train run in {run} (training state, not a model)"
+    if (run / "config.json").is_file():
+        raise DeniroError(f"--model {folder}: {what}; export the run's model: --model {run}")
+    if (run / "train_config.json").is_file() and (run / "checkpoints").is_dir():
+        what = what if run != folder else f"the unfinished python -m train run in {run} (no model written yet)"
+        raise DeniroError(
+            f"--model {folder}: {what}; finish the run with python -m train --output {run} --resume and its "
+            f"options, then export --model {run}"
+        )
+    raise DeniroError(
+        f"--model {folder}: no config.json in the folder; pass a save_pretrained folder, e.g. the --output of "
+        "python -m train"
+    )
+
+
 def load_mlm(name: str, attn_implementation: str) -> nn.Module:
     """AutoModelForMaskedLM with the MLM head checked present; DistilBERT only (the fast graph's head)."""
     from transformers import AutoModelForMaskedLM
@@ -73,6 +94,8 @@ def load_mlm(name: str, attn_implementation: str) -> nn.Module:
             f"--model {name}: folder not found (pass a save_pretrained folder, e.g. the "
             f"--output of python -m train, or a hub id)"
         )
+    if Path(name).expanduser().is_dir():
+        check_model_folder(Path(name).expanduser())
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             str(Path(name).expanduser()) if _looks_like_path(name) else name,

@@ -445,9 +445,23 @@ def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
     DistilBertModel(DistilBertConfig.from_pretrained(tiny_model_dir)).save_pretrained(no_head)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(tiny_model_dir / name, no_head / name)
-    cases = [(str(tmp_path / "missing"), "folder not found"), (str(no_head), "has no masked-LM head")]
+    run = tmp_path / "run"  # a python -m train run stopped before its end: checkpoints, no model yet
+    step = run / "checkpoints" / "step_00000004"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    (run / "train_config.json").write_text("{}")
+    cases = [
+        (str(tmp_path / "missing"), "folder not found"),
+        (str(no_head), "has no masked-LM head"),
+        (str(tmp_path), "no config.json in the folder; pass a save_pretrained folder"),
+        (str(run), f"the unfinished python -m train run in {run} (no model written yet); finish the run with"),
+        (str(step), f"a checkpoint of the python -m train run in {run} (training state, not a model); finish"),
+        (str(step), f"(training state, not a model); export the run's model: --model {run}"),  # run finished
+    ]
     for model, needle in cases:
         out = tmp_path / "out"
+        if "export the run's model" in needle:
+            shutil.copy(tiny_model_dir / "config.json", run / "config.json")
         code, lines = cli(["--onnx", "--model", model, "--output", str(out), "--no-validate"], capsys)
         assert code == EXIT_USAGE
         assert_one_error(lines, needle)
