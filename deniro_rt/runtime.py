@@ -83,6 +83,8 @@ class FillMask:
         self._drop_ids = np.array([self.tokenizer.token_to_id(t) for t in self._edge_tokens()], np.int64)
         self.token_str = lru_cache(maxsize=None)(self._decode_id)
         self.pieces = Pieces.for_tokenizer(self.tokenizer, set(self._drop_ids.tolist()), self.token_str)
+        added = self.tokenizer.get_added_tokens_decoder()
+        self._special_ids = frozenset(i for i, token in added.items() if token.special)  # [UNK], [MASK], ...
         self._constants: dict[tuple, np.ndarray] = {}  # read-only feed arrays reused by every call
         self._vocab_strings: np.ndarray | None = None  # [vocab + 1] token strings, built on first use
         chosen = "" if precision else ", the default here"  # bf16 where OpenVINO has it (providers.py), or fp32
@@ -377,6 +379,7 @@ class FillMask:
 
     def filled_sequences(self, ids: list[int], position: int, tokens: list[int]) -> list[str]:
         """decode(ids with ids[position] replaced by t) for each t of tokens, specials dropped."""
+        ids, position, tokens = self.as_transformers_shows(ids, position, tokens)
         if self.pieces:
             return self.pieces.filled(ids, position, tokens)
         return self.decode_filled([(np.asarray(ids), position, t) for t in tokens])
@@ -442,8 +445,23 @@ class FillMask:
         token_str = self.token_str(token) if isinstance(token, int) else self.decode_ids(token)
         return {"score": float(np.exp(logprob)), "token": token, "token_str": token_str, "sequence": sequence}
 
+    def as_transformers_shows(self, ids: list[int], position: int, tokens: list) -> tuple[list[int], int, list]:
+        """transformers decodes a text with one mask with skip_special_tokens=True: its [UNK]s (and a special
+        candidate, [UNK] or [MASK]) vanish from `sequence`; with several masks they stay. Returns ids without
+        those specials, the mask's position in them, and tokens with a special candidate made [PAD] (dropped)."""
+        if ids.count(self.mask_id) != 1:
+            return ids, position, tokens
+        special = self._special_ids
+        kept = [t for i, t in enumerate(ids) if i == position or t not in special]
+        position -= sum(t in special for t in ids[:position])
+        return kept, position, [self.pad_id if isinstance(t, int) and t in special else t for t in tokens]
+
     def decode_filled(self, candidates: list[tuple[np.ndarray, int, object]]) -> list[str]:
         """Decode each sequence with its mask at `position` replaced by token id(s), in one batch call."""
+        candidates = [
+            (np.asarray(ids), position, token[0])
+            for ids, position, token in (self.as_transformers_shows(i.tolist(), p, [t]) for i, p, t in candidates)
+        ]
         if self.pieces:
             return [
                 self.pieces.decode(

@@ -1,0 +1,113 @@
+"""deniro_rt against transformers' own FillMaskPipeline on adversarial text: accents (NFC and NFD), CJK, emoji,
+zero-width and control characters, odd whitespace, over-long words ([UNK]), masks next to punctuation or each
+other, first or last, targets spelled as vocabulary pieces.
+
+The pipeline runs the shipped model rebuilt in PyTorch from its graph (export.reference.model_from_graph, as
+tests/data/make_shipped_reference.py does). Compared: token ids (a swap forgiven between near-ties), scores,
+token_str and sequence. The one documented difference: a text with several masks has no [CLS]/[SEP] in its
+sequences (transformers decodes those with skip_special_tokens=False), so they are stripped before comparing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from deniro_rt import FillMask
+from deniro_rt.models import DEFAULT_MODEL_DIR
+
+SCORE_TOL = 1e-4  # relative; fp32 log-probs agree with PyTorch's to about 1e-5
+TEXTS = [
+    "café [MASK] naïve",
+    "cafe\u0301 [MASK] nai\u0308ve",  # NFD: combining accents
+    "I love 東京 [MASK].",  # CJK: each character its own token, [UNK] here
+    "so 😀 [MASK] 🎬",  # emoji: [UNK]
+    "a\u200b[MASK]\u200dword",  # zero-width space and joiner
+    "a\u0007b [MASK] \u0000c",  # control characters
+    "tab\there [MASK]\nnew\u00a0line",
+    "super" + "x" * 150 + " was [MASK].",  # one word past max_input_chars_per_word: [UNK]
+    "x[MASK]y",
+    "[MASK] is great.",
+    "it was [MASK]",
+    "[MASK]",
+    "[UNK] [MASK]",
+    "the [SEP] [MASK] [CLS] x",
+    "ＦＵＬＬ ｗｉｄｔｈ [MASK]",
+    "the movie wasn't [MASK] , i don't know .",
+    'he said "[MASK]" (really)?',
+    "[MASK][MASK] it",
+    "[MASK]-[MASK]",
+    "the [MASK] was [MASK] .",
+]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from transformers import AutoTokenizer, pipeline
+
+    from export.reference import model_from_graph
+
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    return pipeline("fill-mask", model=model_from_graph(DEFAULT_MODEL_DIR), tokenizer=tokenizer, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fm():
+    return FillMask(DEFAULT_MODEL_DIR, device="cpu", precision="fp32")
+
+
+def per_mask(result: list) -> list[list[dict]]:
+    return result if result and isinstance(result[0], list) else [result]
+
+
+def without_edges(sequence: str) -> str:
+    """transformers' multi-mask sequence with its [CLS]/[SEP] dropped (deniro's documented form)."""
+    return sequence.removeprefix("[CLS]").removesuffix("[SEP]").strip()
+
+
+def assert_same_answers(got: list, want: list, text: str) -> None:
+    several = len(per_mask(want)) > 1
+    for n, (mine, theirs) in enumerate(zip(per_mask(got), per_mask(want), strict=True)):
+        by_token = {p["token"]: p for p in theirs}
+        for rank, (p, q) in enumerate(zip(mine, theirs, strict=True)):
+            tie = p["token"] in by_token and abs(by_token[p["token"]]["score"] - q["score"]) <= SCORE_TOL * q["score"]
+            assert p["token"] == q["token"] or tie, f"{text!r} mask {n} rank {rank}: {p['token']} vs {q['token']}"
+            q = by_token[p["token"]]
+            assert abs(p["score"] - q["score"]) <= SCORE_TOL * q["score"] + 1e-9, (text, n, rank)
+            sequence = without_edges(q["sequence"]) if several else q["sequence"]
+            assert (p["token_str"], p["sequence"]) == (q["token_str"], sequence), (text, n, rank)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_fill_equals_the_transformers_pipeline(text, fm, pipe):
+    """A one-mask text with [UNK]s (emoji, CJK, long words) showed them in `sequence`, and a special
+    candidate ([UNK], [MASK]) too: transformers decodes such a text with skip_special_tokens=True."""
+    want = pipe(text, top_k=5)
+    assert_same_answers(fm.fill(text, top_k=5), want, text)
+    assert_same_answers(fm.fill([text, "a [MASK] ."], top_k=5)[0], want, text)  # the batched path
+    assert_same_answers(fm.fill_arrays([text], top_k=5).to_dicts()[0], want, text)
+
+
+def test_whole_vocabulary_sequences_equal_transformers(fm, pipe):
+    """top_k = the vocabulary: every candidate, [PAD]/[UNK]/[CLS]/[SEP]/[MASK] included."""
+    text = "so 😀 [MASK]."
+    want = {p["token"]: p for p in pipe(text, top_k=fm.manifest.vocab_size)}
+    got = fm.fill(text, top_k=fm.manifest.vocab_size)
+    assert sorted(p["token"] for p in got) == sorted(want)
+    wrong = [(p["token"], p["sequence"]) for p in got if p["sequence"] != want[p["token"]]["sequence"]]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("text", ["the [UNK] [MASK] .", "東 [MASK] [MASK]"])
+def test_several_masks_keep_unk_as_transformers_does(text, fm, pipe):
+    """With several masks transformers keeps special tokens in `sequence` (its other masks stay visible)."""
+    assert_same_answers(fm.fill(text, top_k=3), pipe(text, top_k=3), text)
+
+
+def test_targets_equal_transformers_for_one_piece_words(fm, pipe, caplog):
+    text = "This is a great [MASK]!"
+    for targets in (["Movie", "movie"], ["café", "naïve"], ["MOVIE", "Film"], ["  movie "], ["masterpiece"]):
+        with caplog.at_level(logging.ERROR, logger="transformers"):
+            want = pipe(text, targets=targets)
+        assert_same_answers(fm.fill(text, targets=targets), want, f"{text} targets={targets}")
