@@ -749,7 +749,9 @@ def target_pieces(fm: FillMask, targets) -> list[tuple[str, list[int]]]:
     # one candidate per spelling in pieces ("Movie" and "movie" are one word to an uncased model), as transformers
     by_pieces: dict[tuple[int, ...], str] = {}
     for word, encoding in zip(words, encodings):
-        by_pieces.setdefault(tuple(encoding.ids), word)  # the first spelling names the candidate
+        piece = fm.tokenizer.token_to_id(word)  # a piece as spelled ("##s", a token_str), as transformers looks it up
+        ids = (piece,) if piece is not None else tuple(encoding.ids)
+        by_pieces.setdefault(ids, word)  # the first spelling names the candidate
     pieces = [(w, list(ids)) for ids, w in by_pieces.items()]
     special = {i for i, token in fm.tokenizer.get_added_tokens_decoder().items() if token.special}
     unusable = [w for w, p in pieces if special & set(p)]  # [MASK], [UNK], ...: not words to rank

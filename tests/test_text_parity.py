@@ -111,3 +111,13 @@ def test_targets_equal_transformers_for_one_piece_words(fm, pipe, caplog):
         with caplog.at_level(logging.ERROR, logger="transformers"):
             want = pipe(text, targets=targets)
         assert_same_answers(fm.fill(text, targets=targets), want, f"{text} targets={targets}")
+
+
+def test_a_target_spelled_as_a_vocabulary_piece_is_that_piece(fm, pipe):
+    """'##s' (what token_str gives for a word piece) was tokenized as '#', '#', 's' and scored as a 3-piece
+    word; transformers looks a target up in the vocabulary first, so a returned token_str ranks as itself."""
+    text = "This is a great [MASK]!"
+    assert_same_answers(fm.fill(text, targets=["##s", "##ing"]), pipe(text, targets=["##s", "##ing"]), text)
+    pieces = [p for p in fm.fill(text, top_k=fm.manifest.vocab_size) if p["token_str"].startswith("##")][:3]
+    again = {p["token"]: p["score"] for p in fm.fill(text, targets=[p["token_str"] for p in pieces])}
+    assert again == pytest.approx({p["token"]: p["score"] for p in pieces}, rel=1e-6)
