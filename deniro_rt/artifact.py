@@ -41,6 +41,22 @@ FAST_GRAPHS = {"fp32": "fast.onnx", "fp16": "fast_fp16.onnx", "int8": "fast_int8
 FAST_INPUTS = ("input_ids", "attention_mask", "mask_index", "target_ids", "top_k")
 FAST_OUTPUTS = ("topk_logprobs", "topk_ids", "target_logprobs")
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# transformers' clean_up_tokenization, applied by its decode() to the whole string when the tokenizer's config
+# sets clean_up_tokenization_spaces: unlike the WordPiece decoder's own cleanup (token by token), it joins
+# across tokens ("it ' s" -> "it's").
+SPACE_CLEANUPS = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 @dataclass(frozen=True)
@@ -136,3 +152,23 @@ def verify_file(manifest: Manifest, name: str) -> Path:
             f"{expected[:12]}… in {MANIFEST}); re-run the export"
         )
     return path
+
+
+def cleans_up_spaces(manifest: Manifest) -> bool:
+    """Whether the artifact's tokenizer_config.json sets clean_up_tokenization_spaces (transformers' default,
+    when the key is absent: False). An artifact without the file decodes as its tokenizer.json alone does."""
+    if TOKENIZER_CONFIG not in manifest.files:
+        return False
+    path = verify_file(manifest, TOKENIZER_CONFIG)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run the export") from exc
+    return isinstance(config, dict) and config.get("clean_up_tokenization_spaces") is True
+
+
+def clean_up_spaces(text: str) -> str:
+    """transformers' clean_up_tokenization: no space before punctuation and English contractions."""
+    for dirty, clean in SPACE_CLEANUPS:
+        text = text.replace(dirty, clean)
+    return text

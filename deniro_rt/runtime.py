@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer, decoders
 
-from .artifact import FAST_INPUTS, TOKENIZER_FILE, load_manifest, verify_file
+from .artifact import FAST_INPUTS, TOKENIZER_FILE, clean_up_spaces, cleans_up_spaces, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
 from .errors import DeniroError, DeniroTypeError, TextError
 from .models import DEFAULT_MODEL_DIR
@@ -76,6 +76,7 @@ class FillMask:
         self.tokenizer.no_padding()
         self.mask_token, self.mask_id = self.manifest.mask_token, self.manifest.mask_token_id
         self.pad_id = self.manifest.pad_token_id
+        self.clean_up = cleans_up_spaces(self.manifest)  # transformers' decode() then cleans the whole string
         self._open_session(threads, cuda_graph)
         self._check_graph()
         self.overlap = self.provider != CPU if overlap is None else overlap
@@ -134,7 +135,11 @@ class FillMask:
         return [t for t in specials if t is not None]
 
     def _decode_id(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return self.shown([self.tokenizer.decode([token_id], skip_special_tokens=False)])[0]
+
+    def shown(self, decoded: list[str]) -> list[str]:
+        """Decoded strings as transformers' decode() returns them (clean_up_tokenization_spaces, if set)."""
+        return [clean_up_spaces(text) for text in decoded] if self.clean_up else decoded
 
     # ------------------------------------------------------------------ public API
     def fill(
@@ -373,7 +378,7 @@ class FillMask:
         """[vocab + 1] object array: decode([id]) per id, then "" (what id -1, a cut row, looks up)."""
         if self._vocab_strings is None:  # built once; a race builds the same array twice, harmlessly
             ids = [[i] for i in range(self.manifest.vocab_size)]
-            strings = self.tokenizer.decode_batch(ids, skip_special_tokens=False) + [""]
+            strings = self.shown(self.tokenizer.decode_batch(ids, skip_special_tokens=False)) + [""]
             self._vocab_strings = np.array(strings, dtype=object)
         return self._vocab_strings
 
@@ -381,7 +386,7 @@ class FillMask:
         """decode(ids with ids[position] replaced by t) for each t of tokens, specials dropped."""
         ids, position, tokens = self.as_transformers_shows(ids, position, tokens)
         if self.pieces:
-            return self.pieces.filled(ids, position, tokens)
+            return self.shown(self.pieces.filled(ids, position, tokens))
         return self.decode_filled([(np.asarray(ids), position, t) for t in tokens])
 
     # ------------------------------------------------------------------ results
@@ -463,14 +468,16 @@ class FillMask:
             for ids, position, token in (self.as_transformers_shows(i.tolist(), p, [t]) for i, p, t in candidates)
         ]
         if self.pieces:
-            return [
-                self.pieces.decode(
-                    ids[:position].tolist()
-                    + ([token] if isinstance(token, int) else list(token))
-                    + ids[position + 1 :].tolist()
-                )
-                for ids, position, token in candidates
-            ]
+            return self.shown(
+                [
+                    self.pieces.decode(
+                        ids[:position].tolist()
+                        + ([token] if isinstance(token, int) else list(token))
+                        + ids[position + 1 :].tolist()
+                    )
+                    for ids, position, token in candidates
+                ]
+            )
         filled = []
         for ids, position, token in candidates:
             pieces = [token] if isinstance(token, int) else list(token)
@@ -480,8 +487,8 @@ class FillMask:
     def decode_batch(self, sequences: list[np.ndarray]) -> list[str]:
         """Decode without [CLS]/[SEP]/[PAD] (other [MASK]s stay visible)."""
         if self.pieces:
-            return [self.pieces.decode(s.tolist()) for s in sequences]
-        return self.tokenizer_decode_batch(sequences)
+            return self.shown([self.pieces.decode(s.tolist()) for s in sequences])
+        return self.shown(self.tokenizer_decode_batch(sequences))
 
     def tokenizer_decode_batch(self, sequences: list[np.ndarray]) -> list[str]:
         """decode_batch through the tokenizer itself (the reference the spliced decoding is tested against)."""
@@ -489,7 +496,7 @@ class FillMask:
         return self.tokenizer.decode_batch(kept, skip_special_tokens=False)
 
     def decode_ids(self, ids) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return self.shown([self.tokenizer.decode(list(ids), skip_special_tokens=False)])[0]
 
 
 # ---------------------------------------------------------------------- spliced decoding

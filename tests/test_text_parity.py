@@ -121,3 +121,50 @@ def test_a_target_spelled_as_a_vocabulary_piece_is_that_piece(fm, pipe):
     pieces = [p for p in fm.fill(text, top_k=fm.manifest.vocab_size) if p["token_str"].startswith("##")][:3]
     again = {p["token"]: p["score"] for p in fm.fill(text, targets=[p["token_str"] for p in pieces])}
     assert again == pytest.approx({p["token"]: p["score"] for p in pieces}, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def cleaning_artifact(tmp_path_factory):
+    """The shipped artifact with clean_up_tokenization_spaces set in its tokenizer_config.json, as many BERT
+    checkpoints saved by transformers < 4.45 have it (the manifest's hash updated)."""
+    import json
+    import shutil
+
+    from deniro_rt.artifact import MANIFEST, sha256_file
+
+    TOKENIZER_CONFIG = "tokenizer_config.json"  # noqa: N806
+
+    folder = tmp_path_factory.mktemp("cleaning") / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    config = json.loads((folder / TOKENIZER_CONFIG).read_text())
+    (folder / TOKENIZER_CONFIG).write_text(json.dumps({**config, "clean_up_tokenization_spaces": True}))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"][TOKENIZER_CONFIG] = sha256_file(folder / TOKENIZER_CONFIG)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+CONTRACTIONS = ["it's a [MASK] movie, isn't it?", "i don't [MASK] it ' s", "we're [MASK] and they've gone ."]
+
+
+@pytest.mark.parametrize("text", CONTRACTIONS + ["the [MASK] wasn't [MASK] ."])
+def test_clean_up_tokenization_spaces_is_honoured(text, cleaning_artifact, pipe):
+    """transformers' decode() cleans the whole string when the tokenizer's config says so ("it ' s" ->
+    "it's"); deniro ignored the setting and showed "it ' s"."""
+    from transformers import AutoTokenizer, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(cleaning_artifact)
+    assert tokenizer.clean_up_tokenization_spaces
+    cleaning = pipeline("fill-mask", model=pipe.model, tokenizer=tokenizer, device="cpu")
+    fm = FillMask(cleaning_artifact, device="cpu", precision="fp32")
+    want = cleaning(text, top_k=3)
+    assert_same_answers(fm.fill(text, top_k=3), want, text)
+    assert_same_answers(fm.fill([text, "a [MASK] ."], top_k=3)[0], want, text)
+    assert_same_answers(fm.fill_arrays([text], top_k=3).to_dicts()[0], want, text)
+
+
+def test_without_the_setting_sequences_keep_the_tokenizers_spacing(fm):
+    """The shipped tokenizer_config says false: as in transformers, no second cleanup."""
+    assert "it ' s" in fm.fill(CONTRACTIONS[0], top_k=1)[0]["sequence"]
+    two_pieces = fm.fill("the [MASK] .", targets=["don't"])[0]
+    assert two_pieces["token_str"] == "don ' t"
