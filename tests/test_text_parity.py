@@ -105,8 +105,8 @@ def test_several_masks_keep_unk_as_transformers_does(text, fm, pipe):
     assert_same_answers(fm.fill(text, top_k=3), pipe(text, top_k=3), text)
 
 
-def test_targets_equal_transformers_for_one_piece_words(fm, pipe, caplog):
-    text = "This is a great [MASK]!"
+@pytest.mark.parametrize("text", ["This is a great [MASK]!", "so 😀 a [MASK]!", "the [MASK] was [MASK] ."])
+def test_targets_equal_transformers_for_one_piece_words(text, fm, pipe, caplog):
     for targets in (["Movie", "movie"], ["café", "naïve"], ["MOVIE", "Film"], ["  movie "], ["masterpiece"]):
         with caplog.at_level(logging.ERROR, logger="transformers"):
             want = pipe(text, targets=targets)
