@@ -86,6 +86,8 @@ class FillMask:
         self.pieces = Pieces.for_tokenizer(self.tokenizer, set(self._drop_ids.tolist()), self.token_str)
         added = self.tokenizer.get_added_tokens_decoder()
         self._special_ids = frozenset(i for i, token in added.items() if token.special)  # [UNK], [MASK], ...
+        # the specials a one-mask sequence shows only because they are not dropped anyway: [UNK], a stray [MASK]
+        self._shown_specials = self._special_ids - set(self._drop_ids.tolist())
         self._constants: dict[tuple, np.ndarray] = {}  # read-only feed arrays reused by every call
         self._vocab_strings: np.ndarray | None = None  # [vocab + 1] token strings, built on first use
         chosen = "" if precision else ", the default here"  # bf16 where OpenVINO has it (providers.py), or fp32
@@ -455,6 +457,9 @@ class FillMask:
         candidate, [UNK] or [MASK]) vanish from `sequence`; with several masks they stay. Returns ids without
         those specials, the mask's position in them, and tokens with a special candidate made [PAD] (dropped)."""
         if ids.count(self.mask_id) != 1:
+            return ids, position, tokens
+        shown = self._shown_specials  # set operations in C: an ordinary text costs no Python loop here
+        if shown.isdisjoint(ids[:position]) and shown.isdisjoint(ids[position + 1 :]) and shown.isdisjoint(tokens):
             return ids, position, tokens
         special = self._special_ids
         kept = [t for i, t in enumerate(ids) if i == position or t not in special]
