@@ -318,6 +318,27 @@ def test_validation_is_whole_seeded_reviews_carved_from_train_and_extra_text_onl
     assert split_texts(TrainConfig(val_fraction=0), texts)["validation"] == []
 
 
+def test_a_review_repeated_across_splits_never_trains_and_is_held_out(caplog):
+    """IMDB repeats reviews word for word (24,904 distinct texts in 25,000 train reviews; 269 test reviews are in
+    unsupervised): a held-out review whose copy trains would leak into validation or test."""
+    from train.config import TrainConfig
+    from train.loop import split_texts
+
+    train = [f"train {i}" for i in range(200)]
+    texts = {
+        "train": train + train[:100],  # every one of the first 100 reviews twice
+        "unsupervised": [f"unsup {i}" for i in range(50)] + train[100:] + ["test 3", "test 7"],
+        "test": [f"test {i}" for i in range(40)],
+    }
+    with caplog.at_level("INFO", logger="train"):
+        parts = split_texts(TrainConfig(extra_splits="unsupervised", val_fraction=0.2), texts)
+    trained = set(parts["train"])
+    assert trained.isdisjoint(parts["validation"]) and trained.isdisjoint(texts["test"])
+    assert parts["validation"] and parts["test"] == texts["test"]  # the test split itself is scored whole
+    assert {t for t in parts["train"] if t.startswith("unsup")} == set(texts["unsupervised"][:50])  # nothing else lost
+    assert "test reviews" in caplog.text
+
+
 def test_resume_without_a_checkpoint_says_so(imdb_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--resume")) == 2

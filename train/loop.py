@@ -169,14 +169,32 @@ def check_sources(config: TrainConfig) -> None:
 
 
 def split_texts(config: TrainConfig, texts: dict[str, list[str]]) -> dict[str, list[str]]:
-    """train (minus the validation reviews, plus --extra-splits), validation, test: lists of reviews."""
+    """train (minus the validation reviews, plus --extra-splits), validation, test: lists of reviews.
+
+    IMDB repeats reviews word for word (within train, and across train, test and unsupervised), so a held-out
+    review can have a copy that trains: --extra-splits text leaves out the validation and test reviews, and the
+    validation keeps only reviews whose text never trains. The --train-splits reviews stay as the recipe has them
+    (IMDB's own train/test repeats, counted in the log, train as they did in the original run)."""
     labelled = [t for s in split_list(config.train_splits) for t in texts[s]]
     train, val = carve_validation(labelled, config.val_fraction, config.val_seed)
-    train += [t for s in split_list(config.extra_splits) for t in texts[s]]
+    test = texts[config.eval_split]
+    extra = [t for s in split_list(config.extra_splits) for t in texts[s]]
+    held_out = set(val) | set(test)
+    kept_extra = [t for t in extra if t not in held_out]
+    in_train = set(train)
+    kept_val = [t for t in val if t not in in_train]
+    log.info(
+        "repeated reviews: %d --extra-splits reviews that are validation or test reviews left out of training, "
+        "%d validation reviews left out (a copy trains), %d test reviews also in --train-splits (trained on, as in "
+        "the recipe)",
+        len(extra) - len(kept_extra),
+        len(val) - len(kept_val),
+        sum(t in in_train for t in test),
+    )
     return {
-        "train": subset(train, config.max_train_texts, config.seed),
-        VALIDATION: subset(val, config.max_val_texts, config.val_seed),
-        "test": subset(texts[config.eval_split], config.max_eval_texts, config.eval_seed),
+        "train": subset(train + kept_extra, config.max_train_texts, config.seed),
+        VALIDATION: subset(kept_val, config.max_val_texts, config.val_seed),
+        "test": subset(test, config.max_eval_texts, config.eval_seed),
     }
 
 
