@@ -91,6 +91,13 @@ def test_resume_skips_a_damaged_checkpoint_and_refuses_other_options(imdb_dir, t
         "the options it was started with"
     )
     latest = sorted((resumed / "checkpoints").glob("step_*"))[-1]
+    state_file = latest / "trainer_state.json"
+    saved = state_file.read_text()
+    state_file.write_text(json.dumps({**json.loads(saved), "processes": 2}))  # as `accelerate launch` x 2 saves it
+    assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, *common, "--resume")) == 2  # was a silent other schedule
+    refused = _error_line(capsys)
+    assert refused.startswith(f"error: --resume: {latest} was saved by a run of 2 processes, this one has 1")
+    state_file.write_text(saved)
     (latest / "model.safetensors").unlink()  # a damaged newest checkpoint: the one before it is complete
     assert run(tiny_args(imdb_dir, tiny_model_dir, resumed, *common, "--resume")) == 0  # was a FileNotFoundError
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")

@@ -266,7 +266,7 @@ def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int,
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        state = {"step": step, "history": history, "since_eval": since_eval}
+        state = {"step": step, "history": history, "since_eval": since_eval, "processes": accelerator.num_processes}
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         publish(tmp, final)  # replaces a checkpoint of the same step in one swap
         for old in sorted((out / CHECKPOINTS).glob("step_*"))[:-keep]:
@@ -285,12 +285,24 @@ def load_checkpoint(accelerator, out: Path) -> tuple[int, list, dict | None]:
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             log.warning("checkpoint %s does not load (%s: %s); trying the one before", ckpt, type(exc).__name__, exc)
             continue
+        check_same_processes(state, ckpt, accelerator.num_processes)
         log.info("resumed from %s (step %d)", ckpt, state["step"])
         return state["step"], state["history"], state.get("since_eval")
     raise DeniroError(
         f"--resume: none of the checkpoints in {out / CHECKPOINTS} loads (the log names each problem); "
         "delete the damaged ones, or start over with --overwrite"
     )
+
+
+def check_same_processes(state: dict, ckpt: Path, n_procs: int) -> None:
+    """The global batch, the steps of an epoch and so the lr schedule's length depend on the process count: a
+    resume with another count would silently train another run (the lr jumps, chunks are skipped or repeated)."""
+    saved = state.get("processes", n_procs)  # checkpoints written before the count was saved: not checked
+    if saved != n_procs:
+        raise DeniroError(
+            f"--resume: {ckpt} was saved by a run of {saved} processes, this one has {n_procs}; the global batch, "
+            f"the steps of an epoch and the learning-rate schedule depend on it: resume with {saved} processes"
+        )
 
 
 def best_row(history: list[dict]) -> dict | None:
