@@ -88,8 +88,9 @@ def text_columns(preds, sequences: bool = False) -> dict[str, Any]:
 
 
 class FillMaskBatch:
-    """Ray Data `map_batches` callable: adds text_columns' columns (from FillMask.fill_arrays) to a batch:
-    a pyarrow Table (batch_format="pyarrow", what fill_dataset uses), a dict of numpy arrays or pandas."""
+    """Ray Data `map_batches` callable: adds text_columns' columns (from FillMask.fill_arrays) to a batch
+    (a pyarrow Table, what fill_dataset asks for, a dict of numpy arrays or pandas) and returns a pyarrow
+    Table, any batch_format."""
 
     def __init__(
         self,
@@ -114,20 +115,29 @@ class FillMaskBatch:
         return text_columns(preds, self.sequences)
 
     def __call__(self, batch: Any):
-        import pyarrow as pa
-
-        if isinstance(batch, pa.Table):
-            added = self.predict(batch.column(self.column).to_pylist())
-            for name, values in added.items():
-                batch = batch.append_column(name, values)
-            return batch
-        added = self.predict([str(t) for t in list(batch[self.column])])
-        if isinstance(batch, dict):  # batch_format="numpy": a new dict (input arrays may be read-only)
-            return {**batch, **{k: v.to_numpy(zero_copy_only=False) for k, v in added.items()}}
-        out = batch.copy()  # pandas
+        """The batch with the added columns, always as a pyarrow Table: from a numpy or pandas batch's
+        nested lists Ray Data would write pickled Python objects (its fallback), not list columns."""
+        table = as_arrow(batch)
+        added = self.predict(table.column(self.column).to_pylist())  # a null stays None: the runtime names it
         for name, values in added.items():
-            out[name] = values.to_pandas().to_numpy()
-        return out
+            table = table.append_column(name, values)
+        return table
+
+
+def as_arrow(batch: Any):
+    """A map_batches batch (pyarrow Table, dict of numpy arrays, pandas DataFrame) as a pyarrow Table,
+    converted as Ray Data converts it (its tensor columns too) where Ray is installed."""
+    import pyarrow as pa
+
+    if isinstance(batch, pa.Table):
+        return batch
+    try:
+        from ray.data.block import BlockAccessor
+    except ImportError:  # used outside Ray
+        return pa.table(batch) if isinstance(batch, dict) else pa.Table.from_pandas(batch, preserve_index=False)
+    if isinstance(batch, dict):
+        return BlockAccessor.batch_to_arrow_block(batch)
+    return BlockAccessor.for_block(batch).to_arrow()
 
 
 def fill_dataset(dataset, spec: FillSpec, concurrency: int | tuple[int, int] = 1, batch_size: int = 256):
