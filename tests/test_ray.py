@@ -463,3 +463,22 @@ def test_batch_command_names_the_extra_when_pyarrow_is_missing(tmp_path, corpus,
         'pip install "deniro[batch]" (or "deniro[ray]")'
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_workers_larger_than_any_node_are_refused_instead_of_hanging(local_ray, tmp_path, corpus, capsys):
+    """Ray waits forever for an actor no node can hold: the batch job and the Serve deployment hung."""
+    from deniro_rt.serve.ray import RayServeConfig, start
+
+    argv = ["--input", str(corpus), "--column", "review", "--output", str(tmp_path / "o"), "--ray"]
+    assert batch_error(capsys, argv + ["--cpus-per-worker", "4"]) == (
+        "error: --cpus-per-worker 4 is more than any node of the Ray cluster has (the largest: 2 CPUs), so Ray "
+        "would wait forever; pass --cpus-per-worker 2 or less"
+    )
+    assert batch_error(capsys, argv + ["--gpus-per-worker", "1"]).startswith(
+        "error: --gpus-per-worker 1 is more than any node of the Ray cluster has (the largest: 0 GPUs)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.parquet"]  # nothing written
+    with pytest.raises(deniro_rt.DeniroError, match=r"--num-cpus 3 is more than any node .* pass --num-cpus 2 or"):
+        start(RayServeConfig(num_cpus=3, name="too-big"))
+    with pytest.raises(deniro_rt.DeniroError, match=r"^3 replicas of --num-cpus 1 need 3 CPUs, the Ray cluster has 2"):
+        start(RayServeConfig(num_replicas=3, num_cpus=1, name="too-many"))

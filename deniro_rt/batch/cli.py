@@ -28,6 +28,7 @@ import logging
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,6 +161,23 @@ def run_batch(config: BatchConfig) -> Path:
     check_texts(table.column(config.column).to_pylist(), config, lines)
     output = Path(config.output).resolve()
     check_output(output, config.overwrite)
+    with ray_connection(config):  # the workers' resources are checked before any output is touched
+        staging, first_row, seconds = fill_staging(table, config, output)
+    filled = table.num_rows - first_row
+    finish(
+        staging,
+        output,
+        {**asdict(config), "rows": table.num_rows, "seconds": seconds, "resumed_from_row": first_row},
+    )
+    log.info(
+        "filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9), output / SHARDS
+    )
+    return output
+
+
+def fill_staging(table, config: BatchConfig, output: Path) -> tuple[Path, int, float]:
+    """Fill the rows still missing into shards in <output>.partial; returns that folder, the first row
+    filled by this run (after --resume's shards) and the seconds the fill took."""
     staging = staging_folder(output)
     writer = ShardWriter(staging / SHARDS, config.rows_per_shard, open_staging(staging, config, table.num_rows))
     start = time.perf_counter()
@@ -168,17 +186,28 @@ def run_batch(config: BatchConfig) -> Path:
     except DeniroError:  # a row the model refuses: the same input fails again, nothing worth resuming
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    seconds = time.perf_counter() - start
-    filled = table.num_rows - writer.first_row
-    finish(
-        staging,
-        output,
-        {**asdict(config), "rows": table.num_rows, "seconds": seconds, "resumed_from_row": writer.first_row},
-    )
-    log.info(
-        "filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9), output / SHARDS
-    )
-    return output
+    return staging, writer.first_row, time.perf_counter() - start
+
+
+@contextmanager
+def ray_connection(config: BatchConfig):
+    """With --ray: connected to Ray (a local Ray started here is shut down after) and the workers' CPUs and
+    GPUs checked against its nodes; without: nothing."""
+    if not config.ray:
+        yield
+        return
+    ray = import_ray()
+    from .ray import check_node_fits
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=config.address, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        check_node_fits(config.cpus_per_worker, config.gpus_per_worker, "--cpus-per-worker", "--gpus-per-worker")
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def staging_folder(output: Path) -> Path:
@@ -362,16 +391,13 @@ def shard_batches(table, first_row: int, config: BatchConfig):
 
 
 def fill_on_ray(table, config: BatchConfig, writer: ShardWriter) -> None:
-    """Fill on a pool of Ray Data actors, blocks of `batch_size` rows; results come back in input order
-    and are written as shards here, as they arrive."""
+    """Fill on a pool of Ray Data actors (Ray connected: ray_connection), blocks of `batch_size` rows;
+    results come back in input order and are written as shards here, as they arrive."""
     ray = import_ray()
     import pyarrow as pa
 
     from .ray import fill_dataset
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=config.address, include_dashboard=False, logging_level=logging.WARNING)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in input order
@@ -385,9 +411,6 @@ def fill_on_ray(table, config: BatchConfig, writer: ShardWriter) -> None:
         if refusal is None:
             raise
         raise refusal from None
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _pool_size(ray, config: BatchConfig) -> int:

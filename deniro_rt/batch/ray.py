@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DeniroError
 from ..runtime import FillMask
 
 # Columns added next to the input columns, per row (text): the first mask's best word and its score,
@@ -165,3 +166,18 @@ def _constructor_kwargs(spec: FillSpec) -> dict:
     wanted = ("model", "device", "precision", "top_k", "column", "truncation", "sequences")
     kwargs = {k: v for k, v in asdict(spec).items() if k in wanted}
     return {**kwargs, "threads": spec.threads()}
+
+
+def check_node_fits(cpus: float, gpus: float, cpu_flag: str, gpu_flag: str) -> None:
+    """Refuse an actor no node of the connected cluster can hold: Ray would wait for one forever (it only
+    logs "No available node types can fulfill resource request"), so the job or deployment would hang."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    for flag, resource, wanted in ((cpu_flag, "CPU", cpus), (gpu_flag, "GPU", gpus)):
+        largest = max((node.get(resource, 0.0) for node in nodes), default=0.0)
+        if wanted > largest:
+            raise DeniroError(
+                f"{flag} {wanted:g} is more than any node of the Ray cluster has (the largest: {largest:g} "
+                f"{resource}s), so Ray would wait forever; pass {flag} {largest:g} or less"
+            )

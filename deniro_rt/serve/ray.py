@@ -229,11 +229,31 @@ def connect(config: RayServeConfig) -> None:
         ray.init(address=config.address, include_dashboard=False, logging_level=logging.WARNING)
 
 
+def check_cluster_fits(config: RayServeConfig) -> None:
+    """serve.run waits forever for replicas the cluster cannot place (Ray only logs that no node fits them):
+    refuse a replica larger than every node, or more starting replicas than the cluster's CPUs/GPUs hold."""
+    import ray
+
+    from ..batch.ray import check_node_fits
+
+    check_node_fits(config.num_cpus, config.num_gpus, "--num-cpus", "--num-gpus")
+    replicas = config.num_replicas if config.max_replicas is None else max(1, config.min_replicas)
+    total = ray.cluster_resources()
+    for option, resource, each in (("--num-cpus", "CPU", config.num_cpus), ("--num-gpus", "GPU", config.num_gpus)):
+        if replicas * each > total.get(resource, 0.0):
+            raise DeniroError(
+                f"{replicas} replicas of {option} {each:g} need {replicas * each:g} {resource}s, the Ray cluster "
+                f"has {total.get(resource, 0.0):g}, so Serve would wait forever; pass fewer replicas "
+                f"(--num-replicas, or --min-replicas with --max-replicas) or a smaller {option}"
+            )
+
+
 def start(config: RayServeConfig) -> str:
     """Connect, start Serve's HTTP proxy on host:port, deploy and wait until ready; returns the URL."""
     serve = require_ray()
     application = build_app(config)  # bad options fail before anything starts
     connect(config)
+    check_cluster_fits(config)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(application, name=config.name, route_prefix="/")
     return f"http://{config.host}:{config.port}/"
