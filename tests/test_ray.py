@@ -482,3 +482,24 @@ def test_workers_larger_than_any_node_are_refused_instead_of_hanging(local_ray, 
         start(RayServeConfig(num_cpus=3, name="too-big"))
     with pytest.raises(deniro_rt.DeniroError, match=r"^3 replicas of --num-cpus 1 need 3 CPUs, the Ray cluster has 2"):
         start(RayServeConfig(num_replicas=3, num_cpus=1, name="too-many"))
+
+
+def test_batch_command_names_a_column_that_is_not_text(tmp_path, capsys):
+    """A numeric or binary column was reported as rows to "drop or fill"; the fix is another --column."""
+    path = tmp_path / "typed.parquet"
+    pq.write_table(
+        pa.table({"id": [1, 2], "raw": [b"a [MASK]", b"b [MASK]"], "review": ["a [MASK]", "b [MASK]"]}), path
+    )
+    argv = ["--input", str(path), "--output", str(tmp_path / "o")]
+    assert batch_error(capsys, argv + ["--column", "id"]) == (
+        "error: --input column 'id' holds int64, not text; pass --column with the column of texts with [MASK] "
+        "(the text columns: review)"
+    )
+    assert batch_error(capsys, argv + ["--column", "raw"]).startswith("error: --input column 'raw' holds binary, not")
+    pq.write_table(pa.table({"id": [1, 2]}), path)
+    assert batch_error(capsys, argv + ["--column", "id"]).endswith(
+        "(the input has no text column; store the texts as strings)"
+    )
+    categorical = tmp_path / "categorical.parquet"  # pandas' category dtype: a dictionary of strings is text
+    pq.write_table(pa.table({"text": pa.array(["a [MASK] day", "a [MASK] day"]).dictionary_encode()}), categorical)
+    assert batch_main(["--input", str(categorical), "--output", str(tmp_path / "c"), "--precision", PRECISION]) == 0

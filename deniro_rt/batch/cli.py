@@ -158,6 +158,7 @@ def run_batch(config: BatchConfig) -> Path:
     check_config(config)
     table, lines = read_input(Path(config.input), config.column)
     check_columns(table.column_names, config)
+    check_text_type(table.schema, config)
     check_texts(table.column(config.column).to_pylist(), config, lines)
     output = Path(config.output).resolve()
     check_output(output, config.overwrite)
@@ -306,6 +307,29 @@ def check_columns(names: list[str], config: BatchConfig) -> None:
             f"--input has column(s) {', '.join(clash)}, which the output adds (is it an earlier output?); "
             f"drop or rename them first"
         )
+
+
+def is_text_type(kind) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):  # a categorical column of strings
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def check_text_type(schema, config: BatchConfig) -> None:
+    """A column of numbers or bytes is the wrong column (or not stored as text), not rows to drop."""
+    kind = schema.field(config.column).type
+    if is_text_type(kind):
+        return
+    texts = [f.name for f in schema if is_text_type(f.type)]
+    hint = (
+        f"the text columns: {', '.join(texts)}" if texts else "the input has no text column; store the texts as strings"
+    )
+    raise DeniroError(
+        f"--input column {config.column!r} holds {kind}, not text; pass --column with the column of texts "
+        f"with [MASK] ({hint})"
+    )
 
 
 def check_texts(texts: list, config: BatchConfig, lines: list[int] | None = None) -> None:
