@@ -304,7 +304,7 @@ def test_batch_command_text_files_name_lines_and_outputs_it_cannot_replace_are_r
     assert not list(tmp_path.glob("*.partial")) and list(inside.iterdir()) == []
 
 
-def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
+def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
@@ -315,6 +315,7 @@ def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys):
     )
     assert (out / "mine.txt").read_text() == "keep me"
     long_text = "good " * 600 + "[MASK] ."  # the model refuses it during the fill (after shards were written)
+    monkeypatch.setattr("deniro_rt.batch.cli.check_lengths", lambda *args: None)  # else refused up front
     refused = tmp_path / "refused.parquet"
     pq.write_table(pa.table({"review": ["a [MASK] movie"] * 40 + [long_text]}), refused)
     failing = [
@@ -441,7 +442,9 @@ def test_serve_batching_caps_a_request_at_the_batch_size():
 
 
 @pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "1"]], ids=["in-process", "ray-data"])
-def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, capsys, extra):
+def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, capsys, extra, monkeypatch):
+    """A refusal in the fill (the up-front checks skipped here) ends the run with one error line."""
+    monkeypatch.setattr("deniro_rt.batch.cli.check_lengths", lambda *args: None)
     long_text = "good " * 600 + "[MASK] ."  # over the shipped model's 512 positions
     path = tmp_path / "long.parquet"
     pq.write_table(pa.table({"text": ["a [MASK] movie", long_text]}), path)
@@ -503,3 +506,18 @@ def test_batch_command_names_a_column_that_is_not_text(tmp_path, capsys):
     categorical = tmp_path / "categorical.parquet"  # pandas' category dtype: a dictionary of strings is text
     pq.write_table(pa.table({"text": pa.array(["a [MASK] day", "a [MASK] day"]).dictionary_encode()}), categorical)
     assert batch_main(["--input", str(categorical), "--output", str(tmp_path / "c"), "--precision", PRECISION]) == 0
+
+
+def test_batch_command_finds_over_long_texts_before_any_work(tmp_path, capsys):
+    """Without --truncation a text over the model's positions ended the run when the fill reached its
+    batch (hours into a big file) and deleted the shards written so far; it is now found up front."""
+    path = tmp_path / "long.txt"
+    path.write_text("a [MASK] day\n\n" + "good " * 600 + "[MASK] .\n" + "[MASK] " + "bad " * 520 + "\n")
+    argv = ["--input", str(path), "--output", str(tmp_path / "o"), "--precision", PRECISION]
+    assert batch_error(capsys, argv) == (
+        "error: 2 of 3 rows of column 'text' are longer than the model's 512 tokens (lines 3, 4; the first is "
+        "604 tokens); pass --truncation to keep a window around their masks, or shorten or filter those rows"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.txt"]  # nothing written
+    assert batch_main(argv + ["--truncation"]) == 0
+    assert pq.read_table(tmp_path / "o" / "predictions").column("mask_positions").to_pylist()[1:] == [[509], [1]]

@@ -42,6 +42,7 @@ CONFIG_FILE = "batch_config.json"
 JOB_FILE = "job.json"  # in <output>.partial: the options a --resume must match
 TEXT_SUFFIXES = (".txt", ".text")
 SHOWN_ROWS = 5  # row numbers listed in an error message
+LENGTH_CHUNK = 4096  # texts tokenized at once by the up-front length check
 
 
 @dataclass
@@ -338,7 +339,8 @@ def check_texts(texts: list, config: BatchConfig, lines: list[int] | None = None
     from ..artifact import load_manifest
     from ..models import DEFAULT_MODEL_DIR
 
-    mask = load_manifest(DEFAULT_MODEL_DIR if config.model is None else config.model).mask_token
+    manifest = load_manifest(DEFAULT_MODEL_DIR if config.model is None else config.model)
+    mask = manifest.mask_token
     not_text = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if not_text:
         raise DeniroError(
@@ -356,6 +358,29 @@ def check_texts(texts: list, config: BatchConfig, lines: list[int] | None = None
             f"{len(no_mask)} of {len(texts)} rows of column {config.column!r} have no {mask} "
             f"({_rows(no_mask, lines)}; first: {texts[no_mask[0]][:60]!r}){hint}; put {mask} "
             f"where a word should be predicted in every row, or filter those rows out first"
+        )
+    if not config.truncation:
+        check_lengths(texts, config, manifest, lines)
+
+
+def check_lengths(texts: list[str], config: BatchConfig, manifest, lines: list[int] | None = None) -> None:
+    """Without --truncation the model refuses a text over its positions, and that ended the job at its row,
+    possibly hours in: count every text's tokens first (a small part of a fill's work)."""
+    from tokenizers import Tokenizer
+
+    from ..artifact import TOKENIZER_FILE, verify_file
+
+    tokenizer = Tokenizer.from_file(str(verify_file(manifest, TOKENIZER_FILE)))
+    tokenizer.no_truncation()  # as the runtime: [CLS] and [SEP] counted, nothing cut
+    lengths = []
+    for start in range(0, len(texts), LENGTH_CHUNK):  # chunks: all encodings at once would hold every token
+        lengths += [len(e.ids) for e in tokenizer.encode_batch_fast(texts[start : start + LENGTH_CHUNK])]
+    too_long = [i for i, n in enumerate(lengths) if n > manifest.max_positions]
+    if too_long:
+        raise DeniroError(
+            f"{len(too_long)} of {len(texts)} rows of column {config.column!r} are longer than the model's "
+            f"{manifest.max_positions} tokens ({_rows(too_long, lines)}; the first is {lengths[too_long[0]]} "
+            f"tokens); pass --truncation to keep a window around their masks, or shorten or filter those rows"
         )
 
 
