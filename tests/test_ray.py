@@ -521,3 +521,15 @@ def test_batch_command_finds_over_long_texts_before_any_work(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.txt"]  # nothing written
     assert batch_main(argv + ["--truncation"]) == 0
     assert pq.read_table(tmp_path / "o" / "predictions").column("mask_positions").to_pylist()[1:] == [[509], [1]]
+
+
+def test_a_text_the_length_check_skips_cannot_be_too_long():
+    """check_lengths tokenizes only texts of 2 * characters + 2 over the positions: no text grows past that bound."""
+    from tokenizers import Tokenizer
+
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    worst = ["İ" * 50, "東京" * 25, "😀" * 50, "!?" * 25, "é" * 50, "ﬁ" * 50, "a\u0301" * 25, "ǅ" * 50, "[MASK]" * 9]
+    for text in worst:
+        assert len(tokenizer.encode(text).ids) <= 2 * len(text) + 2, text
