@@ -68,7 +68,8 @@ def measure(cfg: HostConfig) -> dict:
     order rotated from batch to batch: each call follows each other one as often (the call after the bare
     tokenizer was measured up to 8 % slower)."""
     from deniro_rt import FillMask
-    from deniro_rt.runtime import padding_fraction
+
+    from .workload import call_padding
 
     fm = FillMask(cfg.model, device="cpu", threads=cfg.threads, token_budget=cfg.token_budget)
     texts = sentences(cfg, fm.mask_token)
@@ -89,7 +90,7 @@ def measure(cfg: HostConfig) -> dict:
         "us_per_sentence": us,
         "sentences": len(texts),
         "mean_tokens": float(lengths.mean()),
-        "padding_fraction": padding_fraction(lengths, cfg.batch, fm.token_budget),
+        "padding_fraction": call_padding(lengths, cfg.batch, len(texts), fm.token_budget),  # per call, as run
         "threads": cfg.threads,
         "token_budget": fm.token_budget,
         "artifact": str(fm.manifest.folder),

@@ -20,7 +20,7 @@ from .engines import Context, Engine, deniro_precisions, make_engines
 from .parity import eval_chunks, eval_settings, run_parity
 from .timing import Timing, latency, throughput
 from .train_bench import run_train
-from .workload import PROMPT, Workload, bucket_lengths, build_workload, load_tokenizer
+from .workload import PROMPT, Workload, bucket_lengths, build_workload, call_padding, load_tokenizer
 
 log = logging.getLogger("bench")
 EXIT_PARITY = 1  # a parity threshold failed (the reports are written all the same)
@@ -251,20 +251,19 @@ def model_benchmarks(cfg: BenchConfig, device: str, wanted: set[str]) -> dict:
 def host_us(rows: list[dict], workload: Workload) -> list[dict]:
     """Host microseconds per sentence at each batch size: end to end (deniro_rt, deniro_rt-arrays) minus the
     graph alone (deniro_rt-model), same precision, provider, batch and length; and the padding fraction of
-    those batches (texts sorted by length, `batch` per graph run)."""
-    from deniro_rt.runtime import padding_fraction
+    the graph runs those timed calls made (each call's `batch` texts sorted and split by the runtime's default
+    token budget on that provider, as FillMask.batches does)."""
+    from deniro_rt.runtime import check_budget
 
-    us = {
-        (r["engine"], r["precision"], r["provider"], r["batch"], r["length"]): 1e6 / r["throughput"]["sentences_per_s"]
-        for r in rows
-        if r.get("throughput")
-    }
+    timed = {tuple(r[k] for k in ROW_KEY): r["throughput"] for r in rows if r.get("throughput")}
     out = []
-    for (engine, precision, provider, batch, length), e2e in us.items():
-        model = us.get(("deniro_rt-model", precision, provider, batch, length))
+    for (engine, precision, provider, batch, length), thr in timed.items():
+        model = timed.get(("deniro_rt-model", precision, provider, batch, length))
         if engine not in ("deniro_rt", "deniro_rt-arrays") or model is None:
             continue
-        tokens = np.array(workload.tokens.get(length) or [length])  # [n_texts] token counts
+        tokens = np.array(workload.tokens.get(length) or [length])  # [n_texts] token counts, cycled by the calls
+        e2e_us, model_us = 1e6 / thr["sentences_per_s"], 1e6 / model["sentences_per_s"]
+        padding = call_padding(tokens, batch, thr["sentences"], check_budget(None, provider))
         out.append(
             {
                 "engine": engine,
@@ -272,10 +271,10 @@ def host_us(rows: list[dict], workload: Workload) -> list[dict]:
                 "provider": provider,
                 "batch": batch,
                 "length": length,
-                "e2e_us": e2e,
-                "model_us": model,
-                "host_us": e2e - model,
-                "padding_fraction": padding_fraction(tokens, batch),
+                "e2e_us": e2e_us,
+                "model_us": model_us,
+                "host_us": e2e_us - model_us,
+                "padding_fraction": padding,
             }
         )
     return out
