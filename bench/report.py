@@ -251,7 +251,7 @@ def _parity_md(report: dict) -> list[str]:
 def _speed_md(report: dict) -> list[str]:
     if not report.get("rows"):
         return []
-    return table(
+    return _budget_note(report["rows"]) + table(
         "Latency and throughput (scope e2e: tokenize, model, top-k, decode; model: the graph alone on prepared inputs)",
         [
             "engine",
@@ -269,6 +269,19 @@ def _speed_md(report: dict) -> list[str]:
         ],
         [_speed_row(r) for r in report["rows"]],
     )
+
+
+def _budget_note(rows: list[dict]) -> list[str]:
+    """What a deniro_rt batch row runs: `batch` texts a call, but graph runs of at most the token budget."""
+    budgets = sorted({r["token_budget"] for r in rows if r.get("token_budget")})
+    if not budgets:
+        return []
+    return [
+        f"deniro_rt rows: `batch` texts per fill call, sorted by length and run as graphs of at most "
+        f"{' / '.join(map(str, budgets))} padded tokens each (the runtime's CPU token budget: fewer rows than "
+        f"`batch` for long texts); the PyTorch engines run each batch as one padded forward.",
+        "",
+    ]
 
 
 def _speed_row(r: dict) -> list:

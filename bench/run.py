@@ -168,6 +168,9 @@ def _row(engine: Engine, batch: int, length) -> dict:
         "latency": None,
         "throughput": None,
         "top1_vs_pytorch": None,
+        # deniro_rt: `batch` texts a fill call, split below it into graph runs of at most this many padded
+        # tokens (the runtime's CPU default; 0: none); the PyTorch engines run a batch as one padded forward
+        "token_budget": getattr(getattr(engine, "fm", None), "token_budget", None),
     }
 
 

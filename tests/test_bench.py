@@ -146,6 +146,17 @@ def test_one_row_per_engine_precision_provider_batch_length(quick, ours):
                 assert_throughput(mine[(b, n)]["throughput"])
 
 
+def test_deniro_batch_rows_say_their_graph_runs_hold_at_most_the_token_budget(quick):
+    """A deniro_rt row at batch B runs B texts a call, but on CPU in graph runs of at most 1,024 padded tokens
+    (fewer rows than B): the row and bench.md say so, beside PyTorch's one padded forward per batch."""
+    from deniro_rt.runtime import CPU_TOKEN_BUDGET
+
+    rows = quick[1]["rows"]
+    assert {r["token_budget"] for r in rows if r["engine"].startswith("deniro_rt")} == {CPU_TOKEN_BUDGET}
+    assert {r["token_budget"] for r in rows if not r["engine"].startswith("deniro_rt")} == {None}
+    assert f"at most {CPU_TOKEN_BUDGET} padded tokens" in (quick[2] / "bench.md").read_text()
+
+
 def assert_latency(lat):
     assert lat["samples"] == 8
     assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
