@@ -5,7 +5,8 @@ client holds one keep-alive HTTP/1.1 connection (raw asyncio streams; httpx's ~1
 per request made the load generator itself the bottleneck on 2 cores) and POSTs one IMDB test
 sentence (`{"inputs": sentence}`), reads the whole answer and sends the next, until --requests
 requests or --seconds have passed. Reports sentences/s, latency p50/p90/p99, failures (503 counted
-apart) and the server's batch sizes (mean and histogram, from /metrics).
+apart), the server's batch sizes (mean and histogram, from /metrics) and the cores the load generator
+itself kept busy (`client_cpu_cores`: it shares the machine's cores with the server).
 
 Servers:
   batched      deniro_rt serve --max-batch-size B (dynamic batching)
@@ -275,6 +276,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)  # seconds, answered with 200
     statuses: dict[str, int] = field(default_factory=dict)  # "200", "503", "error", ...
     sent: int = 0
+    client_cpu_s: float = 0.0  # CPU seconds the load generator itself took (it shares the cores with the server)
 
 
 def encode_requests(texts: list[str], port: int) -> list[bytes]:
@@ -328,8 +330,9 @@ async def client_loop(port: int, requests: list[bytes], tally: Tally, limit: int
 async def drive(port: int, requests: list[bytes], clients: int, limit: int, seconds: float) -> tuple[Tally, float]:
     """`clients` concurrent closed loops until `limit` requests were sent or `seconds` passed."""
     tally = Tally()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client_loop(port, requests, tally, limit, started + seconds) for _ in range(clients)))
+    tally.client_cpu_s = time.process_time() - cpu
     return tally, time.perf_counter() - started
 
 
@@ -404,6 +407,8 @@ def summarize(name: str, clients: int, cells: list[Cell]) -> dict:
         "seconds": round(elapsed, 3),
         "sentences_per_s": ok / elapsed,
         "per_round_sentences_per_s": [c.tally.statuses.get("200", 0) / c.elapsed for c in cells],
+        # cores the load generator kept busy: near the usable cores, it (not the server) is the limit
+        "client_cpu_cores": sum(c.tally.client_cpu_s for c in cells) / elapsed,
         "mean_batch": sum(c.texts for c in cells) / max(1, sum(c.calls for c in cells)),
         "batch_histogram": histogram(cells),
     }
@@ -547,15 +552,16 @@ def _setup_paragraphs(result: dict) -> list[str]:
 
 def _rows_table(result: dict) -> list[str]:
     lines = [
-        "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server | clients | sentences/s | per round | p50 ms | p90 ms | p99 ms | mean batch | ok | 503 | failed "
+        "| client cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         rounds = " / ".join(f"{v:.0f}" for v in r["per_round_sentences_per_s"])
         lines.append(
             f"| {r['server']} | {r['clients']} | {r['sentences_per_s']:.1f} | {rounds} | {_f(r['p50_ms'])} | "
             f"{_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {r['mean_batch']:.1f} | {r['ok']} | "
-            f"{r['rejected_503']} | {r['failed']} |"
+            f"{r['rejected_503']} | {r['failed']} | {r.get('client_cpu_cores', float('nan')):.2f} |"
         )
     return lines
 

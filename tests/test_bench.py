@@ -552,3 +552,36 @@ def test_host_padding_is_that_of_the_graph_runs_the_timed_calls_made(tiny_artifa
     row = {"precision": "fp32", "provider": str(fm.provider), "batch": batch, "length": 64, "latency": None}
     rows = [{**row, "engine": e, "throughput": {"sentences_per_s": 100.0, "sentences": n}} for e in OURS]
     assert host_us(rows, work)[0]["padding_fraction"] == pytest.approx(measured)
+
+
+def test_load_rows_report_the_cores_the_load_generator_itself_used():
+    """bench load's client shares the cores with the server; each row says how many it kept busy (CPU seconds
+    of the client process over the timed window), so a client-bound row can be told from a server-bound one."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bench.load import Cell, drive, encode_requests, run_async, summarize
+
+    class Busy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the server under test
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        tally, elapsed = run_async(drive(port, encode_requests(["a [MASK] ."], port), 2, 200, 30.0))
+    finally:
+        server.shutdown()
+    assert tally.statuses == {"200": 200} and 0 < tally.client_cpu_s
+    row = summarize("batched", 2, [Cell(tally, elapsed, 200.0, 100.0, {"+Inf": 100.0})] * 2)
+    assert row["client_cpu_cores"] == pytest.approx(tally.client_cpu_s / elapsed)
