@@ -487,11 +487,19 @@ def main(cfg: LoadConfig) -> int:
             torch_model = Path(cfg.torch_model) if cfg.torch_model else random_torch_model(artifact, Path(tmp))
             result["torch_model"] = cfg.torch_model or f"random init of {artifact / 'config.json'} (seed 0)"
         result.update(run_all(names, cfg, texts, torch_model))
+    result["header"]["device"] = served_device(result["servers"])  # --device auto may have chosen CUDA
     result["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
     result["rows"].sort(key=lambda r: (names.index(r["server"]), r["clients"]))
     result["ratios"] = ratios(result["rows"])
     write_reports(result, Path(cfg.out))
     return 0
+
+
+def served_device(servers: dict[str, dict]) -> str:
+    """cuda when a deniro_rt server's /health names the CUDA provider, else cpu (hf-pipeline stays on the CPU)."""
+    from deniro_rt.providers import CUDA
+
+    return "cuda" if any(health.get("provider") == CUDA for health in servers.values()) else "cpu"
 
 
 def ratios(rows: list[dict]) -> list[dict]:

@@ -585,3 +585,12 @@ def test_load_rows_report_the_cores_the_load_generator_itself_used():
     assert tally.statuses == {"200": 200} and 0 < tally.client_cpu_s
     row = summarize("batched", 2, [Cell(tally, elapsed, 200.0, 100.0, {"+Inf": 100.0})] * 2)
     assert row["client_cpu_cores"] == pytest.approx(tally.client_cpu_s / elapsed)
+
+
+def test_load_header_names_the_device_the_servers_ran_on():
+    """bench load's header said device cpu even when --device auto/cuda served from the GPU."""
+    from bench.load import served_device
+
+    cpu = {"batched": {"provider": "CPUExecutionProvider"}, "hf-pipeline": {"provider": "torch-cpu"}}
+    assert served_device(cpu) == "cpu"
+    assert served_device({**cpu, "batched": {"provider": "CUDAExecutionProvider"}}) == "cuda"
