@@ -4,7 +4,9 @@ Offline: sentences/s of Ray Data (`FillMaskBatch` actors via deniro_rt.batch.ray
 each --pools entry "<actors>x<cpus per actor>") against plain in-process `FillMask.fill` (one
 session, all cores), on the IMDB test sentences of one length bucket. Each Ray Data run is end to
 end as a user sees it (dataset built from in-memory blocks, actor pool started, results collected
-on the driver); the pool's start-up alone is timed on one block and reported next to it.
+on the driver); the time to the first result batch at the driver is reported next to it. The Ray
+actors fill through `fill_arrays` (columns, as `deniro_rt batch` does), the plain row through `fill`
+(dicts): its host work is larger, so the Ray rows' ratio to it flatters Ray slightly.
 
 Online: Ray Serve (deniro_rt.serve.ray) with the app's own DynamicBatcher (`--batching app`) and with
 `@serve.batch` (`--batching serve`), one replica with all CPUs; two replicas with half the CPUs each
@@ -98,7 +100,8 @@ LEAST = dict(
 
 # --------------------------------------------------------------------------- offline: Ray Data
 def time_plain(texts: list[str], cfg: RayBenchConfig) -> dict:
-    """In-process FillMask, `batch_size` rows per fill call (what `deniro_rt batch` does without Ray)."""
+    """In-process FillMask.fill (dicts), `batch_size` rows a call. (`deniro_rt batch` without Ray calls
+    fill_arrays, as the Ray actors do: cheaper host work than this row's.)"""
     from deniro_rt import FillMask
 
     fm = FillMask(cfg.model, device="cpu", precision=cfg.precision)
