@@ -867,6 +867,29 @@ def test_503_while_shutting_down_and_json_for_a_failing_backend():
     assert closed.headers["retry-after"] == "3"
 
 
+def test_requests_left_by_a_closing_batcher_get_503_not_500():
+    """A host that ends the lifespan with requests still in flight: close() gives up on the running batch and
+    the queue; their requests were a 500 'internal error' with a traceback logged, they are a JSON 503."""
+    from deniro_rt.serve import ServeConfig, create_app
+
+    backend = BlockingFill()
+    app = create_app(ServeConfig(retry_after_s=2), fill_mask=backend)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
+            running = asyncio.ensure_future(client.post("/", json={"inputs": "running [MASK]"}))
+            await until(lambda: app.state.service.batcher is not None and app.state.service.batcher.busy)
+            queued = asyncio.ensure_future(client.post("/", json={"inputs": ["queued [MASK]"]}))
+            await until(lambda: app.state.service.batcher.queued_texts == 1)
+            await app.state.service.batcher.close(timeout=0.1)
+            backend.release.set()  # the abandoned batch's thread ends
+            return await asyncio.gather(running, queued)
+
+    for answer in asyncio.run(scenario()):
+        assert (answer.status_code, answer.json()) == (503, {"error": "the server is shutting down"})
+        assert answer.headers["retry-after"] == "2"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

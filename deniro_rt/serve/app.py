@@ -236,6 +236,8 @@ class FillService:
         except asyncio.CancelledError:  # the graceful shutdown's time is up: its batch, if not started, never runs
             self.batcher.drop(job)
             raise
+        except Unavailable as exc:  # close() gave up on it: a host that ended the lifespan with requests in flight
+            raise HTTPException(503, str(exc), self.retry_after) from None
         except DeniroError as exc:  # what only the model sees (a text too long in tokens, a bad target)
             raise HTTPException(422, str(exc)) from None
         finally:
