@@ -329,7 +329,8 @@ def test_targets_of_one_and_several_pieces_answer_like_fill(server):
 
 
 def test_bad_text_fails_only_its_request(server, sentences):
-    before = batch_calls(server.metrics())[0]
+    metrics_before = server.metrics()
+    before = batch_calls(metrics_before)[0]
     bodies = [{"inputs": s} for s in sentences[:5]] + [{"inputs": ["This is a [MASK] film.", LONG_TEXT]}]
     answers = post_together(server, bodies)
     assert answers[-1].status_code == 422
@@ -340,6 +341,13 @@ def test_bad_text_fails_only_its_request(server, sentences):
     # Whether the bad text shared a batch depends on arrival order; the retry itself is checked
     # deterministically in test_fill_jobs_retries_a_failing_batch_request_by_request.
     assert batch_calls(server.metrics())[0] - before >= 2
+    # every text counted once: the failed request's two were in no outcome
+    metrics = server.metrics()
+    outcomes = {o: counter(metrics, f'deniro_texts_total{{outcome="{o}"}}') for o in ("filled", "failed")}
+    assert {o: n - counter(metrics_before, f'deniro_texts_total{{outcome="{o}"}}') for o, n in outcomes.items()} == {
+        "filled": 5,
+        "failed": 2,
+    }
 
 
 def test_fill_jobs_retries_a_failing_batch_request_by_request():

@@ -236,16 +236,23 @@ class FillService:
         except asyncio.CancelledError:  # the graceful shutdown's time is up: its batch, if not started, never runs
             self.batcher.drop(job)
             raise
-        except Unavailable as exc:  # close() gave up on it: a host that ended the lifespan with requests in flight
-            raise HTTPException(503, str(exc), self.retry_after) from None
-        except DeniroError as exc:  # what only the model sees (a text too long in tokens, a bad target)
-            raise HTTPException(422, str(exc)) from None
+        except Exception as exc:  # its texts counted once, as failed: filled + dropped + abandoned + failed = queued
+            self.metrics.texts.labels("failed").inc(len(texts))
+            raise self.http_error(exc) from None
         finally:
             watcher.cancel()
         self.metrics.texts.labels("filled").inc(len(texts))
         if size > OFF_LOOP_BYTES:
             return await asyncio.to_thread(JSONResponse, answer)  # megabytes of JSON: not on the event loop
         return JSONResponse(answer)
+
+    def http_error(self, exc: Exception) -> Exception:
+        """What a job's failure is answered with; anything else is a bug (500, logged)."""
+        if isinstance(exc, Unavailable):  # close() gave up on it (a host ended the lifespan with it in flight)
+            return HTTPException(503, str(exc), self.retry_after)
+        if isinstance(exc, DeniroError):  # what only the model sees (a text too long in tokens, a bad target)
+            return HTTPException(422, str(exc))
+        return exc
 
     def checked(self, texts: list[str], parameters: Parameters) -> FillParams:
         """The server's own limits, before anything is queued (a bad request never joins a batch)."""
