@@ -854,6 +854,42 @@ def test_batches_group_by_parameters_without_lifespan():
     assert health["status"] == "ok" and health["queued_texts"] == 0
 
 
+def test_a_parameter_group_is_answered_when_it_is_done_not_at_the_batch_end():
+    """One batch, two parameter groups: the first group's request was held until the second group (a slow joint
+    fill) had run too; it is answered as soon as its own fill call returns."""
+    from deniro_rt.serve import ServeConfig, create_app
+
+    class SlowSecondGroup(BlockingFill):
+        def __init__(self):
+            super().__init__()
+            self.second = threading.Event()
+
+        def fill(self, texts, **kwargs):
+            if len(self.calls) == 2:  # the batch's second group: held until the test has seen the first answered
+                self.second.wait(30)
+            return super().fill(texts, **kwargs)
+
+    backend = SlowSecondGroup()
+    app = create_app(ServeConfig(), fill_mask=backend)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
+            first = asyncio.ensure_future(client.post("/", json={"inputs": "first [MASK]"}))
+            await until(lambda: app.state.service.batcher is not None and app.state.service.batcher.busy)
+            quick = asyncio.ensure_future(client.post("/", json={"inputs": "quick [MASK]"}))
+            slow = asyncio.ensure_future(client.post("/", json={"inputs": "slow [MASK]", "parameters": {"top_k": 2}}))
+            await until(lambda: app.state.service.batcher.queued_texts == 2)
+            backend.release.set()
+            await first
+            await asyncio.wait_for(asyncio.shield(quick), 10)  # answered while the second group is still held
+            assert not slow.done()
+            backend.second.set()
+            return (await quick).json(), (await slow).json()
+
+    quick, slow = asyncio.run(scenario())
+    assert quick[0]["token_str"] == "quick [MASK]" and [c["token"] for c in slow] == [0, 1]
+
+
 def test_503_while_shutting_down_and_json_for_a_failing_backend():
     from deniro_rt.serve import ServeConfig, create_app
 

@@ -53,15 +53,26 @@ class Job:
     dropped: bool = False  # its client went away: skip it (read by the worker thread)
 
 
-def fill_jobs(fill: Callable, jobs: list[Job], batch_size: int, observe: Callable[[int], None]) -> list:
+def fill_jobs(
+    fill: Callable,
+    jobs: list[Job],
+    batch_size: int,
+    observe: Callable[[int], None],
+    group_done: Callable[[list[int], list], None] | None = None,
+) -> list:
     """Each job's answer (its results, or the exception that failed it; None if dropped): one fill call
-    per parameter group. Shared by DynamicBatcher and the Ray Serve `@serve.batch` adapter."""
+    per parameter group. Shared by DynamicBatcher and the Ray Serve `@serve.batch` adapter. group_done(indices,
+    answers) is called after each group, so its requests need not wait for the batch's other groups (a top-k
+    request behind a joint fill of hundreds of masks)."""
     answers: list = [None] * len(jobs)
     for params in dict.fromkeys(job.params for job in jobs):
         # dropped jobs checked again right before each call
         live = [i for i, job in enumerate(jobs) if job.params == params and not job.dropped]
-        for index, answer in zip(live, fill_group(fill, [jobs[i].texts for i in live], params, batch_size, observe)):
+        group = fill_group(fill, [jobs[i].texts for i in live], params, batch_size, observe)
+        for index, answer in zip(live, group):
             answers[index] = answer
+        if group_done is not None:
+            group_done(live, group)
     return answers
 
 
@@ -164,6 +175,7 @@ class DynamicBatcher:
                     batch,
                     self.limits.max_batch_size,
                     self.metrics.batch_size.observe,
+                    self._settler(batch),
                 )
             except Exception as exc:  # never leave a request without an answer, whatever broke
                 log.exception("batch failed")
@@ -176,6 +188,18 @@ class DynamicBatcher:
             self._returning, self._last_run_s = len(batch), time.perf_counter() - started
             if not self._jobs:
                 self._idle.set()
+
+    @staticmethod
+    def _settler(batch: list[Job]) -> Callable[[list[int], list], None]:
+        """fill_jobs' group_done, from the worker thread: answer a group's jobs on the event loop at once
+        (the batch's end settles them again, a no-op)."""
+        loop = asyncio.get_running_loop()
+
+        def group_done(indices: list[int], answers: list) -> None:
+            for index, answer in zip(indices, answers):
+                loop.call_soon_threadsafe(settle, batch[index], answer)
+
+        return group_done
 
     async def _wait_for_jobs(self) -> None:
         """Until a job waits, then (see the module docstring) for the last batch's clients to return."""
