@@ -375,6 +375,14 @@ def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, senten
     assert batch_error(capsys, ["--output", str(tmp_path / "o2"), "--resume"] + base).startswith(
         f"error: --resume: {tmp_path / 'o2.partial'} was written with other batch_size; resume with the same"
     )
+    (tmp_path / "o2.partial" / "job.json").write_text(json.dumps({**job, "input_files": [["big.parquet", 1, 1]]}))
+    assert batch_error(capsys, ["--output", str(tmp_path / "o2"), "--resume"] + base).startswith(  # edited in place
+        f"error: --resume: {tmp_path / 'o2.partial'} was written with other input_files; resume with the same"
+    )
+    assert batch_error(capsys, ["--output", str(tmp_path / "whole"), "--resume"] + base) == (
+        f"error: --resume: {tmp_path / 'whole'} is complete (no unfinished run in {tmp_path / 'whole.partial'}); "
+        "nothing to resume (--overwrite without --resume fills it again)"
+    )
 
 
 def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, capsys, monkeypatch):

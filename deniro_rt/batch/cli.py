@@ -94,8 +94,10 @@ class BatchConfig:
             "sequences",
             "rows_per_shard",
         )
-        # the input as an absolute path: the same file named from another directory resumes, another file does not
-        return {**{k: getattr(self, k) for k in keys}, "input": str(Path(self.input).resolve()), "rows": rows}
+        # the input as an absolute path: the same file named from another directory resumes, another file does not;
+        # its files' sizes and times: an input edited in place (same path, same rows) does not either
+        path = Path(self.input).resolve()
+        return {**{k: getattr(self, k) for k in keys}, "input": str(path), "rows": rows, "input_files": stamp(path)}
 
 
 # ---------------------------------------------------------------------- command line
@@ -162,7 +164,7 @@ def run_batch(config: BatchConfig) -> Path:
     check_text_type(table.schema, config)
     check_texts(table.column(config.column).to_pylist(), config, lines)
     output = Path(config.output).resolve()
-    check_output(output, config.overwrite)
+    check_output(output, config)
     with ray_connection(config):  # the workers' resources are checked before any output is touched
         staging, first_row, seconds = fill_staging(table, config, output)
     filled = table.num_rows - first_row
@@ -398,13 +400,19 @@ def _rows(indices: list[int], lines: list[int] | None = None) -> str:
     return ("rows " if lines is None else "lines ") + shown + (", ..." if len(indices) > SHOWN_ROWS else "")
 
 
-def check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, config: BatchConfig) -> None:
     """output: resolved. It is replaced whole at the end, so it cannot hold the working directory."""
     if Path.cwd().resolve().is_relative_to(output):
         raise DeniroError(f"--output {output} is the working directory or holds it; pass a new folder, e.g. ./filled")
     if output.exists() and not output.is_dir():
         raise DeniroError(f"--output {output} is a file; pass a folder path")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
+    finished = output.is_dir() and any(output.iterdir())
+    if finished and config.resume and not staging_folder(output).exists():
+        raise DeniroError(
+            f"--resume: {output} is complete (no unfinished run in {staging_folder(output)}); nothing to resume "
+            "(--overwrite without --resume fills it again)"
+        )
+    if finished and not config.overwrite:
         raise DeniroError(f"--output {output} exists and is not empty; pass another folder or --overwrite")
 
 
@@ -503,6 +511,13 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="rows", dynamic_ncols=True)
 
 
+def stamp(path: Path) -> list[list]:
+    """[name, size, mtime_ns] of the input's files (a folder of parquet files: each, in name order)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    names = [str(p.relative_to(path)) if path.is_dir() else p.name for p in files]
+    return [[name, p.stat().st_size, p.stat().st_mtime_ns] for name, p in zip(names, files)]
+
+
 class _NoBar:
     def __enter__(self):
         return self
@@ -520,6 +535,8 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
     job, job_file = config.job(rows), staging / JOB_FILE
     if staging.exists() and config.resume:
         saved = json.loads(job_file.read_text()) if job_file.is_file() else {}
+        if saved and "input_files" not in saved:  # a job file from before the input's stamp: not checked
+            saved["input_files"] = job["input_files"]
         changed = sorted(k for k in job if saved.get(k) != job[k])
         if changed:
             raise DeniroError(
