@@ -35,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import FAST_OUTPUTS
+from .errors import DeniroError
 from .providers import CPU, CUDA
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,26 @@ def make_session(
     if cuda_graph:
         try:
             session = ort.InferenceSession(path, options, providers=[(CUDA, provider_options(True, device_id)), CPU])
-            return session, True
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             log.warning("CUDA graphs unavailable for %s (%s); running without them", path, exc)
+        else:
+            return on_cuda(session, path), True
     session = ort.InferenceSession(path, options, providers=[(CUDA, provider_options(False, device_id)), CPU])
-    return session, False
+    return on_cuda(session, path), False
+
+
+def on_cuda(session: ort.InferenceSession, path: str) -> ort.InferenceSession:
+    """The session, if CUDA runs it. When the CUDA EP does not load (a CUDA or cuDNN library missing from
+    LD_LIBRARY_PATH, no visible GPU), ORT builds the session on the CPU alone and only logs a warning, while
+    get_available_providers() still lists CUDA: "CUDA" timings would be CPU timings, or IO binding would fail
+    later with an unrelated error."""
+    if session.get_providers()[0] != CUDA:
+        raise DeniroError(
+            f"device='cuda': ONNX Runtime could not start {CUDA} for {path} (it fell back to "
+            f"{', '.join(session.get_providers())}); check the CUDA and cuDNN libraries onnxruntime-gpu needs "
+            "(LD_LIBRARY_PATH) and the GPU, or use device='cpu'"
+        )
+    return session
 
 
 def make_runner(

@@ -109,6 +109,34 @@ def test_bucketed_runner_plumbing_on_cpu(tiny_artifact):
     assert binding.local.buffers  # the long text went through plain IO binding
 
 
+def test_a_session_onnxruntime_built_on_the_cpu_is_refused(monkeypatch):
+    """When the CUDA EP does not load (a library missing from LD_LIBRARY_PATH), ORT builds the session on the CPU
+    and only warns: make_session refuses it at once (no retry without graphs), so no CPU timing passes as CUDA."""
+    from deniro_rt import cuda
+    from deniro_rt.errors import DeniroError
+
+    built = []
+
+    def fake(providers_run):
+        class Session:
+            def __init__(self, path, options, providers):
+                built.append(providers[0][1]["enable_cuda_graph"])
+
+            def get_providers(self):
+                return providers_run
+
+        return Session
+
+    monkeypatch.setattr(cuda.ort, "InferenceSession", fake(["CPUExecutionProvider"]))
+    for graphs in (True, False):
+        with pytest.raises(DeniroError, match="fell back to CPUExecutionProvider"):
+            cuda.make_session("fast_fp16.onnx", ort.SessionOptions(), graphs)
+    assert built == ["1", "0"]
+    monkeypatch.setattr(cuda.ort, "InferenceSession", fake(["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    session, graphs = cuda.make_session("fast_fp16.onnx", ort.SessionOptions(), True)
+    assert graphs and session.get_providers()[0] == "CUDAExecutionProvider"
+
+
 # --------------------------------------------------------------------------- placement (CPU)
 def test_node_placement_reads_the_profiling_trace(tiny_artifact):
     fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
