@@ -78,7 +78,13 @@ for variant in "${VARIANTS[@]}"; do
   PIDS+=($!)
 done
 wait "${PIDS[@]}"  # these alone: a bare wait would also wait for the tee above, which never ends
-for variant in "${VARIANTS[@]}"; do echo "--- ${variant%%:*}"; grep -E "^(data|error)|perplexity|tokens/s" "$WORK/${variant%%:*}.log" | tail -8; done
+for variant in "${VARIANTS[@]}"; do
+  name=${variant%%:*}; echo "--- $name"
+  grep -E "^(data|error)|perplexity|tokens/s" "$WORK/$name.log" | tail -8
+  # Its log stays in WORK on the device (only OUT comes back): the end of a crashed or killed variant's log,
+  # traceback included, goes to sweep-log.txt (\r: tqdm's bar updates, one line each).
+  [ -f "$WORK/$name.json" ] || { echo "--- $name did not finish, its log ends:"; tr '\r' '\n' < "$WORK/$name.log" | tail -n 25; }
+done
 
 BEST=$("$PY" - "$WORK" "$OUT/sweep.json" "$PRESET" "${VARIANTS[@]}" <<'EOF'
 import json, sys
