@@ -64,12 +64,13 @@ def _fake_payloads(root: Path) -> bytes:
     from safetensors.torch import save_file
 
     carry = _gpu_module("carry")
-    for folder in (".ortgpu/part1/wheels", ".ortgpu/part2", ".carry/text", ".carry/minilm"):
+    for folder in (".ortgpu/part1/wheels", ".ortgpu/part2", ".carry/serve/wheels", ".carry/text", ".carry/minilm"):
         (root / folder).mkdir(parents=True)
     (root / ".ortgpu/part1/ort.tar.xz.aa").write_bytes(b"a" * 100)
     (root / ".ortgpu/part2/ort.tar.xz.ab").write_bytes(b"b" * 50)
     (root / ".ortgpu/part2/ort.sha256").write_text(hashlib.sha256(b"a" * 100 + b"b" * 50).hexdigest() + "\n")
     (root / ".ortgpu/part1/wheels/x-1.0-py3-none-any.whl").write_bytes(b"w")
+    (root / ".carry/serve/wheels/fastapi-1.0-py3-none-any.whl").write_bytes(b"s")  # deniro_rt serve's, call 1
     (root / ".carry/text/train.jsonl.xz").write_bytes(b"t")
     tensors = {"w": torch.arange(600, dtype=torch.float32), "n": torch.arange(3)}
     save_file(tensors, root / ".carry/minilm" / carry.WEIGHTS)
@@ -88,7 +89,8 @@ def test_stash_calls_rebuild_the_start_point_and_onnxruntime(tmp_path):
     for call in calls.CALLS[:3]:
         shutil.copytree(tmp_path / call.carry[0], device_tmp, dirs_exist_ok=True)  # cp -r .carry/callN/. /tmp/
     ortgpu = sorted(p.name for p in (device_tmp / "ortgpu").rglob("*"))
-    assert ortgpu == ["ort.tar.xz.aa", "wheels", "x-1.0-py3-none-any.whl"]  # where install.sh looks
+    # install.sh installs /tmp/ortgpu/wheels/*.whl: call 1's serve wheels and call 2's wheels, merged there
+    assert ortgpu == ["fastapi-1.0-py3-none-any.whl", "ort.tar.xz.aa", "wheels", "x-1.0-py3-none-any.whl"]
     assert (device_tmp / "carry/text/train.jsonl.xz").is_file()
     carry.join_init(device_tmp / "minilm-parts", device_tmp / "minilm-init")
     assert (device_tmp / "minilm-init" / carry.WEIGHTS).read_bytes() == weights
