@@ -35,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import FAST_OUTPUTS
-from .errors import DeniroError
+from .errors import CudaUnavailable
 from .providers import CPU, CUDA
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def on_cuda(session: ort.InferenceSession, path: str) -> ort.InferenceSession:
     get_available_providers() still lists CUDA: "CUDA" timings would be CPU timings, or IO binding would fail
     later with an unrelated error."""
     if session.get_providers()[0] != CUDA:
-        raise DeniroError(
+        raise CudaUnavailable(
             f"device='cuda': ONNX Runtime could not start {CUDA} for {path} (it fell back to "
             f"{', '.join(session.get_providers())}); check the CUDA and cuDNN libraries onnxruntime-gpu needs "
             "(LD_LIBRARY_PATH) and the GPU, or use device='cpu'"

@@ -26,6 +26,11 @@ class TextError(DeniroError):
         return type(self), (str(self), self.index)
 
 
+class CudaUnavailable(DeniroError):
+    """ONNX Runtime lists CUDA, but a session does not start on it (a CUDA or cuDNN library missing, no GPU):
+    device='cuda' fails with it, device='auto' runs on the CPU."""
+
+
 class ArtifactError(DeniroError):
     """An exported artifact folder is missing, corrupted or does not match this runtime."""
 

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders
 
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, clean_up_spaces, cleans_up_spaces, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
-from .errors import DeniroError, DeniroTypeError, TextError
+from .errors import CudaUnavailable, DeniroError, DeniroTypeError, TextError
 from .models import DEFAULT_MODEL_DIR
 from .predictions import Predictions, Source, TokenRows
 from .providers import COMPUTED, CPU, artifact_precision, resolve_provider, session_options
@@ -68,16 +68,14 @@ class FillMask:
         token_budget: int | None = None,
     ):
         self.manifest = load_manifest(DEFAULT_MODEL_DIR if model is None else model)
-        self.provider = resolve_provider(device)
-        self.token_budget = check_budget(token_budget, self.provider)
-        self.precision = artifact_precision(precision, self.provider, self.manifest)  # bf16 may be its default
+        self._place(resolve_provider(device), precision, token_budget)
         self.tokenizer = Tokenizer.from_file(str(verify_file(self.manifest, TOKENIZER_FILE)))
         self.tokenizer.no_truncation()  # long texts are reported (or windowed), never cut silently
         self.tokenizer.no_padding()
         self.mask_token, self.mask_id = self.manifest.mask_token, self.manifest.mask_token_id
         self.pad_id = self.manifest.pad_token_id
         self.clean_up = cleans_up_spaces(self.manifest)  # transformers' decode() then cleans the whole string
-        self._open_session(threads, cuda_graph)
+        self._open_or_fall_back(device == "auto", (precision, token_budget), threads, cuda_graph)
         self._check_graph()
         self.overlap = self.provider != CPU if overlap is None else overlap
         self.overlap_block = max(1, overlap_block)
@@ -92,6 +90,24 @@ class FillMask:
         self._vocab_strings: np.ndarray | None = None  # [vocab + 1] token strings, built on first use
         chosen = "" if precision else ", the default here"  # bf16 where OpenVINO has it (providers.py), or fp32
         log.info("deniro_rt: %s (%s%s, %s)", self.manifest.folder, self.precision, chosen, self.provider)
+
+    def _place(self, provider: str, precision: str | None, token_budget: int | None) -> None:
+        """Where and how the graph runs: provider, token budget, precision (bf16 may be the CPU default)."""
+        self.provider = provider
+        self.token_budget = check_budget(token_budget, provider)
+        self.precision = artifact_precision(precision, provider, self.manifest)
+
+    def _open_or_fall_back(self, auto: bool, asked: tuple, threads: int | None, cuda_graph: bool) -> None:
+        """_open_session; with device='auto', a CUDA that does not start (onnxruntime-gpu on a machine without a
+        working GPU) runs on the CPU instead. asked: the caller's (precision, token_budget)."""
+        try:
+            self._open_session(threads, cuda_graph)
+        except CudaUnavailable as exc:
+            if not auto:
+                raise
+            log.warning("%s; device='auto' runs on the CPU", exc)
+            self._place(CPU, *asked)
+            self._open_session(threads, cuda_graph)
 
     def _open_session(self, threads: int | None, cuda_graph: bool) -> None:
         """The session and its run(feed) function: plain session.run on CPU, IO binding on CUDA, OpenVINO

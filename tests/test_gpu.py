@@ -137,6 +137,30 @@ def test_a_session_onnxruntime_built_on_the_cpu_is_refused(monkeypatch):
     assert graphs and session.get_providers()[0] == "CUDAExecutionProvider"
 
 
+def test_auto_runs_on_the_cpu_when_a_listed_cuda_does_not_start(tiny_artifact, monkeypatch, caplog):
+    """onnxruntime-gpu on a machine whose CUDA does not start (no GPU, a library missing): device='auto' gives the
+    CPU's answers with a warning, device='cuda' raises the reason."""
+    from deniro_rt import cuda, runtime
+    from deniro_rt.errors import CudaUnavailable
+
+    def broken(path, options, cuda_graph):
+        raise CudaUnavailable("device='cuda': ONNX Runtime could not start CUDAExecutionProvider for x")
+
+    cpu, listed = "CPUExecutionProvider", "CUDAExecutionProvider"
+    monkeypatch.setattr(runtime, "resolve_provider", lambda device: cpu if device == "cpu" else listed)
+    monkeypatch.setattr(cuda, "make_session", broken)
+    with pytest.raises(CudaUnavailable, match="could not start"):
+        FillMask(tiny_artifact, device="cuda")
+    auto = FillMask(tiny_artifact, device="auto")
+    assert (auto.provider, auto.token_budget) == (
+        "CPUExecutionProvider",
+        runtime.check_budget(None, "CPUExecutionProvider"),
+    )
+    assert "device='auto' runs on the CPU" in caplog.text
+    texts = ["the film was [MASK] .", "a [MASK] movie"]
+    assert auto.fill(texts) == FillMask(tiny_artifact, device="cpu").fill(texts)
+
+
 # --------------------------------------------------------------------------- placement (CPU)
 def test_node_placement_reads_the_profiling_trace(tiny_artifact):
     fm = FillMask(tiny_artifact, device="cpu", precision="fp32")

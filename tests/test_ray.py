@@ -369,6 +369,11 @@ def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, senten
     assert resumed.equals(pq.read_table(tmp_path / "whole" / "predictions"))
     assert resumed.column("n").to_pylist() == list(range(3000))
     assert json.loads((killed / "batch_config.json").read_text())["resumed_from_row"] >= 100
+    check_resume_refusals(tmp_path, base, capsys)
+
+
+def check_resume_refusals(tmp_path: Path, base: list[str], capsys) -> None:
+    """--resume over a partial run of other options or an input edited in place, or over a complete output."""
     job = json.loads((tmp_path / "whole" / "batch_config.json").read_text())
     (tmp_path / "o2.partial").mkdir()
     (tmp_path / "o2.partial" / "job.json").write_text(json.dumps({**job, "batch_size": 5}))
