@@ -475,12 +475,15 @@ def session_for(path: Path, providers: list[str], precision: str | None = None):
     """A session as deniro_rt opens one for `precision` (fp32/fp16: int8-stored weights folded at load)."""
     import onnxruntime as ort
 
-    from deniro_rt.cuda import EXACT_FP32
+    from deniro_rt.cuda import EXACT_FP32, on_cuda
     from deniro_rt.providers import CUDA, session_options
 
     options = session_options(providers[0], None, precision)
     # fp32 on CUDA is validated as the runtime runs it: in fp32, not ORT's default TF32
-    return ort.InferenceSession(str(path), options, providers=[(p, EXACT_FP32) if p == CUDA else p for p in providers])
+    listed = [(p, EXACT_FP32) if p == CUDA else p for p in providers]
+    session = ort.InferenceSession(str(path), options, providers=listed)
+    # a CUDA EP that does not load leaves a CPU session (ORT only warns): it would validate the CPU, not the GPU
+    return on_cuda(session, str(path)) if providers[0] == CUDA else session
 
 
 def validate(

@@ -161,6 +161,24 @@ def test_auto_runs_on_the_cpu_when_a_listed_cuda_does_not_start(tiny_artifact, m
     assert auto.fill(texts) == FillMask(tiny_artifact, device="cpu").fill(texts)
 
 
+def test_export_validation_refuses_a_cuda_session_built_on_the_cpu(monkeypatch):
+    """export validates the CUDA graphs on CUDA: a session ORT quietly built on the CPU would validate the CPU."""
+    from deniro_rt.errors import CudaUnavailable
+    from export import validate
+
+    class OnTheCpu:
+        def __init__(self, path, options, providers):
+            pass
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", OnTheCpu)
+    with pytest.raises(CudaUnavailable, match="fell back to CPUExecutionProvider"):
+        validate.session_for("fast_fp16.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"], "fp16")
+    assert isinstance(validate.session_for("fast.onnx", ["CPUExecutionProvider"], "fp32"), OnTheCpu)
+
+
 # --------------------------------------------------------------------------- placement (CPU)
 def test_node_placement_reads_the_profiling_trace(tiny_artifact):
     fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
