@@ -62,10 +62,11 @@ fi
 [ -n "${COMPILE_MODE:-}" ] && EXTRA_FLAGS+=(--compile-mode "$COMPILE_MODE")
 [ -n "${HEAD_ROWS:-}" ] && EXTRA_FLAGS+=(--head-rows "$HEAD_ROWS")
 # name:flags -- the knobs each variant changes. With the unsupervised text an epoch is ~2,830 steps of 32 x 256
-# (train alone: 909): 3 epochs ~ 8,500 steps; 500 warm-up steps = 6 %. On the H200 the host-masked loop took
-# 36 ms a step for three at once (26 Nov): 3 epochs would need ~300 s, masking on the GPU should cut that.
+# (train alone: 909). On the H200 round 1's 7,272 steps took 306 s for three at once (36 ms a step, host masking)
+# and 370 s with tokenizing and evaluation: 3 epochs (~8,500 steps) would pass TRAIN_S=400 and leave no weights,
+# so the default is 2 (~5,660 steps, ~205 s of steps at that pace); 340 warm-up steps = 6 %.
 # LRS, EPOCHS and WARMUP override them; the default lrs are round 2's (2e-4/4e-4/8e-4 -> 17.31/17.28/17.76).
-EPOCHS=${EPOCHS:-3}; WARMUP=${WARMUP:-500}; VARIANTS=()
+EPOCHS=${EPOCHS:-2}; WARMUP=${WARMUP:-340}; VARIANTS=()
 for lr in ${LRS:-2e-4 4e-4 8e-4}; do VARIANTS+=("lr$lr-e$EPOCHS:--lr $lr --epochs $EPOCHS --warmup-steps $WARMUP"); done
 
 echo "=== $(date +%T) training ${#VARIANTS[@]} variants at once, --preset $PRESET (limit ${TRAIN_S}s)"
