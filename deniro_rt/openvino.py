@@ -137,6 +137,7 @@ class OpenVinoGraph:
             self.compiled = core.compile_model(model, "CPU", config)
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
         self.outputs = {name: self.compiled.output(name) for name in OUTPUTS}
+        warm_dtypes(self.compiled)
         # None: bf16's rule for this CPU; f32 is exact at any length (0: no padding)
         self.min_tokens = (bf16_min_tokens() if precision == "bf16" else 0) if min_tokens is None else min_tokens
         self.pad_id, self.max_tokens = pad_id, max_tokens  # max_tokens: the model's position limit
@@ -151,6 +152,15 @@ class OpenVinoGraph:
         feed = floored(feed, self.min_tokens, self.pad_id, self.max_tokens)
         result = request.infer(feed, share_inputs=True, share_outputs=True)
         return [np.array(result[self.outputs[name]]) for name in names]
+
+
+def warm_dtypes(compiled) -> None:
+    """Build pyopenvino's element type -> NumPy dtype table now, in this thread. It is a C++ static built on
+    first use, and building it hands the GIL over: a second thread then waits for the static holding the GIL,
+    which the first needs back. Every infer starts with that lookup: 8 threads sharing a fresh FillMask deadlocked
+    the process in their first calls (3 to 7 processes of 10, OpenVINO 2026.4.1; tests/test_runtime.py)."""
+    for port in (*compiled.inputs, *compiled.outputs):
+        port.get_element_type().to_dtype()
 
 
 class OpenVinoSession:

@@ -209,6 +209,36 @@ def test_threads_share_one_session(fm):
         assert [[p["token"] for p in o] for o in r] == [[p["token"] for p in o] for o in serial]
 
 
+FIRST_RUNS_AT_ONCE = """
+import sys, threading
+import numpy as np
+from deniro_rt.openvino import OpenVinoGraph
+graph = OpenVinoGraph(sys.argv[1], "f32")
+feed = {"input_ids": np.array([[2, 4, 3]]), "attention_mask": np.ones((1, 3), np.int64), "mask_index": np.array([1]),
+        "target_ids": np.zeros((1, 1), np.int64), "top_k": np.array([1])}
+sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible
+barrier = threading.Barrier(12)
+dtype = graph.compiled.inputs[0].get_element_type()  # run's first step: its input's NumPy dtype (the racy table)
+threads = [threading.Thread(target=lambda: (barrier.wait(), dtype.to_dtype(), graph.run(feed))) for _ in range(12)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("ok")
+"""
+
+
+def test_the_first_openvino_runs_of_several_threads_do_not_deadlock(fm):
+    """A process's first OpenVINO infers, from 12 threads at once, hung 3 to 7 of 10 processes before OpenVinoGraph
+    built pyopenvino's dtype table on load (deniro_rt.openvino.warm_dtypes); run's first step, that table's lookup,
+    from 12 threads at once hung 7 of 8. Five processes, each must finish."""
+    graph = str(fm.manifest.folder / fm.graph_file)
+    for _ in range(5):  # one after another: side by side on few cores they raced less
+        try:
+            run = subprocess.run([sys.executable, "-c", FIRST_RUNS_AT_ONCE, graph], capture_output=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("12 threads' first OpenVINO runs deadlocked the process")
+        assert run.stdout == b"ok\n", run.stderr.decode()
+
+
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "texts, message",
