@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
 
@@ -80,7 +80,8 @@ class FillMask:
         self.overlap = self.provider != CPU if overlap is None else overlap
         self.overlap_block = max(1, overlap_block)
         self._drop_ids = np.array([self.tokenizer.token_to_id(t) for t in self._edge_tokens()], np.int64)
-        self.token_str = lru_cache(maxsize=None)(self._decode_id)
+        # neither this cache nor _run may hold self: a cycle would keep a dropped session (100+ MB) until a full GC
+        self.token_str = lru_cache(maxsize=None)(partial(decode_one, self.tokenizer, self.clean_up))
         self.pieces = Pieces.for_tokenizer(self.tokenizer, set(self._drop_ids.tolist()), self.token_str)
         added = self.tokenizer.get_added_tokens_decoder()
         self._special_ids = frozenset(i for i, token in added.items() if token.special)  # [UNK], [MASK], ...
@@ -125,7 +126,7 @@ class FillMask:
         options = session_options(self.provider, threads, self.precision)  # ONNX Runtime's, not OpenVINO's
         if self.provider == CPU:
             self.session = ort.InferenceSession(graph, options, providers=[CPU])
-            self._run = lambda feed: self.session.run(None, feed)
+            self._run = partial(self.session.run, None)  # run(feed): all outputs
         else:
             from .cuda import make_runner, make_session  # GPU-only path, see deniro_rt/cuda.py
 
@@ -151,9 +152,6 @@ class FillMask:
         probe = self.tokenizer.encode("")
         specials += [self.tokenizer.id_to_token(i) for i in probe.ids]
         return [t for t in specials if t is not None]
-
-    def _decode_id(self, token_id: int) -> str:
-        return self.shown([self.tokenizer.decode([token_id], skip_special_tokens=False)])[0]
 
     def shown(self, decoded: list[str]) -> list[str]:
         """Decoded strings as transformers' decode() returns them (clean_up_tokenization_spaces, if set)."""
@@ -518,6 +516,12 @@ class FillMask:
 
     def decode_ids(self, ids) -> str:
         return self.shown([self.tokenizer.decode(list(ids), skip_special_tokens=False)])[0]
+
+
+def decode_one(tokenizer: Tokenizer, clean_up: bool, token_id: int) -> str:
+    """decode([token_id]) as transformers shows it (FillMask.shown's clean-up, without holding the FillMask)."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    return clean_up_spaces(text) if clean_up else text
 
 
 # ---------------------------------------------------------------------- spliced decoding

@@ -1,10 +1,12 @@
 """deniro_rt against transformers' FillMaskPipeline on the same tiny checkpoint, and its error handling."""
 
+import gc
 import json
 import shutil
 import subprocess
 import sys
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -207,6 +209,20 @@ def test_threads_share_one_session(fm):
         t.join()
     for r in results:
         assert [[p["token"] for p in o] for o in r] == [[p["token"] for p in o] for o in serial]
+
+
+def test_a_dropped_fillmask_is_freed_at_once(tiny_artifact):
+    """No reference cycle through FillMask: a service that reloads its model frees the old session when it drops it,
+    not at the next full garbage collection (8 reloads of the shipped model had reached 700 MB before)."""
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
+    fm.fill(TEXTS, top_k=3), fm.fill(TEXTS[0], targets=["film", "good"]), fm.fill_arrays(TEXTS).to_dicts()
+    dropped = weakref.ref(fm)
+    gc.disable()
+    try:
+        del fm
+        assert dropped() is None
+    finally:
+        gc.enable()
 
 
 FIRST_RUNS_AT_ONCE = """
