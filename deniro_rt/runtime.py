@@ -35,6 +35,13 @@ OVERLAP_BLOCK = 2048  # texts tokenized per block when tokenization overlaps the
 # split below the caller's batch_size, never merged; on CPU a text's answer does not depend on its batch.
 CPU_TOKEN_BUDGET = 1024
 
+# A session and a compiled graph cannot cross processes; rebuilding one per pickled task would cost seconds each.
+NOT_PICKLED = (
+    "a FillMask (or a Predictions, which keeps one for its string views) cannot be pickled into another process; "
+    "build one FillMask per process (in the pool's initializer, or call deniro_rt.fill there: it keeps one per "
+    "process) and send texts and plain results: to_dicts(), to_arrow() or the NumPy columns"
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -133,6 +140,15 @@ class FillMask:
             self.session, self.cuda_graph = make_session(graph, options, cuda_graph)
             self._run = make_runner(self.session, self.cuda_graph, self.pad_id, self.manifest.max_positions)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
+
+    def __reduce__(self):
+        """Pickling (what a process pool does to its tasks and results) is refused with the fix."""
+        raise DeniroTypeError(NOT_PICKLED)
+
+    def __copy__(self) -> FillMask:  # copy.copy: another handle on the same session (pickling is refused)
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
 
     def run_graph(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The graph alone on a prepared feed (what bench times as model-only): [topk lp, ids, target lp]."""

@@ -1,7 +1,9 @@
 """deniro_rt against transformers' FillMaskPipeline on the same tiny checkpoint, and its error handling."""
 
+import copy
 import gc
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from deniro_rt import FillMask
 from deniro_rt.__main__ import run as cli
 from deniro_rt.artifact import load_manifest
 from deniro_rt.data import chunk_texts, premask
-from deniro_rt.errors import ArtifactError, DeniroError, TextError
+from deniro_rt.errors import ArtifactError, DeniroError, DeniroTypeError, TextError
 from deniro_rt.openvino import bf16_by_default
 
 TEXTS = [
@@ -223,6 +225,15 @@ def test_a_dropped_fillmask_is_freed_at_once(tiny_artifact):
         assert dropped() is None
     finally:
         gc.enable()
+
+
+def test_pickling_into_another_process_is_refused_with_the_fix(fm):
+    """A process pool pickles its tasks and results: a FillMask (fm.fill as the task) or a Predictions
+    (a worker's result) failed deep in onnxruntime ("cannot pickle ... InferenceSession"); copy.copy still works."""
+    for value in (fm, fm.fill, fm.fill_arrays(TEXTS)):
+        with pytest.raises(DeniroTypeError, match=r"cannot be pickled .* build one FillMask per process .* to_dicts"):
+            pickle.dumps(value)
+    assert copy.copy(fm).fill(TEXTS, top_k=3) == fm.fill(TEXTS, top_k=3)
 
 
 FIRST_RUNS_AT_ONCE = """
