@@ -8,6 +8,7 @@ fm = deniro_rt.FillMask("path/to/export", device="cuda")  # reuse one session
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +39,11 @@ def _runtime(model: str | Path | None, device: str, precision: str | None) -> Fi
     for name, value in (("device", device), ("precision", precision)):
         if not (value is None or isinstance(value, str)):  # a list would fail in the cache, far from here
             raise DeniroTypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
-    return _cached_runtime(None if model is None else str(model), device, precision)
+    with _BUILDING:  # threads whose first calls come together share one session (each built its own)
+        return _cached_runtime(None if model is None else str(model), device, precision)
+
+
+_BUILDING = threading.Lock()  # held while _cached_runtime looks up or builds a session
 
 
 @lru_cache(maxsize=4)

@@ -403,3 +403,22 @@ def test_import_pulls_in_neither_torch_nor_transformers():
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_threads_first_module_level_calls_share_one_session(tiny_artifact):
+    """deniro_rt.fill from several threads at once, on a model not loaded yet: one session is built, not one each."""
+    deniro_rt._cached_runtime.cache_clear()
+    texts, answers = ["the film was [MASK] ."], []
+    start = threading.Barrier(6)
+
+    def call() -> None:
+        start.wait()
+        answers.append(deniro_rt.fill(texts, model=tiny_artifact, device="cpu", precision="fp32"))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert deniro_rt._cached_runtime.cache_info().misses == 1 and len(answers) == 6
+    assert all(answer == answers[0] for answer in answers)
