@@ -147,11 +147,9 @@ def call_padding(lengths: np.ndarray, batch: int, n_texts: int, token_budget: in
     `batch` at a time, each call sorted and split as FillMask.batches does (`batch` rows, `token_budget`
     padded tokens a run). Per call, not over the whole list: a call only sorts its own texts, so sorting every
     text at once reports the padding of batches no call ran (0.012 for calls that pad 0.06, say)."""
-    from deniro_rt.runtime import length_chunks
+    from deniro_rt.runtime import padded_tokens
 
     cycled = np.resize(np.asarray(lengths, dtype=np.int64), n_texts)  # [n_texts] as the calls get them
-    padded = 0
-    for start in range(0, n_texts, batch):
-        call = np.sort(cycled[start : start + batch])  # [<= batch]
-        padded += sum(int(call[run].max()) * len(call[run]) for run in length_chunks(call, batch, token_budget))
+    calls = [cycled[start : start + batch] for start in range(0, n_texts, batch)]  # each call's [<= batch]
+    padded = sum(padded_tokens(call, batch, token_budget) for call in calls)
     return float(1 - cycled.sum() / max(1, padded))

@@ -772,13 +772,17 @@ def length_chunks(ordered: np.ndarray, batch_size: int, token_budget: int = 0) -
     return out
 
 
-def padding_fraction(lengths: np.ndarray, batch_size: int, token_budget: int = 0) -> float:
-    """Share of the padded id matrices that is padding when texts of these lengths are batched as
-    FillMask.batches batches them (sorted by length, `batch_size` rows and `token_budget` tokens a run)."""
+def padded_tokens(lengths: np.ndarray, batch_size: int, token_budget: int = 0) -> int:
+    """Tokens of the padded id matrices of ONE call of texts of these lengths, batched as FillMask.batches
+    batches them (sorted by length, `batch_size` rows and `token_budget` tokens a run)."""
     ordered = np.sort(lengths)  # [n_texts]
     runs = length_chunks(ordered, batch_size, token_budget)
-    padded = sum(int(ordered[run].max()) * len(ordered[run]) for run in runs)  # rows x longest, summed
-    return float(1 - ordered.sum() / max(1, padded))
+    return sum(int(ordered[run].max()) * len(ordered[run]) for run in runs)  # rows x longest, summed
+
+
+def padding_fraction(lengths: np.ndarray, batch_size: int, token_budget: int = 0) -> float:
+    """Share of padding in one call's padded id matrices (padded_tokens)."""
+    return float(1 - np.sum(lengths) / max(1, padded_tokens(lengths, batch_size, token_budget)))
 
 
 # ---------------------------------------------------------------------- targets and joint fill
