@@ -55,10 +55,11 @@ def config_parser(
     help: dict[str, str],
     types: dict[str, type] | None = None,
     choices: dict[str, tuple] | None = None,
+    required: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
     """One --flag per field of a dataclass config, `defaults` an instance of it: a bool is a store_true switch,
     anything else takes its default's type (`types` for fields whose default is None) and its help text, which
-    gets "(default: ...)" unless it states one."""
+    gets "(default: ...)" unless it states one or the field is `required` (fields without a default)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -67,9 +68,16 @@ def config_parser(
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=text)
             continue
-        note = "" if "(default:" in text else f" (default: {default})"
+        note = "" if "(default:" in text or f.name in required else f" (default: {default})"
         kind = (types or {}).get(f.name) or type(default)
-        parser.add_argument(flag, type=kind, default=default, choices=(choices or {}).get(f.name), help=text + note)
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            choices=(choices or {}).get(f.name),
+            help=text + note,
+            required=f.name in required,
+        )
     return parser
 
 

@@ -25,7 +25,6 @@ beside it records the config, the counts, the check and the sources' sha256.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -66,6 +65,7 @@ class UnpruneConfig:
     overwrite: bool = False  # replace a non-empty --output
 
 
+CHOICES = {"pruned_bias": PRUNED_BIAS}
 HELP = {
     "output": "folder for the full-vocabulary model and MiniLM's tokenizer (written atomically)",
     "artifact": "the pruned artifact to unprune",
@@ -257,22 +257,11 @@ def main(config: UnpruneConfig) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> UnpruneConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.unprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    from deniro_rt.cli import config_parser
+
+    parser = config_parser(
+        UnpruneConfig(output=""), "python -m export.unprune", __doc__, HELP, None, CHOICES, ("output",)
     )
-    for name, default in asdict(UnpruneConfig(output="")).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=HELP[name])
-            continue
-        parser.add_argument(
-            flag,
-            type=int if isinstance(default, int) else str,
-            default=default,
-            required=name == "output",
-            choices=PRUNED_BIAS if name == "pruned_bias" else None,
-            help=f"{HELP[name]} (default: {default})" if default else HELP[name],
-        )
     return UnpruneConfig(**vars(parser.parse_args(argv)))
 
 

@@ -21,7 +21,6 @@ Both are checked before anything is published; prune.json in the folder records 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -343,24 +342,12 @@ def main(config: PruneConfig) -> Path:
 
 
 def run(argv: list[str] | None = None) -> int:
-    from deniro_rt.cli import run_main, setup_logging
+    from deniro_rt.cli import config_parser, run_main, setup_logging
 
-    parser = argparse.ArgumentParser(
-        prog="python -m train.prune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    required = ("model", "dataset", "output")
+    parser = config_parser(
+        PruneConfig(model="", dataset="", output=""), "python -m train.prune", __doc__, HELP, None, None, required
     )
-    for name, default in asdict(PruneConfig(model="", dataset="", output="")).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=HELP[name])
-            continue
-        kind = int if isinstance(default, int) else str
-        parser.add_argument(
-            flag,
-            type=kind,
-            default=default or None,
-            required=name in ("model", "dataset", "output"),
-            help=f"{HELP[name]} (default: {default})" if default else HELP[name],
-        )
     setup_logging(ours=("train",))
     config = PruneConfig(**vars(parser.parse_args(argv)))
     return run_main(lambda: main(config), interrupted=f"interrupted: nothing written to {config.output}")
