@@ -36,14 +36,16 @@ from .config import (
 EXIT_VALIDATION = 1
 HELP = {
     "onnx": "export to ONNX (the only format; required)",
-    "model": "save_pretrained folder of a DistilBertForMaskedLM (e.g. python -m train's --output) or hub id",
+    "model": "save_pretrained folder of a DistilBertForMaskedLM (e.g. a finished python -m train's --output, not "
+    "one of its checkpoints) or hub id",
     "tokenizer": "folder or hub id of the tokenizer (default: --model's)",
     "output": "artifact folder to write (required, no default); built in a temp folder next to it and "
     "renamed into place on success",
     "overwrite": "replace a non-empty --output",
     "precision": "fast graphs to write, repeatable or comma-separated: fp32 (always written), int8 (CPU), "
     "fp16 (CUDA only); default: " + "; ".join(f"{d}: {','.join(p)}" for d, p in DEFAULT_PRECISIONS.items()),
-    "device": "execution provider the graphs are validated on; cuda needs onnxruntime-gpu",
+    "device": "execution provider the graphs are validated on; cuda needs onnxruntime-gpu whose CUDA starts "
+    "(a session that falls back to the CPU is refused)",
     "full_graph": "skip model.onnx (the Optimum-layout graph with logits at every position)",
     "fuse": "skip ONNX Runtime's fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); without "
     "this flag the export fails if attention is not fused",

@@ -68,10 +68,11 @@ class UnpruneConfig:
 CHOICES = {"pruned_bias": PRUNED_BIAS}
 HELP = {
     "output": "folder for the full-vocabulary model and MiniLM's tokenizer (written atomically)",
-    "artifact": "the pruned artifact to unprune",
+    "artifact": "the pruned artifact to unprune (default: the shipped model)",
     "minilm_cache": "folder MiniLM's DistilBERT conversion is cached in (default: a temp folder)",
     "pruned_bias": "projector bias of the pieces the artifact lacks: min (the shipped bias's lowest) or minilm (0)",
-    "dataset": "folder of <split>.parquet; the test reviews feed the logit check",
+    "dataset": "folder of <split>.parquet; the test reviews feed the logit check (default: the repo's sample, "
+    "tests/data/imdb-sample)",
     "check_texts": "reviews the logits are compared on",
     "overwrite": "replace a non-empty --output",
 }

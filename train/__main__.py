@@ -36,11 +36,12 @@ HELP = {
     "dataset": "hub dataset id, or a local folder holding <split>.parquet files (e.g. ../shared/data/imdb)",
     "train_splits": "comma-separated splits to train on; the validation reviews are carved from them",
     "extra_splits": "comma-separated splits added as MLM training text only (e.g. unsupervised: 50,000 more "
-    "IMDB reviews); the test split is refused",
+    "IMDB reviews); the test split is refused, and reviews repeating a validation or test review are left out",
     "eval_split": "the test split: masked once (--eval-seed) and scored ONCE, after the last step; it never "
     "trains and no choice reads it",
     "val_fraction": "fraction of the --train-splits reviews (whole reviews, seeded) held out as the validation "
-    "split that every evaluation during training scores (0: none, train on everything)",
+    "split that every evaluation during training scores (0: none, train on everything); reviews with a copy in "
+    "training are dropped from it",
     "val_seed": "seed of the validation carve and of its one-time masking",
     "max_val_texts": "keep a seeded random subset of this many validation reviews (smoke runs)",
     "masking": "device: whole-word masks drawn in torch where the model runs (no host work per step); "
@@ -79,7 +80,8 @@ HELP = {
     "save_every": "optimizer steps between checkpoints (0: only at epoch ends)",
     "eval_every": "optimizer steps between evaluations (0: only at epoch ends)",
     "keep_checkpoints": "how many recent checkpoints to keep",
-    "resume": "continue from the last checkpoint in --output (same result as an uninterrupted run)",
+    "resume": "continue from the last checkpoint in --output (same result as an uninterrupted run; "
+    "other options or another process count are refused)",
     "overwrite": "replace a non-empty --output",
     "stop_after_steps": "stop after this many steps in this run; continue later with --resume",
 }
