@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--device",
         default="auto",
         choices=DEVICES,
-        help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU (default: auto)",
+        help="auto: CUDA when onnxruntime-gpu sees a GPU and starts on it, else CPU (default: auto)",
     )
     parser.add_argument(
         "--precision",

@@ -55,8 +55,11 @@ class Scored:
 
 
 class FillMask:
-    """A reusable fill-mask runtime; thread-safe (one session, no per-call mutable state).
+    """A reusable fill-mask runtime; thread-safe (one session, no per-call mutable state). Not picklable (one per
+    process; copy.copy shares the session).
 
+    device: cpu, cuda (CudaUnavailable if the session would fall back to the CPU) or auto (CUDA when it starts,
+    else the CPU path with a warning).
     cuda_graph: on CUDA, replay CUDA graphs for bucketed shapes (deniro_rt/cuda.py). overlap:
     tokenize block i+1 while block i runs (default: on CUDA only; on CPU both compete for the cores).
     token_budget: at most this many padded tokens per graph run, below batch_size (default: CPU_TOKEN_BUDGET

@@ -13,7 +13,9 @@ empty list for a mask truncation cut away) and, with --sequences, `sequences` (t
 then <output>/batch_config.json. Shards of --rows-per-shard rows are written as the fill goes, each
 atomically, into <output>.partial/, renamed to <output> at the end: an existing <output> is only
 replaced then (with --overwrite), so a failing run keeps it. A run that was killed leaves
-<output>.partial/ with its finished shards: --resume continues from there (same input and options).
+<output>.partial/ with its finished shards: --resume continues from there (same input, its files unchanged
+in size and time, and same options); a complete <output> has nothing to resume. Rows that cannot be filled
+(not text, no [MASK], or without --truncation over the model's positions) are listed before any work.
 Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with
 --ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs
 and running that many ORT threads. The input is read and the shards written by this (driver) process
@@ -118,7 +120,11 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
         help=PRECISION_HELP,
     )
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
-    add("--truncation", action="store_true", help="keep a window around the masks of over-long texts")
+    add(
+        "--truncation",
+        action="store_true",
+        help="keep a window around the masks of over-long texts (without it they are listed before any work)",
+    )
     add("--batch-size", type=int, default=256, help="rows per fill call / Ray Data batch (default: 256)")
     add("--ray", action="store_true", help="fill through Ray Data (extra deniro[ray])")
     add(

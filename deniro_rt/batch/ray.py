@@ -7,8 +7,9 @@
     out = fill_dataset(ray.data.from_arrow(blocks), FillSpec(column="text"), concurrency=4, batch_size=256)
 
 Or by hand: `ds.map_batches(FillMaskBatch, fn_constructor_kwargs={...}, batch_size=256,
-batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=4), num_cpus=1)`. Arrow in, Arrow out:
-the added columns are list columns built from FillMask.fill_arrays (no dict or JSON string per row).
+batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=4), num_cpus=1)`. Arrow out whatever the
+batch_format (numpy or pandas batches too): the added columns are list columns built from
+FillMask.fill_arrays (no dict or JSON string per row), never pickled Python objects.
 Pitfall seen on Ray 2.60: with a pool whose actors reserve every CPU of a local 2-CPU Ray,
 `ray.data.read_parquet(...)` never got past its ListFiles/read tasks (also with
 `ray_remote_args={"num_cpus": 0}`): the dataset hung. Reading on the driver and handing blocks over

@@ -53,7 +53,12 @@ class ServeMetrics:
         self.requests = Counter(
             "deniro_requests", "HTTP fill requests answered, by status code", ["status"], registry=registry
         )
-        self.texts = Counter("deniro_texts", "texts filled, by outcome", ["outcome"], registry=registry)
+        self.texts = Counter(
+            "deniro_texts",
+            "texts queued, by outcome: filled, dropped, abandoned, failed",
+            ["outcome"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "deniro_batch_size",
             "texts per fill call of the dynamic batcher",

@@ -5,8 +5,9 @@ queue up and become the next batch. Right after a batch its clients are about to
 collector waits for them (at most max_wait_ms and half the batch's run time, while fewer requests
 wait than it answered), so batches keep their size under steady load instead of alternating between
 stragglers and everyone else.
-Batches run in one worker thread; jobs of clients that went away are dropped, never computed; the
-queue is bounded in texts (Unavailable).
+Batches run in one worker thread, one fill call per parameter group, each group's requests answered as
+soon as its call returns; jobs of clients that went away are dropped, never computed; the queue is
+bounded in texts (Unavailable).
 """
 
 from __future__ import annotations

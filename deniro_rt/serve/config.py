@@ -43,7 +43,7 @@ def opt(default, help: str):
 @dataclass
 class ServeConfig:
     model: str | None = opt(None, "export folder from `python -m export --onnx` (default: the shipped IMDB model)")
-    device: str = opt("auto", "auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
+    device: str = opt("auto", "auto: CUDA when onnxruntime-gpu sees a GPU and starts on it, else CPU")
     precision: str | None = opt(None, PRECISION_HELP)
     host: str = opt("127.0.0.1", "address to listen on; keep 127.0.0.1 unless a proxy in front needs otherwise")
     port: int = opt(8000, "TCP port; 0: any free port (the log says which)")

@@ -15,7 +15,9 @@ batching) means the same here. Batching inside a replica: `--batching app` (defa
 own DynamicBatcher (bounded queue, 503 when full); `--batching serve` uses Ray Serve's `@serve.batch`
 instead (both run a batch through batcher.fill_jobs). Measured on 2 cores
 (bench/results/cpu-2core-ray/): the app's batcher as fast or faster (1.01-1.18x over three runs; the
-Serve HTTP proxy is the bottleneck) and about twice as large batches.
+Serve HTTP proxy is the bottleneck) and about twice as large batches. A replica larger than every node,
+or more starting replicas than the cluster's CPUs/GPUs hold, is refused before Serve starts (it would wait
+forever).
 """
 
 from __future__ import annotations
