@@ -2,7 +2,7 @@
 # Prepare, on this machine, what the GPU run carries, lay it out call by call and check every call's budget.
 #   bash bench/gpu/prepare_carry.sh            # .carry/text (IMDB train+test, xz, 17.7 MB), .carry/minilm (fp16,
 #                                              # 45.5 MB) cut into .carry/minilm-parts (2 parts + tokenizer)
-#   START=runs/minilm-e5 bash bench/gpu/prepare_carry.sh   # the start point from a trained model, not MiniLM
+#   START=runs/shipped-full bash bench/gpu/prepare_carry.sh   # start from a trained model (python -m export.unprune), not MiniLM
 #   bash bench/gpu/prepare_carry.sh --ortgpu   # also .ortgpu/part1+2: onnxruntime-gpu + the extra wheels (~3 min, PyPI),
 #                                              # and .carry/serve/wheels (deniro_rt serve's stack, 3.8 MB, call 1)
 #   (always) .carry/extra/text/unsupervised.jsonl.xz: the 50,000 unsupervised reviews, the sweep's extra MLM

@@ -2,10 +2,10 @@
 # Long-run sweep of the minilm preset on the GPU (issue 12). The recipe's 3 epochs at lr 5e-5 left MiniLM
 # at perplexity 37.2 (H100, bench/results/h100-2026-11-26/); 1.75 more epochs at lr 1e-4 on CPU took it
 # to the low 30s with the curve still falling (bench/results/cpu-2core-minilm/). What is left to learn
-# is whether any schedule reaches the issue's <= 20: three variants train 8 epochs each at once (the
-# loop is host-bound, ~24 ms a step with the GPU mostly idle), differing from the preset only in lr,
-# warm-up and epochs, evaluated every epoch on 2,500 test reviews (whole-split perplexity of the
-# shipped artifact is measured afterwards on CPU, experiments/protocol_ppl.py). The best final
+# is whether any schedule reaches the issue's <= 20: three variants train at once (EPOCHS, 2 by default below;
+# the H200 rounds ran 8 and 6), differing from the preset only in lr, warm-up and epochs, evaluated every epoch
+# on their validation reviews (the protocol below; the H200 rounds used 2,500 test reviews; whole-split
+# perplexity of the shipped artifact is measured afterwards on CPU, experiments/protocol_ppl.py). The best final
 # perplexity's weights come back as fp16 parts, exported and validated (fp32 + fp16 on CUDA), and
 # sweep.json holds every variant's per-epoch perplexities.
 #
@@ -13,7 +13,8 @@
 #                                        # the fp16 start point's parts stashed in /tmp/minilm-parts
 #   bash bench/gpu/sweep.sh --dry-run    # the same on this CPU with tiny sizes
 #   PRESET=deniro bash bench/gpu/sweep.sh  # the stashed start point is a trained model (prepare_carry.sh with
-#                                        # START=runs/minilm-e5): its head is trained, so no head lr of its own
+#                                        # START=runs/shipped-full, from python -m export.unprune, or
+#                                        # runs/minilm-e5): its head is trained, so no head lr of its own
 #                                        # (on CPU: START=runs/minilm-e5 PRESET=deniro ... --dry-run)
 #
 # The protocol (issue 23): every variant evaluates each epoch on its validation reviews (5 % of train,
