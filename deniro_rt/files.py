@@ -117,14 +117,17 @@ def staged(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)  # the failed stage, or the old folder after a swap
 
 
-def check_output_folder(output: str | Path, sources: dict[str, str | None]) -> Path:
-    """--output as a Path, refused when it is a file, or when it is (or holds) one of the `sources` (flag ->
-    path) it would replace: `--model D --output D --overwrite` deleted the trained model it read."""
+def check_output_folder(output: str | Path, sources: dict[str, str | None], overwrite: bool | None = None) -> Path:
+    """--output as a Path, refused when it is a file, when it is (or holds) one of the `sources` (flag ->
+    path) it would replace (`--model D --output D --overwrite` deleted the trained model it read), and, with
+    `overwrite` False, when it is not empty (None: the caller decides)."""
     from .errors import DeniroError
 
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    if overwrite is False and out.exists() and any(out.iterdir()):
+        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
     for flag, source in sources.items():
         inside = source and Path(source).expanduser().exists() and Path(source).expanduser().resolve()
         if inside and (inside == out.resolve() or out.resolve() in inside.parents):

@@ -244,9 +244,7 @@ def unprune(config: UnpruneConfig, stage: Path) -> dict:
 
 
 def main(config: UnpruneConfig) -> Path:
-    out = check_output_folder(config.output, {"--artifact": config.artifact})
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
+    out = check_output_folder(config.output, {"--artifact": config.artifact}, config.overwrite)
     if config.pruned_bias not in PRUNED_BIAS:
         raise DeniroError(f"--pruned-bias must be one of {', '.join(PRUNED_BIAS)}, got {config.pruned_bias!r}")
     if config.check_texts < 1:

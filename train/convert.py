@@ -218,9 +218,7 @@ def convert_folder(bert_dir: Path, output: Path, seed: int = 0, record: dict | N
 
 
 def main(config: ConvertConfig) -> Path:
-    out = check_output_folder(config.output, {"--bert": config.bert})
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
+    out = check_output_folder(config.output, {"--bert": config.bert}, config.overwrite)
     convert_folder(Path(config.bert), out, config.seed, asdict(config))
     log.info("wrote %s", out)
     return out

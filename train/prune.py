@@ -328,9 +328,7 @@ def prune(config: PruneConfig, stage: Path) -> dict:
 
 
 def main(config: PruneConfig) -> Path:
-    out = check_output_folder(config.output, {"--model": config.model, "--dataset": config.dataset})
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
+    out = check_output_folder(config.output, {"--model": config.model, "--dataset": config.dataset}, config.overwrite)
     if config.count_texts < 1:
         raise DeniroError(
             f"--count-texts must be at least 1 (the default counts 5000 reviews), got {config.count_texts}"
