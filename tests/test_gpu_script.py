@@ -44,16 +44,31 @@ def test_every_planned_call_fits_the_transfer_at_the_current_repo_size():
     sizes = {path: size if size is not None else calls.NOMINAL_BYTES[path] for path, size in here.items()}
     lines, fits = calls.report(calls.repo_bytes(), sizes)
     assert fits, "\n".join(lines)
-    assert calls.MARGIN >= 1_000_000 and len(calls.CALLS) == 5 and calls.CALLS[-1].carry == ()
+    assert calls.MARGIN >= 1_000_000 and set(calls.PLANS) == {"issue23", "issue21"}
+    assert all(plan[:3] == calls.STASH for plan in calls.PLANS.values())  # every lease stashes the same first
+    assert calls.PLANS["issue23"][-1].carry == () and "STAGES=loop" in calls.PLANS["issue23"][-1].command
     _, fits = calls.report(calls.LIMIT - calls.MARGIN - min(calls.NOMINAL_BYTES.values()) + 1, sizes)
     assert not fits  # the check does fail once the repo leaves less than the margin
 
 
 def test_readme_lists_the_planned_calls():
+    """Each plan's calls are in bench/gpu/README.md as `calls.py plan` prints them: carry, timeout, command."""
     calls, readme = _gpu_module("calls"), (GPU / "README.md").read_text()
     for call in calls.CALLS:
-        assert f"`{json.dumps(list(call.carry))}`" in readme and call.command in readme, call
+        command = call.command.replace("|", "\\|")  # as a markdown table cell holds it
+        assert f"`{json.dumps(list(call.carry))}`" in readme and command in readme, call
         assert f"| {call.timeout_s} |" in readme
+
+
+def test_plan_prints_each_lease_and_refuses_an_unknown_one(capsys):
+    calls = _gpu_module("calls")
+    assert calls.main(["plan"]) == 0
+    printed = [line.split(":", 1)[0] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["call 1", "call 2", "call 3", "call 3b", "call 4", "call 5"]  # issue 23's, the default
+    assert calls.main(["plan", "issue21"]) == 0
+    assert "STAGES=baseonnx,arrays" in capsys.readouterr().out.splitlines()[-1]
+    assert calls.main(["plan", "issue9"]) == 2
+    assert capsys.readouterr().err == "no plan 'issue9': choose one of issue23, issue21\n"
 
 
 def _fake_payloads(root: Path) -> bytes:
@@ -268,11 +283,15 @@ def _stage_dry_run(tmp_path: Path, stages: str) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_arrays_stage_dry_run(tmp_path):
-    """STAGES=arrays (issue 21): the shipped model's dicts / columnar / graph-only rows with the host-us table,
-    the B=1 prompt latency, pytest -m gpu and (where bench load has --device) the load test, on CPU."""
-    out, work = _stage_dry_run(tmp_path, "arrays")
+    """STAGES=baseonnx,arrays (issue 21's lease): the base shape exported, not benched; then the shipped model's
+    and the base shape's dicts / columnar / graph-only rows with the host-us table, the B=1 prompt latency,
+    pytest -m gpu and the load test, on CPU."""
+    out, work = _stage_dry_run(tmp_path, "baseonnx,arrays")
     steps = {s["step"]: s["exit"] for s in json.loads((out / "summary.json").read_text())["steps"]}
+    assert steps["export base"] == "0" and not any(name.startswith("bench base") for name in steps), steps
     assert steps["arrays: shipped model, dicts / columnar / graph only"] == "0", steps
+    assert steps["arrays: base shape, dicts / columnar / graph only"] == "0", steps
+    assert steps["load: 32 and 128 clients"] == "0", steps
     assert steps["arrays: shipped model, B=1 prompt latency"] == "0" and steps["pytest -m gpu"] in ("0", "5"), steps
     report = json.loads((work / "arrays-shipped" / "throughput.json").read_text())
     assert {r["engine"] for r in report["rows"]} == {"deniro_rt", "deniro_rt-arrays", "deniro_rt-model"}

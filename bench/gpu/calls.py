@@ -1,13 +1,15 @@
-"""The device calls of the GPU run (bench/gpu/README.md) and their transfer budget. Every call carries the
+"""The device calls of a GPU lease (bench/gpu/README.md) and their transfer budget. Every call carries the
 repo (tracked files as in the working tree, untracked ones git does not ignore) plus its `carry` paths, 64 MiB
-(67.1 MB) in all. With the repo at 22 MB, neither the start point (45.5 MB) nor .ortgpu/part1 (50.7 MB with
+(67.1 MB) in all. With the repo at 24 MB, neither the start point (45.5 MB) nor .ortgpu/part1 (50.7 MB with
 the wheels) fits one call, so calls 1-3 each carry one folder, .carry/callN, laid out as /tmp on the device
-(`cp -r .carry/callN/. /tmp/`), about 35-40 MB each; call 4 carries part2 and runs run.sh, call 5 the sweep.
+(`cp -r .carry/callN/. /tmp/`), about 39-40 MB each. What follows depends on the lease's plan (PLANS):
+issue 23 stashes the unsupervised text (3b), then trains the sweep (4) and times the loop (5); issue 21
+installs onnxruntime-gpu and runs the columnar host path's rows on the base shape and the shipped model (4).
 
-    python bench/gpu/calls.py stage    # hard-link the prepared payloads into .carry/call1..3
-    python bench/gpu/calls.py check    # each call's MB, exit 1 when one is within MARGIN of the limit
-    python bench/gpu/calls.py plan     # the calls as the device tool takes them (carry, timeout_s, command)
-    python bench/gpu/calls.py paths    # each call's carry path, for ../shared/tools/ort-gpu/budget.sh
+    python bench/gpu/calls.py stage            # hard-link the prepared payloads into .carry/call1..3
+    python bench/gpu/calls.py check            # each call's MB, exit 1 when one is within MARGIN of the limit
+    python bench/gpu/calls.py plan [issue23]   # a plan's calls as the device tool takes them (issue23, issue21)
+    python bench/gpu/calls.py paths            # every carried path, for ../shared/tools/ort-gpu/budget.sh
 """
 
 from __future__ import annotations
@@ -36,18 +38,42 @@ class Call:
     command: str
 
 
-CALLS = (
+INSTALL = f"source .ortgpu/part2/install.sh && {RUN_ENV}"  # onnxruntime-gpu on PYTHONPATH, kept for later calls
+STASH = (  # calls 1-3 of every plan: onnxruntime-gpu's first half, the wheels, the IMDB text, the start point
     Call((".carry/call1",), 60, "cp -rv .carry/call1/. /tmp/"),
     Call((".carry/call2",), 60, "cp -rv .carry/call2/. /tmp/"),
     Call((".carry/call3",), 60, "cp -rv .carry/call3/. /tmp/"),
-    Call((".ortgpu/part2",), 600, f"source .ortgpu/part2/install.sh && {RUN_ENV} && bash bench/gpu/run.sh"),
-    Call((), 540, "source /tmp/ortenv.sh && bash bench/gpu/sweep.sh"),
 )
-# What calls 1-3 carry (du -sb, 26 Nov 2026), for checking the plan where nothing is prepared (CI).
+PLANS = {
+    # Issue 23: the sweep from the shipped model's full-vocabulary source (START=runs/shipped-full when preparing),
+    # chosen on validation, the unsupervised text as extra MLM data; then the loop's speed alone (call 5, when
+    # >= 5 min of device time are left). STAGES=none: run.sh only unpacks the text, joins the start point and
+    # checks the environment (~20 s).
+    "issue23": (
+        *STASH,
+        Call((".carry/extra",), 60, "cp -rv .carry/extra/. /tmp/"),
+        Call(
+            (".ortgpu/part2",),
+            580,
+            f"{INSTALL} && STAGES=none bash bench/gpu/run.sh && PRESET=deniro bash bench/gpu/sweep.sh",
+        ),
+        Call((), 230, "source /tmp/ortenv.sh && STAGES=loop BUDGET_S=200 bash bench/gpu/run.sh"),
+    ),
+    # Issue 21: the base shape exported (no bench all: baseonnx), then the arrays stage: dicts / columnar /
+    # graph-only rows on the shipped model and the base shape, the B=1 prompt, pytest -m gpu, the load test.
+    "issue21": (
+        *STASH,
+        Call((".ortgpu/part2",), 580, f"{INSTALL} && STAGES=baseonnx,arrays BUDGET_S=540 bash bench/gpu/run.sh"),
+    ),
+}
+CALLS = tuple(dict.fromkeys(call for plan in PLANS.values() for call in plan))  # every call of every plan, once
+# What the carried folders hold (du -sb, 26 Nov and 3 Dec 2026), for checking the plans where nothing is
+# prepared (CI).
 NOMINAL_BYTES = {
     ".carry/call1": 39_240_799,  # 35,458,368 + the serve wheels (3,778,335 + the folder's 4 KB)
     ".carry/call2": 39_706_645,
     ".carry/call3": 39_750_260,
+    ".carry/extra": 17_464_556,  # the 50,000 unsupervised reviews, xz
     ".ortgpu/part2": 34_110_513,
 }
 
@@ -159,21 +185,44 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def call_names() -> dict[Call, str]:
+    """Each call's name as the README's tables give it: 1-3 (every plan), then 3b, 4, 5 of issue 23, 4 of 21."""
+    names = {call: str(i) for i, call in enumerate(STASH, 1)}
+    for plan, calls in PLANS.items():
+        own = [call for call in calls if call not in STASH]
+        numbers = ["3b", "4", "5"] if plan == "issue23" else ["4"]
+        names.update((call, f"{number} ({plan})") for call, number in zip(own, numbers, strict=True))
+    return names
+
+
 def report(repo: int, sizes: dict[str, int | None]) -> tuple[list[str], bool]:
     """One line per call (its paths, its total, what is left) and whether every call fits with MARGIN."""
     lines, fits = [f"repo (tracked + untracked not ignored): {mb(repo)}; limit {mb(LIMIT)}, margin {mb(MARGIN)}"], True
-    for i, call in enumerate(CALLS, 1):
+    for call, name in call_names().items():
         gone = [p for p in call.carry if sizes[p] is None]
         if gone:
-            lines.append(f"call {i}: {', '.join(gone)} missing (bash bench/gpu/prepare_carry.sh --ortgpu)")
+            lines.append(f"call {name}: {', '.join(gone)} missing (bash bench/gpu/prepare_carry.sh --ortgpu)")
             fits = False
             continue
         total = repo + sum(sizes[p] for p in call.carry)
         ok = total <= LIMIT - MARGIN
         fits &= ok
         paths = " + ".join(f"{p} {mb(sizes[p])}" for p in call.carry) or "no carry"
-        lines.append(f"call {i}: {paths} -> {mb(total)}, {mb(LIMIT - total)} left  {'ok' if ok else 'TOO BIG'}")
+        lines.append(f"call {name}: {paths} -> {mb(total)}, {mb(LIMIT - total)} left  {'ok' if ok else 'TOO BIG'}")
     return lines, fits
+
+
+def print_plan(plan: str) -> int:
+    if plan not in PLANS:
+        print(f"no plan {plan!r}: choose one of {', '.join(PLANS)}", file=sys.stderr)
+        return 2
+    names = call_names()
+    for call in PLANS[plan]:
+        print(
+            f"call {names[call].split()[0]}:",
+            json.dumps({"carry": list(call.carry), "timeout_s": call.timeout_s, "command": call.command}),
+        )
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -183,14 +232,9 @@ def main(argv: list[str]) -> int:
         print("staged .carry/call1..3" + (f"; missing: {', '.join(missing)}" if missing else ""))
         return 1 if missing else 0
     if command == "plan":
-        for i, call in enumerate(CALLS, 1):
-            print(
-                f"call {i}:",
-                json.dumps({"carry": list(call.carry), "timeout_s": call.timeout_s, "command": call.command}),
-            )
-        return 0
+        return print_plan(argv[1] if len(argv) > 1 else "issue23")
     if command == "paths":
-        print("\n".join(p for call in CALLS for p in call.carry))
+        print("\n".join(dict.fromkeys(p for call in CALLS for p in call.carry)))
         return 0
     lines, fits = report(repo_bytes(), measured())
     errors = join_errors()

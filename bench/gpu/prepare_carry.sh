@@ -6,10 +6,10 @@
 #   bash bench/gpu/prepare_carry.sh --ortgpu   # also .ortgpu/part1+2: onnxruntime-gpu + the extra wheels (~3 min, PyPI),
 #                                              # and .carry/serve/wheels (deniro_rt serve's stack, 3.8 MB, call 1)
 #   (always) .carry/extra/text/unsupervised.jsonl.xz: the 50,000 unsupervised reviews, the sweep's extra MLM
-#   text (issue 23), carried by a call of its own (bench/gpu/README.md), not by calls 1-3
+#   text (issue 23), carried by a call of its own (call 3b of `calls.py plan issue23`), not by calls 1-3
 #   python bench/gpu/calls.py stage && python bench/gpu/calls.py check   # again after the repo changed size
-# Both folders are git-ignored (.gitignore). The device calls are in bench/gpu/README.md (bench/gpu/calls.py
-# holds them): calls 1-3 carry .carry/call1..3, hard links to the payloads laid out as /tmp on the device.
+# Both folders are git-ignored (.gitignore). The device calls are in bench/gpu/README.md (`bench/gpu/calls.py plan
+# issue23` / `plan issue21` print them): calls 1-3 carry .carry/call1..3, hard links to the payloads laid out as /tmp on the device.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SRC=$(cd "${IMDB:-../shared/data/imdb}" && pwd)
@@ -48,6 +48,5 @@ fi
 "$PY" bench/gpu/calls.py stage || true  # what is missing shows in the check below
 # Each call's total with a 1 MB margin, and the joins (ort halves, start point parts) done here first.
 "$PY" bench/gpu/calls.py check
-# The shared tool's own check (no margin), one path a call: each call carries one folder.
+# The shared tool's own check (no margin), one path a call: each call carries one folder (.carry/extra included).
 bash "$TOOLS/budget.sh" $("$PY" bench/gpu/calls.py paths)
-bash "$TOOLS/budget.sh" .carry/extra  # the extra call (bench/gpu/README.md): the repo + the unsupervised text

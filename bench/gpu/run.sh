@@ -13,7 +13,8 @@
 # (folder of <split>.jsonl.xz), MINILM_PARTS (the fp16 MiniLM start point in parts, carry.py split-init),
 # MINILM_INIT (where they are joined), OUT (what comes back: at most 8 files), WORK (scratch), BUDGET_S
 # (wall-clock budget of the whole script), PYTHON, MINILM_S (its cap), STAGES (comma-separated: train,
-# minilm, base, arrays, loop; default the first three: arrays (issue 21) and loop (issue 23) are opt-in).
+# minilm, base, baseonnx, arrays, loop, none; default the first three: baseonnx (the base shape exported, not
+# benched), arrays (issue 21) and loop (issue 23) are opt-in; none: unpack, join and the environment only).
 # On CUDA: BUDGET_S 540 s + ~30 s of ort-gpu install, inside one 600 s device call.
 # Every step has its own time limit inside the budget; a failing step is logged and the run goes on.
 set -uo pipefail
@@ -113,16 +114,20 @@ step "pack minilm weights" 60 "$PY" bench/gpu/carry.py pack-model "$WORK/minilm"
 collect
 fi
 
-if want base; then
+if want base || want baseonnx; then
 # 3. The base shape, random init, own 30522-piece WordPiece (speed model: one step is enough), exported
-#    fp32 + fp16 without validation (a random model's flat outputs fail top-k checks), then benched:
-#    parity, latency (B=1), throughput, end to end and model only, host overhead. A random model's
-#    parity rows may fail (exit 1): the reports are written all the same.
+#    fp32 + fp16 without validation (a random model's flat outputs fail top-k checks); STAGES=baseonnx stops
+#    there (the arrays stage's base-shape rows need only the export), base goes on to bench it: parity,
+#    latency (B=1), throughput, end to end and model only, host overhead. A random model's parity rows may
+#    fail (exit 1): the reports are written all the same.
 step "base checkpoint (random init, 30522 WordPiece)" 90 "$PY" -m train --init random --dataset "$DATA" \
   --tokenizer-splits train --train-splits train --vocab-size 30522 --max-steps 1 "${BASE_CKPT[@]}" \
   --output "$WORK/base" --overwrite
 step "export base" 150 "$PY" -m export --onnx --model "$WORK/base" --output "$WORK/base-onnx" "${BASE_EXPORT[@]}" \
   --no-validate --overwrite
+fi
+
+if want base; then
 step "bench base: parity, latency, throughput (e2e and model only)" "$BENCH_BASE_S" "${BENCH[@]}" all \
   --model "$WORK/base-onnx" --torch-model "$WORK/base" "${COMMON[@]}" "${SPEED[@]}" "${PARITY[@]}" \
   --train-shapes tiny --train-steps 1 --train-warmup 0 --out "$WORK/bench-base"
@@ -145,9 +150,9 @@ step "minilm parity" 90 "${BENCH[@]}" parity --model "$WORK/minilm-onnx" --torch
 fi
 
 if want arrays; then
-# 6. Issue 21 (opt-in: STAGES=base,arrays or STAGES=arrays): the columnar host path on the device.
+# 6. Issue 21 (opt-in: STAGES=baseonnx,arrays, `calls.py plan issue21`): the columnar host path on the device.
 #    deniro_rt (dicts), deniro_rt-arrays (fill_arrays) and deniro_rt-model (the graph alone) on the shipped
-#    model (its int8-stored graph folds to fp32 on CUDA: this checks it runs) and, when the base stage ran,
+#    model (its int8-stored graph folds to fp32 on CUDA: this checks it runs) and, when base or baseonnx ran,
 #    the base shape (fp32 + fp16); bench.md gets the host-us-per-sentence table and the padding fraction.
 #    Then the B=1 prompt latency, `pytest -m gpu` (never run before) and the HTTP load test at 32 and 128
 #    clients with --device.

@@ -21,7 +21,7 @@
 # carved by train/, the same for all) and scores the whole test split ONCE after its last step; the best
 # variant is chosen on the final VALIDATION perplexity (train_timed.py's final_perplexity), never on test.
 # EXTRA=unsupervised (default) adds the 50,000 unsupervised reviews as MLM training text (stashed by the
-# extra call of bench/gpu/README.md); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
+# call 3b of `bench/gpu/calls.py plan issue23`); EXTRA= trains on train alone. Masking runs on the GPU (train's default).
 # COMPILE=1 passes --compile (torch.compile of the encoder; with HEAD_ROWS, of the head and loss too): only after
 # run.sh STAGES=loop measured it faster. COMPILE_MODE=reduce-overhead (with COMPILE=1) when the graphs loop won.
 # HEAD_ROWS=0.2 passes --head-rows 0.2 (the head on a fixed fifth of the tokens): likewise.
