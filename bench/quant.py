@@ -54,7 +54,7 @@ class QuantConfig:
     perplexity_chunks: int = 200
     drift_sentences: int = 64
     calibration_sentences: int = 256
-    timed_calls: int = 20  # per graph and shape (batch-32 shapes: a quarter)
+    timed_calls: int = 20  # per graph and shape (larger batches: a quarter, at least 8; calls_per_round)
     shapes: str = ",".join(f"{b}x{t}" for b, t in SHAPES)  # batch x tokens timed, e.g. 1x240,32x240 (reviews)
     out: str = "bench/results/quant"
 
@@ -234,17 +234,26 @@ def time_all(config: QuantConfig, graphs: dict[str, Path]) -> dict[str, dict]:
     results: dict[str, dict] = {name: {} for name in graphs}
     for batch, tokens in shapes_of(config):
         feed = random_feed(batch, tokens)
-        calls = config.timed_calls if batch == 1 else max(3, config.timed_calls // 4)
+        per_round = calls_per_round(config.timed_calls, batch)
         times: dict[str, list[float]] = {name: [] for name in sessions}
         for turn in range(ROUNDS):
             names = list(sessions)[turn % len(sessions) :] + list(sessions)[: turn % len(sessions)]
             for name in names:
-                times[name] += timed_block(sessions[name], feed, max(1, calls // ROUNDS))
+                times[name] += timed_block(sessions[name], feed, per_round)
         for name, measured in times.items():
             results[name][f"{batch}x{tokens}"] = {
-                q: round(float(np.percentile(measured, p)), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))
+                **{q: round(float(np.percentile(measured, p)), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))},
+                "calls": len(measured),
             }
     return results
+
+
+def calls_per_round(timed_calls: int, batch: int) -> int:
+    """Calls a graph is timed for in each of the ROUNDS rounds: timed_calls in all at batch 1, a quarter of them
+    at larger batches (each call costs ~batch times more), but never fewer than 2 a round, 8 in all: the old
+    floor (3 in all, cut to 1 a round) timed batch-32 shapes 4 times, too few for a p90, let alone a p99."""
+    wanted = timed_calls if batch == 1 else timed_calls // 4
+    return max(2, -(-wanted // ROUNDS))
 
 
 def timed_block(session, feed: dict, calls: int, warmup: int = 1) -> list[float]:

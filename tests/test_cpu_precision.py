@@ -168,6 +168,8 @@ def test_bench_quant_runs_openvino_on_the_shipped_graph(tmp_path, imdb_dir):
     f32 = report["agreement"]["openvino-f32"]
     assert f32["top1_decisive"] == 1.0 and f32["top5_identical"] >= 0.95 and f32["batch_topk_mismatches"] == 0
     assert abs(f32["perplexity_rel_diff"]) < 1e-4 and set(report["speed"]["openvino-f32"]) == {"1x16", "4x32"}
+    # timed_calls=2: never fewer than 2 calls in each of the 4 rounds (a batch-4 shape once got 1 a round)
+    assert [report["speed"]["openvino-f32"][shape]["calls"] for shape in ("1x16", "4x32")] == [8, 8]
     assert "| openvino-f32 |" in (tmp_path / "quant.md").read_text()
 
 
