@@ -141,10 +141,9 @@ def check_numbers(config: ExportConfig) -> None:
 
 
 def check_output(config: ExportConfig) -> Path:
-    out = check_output_folder(config.output, {"--model": config.model, "--tokenizer": config.tokenizer})
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
-        raise DeniroError(f"--output {out} is not empty; pass --overwrite to replace it, or another --output")
-    return out
+    """The shared check (one message for every CLI): runs before anything is written."""
+    sources = {"--model": config.model, "--tokenizer": config.tokenizer}
+    return check_output_folder(config.output, sources, config.overwrite)
 
 
 def resolve_providers(device: str) -> list[str]:

@@ -394,7 +394,8 @@ def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, capl
     ]
     code, lines = cli(argv, capsys)
     assert code == EXIT_USAGE
-    assert_one_error(lines, "not empty", "--overwrite")
+    assert lines[-1] == f"error: --output {out} is not empty; pass --overwrite or another --output"  # files.py's
+    assert_one_error(lines)
     assert (out / "stale.txt").exists()
     with caplog.at_level("WARNING"):
         assert run([*argv, "--overwrite"]) == 0
