@@ -434,6 +434,25 @@ def test_overload_answers_200_or_503_with_retry_after(tmp_path):
         assert srv.stop() == 0, srv.log.read_text()
 
 
+def test_a_request_over_the_queue_names_both_limits(tmp_path):
+    """--max-texts-per-request 64 is lowered to --max-queue 4 at start; the 413 named only
+    --max-texts-per-request, which the operator could raise without any effect."""
+    srv = start_server(tmp_path / "small-queue.log", "--max-queue", "4")
+    try:
+        answer = srv.post({"inputs": ["a [MASK] film ."] * 5})
+        assert (answer.status_code, answer.json()) == (
+            413,
+            {
+                "error": '"inputs" has 5 texts; this server takes at most 4 per request (--max-texts-per-request, '
+                "capped by --max-queue 4: raise both to allow more); split the list"
+            },
+        )
+        assert srv.post({"inputs": ["a [MASK] film ."] * 4}).status_code == 200
+    finally:
+        assert srv.stop() == 0, srv.log.read_text()
+    assert "--max-texts-per-request 64 lowered to --max-queue 4" in srv.log.read_text()
+
+
 def partial_request(srv: Server, body: bytes, sent: int) -> socket.socket:
     """A POST whose headers and first `sent` body bytes are on their way: a request in flight."""
     sock = socket.create_connection(urlsplit(srv.url)[1].split(":"), timeout=30)

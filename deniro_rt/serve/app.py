@@ -266,7 +266,7 @@ class FillService:
             raise HTTPException(
                 413,
                 f'"inputs" has {len(texts)} texts; this server takes at most '
-                f"{cfg.max_texts_per_request} per request (--max-texts-per-request); "
+                f"{cfg.max_texts_per_request} per request ({cfg.texts_limit_flags()}); "
                 "split the list",
             )
         for index, text in enumerate(texts):

@@ -55,7 +55,7 @@ class ServeConfig:
         "most half the batch's run time (a lone request never waits)",
     )
     max_queue: int = opt(1024, "most texts waiting for a batch; beyond it requests get 503 with Retry-After")
-    max_texts_per_request: int = opt(64, 'most texts in one request\'s "inputs" (413 beyond)')
+    max_texts_per_request: int = opt(64, 'most texts in one request\'s "inputs", at most --max-queue (413 beyond)')
     max_body_bytes: int = opt(1_048_576, "largest request body (413 beyond)")
     max_text_chars: int = opt(10_000, "longest text in characters (413 beyond)")
     max_top_k: int = opt(100, "largest top_k a request may ask for (422 beyond)")
@@ -110,6 +110,13 @@ class ServeConfig:
             )
             self.max_texts_per_request = self.max_queue
         return self
+
+    def texts_limit_flags(self) -> str:
+        """The options behind max_texts_per_request, for the 413: once check() has lowered it to --max-queue,
+        raising --max-texts-per-request alone changes nothing, so the operator must hear of both."""
+        if self.max_texts_per_request < self.max_queue:
+            return "--max-texts-per-request"
+        return f"--max-texts-per-request, capped by --max-queue {self.max_queue}: raise both to allow more"
 
 
 def model_threads(requested: int | None = None) -> int:
