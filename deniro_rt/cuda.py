@@ -10,7 +10,8 @@ pytest GPU tests (`pytest -m gpu`) have not run on a GPU yet. What runs without 
   feed gives the same answers as the unpadded one: padded columns are masked out of attention
   (as the per-batch padding already is), padded rows are separate sequences nobody reads, padded
   mask rows point at position 0 of row 0 and their outputs are cut off;
-* `node_placement`: which execution provider ran each node (from ORT's profiling trace).
+* `node_placement`: which execution provider ran each node (from ORT's profiling trace);
+* `CudaBinding`'s per-thread buffers, kept for the `max_shapes` most recently used feed shapes (device "cpu").
 
 CUDA graphs (ORT's `enable_cuda_graph` provider option): a captured graph replays fixed device
 addresses and fixed shapes, so each bucket (batch, seq, n_masks, n_targets, k) has its own bound
@@ -29,6 +30,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 HOST_INPUTS = {"top_k"}
 GRAPH_ID = "gpu_graph_id"  # onnxruntime run-option key (kOrtRunOptionsConfigCudaGraphAnnotation)
 NO_GRAPH = "-1"
+MAX_BOUND_SHAPES = 32  # feed shapes whose plain-IO-binding device buffers one thread keeps (least recently used go)
 # Ops ORT may place on the CPU for shape arithmetic without a Memcpy (allowed next to CUDA graphs).
 SHAPE_OPS = {
     "Shape",
@@ -214,42 +217,62 @@ def make_runner(
 class CudaBinding:
     """Runs the fast graph with inputs in device buffers; only the small outputs come back to host.
 
-    Buffers are per thread (a session is shared by threads, an OrtValue being written is not) and
-    per shape, so steady-state serving with bucketed shapes allocates nothing. With `no_graph`
+    Buffers are per thread (a session is shared by threads, an OrtValue being written is not) and per feed
+    shape, so a shape that recurs (a benchmark, steady traffic) allocates nothing. Only the `max_shapes` most
+    recently used shapes keep theirs: unbatched traffic has a new (batch, seq) shape nearly every call, and a
+    long-running service would otherwise hold device memory for every shape it ever saw. With `no_graph`
     (the session has CUDA graphs on), every run says gpu_graph_id -1: never capture these shapes.
     """
 
-    def __init__(self, session: ort.InferenceSession, device_id: int = 0, no_graph: bool = False, device: str = "cuda"):
-        self.session = session
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        device_id: int = 0,
+        no_graph: bool = False,
+        device: str = "cuda",
+        max_shapes: int = MAX_BOUND_SHAPES,
+    ):
+        if max_shapes < 1:
+            raise ValueError(f"max_shapes must be at least 1, got {max_shapes}")
+        self.session, self.max_shapes = session, max_shapes
         self.device_id, self.device = device_id, device  # device "cpu": the same plumbing, testable anywhere
         self.local = threading.local()
         self.run_options = ort.RunOptions()
         if no_graph:
             self.run_options.add_run_config_entry(GRAPH_ID, NO_GRAPH)
 
-    def _buffers(self) -> dict:
+    def _buffers(self) -> OrderedDict:
+        """This thread's {feed shape: {input name: OrtValue}}, least recently used first."""
         if not hasattr(self.local, "buffers"):
-            self.local.buffers = {}
+            self.local.buffers = OrderedDict()
         return self.local.buffers
 
-    def _device_value(self, name: str, array: np.ndarray) -> ort.OrtValue:
-        key = (name, array.shape, array.dtype.str)
+    def _device_values(self, feed: dict[str, np.ndarray]) -> dict[str, ort.OrtValue]:
+        """The feed's device inputs in this thread's buffers for its shape (allocated on first sight; beyond
+        max_shapes the least recently used shape's are freed: a finished run holds none of them)."""
+        shape = tuple((name, array.shape, array.dtype.str) for name, array in feed.items())
         buffers = self._buffers()
-        value = buffers.get(key)
-        if value is None:
-            value = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
-            buffers[key] = value
-        else:
-            value.update_inplace(array)  # host -> device copy into the existing buffer
-        return value
+        values = buffers.get(shape)
+        if values is None:
+            values = {
+                name: ort.OrtValue.ortvalue_from_numpy(a, self.device, self.device_id) for name, a in feed.items()
+            }
+            buffers[shape] = values
+            while len(buffers) > self.max_shapes:
+                buffers.popitem(last=False)
+            return values
+        buffers.move_to_end(shape)
+        for name, array in feed.items():
+            values[name].update_inplace(array)  # host -> device copy into the existing buffer
+        return values
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         binding = self.session.io_binding()
-        for name, array in feed.items():
-            if name in HOST_INPUTS:
-                binding.bind_cpu_input(name, array)
-            else:
-                binding.bind_ortvalue_input(name, self._device_value(name, np.ascontiguousarray(array)))
+        on_device = {n: np.ascontiguousarray(a) for n, a in feed.items() if n not in HOST_INPUTS}
+        for name, value in self._device_values(on_device).items():
+            binding.bind_ortvalue_input(name, value)
+        for name in HOST_INPUTS & feed.keys():
+            binding.bind_cpu_input(name, feed[name])
         for name in FAST_OUTPUTS:
             binding.bind_output(name, "cpu")  # [n, k] top-k rows only: tiny next to [batch, seq, vocab]
         self.session.run_with_iobinding(binding, self.run_options)

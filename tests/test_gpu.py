@@ -109,6 +109,32 @@ def test_bucketed_runner_plumbing_on_cpu(tiny_artifact):
     assert binding.local.buffers  # the long text went through plain IO binding
 
 
+def test_plain_binding_keeps_buffers_for_its_most_recent_shapes_only(tiny_artifact):
+    """CudaBinding kept device buffers for every feed shape a thread ever saw: a long-running GPU service with
+    varied batches grew without bound. Now the least recently used shapes beyond max_shapes are freed, and
+    every answer stays the plain session's."""
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32")
+    binding = CudaBinding(fm.session, no_graph=True, device="cpu", max_shapes=2)
+    texts = ["a [MASK] movie", "the [MASK] was long", "it was a [MASK] film , really", "[MASK] ! " * 7]
+    feeds = [fm.prepared_feeds([text], top_k=3)[0][0] for text in texts]  # four sequence lengths: four shapes
+    shape_of = [feed["input_ids"].shape for feed in feeds]
+    assert len(set(shape_of)) == 4
+    for order in ([0, 1, 2, 3], [3, 2, 0, 2]):
+        for i in order:
+            got, want = binding.run(feeds[i]), fm.run_graph(feeds[i])
+            assert got[1].tolist() == want[1].tolist()
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    kept = [  # each key holds (input name, shape, dtype) per device input; least recently used first
+        next(shape for name, shape, _ in key if name == "input_ids") for key in binding.local.buffers
+    ]
+    assert kept == [shape_of[0], shape_of[2]]
+    buffers = binding.local.buffers[next(reversed(binding.local.buffers))]
+    binding.run(feeds[2])  # a shape still kept: its buffers are reused, nothing allocated
+    assert binding.local.buffers[next(reversed(binding.local.buffers))] is buffers
+    with pytest.raises(ValueError, match="max_shapes must be at least 1, got 0"):
+        CudaBinding(fm.session, device="cpu", max_shapes=0)
+
+
 def test_a_session_onnxruntime_built_on_the_cpu_is_refused(monkeypatch):
     """When the CUDA EP does not load (a library missing from LD_LIBRARY_PATH), ORT builds the session on the CPU
     and only warns: make_session refuses it at once (no retry without graphs), so no CPU timing passes as CUDA."""
