@@ -73,7 +73,8 @@ def fill(
     "token" is then the tuple of piece ids). joint=True fills all masks of a text together (greedy:
     the most confident mask first, then re-run) and returns one {"sequence", "score", "tokens",
     "token_strs"} per text. truncation=True keeps a window around the masks of a text longer than
-    the model's maximum (masks outside it get [] and a warning) instead of raising.
+    the model's maximum (masks outside it get []; one warning per call counts those texts and names the
+    first five) instead of raising.
     model: an export folder (python -m export --onnx --output DIR); default: the shipped model.
     """
     runtime = _runtime(model, device, precision)

@@ -29,6 +29,7 @@ from .predictions import Predictions, Source, TokenRows
 from .providers import COMPUTED, CPU, artifact_precision, resolve_provider, session_options
 
 OVERLAP_BLOCK = 2048  # texts tokenized per block when tokenization overlaps the device runs
+SHOWN_CUT_TEXTS = 5  # texts a truncation warning names with their cut masks; the rest are counted
 # Padded tokens per graph run on CPU (rows x the run's longest row). Beyond about a thousand the activations
 # fall out of the caches: on the 2-core EPYC the shipped model took 1.9x longer a sentence at batch 512 than at
 # 32 (short sentences) and 1.8x at batch 128 than at 4 (153-token reviews), in fp32 and bf16 alike. Runs are
@@ -202,6 +203,7 @@ class FillMask:
         # a target of m pieces widens its mask to m: the text must leave room for the widest
         reserved = max((len(p) for _, p in pieces), default=1) - 1
         encoded, dropped = self.encode(batch, truncation, reserved=reserved)
+        warn_cut_masks({t: cut for t, cut in enumerate(dropped) if cut}, self.manifest.max_positions - reserved)
         if joint:
             results = fill_jointly(self, encoded, batch_size)
         else:
@@ -210,9 +212,17 @@ class FillMask:
         return results[0] if single else results
 
     def fill_arrays(
-        self, texts: str | Sequence[str], top_k: int = 5, batch_size: int = 64, truncation: bool = False
+        self,
+        texts: str | Sequence[str],
+        top_k: int = 5,
+        batch_size: int = 64,
+        truncation: bool = False,
+        *,
+        warn_truncated: bool = True,
     ) -> Predictions:
-        """fill's top-k predictions as columns (see deniro_rt.predictions); same checks, same errors."""
+        """fill's top-k predictions as columns (see deniro_rt.predictions); same checks, same errors.
+        warn_truncated=False: no warning for masks truncation cut away (rows with mask_position -1), for a
+        caller that reports them in its own terms (the batch job names input rows, not places in a call)."""
         batch, single = validate_texts(texts, self.mask_token)
         top_k, _ = min(check_top_k(top_k), self.manifest.vocab_size), check_batch_size(batch_size)
         if self.overlap and len(batch) > self.overlap_block:
@@ -220,6 +230,8 @@ class FillMask:
         else:
             rows = self.encode_rows(batch, truncation)
             columns = self.score_rows(rows, top_k, batch_size)
+        if warn_truncated:
+            warn_cut_masks(rows.lost, self.manifest.max_positions)
         return Predictions(*columns, source=Source(self, rows, single, len(batch)))
 
     def perplexity(self, masked: MaskedBatch, batch_size: int = 64) -> dict:
@@ -692,14 +704,23 @@ class Window:
         inner, budget = ids[1:-1], limit - 2
         masks = np.flatnonzero(inner == self.mask_id)  # [n_masks]
         start = window_start(masks, budget, len(inner))
-        lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]
-        if lost:
-            warnings.warn(
-                f"text {index}: masks {lost} (0-based) lie outside the {limit}-token window "
-                f"kept by truncation; their predictions are empty lists",
-                stacklevel=4,
-            )
+        lost = [n for n, p in enumerate(masks) if not start <= p < start + budget]  # warn_cut_masks names them
         return np.concatenate([ids[:1], inner[start : start + budget], ids[-1:]]), lost
+
+
+def warn_cut_masks(lost: dict[int, list[int]], limit: int) -> None:
+    """One warning per call for the masks truncation cut away (text -> mask numbers, texts numbered in the
+    caller's list): a call over 100k texts used to log a line per text. The first few texts are named."""
+    if not lost:
+        return
+    texts = sorted(lost)
+    shown = ", ".join(f"text {t} masks {lost[t]}" for t in texts[:SHOWN_CUT_TEXTS])
+    more = f", and {len(texts) - SHOWN_CUT_TEXTS} more texts" if len(texts) > SHOWN_CUT_TEXTS else ""
+    warnings.warn(
+        f"masks of {len(texts)} text{'s' if len(texts) > 1 else ''} lie outside the {limit}-token window kept by "
+        f"truncation (0-based: {shown}{more}); their predictions are empty lists",
+        stacklevel=3,  # the caller of fill or fill_arrays
+    )
 
 
 def window_start(masks: np.ndarray, budget: int, length: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -92,16 +93,38 @@ def test_truncation_rows(tiny_artifact, sentences):
     filler = "the movie was long and slow . " * 40  # > 128 tokens (the tiny model's maximum)
     far = "[MASK] was the first word . " + filler + "the ending was [MASK] ."
     texts = [sentences[0], far, filler + "it was [MASK] .", sentences[5], far]
-    with pytest.warns(UserWarning, match="lie outside"):
+    with pytest.warns(UserWarning) as caught:
         preds = fm.fill_arrays(texts, top_k=3, batch_size=2, truncation=True)
-    with pytest.warns(UserWarning, match="lie outside"):
-        reference = reference_fill(fm, texts, 3, 2, truncation=True)
-    assert preds.to_dicts() == reference
+    assert [str(w.message) for w in caught] == [  # one warning per call, texts numbered in the list passed
+        "masks of 2 texts lie outside the 128-token window kept by truncation (0-based: text 1 masks [1], text 4 "
+        "masks [1]); their predictions are empty lists"
+    ]
+    assert preds.to_dicts() == reference_fill(fm, texts, 3, 2, truncation=True)
     cut = preds.mask_position < 0  # the second mask of each `far` text
     assert preds.text_index[cut].tolist() == [1, 4] and (preds.token_ids[cut] == -1).all()
     assert np.isnan(preds.scores[cut]).all() and (preds.token_strs()[cut] == "").all()
     table = preds.to_arrow()
     assert table.column("token_ids").to_pylist()[int(np.flatnonzero(cut)[0])] == []
+
+
+def test_truncation_warns_once_per_call_naming_the_first_texts(tiny_artifact, sentences):
+    """A text whose masks truncation cut away was one warning each (100k texts: 100k lines); now a call warns
+    once, with the count and the first texts by their place in the list passed, across overlapped blocks too."""
+    fm = FillMask(tiny_artifact, device="cpu", precision="fp32", overlap=True, overlap_block=3)
+    far = "[MASK] was the first word . " + "the movie was long and slow . " * 40 + "the ending was [MASK] ."
+    texts = [sentences[i] if i % 2 else far for i in range(15)]  # cut: texts 0, 2, ..., 14
+    with pytest.warns(UserWarning) as caught:
+        preds = fm.fill_arrays(texts, top_k=2, batch_size=2, truncation=True)
+    assert [str(w.message) for w in caught] == [
+        "masks of 8 texts lie outside the 128-token window kept by truncation (0-based: text 0 masks [1], text 2 "
+        "masks [1], text 4 masks [1], text 6 masks [1], text 8 masks [1], and 3 more texts); their predictions "
+        "are empty lists"
+    ]
+    assert preds.text_index[preds.mask_position < 0].tolist() == list(range(0, 15, 2))  # kept in the output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the batch job reports input rows itself: no warning at all
+        quiet = fm.fill_arrays(texts, top_k=2, batch_size=2, truncation=True, warn_truncated=False)
+    assert quiet.to_dicts() == preds.to_dicts()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -469,6 +470,26 @@ def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, cap
     prefix = "error: rows 0-1: " if not extra else "error: a Ray worker refused a batch of up to --batch-size rows ("
     assert error.startswith(prefix) and refusal in error
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "1"]], ids=["in-process", "ray-data"])
+def test_batch_command_names_the_rows_whose_masks_truncation_cut(local_ray, tmp_path, caplog, extra):
+    """The runtime warned once per text, naming its place in one fill call (a batch of --batch-size rows), so
+    "text 0" meant nothing to the user of the file; the run now warns once, naming the file's lines."""
+    far = "[MASK] was the first word . " + "good " * 600 + "the end was [MASK] ."  # the second mask is cut
+    path = tmp_path / "far.txt"
+    path.write_text(f"a [MASK] day\n\na [MASK] day\n{far}\na [MASK] day\n{far}\n")  # texts 2 and 4: lines 4, 6
+    argv = ["--input", str(path), "--output", str(tmp_path / "o"), "--truncation", "--batch-size", "2"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "masks of")  # not the runtime's per-call one (batch-relative numbers)
+        with caplog.at_level(logging.WARNING, logger="deniro_rt.batch.cli"):
+            assert batch_main(argv + ["--precision", PRECISION] + extra) == 0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("deniro_rt")] == [
+        "--truncation cut masks away in 2 of 5 rows filled (lines 4, 6): they lie outside the token window kept; "
+        "those masks have mask_positions -1 and empty token_ids, token_strs and scores"
+    ]
+    positions = pq.read_table(tmp_path / "o" / "predictions").column("mask_positions").to_pylist()
+    assert [-1 in p for p in positions] == [False, False, True, False, True]
 
 
 def test_batch_command_names_the_extra_when_pyarrow_is_missing(tmp_path, corpus, capsys, monkeypatch):

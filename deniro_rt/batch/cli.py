@@ -9,7 +9,8 @@ Examples:
 Writes <output>/predictions/part-00000.parquet, ... (read them with pq.read_table(<output>/predictions)):
 the input columns, then `top1` and `top1_score` (the first mask's best word and its probability) and
 list columns per mask: `mask_positions`, `token_ids`, `token_strs`, `scores` (top-k, best first; an
-empty list for a mask truncation cut away) and, with --sequences, `sequences` (the filled texts);
+empty list and position -1 for a mask truncation cut away, whose rows one warning at the end names) and,
+with --sequences, `sequences` (the filled texts);
 then <output>/batch_config.json. Shards of --rows-per-shard rows are written as the fill goes, each
 atomically, into <output>.partial/, renamed to <output> at the end: an existing <output> is only
 replaced then (with --overwrite), so a failing run keeps it. A run that was killed leaves
@@ -123,7 +124,8 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
     add(
         "--truncation",
         action="store_true",
-        help="keep a window around the masks of over-long texts (without it they are listed before any work)",
+        help="keep a window around the masks of over-long texts (without it they are listed before any work); "
+        "rows with masks outside the window are named in one warning at the end",
     )
     add("--batch-size", type=int, default=256, help="rows per fill call / Ray Data batch (default: 256)")
     add("--ray", action="store_true", help="fill through Ray Data (extra deniro[ray])")
@@ -172,22 +174,24 @@ def run_batch(config: BatchConfig) -> Path:
     output = Path(config.output).resolve()
     check_output(output, config)
     with ray_connection(config):  # the workers' resources are checked before any output is touched
-        staging, first_row, seconds = fill_staging(table, config, output)
+        staging, writer, seconds = fill_staging(table, config, output)
+    first_row = writer.first_row
     filled = table.num_rows - first_row
     finish(
         staging,
         output,
         {**asdict(config), "rows": table.num_rows, "seconds": seconds, "resumed_from_row": first_row},
     )
+    log_cut_rows(writer.cut_rows, filled, lines)
     log.info(
         "filled %d rows in %.1f s (%.1f rows/s) -> %s", filled, seconds, filled / max(seconds, 1e-9), output / SHARDS
     )
     return output
 
 
-def fill_staging(table, config: BatchConfig, output: Path) -> tuple[Path, int, float]:
-    """Fill the rows still missing into shards in <output>.partial; returns that folder, the first row
-    filled by this run (after --resume's shards) and the seconds the fill took."""
+def fill_staging(table, config: BatchConfig, output: Path) -> tuple[Path, ShardWriter, float]:
+    """Fill the rows still missing into shards in <output>.partial; returns that folder, its writer (its
+    first_row: the first row filled by this run, after --resume's shards) and the seconds the fill took."""
     staging = staging_folder(output)
     writer = ShardWriter(staging / SHARDS, config.rows_per_shard, open_staging(staging, config, table.num_rows))
     start = time.perf_counter()
@@ -196,7 +200,20 @@ def fill_staging(table, config: BatchConfig, output: Path) -> tuple[Path, int, f
     except DeniroError:  # a row the model refuses: the same input fails again, nothing worth resuming
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return staging, writer.first_row, time.perf_counter() - start
+    return staging, writer, time.perf_counter() - start
+
+
+def log_cut_rows(cut_rows: list[int], filled: int, lines: list[int] | None) -> None:
+    """One warning for the run, naming input rows (or lines): the runtime's own warning, once per fill call,
+    could only number texts within a batch, so the workers leave it to this."""
+    if cut_rows:
+        log.warning(
+            "--truncation cut masks away in %d of %d rows filled (%s): they lie outside the token window kept; "
+            "those masks have mask_positions -1 and empty token_ids, token_strs and scores",
+            len(cut_rows),
+            filled,
+            _rows(cut_rows, lines),
+        )
 
 
 @contextmanager
@@ -583,8 +600,12 @@ class ShardWriter:
         self.first_row = done * rows  # the first input row still to fill
         self.pending: list = []  # tables filled but not written yet
         self.pending_rows = 0
+        self.next_row = self.first_row  # the input row of the next table added
+        self.cut_rows: list[int] = []  # input rows with a mask truncation cut away
 
     def add(self, table) -> None:
+        self.cut_rows += rows_with_cut_masks(table, self.next_row)
+        self.next_row += table.num_rows
         self.pending.append(table)
         self.pending_rows += table.num_rows
         while self.pending_rows >= self.rows:
@@ -605,6 +626,18 @@ class ShardWriter:
         publish(temp, path)  # a new name: a plain atomic rename
         rest = joined.slice(n)
         self.pending, self.pending_rows, self.index = [rest] if rest.num_rows else [], rest.num_rows, self.index + 1
+
+
+def rows_with_cut_masks(table, first_row: int) -> list[int]:
+    """Input rows of a filled table (its first: first_row) with a mask truncation cut away: a -1 among its
+    mask_positions (text_columns)."""
+    import pyarrow.compute as pc
+
+    from .ray import MASK_POSITIONS
+
+    positions = table.column(MASK_POSITIONS).combine_chunks()  # one ListArray: parent indices count from 0
+    cut = pc.equal(pc.list_flatten(positions), -1)
+    return [first_row + row for row in pc.unique(pc.filter(pc.list_parent_indices(positions), cut)).to_pylist()]
 
 
 def finish(staging: Path, output: Path, summary: dict) -> None:

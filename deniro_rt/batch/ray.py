@@ -92,7 +92,8 @@ def text_columns(preds, sequences: bool = False) -> dict[str, Any]:
 class FillMaskBatch:
     """Ray Data `map_batches` callable: adds text_columns' columns (from FillMask.fill_arrays) to a batch
     (a pyarrow Table, what fill_dataset asks for, a dict of numpy arrays or pandas) and returns a pyarrow
-    Table, any batch_format."""
+    Table, any batch_format. A mask truncation cut away is recorded in the output (mask_positions -1, empty
+    lists), not warned about: the runtime's warning could only number texts within one batch."""
 
     def __init__(
         self,
@@ -112,7 +113,7 @@ class FillMaskBatch:
 
     def predict(self, texts: list[str]) -> dict[str, Any]:
         preds = self.runtime.fill_arrays(
-            texts, top_k=self.top_k, batch_size=self.batch_size, truncation=self.truncation
+            texts, top_k=self.top_k, batch_size=self.batch_size, truncation=self.truncation, warn_truncated=False
         )
         return text_columns(preds, self.sequences)
 
