@@ -121,12 +121,8 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
         help=PRECISION_HELP,
     )
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
-    add(
-        "--truncation",
-        action="store_true",
-        help="keep a window around the masks of over-long texts (without it they are listed before any work); "
-        "rows with masks outside the window are named in one warning at the end",
-    )
+    truncation_help = "keep a window around the masks of over-long texts (without it they are listed before any work)"
+    add("--truncation", action="store_true", help=truncation_help + "; one warning names rows with masks cut away")
     add("--batch-size", type=int, default=256, help="rows per fill call / Ray Data batch (default: 256)")
     add("--ray", action="store_true", help="fill through Ray Data (extra deniro[ray])")
     add(
