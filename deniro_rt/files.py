@@ -126,12 +126,12 @@ def check_output_folder(output: str | Path, sources: dict[str, str | None], over
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise DeniroError(f"--output {out} exists and is a file; pass a folder")
-    if overwrite is False and out.exists() and any(out.iterdir()):
-        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
-    for flag, source in sources.items():
+    for flag, source in sources.items():  # first: --overwrite would not help here, another --output would
         inside = source and Path(source).expanduser().exists() and Path(source).expanduser().resolve()
         if inside and (inside == out.resolve() or out.resolve() in inside.parents):
             raise DeniroError(
                 f"--output {out} is or holds {flag} {source}, which the new output would replace; pass another --output"
             )
+    if overwrite is False and out.exists() and any(out.iterdir()):
+        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
     return out

@@ -485,6 +485,7 @@ def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
         ),
         (["--onnx", "--output", "{out}", "--opset", "13"], "--opset must be from 14 to 23 (default 17), got 13"),
         (["--onnx", "--output", "{model}", "--overwrite"], "which the new output would replace"),  # deleted the model
+        (["--onnx", "--output", "{model}"], "which the new output would replace"),  # not "pass --overwrite"
     ],
 )
 def test_bad_options_are_refused(argv, needle, tiny_model_dir, tmp_path, capsys):
