@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -83,7 +84,13 @@ def config_parser(
 
 def check_least(config: object, least: dict[str, float], above_zero: tuple[str, ...] = ()) -> None:
     """A numeric knob below its least value (or not above 0, for `above_zero`) fails before any work, naming the
-    flag: not after minutes, or as a confusing error from deep inside a run. None, where allowed, is a default."""
+    flag: not after minutes, or as a confusing error from deep inside a run. None, where allowed, is a default.
+    nan and inf are refused too: `--weight-decay nan` was a traceback from the optimizer, and `--lr inf` trained
+    to a nan model and saved it."""
+    for name in (*least, *above_zero):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise DeniroError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name, floor in least.items():
         value = getattr(config, name)
         if value is not None and value < floor:

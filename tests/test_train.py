@@ -462,6 +462,8 @@ def test_a_compile_mode_without_compile_fails_before_any_work(imdb_dir, tiny_mod
         ("--max-steps", "0", "error: --max-steps must be at least 1, got 0"),
         ("--warmup-steps", "-3", "error: --warmup-steps must be at least 0, got -3"),
         ("--lr", "0", "error: --lr must be above 0, got 0.0"),
+        ("--lr", "inf", "error: --lr must be a finite number, got inf"),  # trained to a nan model and saved it
+        ("--weight-decay", "nan", "error: --weight-decay must be a finite number, got nan"),  # torch's traceback
         ("--mlm-probability", "1.5", "error: --mlm-probability must be in (0, 1) (0.15: the recipe), got 1.5"),
     ],
 )
