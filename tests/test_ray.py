@@ -338,6 +338,29 @@ def test_batch_command_keeps_an_existing_output(tmp_path, corpus, capsys, monkey
     assert sorted(p.name for p in out.iterdir()) == ["batch_config.json", "predictions"]
 
 
+def test_batch_command_refuses_an_output_holding_its_input_and_bad_worker_sizes(tmp_path, capsys):
+    """--overwrite replaced a folder holding the input file (deleted it); a nan --cpus-per-worker or a negative
+    --gpus-per-worker failed in Ray's own traceback after <output>.partial was started."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    texts = folder / "texts.txt"
+    texts.write_text("a [MASK] day\n")
+    assert batch_error(capsys, ["--input", str(texts), "--output", str(folder), "--overwrite"]) == (
+        f"error: --output {folder} is or holds --input {texts}, which the new output would replace; "
+        "pass another --output"
+    )
+    assert [p.name for p in folder.iterdir()] == ["texts.txt"] and texts.read_text() == "a [MASK] day\n"
+    argv = ["--input", str(texts), "--output", str(tmp_path / "o"), "--ray"]
+    for flag, value, wanted in (
+        ("--cpus-per-worker", "nan", "a positive number, got nan"),
+        ("--cpus-per-worker", "0", "a positive number, got 0.0"),
+        ("--gpus-per-worker", "-1", "0 or a positive number, got -1.0"),
+        ("--gpus-per-worker", "nan", "0 or a positive number, got nan"),
+    ):
+        assert batch_error(capsys, argv + [flag, value]) == f"error: {flag} must be {wanted}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no output, no .partial
+
+
 def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, sentences, capsys, monkeypatch):
     """A real `python -m deniro_rt batch`, SIGKILLed once its first shards exist, then --resume: the same
     shards, byte for byte in content, as a run that was never interrupted. The resume names the input by

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import DeniroError
-from ..files import publish, write_text_atomically
+from ..files import check_output_folder, publish, write_text_atomically
 from ..providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,10 @@ def check_config(config: BatchConfig) -> None:
         raise DeniroError("--batch-size, --top-k and --rows-per-shard must be positive integers")
     if config.concurrency is not None and config.concurrency < 1:
         raise DeniroError(f"--concurrency must be at least 1, got {config.concurrency}")
-    if config.cpus_per_worker <= 0:
-        raise DeniroError(f"--cpus-per-worker must be positive, got {config.cpus_per_worker}")
+    if not 0 < config.cpus_per_worker < math.inf:  # nan too: it reached int(cpus // nan) in the pool's size
+        raise DeniroError(f"--cpus-per-worker must be a positive number, got {config.cpus_per_worker}")
+    if not 0 <= config.gpus_per_worker < math.inf:  # a negative one failed in Ray, after the output was started
+        raise DeniroError(f"--gpus-per-worker must be 0 or a positive number, got {config.gpus_per_worker}")
     import_pyarrow()
     if config.ray:
         import_ray()
@@ -425,6 +428,7 @@ def check_output(output: Path, config: BatchConfig) -> None:
         raise DeniroError(f"--output {output} is the working directory or holds it; pass a new folder, e.g. ./filled")
     if output.exists() and not output.is_dir():
         raise DeniroError(f"--output {output} is a file; pass a folder path")
+    check_output_folder(output, {"--input": config.input})  # --overwrite deleted an input file kept in --output
     finished = output.is_dir() and any(output.iterdir())
     if finished and config.resume and not staging_folder(output).exists():
         raise DeniroError(
