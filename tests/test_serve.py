@@ -958,7 +958,9 @@ def test_requests_left_by_a_closing_batcher_get_503_not_500():
     [
         (["--max-queue", "0"], "--max-queue must be a positive integer, got 0"),
         (["--port", "70000"], "--port must be 0..65535 (0: any free port), got 70000"),
-        (["--body-timeout-s", "-1"], "--body-timeout-s must be >= 0"),
+        (["--body-timeout-s", "-1"], "--body-timeout-s must be >= 0 and finite"),
+        # nan started a server whose every GET /health failed on the config's nan in its JSON
+        (["--max-wait-ms", "nan", "--keep-alive-s", "inf"], "--max-wait-ms, --keep-alive-s must be >= 0 and finite"),
         (["--threads", "0"], "--threads must be a positive integer, got 0"),
     ],
 )
@@ -976,6 +978,29 @@ def test_serve_config_errors(args, message):
     assert ServeConfig(max_texts_per_request=10, max_queue=4).check().max_texts_per_request == 4
 
 
+def test_an_address_it_cannot_listen_on_names_the_flag_to_change():
+    """An address of no interface here named --port as the fix, which could not help."""
+    from deniro_rt.serve import ServeConfig
+    from deniro_rt.serve.server import listen
+
+    with pytest.raises(deniro_rt.DeniroError) as caught:
+        listen(ServeConfig(host="192.0.2.1", port=0))  # TEST-NET-1: never an address of this machine
+    assert str(caught.value) == (
+        "cannot listen on 192.0.2.1:0 (Cannot assign requested address (while attempting to bind on address "
+        "('192.0.2.1', 0))); pass another --host (an address of this machine, e.g. 127.0.0.1, or 0.0.0.0 for all)"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(deniro_rt.DeniroError) as caught:
+            listen(ServeConfig(port=port))
+    assert str(caught.value) == (
+        f"cannot listen on 127.0.0.1:{port} (Address already in use (while attempting to bind on address "
+        f"('127.0.0.1', {port}))); pass another --port (0: any free port)"
+    )
+
+
 def test_ray_serve_command_line():
     from deniro_rt.serve.ray import RayServeConfig, parse_args
 
@@ -987,6 +1012,13 @@ def test_ray_serve_command_line():
         RayServeConfig(min_replicas=2, max_replicas=1).check()
     with pytest.raises(deniro_rt.DeniroError, match="--max-queue must be a positive integer"):
         RayServeConfig(max_queue=0).check()
+    for options, message in (  # nan failed in math.ceil, a negative GPU count in Ray's option checks
+        (dict(num_cpus=float("nan")), "--num-cpus must be a positive number, got nan"),
+        (dict(num_gpus=-1.0), "--num-gpus must be 0 or a positive number, got -1.0"),
+    ):
+        with pytest.raises(deniro_rt.DeniroError) as caught:
+            RayServeConfig(**options).check()
+        assert str(caught.value) == message
     done = subprocess.run(
         [sys.executable, "-m", "deniro_rt.serve.ray", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
     )

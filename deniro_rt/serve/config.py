@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass, field, fields
 
 from ..cli import config_parser
@@ -95,9 +96,10 @@ class ServeConfig:
                 raise DeniroError(f"{flag(name)} must be a positive integer, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise DeniroError(f"--port must be 0..65535 (0: any free port), got {self.port}")
-        negative = [flag(name) for name in NOT_NEGATIVE if getattr(self, name) < 0]
+        # nan passed `< 0` and the server started, then every GET /health failed on the config's nan in its JSON
+        negative = [flag(name) for name in NOT_NEGATIVE if not 0 <= getattr(self, name) < math.inf]
         if negative:
-            raise DeniroError(f"{', '.join(negative)} must be >= 0")
+            raise DeniroError(f"{', '.join(negative)} must be >= 0 and finite")
         if self.threads is not None and self.threads < 1:
             raise DeniroError(f"--threads must be a positive integer, got {self.threads}")
         for name, allowed in CHOICES.items():

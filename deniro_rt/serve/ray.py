@@ -77,8 +77,10 @@ class RayServeConfig(ServeConfig):
             )
         if self.max_replicas is not None and self.max_replicas < max(1, self.min_replicas):
             raise DeniroError(f"--max-replicas ({self.max_replicas}) must be >= --min-replicas and >= 1")
-        if self.num_cpus <= 0:
-            raise DeniroError(f"--num-cpus must be positive, got {self.num_cpus}")
+        if not 0 < self.num_cpus < math.inf:  # nan passed `<= 0`, then failed in math.ceil below
+            raise DeniroError(f"--num-cpus must be a positive number, got {self.num_cpus}")
+        if not 0 <= self.num_gpus < math.inf:  # a negative one was Ray's traceback from inside serve.run
+            raise DeniroError(f"--num-gpus must be 0 or a positive number, got {self.num_gpus}")
         self.serve_config()  # the app's own checks (batch size, queue, ...)
         return self
 

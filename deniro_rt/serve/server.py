@@ -12,6 +12,7 @@ process with 143); the handler installed here turns that into a clean exit 0.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -73,14 +74,20 @@ def leave_a_running_batch(batcher) -> None:
         os._exit(0)  # a requested stop; a plain exit would join the worker thread, i.e. wait for the batch
 
 
+def listen_fix(exc: OSError) -> str:
+    """What to change when binding failed: an unknown name or an address of no interface here is --host's fault
+    (the message named --port, which could not help), a port in use or reserved is --port's."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return "pass another --host (an address of this machine, e.g. 127.0.0.1, or 0.0.0.0 for all)"
+    return "pass another --port (0: any free port)"
+
+
 def listen(config: ServeConfig) -> socket.socket:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     try:
         sock = socket.create_server((config.host, config.port), family=family, backlog=2048)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it: no Nagle delay
     except OSError as exc:
-        raise DeniroError(
-            f"cannot listen on {config.host}:{config.port} ({exc.strerror}); pass another --port (0: any free port)"
-        ) from None
+        raise DeniroError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); {listen_fix(exc)}") from None
     log.warning("deniro serve listening on http://%s:%d", config.host, sock.getsockname()[1])
     return sock
