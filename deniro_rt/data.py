@@ -167,8 +167,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def load_text_splits(source: str, splits: Iterable[str], text_column: str = "text") -> dict[str, list[str]]:
     """Texts of each split, from a local folder of `<split>.parquet` files or a hub dataset id.
 
-    Uses the `datasets` library (the train/export/bench extras install it); a local folder is read
-    with pyarrow alone where `datasets` is missing (e.g. on a GPU box that only has the runtime).
+    A local folder is read with pyarrow (each split on its own); a hub id with the `datasets` library (the
+    train/export/bench extras install it).
     """
     splits = list(splits)
     path = Path(source).expanduser()
@@ -187,7 +187,22 @@ def load_text_splits(source: str, splits: Iterable[str], text_column: str = "tex
                 f"dataset {source!r} split {split!r} has no {text_column!r} column "
                 f"(columns: {tables[split].column_names}); pass --text-column"
             )
-    return {split: _column(tables[split], text_column) for split in splits}
+    return {split: _texts(tables[split], source, split, text_column) for split in splits}
+
+
+def _texts(table, source: str, split: str, text_column: str) -> list[str]:
+    """The split's texts; a value that is not a string (a column of numbers, a null) is refused here, naming its
+    rows: it failed deep inside the tokenizer ("'int' object is not iterable")."""
+    texts = _column(table, text_column)
+    bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
+    if bad:
+        rows = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise DeniroError(
+            f"dataset {source!r} split {split!r}: {len(bad)} of {len(texts)} values of column {text_column!r} are "
+            f"not text (rows {rows}; first: {texts[bad[0]]!r}); pass --text-column with the column of texts, "
+            "or drop those rows"
+        )
+    return texts
 
 
 def looks_like_path(source: str) -> bool:
@@ -206,15 +221,24 @@ def _load_parquet_dir(path: Path, splits: list[str]):
             f"dataset folder {path} has no {', '.join(s + '.parquet' for s in missing)} "
             f"(it needs one parquet file per split: {', '.join(splits)})"
         )
-    files = {s: str(path / f"{s}.parquet") for s in splits}
-    try:
-        from datasets import disable_progress_bars, load_dataset
-    except ImportError:
-        import pyarrow.parquet as pq
+    return {s: _read_parquet(path / f"{s}.parquet") for s in splits}
 
-        return {s: pq.read_table(f) for s, f in files.items()}
-    disable_progress_bars()  # split generation of local parquet is instant; bars would bury error lines
-    return load_dataset("parquet", data_files=files)
+
+def _read_parquet(file: Path):
+    """One split's file, read with pyarrow on its own. `datasets`' parquet builder (used here before) cast every
+    split to the first one's columns (a test split with a column the train split lacks was a CastError), failed
+    on a file of no rows, and buried a damaged file under its own DatasetGenerationError traceback."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DeniroError(f"reading {file} needs pyarrow: pip install 'deniro[train]' (or 'deniro[batch]')") from exc
+    try:
+        return pq.read_table(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise DeniroError(
+            f"dataset file {file} is not readable as parquet ({exc}); replace it with the split's .parquet file"
+        ) from exc
 
 
 def _load_hub(dataset_id: str, splits: list[str]):

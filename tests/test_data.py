@@ -143,3 +143,37 @@ def test_local_parquet_loads_with_and_without_datasets(tmp_path, monkeypatch):
         load_text_splits(str(tmp_path), ["train", "test"])
     with pytest.raises(DeniroError, match="needs the 'datasets' package"):
         load_text_splits("stanfordnlp/imdb", ["train"])
+
+
+def test_local_parquet_splits_are_read_on_their_own_and_bad_ones_are_named(tmp_path):
+    """Through `datasets` a test split with a column the train split lacked was a CastError, an empty file an
+    ArrowInvalid and a damaged one a DatasetGenerationError traceback; numbers in the text column failed inside
+    the tokenizer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deniro_rt.data import load_text_splits
+
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "train.parquet")
+    pq.write_table(
+        pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}), tmp_path / "test.parquet"
+    )
+    assert load_text_splits(str(tmp_path), ["train", "test"]) == {"train": ["a", "b"], "test": []}
+    pq.write_table(pa.table({"text": ["a", None, "c"], "id": [1, 2, 3]}), tmp_path / "nulls.parquet")
+    with pytest.raises(DeniroError) as caught:
+        load_text_splits(str(tmp_path), ["nulls"])
+    assert str(caught.value) == (
+        f"dataset {str(tmp_path)!r} split 'nulls': 1 of 3 values of column 'text' are not text (rows 1; first: None); "
+        "pass --text-column with the column of texts, or drop those rows"
+    )
+    pq.write_table(pa.table({"text": list(range(7))}), tmp_path / "numbers.parquet")
+    with pytest.raises(
+        DeniroError, match=r"7 of 7 values of column 'text' are not text \(rows 0, 1, 2, 3, 4, \.\.\.; "
+    ):
+        load_text_splits(str(tmp_path), ["numbers"])
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes((tmp_path / "train.parquet").read_bytes()[:100])
+    with pytest.raises(DeniroError) as caught:
+        load_text_splits(str(tmp_path), ["damaged"])
+    assert str(caught.value).startswith(f"dataset file {damaged} is not readable as parquet (")
+    assert str(caught.value).endswith("); replace it with the split's .parquet file")
