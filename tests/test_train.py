@@ -155,6 +155,16 @@ def test_nonexistent_checkpoint(imdb_dir, tmp_path, capsys):
     assert "no such checkpoint folder" in _error_line(capsys) and not out.exists()
 
 
+def test_a_checkpoint_file_instead_of_its_folder(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    """A file was taken for a hub id: a minute of network retries offline, then an error that named no file."""
+    out, file = tmp_path / "out", tiny_model_dir / "config.json"
+    assert run(["--model", str(file), "--dataset", str(imdb_dir), "--output", str(out)]) == 2
+    assert _error_line(capsys) == f"error: --model {file} is a file; pass its save_pretrained folder or a hub id"
+    assert run(tiny_args(imdb_dir, file, out)) == 2  # as --tokenizer
+    assert _error_line(capsys) == f"error: --tokenizer {file} is a file; pass its save_pretrained folder or a hub id"
+    assert not out.exists()
+
+
 def test_non_empty_output_needs_resume_or_overwrite(imdb_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -166,6 +166,8 @@ def check_sources(config: TrainConfig) -> None:
                 f"{flag} {source}: no such checkpoint folder; pass a save_pretrained "
                 f"folder or a hub id (e.g. {BASE_MODEL_ID})"
             )
+        if source and Path(source).expanduser().is_file():  # was taken for a hub id: a minute of retries offline
+            raise DeniroError(f"{flag} {source} is a file; pass its save_pretrained folder or a hub id")
 
 
 def split_texts(config: TrainConfig, texts: dict[str, list[str]]) -> dict[str, list[str]]:
