@@ -126,6 +126,7 @@ def check_output_folder(output: str | Path, sources: dict[str, str | None], over
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise DeniroError(f"--output {out} exists and is a file; pass a folder")
+    check_writable(out)
     for flag, source in sources.items():  # first: --overwrite would not help here, another --output would
         inside = source and Path(source).expanduser().exists() and Path(source).expanduser().resolve()
         if inside and (inside == out.resolve() or out.resolve() in inside.parents):
@@ -135,3 +136,19 @@ def check_output_folder(output: str | Path, sources: dict[str, str | None], over
     if overwrite is False and out.exists() and any(out.iterdir()):
         raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
     return out
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an --output that cannot be made: below a file, or in a folder this user cannot write (or a
+    read-only file system). Found before any work: it was an OSError traceback when the output was created,
+    after minutes of training or export."""
+    from .errors import DeniroError
+
+    nearest = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not nearest.is_dir():
+        raise DeniroError(f"--output {out}: {nearest} is a file, not a folder; pass another --output")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise DeniroError(
+            f"--output {out}: {nearest} is not writable (permissions, or a read-only file system); "
+            "pass a folder you can write to"
+        )

@@ -136,3 +136,28 @@ def test_staged_removes_the_stage_of_a_killed_run_only(tmp_path):
         (stage / "deniro.json").write_text("{}")
     assert not dead.exists() and live.is_dir() and elsewhere.is_dir() and foreign.is_dir()
     assert (out / "deniro.json").is_file()
+
+
+def test_an_output_that_cannot_be_made_is_refused_before_any_work(tmp_path, monkeypatch):
+    """It was an OSError traceback when the output was created: after the training or the export."""
+    from deniro_rt import DeniroError
+
+    file = tmp_path / "notes.txt"
+    file.write_text("keep")
+    with pytest.raises(DeniroError) as caught:
+        files.check_output_folder(file / "sub" / "out", {})
+    assert (
+        str(caught.value) == f"--output {file / 'sub' / 'out'}: {file} is a file, not a folder; pass another --output"
+    )
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))  # as root
+    with pytest.raises(DeniroError) as caught:
+        files.check_output_folder(locked / "new" / "out", {})
+    assert str(caught.value) == (
+        f"--output {locked / 'new' / 'out'}: {locked} is not writable (permissions, or a read-only file system); "
+        "pass a folder you can write to"
+    )
+    assert files.check_output_folder(tmp_path / "new" / "out", {}) == tmp_path / "new" / "out"
+    assert file.read_text() == "keep" and list(locked.iterdir()) == [] and not (tmp_path / "new").exists()
