@@ -138,13 +138,15 @@ def check_output_folder(output: str | Path, sources: dict[str, str | None], over
     return out
 
 
-def check_writable(out: Path) -> None:
+def check_writable(out: Path, folder: Path | None = None) -> None:
     """Refuse an --output that cannot be made: below a file, or in a folder this user cannot write (or a
     read-only file system). Found before any work: it was an OSError traceback when the output was created,
-    after minutes of training or export."""
+    after minutes of training or export. folder: the folder the output is written in (default: `out`, an
+    output folder; an output file's is its parent)."""
     from .errors import DeniroError
 
-    nearest = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    folder = (out if folder is None else folder).absolute()
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
     if not nearest.is_dir():
         raise DeniroError(f"--output {out}: {nearest} is a file, not a folder; pass another --output")
     if not os.access(nearest, os.W_OK | os.X_OK):

@@ -26,6 +26,7 @@ import torch
 
 from deniro_rt.data import chunk_texts, load_text_splits, premask, untruncated
 from deniro_rt.errors import DeniroError
+from deniro_rt.files import write_text_atomically
 
 log = logging.getLogger("train.shrink")
 
@@ -154,10 +155,90 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
     model.tie_weights()
 
 
-def variants(config: ShrinkConfig, vocab: int) -> list[Variant]:
+def variants(config: ShrinkConfig, vocab: int, specials: int) -> list[Variant]:
     """Per --keep: fp32 then int8 rows (the first is the reference); then the whole vocabulary per --mixed."""
-    kept = [Variant(min(int(k), vocab), int8) for k in config.keep.split(",") if k for int8 in (False, True)]
-    return kept + [Variant(vocab, False, min(int(n), vocab)) for n in (config.mixed or "").split(",") if n]
+    keep = sizes(config.keep, "--keep", 1)
+    if min(keep) < specials:  # [UNK] itself would be pruned: a KeyError when a pruned label was scored as it
+        raise DeniroError(
+            f"--keep {min(keep)} is fewer than the model's {specials} special tokens, which every vocabulary "
+            f"keeps; pass sizes of at least {specials}"
+        )
+    kept = [Variant(min(k, vocab), int8) for k in keep for int8 in (False, True)]
+    return kept + [Variant(vocab, False, min(n, vocab)) for n in sizes(config.mixed, "--mixed", 0)]
+
+
+def sizes(value: str | None, flag: str, least: int) -> list[int]:
+    """The comma-separated whole numbers of `flag`, each at least `least` (--keep needs one: the reference)."""
+    parts = [part.strip() for part in (value or "").split(",") if part.strip()]
+    numbers = [int(part) for part in parts if part.isdigit()]
+    if len(numbers) < len(parts) or min(numbers, default=least) < least or (flag == "--keep" and not numbers):
+        raise DeniroError(
+            f"{flag} must be comma-separated whole numbers of at least {least} (e.g. 30522,20000), got {value!r}"
+        )
+    return numbers
+
+
+def check_config(config: ShrinkConfig) -> None:
+    """Every flag, before the model loads: bad ones were tracebacks (int('abc'), a missing folder taken for a
+    hub id, ZeroDivisionError) or, for --output, an error after the whole measurement that lost its rows."""
+    from deniro_rt.cli import check_least
+    from deniro_rt.files import check_writable
+
+    check_least(config, dict(count_texts=1, eval_texts=1, chunk_size=2))
+    sizes(config.keep, "--keep", 1)
+    sizes(config.mixed, "--mixed", 0)
+    check_folder("--model", config.model, "config.json")
+    if config.checkpoint:
+        check_folder("--checkpoint", config.checkpoint, "model.safetensors")
+    if config.output:
+        output = Path(config.output).expanduser()
+        if output.is_dir():
+            raise DeniroError(f"--output {output} is a folder; pass a path for the JSON file")
+        check_writable(output, output.parent)
+
+
+def check_folder(flag: str, folder: str, needed: str) -> None:
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        kind = "is a file" if path.exists() else "does not exist"
+        raise DeniroError(f"{flag} {folder} {kind}; pass a folder holding {needed}")
+    if not (path / needed).is_file():
+        raise DeniroError(f"{flag} {folder} has no {needed}; pass a folder holding {needed}")
+
+
+def load_model(config: ShrinkConfig):
+    """--model (and --checkpoint's weights), evaluation mode, and its tokenizer."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+    except Exception as exc:  # a damaged or foreign folder: the library's own error, on one line
+        raise DeniroError(
+            f"could not load a masked LM and its tokenizer from --model {config.model} "
+            f"({type(exc).__name__}: {str(exc)[:200]}); pass a save_pretrained folder"
+        ) from exc
+    if config.checkpoint:
+        load_checkpoint_weights(model, Path(config.checkpoint))
+    return model, tokenizer
+
+
+def evaluation_set(config: ShrinkConfig, tokenizer, eval_texts: list[str], max_positions: int):
+    """The premasked evaluation set; refused when the model cannot read its chunks (a size mismatch deep in
+    DistilBERT) or it scores nothing (a ZeroDivisionError in score)."""
+    if config.chunk_size > max_positions:
+        raise DeniroError(
+            f"--chunk-size {config.chunk_size} is larger than the model's maximum of {max_positions} positions; "
+            f"pass --chunk-size {max_positions} or less"
+        )
+    chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
+    eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
+    if not (eval_set.labels != -100).any():
+        raise DeniroError(
+            f"the {len(eval_texts)} test reviews of --eval-texts make no masked token in chunks of --chunk-size "
+            f"{config.chunk_size}; pass more --eval-texts or a smaller --chunk-size"
+        )
+    return eval_set
 
 
 def sample_texts(config: ShrinkConfig) -> tuple[list[str], list[str]]:
@@ -176,20 +257,15 @@ def sample_texts(config: ShrinkConfig) -> tuple[list[str], list[str]]:
 
 
 def main(config: ShrinkConfig) -> list[dict]:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
-    if config.checkpoint:
-        load_checkpoint_weights(model, Path(config.checkpoint))
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    check_config(config)
+    model, tokenizer = load_model(config)
     count_texts, eval_texts = sample_texts(config)
     order = piece_order(tokenizer, count_texts)
-    chunks = chunk_texts(tokenizer.backend_tokenizer, eval_texts, config.chunk_size)
-    eval_set = premask(chunks, config.eval_seed, tokenizer.mask_token_id, len(tokenizer))
+    eval_set = evaluation_set(config, tokenizer, eval_texts, model.config.max_position_embeddings)
     # the positions whose input is [MASK] (not 80/10/10's random or kept 20 %): what fill-mask serves
     at_mask = eval_set.input_ids[eval_set.labels != -100] == tokenizer.mask_token_id  # [n_masked]
     rows, reference = [], None
-    for variant in variants(config, len(tokenizer)):
+    for variant in variants(config, len(tokenizer), len(tokenizer.all_special_ids)):
         ppl, top1, pruned = score(model, eval_set, variant, order, tokenizer.unk_token_id)
         reference = top1 if reference is None else reference
         same = top1 == reference
@@ -205,8 +281,10 @@ def main(config: ShrinkConfig) -> list[dict]:
             }
         )
         log.info("%s", rows[-1])
-    if config.output:
-        Path(config.output).write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=2) + "\n")
+    if config.output:  # aside, then renamed: an interrupted write leaves the previous file
+        write_text_atomically(
+            Path(config.output).expanduser(), json.dumps({"config": asdict(config), "rows": rows}, indent=2) + "\n"
+        )
     return rows
 
 
