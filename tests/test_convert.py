@@ -156,6 +156,22 @@ def test_cli_errors_are_one_line(tmp_path, bert_model_dir, tiny_model_dir, capsy
     assert capsys.readouterr().err.strip() == f"error: --output {busy / 'keep.txt'} exists and is a file; pass a folder"
 
 
+def test_damaged_bert_weights_are_one_line(tmp_path, bert_model_dir, capsys):
+    """Weights cut short were safetensors' traceback from inside transformers."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bert_model_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert convert.run(["--bert", str(damaged), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --bert {damaged}: could not load it (SafetensorError: Error while deserializing header: invalid "
+        "header length); pass a BertModel/BertForMaskedLM save_pretrained folder"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_minilm_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(convert, "find_spec", lambda name: None)
     with pytest.raises(DeniroError) as err:

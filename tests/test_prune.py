@@ -215,6 +215,28 @@ def test_bad_inputs_are_refused_in_one_line(tiny_model_dir, small_dataset, tmp_p
         assert not out.exists()
 
 
+def test_a_damaged_model_folder_is_one_line(tiny_model_dir, small_dataset, tmp_path, capsys):
+    """A config.json that is not JSON, or weights cut short, were transformers' or safetensors' traceback."""
+    fix = "pass a DistilBertForMaskedLM save_pretrained folder (e.g. runs/minilm-gpu)"
+    for damaged, name, cut, error in (
+        ("bad_config", "config.json", 1, "OSError: It looks like the config file at '{}' is not a valid JSON file."),
+        (
+            "cut_weights",
+            "model.safetensors",
+            1000,
+            "SafetensorError: Error while deserializing header: invalid header length",
+        ),
+    ):
+        folder = tmp_path / damaged
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / name).write_bytes((folder / name).read_bytes()[:cut])
+        out = tmp_path / "out"
+        assert prune.run(["--model", str(folder), "--dataset", str(small_dataset), "--output", str(out)]) == 2
+        wanted = f"error: --model {folder}: could not load it ({error.format(folder / name)}); {fix}"
+        assert capsys.readouterr().err.strip() == wanted
+        assert not out.exists()
+
+
 def test_a_failure_after_writing_leaves_no_output(tiny_model_dir, small_dataset, tmp_path, monkeypatch):
     def broken_check(*args, **kwargs):
         raise RuntimeError("simulated failure after the model was written")

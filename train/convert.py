@@ -144,10 +144,14 @@ def convert_model(bert_dir: Path, seed: int = 0) -> Converted:
     """Load a BERT folder and return the equivalent DistilBertForMaskedLM (eval mode)."""
     from transformers import AutoConfig, BertForMaskedLM, DistilBertForMaskedLM
 
-    bert_config = AutoConfig.from_pretrained(bert_dir)
-    config = distilbert_config(bert_config)
+    from .model import read_pretrained
+
+    fix = "pass a BertModel/BertForMaskedLM save_pretrained folder"
+    config = distilbert_config(read_pretrained("--bert", bert_dir, lambda: AutoConfig.from_pretrained(bert_dir), fix))
     with quiet_transformers():  # its "newly initialized" warning about a missing head is expected here
-        bert, info = BertForMaskedLM.from_pretrained(bert_dir, output_loading_info=True)
+        bert, info = read_pretrained(
+            "--bert", bert_dir, lambda: BertForMaskedLM.from_pretrained(bert_dir, output_loading_info=True), fix
+        )
     kept_head = not any(k.startswith(HEAD_PREFIX) for k in info["missing_keys"])
     source = {k.removeprefix("bert."): v for k, v in bert.state_dict().items()}
     state = body_state(source, config.n_layers)

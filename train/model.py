@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from deniro_rt.errors import DeniroError
 from .config import COMPILE_MODES, MINILM_SOURCE, SHAPES, TrainConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_model(config: TrainConfig, cache_root: Path | None = None) -> str:
@@ -27,6 +30,16 @@ def resolve_model(config: TrainConfig, cache_root: Path | None = None) -> str:
     from .convert import minilm_distilbert
 
     return str(minilm_distilbert(cache_root or Path(tempfile.gettempdir()) / "deniro-minilm"))
+
+
+def read_pretrained(flag: str, folder: Path, load: Callable[[], T], fix: str) -> T:
+    """`load()` (a from_pretrained of `folder`), with the library's error on one line naming the flag and `fix`:
+    a damaged config.json or truncated weights were transformers' or safetensors' traceback."""
+    try:
+        return load()
+    except Exception as exc:  # JSON, safetensors, pickle and transformers' own errors: all are a bad folder here
+        first_line = (str(exc).splitlines() or [""])[0][:160]
+        raise DeniroError(f"{flag} {folder}: could not load it ({type(exc).__name__}: {first_line}); {fix}") from exc
 
 
 def build_model(config: TrainConfig, tokenizer, source: str | None = None):

@@ -84,6 +84,7 @@ def load_source(model_dir: Path):
     from transformers import AutoConfig, DistilBertForMaskedLM
 
     from .convert import quiet_transformers
+    from .model import read_pretrained
     from .tokenizer import load_tokenizer
 
     if not (model_dir / "config.json").is_file():
@@ -91,14 +92,20 @@ def load_source(model_dir: Path):
             f"--model {model_dir}: no config.json; pass a DistilBertForMaskedLM save_pretrained "
             f"folder (e.g. runs/minilm-gpu)"
         )
-    model_type = AutoConfig.from_pretrained(model_dir).model_type
+    fix = "pass a DistilBertForMaskedLM save_pretrained folder (e.g. runs/minilm-gpu)"
+    model_type = read_pretrained("--model", model_dir, lambda: AutoConfig.from_pretrained(model_dir), fix).model_type
     if model_type != "distilbert":
         raise DeniroError(
             f"--model {model_dir} is a {model_type!r} model, not DistilBERT; convert a BERT first "
             f"with python -m train.convert"
         )
     with quiet_transformers():  # a missing head is reported below, in one line
-        model, info = DistilBertForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
+        model, info = read_pretrained(
+            "--model",
+            model_dir,
+            lambda: DistilBertForMaskedLM.from_pretrained(model_dir, output_loading_info=True),
+            fix,
+        )
     missing = set(info["missing_keys"]) - {"vocab_projector.weight"}  # tied: stored once
     if missing:
         raise DeniroError(
