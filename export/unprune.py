@@ -112,12 +112,23 @@ def load_models(config: UnpruneConfig):
     from .reference import model_from_graph
 
     artifact = Path(config.artifact)
-    if not (artifact / "fast.onnx").is_file():
-        raise DeniroError(f"--artifact {artifact}: no fast.onnx; pass an exported artifact folder")
+    check_artifact(artifact)
     shipped = model_from_graph(artifact).eval()
     cache = Path(config.minilm_cache) if config.minilm_cache else Path(tempfile.gettempdir()) / "deniro-minilm"
     minilm_dir = minilm_distilbert(cache)
     return shipped, minilm_dir, AutoModelForMaskedLM.from_pretrained(minilm_dir).eval()
+
+
+def check_artifact(artifact: Path) -> None:
+    """The artifact's files unprune reads, checked against its deniro.json: a damaged graph or tokenizer was
+    onnx's DecodeError or a JSONDecodeError traceback; now the runtime's message naming the file."""
+    from deniro_rt.artifact import load_manifest, verify_file
+
+    if not (artifact / "fast.onnx").is_file():
+        raise DeniroError(f"--artifact {artifact}: no fast.onnx; pass an exported artifact folder")
+    manifest = load_manifest(artifact)
+    for name in ("fast.onnx", "config.json", TOKENIZER_FILE):
+        verify_file(manifest, name)
 
 
 # --------------------------------------------------------------------------- the model
@@ -249,6 +260,8 @@ def main(config: UnpruneConfig) -> Path:
         raise DeniroError(f"--pruned-bias must be one of {', '.join(PRUNED_BIAS)}, got {config.pruned_bias!r}")
     if config.check_texts < 1:
         raise DeniroError(f"--check-texts must be at least 1, got {config.check_texts}")
+    if config.minilm_cache and Path(config.minilm_cache).is_file():  # was a FileExistsError from mkdir
+        raise DeniroError(f"--minilm-cache {config.minilm_cache} is a file; pass a folder (or leave it out)")
     with staged(out) as stage:  # published whole when unprune returns; a failed run leaves nothing
         unprune(config, stage)
     log.info("wrote %s", out)

@@ -104,3 +104,26 @@ def test_unprune_refuses_a_non_empty_output(tmp_path):
     with pytest.raises(DeniroError, match="is not empty; pass --overwrite"):
         unprune.main(unprune.UnpruneConfig(output=str(tmp_path)))
     assert (tmp_path / "kept.txt").read_text() == "mine"
+
+
+def test_a_damaged_artifact_or_a_cache_file_is_one_line(tmp_path, capsys):
+    """A damaged fast.onnx or tokenizer.json was onnx's DecodeError or a JSONDecodeError traceback, a
+    --minilm-cache that is a file mkdir's FileExistsError."""
+    import shutil
+
+    for name in ("fast.onnx", "tokenizer.json"):
+        artifact = tmp_path / f"damaged-{name}"
+        shutil.copytree(DEFAULT_MODEL_DIR, artifact)
+        (artifact / name).write_bytes((artifact / name).read_bytes()[:1000])
+        out = tmp_path / "out"
+        assert unprune.run(["--output", str(out), "--artifact", str(artifact)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: {artifact / name} is corrupted or was replaced (sha256 ")
+        assert error.endswith(" in deniro.json); re-run the export") and not out.exists()
+    cache = tmp_path / "cache.txt"
+    cache.write_text("not a folder")
+    assert unprune.run(["--output", str(tmp_path / "out"), "--minilm-cache", str(cache)]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"error: --minilm-cache {cache} is a file; pass a folder (or leave it out)"
+    )
+    assert not (tmp_path / "out").exists()
