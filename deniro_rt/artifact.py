@@ -154,6 +154,15 @@ def verify_file(manifest: Manifest, name: str) -> Path:
     return path
 
 
+def verify_sources(manifest: Manifest, precision: str = "fp32") -> None:
+    """The `precision` graph, tokenizer.json, and the configs listed beside them checked against the manifest:
+    for tools that read an artifact with onnx or transformers (export.bf16, export.requantize, export.unprune),
+    whose errors on a damaged file were tracebacks (onnx's DecodeError, "EOF while parsing")."""
+    listed = [name for name in ("config.json", TOKENIZER_CONFIG, "special_tokens_map.json") if name in manifest.files]
+    for name in (manifest.graphs[precision], TOKENIZER_FILE, *listed):
+        verify_file(manifest, name)
+
+
 def cleans_up_spaces(manifest: Manifest) -> bool:
     """Whether the artifact's tokenizer_config.json sets clean_up_tokenization_spaces (transformers' default,
     when the key is absent: False). An artifact without the file decodes as its tokenizer.json alone does."""

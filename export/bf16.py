@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deniro_rt.artifact import MANIFEST, load_manifest
+from deniro_rt.artifact import MANIFEST, load_manifest, verify_sources
 from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.openvino import OpenVinoGraph, OpenVinoSession, bf16_available, bf16_kernels
@@ -121,6 +121,7 @@ def main(config: Bf16Config) -> dict:
     manifest = load_manifest(config.artifact)
     if "fp32" not in manifest.graphs:
         raise DeniroError(f"{config.artifact} has no fp32 graph to compile in bf16; re-export with --precision fp32")
+    verify_sources(manifest)
     if not bf16_available():
         raise DeniroError('bf16 cannot run here: pip install "deniro[openvino]" on a CPU with AVX-512 BF16 or AMX')
     tokenizer = AutoTokenizer.from_pretrained(config.artifact)

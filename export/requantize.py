@@ -21,8 +21,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deniro_rt.artifact import FAST_GRAPHS, MANIFEST, load_manifest, sha256_file
-from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.artifact import FAST_GRAPHS, MANIFEST, load_manifest, sha256_file, verify_sources
+from deniro_rt.cli import check_least, run_main, setup_logging
+from deniro_rt.errors import DeniroError
 
 from .config import DEFAULT_INT8_METHOD, INT8_METHODS, ExportConfig
 
@@ -46,28 +47,21 @@ def main(config: RequantizeConfig) -> Path:
     from onnx import load
 
     from .optimize import quantize_fused
-    from .pipeline import calibration_feeds_for, versions
+    from .pipeline import versions
     from .validate import ValidationFailed, summary
     from .weights import float_weights
 
+    check_least(config, dict(calibration_sentences=16, sentences=1, perplexity_chunks=0))
     manifest = load_manifest(config.model)
-    export_config = ExportConfig(
-        dataset=config.dataset,
-        calibration_sentences=config.calibration_sentences,
-        int8_method=config.int8_method,
-        seed=config.seed,
-    )
+    verify_sources(manifest)
+    texts, origin = validation_texts(config)
     tok = artifact_tokenizer(manifest.folder)
     method = INT8_METHODS[config.int8_method]
-    calibration = (
-        calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
-        if method.kind == "static"
-        else None
-    )  # only static scales are calibrated
+    calibration = calibration_feeds(config, tok, manifest) if method.kind == "static" else None  # static only
     with tempfile.TemporaryDirectory(dir=manifest.folder, prefix=".requantize-") as stage:
         staged = Path(stage) / FAST_GRAPHS["int8"]
         counts = quantize_fused(float_weights(load(str(manifest.graph_path("fp32")))), staged, method, calibration)
-        result = validate_against_fp32(config, manifest, staged, tok)
+        result = validate_against_fp32(config, manifest, staged, tok, (texts, origin))
         if not result["passed"]:
             raise ValidationFailed(
                 f"int8 validation failed, {manifest.folder} unchanged: " + "; ".join(result["failed"])
@@ -81,17 +75,46 @@ def main(config: RequantizeConfig) -> Path:
     return manifest.folder
 
 
+def calibration_feeds(config: RequantizeConfig, tok, manifest):
+    """The IMDB train sentences that fix a static int8 graph's activation scales."""
+    from .pipeline import calibration_feeds_for
+
+    export_config = ExportConfig(
+        dataset=config.dataset,
+        calibration_sentences=config.calibration_sentences,
+        int8_method=config.int8_method,
+        seed=config.seed,
+    )
+    return calibration_feeds_for(export_config, tok, manifest.vocab_size, manifest.max_positions)
+
+
 def artifact_tokenizer(folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
-def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, tok) -> dict:
-    """int8 vs the artifact's own fp32 graph on IMDB test sentences and premasked chunks."""
+def validation_texts(config: RequantizeConfig) -> tuple[list[str], str]:
+    """The test reviews the int8 graph is validated on, before any work. Without them (a --dataset that does
+    not load) the set was empty after calibrating and quantizing, and the error named --random-sequences, a
+    flag of python -m export that this command does not have."""
+    from .validate import load_texts
+
+    texts, origin = load_texts(config.dataset, "test", "text")
+    if not texts:
+        raise DeniroError(
+            f"the int8 graph is validated on review text: {origin}; pass --dataset with a folder of "
+            "<split>.parquet files (e.g. ../shared/data/imdb)"
+        )
+    return texts, origin
+
+
+def validate_against_fp32(config: RequantizeConfig, manifest, int8_graph: Path, tok, test: tuple) -> dict:
+    """int8 vs the artifact's own fp32 graph on IMDB test sentences (`test`: texts and their origin) and
+    premasked chunks."""
     from . import validate
 
-    texts, origin = validate.load_texts(config.dataset, "test", "text")
+    texts, origin = test
     spec = validate.ValidationSpec(
         manifest.vocab_size,
         manifest.max_positions,

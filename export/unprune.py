@@ -122,13 +122,11 @@ def load_models(config: UnpruneConfig):
 def check_artifact(artifact: Path) -> None:
     """The artifact's files unprune reads, checked against its deniro.json: a damaged graph or tokenizer was
     onnx's DecodeError or a JSONDecodeError traceback; now the runtime's message naming the file."""
-    from deniro_rt.artifact import load_manifest, verify_file
+    from deniro_rt.artifact import load_manifest, verify_sources
 
     if not (artifact / "fast.onnx").is_file():
         raise DeniroError(f"--artifact {artifact}: no fast.onnx; pass an exported artifact folder")
-    manifest = load_manifest(artifact)
-    for name in ("fast.onnx", "config.json", TOKENIZER_FILE):
-        verify_file(manifest, name)
+    verify_sources(load_manifest(artifact))
 
 
 # --------------------------------------------------------------------------- the model

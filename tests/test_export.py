@@ -684,3 +684,33 @@ def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(
     for name in manifest.files:
         verify_file(manifest, name)  # the new graph's sha256 is the manifest's
     assert (folder / FAST_GRAPHS["fp32"]).read_bytes() == before[FAST_GRAPHS["fp32"]]
+
+
+def test_requantize_and_bf16_refuse_a_damaged_artifact_or_no_text_before_any_work(
+    tiny_artifact, imdb_dir, tmp_path, capsys
+):
+    """A damaged fast.onnx or tokenizer.json was onnx's DecodeError or the tokenizer's "EOF while parsing"
+    traceback; --calibration-sentences 0 a ValueError from max(); a --dataset that did not load failed after
+    the quantization, naming --random-sequences, a flag requantize does not have."""
+    from export.bf16 import cli as bf16_cli
+    from export.requantize import run as requantize
+
+    for name in (FAST_GRAPHS["fp32"], "tokenizer.json"):
+        folder = tmp_path / f"damaged-{name}"
+        shutil.copytree(tiny_artifact, folder)
+        (folder / name).write_bytes((folder / name).read_bytes()[:500])
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        for command in (["--model", str(folder), *REQUANTIZE_SMALL], ["--artifact", str(folder)]):
+            assert (requantize if command[0] == "--model" else bf16_cli)([*command, "--dataset", str(imdb_dir)]) == 2
+            error = capsys.readouterr().err.strip().splitlines()[-1]
+            assert error.startswith(f"error: {folder / name} is corrupted or was replaced (sha256 ")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    copy = shutil.copytree(tiny_artifact, tmp_path / "copy")  # requantize rewrites its --model in place
+    argv = ["--model", str(copy), "--dataset", str(imdb_dir), *REQUANTIZE_SMALL]
+    assert requantize([*argv, "--calibration-sentences", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --calibration-sentences must be at least 16, got 0"
+    assert requantize([*argv, "--dataset", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the int8 graph is validated on review text: random ids (dataset {str(tmp_path / 'nowhere')!r} "
+        "unavailable); pass --dataset with a folder of <split>.parquet files (e.g. ../shared/data/imdb)"
+    )
