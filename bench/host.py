@@ -185,6 +185,7 @@ def to_png(result: dict, path: Path) -> None:
 
 
 def main(cfg: HostConfig) -> dict:
+    report.check_out(Path(cfg.out))
     result = measure(cfg)
     command = "python -m bench.host " + " ".join(
         f"--{k.replace('_', '-')} {v}"

@@ -473,6 +473,7 @@ def main(cfg: LoadConfig) -> int:
 
     names, _ = cfg.server_names(), cfg.client_counts()  # bad lists and numbers fail before any server starts
     cfg.check_numbers()
+    report.check_out(Path(cfg.out))
     artifact = Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR
     texts = load_sentences(cfg, artifact)
     result = {

@@ -69,9 +69,10 @@ class Prepared:
 
 
 def main(config: QuantConfig) -> dict:
-    from bench.report import header, write
+    from bench.report import check_out, header, write
 
     check_methods(config.methods)
+    check_out(Path(config.out))
     same = Path(config.speed_model or config.model) == Path(config.model)
     with tempfile.TemporaryDirectory(prefix="deniro-quant-") as tmp:
         graphs = build_methods(config, Path(config.model), Path(tmp) / "model")

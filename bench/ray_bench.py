@@ -245,6 +245,7 @@ def main(cfg: RayBenchConfig) -> int:
 
     pools = cfg.pool_list()
     cfg.client_counts(), cfg.check_numbers()  # bad lists and numbers fail before anything starts
+    report.check_out(Path(cfg.out))
     texts = load_sentences(cfg, Path(cfg.model) if cfg.model else DEFAULT_MODEL_DIR)
     texts = (texts * math.ceil(cfg.sentences / max(1, len(texts))))[: cfg.sentences]
     result = {

@@ -165,6 +165,19 @@ def overhead(rows: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- files
+def check_out(out: Path) -> Path:
+    """--out, refused before any measurement when it cannot hold the reports (a file, a path below a file, a
+    folder this user cannot write): it was an OSError traceback after the whole run, its results lost."""
+    from deniro_rt.errors import DeniroError
+    from deniro_rt.files import check_writable
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DeniroError(f"--out {out} is a file; pass a folder for the reports")
+    check_writable(out, flag="--out")
+    return out
+
+
 def write(report: dict, out: Path, stem: str) -> dict[str, Path]:
     plot_rows = (lambda r, path: plot(r["rows"], path, r["header"])) if report.get("rows") else None
     return write_files(report, out, stem, markdown, plot_rows)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deniro_rt.artifact import load_manifest
+from deniro_rt.artifact import load_manifest, verify_file
 from deniro_rt.data import load_text_splits
 from deniro_rt.errors import DeniroError
 from deniro_rt.providers import DEVICES, HARDWARE
@@ -72,6 +72,8 @@ def make_context(cfg: BenchConfig, device: str, needs_torch: bool = True) -> Con
     """needs_torch=False (deniro_rt engines only, no parity): no PyTorch checkpoint is looked for."""
     artifact = resolve_artifact(cfg.model)
     manifest = load_manifest(artifact)
+    for name in manifest.files:  # the engines read them with onnx, Optimum, transformers: a damaged one was a
+        verify_file(manifest, name)  # traceback from inside those, after minutes of other engines
     torch_model = resolve_torch_model(cfg.torch_model, artifact, manifest) if needs_torch or cfg.torch_model else None
     log.info("artifact %s, PyTorch checkpoint %s, device %s", artifact, torch_model, device)
     return Context(device=device, artifact=artifact, manifest=manifest, torch_model=torch_model, top_k=cfg.top_k)
@@ -192,6 +194,7 @@ def main(cfg: BenchConfig) -> int:
     device = resolve_device(cfg.device)
     cfg.engine_list(), cfg.length_list(), cfg.batch_list()  # bad lists fail now, not after minutes
     cfg.check_numbers()
+    report.check_out(cfg.out_dir())
     result = {"header": report.header(device, cfg.cli()), "config": cfg.__dict__.copy()}
     if wanted & {"parity", "latency", "throughput"}:
         result.update(model_benchmarks(cfg, device, wanted))

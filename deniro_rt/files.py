@@ -138,7 +138,7 @@ def check_output_folder(output: str | Path, sources: dict[str, str | None], over
     return out
 
 
-def check_writable(out: Path, folder: Path | None = None) -> None:
+def check_writable(out: Path, folder: Path | None = None, flag: str = "--output") -> None:
     """Refuse an --output that cannot be made: below a file, or in a folder this user cannot write (or a
     read-only file system). Found before any work: it was an OSError traceback when the output was created,
     after minutes of training or export. folder: the folder the output is written in (default: `out`, an
@@ -148,9 +148,9 @@ def check_writable(out: Path, folder: Path | None = None) -> None:
     folder = (out if folder is None else folder).absolute()
     nearest = next(p for p in (folder, *folder.parents) if p.exists())
     if not nearest.is_dir():
-        raise DeniroError(f"--output {out}: {nearest} is a file, not a folder; pass another --output")
+        raise DeniroError(f"{flag} {out}: {nearest} is a file, not a folder; pass another {flag}")
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise DeniroError(
-            f"--output {out}: {nearest} is not writable (permissions, or a read-only file system); "
+            f"{flag} {out}: {nearest} is not writable (permissions, or a read-only file system); "
             "pass a folder you can write to"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -530,6 +531,34 @@ def test_rounds_interleave_the_engines_and_report_each_rows_median_round(tiny_ar
 def test_bench_counts_out_of_range_fail_before_any_work(flag, value, error, tmp_path, capsys):
     assert run(["latency", "--quick", "--device", "cpu", "--out", str(tmp_path / "out"), flag, value]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {error}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["latency", "load", "quant", "ray"])
+def test_an_out_that_cannot_hold_the_reports_fails_before_any_work(command, tmp_path, capsys):
+    """--out a file (or below one) was an OSError traceback when the reports were written, after the run."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    extra = ["--quick", "--device", "cpu"] if command == "latency" else []
+    assert run([command, *extra, "--out", str(notes)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: --out {notes} is a file; pass a folder for the reports"
+    assert run([command, *extra, "--out", str(notes / "reports")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --out {notes / 'reports'}: {notes} is a file, not a folder; pass another --out"
+    )
+    assert notes.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_damaged_artifact_fails_before_any_engine_runs(tiny_artifact, imdb_dir, tmp_path, capsys, monkeypatch):
+    """A cut fast.onnx was onnx's DecodeError from inside the parity check (bf16 on OpenVINO), or the runtime's
+    error after the PyTorch side had run."""
+    monkeypatch.setattr("bench.run.load_text_splits", lambda *a, **k: pytest.fail("ran before the artifact check"))
+    damaged = shutil.copytree(tiny_artifact, tmp_path / "damaged")
+    (damaged / "fast.onnx").write_bytes((damaged / "fast.onnx").read_bytes()[:500])
+    args = ["parity", "--quick", "--device", "cpu", "--model", str(damaged), "--dataset", str(imdb_dir)]
+    assert run([*args, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"error: {damaged / 'fast.onnx'} is corrupted or was replaced (sha256 ")
     assert not (tmp_path / "out").exists()
 
 
