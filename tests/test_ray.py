@@ -361,6 +361,34 @@ def test_batch_command_refuses_an_output_holding_its_input_and_bad_worker_sizes(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no output, no .partial
 
 
+def test_resume_fills_a_damaged_shard_again_and_names_a_damaged_job_file(tmp_path, sentences, capsys, monkeypatch):
+    """A shard damaged after it was written was counted as done and ended up in the output (which readers then
+    refused); a damaged job.json was a JSONDecodeError traceback."""
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(sentences[:30]) + "\n")
+    base = ["--input", str(corpus), "--precision", PRECISION, "--rows-per-shard", "10", "--batch-size", "10"]
+    out, shards = tmp_path / "out", tmp_path / "out.partial" / "predictions"
+    with monkeypatch.context() as patch:  # stopped at the very end: every shard written, nothing published
+        patch.setattr("deniro_rt.batch.cli.finish", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        assert batch_main(["--output", str(out), *base]) == 130
+    assert sorted(p.name for p in shards.iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    (shards / "part-00001.parquet").write_bytes((shards / "part-00001.parquet").read_bytes()[:100])
+    assert batch_main(["--output", str(out), "--resume", *base]) == 0
+    assert batch_main(["--output", str(tmp_path / "whole"), *base]) == 0
+    assert pq.read_table(out / "predictions").equals(pq.read_table(tmp_path / "whole" / "predictions"))
+    assert json.loads((out / "batch_config.json").read_text())["resumed_from_row"] == 10
+    with monkeypatch.context() as patch:
+        patch.setattr("deniro_rt.batch.cli.finish", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        assert batch_main(["--output", str(tmp_path / "again"), *base]) == 130
+    job = tmp_path / "again.partial" / "job.json"
+    job.write_text("{")
+    capsys.readouterr()
+    assert batch_error(capsys, ["--output", str(tmp_path / "again"), "--resume", *base]) == (
+        f"error: --resume: {job} is damaged (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1)); drop --resume and pass --overwrite to start over"
+    )
+
+
 def test_a_killed_batch_run_resumes_to_the_uninterrupted_output(tmp_path, sentences, capsys, monkeypatch):
     """A real `python -m deniro_rt batch`, SIGKILLed once its first shards exist, then --resume: the same
     shards, byte for byte in content, as a run that was never interrupted. The resume names the input by

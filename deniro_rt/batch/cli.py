@@ -557,7 +557,7 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
     """Prepare <output>.partial; returns the number of shards already written (--resume), else 0."""
     job, job_file = config.job(rows), staging / JOB_FILE
     if staging.exists() and config.resume:
-        saved = json.loads(job_file.read_text()) if job_file.is_file() else {}
+        saved = saved_job(job_file)
         if saved and "input_files" not in saved:  # a job file from before the input's stamp: not checked
             saved["input_files"] = job["input_files"]
         changed = sorted(k for k in job if saved.get(k) != job[k])
@@ -566,7 +566,7 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
                 f"--resume: {staging} was written with other {', '.join(changed)}; resume with "
                 f"the same input and options, or drop --resume and pass --overwrite to start over"
             )
-        done = count_shards(staging / SHARDS)
+        done = count_shards(staging / SHARDS, rows, config.rows_per_shard)
         log.info("resuming after %d shards (%d rows)", done, min(rows, done * config.rows_per_shard))
         return done
     if staging.exists() and not config.overwrite:
@@ -579,12 +579,44 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
     return 0
 
 
-def count_shards(folder: Path) -> int:
-    """Shards are written in order and each atomically: the first missing one is where the fill resumes."""
+def saved_job(job_file: Path) -> dict:
+    """The options an unfinished run was started with ({} without its job file); a damaged file was a
+    JSONDecodeError traceback."""
+    if not job_file.is_file():
+        return {}
+    try:
+        saved = json.loads(job_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        saved = exc
+    if not isinstance(saved, dict):
+        raise DeniroError(
+            f"--resume: {job_file} is damaged ({saved}); drop --resume and pass --overwrite to start over"
+        )
+    return saved
+
+
+def count_shards(folder: Path, rows: int, rows_per_shard: int) -> int:
+    """Shards are written in order and each atomically: the first one missing, or damaged since (not readable
+    as parquet, or not its rows: it was counted as done and ended up in the output), is where the fill resumes."""
     done = 0
     while (folder / shard_name(done)).is_file():
+        expected = min(rows_per_shard, rows - done * rows_per_shard)
+        if shard_rows(folder / shard_name(done)) != expected:
+            log.warning("%s is damaged (not %d rows of parquet): filling it again", folder / shard_name(done), expected)
+            break
         done += 1
     return done
+
+
+def shard_rows(path: Path) -> int | None:
+    """The rows a parquet file's footer declares; None when it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError):
+        return None
 
 
 def shard_name(index: int) -> str:
