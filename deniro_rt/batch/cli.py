@@ -15,8 +15,9 @@ then <output>/batch_config.json. Shards of --rows-per-shard rows are written as 
 atomically, into <output>.partial/, renamed to <output> at the end: an existing <output> is only
 replaced then (with --overwrite), so a failing run keeps it. A run that was killed leaves
 <output>.partial/ with its finished shards: --resume continues from there (same input, its files unchanged
-in size and time, and same options); a complete <output> has nothing to resume. Rows that cannot be filled
-(not text, no [MASK], or without --truncation over the model's positions) are listed before any work.
+in size and time, and same options; a shard damaged since is filled again); a complete <output> has nothing
+to resume. Rows that cannot be filled (not text, no [MASK], or without --truncation over the model's
+positions) are listed before any work.
 Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with
 --ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs
 and running that many ORT threads. The input is read and the shards written by this (driver) process
