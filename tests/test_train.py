@@ -366,6 +366,27 @@ def test_resume_without_a_checkpoint_says_so(imdb_dir, tiny_model_dir, tmp_path,
     assert not out.exists()
 
 
+def test_resume_with_a_damaged_train_config_says_so(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    """A train_config.json that is not JSON was a JSONDecodeError traceback; one holding a list let --resume go on
+    with other options, unchecked."""
+    out = tmp_path / "out"
+    stopped = ["--max-steps", "4", "--save-every", "2", "--stop-after-steps", "2"]
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, *stopped)) == 0
+    saved = out / "train_config.json"
+    for content, problem in (
+        ("{", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        ("[1]", "not a JSON object"),
+    ):
+        saved.write_text(content)
+        capsys.readouterr()
+        assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--max-steps", "8", "--resume")) == 2
+        assert _error_line(capsys) == (
+            f"error: --resume: {saved} is damaged ({problem}); put back the file the run wrote (the options it was "
+            "started with), or start over with --overwrite instead of --resume"
+        )
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]  # nothing trained on
+
+
 def _word_stats(input_ids, labels, word_ids, original, mask_id):
     """(share of words chosen, share of chosen pieces [MASK]/kept), checking whole words and no specials."""
     import numpy as np

@@ -133,11 +133,27 @@ def check_same_run(config: TrainConfig, out: Path) -> None:
     saved_file = out / "train_config.json"
     if not saved_file.is_file():
         return  # no run to compare with: the missing checkpoint is reported next
-    saved, now = json.loads(saved_file.read_text()), asdict(config)
+    saved, now = saved_options(saved_file), asdict(config)
     changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
     if changed:
         diffs = ", ".join(f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})" for k in changed)
         raise DeniroError(f"--resume: {out} was started with {diffs}; resume with the options it was started with")
+
+
+def saved_options(saved_file: Path) -> dict:
+    """The options a run was started with. A damaged file was a JSONDecodeError traceback, and one that held no
+    JSON object (a list) let --resume go on with other options, unchecked."""
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        saved = exc
+    if not isinstance(saved, dict):
+        raise DeniroError(
+            f"--resume: {saved_file} is damaged ({saved if isinstance(saved, Exception) else 'not a JSON object'}); "
+            "put back the file the run wrote (the options it was started with), or start over with --overwrite "
+            "instead of --resume"
+        )
+    return saved
 
 
 def subset(texts: list[str], limit: int | None, seed: int) -> list[str]:
