@@ -137,9 +137,10 @@ def run(argv: list[str] | None = None) -> int:
         return ray_cli(argv[1:])
     setup_logging()
     config = parse_args(argv)
+    from .report import INTERRUPTED
     from .run import main
 
-    return run_main(lambda: main(config))
+    return run_main(lambda: main(config), interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -233,4 +233,6 @@ if __name__ == "__main__":
     from deniro_rt.cli import run_main, setup_logging
 
     setup_logging()
-    sys.exit(run_main(lambda: print(json.dumps(main(parse_args())["ratios"], indent=2))))
+    sys.exit(
+        run_main(lambda: print(json.dumps(main(parse_args())["ratios"], indent=2)), interrupted=report.INTERRUPTED)
+    )

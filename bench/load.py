@@ -681,7 +681,9 @@ def parse_args(argv: list[str] | None) -> LoadConfig:
 def cli(argv: list[str] | None = None) -> int:
     setup_logging()
     config = parse_args(argv)
-    return run_main(lambda: main(config))
+    from .report import INTERRUPTED
+
+    return run_main(lambda: main(config), interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":  # the hf-pipeline server process (see server_command)

@@ -355,4 +355,6 @@ def cli(argv: list[str] | None = None) -> int:
         kind = int if isinstance(default, int) else str
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"(default: {default})")
     config = QuantConfig(**vars(parser.parse_args(argv)))
-    return run_main(lambda: main(config))
+    from .report import INTERRUPTED
+
+    return run_main(lambda: main(config), interrupted=INTERRUPTED)

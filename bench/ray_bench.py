@@ -390,4 +390,6 @@ def parse_args(argv: list[str] | None) -> RayBenchConfig:
 def cli(argv: list[str] | None = None) -> int:
     setup_logging(ours=("bench.ray",))
     config = parse_args(argv)
-    return run_main(lambda: main(config))
+    from .report import INTERRUPTED
+
+    return run_main(lambda: main(config), interrupted=INTERRUPTED)

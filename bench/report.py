@@ -165,6 +165,9 @@ def overhead(rows: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- files
+INTERRUPTED = "interrupted: no report written (a benchmark writes its reports when it has run to the end)"
+
+
 def check_out(out: Path) -> Path:
     """--out, refused before any measurement when it cannot hold the reports (a file, a path below a file, a
     folder this user cannot write): it was an OSError traceback after the whole run, its results lost."""

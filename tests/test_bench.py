@@ -549,6 +549,22 @@ def test_an_out_that_cannot_hold_the_reports_fails_before_any_work(command, tmp_
     assert notes.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.parametrize("command", ["latency", "load", "quant", "ray"])
+def test_ctrl_c_is_one_line_and_writes_no_report(command, tmp_path, capsys, monkeypatch):
+    """Ctrl-C was a KeyboardInterrupt traceback."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module = {"latency": "bench.run", "load": "bench.load", "quant": "bench.quant", "ray": "bench.ray_bench"}[command]
+    monkeypatch.setattr(f"{module}.main", interrupted)
+    assert run([command, "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "interrupted: no report written (a benchmark writes its reports when it has run to the end)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_damaged_artifact_fails_before_any_engine_runs(tiny_artifact, imdb_dir, tmp_path, capsys, monkeypatch):
     """A cut fast.onnx was onnx's DecodeError from inside the parity check (bf16 on OpenVINO), or the runtime's
     error after the PyTorch side had run."""
