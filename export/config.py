@@ -141,8 +141,9 @@ def check_numbers(config: ExportConfig) -> None:
 
 
 def check_output(config: ExportConfig) -> Path:
-    """The shared check (one message for every CLI): runs before anything is written."""
-    sources = {"--model": config.model, "--tokenizer": config.tokenizer}
+    """The shared check (one message for every CLI): runs before anything is written. --dataset too: with
+    --overwrite an export into the folder of its reviews deleted the reviews it validated on."""
+    sources = {"--model": config.model, "--tokenizer": config.tokenizer, "--dataset": config.dataset}
     return check_output_folder(config.output, sources, config.overwrite)
 
 

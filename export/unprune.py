@@ -253,7 +253,8 @@ def unprune(config: UnpruneConfig, stage: Path) -> dict:
 
 
 def main(config: UnpruneConfig) -> Path:
-    out = check_output_folder(config.output, {"--artifact": config.artifact}, config.overwrite)
+    sources = {"--artifact": config.artifact, "--dataset": config.dataset, "--minilm-cache": config.minilm_cache}
+    out = check_output_folder(config.output, sources, config.overwrite)
     if config.pruned_bias not in PRUNED_BIAS:
         raise DeniroError(f"--pruned-bias must be one of {', '.join(PRUNED_BIAS)}, got {config.pruned_bias!r}")
     if config.check_texts < 1:

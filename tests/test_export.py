@@ -406,6 +406,19 @@ def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, capl
     assert raw["validation"]["int8"]["passed"] and raw["validation"]["int8"]["source"].startswith("random ids")
 
 
+def test_an_output_holding_the_dataset_is_refused(tiny_model_dir, imdb_dir, tmp_path, capsys):
+    """--output the --dataset folder with --overwrite deleted the reviews the export validated on."""
+    data = shutil.copytree(imdb_dir, tmp_path / "data")
+    before = sorted(p.name for p in data.iterdir())
+    argv = ["--onnx", "--model", str(tiny_model_dir), "--output", str(data), "--overwrite", "--dataset", str(data)]
+    code, lines = cli([*argv, *SMALL_VALIDATION], capsys)
+    assert code == EXIT_USAGE and lines == [
+        f"error: --output {data} is or holds --dataset {data}, which the new output would replace; "
+        "pass another --output"
+    ]
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
 def test_artifact_tokenizer_never_truncates_or_pads(tiny_model_dir, tmp_path, capsys):
     """A source tokenizer.json that truncates (sentence-transformers' MiniLM: 128) must not reach the artifact."""
     from tokenizers import Tokenizer

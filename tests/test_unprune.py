@@ -127,3 +127,16 @@ def test_a_damaged_artifact_or_a_cache_file_is_one_line(tmp_path, capsys):
         capsys.readouterr().err.strip() == f"error: --minilm-cache {cache} is a file; pass a folder (or leave it out)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_unprune_refuses_an_output_holding_its_dataset(tmp_path, imdb_dir):
+    """--output the --dataset folder with --overwrite would have replaced the reviews of the check."""
+    import shutil
+
+    data = shutil.copytree(imdb_dir, tmp_path / "data")
+    with pytest.raises(DeniroError) as caught:
+        unprune.main(unprune.UnpruneConfig(output=str(data), dataset=str(data), overwrite=True))
+    assert str(caught.value) == (
+        f"--output {data} is or holds --dataset {data}, which the new output would replace; pass another --output"
+    )
+    assert (data / "test.parquet").is_file()
