@@ -165,6 +165,20 @@ def test_a_checkpoint_file_instead_of_its_folder(imdb_dir, tiny_model_dir, tmp_p
     assert not out.exists()
 
 
+def test_a_tokenizer_larger_than_the_model_fails_before_any_work(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    """It was an IndexError from inside torch's embedding at the first evaluation, after --output was written."""
+    from deniro_rt.models import DEFAULT_MODEL_DIR
+
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--tokenizer", str(DEFAULT_MODEL_DIR), "--dataset", str(imdb_dir)]
+    assert run([*argv, "--output", str(out), "--chunk-size", "64", "--max-train-texts", "60"]) == 2
+    assert _error_line(capsys) == (
+        "error: the tokenizer has 20000 tokens but the model only 600 embeddings; pass the --tokenizer the model "
+        "was trained with"
+    )
+    assert not out.exists()
+
+
 def test_non_empty_output_needs_resume_or_overwrite(imdb_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -226,6 +226,22 @@ def heldout(name: str, texts: list[str], seed: int, tokenizer, config: TrainConf
     return Heldout(name, batch, len(texts))
 
 
+def check_model_fits(config: TrainConfig, model, tokenizer) -> None:
+    """The chunks fit the model's positions and the tokenizer's ids its embedding rows (a --tokenizer of a larger
+    vocabulary was an IndexError from inside torch's embedding, at the first evaluation)."""
+    limit = max_positions(model)
+    if config.chunk_size > limit:
+        raise DeniroError(
+            f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
+            f"{limit} positions; pass --chunk-size {limit} or less"
+        )
+    if len(tokenizer) > model.config.vocab_size:
+        raise DeniroError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} embeddings; "
+            "pass the --tokenizer the model was trained with"
+        )
+
+
 def prepare(config: TrainConfig, out: Path) -> Prepared:
     """Everything that can fail on bad input happens here, before anything is written."""
     check_splits(config)
@@ -236,12 +252,7 @@ def prepare(config: TrainConfig, out: Path) -> Prepared:
     texts = load_text_splits(config.dataset, list(dict.fromkeys(splits)), config.text_column)
     tokenizer = get_tokenizer(config, out, texts, source)
     model = build_model(config, tokenizer, source)
-    limit = max_positions(model)
-    if config.chunk_size > limit:
-        raise DeniroError(
-            f"--chunk-size {config.chunk_size} is larger than the model's maximum of "
-            f"{limit} positions; pass --chunk-size {limit} or less"
-        )
+    check_model_fits(config, model, tokenizer)
     parts = split_texts(config, texts)
     train = chunk_texts(tokenizer.backend_tokenizer, parts["train"], config.chunk_size)
     if len(train) == 0:
