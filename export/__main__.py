@@ -70,7 +70,8 @@ HELP = {
     "the activation scales",
     "validate": "skip the comparison with PyTorch",
     "dataset": "hub dataset id or folder of <split>.parquet files with the validation text (e.g. "
-    "../shared/data/imdb); random token ids are used if it cannot be loaded",
+    "../shared/data/imdb); random token ids stand in when a hub id cannot be reached or a folder lacks the "
+    "split; a folder that does not exist, or a damaged split file, is an error",
     "split": "split the validation sentences and chunks come from",
     "text_column": "column holding the text",
     "sentences": "IMDB sentences with one word masked (one per review, seeded)",

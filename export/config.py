@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deniro_rt.artifact import FAST_GRAPHS
 from deniro_rt.cli import check_least
+from deniro_rt.data import looks_like_path
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import check_output_folder
 from deniro_rt.providers import HARDWARE, session_providers
@@ -70,7 +71,7 @@ class ExportConfig:
     calibration_sentences: int = 256  # static int8: IMDB sentences (train split) that fix the activation scales
     # validation
     validate: bool = True  # compare every graph against PyTorch; write nothing if a threshold fails
-    dataset: str = "stanfordnlp/imdb"  # hub id or folder of <split>.parquet; random ids if unavailable
+    dataset: str = "stanfordnlp/imdb"  # hub id or folder of <split>.parquet; random ids if the hub is unreachable
     split: str = "test"
     text_column: str = "text"
     sentences: int = 256  # masked IMDB sentences (one masked word each)
@@ -118,6 +119,7 @@ def check_config(config: ExportConfig) -> Path:
     if config.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise DeniroError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     check_numbers(config)
+    check_dataset(config.dataset)
     if config.int8_method not in INT8_METHODS:
         raise DeniroError(f"--int8-method must be one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}")
     if config.weights not in WEIGHT_STORAGE:
@@ -138,6 +140,15 @@ def check_numbers(config: ExportConfig) -> None:
     check_least(config, dict(batch_size=1, chunk_size=2, calibration_sentences=16))
     if config.opset not in OPSETS:
         raise DeniroError(f"--opset must be from {OPSETS[0]} to {OPSETS[-1]} (default 17), got {config.opset}")
+
+
+def check_dataset(dataset: str) -> None:
+    """A --dataset named as a local folder must be one. Random ids stand in for an unreachable hub id (offline)
+    only: a mistyped folder validated on random ids, with one warning, and the export passed."""
+    if looks_like_path(dataset) and not Path(dataset).expanduser().is_dir():
+        raise DeniroError(
+            f"--dataset {dataset}: no such folder; pass a folder of <split>.parquet files (e.g. ../shared/data/imdb)"
+        )
 
 
 def check_output(config: ExportConfig) -> Path:

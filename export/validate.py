@@ -123,7 +123,11 @@ class Reference:
 
 # --------------------------------------------------------------------------- the fixed inputs
 def load_texts(dataset: str, split: str, text_column: str) -> tuple[list[str], str]:
-    """The split's texts, or [] (random ids are used instead) when the dataset cannot be loaded."""
+    """The split's texts, or [] (random ids are used instead) when the dataset cannot be loaded: a hub id
+    offline, or a folder without that split. A split file that is there but damaged, or not text, is an error
+    (it named the fix, then the export went on with random ids)."""
+    if (Path(dataset).expanduser() / f"{split}.parquet").is_file():
+        return load_text_splits(dataset, [split], text_column)[split], f"{dataset} split {split}"
     try:
         texts = load_text_splits(dataset, [split], text_column)[split]
     except DeniroError as exc:

@@ -389,9 +389,10 @@ def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, capl
         "fp32,int8",
         "--no-full-graph",
         "--dataset",
-        str(tmp_path / "no-such-dataset"),
+        str(tmp_path / "no-splits"),  # a folder without test.parquet: random ids stand in
         *SMALL_VALIDATION,
     ]
+    (tmp_path / "no-splits").mkdir()
     code, lines = cli(argv, capsys)
     assert code == EXIT_USAGE
     assert lines[-1] == f"error: --output {out} is not empty; pass --overwrite or another --output"  # files.py's
@@ -404,6 +405,23 @@ def test_overwrite_and_random_id_fallback(tiny_model_dir, tmp_path, capsys, capl
     raw = load_manifest(out).raw
     assert raw["full_graph"] is None and not (out / FULL_GRAPH).exists()
     assert raw["validation"]["int8"]["passed"] and raw["validation"]["int8"]["source"].startswith("random ids")
+
+
+def test_a_local_dataset_that_is_missing_or_damaged_is_refused_not_replaced_by_random_ids(
+    tiny_model_dir, imdb_dir, tmp_path, capsys
+):
+    """Random ids stand in for a split the folder lacks (or a hub id offline); a mistyped folder or a damaged
+    split file validated on random ids with one warning, and the export passed."""
+    base = ["--onnx", "--model", str(tiny_model_dir), "--no-full-graph", *SMALL_VALIDATION]
+    out = tmp_path / "out"
+    code, lines = cli([*base, "--output", str(out), "--dataset", str(tmp_path / "typo")], capsys)
+    assert code == EXIT_USAGE and not out.exists()
+    assert_one_error(lines, f"--dataset {tmp_path / 'typo'}: no such folder; pass a folder of <split>.parquet files")
+    damaged = shutil.copytree(imdb_dir, tmp_path / "damaged")
+    (damaged / "test.parquet").write_bytes(b"not parquet")
+    code, lines = cli([*base, "--output", str(out), "--dataset", str(damaged)], capsys)
+    assert code != 0 and not out.exists()
+    assert_one_error(lines, f"dataset file {damaged / 'test.parquet'} is not readable as parquet")
 
 
 def test_an_output_holding_the_dataset_is_refused(tiny_model_dir, imdb_dir, tmp_path, capsys):
