@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import DeniroError
@@ -48,6 +48,7 @@ JOB_FILE = "job.json"  # in <output>.partial: the options a --resume must match
 TEXT_SUFFIXES = (".txt", ".text")
 SHOWN_ROWS = 5  # row numbers listed in an error message
 LENGTH_CHUNK = 4096  # texts tokenized at once by the up-front length check
+CHECK_CHUNK = 65_536  # rows the up-front checks turn into Python strings at once (column_chunks)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def run_batch(config: BatchConfig) -> Path:
     table, lines = read_input(Path(config.input), config.column)
     check_columns(table.column_names, config)
     check_text_type(table.schema, config)
-    check_texts(table.column(config.column).to_pylist(), config, lines)
+    check_texts(table.column(config.column), config, lines)
     output = Path(config.output).resolve()
     check_output(output, config)
     with ray_connection(config):  # the workers' resources are checked before any output is touched
@@ -358,63 +359,96 @@ def check_text_type(schema, config: BatchConfig) -> None:
     )
 
 
-def check_texts(texts: list, config: BatchConfig, lines: list[int] | None = None) -> None:
-    """Every row must be a non-empty string with the model's mask token: fail before any work. lines: the
-    text file's line number of each row (messages then name lines)."""
+def check_texts(column, config: BatchConfig, lines: list[int] | None = None) -> None:
+    """Every row must be a non-empty string with the model's mask token: fail before any work. column: the
+    input's text column (Arrow), turned into Python strings CHECK_CHUNK rows at a time; lines: the text file's
+    line number of each row (messages then name lines)."""
     from ..artifact import load_manifest
     from ..models import DEFAULT_MODEL_DIR
 
     manifest = load_manifest(DEFAULT_MODEL_DIR if config.model is None else config.model)
     mask = manifest.mask_token
-    not_text = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if not_text:
+    bad = BadRows()
+    for start, texts in column_chunks(column):
+        bad.add(start, texts, mask)
+    total = len(column)
+    if bad.not_text:
         raise DeniroError(
-            f"{len(not_text)} of {len(texts)} rows of column {config.column!r} are empty or "
-            f"not text ({_rows(not_text, lines)}); drop or fill those rows first"
+            f"{len(bad.not_text)} of {total} rows of column {config.column!r} are empty or "
+            f"not text ({_rows(bad.not_text, lines)}); drop or fill those rows first"
         )
-    no_mask = [i for i, t in enumerate(texts) if mask not in t]
-    if no_mask:
-        hint = (
-            f" (the mask token is case-sensitive: write {mask})"
-            if any(mask.lower() in texts[i].lower() for i in no_mask)
-            else ""
-        )
+    if bad.no_mask:
+        hint = f" (the mask token is case-sensitive: write {mask})" if bad.other_case else ""
         raise DeniroError(
-            f"{len(no_mask)} of {len(texts)} rows of column {config.column!r} have no {mask} "
-            f"({_rows(no_mask, lines)}; first: {texts[no_mask[0]][:60]!r}){hint}; put {mask} "
+            f"{len(bad.no_mask)} of {total} rows of column {config.column!r} have no {mask} "
+            f"({_rows(bad.no_mask, lines)}; first: {bad.first_no_mask[:60]!r}){hint}; put {mask} "
             f"where a word should be predicted in every row, or filter those rows out first"
         )
     if not config.truncation:
-        check_lengths(texts, config, manifest, lines)
+        check_lengths(column, config, manifest, lines)
 
 
-def check_lengths(texts: list[str], config: BatchConfig, manifest, lines: list[int] | None = None) -> None:
+def column_chunks(column):
+    """(first row, the rows as Python values) of consecutive slices of an Arrow column: a list of every text
+    at once held the input a second time (+109 MB for a million 60-character rows, as large as the read table
+    and its pool together)."""
+    for start in range(0, len(column), CHECK_CHUNK):
+        yield start, column.slice(start, CHECK_CHUNK).to_pylist()
+
+
+@dataclass
+class BadRows:
+    """The rows check_texts refuses, gathered chunk by chunk (row numbers of the whole column)."""
+
+    not_text: list[int] = field(default_factory=list)  # empty, or not a string
+    no_mask: list[int] = field(default_factory=list)  # text without the mask token
+    first_no_mask: str = ""  # the first of those, shown in the message
+    other_case: bool = False  # one of them has the mask token in another case
+
+    def add(self, start: int, texts: list, mask: str) -> None:
+        text = [isinstance(t, str) and bool(t.strip()) for t in texts]
+        self.not_text += [start + i for i, ok in enumerate(text) if not ok]
+        missing = [i for i, ok in enumerate(text) if ok and mask not in texts[i]]
+        if missing and not self.no_mask:
+            self.first_no_mask = texts[missing[0]]
+        self.no_mask += [start + i for i in missing]
+        self.other_case = self.other_case or any(mask.lower() in texts[i].lower() for i in missing)
+
+
+def check_lengths(column, config: BatchConfig, manifest, lines: list[int] | None = None) -> None:
     """Without --truncation the model refuses a text over its positions, and that ended the job at its row,
     possibly hours in: count the tokens of every text that could be too long first. A WordPiece token
     covers at least one character (lowercasing grows a character to at most two after accents are
     stripped), so a text of under (positions - 2) / 2 characters fits: short-sentence jobs tokenize nothing
-    twice."""
+    twice. column: the input's text column (Arrow), read in chunks as check_texts reads it."""
     from tokenizers import Tokenizer
 
     from ..artifact import TOKENIZER_FILE, verify_file
 
-    could_overflow = [i for i, t in enumerate(texts) if 2 * len(t) + 2 > manifest.max_positions]
-    if not could_overflow:
-        return
-    tokenizer = Tokenizer.from_file(str(verify_file(manifest, TOKENIZER_FILE)))
-    tokenizer.no_truncation()  # as the runtime: [CLS] and [SEP] counted, nothing cut
-    lengths = {}
-    for start in range(0, len(could_overflow), LENGTH_CHUNK):  # chunks: all encodings at once hold every token
-        rows = could_overflow[start : start + LENGTH_CHUNK]
-        encodings = tokenizer.encode_batch_fast([texts[i] for i in rows])
-        lengths.update((i, len(e.ids)) for i, e in zip(rows, encodings))
-    too_long = [i for i, n in lengths.items() if n > manifest.max_positions]
+    tokenizer, too_long, first_length = None, [], 0
+    for start, texts in column_chunks(column):
+        rows = [i for i, t in enumerate(texts) if 2 * len(t) + 2 > manifest.max_positions]
+        if rows and tokenizer is None:
+            tokenizer = Tokenizer.from_file(str(verify_file(manifest, TOKENIZER_FILE)))
+            tokenizer.no_truncation()  # as the runtime: [CLS] and [SEP] counted, nothing cut
+        for row, n in zip(rows, token_counts(tokenizer, [texts[i] for i in rows])):
+            if n > manifest.max_positions:
+                first_length = first_length or n
+                too_long.append(start + row)
     if too_long:
         raise DeniroError(
-            f"{len(too_long)} of {len(texts)} rows of column {config.column!r} are longer than the model's "
-            f"{manifest.max_positions} tokens ({_rows(too_long, lines)}; the first is {lengths[too_long[0]]} "
+            f"{len(too_long)} of {len(column)} rows of column {config.column!r} are longer than the model's "
+            f"{manifest.max_positions} tokens ({_rows(too_long, lines)}; the first is {first_length} "
             f"tokens); pass --truncation to keep a window around their masks, or shorten or filter those rows"
         )
+
+
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens of each text, LENGTH_CHUNK texts at a time (all encodings at once would hold every token)."""
+    counts = []
+    for start in range(0, len(texts), LENGTH_CHUNK):
+        counts += [len(e.ids) for e in tokenizer.encode_batch_fast(texts[start : start + LENGTH_CHUNK])]
+    return counts
 
 
 def _rows(indices: list[int], lines: list[int] | None = None) -> str:
