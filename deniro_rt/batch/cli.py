@@ -21,7 +21,8 @@ positions) are listed before any work.
 Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with
 --ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs
 and running that many ORT threads. The input is read and the shards written by this (driver) process
-in input order; the actors do the fill.
+in input order; the actors do the fill. The driver holds the whole input in memory (as Arrow: 57 MB for a
+million 60-character rows, a 414 MB peak with the fp32 model) but the output only a shard at a time.
 """
 
 from __future__ import annotations
