@@ -909,6 +909,78 @@ def test_a_parameter_group_is_answered_when_it_is_done_not_at_the_batch_end():
     assert quick[0]["token_str"] == "quick [MASK]" and [c["token"] for c in slow] == [0, 1]
 
 
+def batcher_scenario(backend, steps, **limits):
+    """Run `steps(batcher)` (a coroutine function) on a DynamicBatcher over `backend.fill`, then close it."""
+    from deniro_rt.serve import ServeConfig
+    from deniro_rt.serve.app import ServeMetrics
+    from deniro_rt.serve.batcher import DynamicBatcher
+
+    metrics = ServeMetrics()
+
+    async def scenario():
+        batcher = DynamicBatcher(backend.fill, ServeConfig(**limits), metrics)
+        try:
+            return await steps(batcher)
+        finally:
+            backend.release.set()
+            await batcher.close(timeout=10)
+
+    return asyncio.run(scenario()), metrics
+
+
+def test_a_batch_takes_queued_requests_up_to_exactly_max_batch_size():
+    """While a batch runs, requests of 2 + 2 + 2 texts queue behind it; with max_batch_size 4 the next batch holds
+    the first two requests, exactly 4 texts (a batch was cut below its limit when the sum equalled it)."""
+    from deniro_rt.serve.batcher import FillParams
+
+    backend = BlockingFill()
+
+    async def steps(batcher):
+        first = batcher.enqueue(["first [MASK]"], FillParams(top_k=1))
+        await until(lambda: batcher.busy)
+        jobs = [batcher.enqueue([f"{i}a [MASK]", f"{i}b [MASK]"], FillParams(top_k=1)) for i in range(3)]
+        backend.release.set()
+        await asyncio.gather(first.future, *(job.future for job in jobs))
+
+    batcher_scenario(backend, steps, max_batch_size=4)
+    assert [texts for texts, _ in backend.calls] == [
+        ["first [MASK]"],
+        ["0a [MASK]", "0b [MASK]", "1a [MASK]", "1b [MASK]"],
+        ["2a [MASK]", "2b [MASK]"],
+    ]
+
+
+def test_a_dropped_queued_request_leaves_the_queue_count_and_is_never_computed():
+    """A client that leaves while its request waits: its texts leave the queue count (which bounds the queue and
+    /health reports) at once, its future says ClientGone, and the model never sees its texts."""
+    from deniro_rt.serve.batcher import ClientGone, FillParams
+
+    backend = BlockingFill()
+
+    async def steps(batcher):
+        first = batcher.enqueue(["first [MASK]"], FillParams())
+        await until(lambda: batcher.busy)
+        gone = batcher.enqueue(["gone [MASK]"] * 3, FillParams())
+        kept = batcher.enqueue(["kept [MASK]"], FillParams())
+        assert batcher.queued_texts == 4
+        batcher.drop(gone)
+        queued_now = batcher.queued_texts
+        backend.release.set()
+        await asyncio.gather(first.future, kept.future)
+        with pytest.raises(ClientGone):
+            await gone.future
+        return queued_now, batcher.queued_texts
+
+    (queued_after_drop, queued_at_end), metrics = batcher_scenario(backend, steps, max_batch_size=8)
+    assert (queued_after_drop, queued_at_end) == (1, 0)
+    from prometheus_client import generate_latest
+
+    exposed = generate_latest(metrics.registry).decode()
+    assert "\ndeniro_queue_texts 0.0\n" in exposed  # the gauge, not a missing series read as 0
+    assert counter(exposed, 'deniro_texts_total{outcome="dropped"}') == 3
+    assert [texts for texts, _ in backend.calls] == [["first [MASK]"], ["kept [MASK]"]]
+
+
 def test_503_while_shutting_down_and_json_for_a_failing_backend():
     from deniro_rt.serve import ServeConfig, create_app
 
