@@ -442,6 +442,60 @@ def check_resume_refusals(tmp_path: Path, base: list[str], capsys) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("top_k", 3),
+        ("truncation", True),
+        ("sequences", True),
+        ("precision", "int8"),
+        ("model", "another-export"),
+        ("column", "review"),
+        ("batch_size", 5),
+        ("rows_per_shard", 7),
+    ],
+)
+def test_resume_refuses_every_option_that_decides_the_output(tmp_path, option, value):
+    """A --resume with another value of any option that changes the shards would mix two outputs in one
+    folder (only --batch-size and the input's stamp were checked: a --top-k 3 resume of a --top-k 5 run passed)."""
+    from dataclasses import replace
+
+    from deniro_rt.batch.cli import BatchConfig, open_staging, shard_name
+    from deniro_rt.errors import DeniroError
+
+    corpus = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["a [MASK] ."] * 3, "review": ["b [MASK] ."] * 3}), corpus)
+    staging, started = tmp_path / "out.partial", BatchConfig(input=str(corpus), output=str(tmp_path / "out"))
+    assert open_staging(staging, started, rows=3) == 0
+    (staging / "predictions" / shard_name(0)).write_bytes(b"a finished shard")
+    assert open_staging(staging, replace(started, resume=True, device="cuda"), rows=3) == 1  # the device may differ
+    with pytest.raises(DeniroError, match=f"was written with other {option}; resume with the same input and options"):
+        open_staging(staging, replace(started, resume=True, **{option: value}), rows=3)
+
+
+def test_a_shard_is_on_disk_as_soon_as_it_is_full(tmp_path):
+    """Rows arrive in batches of 4 for shards of 4 and 6: each full shard is written at once (what a killed run
+    keeps), the rest waits for more rows or close(), and the shards hold every row once, in order."""
+    from deniro_rt.batch.cli import ShardWriter, shard_name
+
+    def rows(start: int, n: int):
+        return pa.table({"n": list(range(start, start + n))})
+
+    for size, on_disk in ((4, [1, 2, 3]), (6, [0, 1, 2])):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        writer, written = ShardWriter(folder, size, done=0), []
+        for start in (0, 4, 8):
+            writer.add(rows(start, 4))
+            written.append(len(list(folder.glob("part-*.parquet"))))
+        assert written == on_disk, size
+        writer.close()
+        shards = sorted(folder.glob("part-*.parquet"))
+        assert [p.name for p in shards] == [shard_name(i) for i in range(len(shards))]
+        assert [pq.read_table(p).num_rows for p in shards] == ([4, 4, 4] if size == 4 else [6, 6])
+        assert pq.read_table(folder).column("n").to_pylist() == list(range(12))
+
+
 def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     argv = ["--input", str(corpus), "--column", "review", "--output", str(tmp_path / "o"), "--ray"]
