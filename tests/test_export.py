@@ -572,6 +572,18 @@ def test_compare_topk_counts_agreement_and_forgives_only_near_ties():
     assert tied["top3_identical"] == 2 / 3 and tied["top1_agreement"] == 2 / 3
 
 
+def test_compare_logprobs_reports_the_largest_difference_of_any_row_and_token():
+    """One log-prob off by 0.5 among 2 x 4 exact ones: the gate reads that 0.5 (relative to the logit scale 8)."""
+    ref_logits = np.array([[8.0, 1.0, 0.0, -2.0], [0.0, 3.0, 2.0, 1.0]])
+    exact = ref_logits - np.log(np.exp(ref_logits).sum(-1, keepdims=True))  # [2, 4] log-softmax
+    off = exact.copy()
+    off[1, 2] += 0.5
+    got = validate.compare_logprobs(ref_logits, off)
+    assert got["max_abs_logprob_diff"] == pytest.approx(0.5) and got["logit_scale"] == 8.0
+    assert got["max_rel_logit_diff"] == pytest.approx(0.5 / 8)
+    assert validate.compare_logprobs(ref_logits, exact)["max_abs_logprob_diff"] == pytest.approx(0, abs=1e-12)
+
+
 def test_fp16_forgives_swaps_within_its_rounding_and_fp32_does_not():
     ref_logits = np.array([[20.0, 19.99, 5.0, 4.0, 3.0, 2.0], [20.0, 19.5, 5.0, 4.0, 3.0, 2.0]])  # scale 20
     swapped = np.array([[1, 0, 2, 3, 4], [1, 0, 2, 3, 4]])  # both rows put the runner-up first
@@ -585,6 +597,77 @@ def test_check_reports_failed_thresholds():
     assert validate.check({"top1_agreement": 0.99, "perplexity_rel_diff": None}, thresholds) == []
     failed = validate.check({"top1_agreement": 0.9, "perplexity_rel_diff": float("nan")}, thresholds)
     assert len(failed) == 2 and failed[0].startswith("top1_agreement 0.9 ")
+
+
+def test_check_passes_a_metric_exactly_at_its_bound():
+    """A bound is inclusive: top-1 of exactly 97 % passes int8's >= 0.97, and no mismatch passes <= 0."""
+    int8 = validate.THRESHOLDS["int8"]
+    assert (int8["top1_agreement"], int8["perplexity_rel_diff"]) == ((">=", 0.97), ("<=", 0.03))
+    assert validate.check({"top1_agreement": 0.97, "perplexity_rel_diff": 0.03, "batch_topk_mismatches": 0}, int8) == []
+    assert validate.check({"batch_topk_mismatches": 1}, {"batch_topk_mismatches": ("<=", 0)}) == [
+        "batch_topk_mismatches 1 (needs <= 0)"
+    ]
+
+
+def test_a_perplexity_far_below_the_reference_fails_like_one_far_above():
+    """perplexity_rel_diff is |ppl / ref - 1|: a graph scoring 10 % lower than PyTorch is as wrong as 10 % higher."""
+    assert validate.rel_diff(90.0, 100.0) == pytest.approx(0.1) == validate.rel_diff(110.0, 100.0)
+    assert validate.rel_diff(None, 100.0) is None and validate.rel_diff(90.0, None) is None
+    lower = validate.verdict("int8", {"top1_agreement": 1.0, "perplexity_rel_diff": validate.rel_diff(90.0, 100.0)})
+    assert not lower["passed"] and lower["failed"][0].startswith("perplexity_rel_diff 0.1 ")
+
+
+def test_decisive_top1_judges_only_rows_with_a_clear_first_candidate():
+    """Rows whose reference leads its runner-up by >= 0.01 in probability count; a near tie does not."""
+    probs = np.array(
+        [
+            [0.60, 0.30, 0.10],  # decisive, answered right
+            [0.60, 0.30, 0.10],  # decisive, answered wrong
+            [0.45, 0.445, 0.105],  # a near tie (0.005 apart): not judged, whatever the answer
+            [0.10, 0.20, 0.70],  # decisive, the first candidate last in the vocabulary
+        ]
+    )
+    ids = np.array([[0, 1], [1, 0], [1, 0], [2, 1]])  # [n, k] best first
+    got = validate.decisive_top1(np.log(probs), ids)
+    assert got == {"top1_decisive": pytest.approx(2 / 3), "decisive_rows": 3}
+    assert validate.decisive_top1(np.log(probs[2:3]), ids[2:3]) == {"top1_decisive": None, "decisive_rows": 0}
+
+
+class BatchDependentSession:
+    """A fast graph stand-in over a 6-token vocabulary whose first row's runner-up and third candidate swap when
+    it runs padded in a batch (what a batch-dependent kernel does); alone, every row ranks 0 > 1 > 2 > ..."""
+
+    LOGITS = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+
+    def run(self, names, feeds):
+        rows = feeds["mask_index"] // feeds["input_ids"].shape[1]  # [n] the row of each mask
+        logits = np.tile(self.LOGITS, (len(rows), 1))  # [n, vocab]
+        if len(feeds["input_ids"]) > 1:
+            logits[rows == 0, 1:3] = logits[rows == 0, 2:0:-1]
+        logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        k = int(feeds["top_k"][0])
+        ids = np.argsort(-logprobs, axis=1, kind="stable")[:, :k]
+        return [np.take_along_axis(logprobs, ids, 1), ids, np.take_along_axis(logprobs, feeds["target_ids"], 1)]
+
+
+def test_batch_drift_counts_every_row_whose_top_k_changes_with_the_batch():
+    """batch_topk_mismatches counts a row whose top-k differs in any rank (here: ranks 2 and 3 of its first mask);
+    batch_drift is the largest probability change of the row's own top-k ids."""
+    batch = validate.pad_batch(
+        [np.array([2, 7, 4, 3]), np.array([2, 4, 7, 7, 4, 3])], [np.array([2]), np.array([1, 4])], pad_id=0
+    )
+    drift = validate.batch_drift(BatchDependentSession(), batch, k=3)
+    probs = np.exp(BatchDependentSession.LOGITS) / np.exp(BatchDependentSession.LOGITS).sum()
+    assert drift == {"batch_drift": pytest.approx(probs[1] - probs[2]), "batch_topk_mismatches": 1}
+
+
+def test_only_advisory_records_never_fail_an_export():
+    results = {
+        "fp32": {"passed": True, "failed": []},
+        "bf16": {"passed": False, "failed": ["top1_decisive 0.9 (needs >= 0.995)"]},  # informs the CPU default only
+        "int8": {"passed": False, "failed": ["top1_agreement 0.9 (needs >= 0.97)"]},
+    }
+    assert validate.failures(results) == ["int8: top1_agreement 0.9 (needs >= 0.97)"]
 
 
 # --------------------------------------------------------------------------- int8 methods and batch invariance
