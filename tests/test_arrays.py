@@ -190,6 +190,14 @@ def test_length_chunks_keep_batch_size_and_token_budget():
         length_chunks(ordered, 0)
 
 
+def test_a_token_budget_never_lets_a_run_exceed_batch_size():
+    """Short rows under a roomy budget: batch_size still caps every run (the budget only ever splits further)."""
+    ordered = np.full(10, 3)  # 10 rows of 3 tokens: 30 tokens, far under the budget
+    assert [(r.start, r.stop) for r in length_chunks(ordered, 4, 1000)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(r.start, r.stop) for r in length_chunks(ordered, 4, 9)] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert [(r.start, r.stop) for r in length_chunks(np.array([50]), 4, 9)] == [(0, 1)]  # one row at least
+
+
 def test_token_budget_splits_runs_without_changing_an_answer(shipped, sentences):
     """CPU default: CPU_TOKEN_BUDGET padded tokens a run (big batches ran 1.9x slower a sentence); the runs are
     smaller than batch_size, the answers the same to the bit."""
