@@ -727,7 +727,8 @@ def warn_cut_masks(lost: dict[int, list[int]], limit: int) -> None:
 def window_start(masks: np.ndarray, budget: int, length: int) -> int:
     """Start of the `budget`-token window that keeps the most masks, with context on both sides."""
     if masks[-1] - masks[0] < budget:  # all masks fit: centre the window on them
-        start = (masks[0] + masks[-1]) // 2 - budget // 2
+        # never past the last mask: an even budget and an odd span rounded the centre one token early
+        start = max((masks[0] + masks[-1]) // 2 - budget // 2, masks[-1] - budget + 1)
     else:  # keep the most masks, leaving an eighth of the window as left context
         starts = masks - budget // 8
         covered = np.searchsorted(masks, starts + budget) - np.searchsorted(masks, starts)

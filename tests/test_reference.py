@@ -137,7 +137,7 @@ def kept_window(ids: list[int], mask_id: int, max_len: int) -> tuple[int, list[i
     inner, budget = ids[1:-1], max_len - 2
     masks = [p for p, t in enumerate(inner) if t == mask_id]
     if masks[-1] - masks[0] < budget:
-        start = (masks[0] + masks[-1]) // 2 - budget // 2
+        start = max((masks[0] + masks[-1]) // 2 - budget // 2, masks[-1] - budget + 1)  # the last mask inside
     else:
         start = masks[0] - budget // 8
     start = min(max(start, 0), len(inner) - budget)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -309,6 +310,35 @@ def test_too_long_text_and_truncation_window(fm):
         "predictions are empty lists"
     ]
     assert len(result[0]) == 2 and result[1] == []  # the window keeps the first mask and its context
+
+
+def test_a_truncation_window_keeps_every_mask_whenever_they_fit():
+    """Masks up to budget - 1 tokens apart fit one window of `budget` tokens: none is cut. The centred window
+    started one token early when an even budget met an odd span, so masks exactly budget - 1 apart lost the last
+    one (with a warning that it lay outside)."""
+    from deniro_rt.runtime import Window
+
+    for budget in (17, 18):
+        window = Window(max_len=budget + 2, mask_id=4, truncation=True)
+        for span in range(budget):
+            for first in (0, 5, 20):
+                inner = np.full(40 + span, 7)  # [CLS] + 40 + span tokens + [SEP]: always over the window
+                inner[[first, first + span]] = 4
+                kept, lost = window.fit(np.concatenate([[2], inner, [3]]), 0)
+                assert lost == [] and len(kept) == budget + 2, (budget, span, first)
+                assert (kept == 4).sum() == (1 if span == 0 else 2), (budget, span, first)
+
+
+def test_masks_one_window_apart_are_both_answered(fm):
+    """The tiny model's window is 126 tokens: two masks 125 tokens apart (the second cut before) give the answers
+    of the text cut by hand to exactly that window."""
+    between = "good " * 124  # one token each
+    window = "[MASK] " + between + "[MASK]"
+    assert len(fm.tokenizer.encode(window).ids) == fm.manifest.max_positions  # fits as it is
+    text = "good " * 30 + window + " good" * 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mask lies outside
+        assert fm.fill(text, truncation=True, top_k=3) == fm.fill(window, top_k=3)
 
 
 def test_thousand_masks(fm):
