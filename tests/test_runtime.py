@@ -2,6 +2,7 @@
 
 import copy
 import gc
+import itertools
 import json
 import pickle
 import shutil
@@ -315,18 +316,24 @@ def test_too_long_text_and_truncation_window(fm):
 def test_a_truncation_window_keeps_every_mask_whenever_they_fit():
     """Masks up to budget - 1 tokens apart fit one window of `budget` tokens: none is cut. The centred window
     started one token early when an even budget met an odd span, so masks exactly budget - 1 apart lost the last
-    one (with a warning that it lay outside)."""
+    one (with a warning that it lay outside). Masks further apart keep the first, with left context."""
     from deniro_rt.runtime import Window
 
-    for budget in (17, 18):
+    def fit(window: Window, first: int, span: int) -> tuple[np.ndarray, list[int]]:
+        inner = np.full(40 + span, 7)  # [CLS] + 40 + span tokens + [SEP]: always over the window
+        inner[[first, first + span]] = 4
+        return window.fit(np.concatenate([[2], inner, [3]]), 0)
+
+    for budget, first in itertools.product((17, 18), (0, 5, 20)):
         window = Window(max_len=budget + 2, mask_id=4, truncation=True)
         for span in range(budget):
-            for first in (0, 5, 20):
-                inner = np.full(40 + span, 7)  # [CLS] + 40 + span tokens + [SEP]: always over the window
-                inner[[first, first + span]] = 4
-                kept, lost = window.fit(np.concatenate([[2], inner, [3]]), 0)
-                assert lost == [] and len(kept) == budget + 2, (budget, span, first)
-                assert (kept == 4).sum() == (1 if span == 0 else 2), (budget, span, first)
+            kept, lost = fit(window, first, span)
+            assert lost == [] and len(kept) == budget + 2, (budget, span, first)
+            assert (kept == 4).sum() == (1 if span == 0 else 2), (budget, span, first)
+        for span in (budget, budget + 1):  # too far apart: the first mask, an eighth of the window before it
+            with pytest.warns(UserWarning, match=r"masks \[1\] \(0-based\) lie outside"):
+                kept, lost = fit(window, first, span)
+            assert lost == [1] and np.flatnonzero(kept == 4).tolist() == [1 + min(first, budget // 8)]
 
 
 def test_masks_one_window_apart_are_both_answered(fm):
