@@ -665,7 +665,7 @@ def test_graphs_loop_replays_cuda_graphs():
 
 
 # --------------------------------------------------------------------------- held-out masking, evaluation, schedule
-def test_heldout_sets_are_masked_once_with_their_own_seed_and_the_run_s_rate(imdb_dir, tiny_model_dir, tmp_path):
+def test_heldout_sets_are_masked_once_with_their_own_seeds_at_the_runs_rate(imdb_dir, tiny_model_dir, tmp_path):
     """The test split is masked with --eval-seed (1234), the validation reviews with --val-seed (5678), both at
     --mlm-probability: recomputed here with deniro_rt.data from the same reviews (the seeds and the rate were
     not checked: a test split masked with the training seed, or at 15 % under --mlm-probability 0.3, passed)."""
