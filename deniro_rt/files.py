@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import json
 import logging
 import os
 import shutil
@@ -115,6 +116,21 @@ def staged(out: Path) -> Iterator[Path]:
         publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # the failed stage, or the old folder after a swap
+
+
+def resume_record(path: Path, fix: str) -> dict:
+    """The JSON object a run saved for --resume (its options). A damaged file was a JSONDecodeError traceback,
+    and one holding no JSON object (a list) let --resume go on with other options, unchecked."""
+    from .errors import DeniroError
+
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        saved = exc
+    if not isinstance(saved, dict):
+        why = saved if isinstance(saved, Exception) else "not a JSON object"
+        raise DeniroError(f"--resume: {path} is damaged ({why}); {fix}")
+    return saved
 
 
 def check_output_folder(output: str | Path, sources: dict[str, str | None], overwrite: bool | None = None) -> Path:

@@ -467,7 +467,7 @@ def test_resume_refuses_every_option_that_decides_the_output(tmp_path, option, v
     pq.write_table(pa.table({"text": ["a [MASK] ."] * 3, "review": ["b [MASK] ."] * 3}), corpus)
     staging, started = tmp_path / "out.partial", BatchConfig(input=str(corpus), output=str(tmp_path / "out"))
     assert open_staging(staging, started, rows=3) == 0
-    (staging / "predictions" / shard_name(0)).write_bytes(b"a finished shard")
+    pq.write_table(pa.table({"n": [0, 1, 2]}), staging / "predictions" / shard_name(0))  # a finished shard of 3 rows
     assert open_staging(staging, replace(started, resume=True, device="cuda"), rows=3) == 1  # the device may differ
     with pytest.raises(DeniroError, match=f"was written with other {option}; resume with the same input and options"):
         open_staging(staging, replace(started, resume=True, **{option: value}), rows=3)
@@ -478,8 +478,8 @@ def test_a_shard_is_on_disk_as_soon_as_it_is_full(tmp_path):
     keeps), the rest waits for more rows or close(), and the shards hold every row once, in order."""
     from deniro_rt.batch.cli import ShardWriter, shard_name
 
-    def rows(start: int, n: int):
-        return pa.table({"n": list(range(start, start + n))})
+    def rows(start: int, n: int):  # filled rows as the fill writes them: every mask kept by the window
+        return pa.table({"n": list(range(start, start + n)), "mask_positions": [[1]] * n})
 
     for size, on_disk in ((4, [1, 2, 3]), (6, [0, 1, 2])):
         folder = tmp_path / str(size)

@@ -33,7 +33,7 @@ from deniro_rt.data import (
     whole_word_mask,
 )
 from deniro_rt.errors import DeniroError
-from deniro_rt.files import check_output_folder, publish
+from deniro_rt.files import check_output_folder, publish, resume_record
 
 from .config import BASE_MODEL_ID, INVOCATION_ONLY, MINILM_SOURCE, TrainConfig, check_numbers
 from .data import (
@@ -141,19 +141,12 @@ def check_same_run(config: TrainConfig, out: Path) -> None:
 
 
 def saved_options(saved_file: Path) -> dict:
-    """The options a run was started with. A damaged file was a JSONDecodeError traceback, and one that held no
-    JSON object (a list) let --resume go on with other options, unchecked."""
-    try:
-        saved = json.loads(saved_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        saved = exc
-    if not isinstance(saved, dict):
-        raise DeniroError(
-            f"--resume: {saved_file} is damaged ({saved if isinstance(saved, Exception) else 'not a JSON object'}); "
-            "put back the file the run wrote (the options it was started with), or start over with --overwrite "
-            "instead of --resume"
-        )
-    return saved
+    """The options a run was started with (deniro_rt.files.resume_record: a damaged file is one error line)."""
+    return resume_record(
+        saved_file,
+        "put back the file the run wrote (the options it was started with), or start over with --overwrite "
+        "instead of --resume",
+    )
 
 
 def subset(texts: list[str], limit: int | None, seed: int) -> list[str]:

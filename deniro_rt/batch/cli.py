@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import DeniroError
-from ..files import check_output_folder, publish, write_text_atomically
+from ..files import check_output_folder, publish, resume_record, write_text_atomically
 from ..providers import DEVICES, PRECISION_HELP, RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -619,19 +619,10 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
 
 
 def saved_job(job_file: Path) -> dict:
-    """The options an unfinished run was started with ({} without its job file); a damaged file was a
-    JSONDecodeError traceback."""
+    """The options an unfinished run was started with ({} without its job file)."""
     if not job_file.is_file():
         return {}
-    try:
-        saved = json.loads(job_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        saved = exc
-    if not isinstance(saved, dict):
-        raise DeniroError(
-            f"--resume: {job_file} is damaged ({saved}); drop --resume and pass --overwrite to start over"
-        )
-    return saved
+    return resume_record(job_file, "drop --resume and pass --overwrite to start over")
 
 
 def count_shards(folder: Path, rows: int, rows_per_shard: int) -> int:
