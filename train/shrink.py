@@ -210,14 +210,11 @@ def load_model(config: ShrinkConfig):
     """--model (and --checkpoint's weights), evaluation mode, and its tokenizer."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    try:
-        model = AutoModelForMaskedLM.from_pretrained(config.model).eval()
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
-    except Exception as exc:  # a damaged or foreign folder: the library's own error, on one line
-        raise DeniroError(
-            f"could not load a masked LM and its tokenizer from --model {config.model} "
-            f"({type(exc).__name__}: {str(exc)[:200]}); pass a save_pretrained folder"
-        ) from exc
+    from .model import read_pretrained  # a damaged or foreign folder: the library's own error, on one line
+
+    folder, fix = Path(config.model), "pass a save_pretrained folder of a masked LM and its tokenizer"
+    model = read_pretrained("--model", folder, lambda: AutoModelForMaskedLM.from_pretrained(folder).eval(), fix)
+    tokenizer = read_pretrained("--model", folder, lambda: AutoTokenizer.from_pretrained(folder), fix)
     if config.checkpoint:
         load_checkpoint_weights(model, Path(config.checkpoint))
     return model, tokenizer
