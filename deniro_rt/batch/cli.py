@@ -465,9 +465,8 @@ def check_output(output: Path, config: BatchConfig) -> None:
     """output: resolved. It is replaced whole at the end, so it cannot hold the working directory."""
     if Path.cwd().resolve().is_relative_to(output):
         raise DeniroError(f"--output {output} is the working directory or holds it; pass a new folder, e.g. ./filled")
-    if output.exists() and not output.is_dir():
-        raise DeniroError(f"--output {output} is a file; pass a folder path")
-    check_output_folder(output, {"--input": config.input})  # --overwrite deleted an input file kept in --output
+    # a file, a path it cannot write, or a folder holding --input (--overwrite deleted an input file kept there)
+    check_output_folder(output, {"--input": config.input})
     finished = output.is_dir() and any(output.iterdir())
     if finished and config.resume and not staging_folder(output).exists():
         raise DeniroError(
