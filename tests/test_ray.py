@@ -506,6 +506,13 @@ def test_batch_command_names_the_extra_when_ray_is_missing(tmp_path, corpus, cap
 
 
 # ---------------------------------------------------------------------- Ray Serve over HTTP
+TOO_MANY_TEXTS = {  # --batching serve lowers --max-texts-per-request (64) to --max-batch-size (64): name both
+    "app": '"inputs" has 65 texts; this server takes at most 64 per request (--max-texts-per-request); split the list',
+    "serve": '"inputs" has 65 texts; this server takes at most 64 per request (--max-texts-per-request, capped by '
+    "--max-batch-size 64: raise both to allow more); split the list",
+}
+
+
 @pytest.mark.parametrize("batching", ["app", "serve"])
 def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences, batching):
     import httpx
@@ -525,6 +532,8 @@ def test_ray_serve_answers_over_http_like_fill(local_ray, serve_port, sentences,
             assert listed.json() == expected(sentences[:4])
             bad = client.post("/", json={"inputs": "no mask here"})
             assert bad.status_code == 422 and "has no [MASK]" in bad.json()["error"]
+            too_many = client.post("/", json={"inputs": sentences[:1] * 65})
+            assert (too_many.status_code, too_many.json()) == (413, {"error": TOO_MANY_TEXTS[batching]})
             with ThreadPoolExecutor(8) as pool:  # concurrent clients share batches, each gets its own answer
                 answers = list(pool.map(lambda t: client.post("/", json={"inputs": t}).json(), sentences))
             assert answers == [expected(t) for t in sentences]
@@ -558,6 +567,12 @@ def test_serve_batching_caps_a_request_at_the_batch_size():
 
     assert RayServeConfig(batching="serve", max_batch_size=16).serve_config().max_texts_per_request == 16
     assert RayServeConfig(batching="app", max_batch_size=16).serve_config().max_texts_per_request == 64
+    assert RayServeConfig(batching="serve", max_batch_size=8, max_queue=8).serve_config().texts_limit_flags() == (
+        "--max-texts-per-request, capped by --max-queue 8 and --max-batch-size 8: raise them all to allow more"
+    )
+    assert RayServeConfig(batching="app", max_batch_size=8).serve_config().texts_limit_flags() == (
+        "--max-texts-per-request"
+    )
 
 
 @pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "1"]], ids=["in-process", "ray-data"])

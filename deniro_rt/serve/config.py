@@ -105,20 +105,25 @@ class ServeConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed + ((None,) if name == "precision" else ()):
                 raise DeniroError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.max_texts_per_request > self.max_queue:
-            # A request larger than the queue could never be admitted: cap it, and say so.
-            log.warning(
-                "--max-texts-per-request %d lowered to --max-queue %d", self.max_texts_per_request, self.max_queue
-            )
-            self.max_texts_per_request = self.max_queue
+        for option, cap in self.texts_caps().items():
+            if self.max_texts_per_request > cap:  # a request over it could never run: cap it, and say so
+                log.warning("--max-texts-per-request %d lowered to %s %d", self.max_texts_per_request, option, cap)
+                self.max_texts_per_request = cap
         return self
 
+    def texts_caps(self) -> dict[str, int]:
+        """The options that also bound one request's texts (check() lowers --max-texts-per-request to them): a
+        request larger than the queue could never be admitted."""
+        return {"--max-queue": self.max_queue}
+
     def texts_limit_flags(self) -> str:
-        """The options behind max_texts_per_request, for the 413: once check() has lowered it to --max-queue,
-        raising --max-texts-per-request alone changes nothing, so the operator must hear of both."""
-        if self.max_texts_per_request < self.max_queue:
+        """The options behind max_texts_per_request, for the 413: once check() has lowered it to a cap, raising
+        --max-texts-per-request alone changes nothing, so the operator must hear of both."""
+        capping = [f"{option} {cap}" for option, cap in self.texts_caps().items() if cap <= self.max_texts_per_request]
+        if not capping:
             return "--max-texts-per-request"
-        return f"--max-texts-per-request, capped by --max-queue {self.max_queue}: raise both to allow more"
+        raise_them = "both" if len(capping) == 1 else "them all"
+        return f"--max-texts-per-request, capped by {' and '.join(capping)}: raise {raise_them} to allow more"
 
 
 def model_threads(requested: int | None = None) -> int:

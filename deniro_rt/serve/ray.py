@@ -90,11 +90,9 @@ class RayServeConfig(ServeConfig):
 
     def serve_config(self) -> ServeConfig:
         """The ServeConfig of the app inside each replica."""
-        config = ServeConfig(**{f.name: getattr(self, f.name) for f in fields(ServeConfig)})
+        config_class = ServeBatchConfig if self.batching == "serve" else ServeConfig
+        config = config_class(**{f.name: getattr(self, f.name) for f in fields(ServeConfig)})
         config.threads = self.replica_threads()
-        if self.batching == "serve":  # @serve.batch refuses an item over its max_batch_size with its own
-            # RuntimeError (a 500): cap one request's texts there, so it gets the app's clear 413 instead
-            config.max_texts_per_request = min(self.max_batch_size, config.max_texts_per_request)
         return config.check()
 
     def deployment_options(self) -> dict:
@@ -114,6 +112,15 @@ class RayServeConfig(ServeConfig):
             "target_ongoing_requests": self.target_ongoing_requests,
         }
         return {**options, "autoscaling_config": autoscaling}
+
+
+@dataclass
+class ServeBatchConfig(ServeConfig):
+    """The app's config under --batching serve: @serve.batch refuses an item over its max_batch_size with its own
+    RuntimeError (a 500), so one request's texts are capped there too and get the app's clear 413 instead."""
+
+    def texts_caps(self) -> dict[str, int]:
+        return {**super().texts_caps(), "--max-batch-size": self.max_batch_size}
 
 
 # ---------------------------------------------------------------------- the replica
@@ -284,6 +291,8 @@ HELP = {
     "threads": "ONNX Runtime intra-op threads per replica (default: --num-cpus)",
     "host": "Serve HTTP proxy address",
     "port": "Serve HTTP proxy port",
+    "max_texts_per_request": 'most texts in one request\'s "inputs", at most --max-queue, and at most '
+    "--max-batch-size with --batching serve (413 beyond)",
 }  # what they mean here
 
 
