@@ -380,9 +380,9 @@ def test_resume_without_a_checkpoint_says_so(imdb_dir, tiny_model_dir, tmp_path,
     assert not out.exists()
 
 
-def test_resume_with_a_damaged_train_config_says_so(imdb_dir, tiny_model_dir, tmp_path, capsys):
-    """A train_config.json that is not JSON was a JSONDecodeError traceback; one holding a list let --resume go on
-    with other options, unchecked."""
+def test_resume_with_a_damaged_or_missing_train_config_says_so(imdb_dir, tiny_model_dir, tmp_path, capsys):
+    """A train_config.json that is not JSON was a JSONDecodeError traceback; one holding a list, or none at all, let
+    --resume go on with other options, unchecked."""
     out = tmp_path / "out"
     stopped = ["--max-steps", "4", "--save-every", "2", "--stop-after-steps", "2"]
     assert run(tiny_args(imdb_dir, tiny_model_dir, out, *stopped)) == 0
@@ -398,6 +398,14 @@ def test_resume_with_a_damaged_train_config_says_so(imdb_dir, tiny_model_dir, tm
             f"error: --resume: {saved} is damaged ({problem}); put back the file the run wrote (the options it was "
             "started with), or start over with --overwrite instead of --resume"
         )
+    saved.unlink()  # went on unchecked: --max-steps 8 trained another run than the one started with 4
+    capsys.readouterr()
+    assert run(tiny_args(imdb_dir, tiny_model_dir, out, "--max-steps", "8", "--resume")) == 2
+    assert _error_line(capsys) == (
+        f"error: --resume: {saved} is missing, so the options given now cannot be checked against the run's; put "
+        "back the file the run wrote (the options it was started with), or start over with --overwrite instead of "
+        "--resume"
+    )
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]  # nothing trained on
 
 

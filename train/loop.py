@@ -129,10 +129,21 @@ def check_output(config: TrainConfig) -> Path:
 RESUME_MAY_CHANGE = ("output", *INVOCATION_ONLY)
 
 
+RESTORE_OPTIONS = (
+    "put back the file the run wrote (the options it was started with), or start over with --overwrite instead of "
+    "--resume"
+)
+
+
 def check_same_run(config: TrainConfig, out: Path) -> None:
     saved_file = out / "train_config.json"
-    if not saved_file.is_file():
+    if not saved_file.is_file() and not latest_checkpoint(out):
         return  # no run to compare with: the missing checkpoint is reported next
+    if not saved_file.is_file():  # written before the first checkpoint: deleted since (it resumed unchecked)
+        raise DeniroError(
+            f"--resume: {saved_file} is missing, so the options given now cannot be checked against the run's; "
+            + RESTORE_OPTIONS
+        )
     saved, now = saved_options(saved_file), asdict(config)
     changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
     if changed:
@@ -142,11 +153,7 @@ def check_same_run(config: TrainConfig, out: Path) -> None:
 
 def saved_options(saved_file: Path) -> dict:
     """The options a run was started with (deniro_rt.files.resume_record: a damaged file is one error line)."""
-    return resume_record(
-        saved_file,
-        "put back the file the run wrote (the options it was started with), or start over with --overwrite "
-        "instead of --resume",
-    )
+    return resume_record(saved_file, RESTORE_OPTIONS)
 
 
 def subset(texts: list[str], limit: int | None, seed: int) -> list[str]:
