@@ -154,6 +154,25 @@ def check_output_folder(output: str | Path, sources: dict[str, str | None], over
     return out
 
 
+def check_output_file(output: str | Path, sources: dict[str, str | None], flag: str = "--output") -> Path:
+    """An output file as a Path, refused before any work when it is a folder, cannot be written, or lies inside
+    one of the `sources` (flag -> folder it reads): `--model D --output D/config.json` replaced the model's config
+    with the results. A new file there is refused too, or a second run with the same path would be."""
+    from .errors import DeniroError
+
+    out = Path(output).expanduser()
+    if out.is_dir():
+        raise DeniroError(f"{flag} {out} is a folder; pass a path for the JSON file")
+    check_writable(out, out.parent, flag)
+    for source_flag, source in sources.items():
+        folder = source and Path(source).expanduser()
+        if folder and folder.exists() and folder.resolve() in out.resolve().parents:
+            raise DeniroError(
+                f"{flag} {out} is inside {source_flag} {source}, whose files it could replace; pass a path outside it"
+            )
+    return out
+
+
 def check_writable(out: Path, folder: Path | None = None, flag: str = "--output") -> None:
     """Refuse an --output that cannot be made: below a file, or in a folder this user cannot write (or a
     read-only file system). Found before any work: it was an OSError traceback when the output was created,

@@ -2,6 +2,7 @@
 train.shrink (the shipping-size levers, measured against the same model)."""
 
 import json
+import shutil
 import zipfile
 
 import numpy as np
@@ -158,8 +159,6 @@ def test_cli_errors_are_one_line(tmp_path, bert_model_dir, tiny_model_dir, capsy
 
 def test_damaged_bert_weights_are_one_line(tmp_path, bert_model_dir, capsys):
     """Weights cut short were safetensors' traceback from inside transformers."""
-    import shutil
-
     damaged = tmp_path / "damaged"
     shutil.copytree(bert_model_dir, damaged)
     weights = damaged / "model.safetensors"
@@ -300,6 +299,30 @@ def test_shrink_refuses_bad_flags_before_measuring(tiny_model_dir, imdb_dir, tmp
         shrink.main(shrink.ShrinkConfig(**{**base, "chunk_size": 64, **options, **paths}))
     assert str(caught.value) == message.format(tmp=tmp_path)
     assert (tmp_path / "results.json").read_text() == "earlier results"
+
+
+@pytest.mark.parametrize(
+    "output, source",
+    [("model/config.json", "--model"), ("model/results.json", "--model"), ("imdb/test.parquet", "--dataset")],
+)
+def test_shrink_refuses_an_output_inside_the_folders_it_reads(tiny_model_dir, imdb_dir, tmp_path, output, source):
+    """--output model/config.json replaced the model's config with the results, after the whole measurement; a new
+    file there is refused too, so that a second run with the same --output is not refused where the first was not."""
+    from deniro_rt.errors import DeniroError
+    from train import shrink
+
+    model, dataset = shutil.copytree(tiny_model_dir, tmp_path / "model"), shutil.copytree(imdb_dir, tmp_path / "imdb")
+    before = {p: p.read_bytes() for p in (*model.iterdir(), *dataset.iterdir())}
+    config = shrink.ShrinkConfig(str(model), str(dataset), keep="1000", count_texts=20, eval_texts=5, chunk_size=64)
+    config.output = str(tmp_path / output)
+    with pytest.raises(DeniroError) as caught:
+        shrink.main(config)
+    folder = {"--model": model, "--dataset": dataset}[source]
+    assert str(caught.value) == (
+        f"--output {tmp_path / output} is inside {source} {folder}, whose files it could replace; pass a path "
+        "outside it"
+    )
+    assert {p: p.read_bytes() for p in (*model.iterdir(), *dataset.iterdir())} == before
 
 
 def test_mixed_precision_rows_keep_the_whole_vocabulary_between_int4_and_int8(tiny_model_dir, imdb_dir):

@@ -53,7 +53,7 @@ HELP = {
     "eval_texts": "test reviews in the premasked evaluation set",
     "chunk_size": "tokens per evaluation chunk",
     "eval_seed": "seed of the review sample and of the one-time masking",
-    "output": "JSON file for the results",
+    "output": "JSON file for the results (not inside --model, --checkpoint or --dataset)",
     "checkpoint": "a python -m train checkpoint folder (step_*) whose weights replace --model's",
     "mixed": "comma-separated counts N: the whole vocabulary, the N most frequent rows 8-bit and the rest 4-bit, "
     "per-row scales (measured after the --keep rows)",
@@ -182,7 +182,7 @@ def check_config(config: ShrinkConfig) -> None:
     """Every flag, before the model loads: bad ones were tracebacks (int('abc'), a missing folder taken for a
     hub id, ZeroDivisionError) or, for --output, an error after the whole measurement that lost its rows."""
     from deniro_rt.cli import check_least
-    from deniro_rt.files import check_writable
+    from deniro_rt.files import check_output_file
 
     check_least(config, dict(count_texts=1, eval_texts=1, chunk_size=2))
     sizes(config.keep, "--keep", 1)
@@ -190,11 +190,9 @@ def check_config(config: ShrinkConfig) -> None:
     check_folder("--model", config.model, "config.json")
     if config.checkpoint:
         check_folder("--checkpoint", config.checkpoint, "model.safetensors")
-    if config.output:
-        output = Path(config.output).expanduser()
-        if output.is_dir():
-            raise DeniroError(f"--output {output} is a folder; pass a path for the JSON file")
-        check_writable(output, output.parent)
+    if config.output:  # not inside a folder it reads (--output model/config.json replaced the model's config)
+        sources = {"--model": config.model, "--checkpoint": config.checkpoint, "--dataset": config.dataset}
+        check_output_file(config.output, sources)
 
 
 def check_folder(flag: str, folder: str, needed: str) -> None:
