@@ -171,14 +171,9 @@ INTERRUPTED = "interrupted: no report written (a benchmark writes its reports wh
 def check_out(out: Path) -> Path:
     """--out, refused before any measurement when it cannot hold the reports (a file, a path below a file, a
     folder this user cannot write): it was an OSError traceback after the whole run, its results lost."""
-    from deniro_rt.errors import DeniroError
-    from deniro_rt.files import check_writable
+    from deniro_rt.files import check_output_folder
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DeniroError(f"--out {out} is a file; pass a folder for the reports")
-    check_writable(out, flag="--out")
-    return out
+    return check_output_folder(out, {}, flag="--out")
 
 
 def write(report: dict, out: Path, stem: str) -> dict[str, Path]:

@@ -133,24 +133,27 @@ def resume_record(path: Path, fix: str) -> dict:
     return saved
 
 
-def check_output_folder(output: str | Path, sources: dict[str, str | None], overwrite: bool | None = None) -> Path:
-    """--output as a Path, refused when it is a file, when it is (or holds) one of the `sources` (flag ->
-    path) it would replace (`--model D --output D --overwrite` deleted the trained model it read), and, with
-    `overwrite` False, when it is not empty (None: the caller decides)."""
+def check_output_folder(
+    output: str | Path, sources: dict[str, str | None], overwrite: bool | None = None, flag: str = "--output"
+) -> Path:
+    """--output (or `flag`) as a Path, refused when it is a file, when it is (or holds) one of the `sources`
+    (flag -> path) it would replace (`--model D --output D --overwrite` deleted the trained model it read), and,
+    with `overwrite` False, when it is not empty (None: the caller decides)."""
     from .errors import DeniroError
 
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
-        raise DeniroError(f"--output {out} exists and is a file; pass a folder")
-    check_writable(out)
-    for flag, source in sources.items():  # first: --overwrite would not help here, another --output would
+        raise DeniroError(f"{flag} {out} exists and is a file; pass a folder")
+    check_writable(out, flag=flag)
+    for source_flag, source in sources.items():  # first: --overwrite would not help here, another --output would
         inside = source and Path(source).expanduser().exists() and Path(source).expanduser().resolve()
         if inside and (inside == out.resolve() or out.resolve() in inside.parents):
             raise DeniroError(
-                f"--output {out} is or holds {flag} {source}, which the new output would replace; pass another --output"
+                f"{flag} {out} is or holds {source_flag} {source}, which the new output would replace; "
+                f"pass another {flag}"
             )
     if overwrite is False and out.exists() and any(out.iterdir()):
-        raise DeniroError(f"--output {out} is not empty; pass --overwrite or another --output")
+        raise DeniroError(f"{flag} {out} is not empty; pass --overwrite or another {flag}")
     return out
 
 

@@ -541,7 +541,7 @@ def test_an_out_that_cannot_hold_the_reports_fails_before_any_work(command, tmp_
     notes.write_text("mine")
     extra = ["--quick", "--device", "cpu"] if command == "latency" else []
     assert run([command, *extra, "--out", str(notes)]) == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"error: --out {notes} is a file; pass a folder for the reports"
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: --out {notes} exists and is a file; pass a folder"
     assert run([command, *extra, "--out", str(notes / "reports")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --out {notes / 'reports'}: {notes} is a file, not a folder; pass another --out"
