@@ -121,12 +121,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def run(argv: list[str] | None = None) -> int:
     setup_logging()
     config = parse_args(argv)
-    from .loop import main
-
     stopped = (
         f"interrupted: continue from the last checkpoint with the same command and --resume (--output {config.output})"
     )
-    return run_main(lambda: main(config), interrupted=stopped)
+    return run_main(lambda: train(config), interrupted=stopped)
+
+
+def train(config: TrainConfig) -> list[dict]:
+    # imported under run_main: torch and transformers take seconds (more from a cold disk), and Ctrl-C meanwhile
+    # was a KeyboardInterrupt traceback
+    from .loop import main
+
+    return main(config)
 
 
 if __name__ == "__main__":
