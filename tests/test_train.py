@@ -246,7 +246,10 @@ def test_ctrl_c_while_torch_imports_is_one_line_too(imdb_dir, tiny_model_dir, tm
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert ready.exists(), err[-3000:]
-    line = f"interrupted: continue from the last checkpoint with the same command and --resume (--output {out})"
+    line = (  # not "continue ... with --resume": that was refused, no checkpoint
+        f"interrupted before the first checkpoint: nothing to resume; run the same command again (with --overwrite "
+        f"if --output {out} is not empty)"
+    )
     assert (proc.returncode, err.strip().splitlines()[-1:]) == (130, [line]), err[-3000:]
     assert "Traceback" not in err and not out.exists()
 

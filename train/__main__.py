@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from deniro_rt.cli import run_main, setup_logging
 
-from .config import COMPILE_MODES, MINILM_SOURCE, PRESETS, TrainConfig, build_config
+from .config import COMPILE_MODES, MINILM_SOURCE, PRESETS, TrainConfig, build_config, latest_checkpoint
 
 HELP = {
     "preset": "deniro: the original recipe (distilbert-base, 256-token chunks, lr 5e-5, 3 epochs); "
@@ -121,10 +122,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def run(argv: list[str] | None = None) -> int:
     setup_logging()
     config = parse_args(argv)
-    stopped = (
-        f"interrupted: continue from the last checkpoint with the same command and --resume (--output {config.output})"
+    return run_main(lambda: train(config), interrupted=lambda: interrupted(config))
+
+
+def interrupted(config: TrainConfig) -> str:
+    """Ctrl-C's line: --resume needs a checkpoint (before the first one it was refused, "no checkpoint")."""
+    if latest_checkpoint(Path(config.output).expanduser()):
+        return (
+            "interrupted: continue from the last checkpoint with the same command and --resume "
+            f"(--output {config.output})"
+        )
+    return (
+        "interrupted before the first checkpoint: nothing to resume; run the same command again (with --overwrite "
+        f"if --output {config.output} is not empty)"
     )
-    return run_main(lambda: train(config), interrupted=stopped)
 
 
 def train(config: TrainConfig) -> list[dict]:

@@ -16,6 +16,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 
 # Flags that steer one invocation, not the run it trains (they may also change on --resume).
 INVOCATION_ONLY = ("resume", "overwrite", "stop_after_steps")
+CHECKPOINTS = "checkpoints"  # the run folder's checkpoints, step_<8 digits> each
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint folder of a run (here, not in loop: Ctrl-C's line reads it without torch)."""
+    found = sorted((out / CHECKPOINTS).glob("step_*")) if (out / CHECKPOINTS).is_dir() else []
+    return found[-1] if found else None
 
 
 @dataclass

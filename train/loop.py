@@ -35,7 +35,15 @@ from deniro_rt.data import (
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import check_output_folder, publish, resume_record
 
-from .config import BASE_MODEL_ID, INVOCATION_ONLY, MINILM_SOURCE, TrainConfig, check_numbers
+from .config import (
+    BASE_MODEL_ID,
+    CHECKPOINTS,
+    INVOCATION_ONLY,
+    MINILM_SOURCE,
+    TrainConfig,
+    check_numbers,
+    latest_checkpoint,
+)
 from .data import (
     VALIDATION,
     DeviceChunks,
@@ -63,7 +71,6 @@ from .model import (
 from .tokenizer import load_tokenizer, train_wordpiece
 
 log = logging.getLogger("train")
-CHECKPOINTS = "checkpoints"
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -273,11 +280,6 @@ def prepare(config: TrainConfig, out: Path) -> Prepared:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / CHECKPOINTS).glob("step_*")) if (out / CHECKPOINTS).is_dir() else []
-    return found[-1] if found else None
-
-
 def save_checkpoint(accelerator, out: Path, step: int, history: list, keep: int, tally: Tally) -> None:
     """Write to a temp folder, then rename: a crash never leaves a half-written checkpoint. The train loss summed
     since the last evaluation goes with it (a resumed run's next row then averages the same steps)."""
