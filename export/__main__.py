@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from deniro_rt.cli import run_main, setup_logging
 
@@ -125,14 +126,20 @@ def run(argv: list[str] | None = None) -> int:
     # offline, the hub libraries warn once per retry: only their errors are shown
     setup_logging(logging.WARNING, ours=("export", "deniro_rt"), quiet=logging.ERROR)
     config = parse_args(argv)
+    from .validate import ValidationFailed  # numpy only: its exit code is needed before the call
+
+    nothing = f"interrupted: nothing written to {config.output}"  # the artifact is staged beside it, then published
+    return run_main(lambda: export_model(config), {ValidationFailed: EXIT_VALIDATION}, interrupted=nothing)
+
+
+def export_model(config: ExportConfig) -> Path:
+    # imported under run_main: transformers, torch and onnx take seconds, and Ctrl-C meanwhile was a traceback
     from transformers.utils import logging as hf_logging
 
     from .pipeline import main
-    from .validate import ValidationFailed
 
     hf_logging.set_verbosity_error()  # e.g. "weights not initialized": we raise our own error for that
-    nothing = f"interrupted: nothing written to {config.output}"  # the artifact is staged beside it, then published
-    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION}, interrupted=nothing)
+    return main(config)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ texts. No fixture falls back to a hub id.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMDB_DIR = REPO / "tests" / "data" / "imdb-sample"  # made by tests/data/make_sample.py
+SLOW_IMPORT = REPO / "tests" / "helpers" / "slow_import.py"
 
 
 def pytest_report_header(config) -> str:
@@ -84,3 +89,23 @@ def tiny_artifact(tmp_path_factory, tiny_model_dir, imdb_dir) -> Path:
             dataset=str(imdb_dir),
         )
     )
+
+
+@pytest.fixture
+def ctrl_c_while_importing(tmp_path):
+    """A function running a CLI (ENTRY as "module:function", given argv) whose import of `module` waits, as a
+    slow one of torch would, and pressing Ctrl-C during it: (exit code, stderr)."""
+
+    def interrupt(module: str, entry: str, argv: list[str]) -> tuple[int, str]:
+        ready = tmp_path / "importing"
+        command = [sys.executable, str(SLOW_IMPORT), str(ready), module, entry, *argv]
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+        assert ready.exists(), f"{module} was not imported:\n{err[-3000:]}"
+        return proc.returncode, err
+
+    return interrupt

@@ -437,6 +437,16 @@ def test_an_output_holding_the_dataset_is_refused(tiny_model_dir, imdb_dir, tmp_
     assert sorted(p.name for p in data.iterdir()) == before
 
 
+def test_ctrl_c_while_transformers_imports_is_one_line(tiny_model_dir, tmp_path, ctrl_c_while_importing):
+    """transformers and export.pipeline (torch, onnx: about 6 s on 2 cores) were imported before run_main's try:
+    Ctrl-C in those seconds was a KeyboardInterrupt traceback."""
+    out = tmp_path / "onnx"
+    argv = ["--onnx", "--model", str(tiny_model_dir), "--output", str(out)]
+    code, err = ctrl_c_while_importing("export.pipeline", "export.__main__:run", argv)
+    assert (code, err.strip().splitlines()[-1:]) == (130, [f"interrupted: nothing written to {out}"]), err[-3000:]
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_artifact_tokenizer_never_truncates_or_pads(tiny_model_dir, tmp_path, capsys):
     """A source tokenizer.json that truncates (sentence-transformers' MiniLM: 128) must not reach the artifact."""
     from tokenizers import Tokenizer

@@ -218,39 +218,16 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(imdb_dir, tiny_model_d
     assert line in err.splitlines() and "Traceback" not in err, err[-3000:]  # (the progress bar may close after it)
 
 
-def test_ctrl_c_while_torch_imports_is_one_line_too(imdb_dir, tiny_model_dir, tmp_path):
+def test_ctrl_c_while_torch_imports_is_one_line_too(imdb_dir, tiny_model_dir, tmp_path, ctrl_c_while_importing):
     """`from .loop import main` (torch, transformers: seconds) ran before run_main's try: Ctrl-C in those seconds
     was a KeyboardInterrupt traceback. Here the import of train.loop waits for the signal, as a slow one would."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    ready, out = tmp_path / "importing", tmp_path / "run"
-    slow_import = (
-        "import importlib.abc, pathlib, sys, time\n"
-        "class SlowLoop(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'train.loop':\n"
-        f"            pathlib.Path({str(ready)!r}).touch()\n"
-        "            time.sleep(60)\n"
-        "sys.meta_path.insert(0, SlowLoop())\n"
-        "from train.__main__ import run\n"
-        "sys.exit(run(sys.argv[1:]))\n"
-    )
-    argv = tiny_args(imdb_dir, tiny_model_dir, out)
-    proc = subprocess.Popen([sys.executable, "-c", slow_import, *argv], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1]
-    assert ready.exists(), err[-3000:]
+    out = tmp_path / "run"
+    code, err = ctrl_c_while_importing("train.loop", "train.__main__:run", tiny_args(imdb_dir, tiny_model_dir, out))
     line = (  # not "continue ... with --resume": that was refused, no checkpoint
         f"interrupted before the first checkpoint: nothing to resume; run the same command again (with --overwrite "
         f"if --output {out} is not empty)"
     )
-    assert (proc.returncode, err.strip().splitlines()[-1:]) == (130, [line]), err[-3000:]
+    assert (code, err.strip().splitlines()[-1:]) == (130, [line]), err[-3000:]
     assert "Traceback" not in err and not out.exists()
 
 
