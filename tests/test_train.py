@@ -1,6 +1,7 @@
 """python -m train end to end on a slice of the real IMDB data (tiny shapes, CPU)."""
 
 import json
+import re
 import shutil
 from contextlib import nullcontext
 
@@ -249,6 +250,23 @@ def test_presets_and_explicit_flags():
         3,
         "fp32",
     )
+
+
+def test_help_gives_every_presets_own_defaults(capsys):
+    """--help named mini's values alone: `--head-lr` said "default: --lr" and `--output` "runs/deniro; mini:
+    runs/mini", where --preset minilm trains the head at 1e-3 into runs/minilm."""
+    from train.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    options = capsys.readouterr().out.split("\noptions:\n")[1]
+    found = re.finditer(r"^  (--[\w-]+)(.*?)(?=^  -|\Z)", options, re.M | re.S)  # each flag's entry
+    entries = {m[1]: " ".join(m[2].split()) for m in found}
+    for preset, values in PRESETS.items():
+        for name, value in values.items():
+            assert f"{preset}: {value}" in entries["--" + name.replace("_", "-")], (preset, name)
+    assert entries["--head-lr"].endswith(f"default: --lr (minilm: {MINILM_HEAD_LR})")  # not "(default: None)"
+    assert entries["--output"].endswith("(default: runs/deniro; mini: runs/mini; minilm: runs/minilm; tiny: runs/tiny)")
 
 
 def test_head_lr_and_head_only_warmup_move_the_head_first(tiny_model_dir):

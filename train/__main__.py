@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
 from deniro_rt.cli import run_main, setup_logging
@@ -88,6 +88,16 @@ HELP = {
 }
 
 
+def default_note(name: str, text: str, default: object) -> str:
+    """ " (default: X; mini: Y; minilm: Z)": the recipe's default, then every preset that changes it (the help
+    showed mini's alone, so `--head-lr` read "default: --lr" where --preset minilm trains the head at 1e-3).
+    A text that states its own default ("default: --lr") is not given a second, raw one ("default: None")."""
+    presets = [f"{preset}: {values[name]}" for preset, values in PRESETS.items() if name in values]
+    shown = "none" if default == "" else default
+    parts = ([] if "default:" in text else [f"default: {shown}"]) + presets
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(
         prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,8 +106,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        mini = PRESETS["mini"].get(f.name, MISSING)
-        note = f" (default: {default}" + ("" if mini is MISSING else f"; mini: {mini}") + ")"
+        note = default_note(f.name, HELP[f.name], default)
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=HELP[f.name] + note)
         else:
