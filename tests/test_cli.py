@@ -136,3 +136,16 @@ def test_no_texts_at_a_terminal_is_a_usage_error(model_args):
     assert done.stderr.strip() == (
         'error: no texts; pass them as arguments (python -m deniro_rt "A great [MASK]!") or pipe lines on stdin'
     )
+
+
+def test_serve_help_states_each_default_once(capsys):
+    """--precision's and --threads' help text says what the default is ("Default: on CPU bf16 where ...",
+    "default: one per usable core"); config_parser added a raw "(default: None)" after both."""
+    from deniro_rt.serve.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "On CUDA fp16 if the artifact has it, else fp32 --host HOST" in text  # the stated default alone
+    assert "(default: 64) --max-wait-ms" in text  # a field whose text states none still gets its note
