@@ -27,6 +27,14 @@ ENGINES = (
 MODEL_CARD_PROMPT = "This is a great [MASK]!"
 
 
+def dated_results_dir() -> Path:
+    """bench/results/<machine>-<date>/: every bench command's default report folder. A new folder, never one of
+    the committed ones (`bench load` and `bench ray` used to write into cpu-2core-serve/ and cpu-2core-ray/,
+    replacing the reports the docs quote)."""
+    machine = re.sub(r"[^A-Za-z0-9_.-]+", "-", platform.node() or "machine")
+    return REPO / "bench" / "results" / f"{machine}-{datetime.date.today().isoformat()}"
+
+
 def default_dataset() -> str:
     """The shared local IMDB copy when it is there (offline machines), else the hub id."""
     return str(LOCAL_IMDB) if (LOCAL_IMDB / "test.parquet").is_file() else IMDB_HUB_ID
@@ -108,10 +116,7 @@ class BenchConfig:
         return " ".join(parts)
 
     def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        machine = re.sub(r"[^A-Za-z0-9_.-]+", "-", platform.node() or "machine")
-        return REPO / "bench" / "results" / f"{machine}-{datetime.date.today().isoformat()}"
+        return Path(self.out) if self.out else dated_results_dir()
 
 
 # The least value of every numeric knob (None, where allowed, means the default).

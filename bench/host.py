@@ -14,7 +14,7 @@ before leaving it off on CPU, where the tokenizer and the graph share the cores.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from deniro_rt.errors import DeniroError
 
 from . import report
-from .config import default_dataset
+from .config import dated_results_dir, default_dataset
 
 INT_FIELDS = ("batch", "batches", "repeats", "min_words", "max_words", "threads", "token_budget", "overlap_block")
 GOALS = {"arrays": 1.5, "dicts": 3.0}  # x the bare tokenizer's encode_batch, per sentence
@@ -40,7 +40,7 @@ class HostConfig:
     token_budget: int | None = None  # padded tokens per graph run (default: the runtime's CPU budget; 0: none)
     overlap_block: int = 128  # texts a block in arrays-overlap (4 blocks a batch of 512); 0: not measured
     dataset: str = ""
-    out: str = "bench/results/cpu-2core-arrays"
+    out: str = field(default_factory=lambda: str(dated_results_dir()))  # never a committed results folder
 
 
 def sentences(cfg: HostConfig, mask_token: str) -> list[str]:
@@ -209,7 +209,7 @@ HELP = {
     "token_budget": "padded tokens per graph run (default: the runtime's CPU budget; 0: none)",
     "overlap_block": "texts a block in the arrays-overlap call (0: that call is not measured)",
     "dataset": "folder of <split>.parquet files (default: ../shared/data/imdb when present, else the hub id)",
-    "out": "report folder (host.json, host.md, host.png)",
+    "out": "report folder for host.json, host.md, host.png (default: bench/results/<machine>-<date>/)",
 }
 LEAST = dict(batch=1, batches=1, repeats=1, min_words=1, max_words=1, threads=1, token_budget=0, overlap_block=0)
 

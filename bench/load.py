@@ -47,12 +47,11 @@ from deniro_rt.cli import check_least, config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.providers import DEVICES
 
-from .config import LOCAL_IMDB, REPO, QuickDefaults, default_dataset, int_list
+from .config import LOCAL_IMDB, REPO, QuickDefaults, dated_results_dir, default_dataset, int_list
 from .figures import save_figure
 
 log = logging.getLogger("bench.load")
 SERVERS = ("batched", "unbatched", "hf-pipeline", "before-batched", "before-unbatched")
-OUT = REPO / "bench" / "results" / "cpu-2core-serve"
 QUICK = {"clients": "1,8", "rounds": 1, "requests": 40, "seconds": 2.0, "warmup": 5, "sentences": 50}
 
 
@@ -78,7 +77,7 @@ class LoadConfig(QuickDefaults):
     precision: str | None = None  # deniro_rt graph; default: the runtime's choice
     device: str = "auto"  # deniro_rt servers' --device (hf-pipeline stays on the CPU)
     threads: int | None = None  # intra-op threads of every server (ORT / torch); default: serve's rule
-    out: str = str(OUT)
+    out: str = field(default_factory=lambda: str(dated_results_dir()))  # never a committed results folder
     quick: bool = False
     QUICK: ClassVar[dict] = QUICK
 
@@ -667,7 +666,7 @@ HELP = {
     "runs on the CPU",
     "threads": "intra-op threads of every server: ONNX Runtime's, torch.set_num_threads for hf-pipeline "
     "(default: deniro_rt serve's, one per usable core)",
-    "out": "report folder",
+    "out": "report folder (default: bench/results/<machine>-<date>/, as for python -m bench all)",
     "quick": f"small counts ({QUICK}): checks the harness, not the speed",
 }
 TYPES = {"model": str, "torch_model": str, "precision": str, "threads": int, "baseline": str, "max_wait_ms": float}

@@ -15,7 +15,7 @@ Online: Ray Serve (deniro_rt.serve.ray) with the app's own DynamicBatcher (`--ba
 per request (bench/load.py's client), rounds interleaved.
 
 Reports: <out>/ray.json (header with hardware and versions, every row), ray.md, ray.png.
-  python -m bench ray                              # -> bench/results/cpu-2core-ray/
+  python -m bench ray                              # -> bench/results/<machine>-<date>/
   python -m bench ray --quick --out /tmp/ray       # seconds: checks the harness
 """
 
@@ -35,11 +35,10 @@ import numpy as np
 from deniro_rt.cli import check_least, config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 
-from .config import REPO, QuickDefaults, default_dataset, int_list
+from .config import QuickDefaults, dated_results_dir, default_dataset, int_list
 from .figures import save_figure
 
 log = logging.getLogger("bench.ray")
-OUT = REPO / "bench" / "results" / "cpu-2core-ray"
 QUICK = {
     "sentences": 96,
     "repeats": 1,
@@ -72,7 +71,7 @@ class RayBenchConfig(QuickDefaults):
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
-    out: str = str(OUT)
+    out: str = field(default_factory=lambda: str(dated_results_dir()))  # never a committed results folder
     quick: bool = False
     QUICK: ClassVar[dict] = QUICK
 
@@ -376,7 +375,7 @@ HELP = {
     "max_batch_size": "servers' --max-batch-size",
     "max_wait_ms": "servers' --max-wait-ms",
     "max_queue": "servers' --max-queue",
-    "out": "report folder",
+    "out": "report folder (default: bench/results/<machine>-<date>/, as for python -m bench all)",
     "quick": "small counts: checks the harness, not the speed",
 }
 

@@ -325,6 +325,18 @@ def test_help_documents_every_option_with_its_default(capsys):
     assert text.count("(default") >= len(fields(BenchConfig)) - 1
 
 
+def test_every_bench_command_reports_into_a_new_dated_folder_by_default():
+    """`python -m bench load` (as the README shows it), `bench ray` and `bench.host` wrote into the committed
+    cpu-2core-serve/, cpu-2core-ray/ and cpu-2core-arrays/ by default, replacing the reports the docs quote."""
+    from bench import host, load, ray_bench
+
+    dated = BenchConfig().out_dir()  # bench all's: bench/results/<machine>-<date>/
+    assert dated.parent == Path(__file__).resolve().parents[1] / "bench" / "results"
+    assert not dated.name.startswith("cpu-2core-")
+    assert Path(load.parse_args([]).out) == Path(ray_bench.parse_args([]).out) == Path(host.parse_args([]).out) == dated
+    assert Path(load.parse_args(["--out", "/tmp/x"]).out) == Path("/tmp/x")  # --out still wins
+
+
 def test_quick_values_yield_to_explicit_flags():
     cfg = parse_args(["throughput", "--quick", "--throughput-sentences", "100"])
     assert cfg.quick and cfg.throughput_sentences == 100 and cfg.latency_samples == 8
