@@ -30,6 +30,7 @@ from deniro_rt.errors import DeniroError
 from deniro_rt.openvino import OpenVinoGraph, OpenVinoSession, bf16_available, bf16_kernels
 
 from .validate import (
+    DECISIVE_MARGIN,
     ValidationSet,
     ValidationSpec,
     build_validation_set,
@@ -96,9 +97,19 @@ def bf16_verdict(fp32_graph: Path, data: ValidationSet, spec: ValidationSpec) ->
     metrics = score_fast_graph(session, data, reference)
     record = {**verdict(KEY, metrics), **data.record(), "reference": "fp32 graph", "kernels": bf16_kernels()}
     if metrics["top1_decisive"] is None:  # nothing to judge the answers on: not a pass
-        record = {**record, "passed": False, "failed": [*record["failed"], "no decisive masks: raise --sentences"]}
+        record = {**record, "passed": False, "failed": [*record["failed"], no_decisive_masks(metrics["rows"])]}
     log.info("validation bf16 (OpenVINO, against the fp32 graph): %s", summary(record))
     return record
+
+
+def no_decisive_masks(rows: int) -> str:
+    """Why a record without decisive masks fails, and the fix. It said "raise --sentences", which inside
+    `python -m export` named export's own --sentences: that feeds the fp32 validation, not this check."""
+    return (
+        f"no decisive masks among {rows} (fp32's first candidate never led its second by {DECISIVE_MARGIN}), "
+        "nothing to judge bf16 on (an undertrained model has none); python -m export.bf16 --artifact DIR "
+        "--sentences N checks more"
+    )
 
 
 def bf16_record(config: Bf16Config, tokenizer, fp32_graph: Path, vocab_size: int, max_positions: int) -> dict | None:

@@ -208,6 +208,26 @@ def test_a_failed_bf16_record_never_fails_an_export(tiny_model_dir, imdb_dir, tm
     assert load_manifest(artifact).passed("fp32") and FillMask(artifact, device="cpu").precision == "fp32"
 
 
+def test_a_bf16_record_without_decisive_masks_names_the_command_that_checks_more(
+    tiny_model_dir, imdb_dir, tmp_path, monkeypatch
+):
+    """No mask decisive (an undertrained model): the record said "raise --sentences", which in `python -m export`
+    is export's own --sentences, the fp32 validation's (the bf16 check always took 2,000)."""
+    import export.validate
+
+    monkeypatch.setattr(export.validate, "decisive_top1", lambda *_: {"top1_decisive": None, "decisive_rows": 0})
+    config = ExportConfig(onnx=True, model=str(tiny_model_dir), output=str(tmp_path / "a"), dataset=str(imdb_dir))
+    record = load_manifest(export_main(replace(config, full_graph=False))).raw["validation"].get("bf16")
+    if not bf16_available():
+        assert record is None
+        return
+    assert not record["passed"] and record["failed"][-1] == (
+        f"no decisive masks among {record['metrics']['rows']} (fp32's first candidate never led its second by 0.01), "
+        "nothing to judge bf16 on (an undertrained model has none); python -m export.bf16 --artifact DIR "
+        "--sentences N checks more"
+    )
+
+
 def test_bf16_errors_name_the_fix(tiny_artifact, monkeypatch):
     with pytest.raises(DeniroError, match="precision bf16 runs on CPUExecutionProvider only; on CUDAExecutionProvider"):
         resolve_precision("bf16", CUDA, {"fp32": "fast.onnx", "fp16": "fast_fp16.onnx"})
