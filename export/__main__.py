@@ -58,7 +58,10 @@ HELP = {
     "batch-invariant), static-percentile (the same, 99.999th-percentile ranges), dynamic (scales "
     "per call over the whole batch: answers depend on batch-mates), nbits (MatMulNBits 8-bit "
     "weights, int8 compute with per-row activation scales), weight-only (MatMulNBits 8-bit "
-    "weights, fp32 compute); measured in docs/precision.md 'int8 on CPU: the options, measured'",
+    "weights, fp32 compute), row / row-ffn (activation scales per token row, computed per call from that row "
+    "alone: batch-invariant, no calibration; -ffn: the fused Attention's QKV projection stays fp32), row2 / row2-ffn "
+    "(the same plus a second int8 pass for the rounding remainder); measured in docs/precision.md 'int8 on CPU: "
+    "the options, measured'",
     "weights": "fp32: weights as trained; int8: every weight matrix rounded to 8 bits (one scale per row) "
     "in PyTorch before tracing and stored as int8 in the fp32 graphs, which ONNX Runtime "
     "dequantizes once at load (fp32 compute, ~4x smaller files); the rounding's cost against "

@@ -298,7 +298,11 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("folder", help="an artifact folder (python -m export --onnx --output DIR)")
     parser.add_argument("--name", help="the model's name in the card (default: the folder's name)")
-    parser.add_argument("--license", default=CardInfo.license)
+    parser.add_argument(
+        "--license",
+        default=CardInfo.license,
+        help=f"the header's license id (default: {CardInfo.license}, the base models' license)",
+    )
     parser.add_argument("--base-model", help="hub id of the model it derives from (default: followed back)")
     parser.add_argument("--protocol-ppl", help="JSON of experiments/protocol_ppl.py; its first row is reported")
     parser.add_argument("--notes", help="a markdown file appended to the card (e.g. MODEL_CARD.md)")

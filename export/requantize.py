@@ -156,6 +156,14 @@ def staged_manifest(
     return temp
 
 
+COUNT_HELP = {
+    "calibration_sentences": "static int8: train-split sentences that fix the activation scales",
+    "sentences": "test-split sentences, one word masked each, compared with fast.onnx",
+    "perplexity_chunks": "premasked test chunks scored for perplexity",
+    "seed": "sentence choice, masked words and chunk masking",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> RequantizeConfig:
     defaults = RequantizeConfig()
     parser = argparse.ArgumentParser(
@@ -174,12 +182,12 @@ def parse_args(argv: list[str] | None = None) -> RequantizeConfig:
         default=defaults.dataset,
         help=f"folder of <split>.parquet: calibration from train, validation from test (default: {defaults.dataset})",
     )
-    for name in ("calibration_sentences", "sentences", "perplexity_chunks", "seed"):
+    for name, text in COUNT_HELP.items():
         parser.add_argument(
             "--" + name.replace("_", "-"),
             type=int,
             default=getattr(defaults, name),
-            help=f"(default: {getattr(defaults, name)})",
+            help=f"{text} (default: {getattr(defaults, name)})",
         )
     return RequantizeConfig(**vars(parser.parse_args(argv)))
 

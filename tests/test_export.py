@@ -30,7 +30,7 @@ from deniro_rt.errors import EXIT_USAGE, ArtifactError, DeniroError
 from deniro_rt.openvino import bf16_available
 from export import optimize, validate
 from export.__main__ import EXIT_VALIDATION, build_parser, run
-from export.config import ExportConfig, split_precisions
+from export.config import INT8_METHODS, ExportConfig, split_precisions
 
 CPU = ["CPUExecutionProvider"]
 SMALL_VALIDATION = ["--sentences", "24", "--random-sequences", "8", "--perplexity-chunks", "4"]
@@ -546,6 +546,29 @@ def test_cuda_without_cuda_provider_names_the_gpu_extra(tiny_model_dir, tmp_path
     )
     assert code == EXIT_USAGE
     assert_one_error(lines, "CUDAExecutionProvider", 'pip install "deniro[gpu]"', "CPUExecutionProvider")
+
+
+@pytest.mark.parametrize("module", ["export", "export.card", "export.requantize", "train.shrink"])
+def test_help_says_what_every_option_does(module):
+    """export.card's --license and four of export.requantize's counts had no help text (only "(default: 0)"),
+    train.shrink's required flags read "(default: )" and its last example lost its line break, and export's
+    --int8-method described five of its nine methods."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    options = done.stdout.split("\noptions:\n")[1]
+    found = re.finditer(r"^  (--[\w-]+)( [A-Z_{][^ ]*)?(.*?)(?=^  -|\Z)", options, re.M | re.S)
+    entries = {m[1]: " ".join(m[3].split()) for m in found}
+    for flag, text in entries.items():
+        if flag != "--help":
+            assert text and not text.startswith("(default") and "(default: )" not in text, (flag, text)
+    if module == "export":
+        assert all(method in entries["--int8-method"] for method in INT8_METHODS)
+    if module == "train.shrink":
+        assert "distilbert \\\n        --checkpoint" in done.stdout  # the example's continuation, as written
 
 
 def test_help_gives_every_option_and_its_default(capsys):

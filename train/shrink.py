@@ -8,7 +8,7 @@ is exported or shipped.
 
     python -m train.shrink --model runs/minilm --dataset ../shared/data/imdb --keep 30522,20000,16000
     python -m train.shrink --model runs/minilm --dataset ../shared/data/imdb --mixed 4000,8000,16000  # + mixed rows
-    python -m train.shrink --model $TMPDIR/deniro-minilm/minilm-l6-v2-0.1.2-distilbert \
+    python -m train.shrink --model $TMPDIR/deniro-minilm/minilm-l6-v2-0.1.2-distilbert \\
         --checkpoint runs/minilm/checkpoints/step_00000100 --dataset ../shared/data/imdb   # a running run
 """
 
@@ -296,7 +296,7 @@ def run(argv: list[str] | None = None) -> int:
             type=kind,
             default=default or None,
             required=name in ("model", "dataset"),
-            help=f"{HELP[name]} (default: {default})",
+            help=HELP[name] + ("" if name in ("model", "dataset") else f" (default: {default or 'none'})"),
         )
     setup_logging(ours=("train",))
     config = ShrinkConfig(**vars(parser.parse_args(argv)))
