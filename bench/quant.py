@@ -21,22 +21,22 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from deniro_rt.artifact import load_manifest
-from deniro_rt.cli import run_main, setup_logging
+from deniro_rt.cli import config_parser, run_main, setup_logging
 from deniro_rt.errors import DeniroError
 from deniro_rt.models import DEFAULT_MODEL_DIR
 from export.requantize import artifact_tokenizer
 from export.rowquant import ROW_METHODS
 
+from .config import dated_results_dir
 from .openvino import OV_METHODS, ov_graph, ov_session
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,26 @@ class QuantConfig:
     calibration_sentences: int = 256
     timed_calls: int = 20  # per graph and shape (larger batches: a quarter, at least 8; calls_per_round)
     shapes: str = ",".join(f"{b}x{t}" for b, t in SHAPES)  # batch x tokens timed, e.g. 1x240,32x240 (reviews)
-    out: str = "bench/results/quant"
+    out: str = field(default_factory=lambda: str(dated_results_dir()))
+
+
+HELP = {
+    "model": "trained artifact whose fp32 fast.onnx every method is built from and scored against (default: the "
+    "shipped model)",
+    "speed_model": "artifact whose graphs are timed, e.g. a random-init distilbert-base-shape export "
+    "(default: --model)",
+    "baseline": "an extra int8 graph (.onnx) timed and scored as 'baseline', e.g. an older export's fast_int8.onnx "
+    "(default: none)",
+    "methods": "comma-separated: python -m export's --int8-method names, openvino-f32, openvino-bf16, openvino-int8",
+    "dataset": "folder of <split>.parquet files: calibration from train, scoring from test",
+    "sentences": "masked test sentences scored for top-1 and top-5",
+    "perplexity_chunks": "premasked test chunks scored for perplexity",
+    "drift_sentences": "short sentences a sentence is padded into for the batch drift",
+    "calibration_sentences": "static int8: train-split sentences that fix the activation scales",
+    "timed_calls": "timed session runs per graph and shape (larger batches: a quarter, at least 8)",
+    "shapes": "comma-separated <batch>x<tokens> shapes timed",
+    "out": "report folder for quant.json and quant.md (default: bench/results/<machine>-<date>/)",
+}
 
 
 @dataclass(frozen=True)
@@ -347,13 +366,8 @@ def option_rows(report: dict, reference: str) -> list[list]:
 
 def cli(argv: list[str] | None = None) -> int:
     setup_logging()
-    defaults = QuantConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m bench quant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for name, default in asdict(defaults).items():
-        kind = int if isinstance(default, int) else str
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=f"(default: {default})")
+    types = {"speed_model": str, "baseline": str}
+    parser = config_parser(QuantConfig(), "python -m bench quant", __doc__, HELP, types)
     config = QuantConfig(**vars(parser.parse_args(argv)))
     from .report import INTERRUPTED
 

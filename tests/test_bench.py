@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from dataclasses import fields, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from bench import parity, report
 from bench.__main__ import parse_args, run
 from bench.config import BenchConfig
 from bench.engines import Prediction, from_fill_results
+from bench.quant import QuantConfig
 from bench.run import resolve_torch_model
 from bench.workload import PROMPT, build_workload, load_tokenizer
 from deniro_rt.errors import DeniroError
@@ -334,7 +336,21 @@ def test_every_bench_command_reports_into_a_new_dated_folder_by_default():
     assert dated.parent == Path(__file__).resolve().parents[1] / "bench" / "results"
     assert not dated.name.startswith("cpu-2core-")
     assert Path(load.parse_args([]).out) == Path(ray_bench.parse_args([]).out) == Path(host.parse_args([]).out) == dated
+    assert Path(QuantConfig().out) == dated  # was bench/results/quant under whatever folder it ran from
     assert Path(load.parse_args(["--out", "/tmp/x"]).out) == Path("/tmp/x")  # --out still wins
+
+
+def test_quant_help_says_what_every_option_does(capsys):
+    """`python -m bench quant --help` gave every option a bare "(default: ...)" and nothing else."""
+    with pytest.raises(SystemExit):
+        run(["quant", "--help"])
+    options = capsys.readouterr().out.split("\noptions:\n")[1]
+    found = re.finditer(r"^  (--[\w-]+)( [A-Z_]+)?(.*?)(?=^  -|\Z)", options, re.M | re.S)
+    entries = {m[1]: " ".join(m[3].split()) for m in found}
+    assert len(entries) == len(dataclasses.fields(QuantConfig))  # every field (-h, --help aside)
+    for flag, text in entries.items():
+        assert text and not text.startswith("(default"), (flag, text)
+    assert entries["--speed-model"].endswith("(default: --model)")  # not "(default: None)"
 
 
 def test_quick_values_yield_to_explicit_flags():
