@@ -27,7 +27,9 @@ from deniro_rt.errors import DeniroError
 
 from .config import DEFAULT_INT8_METHOD, INT8_METHODS, ExportConfig
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m export.requantize` this module is __main__, a logger below the WARNING
+# root, and the closing "requantized ..." line with the validation numbers never printed.
+log = logging.getLogger("export.requantize")
 EXIT_VALIDATION = 1
 
 

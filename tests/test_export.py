@@ -557,7 +557,10 @@ def test_help_says_what_every_option_does(module):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=repo, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     options = done.stdout.split("\noptions:\n")[1]
     found = re.finditer(r"^  (--[\w-]+)( [A-Z_{][^ ]*)?(.*?)(?=^  -|\Z)", options, re.M | re.S)
@@ -831,6 +834,22 @@ def test_requantize_swaps_graph_and_manifest_together_or_changes_nothing(
     for name in manifest.files:
         verify_file(manifest, name)  # the new graph's sha256 is the manifest's
     assert (folder / FAST_GRAPHS["fp32"]).read_bytes() == before[FAST_GRAPHS["fp32"]]
+
+
+def test_requantize_as_a_command_ends_with_its_validation_line(tiny_artifact, imdb_dir, tmp_path):
+    """`python -m export.requantize` printed nothing after its data lines when it succeeded: its logger was
+    __main__'s, below the WARNING root the command sets up."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, folder)
+    argv = ["--model", str(folder), "--dataset", str(imdb_dir), "--int8-method", "static", *REQUANTIZE_SMALL]
+    command = [sys.executable, "-m", "export.requantize", *argv]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"requantized {folder} (static): ") and "top1_agreement" in last, done.stderr
 
 
 def test_requantize_and_bf16_refuse_a_damaged_artifact_or_no_text_before_any_work(
