@@ -113,17 +113,13 @@ def parse_args(argv: list[str] | None) -> BatchConfig:
         prog="python -m deniro_rt batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--input", required=True, help="a .parquet file, a folder of .parquet files, or a .txt file")
+    inputs = "a .parquet file, a folder of .parquet files, or a .txt file (one text per line; blank lines skipped)"
+    add("--input", required=True, help=inputs)
     add("--output", required=True, help="output folder (created; must not exist unless --overwrite)")
     add("--column", default="text", help="column holding texts with [MASK] (default: text)")
     add("--model", default=None, help="export folder (default: the shipped IMDB model)")
     add("--device", default="cpu", choices=DEVICES, help="per worker (default: cpu)")
-    add(
-        "--precision",
-        default=None,
-        choices=RUNTIME_PRECISIONS,
-        help=PRECISION_HELP,
-    )
+    add("--precision", default=None, choices=RUNTIME_PRECISIONS, help=PRECISION_HELP)
     add("--top-k", type=int, default=5, help="predictions per mask kept (default: 5)")
     truncation_help = "keep a window around the masks of over-long texts (without it they are listed before any work)"
     add("--truncation", action="store_true", help=truncation_help + "; one warning names rows with masks cut away")
