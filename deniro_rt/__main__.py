@@ -112,11 +112,25 @@ def stdin_texts() -> tuple[list[str], list[int]]:
     return texts, numbers
 
 
+def cli_targets(text: str | None) -> list[str] | None:
+    """--targets "movie,film" -> ["movie", "film"]; None when not given. An empty word ("movie,,film", a trailing
+    comma) was the runtime's "non-empty list of non-empty strings, got ['movie', '', 'film']", a list the user never
+    wrote, and `--targets ""` silently ranked the whole vocabulary."""
+    if text is None:
+        return None
+    words = [word.strip() for word in text.split(",")]
+    if not all(words):
+        raise DeniroError(
+            f"--targets {text!r} has an empty word; pass comma-separated words, e.g. --targets movie,film"
+        )
+    return words
+
+
 def fill_and_print(args: argparse.Namespace, texts: list[str], lines: list[int] | None) -> None:
     from .runtime import FillMask
 
+    targets = cli_targets(args.targets)  # before the model loads: a typo fails at once
     runtime = FillMask(args.model, device=args.device, precision=args.precision)
-    targets = args.targets.split(",") if args.targets else None
     try:
         results = runtime.fill(
             texts,

@@ -57,6 +57,23 @@ def test_targets_mixed_pieces_and_several_texts(fm, model_args):
     assert [r["text"] for r in rows] == texts and [r["result"] for r in rows] == as_json(expected)
 
 
+@pytest.mark.parametrize("targets", ["movie,,film", "movie,film,", ""])
+def test_an_empty_target_word_is_one_error_naming_the_flag(model_args, targets):
+    """ "movie,,film" failed with the runtime's "targets must be a non-empty list of non-empty strings, got
+    ['movie', '', 'film']", and --targets "" ranked the whole vocabulary as if no targets were given."""
+    done = cli("a great [MASK] .", *model_args, "--targets", targets)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"error: --targets {targets!r} has an empty word; pass comma-separated words, e.g. --targets movie,film"
+    )
+
+
+def test_targets_may_have_spaces_after_commas(fm, model_args):
+    done = cli("a great [MASK] .", *model_args, "--targets", "movie, film", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json_rows(done.stdout)[0]["result"] == as_json(fm.fill("a great [MASK] .", targets=["movie", "film"]))
+
+
 def test_joint_json_and_table(fm, model_args):
     text = "the [MASK] was great but the [MASK] was too long ."
     done = cli(text, *model_args, "--joint", "--json")
