@@ -726,22 +726,24 @@ def test_batch_checks_name_the_same_rows_read_in_chunks(monkeypatch):
         monkeypatch.undo()
 
 
-def test_batch_input_reader_hands_its_freed_buffers_back(tmp_path, monkeypatch):
-    """pq.read_table leaves its decoding buffers in Arrow's pool, freed but held (+111 MB beside a 57 MB table of
-    a million short rows): read_input releases them before the model loads on top of them."""
-    from deniro_rt.batch.cli import read_input
+def test_batch_input_checks_hand_their_freed_buffers_back(tmp_path, monkeypatch):
+    """Decoding the input leaves buffers in Arrow's pool, freed but held (pq.read_table of a million short rows:
+    +111 MB beside the 57 MB table): the checks release them, after the last one, before the model loads."""
+    from deniro_rt.batch.cli import BatchConfig, check_input, read_input
 
-    released = []
+    events = []
 
-    class Pool:  # what pa.default_memory_pool() gives read_input: records the release
+    class Pool:  # what pa.default_memory_pool() gives check_input: records the release
         def release_unused(self):
-            released.append(pa.total_allocated_bytes())
+            events.append("release")
 
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": ["a [MASK] film"] * 1000}), path)
     monkeypatch.setattr(pa, "default_memory_pool", Pool)
-    table, _ = read_input(path, "text")
-    assert len(released) == 1 and released[0] >= table.nbytes  # after the read, with the table held
+    monkeypatch.setattr("deniro_rt.batch.cli.check_lengths", lambda *args: events.append("lengths"))
+    source, lines = read_input(path, "text")
+    check_input(source, BatchConfig(input=str(path), output="unused"), lines)
+    assert events == ["lengths", "release"]
 
 
 def test_batch_checks_hold_one_chunk_of_strings_at_a_time(monkeypatch):

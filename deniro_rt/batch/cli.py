@@ -163,20 +163,18 @@ def interrupted(config: BatchConfig) -> str:
 def run_batch(config: BatchConfig) -> Path:
     """Validate the input, fill every row into shards in <output>.partial, rename it to <output>."""
     check_config(config)
-    table, lines = read_input(Path(config.input), config.column)
-    check_columns(table.column_names, config)
-    check_text_type(table.schema, config)
-    check_texts(table.column(config.column), config, lines)
+    source, lines = read_input(Path(config.input), config.column)
+    check_input(source, config, lines)
     output = Path(config.output).resolve()
     check_output(output, config)
     with ray_connection(config):  # the workers' resources are checked before any output is touched
-        staging, writer, seconds = fill_staging(table, config, output)
+        staging, writer, seconds = fill_staging(source, config, output)
     first_row = writer.first_row
-    filled = table.num_rows - first_row
+    filled = source.num_rows - first_row
     finish(
         staging,
         output,
-        {**asdict(config), "rows": table.num_rows, "seconds": seconds, "resumed_from_row": first_row},
+        {**asdict(config), "rows": source.num_rows, "seconds": seconds, "resumed_from_row": first_row},
     )
     log_cut_rows(writer.cut_rows, filled, lines)
     log.info(
@@ -185,14 +183,15 @@ def run_batch(config: BatchConfig) -> Path:
     return output
 
 
-def fill_staging(table, config: BatchConfig, output: Path) -> tuple[Path, ShardWriter, float]:
+def fill_staging(source, config: BatchConfig, output: Path) -> tuple[Path, ShardWriter, float]:
     """Fill the rows still missing into shards in <output>.partial; returns that folder, its writer (its
-    first_row: the first row filled by this run, after --resume's shards) and the seconds the fill took."""
+    first_row: the first row filled by this run, after --resume's shards) and the seconds the fill took.
+    source: the input (source.py), read shard by shard."""
     staging = staging_folder(output)
-    writer = ShardWriter(staging / SHARDS, config.rows_per_shard, open_staging(staging, config, table.num_rows))
+    writer = ShardWriter(staging / SHARDS, config.rows_per_shard, open_staging(staging, config, source.num_rows))
     start = time.perf_counter()
     try:
-        (fill_on_ray if config.ray else fill_in_process)(table, config, writer)
+        (fill_on_ray if config.ray else fill_in_process)(source, config, writer)
     except DeniroError:  # a row the model refuses: the same input fails again, nothing worth resuming
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -276,10 +275,11 @@ def import_ray():
 
 # ---------------------------------------------------------------------- input and checks
 def read_input(path: Path, column: str):
-    """The input as a pyarrow Table with `column` present and non-empty, and for a text file the line number
-    of each row (blank lines are skipped, so error messages name lines, not rows); None for parquet."""
+    """The input (source.py: a ParquetInput read a piece at a time, or a text file's lines as a TableInput)
+    with `column` present and rows, and for a text file the line number of each row (blank lines are skipped,
+    so error messages name lines, not rows); None for parquet."""
     pa = import_pyarrow()
-    import pyarrow.parquet as pq
+    from .source import ParquetInput, TableInput
 
     if not path.exists():
         raise DeniroError(
@@ -290,26 +290,17 @@ def read_input(path: Path, column: str):
     if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
         numbered = [(n, line) for n, line in enumerate(text_lines(path), 1) if line.strip()]
         numbers = [n for n, _ in numbered]
-        table = pa.table({column: [line for _, line in numbered]})
+        source = TableInput(pa.table({column: [line for _, line in numbered]}))
     else:
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DeniroError(
-                f"--input {path} is not readable as parquet ({exc}); pass a .parquet file, "
-                f"a folder of them, or a .txt file with one text per line"
-            ) from exc
-        # the reader's decoding buffers, freed but kept by Arrow's pool (+111 MB next to a 57 MB table), go back
-        # now, not after the model has loaded on top of them (job peak at a million short rows: 490 -> 414 MB)
-        pa.default_memory_pool().release_unused()
-    if column not in table.column_names:
+        source = ParquetInput(path)  # the files' footers only: rows and schema
+    if column not in source.column_names:
         raise DeniroError(
             f"--input {path} has no column {column!r} (it has: "
-            f"{', '.join(table.column_names)}); pass --column with the text column"
+            f"{', '.join(source.column_names)}); pass --column with the text column"
         )
-    if table.num_rows == 0:
+    if source.num_rows == 0:
         raise DeniroError(f"--input {path} has no rows; nothing to fill")
-    return table, numbers
+    return source, numbers
 
 
 def text_lines(path: Path) -> list[str]:
@@ -321,6 +312,18 @@ def text_lines(path: Path) -> list[str]:
         except UnicodeDecodeError:
             raise DeniroError(f"--input {path}: line {number} is not valid UTF-8; save the file as UTF-8") from None
     return lines
+
+
+def check_input(source, config: BatchConfig, lines: list[int] | None) -> None:
+    """Every check of the input, over all its rows, before any output is touched."""
+    import pyarrow as pa
+
+    check_columns(source.column_names, config)
+    check_text_type(source.schema, config)
+    check_texts(source.column(config.column), config, lines)
+    # the reader's decoding buffers, freed but kept by Arrow's pool, go back now, not after the model has
+    # loaded on top of them (with the whole input read at once: +111 MB next to a million short rows' 57 MB)
+    pa.default_memory_pool().release_unused()
 
 
 def check_columns(names: list[str], config: BatchConfig) -> None:
@@ -389,9 +392,14 @@ def check_texts(column, config: BatchConfig, lines: list[int] | None = None) -> 
 
 
 def column_chunks(column):
-    """(first row, the rows as Python values) of consecutive slices of an Arrow column: a list of every text
-    at once held the input a second time (+109 MB for a million 60-character rows, as large as the read table
-    and its pool together)."""
+    """(first row, the rows as Python values) of consecutive slices of an Arrow column, or of a parquet
+    input's column read chunk by chunk (source.ColumnReader): a list of every text at once held the input a
+    second time (+109 MB for a million 60-character rows, as large as the read table and its pool together)."""
+    from .source import ColumnReader
+
+    if isinstance(column, ColumnReader):
+        yield from column.chunks(CHECK_CHUNK)
+        return
     for start in range(0, len(column), CHECK_CHUNK):
         yield start, column.slice(start, CHECK_CHUNK).to_pylist()
 
@@ -474,7 +482,7 @@ def check_output(output: Path, config: BatchConfig) -> None:
 
 
 # ---------------------------------------------------------------------- fill
-def fill_in_process(table, config: BatchConfig, writer: ShardWriter) -> None:
+def fill_in_process(source, config: BatchConfig, writer: ShardWriter) -> None:
     """Fill in this process, `batch_size` rows at a time (batches restart at each shard, so a resumed run
     fills exactly the batches an uninterrupted one does), with a progress bar."""
     import pyarrow as pa
@@ -493,10 +501,10 @@ def fill_in_process(table, config: BatchConfig, writer: ShardWriter) -> None:
         sequences=spec.sequences,
         batch_size=config.batch_size,
     )
-    with _progress(table.num_rows, "fill") as bar:
+    with _progress(source.num_rows, "fill") as bar:
         bar.update(writer.first_row)
         row = writer.first_row
-        for batch in shard_batches(table, writer.first_row, config):
+        for batch in shard_batches(source, writer.first_row, config):
             try:
                 writer.add(worker(pa.Table.from_batches([batch])))
             except DeniroError as exc:  # its "text i" counts from the batch's first row
@@ -506,13 +514,16 @@ def fill_in_process(table, config: BatchConfig, writer: ShardWriter) -> None:
     writer.close()
 
 
-def shard_batches(table, first_row: int, config: BatchConfig):
-    """Record batches of at most batch_size rows from first_row on, never crossing a shard boundary."""
-    for start in range(first_row, table.num_rows, config.rows_per_shard):
-        yield from table.slice(start, config.rows_per_shard).to_batches(max_chunksize=config.batch_size)
+def shard_batches(source, first_row: int, config: BatchConfig):
+    """Record batches of at most batch_size rows from first_row on, never crossing a shard boundary (nor a
+    chunk of the input as pq.read_table reads it: source.shards), the input read a shard at a time."""
+    from .source import shards
+
+    for shard in shards(source, first_row, config.rows_per_shard):
+        yield from shard.to_batches(max_chunksize=config.batch_size)
 
 
-def fill_on_ray(table, config: BatchConfig, writer: ShardWriter) -> None:
+def fill_on_ray(source, config: BatchConfig, writer: ShardWriter) -> None:
     """Fill on a pool of Ray Data actors (Ray connected: ray_connection), blocks of `batch_size` rows;
     results come back in input order and are written as shards here, as they arrive."""
     ray = import_ray()
@@ -525,9 +536,9 @@ def fill_on_ray(table, config: BatchConfig, writer: ShardWriter) -> None:
         context.execution_options.preserve_order = True  # rows come back in input order
         context.enable_progress_bars = False  # one bar (ours, on the driver) instead of one per operator
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # after import: Ray sets it on import
-        blocks = [pa.Table.from_batches([b]) for b in shard_batches(table, writer.first_row, config)]
+        blocks = [pa.Table.from_batches([b]) for b in shard_batches(source, writer.first_row, config)]
         dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config), config.batch_size)
-        _collect(dataset, table.num_rows, writer)
+        _collect(dataset, source.num_rows, writer)
     except Exception as exc:  # a DeniroError of a worker arrives wrapped (RayTaskError, UserCodeException)
         refusal = _worker_error(exc)
         if refusal is None:
