@@ -18,12 +18,13 @@ from pathlib import Path
 from ..errors import DeniroError
 
 SCAN_ROWS = 131_072  # pyarrow's default scan batch: pq.read_table's chunks within a row group (the fill cuts there)
-SCAN_READAHEAD = 1  # batches read ahead while the fill works (pyarrow's default 16: 2M rows held at once)
+SCAN_READAHEAD = 0  # batches read ahead while the fill works (pyarrow's default 16: 2M rows held at once)
 
 
 def unreadable(path: Path, exc: Exception) -> DeniroError:
+    reason = " ".join(str(exc).split())  # one line: Arrow's messages can span several
     return DeniroError(
-        f"--input {path} is not readable as parquet ({exc}); pass a .parquet file, "
+        f"--input {path} is not readable as parquet ({reason}); pass a .parquet file, "
         f"a folder of them, or a .txt file with one text per line"
     )
 
@@ -51,18 +52,21 @@ class ParquetInput:
 
     def batches(self, columns: list[str] | None = None, rows: int = SCAN_ROWS) -> Iterator:
         """Record batches of every row in order (of `columns`; None: all), at most `rows` rows each, cut at
-        row groups: with the default `rows`, the chunks of pq.read_table(path)."""
+        row groups: with the default `rows`, the chunks of pq.read_table(path). One row group is scanned at a
+        time: a scan of a whole file decodes ahead of its reader into a queue of tens of MB."""
         import pyarrow as pa
         import pyarrow.dataset as ds
 
         for fragment in self.fragments:
-            scanner = ds.Scanner.from_fragment(
-                fragment, schema=self.schema, columns=columns, batch_size=rows, batch_readahead=SCAN_READAHEAD
-            )
-            try:
-                yield from scanner.to_batches()
-            except (pa.ArrowInvalid, OSError) as exc:  # a damaged page: the footer was fine
-                raise unreadable(self.path, exc) from exc
+            for group in fragment.row_groups or [None]:  # a file without row groups: its one (empty) scan
+                part = fragment if group is None else fragment.subset(row_group_ids=[group.id])
+                scanner = ds.Scanner.from_fragment(
+                    part, schema=self.schema, columns=columns, batch_size=rows, batch_readahead=SCAN_READAHEAD
+                )
+                try:
+                    yield from scanner.to_batches()
+                except (pa.ArrowInvalid, OSError) as exc:  # a damaged page: the footer was fine
+                    raise unreadable(self.path, exc) from exc
 
 
 class TableInput:
