@@ -51,7 +51,12 @@ def test_shards_hold_the_chunks_the_whole_read_held(tmp_path, folder):
 
     big = tmp_path / "big.parquet"  # a row group of 200,000 rows: read as chunks of 131,072 and 68,928
     pq.write_table(pa.table({"n": range(300_000), "text": ["a [MASK]"] * 300_000}), big, row_group_size=200_000)
-    for path, sizes in ((folder, (1, 7, 30, 64, 250, 999)), (big, (50_000, 131_072, 140_000))):
+    hive = tmp_path / "hive"  # partition columns added, columns of another order or missing: scanned, not as stored
+    for key, part in (("1", rows(0, 90)), ("2", rows(90, 150).select(["text", "id"]))):
+        (hive / f"key={key}").mkdir(parents=True)
+        pq.write_table(part, hive / f"key={key}" / "part.parquet", row_group_size=25)
+    inputs = ((folder, (1, 7, 30, 64, 250, 999)), (big, (50_000, 131_072, 140_000)), (hive, (1, 20, 64)))
+    for path, sizes in inputs:
         whole = pq.read_table(path)
         for size in sizes:
             for first_row in (0, size * (whole.num_rows // size // 2)):

@@ -177,7 +177,14 @@ def corpus(tmp_path, sentences):
 @pytest.mark.parametrize(
     "extra", [[], ["--ray", "--concurrency", "2", "--batch-size", "8"]], ids=["in-process", "ray-data"]
 )
-def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences, tmp_path, extra):
+def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences, tmp_path, extra, monkeypatch):
+    """With --ray, windows of one 16-row shard (RAY_WINDOW_ROWS): each its own Ray dataset, in order."""
+    windows = []  # the rows of each list of blocks handed to Ray
+    from_arrow = ray.data.from_arrow
+    monkeypatch.setattr(
+        ray.data, "from_arrow", lambda blocks: windows.append([b.num_rows for b in blocks]) or from_arrow(blocks)
+    )
+    monkeypatch.setattr("deniro_rt.batch.cli.RAY_WINDOW_ROWS", 16)
     out = tmp_path / "out"
     argv = [
         "--input",
@@ -193,6 +200,7 @@ def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences
         "--sequences",
     ]
     assert batch_main(argv + extra) == 0
+    assert windows == ([[8, 8], [8, 8], [4]] if extra else [])  # not every block at once
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     table = pq.read_table(out / "predictions")
     assert table.column_names == [

@@ -50,6 +50,7 @@ TEXT_SUFFIXES = (".txt", ".text")
 SHOWN_ROWS = 5  # row numbers listed in an error message
 LENGTH_CHUNK = 4096  # texts tokenized at once by the up-front length check
 CHECK_CHUNK = 65_536  # rows the up-front checks turn into Python strings at once (column_chunks)
+RAY_WINDOW_ROWS = 262_144  # rows (whole shards) --ray hands Ray Data at once (ray_windows)
 
 
 @dataclass
@@ -524,11 +525,10 @@ def shard_batches(source, first_row: int, config: BatchConfig):
 
 
 def fill_on_ray(source, config: BatchConfig, writer: ShardWriter) -> None:
-    """Fill on a pool of Ray Data actors (Ray connected: ray_connection), blocks of `batch_size` rows;
-    results come back in input order and are written as shards here, as they arrive."""
+    """Fill on a pool of Ray Data actors (Ray connected: ray_connection), blocks of `batch_size` rows, one
+    window of whole shards (ray_windows) at a time; results come back in input order and are written as
+    shards here, as they arrive."""
     ray = import_ray()
-    import pyarrow as pa
-
     from .ray import fill_dataset
 
     try:
@@ -536,9 +536,12 @@ def fill_on_ray(source, config: BatchConfig, writer: ShardWriter) -> None:
         context.execution_options.preserve_order = True  # rows come back in input order
         context.enable_progress_bars = False  # one bar (ours, on the driver) instead of one per operator
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # after import: Ray sets it on import
-        blocks = [pa.Table.from_batches([b]) for b in shard_batches(source, writer.first_row, config)]
-        dataset = fill_dataset(ray.data.from_arrow(blocks), config.spec(), _pool_size(ray, config), config.batch_size)
-        _collect(dataset, source.num_rows, writer)
+        pool = _pool_size(ray, config)
+        with _progress(source.num_rows, "fill (ray)") as bar:
+            bar.update(writer.first_row)
+            for blocks in ray_windows(source, writer.first_row, config):
+                _collect(fill_dataset(ray.data.from_arrow(blocks), config.spec(), pool, config.batch_size), writer, bar)
+        writer.close()
     except Exception as exc:  # a DeniroError of a worker arrives wrapped (RayTaskError, UserCodeException)
         refusal = _worker_error(exc)
         if refusal is None:
@@ -553,13 +556,29 @@ def _pool_size(ray, config: BatchConfig) -> int:
     return max(1, int(cpus // config.cpus_per_worker))
 
 
-def _collect(dataset, rows: int, writer: ShardWriter) -> None:
-    with _progress(rows, "fill (ray)") as bar:
-        bar.update(writer.first_row)
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(batch)
-            bar.update(batch.num_rows)
-    writer.close()
+def ray_windows(source, first_row: int, config: BatchConfig):
+    """Lists of blocks (tables of shard_batches' batches) of whole shards, RAY_WINDOW_ROWS rows or one shard
+    each: Ray Data takes a list of blocks, so one list of every block held the whole input on the driver (and
+    in Ray's object store). Each window is a Ray dataset of its own; its actors load the model again."""
+    import pyarrow as pa
+
+    from .source import shards
+
+    per_window = max(1, RAY_WINDOW_ROWS // config.rows_per_shard)
+    window = []
+    for n, shard in enumerate(shards(source, first_row, config.rows_per_shard), 1):
+        window += [pa.Table.from_batches([b]) for b in shard.to_batches(max_chunksize=config.batch_size)]
+        if n % per_window == 0:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _collect(dataset, writer: ShardWriter, bar) -> None:
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.add(batch)
+        bar.update(batch.num_rows)
 
 
 def _worker_error(exc: BaseException) -> DeniroError | None:

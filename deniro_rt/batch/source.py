@@ -52,21 +52,48 @@ class ParquetInput:
 
     def batches(self, columns: list[str] | None = None, rows: int = SCAN_ROWS) -> Iterator:
         """Record batches of every row in order (of `columns`; None: all), at most `rows` rows each, cut at
-        row groups: with the default `rows`, the chunks of pq.read_table(path). One row group is scanned at a
-        time: a scan of a whole file decodes ahead of its reader into a queue of tens of MB."""
+        row groups: with the default `rows`, the chunks of pq.read_table(path)."""
         import pyarrow as pa
-        import pyarrow.dataset as ds
 
         for fragment in self.fragments:
-            for group in fragment.row_groups or [None]:  # a file without row groups: its one (empty) scan
-                part = fragment if group is None else fragment.subset(row_group_ids=[group.id])
-                scanner = ds.Scanner.from_fragment(
-                    part, schema=self.schema, columns=columns, batch_size=rows, batch_readahead=SCAN_READAHEAD
-                )
-                try:
-                    yield from scanner.to_batches()
-                except (pa.ArrowInvalid, OSError) as exc:  # a damaged page: the footer was fine
-                    raise unreadable(self.path, exc) from exc
+            try:
+                if self.as_stored(fragment):
+                    yield from file_batches(fragment, columns, rows)
+                else:
+                    yield from self.scanned_batches(fragment, columns, rows)
+            except (pa.ArrowInvalid, OSError) as exc:  # a damaged page: the footer was fine
+                raise unreadable(self.path, exc) from exc
+
+    def as_stored(self, fragment) -> bool:
+        """Whether the file's rows are read as stored: its schema is the input's, no hive partition adds a
+        column, and it has row groups (pq.read_table gives an empty file one empty chunk)."""
+        import pyarrow.dataset as ds
+
+        plain = fragment.partition_expression.equals(ds.scalar(True))
+        return plain and bool(fragment.row_groups) and fragment.physical_schema.equals(self.schema, check_metadata=True)
+
+    def scanned_batches(self, fragment, columns: list[str] | None, rows: int) -> Iterator:
+        """A file as the dataset scan reads it (its columns cast and ordered as the input's, hive partition
+        columns added), one row group at a time: a scan of a whole file decodes ahead of its reader into a queue
+        of tens of MB."""
+        import pyarrow.dataset as ds
+
+        for group in fragment.row_groups or [None]:  # a file without row groups: its one (empty) scan
+            part = fragment if group is None else fragment.subset(row_group_ids=[group.id])
+            scanner = ds.Scanner.from_fragment(
+                part, schema=self.schema, columns=columns, batch_size=rows, batch_readahead=SCAN_READAHEAD
+            )
+            yield from scanner.to_batches()
+
+
+def file_batches(fragment, columns: list[str] | None, rows: int) -> Iterator:
+    """A file's rows as stored, read `rows` at a time (the scan decodes a whole row group at once: a million
+    short rows are ~60 MB), cut at row groups as the scan cuts them."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(fragment.path, filesystem=fragment.filesystem) as file:
+        for group in range(file.num_row_groups):
+            yield from file.iter_batches(batch_size=rows, row_groups=[group], columns=columns)
 
 
 class TableInput:
