@@ -172,4 +172,12 @@ def test_a_file_that_is_not_parquet_is_named_before_any_work_and_a_damaged_page_
     damaged.write_bytes(bytes(data))
     error = batch_error(capsys, ["--input", str(damaged), "--output", str(out), "--precision", PRECISION])
     assert error.startswith(f"error: --input {damaged} is not readable as parquet (Couldn't deserialize thrift")
+    (folder / "z.parquet").unlink()  # a later file whose column does not cast to the first file's type
+    pq.write_table(pa.table({"text": ["b [MASK] film"], "n": [[1, 2]]}), folder / "b.parquet")
+    pq.write_table(pa.table({"text": ["a [MASK] film"] * 10, "n": range(10)}), folder / "a.parquet")
+    assert batch_error(capsys, ["--input", str(folder), "--output", str(out), "--precision", PRECISION]) == (
+        f"error: --input {folder} is not readable as parquet ({folder / 'b.parquet'}: Unsupported cast from "
+        "list<element: int64> to int64 using function cast_int64); pass a .parquet file, a folder of them, or a "
+        ".txt file with one text per line"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.parquet", "parts"]  # no output, no .partial

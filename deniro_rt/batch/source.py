@@ -1,13 +1,14 @@
 """The batch job's input, read a piece at a time (cli.py: python -m deniro_rt batch).
 
 A parquet file or folder is never read whole: its rows are counted from the files' footers, the up-front
-checks read the text column alone, a chunk at a time, and the fill reads the rows of one shard at a time
-(shards: ShardedInput.shards). pyarrow is imported inside functions (the core install has none).
+checks read the text column alone, a chunk at a time, and the fill reads SCAN_ROWS rows at a time (shards()).
+pyarrow is imported inside functions (the core install has none).
 
-pq.read_table(path) is a scan of pq.ParquetDataset(path) whose record batches become the chunks of the table
-it returns; the fill's batches were cut at those chunks (table.slice(...).to_batches(batch_size)). The shards
-here are built from the same scan, so they hold the same chunks, and the fill the same batches, as the whole
-table did: the output does not change by a byte.
+pq.read_table(path) scans pq.ParquetDataset(path) and its record batches become the chunks of the table it
+returns: a file's row groups, cut every SCAN_ROWS rows. The fill's batches were cut at those chunks
+(table.slice(...).to_batches(batch_size)); the shards here are built from the same batches (ParquetFile.
+iter_batches of each row group for a file read as stored, the same scan for the others), so they hold the
+same chunks and the fill makes the same batches as from the whole table: the output does not change by a byte.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from pathlib import Path
 from ..errors import DeniroError
 
 SCAN_ROWS = 131_072  # pyarrow's default scan batch: pq.read_table's chunks within a row group (the fill cuts there)
-SCAN_READAHEAD = 0  # batches read ahead while the fill works (pyarrow's default 16: 2M rows held at once)
+SCAN_READAHEAD = 0  # batches a row group's scan reads ahead (pyarrow's default 16: 2M rows at once)
 
 
-def unreadable(path: Path, exc: Exception) -> DeniroError:
+def unreadable(path: Path, exc: Exception, file: str | None = None) -> DeniroError:
+    """file: the folder's file that failed (a scan names none: a column of a later file that does not cast to
+    the first file's type was an ArrowNotImplementedError traceback)."""
     reason = " ".join(str(exc).split())  # one line: Arrow's messages can span several
+    where = f"{file}: " if file and path.is_dir() else ""
     return DeniroError(
-        f"--input {path} is not readable as parquet ({reason}); pass a .parquet file, "
+        f"--input {path} is not readable as parquet ({where}{reason}); pass a .parquet file, "
         f"a folder of them, or a .txt file with one text per line"
     )
 
@@ -42,7 +46,7 @@ class ParquetInput:
             dataset = pq.ParquetDataset(path)  # what pq.read_table reads: its files, schema and hive partitions
             self.fragments = dataset.fragments
             self.num_rows = sum(fragment.metadata.num_rows for fragment in self.fragments)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             raise unreadable(path, exc) from exc
         self.schema = dataset.schema
         self.column_names = self.schema.names
@@ -61,8 +65,8 @@ class ParquetInput:
                     yield from file_batches(fragment, columns, rows)
                 else:
                     yield from self.scanned_batches(fragment, columns, rows)
-            except (pa.ArrowInvalid, OSError) as exc:  # a damaged page: the footer was fine
-                raise unreadable(self.path, exc) from exc
+            except (pa.ArrowException, OSError) as exc:  # a damaged page, a column of another type
+                raise unreadable(self.path, exc, fragment.path) from exc
 
     def as_stored(self, fragment) -> bool:
         """Whether the file's rows are read as stored: its schema is the input's, no hive partition adds a
