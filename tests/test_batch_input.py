@@ -75,6 +75,7 @@ def test_checks_read_the_text_column_alone_and_the_fill_a_shard_at_a_time(tmp_pa
     """The whole input was read into memory before the checks: the checks now hold only text-column chunks and
     the fill only the batches of the shard it fills (Arrow's allocations stay far under the input's size)."""
     from deniro_rt.batch import cli
+    from deniro_rt.batch.source import ParquetInput, shards
 
     path = tmp_path / "wide.parquet"
     table = rows(0, 20_000).append_column("blob", pa.array(["x" * 500] * 20_000))  # 10 MB besides the texts
@@ -102,6 +103,8 @@ def test_checks_read_the_text_column_alone_and_the_fill_a_shard_at_a_time(tmp_pa
     assert batch_main(argv) == 0
     assert pq.read_table(tmp_path / "o" / "predictions").drop_columns("mask_positions").equals(pq.read_table(path))
     assert 0 < peaks["checks"] < size / 10 and 0 < peaks["fill"] < size / 10, (peaks, size)
+    resumed = [pa.total_allocated_bytes() for _ in shards(ParquetInput(path), 19_000, 500)]  # rows before: read
+    assert max(resumed) < size / 10, (resumed, size)
 
 
 def test_errors_name_rows_of_the_whole_input_across_files_and_row_groups(tmp_path, folder, capsys, monkeypatch):

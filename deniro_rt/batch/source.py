@@ -147,7 +147,10 @@ def shards(source, first_row: int, rows: int) -> Iterator:
             batch = next(batches)
             window.append(batch)
             window_end += batch.num_rows
-        # as the whole table's slice: chunks ending at or before `start` are skipped, an empty one after kept
+            # batches ending at or before `start` go at once (a --resume reads every row before first_row):
+            # the whole table's slice skips those chunks too, and keeps an empty one after the first it takes
+            while window and window_start + window[0].num_rows <= start:
+                window_start += window.pop(0).num_rows
         yield pa.Table.from_batches(window, source.schema).slice(start - window_start, end - start)
         start = end
         while window and window_start + window[0].num_rows <= start:
