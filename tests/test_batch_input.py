@@ -55,7 +55,7 @@ def test_shards_hold_the_chunks_the_whole_read_held(tmp_path, folder):
     for key, part in (("1", rows(0, 90)), ("2", rows(90, 150).select(["text", "id"]))):
         (hive / f"key={key}").mkdir(parents=True)
         pq.write_table(part, hive / f"key={key}" / "part.parquet", row_group_size=25)
-    inputs = ((folder, (1, 7, 30, 64, 250, 999)), (big, (50_000, 131_072, 140_000)), (hive, (1, 20, 64)))
+    inputs = ((folder, (1, 7, 30, 50, 64, 250, 999)), (big, (50_000, 131_072, 140_000)), (hive, (1, 20, 64)))
     for path, sizes in inputs:
         whole = pq.read_table(path)
         for size in sizes:
