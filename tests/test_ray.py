@@ -24,6 +24,7 @@ import pytest
 import deniro_rt
 from deniro_rt.batch import main as batch_main
 from deniro_rt.batch.ray import FillMaskBatch, FillSpec, fill_dataset
+from deniro_rt.providers import usable_cores
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "deniro[ray]"')
 pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "deniro[ray]"')
@@ -221,6 +222,20 @@ def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences
     saved = json.loads((out / "batch_config.json").read_text())
     assert saved["rows"] == len(sentences) and saved["ray"] == bool(extra) and saved["resumed_from_row"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "reviews.parquet"]  # no temp folder left
+
+
+@pytest.mark.parametrize("extra", [[], ["--ray", "--concurrency", "1"]], ids=["in-process", "ray-data"])
+def test_batch_config_records_the_precision_provider_and_threads_that_ran(local_ray, tmp_path, extra):
+    """Without --precision the config recorded "precision": null; bf16 or fp32 is chosen per machine."""
+    source = tmp_path / "lines.txt"
+    source.write_text("This is a great [MASK]!\nThe acting was [MASK].\n")
+    assert batch_main(["--input", str(source), "--output", str(tmp_path / "o"), *extra]) == 0
+    saved = json.loads((tmp_path / "o" / "batch_config.json").read_text())
+    ran = {k: saved[k] for k in ("precision", "provider", "threads")}
+    here = deniro_rt.FillMask(device="cpu").precision  # the default this machine runs (bf16 or fp32)
+    threads = 1 if extra else usable_cores()  # a Ray actor runs its --cpus-per-worker (1)
+    assert ran == {"precision": here, "provider": "CPUExecutionProvider", "threads": threads}
+    assert saved["device"] == "cpu" and saved["rows"] == 2
 
 
 def test_batch_command_reads_text_files_and_parquet_folders(tmp_path, sentences):

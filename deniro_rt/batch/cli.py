@@ -11,7 +11,8 @@ the input columns, then `top1` and `top1_score` (the first mask's best word and 
 list columns per mask: `mask_positions`, `token_ids`, `token_strs`, `scores` (top-k, best first; an
 empty list and position -1 for a mask truncation cut away, whose rows one warning at the end names) and,
 with --sequences, `sequences` (the filled texts);
-then <output>/batch_config.json. Shards of --rows-per-shard rows are written as the fill goes, each
+then <output>/batch_config.json (the options, the precision, provider and threads that ran, the timing).
+Shards of --rows-per-shard rows are written as the fill goes, each
 atomically, into <output>.partial/, renamed to <output> at the end: an existing <output> is only
 replaced then (with --overwrite), so a failing run keeps it. A run that was killed leaves
 <output>.partial/ with its finished shards: --resume continues from there (same input, its files unchanged
@@ -65,7 +66,7 @@ class BatchConfig:
     column: str = "text"
     model: str | None = None  # export folder; None: the shipped model
     device: str = "cpu"
-    precision: str | None = None
+    precision: str | None = None  # None: each worker's default (batch_config.json records the one that ran)
     top_k: int = 5
     truncation: bool = False  # keep a window around the masks of over-long texts instead of failing
     batch_size: int = 256  # rows per fill call (Ray: rows per map_batches batch and per block)
@@ -180,7 +181,13 @@ def run_batch(config: BatchConfig) -> Path:
     finish(
         staging,
         output,
-        {**asdict(config), "rows": source.num_rows, "seconds": seconds, "resumed_from_row": first_row},
+        {
+            **asdict(config),
+            **what_ran(writer.ran),
+            "rows": source.num_rows,
+            "seconds": seconds,
+            "resumed_from_row": first_row,
+        },
     )
     log_cut_rows(writer.cut_rows, filled, lines)
     log.info(
@@ -694,8 +701,12 @@ class ShardWriter:
         self.pending_rows = 0
         self.next_row = self.first_row  # the input row of the next table added
         self.cut_rows: list[int] = []  # input rows with a mask truncation cut away
+        self.ran: set[bytes] = set()  # what the workers ran: their tables' RAN_KEY metadata (what_ran)
 
     def add(self, table) -> None:
+        from .ray import RAN_KEY
+
+        self.ran.add((table.schema.metadata or {}).get(RAN_KEY, b"{}"))
         self.cut_rows += rows_with_cut_masks(table, self.next_row)
         self.next_row += table.num_rows
         self.pending.append(table)
@@ -730,6 +741,19 @@ def rows_with_cut_masks(table, first_row: int) -> list[int]:
     positions = table.column(MASK_POSITIONS).combine_chunks()  # one ListArray: parent indices count from 0
     cut = pc.equal(pc.list_flatten(positions), -1)
     return [first_row + row for row in pc.unique(pc.filter(pc.list_parent_indices(positions), cut)).to_pylist()]
+
+
+def what_ran(records: set[bytes]) -> dict:
+    """The precision, provider and threads the workers ran (FillMaskBatch's RAN_KEY records), for
+    batch_config.json: --precision and --device may leave the choice to each machine (bf16 or fp32). One value
+    each where the workers agree, else the sorted values (Ray workers on unlike nodes); None where this run
+    filled nothing (a --resume with every shard written)."""
+    runs = [json.loads(record) for record in records]
+    ran = {}
+    for key in ("precision", "provider", "threads"):
+        values = sorted({run[key] for run in runs if key in run})
+        ran[key] = values[0] if len(values) == 1 else values or None
+    return ran
 
 
 def finish(staging: Path, output: Path, summary: dict) -> None:

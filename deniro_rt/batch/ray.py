@@ -23,6 +23,7 @@ all-core sessions on one node oversubscribe it. This module imports ray and pyar
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeniroError
+from ..providers import usable_cores
 from ..runtime import FillMask
 
 # Columns added next to the input columns, per row (text): the first mask's best word and its score,
@@ -43,6 +45,9 @@ MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES, SEQUENCES = (
     "sequences",
 )
 ADDED = (TOP1, TOP1_SCORE, MASK_POSITIONS, TOKEN_IDS, TOKEN_STRS, SCORES)
+# Schema metadata key of a filled table: what the worker ran ({"precision", "provider", "threads"} as JSON),
+# the defaults resolved on the worker's machine, so a batch job can record it (bf16 or fp32 is per machine)
+RAN_KEY = b"deniro_rt.ran"
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class FillMaskBatch:
     """Ray Data `map_batches` callable: adds text_columns' columns (from FillMask.fill_arrays) to a batch
     (a pyarrow Table, what fill_dataset asks for, a dict of numpy arrays or pandas) and returns a pyarrow
     Table, any batch_format. A mask truncation cut away is recorded in the output (mask_positions -1, empty
-    lists), not warned about: the runtime's warning could only number texts within one batch."""
+    lists), not warned about: the runtime's warning could only number texts within one batch. The table's
+    schema metadata says what ran (RAN_KEY)."""
 
     def __init__(
         self,
@@ -110,6 +116,12 @@ class FillMaskBatch:
         self.runtime = FillMask(model, device=device, precision=precision, threads=threads)
         self.top_k, self.column, self.truncation, self.sequences = top_k, column, truncation, sequences
         self.batch_size = batch_size
+        ran = {
+            "precision": self.runtime.precision,
+            "provider": self.runtime.provider,
+            "threads": threads or usable_cores(),
+        }
+        self.ran = json.dumps(ran).encode()  # RAN_KEY's value
 
     def predict(self, texts: list[str]) -> dict[str, Any]:
         preds = self.runtime.fill_arrays(
@@ -124,7 +136,7 @@ class FillMaskBatch:
         added = self.predict(table.column(self.column).to_pylist())  # a null stays None: the runtime names it
         for name, values in added.items():
             table = table.append_column(name, values)
-        return table
+        return table.replace_schema_metadata({**(table.schema.metadata or {}), RAN_KEY: self.ran})
 
 
 def as_arrow(batch: Any):
