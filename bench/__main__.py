@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from dataclasses import fields
 
@@ -77,6 +78,8 @@ HELP = {
     "train_precision": "fp32 | bf16 | fp16 (Accelerate mixed precision)",
     "quick": "small counts everywhere, for CI: checks the harness, not the speed",
 }
+# Commands with their own options, each handed its arguments by run(): command -> module whose cli(argv) runs it
+OWN_OPTIONS = {"load": "bench.load", "quant": "bench.quant", "ray": "bench.ray_bench"}
 TYPES = {
     "torch_model": str,
     "precisions": str,
@@ -96,7 +99,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=COMMANDS, help="what to run")
+    own = ", ".join(OWN_OPTIONS)
+    # the commands with their own options never reach this parser (run); listed so a wrong name lists them too
+    parser.add_argument(
+        "command", choices=COMMANDS + tuple(OWN_OPTIONS), help=f"what to run ({own}: see python -m bench <it> --help)"
+    )
     defaults = BenchConfig()
     for f in fields(BenchConfig):
         if f.name == "command":
@@ -123,18 +130,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["load"]:  # HTTP load test of `deniro_rt serve`: its own options (bench/load.py)
-        from .load import cli
-
-        return cli(argv[1:])
-    if argv[:1] == ["quant"]:  # int8 options (bench/quant.py): its own options
-        from .quant import cli as quant_cli
-
-        return quant_cli(argv[1:])
-    if argv[:1] == ["ray"]:  # deniro_rt on Ray (bench/ray_bench.py): its own options
-        from .ray_bench import cli as ray_cli
-
-        return ray_cli(argv[1:])
+    if argv[:1] and argv[0] in OWN_OPTIONS:  # load, quant, ray: their own options (bench/load.py, ...)
+        return importlib.import_module(OWN_OPTIONS[argv[0]]).cli(argv[1:])
     setup_logging()
     config = parse_args(argv)
     from .report import INTERRUPTED

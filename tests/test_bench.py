@@ -327,6 +327,16 @@ def test_help_documents_every_option_with_its_default(capsys):
     assert text.count("(default") >= len(fields(BenchConfig)) - 1
 
 
+def test_an_unknown_command_lists_every_command(capsys):
+    """`python -m bench lol` listed parity, latency, throughput, train and all: not load, quant or ray."""
+    with pytest.raises(SystemExit):
+        run(["lol"])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m bench: error: argument command: invalid choice: 'lol' (choose from 'parity', 'latency', "
+        "'throughput', 'train', 'all', 'load', 'quant', 'ray')"
+    )
+
+
 def test_every_bench_command_reports_into_a_new_dated_folder_by_default():
     """`python -m bench load` (as the README shows it), `bench ray` and `bench.host` wrote into the committed
     cpu-2core-serve/, cpu-2core-ray/ and cpu-2core-arrays/ by default, replacing the reports the docs quote."""
