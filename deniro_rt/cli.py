@@ -61,7 +61,8 @@ def config_parser(
     """One --flag per field of a dataclass config, `defaults` an instance of it: a bool is a store_true switch,
     anything else takes its default's type (`types` for fields whose default is None) and its help text, which
     gets "(default: ...)" unless it states one ("(default: x)", "Default: on CPU ...": a second, raw
-    "(default: None)" after those misled) or the field is `required` (fields without a default)."""
+    "(default: None)" after those misled), the field is `required` (fields without a default) or its text says
+    "(required)" (a field checked by the stage itself: "(required) (default: None)" contradicted itself)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -70,7 +71,8 @@ def config_parser(
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=text)
             continue
-        note = "" if "default:" in text.lower() or f.name in required else f" (default: {default})"
+        stated = "default:" in text.lower() or "(required)" in text or f.name in required
+        note = "" if stated else f" (default: {default})"
         kind = (types or {}).get(f.name) or type(default)
         parser.add_argument(
             flag,

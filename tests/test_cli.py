@@ -166,3 +166,14 @@ def test_serve_help_states_each_default_once(capsys):
     assert "(default: None)" not in text
     assert "On CUDA fp16 if the artifact has it, else fp32 --host HOST" in text  # the stated default alone
     assert "(default: 64) --max-wait-ms" in text  # a field whose text states none still gets its note
+
+
+def test_a_help_text_saying_required_gets_no_default(capsys):
+    """python -m export.bf16 --help showed "--artifact ... (required) (default: None)"."""
+    from export.bf16 import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "validation['bf16'] (required) --dataset DATASET" in text
+    assert "(default: None)" not in text
