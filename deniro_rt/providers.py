@@ -14,7 +14,7 @@ CUDA = "CUDAExecutionProvider"
 # What each provider runs best, in order of preference when the caller does not choose. On CPU that is bf16
 # for an artifact whose export validated bf16 against issue 22's gate (export/bf16.py), where OpenVINO is
 # installed and the CPU's bf16 kernels are the kind the gate was measured on (deniro_rt.openvino.bf16_by_default;
-# the shipped model: fp32's decisive answers, perplexity +0.01 %, batch-invariant, 1.5-2.2x faster), else fp32.
+# the shipped model: fp32's decisive answers, perplexity +0.01 %, batch-invariant, 1.45-2.2x faster), else fp32.
 # int8 compute is an explicit opt-in: no int8 graph measured agrees with fp32 closely enough (docs/precision.md).
 PREFERRED_PRECISION = {CPU: ("bf16", "fp32", "int8"), CUDA: ("fp16", "fp32")}
 FLOAT_PRECISIONS = ("fp32", "fp16")
@@ -31,8 +31,8 @@ HARDWARE = DEVICES[1:]  # what "auto" resolves to: the devices a graph is built 
 PRECISION_HELP = (
     "bf16, fp32, int8 (CPU) or fp16 (CUDA). Default: on CPU bf16 where the openvino extra is installed, the "
     "CPU has AVX-512 BF16 without AMX and the model's export validated bf16 (the shipped one did: fp32's decisive "
-    "answers, 1.5-2.2x faster), else fp32; fp32 gives fp32's exact scores; int8 is opt-in. On CUDA fp16 if the "
-    "artifact has it, else fp32"
+    "answers, 1.45-2.2x faster end to end: docs/precision.md), else fp32; fp32 gives fp32's exact scores; int8 "
+    "is opt-in. On CUDA fp16 if the artifact has it, else fp32"
 )
 GPU_INSTALL_HINT = 'pip uninstall -y onnxruntime && pip install "deniro[gpu]"'
 
