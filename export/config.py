@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from deniro_rt.artifact import FAST_GRAPHS
+from deniro_rt.artifact import FAST_GRAPHS, MANIFEST
 from deniro_rt.cli import check_least
 from deniro_rt.data import looks_like_path
 from deniro_rt.errors import DeniroError
@@ -119,6 +119,7 @@ def check_config(config: ExportConfig) -> Path:
     if config.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise DeniroError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     check_numbers(config)
+    check_not_an_artifact(config.model)
     check_dataset(config.dataset)
     if config.int8_method not in INT8_METHODS:
         raise DeniroError(f"--int8-method must be one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}")
@@ -132,6 +133,24 @@ def check_config(config: ExportConfig) -> Path:
     if config.weights == "int8" and "fp16" in config.precisions():
         raise DeniroError("--weights int8 stores fp32 graphs compactly for CPU apps; export fp16 without it")
     return check_output(config)
+
+
+def check_not_an_artifact(model: str) -> None:
+    """An export folder passed as --model (deniro.json and config.json, no PyTorch weights): transformers said
+    only "no file named pytorch_model.bin, model.safetensors ...", after the model loading began."""
+    manifest = Path(model).expanduser() / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        source = json.loads(manifest.read_text())["source"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged manifest: the message goes without its source
+        source = None
+    origin = f"; exported from {source}" if source else ""
+    raise DeniroError(
+        f"--model {model} is already an exported deniro_rt artifact (it has {MANIFEST}{origin}), not a model to "
+        "export; pass the trained model it came from: a save_pretrained folder such as a python -m train --output "
+        "run folder, or a hub id"
+    )
 
 
 def check_numbers(config: ExportConfig) -> None:

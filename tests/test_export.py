@@ -27,6 +27,7 @@ from deniro_rt.artifact import (
     verify_file,
 )
 from deniro_rt.errors import EXIT_USAGE, ArtifactError, DeniroError
+from deniro_rt.models import DEFAULT_MODEL_DIR
 from deniro_rt.openvino import bf16_available
 from export import optimize, validate
 from export.__main__ import EXIT_VALIDATION, build_parser, run
@@ -499,6 +500,13 @@ def test_bad_model_paths_are_refused(tiny_model_dir, tmp_path, capsys):
         (str(run), f"the unfinished python -m train run in {run} (no model written yet); finish the run with"),
         (str(step), f"a checkpoint of the python -m train run in {run} (training state, not a model); finish"),
         (str(step), f"(training state, not a model); export the run's model: --model {run}"),  # run finished
+        # an export folder (transformers said "no file named pytorch_model.bin, model.safetensors ...")
+        (
+            str(DEFAULT_MODEL_DIR),
+            f"--model {DEFAULT_MODEL_DIR} is already an exported deniro_rt artifact (it has deniro.json; exported "
+            "from runs/minilm-h200-r2-20k), not a model to export; pass the trained model it came from: a "
+            "save_pretrained folder such as a python -m train --output run folder, or a hub id",
+        ),
     ]
     for model, needle in cases:
         out = tmp_path / "out"
