@@ -1,9 +1,10 @@
 """Top 5 of the two model-card prompts from ONNX artifacts and from transformers' pipeline on the PyTorch model.
 
-Wrote bench/results/cpu-2core-minilm/prompts.json (the H100 MiniLM: fp32 export, int8 weight-only export, and
-the PyTorch checkpoint runs/minilm-gpu). The folders are git-ignored scratch on the machine that made them.
+Its JSON went to bench/results/cpu-2core-minilm/prompts.json (the H100 MiniLM: fp32 export, int8 weight-only
+export, and the PyTorch checkpoint runs/minilm-gpu). The folders are git-ignored scratch on the machine that made
+them. The JSON goes to stdout, a readable summary to stderr (a default --out overwrote the committed report):
 
-    .venv/bin/python experiments/prompts.py [--out bench/results/cpu-2core-minilm/prompts.json]
+    .venv/bin/python experiments/prompts.py > prompts.json
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ def slim(result: list[dict]) -> list[dict]:
     return [{"token_str": d["token_str"], "score": round(float(d["score"]), 4)} for d in result]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench/results/cpu-2core-minilm/prompts.json")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     from transformers import pipeline
 
     out = {"prompts": PROMPTS, "results": {}}
@@ -42,11 +41,11 @@ def main() -> None:
         out["results"][name] = {p: slim(r) for p, r in zip(PROMPTS, fm.fill(PROMPTS, top_k=5))}
     pipe = pipeline("fill-mask", model=TORCH_MODEL, device="cpu")
     out["results"][f"transformers pipeline ({TORCH_MODEL}, torch fp32)"] = {p: slim(pipe(p, top_k=5)) for p in PROMPTS}
-    Path(args.out).write_text(json.dumps(out, indent=2))
     for name, res in out["results"].items():
-        print(name)
+        print(name, file=sys.stderr)
         for prompt, r in res.items():
-            print("  ", prompt, " | ".join(f"{d['token_str']} {d['score']:.3f}" for d in r))
+            print("  ", prompt, " | ".join(f"{d['token_str']} {d['score']:.3f}" for d in r), file=sys.stderr)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

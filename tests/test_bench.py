@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -677,3 +678,36 @@ def test_load_header_names_the_device_the_servers_ran_on():
     cpu = {"batched": {"provider": "CPUExecutionProvider"}, "hf-pipeline": {"provider": "torch-cpu"}}
     assert served_device(cpu) == "cpu"
     assert served_device({**cpu, "batched": {"provider": "CUDAExecutionProvider"}}) == "cuda"
+
+
+def test_the_prompts_experiment_prints_its_json_and_writes_no_report(monkeypatch, capsys):
+    """experiments/prompts.py wrote the committed bench/results/cpu-2core-minilm/prompts.json by default; its
+    JSON goes to stdout now, as the other experiments scripts' does (experiments/README.md)."""
+    import importlib.util
+
+    import transformers
+
+    root = Path(__file__).resolve().parents[1]
+    committed = root / "bench/results/cpu-2core-minilm/prompts.json"
+    before = (committed.read_bytes(), committed.stat().st_mtime_ns)
+    spec = importlib.util.spec_from_file_location("prompts_experiment", root / "experiments/prompts.py")
+    prompts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prompts)
+    answer = [{"token_str": "movie", "score": 0.5}]
+
+    class FakeFillMask:  # the script's artifacts are git-ignored scratch: stand-ins with one answer
+        def __init__(self, folder, device, precision):
+            pass
+
+        def fill(self, texts, top_k):
+            return [answer for _ in texts]
+
+    monkeypatch.setattr(prompts.deniro_rt, "FillMask", FakeFillMask)
+    transformers.pipeline  # noqa: B018 - the lazy import puts another module object in sys.modules
+    fake_pipeline = lambda *args, **kwargs: lambda text, top_k: answer  # noqa: E731
+    monkeypatch.setattr(sys.modules["transformers"], "pipeline", fake_pipeline)
+    prompts.main([])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompts"] == prompts.PROMPTS and len(printed["results"]) == 4
+    assert all(r == {p: answer for p in prompts.PROMPTS} for r in printed["results"].values())
+    assert (committed.read_bytes(), committed.stat().st_mtime_ns) == before
