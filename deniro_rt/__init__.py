@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .data import MaskedBatch
-from .errors import ArtifactError, DeniroError, DeniroTypeError, TextError
+from .errors import ArtifactError, DeniroError, DeniroTypeError, TextError, TooLongError
 from .predictions import Predictions
 from .runtime import FillMask
 
@@ -28,6 +28,7 @@ __all__ = [
     "DeniroTypeError",
     "ArtifactError",
     "TextError",
+    "TooLongError",
 ]
 __version__ = "0.1.0"
 

@@ -141,6 +141,7 @@ def fill_and_print(args: argparse.Namespace, texts: list[str], lines: list[int] 
             joint=args.joint,
         )
     except TextError as exc:  # texts from stdin: name the line (blank lines are skipped, so text i is not line i)
+        exc = exc.naming("--truncation")  # the fix in this command's words
         raise exc if lines is None else DeniroError(f"stdin line {lines[exc.index]}: {exc}") from None
     for text, result in zip(texts, results):
         print(json.dumps({"text": text, "result": result}) if args.json else format_table(text, result, args.joint))

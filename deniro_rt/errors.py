@@ -5,6 +5,8 @@ transformers raise for bad arguments catches ours: a bad value is a `ValueError`
 `TypeError` (`DeniroTypeError`), and `except DeniroError` catches both.
 """
 
+from __future__ import annotations
+
 
 class DeniroError(ValueError):
     """A problem with the user's input or setup; the message names the problem and the fix."""
@@ -24,6 +26,25 @@ class TextError(DeniroError):
 
     def __reduce__(self):  # pickled whole (a Ray worker's error crosses processes); args holds only the message
         return type(self), (str(self), self.index)
+
+    def naming(self, option: str) -> TextError:
+        """The error as a surface that spells the runtime's options its own way shows it (TooLongError)."""
+        return self
+
+
+class TooLongError(TextError):
+    """A text longer than the model's positions. The fix is the runtime's truncation=True, which the command
+    line spells --truncation and an HTTP body "truncation": true: naming(option) gives the error in those words."""
+
+    def __init__(self, problem: str, index: int, option: str = "truncation=True"):
+        super().__init__(f"{problem}; shorten it, or pass {option} to keep a window around the masks", index)
+        self.problem, self.option = problem, option
+
+    def __reduce__(self):
+        return type(self), (self.problem, self.index, self.option)
+
+    def naming(self, option: str) -> TooLongError:
+        return TooLongError(self.problem, self.index, option)
 
 
 class CudaUnavailable(DeniroError):

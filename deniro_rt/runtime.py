@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders
 
 from .artifact import FAST_INPUTS, TOKENIZER_FILE, clean_up_spaces, cleans_up_spaces, load_manifest, verify_file
 from .data import IGNORE_INDEX, MaskedBatch, perplexity
-from .errors import CudaUnavailable, DeniroError, DeniroTypeError, TextError
+from .errors import CudaUnavailable, DeniroError, DeniroTypeError, TextError, TooLongError
 from .models import DEFAULT_MODEL_DIR
 from .predictions import Predictions, Source, TokenRows
 from .providers import COMPUTED, CPU, artifact_precision, resolve_provider, session_options
@@ -697,10 +697,8 @@ class Window:
             return ids, []
         if not self.truncation:
             room = f" less the {self.reserved} extra pieces of the longest target" if self.reserved else ""
-            raise TextError(
-                f"text {index} is {len(ids)} tokens, more than the model's maximum of {self.max_len}{room}; "
-                f"shorten it, or pass truncation=True to keep a window around the masks",
-                index,
+            raise TooLongError(
+                f"text {index} is {len(ids)} tokens, more than the model's maximum of {self.max_len}{room}", index
             )
         inner, budget = ids[1:-1], limit - 2
         masks = np.flatnonzero(inner == self.mask_id)  # [n_masks]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import deniro_rt
-from deniro_rt import ArtifactError, DeniroError, DeniroTypeError, TextError
+from deniro_rt import ArtifactError, DeniroError, DeniroTypeError, TextError, TooLongError
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,24 @@ def test_text_errors_name_the_text_and_survive_pickling(fm):
     with pytest.raises(TextError) as info:
         fm.fill_arrays(["ok [MASK]", "x", "y [MASK]"])
     assert info.value.index == 1 and str(info.value).startswith("text 1 has no [MASK]")
+
+
+def test_a_too_long_text_names_the_fix_in_each_surfaces_words(fm):
+    """The runtime says truncation=True; the CLI and the batch job name --truncation, the server its JSON field."""
+    import pickle
+
+    with pytest.raises(TooLongError) as info:
+        fm.fill(["ok [MASK]", "good " * 600 + "[MASK]"])
+    problem = "text 1 is 603 tokens, more than the model's maximum of 512; shorten it, or pass "
+    assert str(info.value) == problem + "truncation=True to keep a window around the masks"
+    renamed = info.value.naming("--truncation")
+    assert (type(renamed), str(renamed), renamed.index) == (
+        TooLongError,
+        problem + "--truncation to keep a window around the masks",
+        1,
+    )
+    copy = pickle.loads(pickle.dumps(renamed))  # a Ray worker's error crosses processes
+    assert (type(copy), str(copy), copy.index) == (TooLongError, str(renamed), 1)
 
 
 def test_a_top_k_above_the_vocabulary_is_the_whole_vocabulary(fm):

@@ -608,7 +608,7 @@ def test_batch_command_reports_a_text_the_model_refuses(local_ray, tmp_path, cap
     error = batch_error(capsys, ["--input", str(path), "--output", str(tmp_path / "o"), "--batch-size", "8"] + extra)
     refusal = (
         "text 1 is 604 tokens, more than the model's maximum of 512; shorten it, or pass "
-        "truncation=True to keep a window around the masks"
+        "--truncation to keep a window around the masks"  # the batch command's flag, not the runtime's argument
     )
     prefix = "error: rows 0-1: " if not extra else "error: a Ray worker refused a batch of up to --batch-size rows ("
     assert error.startswith(prefix) and refusal in error

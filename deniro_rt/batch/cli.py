@@ -93,6 +93,7 @@ class BatchConfig:
             gpus_per_worker=self.gpus_per_worker,
             truncation=self.truncation,
             sequences=self.sequences,
+            truncation_option="--truncation",
         )
 
     def job(self, rows: int) -> dict:
@@ -513,6 +514,7 @@ def fill_in_process(source, config: BatchConfig, writer: ShardWriter) -> None:
         truncation=spec.truncation,
         sequences=spec.sequences,
         batch_size=config.batch_size,
+        truncation_option=spec.truncation_option,
     )
     with _progress(source.num_rows, "fill") as bar:
         bar.update(writer.first_row)
@@ -596,7 +598,8 @@ def _collect(dataset, writer: ShardWriter, bar) -> None:
 def _worker_error(exc: BaseException) -> DeniroError | None:
     """The DeniroError a Ray worker raised, as one message. Ray Data hands back only its text (a
     RayTaskError(UserCodeException) around the worker's formatted traceback), so it is read from there."""
-    found = re.search(r"(?:DeniroError|DeniroTypeError|ArtifactError|TextError): (.+)", str(exc))  # errors.py
+    names = "DeniroError|DeniroTypeError|ArtifactError|TextError|TooLongError"  # errors.py
+    found = re.search(rf"(?:{names}): (.+)", str(exc))
     if found is None:
         return None
     return DeniroError(f"a Ray worker refused a batch of up to --batch-size rows ({found.group(1).strip()})")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeniroError
+from ..errors import DeniroError, TextError
 from ..providers import usable_cores
 from ..runtime import FillMask
 
@@ -63,6 +63,7 @@ class FillSpec:
     gpus_per_worker: float = 0.0  # Ray num_gpus of each actor (device=cuda)
     truncation: bool = False  # keep a window around the masks of over-long texts instead of failing
     sequences: bool = False  # also add the filled sentences (a string per candidate: costly)
+    truncation_option: str = "truncation=True"  # how a too-long text's error spells the fix (batch: --truncation)
 
     def threads(self) -> int:
         """ORT intra-op threads of one worker: its reserved CPUs, at least one."""
@@ -112,10 +113,11 @@ class FillMaskBatch:
         truncation: bool = False,
         sequences: bool = False,
         batch_size: int = 256,
+        truncation_option: str = "truncation=True",
     ):
         self.runtime = FillMask(model, device=device, precision=precision, threads=threads)
         self.top_k, self.column, self.truncation, self.sequences = top_k, column, truncation, sequences
-        self.batch_size = batch_size
+        self.batch_size, self.truncation_option = batch_size, truncation_option
         ran = {
             "precision": self.runtime.precision,
             "provider": self.runtime.provider,
@@ -124,9 +126,12 @@ class FillMaskBatch:
         self.ran = json.dumps(ran).encode()  # RAN_KEY's value
 
     def predict(self, texts: list[str]) -> dict[str, Any]:
-        preds = self.runtime.fill_arrays(
-            texts, top_k=self.top_k, batch_size=self.batch_size, truncation=self.truncation, warn_truncated=False
-        )
+        try:
+            preds = self.runtime.fill_arrays(
+                texts, top_k=self.top_k, batch_size=self.batch_size, truncation=self.truncation, warn_truncated=False
+            )
+        except TextError as exc:  # a too-long text: the fix as the caller spells it (truncation_option)
+            raise exc.naming(self.truncation_option) from None
         return text_columns(preds, self.sequences)
 
     def __call__(self, batch: Any):
@@ -177,7 +182,7 @@ def fill_dataset(dataset, spec: FillSpec, concurrency: int | tuple[int, int] = 1
 
 
 def _constructor_kwargs(spec: FillSpec) -> dict:
-    wanted = ("model", "device", "precision", "top_k", "column", "truncation", "sequences")
+    wanted = ("model", "device", "precision", "top_k", "column", "truncation", "sequences", "truncation_option")
     kwargs = {k: v for k, v in asdict(spec).items() if k in wanted}
     return {**kwargs, "threads": spec.threads()}
 

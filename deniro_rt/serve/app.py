@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..errors import DeniroError
+from ..errors import DeniroError, TextError
 from ..runtime import FillMask, no_mask_message
 from .batcher import ClientGone, DynamicBatcher, FillParams, Unavailable
 from .config import ServeConfig, model_threads
@@ -255,6 +255,8 @@ class FillService:
         """What a job's failure is answered with; anything else is a bug (500, logged)."""
         if isinstance(exc, Unavailable):  # close() gave up on it (a host ended the lifespan with it in flight)
             return HTTPException(503, str(exc), self.retry_after)
+        if isinstance(exc, TextError):  # a text too long in tokens: the fix in a request body's words
+            exc = exc.naming('"parameters": {"truncation": true}')
         if isinstance(exc, DeniroError):  # what only the model sees (a text too long in tokens, a bad target)
             return HTTPException(422, str(exc))
         return exc
