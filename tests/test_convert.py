@@ -325,6 +325,17 @@ def test_shrink_refuses_an_output_inside_the_folders_it_reads(tiny_model_dir, im
     assert {p: p.read_bytes() for p in (*model.iterdir(), *dataset.iterdir())} == before
 
 
+def test_shrink_ctrl_c_while_torch_imports_is_one_line(tiny_model_dir, imdb_dir, tmp_path, ctrl_c_while_importing):
+    """train.shrink imported torch with the module, before run_main's try, and run_main had no line for Ctrl-C:
+    Ctrl-C while torch loads (about 3 s) or during the measurement was a KeyboardInterrupt traceback."""
+    out = tmp_path / "results.json"
+    argv = ["--model", str(tiny_model_dir), "--dataset", str(imdb_dir), "--output", str(out)]
+    code, err = ctrl_c_while_importing("torch", "train.shrink:run", argv)
+    line = f"interrupted: nothing written to {out} (the rows logged above were measured)"
+    assert (code, err.strip().splitlines()[-1:]) == (130, [line]), err[-3000:]
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_mixed_precision_rows_keep_the_whole_vocabulary_between_int4_and_int8(tiny_model_dir, imdb_dir):
     """train.shrink --mixed N (issue 23): the N most frequent rows 8-bit, the rest 4-bit, per-row scales."""
     from train import shrink

@@ -20,13 +20,16 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from deniro_rt.data import chunk_texts, load_text_splits, premask, untruncated
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import write_text_atomically
+
+if TYPE_CHECKING:  # torch is imported where it runs: under run_main, so Ctrl-C while it loads is one line
+    import torch
 
 log = logging.getLogger("train.shrink")
 
@@ -80,6 +83,8 @@ def piece_order(tokenizer, texts: list[str]) -> np.ndarray:
 
 def quantize_rows(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Symmetric per-row int8 (or int4: levels -7..7), dequantized: what the table with fp32 row scales gives back."""
+    import torch
+
     top = 2 ** (bits - 1) - 1  # 127 for 8 bits, 7 for 4
     scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / top  # [vocab, 1]
     return torch.round(weight / scale).clamp(-top, top) * scale
@@ -87,6 +92,8 @@ def quantize_rows(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
 
 def mixed_rows(weight: torch.Tensor, order: np.ndarray, int8_rows: int) -> torch.Tensor:
     """The `int8_rows` most frequent pieces' rows at 8 bits, every other row at 4 bits."""
+    import torch
+
     out = quantize_rows(weight, 4)
     frequent = torch.from_numpy(np.ascontiguousarray(order[:int8_rows]))
     out[frequent] = quantize_rows(weight[frequent], 8)
@@ -99,32 +106,34 @@ def variant_table(weight: torch.Tensor, variant: Variant, order: np.ndarray) -> 
     return quantize_rows(weight) if variant.int8_embedding else weight
 
 
-@torch.no_grad()
 def score(model, eval_set, variant: Variant, order: np.ndarray, unk_id: int) -> tuple[float, np.ndarray, float]:
     """Perplexity, the top-1 predictions (original ids) at the masked positions, and the fraction of
     masked labels that were pruned (scored as [UNK])."""
-    kept = torch.from_numpy(np.sort(order[: variant.keep]))  # [keep]
-    is_kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    is_kept[kept] = True
-    weight = variant_table(model.distilbert.embeddings.word_embeddings.weight, variant, order)
-    position = {int(t): i for i, t in enumerate(kept)}
-    nll, count, top1, pruned = 0.0, 0, [], 0
-    for start in range(0, len(eval_set.input_ids), 16):
-        ids = torch.from_numpy(eval_set.input_ids[start : start + 16])  # [batch, seq]
-        labels = torch.from_numpy(eval_set.labels[start : start + 16])  # [batch, seq]
-        ids = torch.where(is_kept[ids], ids, unk_id)  # pruned pieces (also 80/10/10's random ones) -> [UNK]
-        embeds = torch.nn.functional.embedding(ids, weight)  # [batch, seq, dim]
-        hidden = model.distilbert(inputs_embeds=embeds)[0][labels != -100]  # [n, dim]
-        x = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
-        logits = x @ weight[kept].T + model.vocab_projector.bias[kept]  # [n, keep]
-        target = labels[labels != -100]
-        pruned += int((~is_kept[target]).sum())
-        target = torch.where(is_kept[target], target, unk_id)
-        target = torch.tensor([position[int(t)] for t in target])
-        nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-        count += len(target)
-        top1.append(kept[logits.argmax(-1)].numpy())
-    return float(np.exp(nll / count)), np.concatenate(top1), pruned / count
+    import torch
+
+    with torch.no_grad():  # a decorator would import torch with the module, before run_main
+        kept = torch.from_numpy(np.sort(order[: variant.keep]))  # [keep]
+        is_kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        is_kept[kept] = True
+        weight = variant_table(model.distilbert.embeddings.word_embeddings.weight, variant, order)
+        position = {int(t): i for i, t in enumerate(kept)}
+        nll, count, top1, pruned = 0.0, 0, [], 0
+        for start in range(0, len(eval_set.input_ids), 16):
+            ids = torch.from_numpy(eval_set.input_ids[start : start + 16])  # [batch, seq]
+            labels = torch.from_numpy(eval_set.labels[start : start + 16])  # [batch, seq]
+            ids = torch.where(is_kept[ids], ids, unk_id)  # pruned pieces (also 80/10/10's random ones) -> [UNK]
+            embeds = torch.nn.functional.embedding(ids, weight)  # [batch, seq, dim]
+            hidden = model.distilbert(inputs_embeds=embeds)[0][labels != -100]  # [n, dim]
+            x = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
+            logits = x @ weight[kept].T + model.vocab_projector.bias[kept]  # [n, keep]
+            target = labels[labels != -100]
+            pruned += int((~is_kept[target]).sum())
+            target = torch.where(is_kept[target], target, unk_id)
+            target = torch.tensor([position[int(t)] for t in target])
+            nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            count += len(target)
+            top1.append(kept[logits.argmax(-1)].numpy())
+        return float(np.exp(nll / count)), np.concatenate(top1), pruned / count
 
 
 def package_bytes(model, keep: int, int8_embedding: bool, int8_rows: int | None = None) -> int:
@@ -300,7 +309,14 @@ def run(argv: list[str] | None = None) -> int:
         )
     setup_logging(ours=("train",))
     config = ShrinkConfig(**vars(parser.parse_args(argv)))
-    return run_main(lambda: main(config))
+    return run_main(lambda: main(config), interrupted=interrupted(config))
+
+
+def interrupted(config: ShrinkConfig) -> str:
+    """Ctrl-C's line (it was a KeyboardInterrupt traceback): --output is only written at the end, atomically."""
+    if config.output:
+        return f"interrupted: nothing written to {config.output} (the rows logged above were measured)"
+    return "interrupted: the rows logged above were measured, the others not"
 
 
 if __name__ == "__main__":
