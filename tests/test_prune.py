@@ -252,3 +252,13 @@ def test_a_failure_after_writing_leaves_no_output(tiny_model_dir, small_dataset,
     with pytest.raises(RuntimeError, match="simulated"):
         prune.main(config)
     assert list(tmp_path.iterdir()) == []  # neither --output nor the staging folder
+
+
+def test_ctrl_c_while_torch_imports_is_one_line(tiny_model_dir, small_dataset, tmp_path, ctrl_c_while_importing):
+    """train.prune imported torch with the module (about 3 s), before run_main's try: Ctrl-C meanwhile was a
+    KeyboardInterrupt traceback instead of run_main's line."""
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--dataset", str(small_dataset), "--output", str(out), "--keep", "300"]
+    code, err = ctrl_c_while_importing("torch", "train.prune:run", argv)
+    assert (code, err.strip().splitlines()[-1:]) == (130, [f"interrupted: nothing written to {out}"]), err[-3000:]
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["importing"]  # no stage left

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deniro_rt.data import load_text_splits, untruncated
 from deniro_rt.errors import DeniroError
@@ -221,6 +220,7 @@ def pruned_tokenizer(tokenizer, kept: np.ndarray):
 def pruned_model(model, kept: np.ndarray, pad_token_id: int):
     """A DistilBertForMaskedLM with `len(kept)` pieces: the kept rows of every per-piece tensor, all other
     weights copied, the projector tied to the word embeddings again (when the original's was)."""
+    import torch
     from transformers import DistilBertForMaskedLM
 
     config = copy.deepcopy(model.config)
@@ -271,10 +271,11 @@ def tokenizer_stats(old, new, kept: np.ndarray, texts: list[str]) -> dict:
     }
 
 
-@torch.no_grad()
 def check_logits(old_model, new_model, new_tokenizer, kept: np.ndarray, texts: list[str]) -> float:
     """Max |logit difference| between the pruned model and the original at the kept ids. Exact for any
     input: new id i is old id kept[i], so the original is fed kept[new_ids]."""
+    import torch  # here, not with the module: under run_main, so Ctrl-C while it loads is one line
+
     batch = new_tokenizer(
         texts[:MODEL_CHECK_TEXTS],
         truncation=True,
@@ -284,8 +285,9 @@ def check_logits(old_model, new_model, new_tokenizer, kept: np.ndarray, texts: l
     )
     new_ids, mask = batch["input_ids"], batch["attention_mask"]  # [batch, seq]
     old_ids = torch.from_numpy(kept)[new_ids]  # [batch, seq]
-    expected = old_model(input_ids=old_ids, attention_mask=mask).logits[..., torch.from_numpy(kept)]  # [b, s, keep]
-    got = new_model(input_ids=new_ids, attention_mask=mask).logits  # [batch, seq, keep]
+    with torch.no_grad():
+        expected = old_model(input_ids=old_ids, attention_mask=mask).logits[..., torch.from_numpy(kept)]  # [b, s, keep]
+        got = new_model(input_ids=new_ids, attention_mask=mask).logits  # [batch, seq, keep]
     difference = float((got - expected).abs().max())
     if difference > LOGITS_TOLERANCE:
         raise RuntimeError(f"pruned model's logits differ from the original's by {difference:.2e}")
