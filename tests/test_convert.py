@@ -157,6 +157,17 @@ def test_cli_errors_are_one_line(tmp_path, bert_model_dir, tiny_model_dir, capsy
     assert capsys.readouterr().err.strip() == f"error: --output {busy / 'keep.txt'} exists and is a file; pass a folder"
 
 
+def test_ctrl_c_while_torch_imports_is_one_line(tmp_path, bert_model_dir, ctrl_c_while_importing):
+    """train.convert imported torch with the module (about 3 s), before run_main's try: Ctrl-C meanwhile was a
+    KeyboardInterrupt traceback instead of run_main's line."""
+    out = tmp_path / "out"
+    code, err = ctrl_c_while_importing(
+        "torch", "train.convert:run", ["--bert", str(bert_model_dir), "--output", str(out)]
+    )
+    assert (code, err.strip().splitlines()[-1:]) == (130, [f"interrupted: nothing written to {out}"]), err[-3000:]
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["importing"]  # no stage left
+
+
 def test_damaged_bert_weights_are_one_line(tmp_path, bert_model_dir, capsys):
     """Weights cut short were safetensors' traceback from inside transformers."""
     damaged = tmp_path / "damaged"

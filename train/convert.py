@@ -23,11 +23,13 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from deniro_rt.errors import DeniroError
 from deniro_rt.files import check_output_folder, staged
+
+if TYPE_CHECKING:  # torch is imported where it runs: under run_main, so Ctrl-C while it loads is one line
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ def head_state(bert: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def convert_model(bert_dir: Path, seed: int = 0) -> Converted:
     """Load a BERT folder and return the equivalent DistilBertForMaskedLM (eval mode)."""
+    import torch
     from transformers import AutoConfig, BertForMaskedLM, DistilBertForMaskedLM
 
     from .model import read_pretrained
