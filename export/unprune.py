@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deniro_rt.artifact import TOKENIZER_FILE, sha256_file
 from deniro_rt.data import load_text_splits
@@ -132,6 +131,8 @@ def check_artifact(artifact: Path) -> None:
 # --------------------------------------------------------------------------- the model
 def unpruned_state(shipped: dict, minilm: dict, full_ids: np.ndarray, pruned_bias: str) -> dict:
     """The full-vocabulary state dict: shipped tensors, MiniLM's vocabulary rows with the shipped rows placed."""
+    import torch  # here and below, not with the module: under run_main, so Ctrl-C while it loads is one line
+
     state = {}
     for name, value in shipped.items():
         if name in VOCAB_TENSORS:
@@ -150,6 +151,7 @@ def unpruned_state(shipped: dict, minilm: dict, full_ids: np.ndarray, pruned_bia
 
 def unpruned_model(shipped, minilm, full_ids: np.ndarray, pruned_bias: str):
     """A DistilBertForMaskedLM of MiniLM's vocabulary with the shipped weights, projector tied."""
+    import torch
     from transformers import DistilBertForMaskedLM
 
     config = copy.deepcopy(shipped.config)
@@ -179,15 +181,17 @@ def covered_batch(tokenizer, texts: list[str], kept: np.ndarray, count: int, len
     return tokenizer(chosen, truncation=True, max_length=length, padding=True, return_tensors="pt")
 
 
-@torch.no_grad()
 def logit_difference(shipped, full, batch, full_ids: np.ndarray) -> float:
     """Max |logit difference| at the real tokens between `full` (at the shipped ids' full ids) and `shipped`
     (fed the same text in its own ids)."""
+    import torch
+
     to_shipped = torch.full((full.config.vocab_size,), -1, dtype=torch.long)
     to_shipped[torch.from_numpy(full_ids)] = torch.arange(len(full_ids))
     ids, mask = batch["input_ids"], batch["attention_mask"]  # [batch, seq]
-    expected = shipped(input_ids=to_shipped[ids], attention_mask=mask).logits  # [b, s, n_shipped]
-    got = full(input_ids=ids, attention_mask=mask).logits[..., torch.from_numpy(full_ids)]  # [b, s, n_shipped]
+    with torch.no_grad():
+        expected = shipped(input_ids=to_shipped[ids], attention_mask=mask).logits  # [b, s, n_shipped]
+        got = full(input_ids=ids, attention_mask=mask).logits[..., torch.from_numpy(full_ids)]  # [b, s, n_shipped]
     real = mask.bool()
     difference = float((got[real] - expected[real]).abs().max())
     if difference > LOGITS_TOLERANCE:
@@ -208,6 +212,8 @@ def check_loads(folder: Path) -> int:
 
 def pruned_bias_value(model, full_ids: np.ndarray) -> float:
     """The projector bias of the pieces the artifact lacks (one value for all of them)."""
+    import torch
+
     others = np.setdiff1d(np.arange(model.config.vocab_size), full_ids)  # [n_full - n_shipped]
     return float(model.vocab_projector.bias[torch.from_numpy(others)].unique().item())
 

@@ -129,6 +129,16 @@ def test_a_damaged_artifact_or_a_cache_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_ctrl_c_while_torch_imports_is_one_line(tmp_path, imdb_dir, ctrl_c_while_importing):
+    """export.unprune imported torch with the module (about 3 s), before run_main's try: Ctrl-C meanwhile was a
+    KeyboardInterrupt traceback instead of run_main's line."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["--output", str(out), "--dataset", str(imdb_dir), "--minilm-cache", str(cache)]
+    code, err = ctrl_c_while_importing("torch", "export.unprune:run", argv)
+    assert (code, err.strip().splitlines()[-1:]) == (130, [f"interrupted: nothing written to {out}"]), err[-3000:]
+    assert "Traceback" not in err and not [p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]
+
+
 def test_unprune_refuses_an_output_holding_its_dataset(tmp_path, imdb_dir):
     """--output the --dataset folder with --overwrite would have replaced the reviews of the check."""
     import shutil
