@@ -63,6 +63,24 @@ def publish(stage: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Ctrl-C ignored for the block: a few renames that must all happen, or none (a graph and the manifest
+    holding its hash). One pressed just before is raised on entry, before any of them; in a thread other than
+    the main one (where Python takes signals) this changes nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # raises a KeyboardInterrupt still pending
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """`text` at `path`, written aside and renamed into place: a kill mid-write leaves the previous file."""
     temp = Path(path).with_name(f".{Path(path).name}.tmp")

@@ -4,7 +4,7 @@ For artifacts whose PyTorch source is not at hand (the shipped model): quantizes
 --int8-method, validates the result against fast.onnx itself (ONNX fp32 as the reference, int8
 thresholds of export/validate.py, batch invariance included), then replaces fast_int8.onnx and updates
 deniro.json (sha256, size, fused ops, validation, export_config) per the deniro_rt.artifact contract.
-Nothing is changed if validation fails (exit 1).
+Nothing is changed if validation fails (exit 1) or on Ctrl-C (exit 130).
 
 Example:
   python -m export.requantize --model deniro_rt/models/default --dataset ../shared/data/imdb
@@ -24,6 +24,7 @@ from pathlib import Path
 from deniro_rt.artifact import FAST_GRAPHS, MANIFEST, load_manifest, sha256_file, verify_sources
 from deniro_rt.cli import check_least, run_main, setup_logging
 from deniro_rt.errors import DeniroError
+from deniro_rt.files import uninterruptible
 
 from .config import DEFAULT_INT8_METHOD, INT8_METHODS, ExportConfig
 
@@ -70,9 +71,11 @@ def main(config: RequantizeConfig) -> Path:
             )
         # Graph and manifest are swapped together: the new manifest (hash of the staged graph) is written
         # first to a temp file, then both renames follow, so no failure leaves a graph its manifest refuses.
+        # Ctrl-C between the renames left a graph its manifest refuses: it is ignored for them.
         new_manifest = staged_manifest(manifest, staged, counts, result, config, versions())
-        os.replace(staged, manifest.folder / FAST_GRAPHS["int8"])
-        os.replace(new_manifest, manifest.folder / MANIFEST)
+        with uninterruptible():
+            os.replace(staged, manifest.folder / FAST_GRAPHS["int8"])
+            os.replace(new_manifest, manifest.folder / MANIFEST)
     log.info("requantized %s (%s): %s", manifest.folder, config.int8_method, summary(result))
     return manifest.folder
 
@@ -199,7 +202,9 @@ def run(argv: list[str] | None = None) -> int:
 
     setup_logging(logging.WARNING, ours=("export", "deniro_rt"), quiet=logging.ERROR)
     config = parse_args(argv)
-    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION})
+    # the graph is written in a temp folder inside --model, then renamed over the old one with its manifest
+    unchanged = f"interrupted: {config.model} unchanged"
+    return run_main(lambda: main(config), {ValidationFailed: EXIT_VALIDATION}, interrupted=unchanged)
 
 
 if __name__ == "__main__":

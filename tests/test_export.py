@@ -860,6 +860,41 @@ def test_requantize_as_a_command_ends_with_its_validation_line(tiny_artifact, im
     assert last.startswith(f"requantized {folder} (static): ") and "top1_agreement" in last, done.stderr
 
 
+def test_requantize_ctrl_c_is_one_line_and_changes_nothing(tiny_artifact, imdb_dir, tmp_path, ctrl_c_while_importing):
+    """run_main had no line for Ctrl-C: while onnx imported (seconds) or during the work it was a KeyboardInterrupt
+    traceback. The artifact is untouched: the new graph is staged in a temp folder that the interrupt removes."""
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    argv = ["--model", str(folder), "--dataset", str(imdb_dir), *REQUANTIZE_SMALL]
+    code, err = ctrl_c_while_importing("onnx", "export.requantize:run", argv)
+    assert (code, err.strip().splitlines()[-1:]) == (130, [f"interrupted: {folder} unchanged"]), err[-3000:]
+    assert "Traceback" not in err and {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_requantize_ctrl_c_between_graph_and_manifest_is_ignored(tiny_artifact, imdb_dir, tmp_path, monkeypatch):
+    """Ctrl-C after the new graph's rename but before its manifest's left a graph the manifest refuses (sha256):
+    the two renames now ignore it, and the artifact is whole."""
+    import os
+    import signal
+
+    from export.requantize import run as requantize
+
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    real_replace = os.replace
+
+    def replace_then_ctrl_c(source, target):
+        real_replace(source, target)
+        if Path(target) == folder / FAST_GRAPHS["int8"]:
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises it at its next instruction
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    assert requantize(["--model", str(folder), "--dataset", str(imdb_dir), *REQUANTIZE_SMALL]) == 0
+    manifest = load_manifest(folder)
+    for name in manifest.files:
+        verify_file(manifest, name)  # the new graph's sha256 is the manifest's
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
 def test_requantize_and_bf16_refuse_a_damaged_artifact_or_no_text_before_any_work(
     tiny_artifact, imdb_dir, tmp_path, capsys
 ):
