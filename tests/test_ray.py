@@ -496,6 +496,28 @@ def test_resume_refuses_every_option_that_decides_the_output(tmp_path, option, v
         open_staging(staging, replace(started, resume=True, **{option: value}), rows=3)
 
 
+def test_resume_without_the_job_file_says_it_is_missing(tmp_path):
+    """A staging folder whose job.json was deleted was refused as "written with other batch_size, column, input,
+    ..." (every option listed, none changed): the refusal now names the missing file and the ways on."""
+    from dataclasses import replace
+
+    from deniro_rt.batch.cli import BatchConfig, open_staging
+    from deniro_rt.errors import DeniroError
+
+    corpus = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["a [MASK] ."] * 3}), corpus)
+    staging, started = tmp_path / "out.partial", BatchConfig(input=str(corpus), output=str(tmp_path / "out"))
+    assert open_staging(staging, started, rows=3) == 0
+    (staging / "job.json").unlink()
+    with pytest.raises(DeniroError) as caught:
+        open_staging(staging, replace(started, resume=True), rows=3)
+    assert str(caught.value) == (
+        f"--resume: {staging / 'job.json'} is missing, so the input and options given now cannot be checked against "
+        "the unfinished run's; put back the file the run wrote (the input and options it was started with), or drop "
+        "--resume and pass --overwrite to start over"
+    )
+
+
 def test_a_shard_is_on_disk_as_soon_as_it_is_full(tmp_path):
     """Rows arrive in batches of 4 for shards of 4 and 6: each full shard is written at once (what a killed run
     keeps), the rest waits for more rows or close(), and the shards hold every row once, in order."""

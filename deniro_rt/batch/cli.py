@@ -659,9 +659,14 @@ def open_staging(staging: Path, config: BatchConfig, rows: int) -> int:
 
 
 def saved_job(job_file: Path) -> dict:
-    """The options an unfinished run was started with ({} without its job file)."""
+    """The options an unfinished run was started with. Without its job file the refusal named every option as
+    changed ("written with other batch_size, column, ..."): misleading, as the run's options are unknown."""
     if not job_file.is_file():
-        return {}
+        raise DeniroError(
+            f"--resume: {job_file} is missing, so the input and options given now cannot be checked against the "
+            "unfinished run's; put back the file the run wrote (the input and options it was started with), or drop "
+            "--resume and pass --overwrite to start over"
+        )
     return resume_record(job_file, "drop --resume and pass --overwrite to start over")
 
 
