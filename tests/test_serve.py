@@ -497,6 +497,22 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(tmp_path):
         httpx.get(srv.url + "/health", timeout=2)
 
 
+def test_ctrl_c_stops_the_server_like_sigterm(tmp_path):
+    """Ctrl-C went through the same graceful shutdown, then asyncio raised a KeyboardInterrupt: a traceback and
+    exit -2 where serving.md says exit 0."""
+    srv = start_server(tmp_path / "ctrl_c.log")
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(timeout=60) == 0, srv.log.read_text()
+    assert "Traceback" not in srv.log.read_text()
+
+
+def test_ctrl_c_while_the_server_imports_is_one_line(ctrl_c_while_importing):
+    """`from .server import main` (uvicorn, fastapi, onnxruntime: seconds) ran before run_main's try."""
+    code, err = ctrl_c_while_importing("uvicorn", "deniro_rt.serve.__main__:run", ["--port", "0"])
+    assert (code, err.strip().splitlines()[-1:]) == (130, ["interrupted before the server started"]), err[-3000:]
+    assert "Traceback" not in err
+
+
 def test_graceful_timeout_expiry_ends_the_server(tmp_path):
     """A request that never finishes does not hold the server past --graceful-timeout-s."""
     srv = start_server(tmp_path / "graceful.log", "--graceful-timeout-s", "1", "--body-timeout-s", "60")

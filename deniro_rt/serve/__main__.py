@@ -6,7 +6,7 @@
        -d '{"inputs": "This is a great [MASK]!", "parameters": {"top_k": 3}}'
 
 Routes: POST / and /fill (Hugging Face Inference API fill-mask body), GET /health, /metrics
-(Prometheus), /docs, /openapi.json. SIGTERM: stop accepting, answer what is in flight, exit 0.
+(Prometheus), /docs, /openapi.json. SIGTERM or Ctrl-C: stop accepting, answer what is in flight, exit 0.
 """
 
 from __future__ import annotations
@@ -26,9 +26,15 @@ def parse_args(argv: list[str] | None) -> ServeConfig:
 def run(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(getattr(logging, config.log_level.upper()))
+    # once the server module has loaded, Ctrl-C is a requested stop (exit 0); while uvicorn, fastapi and
+    # onnxruntime import (seconds) it was a KeyboardInterrupt traceback
+    return run_main(lambda: serve(config), interrupted="interrupted before the server started")
+
+
+def serve(config: ServeConfig) -> int:
     from .server import main
 
-    return run_main(lambda: main(config))
+    return main(config)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Shutdown (uvicorn's graceful shutdown, checked against uvicorn 0.54's Server.shu
 socket is closed first (no new connections), idle keep-alive connections are closed, requests in
 flight run to completion (at most --graceful-timeout-s), then the app's lifespan ends, which drains
 the batcher. uvicorn >= 0.29 then re-raises the signal it caught (so a default SIGTERM would end the
-process with 143); the handler installed here turns that into a clean exit 0.
+process with 143, and Ctrl-C with a KeyboardInterrupt traceback); the handlers installed here turn that into
+a clean exit 0.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def main(config: ServeConfig, fill_mask=None) -> int:
         ) from None
 
     config.check()
-    # SIGTERM outside uvicorn's own handling (while loading, or re-raised after the graceful shutdown):
-    # a requested stop, so exit 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM or Ctrl-C outside uvicorn's own handling (while loading, or re-raised after the graceful shutdown):
+    # a requested stop, so exit 0 (Ctrl-C was asyncio's KeyboardInterrupt traceback after the shutdown)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(0))
     log.info("serve config: %s", json.dumps(asdict(config)))
     backend = fill_mask if fill_mask is not None else load_fill_mask(config)  # errors before binding
     sock = listen(config)
