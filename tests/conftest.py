@@ -104,7 +104,11 @@ def ctrl_c_while_importing(tmp_path):
         while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=60)[1]
+        try:
+            err = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left sleeping after the test
+            raise
         assert ready.exists(), f"{module} was not imported:\n{err[-3000:]}"
         return proc.returncode, err
 

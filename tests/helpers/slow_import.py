@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ class SlowImport(importlib.abc.MetaPathFinder):
 
 
 if __name__ == "__main__":
+    # Ctrl-C as from a terminal: under a test run started as a background job (`pytest ... &`) SIGINT arrives
+    # ignored, Python then installs no handler, and the signal did nothing (the test waited, then timed out)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ready, module, entry, *args = sys.argv[1:]
     sys.meta_path.insert(0, SlowImport(module, Path(ready)))
     module_name, function = entry.split(":")
