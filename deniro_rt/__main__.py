@@ -94,8 +94,10 @@ def run(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     # Empty piped input (an empty file, a filter that matched nothing) prints nothing and succeeds, like cat.
-    texts, lines = (args.texts, None) if args.texts else stdin_texts()
-    return run_main(lambda: fill_and_print(args, texts, lines))
+    # Ctrl-C while stdin is read, onnxruntime imports or the texts are filled was a KeyboardInterrupt traceback.
+    read = (lambda: (args.texts, None)) if args.texts else stdin_texts
+    stopped = "interrupted: the results printed above are complete, no others were printed"
+    return run_main(lambda: fill_and_print(args, *read()), interrupted=stopped)
 
 
 def stdin_texts() -> tuple[list[str], list[int]]:

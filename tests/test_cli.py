@@ -197,3 +197,35 @@ def test_the_precision_help_quotes_the_measured_bf16_speedup():
     assert {name: found.groups() for name, found in stated.items()} == dict.fromkeys(stated, ("1.45", "2.2"))
     measured = (root / "docs/precision.md").read_text()
     assert "1.45× at batch 1** (16 / 128 tokens / the prompt), **2.21×" in measured
+
+
+class InterruptedStdin:
+    """Piped stdin whose read is cut by Ctrl-C (a slow producer upstream)."""
+
+    buffer = None
+
+    def isatty(self) -> bool:
+        return False
+
+    def __iter__(self):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_reading_stdin_or_loading_is_one_line(model_args, monkeypatch, capsys):
+    """run_main had no line for Ctrl-C, and stdin was read before it: Ctrl-C while the lines were read, the
+    session loaded or the texts were filled was a KeyboardInterrupt traceback."""
+    from deniro_rt import runtime
+    from deniro_rt.__main__ import run
+
+    line = "interrupted: the results printed above are complete, no others were printed"
+    with monkeypatch.context() as patch:
+        patch.setattr("sys.stdin", InterruptedStdin())
+        assert run(model_args) == 130
+    assert capsys.readouterr().err.strip() == line
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime.FillMask, "__init__", ctrl_c)  # Ctrl-C while the session loads
+    assert run(["a great [MASK] .", *model_args]) == 130
+    assert capsys.readouterr().err.strip() == line
