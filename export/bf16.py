@@ -152,10 +152,12 @@ def parse_args(argv: list[str] | None) -> Bf16Config:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Exit 0: passed (bf16 is the artifact's CPU default where the CPU kind allows), 1: failed, 2: bad input."""
+    """Exit 0: passed (bf16 is the artifact's CPU default where the CPU kind allows), 1: failed, 2: bad input,
+    130: Ctrl-C (the artifact unchanged)."""
     config = parse_args(argv)
     setup_logging(logging.WARNING, ours=("export", "deniro_rt"), quiet=logging.ERROR)
-    return run_main(lambda: reported(main(config), config))
+    unchanged = f"interrupted: {config.artifact} unchanged"  # its deniro.json is replaced in one rename, at the end
+    return run_main(lambda: reported(main(config), config), interrupted=unchanged)
 
 
 def reported(record: dict, config: Bf16Config) -> int:

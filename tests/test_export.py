@@ -895,6 +895,17 @@ def test_requantize_ctrl_c_between_graph_and_manifest_is_ignored(tiny_artifact, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
 
 
+def test_bf16_ctrl_c_is_one_line_and_changes_nothing(tiny_artifact, imdb_dir, tmp_path, ctrl_c_while_importing):
+    """run_main had no line for Ctrl-C: while transformers imported (seconds) or bf16 was scored it was a
+    KeyboardInterrupt traceback."""
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    argv = ["--artifact", str(folder), "--dataset", str(imdb_dir)]
+    code, err = ctrl_c_while_importing("transformers", "export.bf16:cli", argv)
+    assert (code, err.strip().splitlines()[-1:]) == (130, [f"interrupted: {folder} unchanged"]), err[-3000:]
+    assert "Traceback" not in err and {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_requantize_and_bf16_refuse_a_damaged_artifact_or_no_text_before_any_work(
     tiny_artifact, imdb_dir, tmp_path, capsys
 ):
