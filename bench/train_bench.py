@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from deniro_rt.data import NO_WORD, Chunks
 from deniro_rt.errors import DeniroError
 
+INTERRUPTED = "interrupted: --json holds the rows finished so far (rewritten after each); without it none are kept"
+
 log = logging.getLogger(__name__)
 FIRST_ID = 5  # ids below are the special tokens ([PAD] [UNK] [CLS] [SEP] [MASK], train/tokenizer.py)
 
@@ -414,7 +416,12 @@ def write_json(result: dict, args: argparse.Namespace) -> None:
     write_text_atomically(args.json, json.dumps(result, indent=2) + "\n")
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> int:
     from deniro_rt.cli import run_main
 
-    sys.exit(run_main(main))
+    # Ctrl-C (torch imports for seconds, a comparison runs for minutes) was a KeyboardInterrupt traceback
+    return run_main(lambda: main(argv), interrupted=INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -711,3 +711,13 @@ def test_the_prompts_experiment_prints_its_json_and_writes_no_report(monkeypatch
     assert printed["prompts"] == prompts.PROMPTS and len(printed["results"]) == 4
     assert all(r == {p: answer for p in prompts.PROMPTS} for r in printed["results"].values())
     assert (committed.read_bytes(), committed.stat().st_mtime_ns) == before
+
+
+def test_train_bench_ctrl_c_is_one_line(tmp_path, ctrl_c_while_importing):
+    """python -m bench.train_bench ran main without a line for Ctrl-C: while torch imported (seconds) or a
+    comparison ran (minutes) it was a KeyboardInterrupt traceback."""
+    argv = ["--shapes", "tiny", "--rounds", "1", "--steps", "1", "--warmup", "0", "--json", str(tmp_path / "t.json")]
+    code, err = ctrl_c_while_importing("torch", "bench.train_bench:run", argv)
+    line = "interrupted: --json holds the rows finished so far (rewritten after each); without it none are kept"
+    assert (code, err.strip().splitlines()[-1:]) == (130, [line]), err[-3000:]
+    assert "Traceback" not in err
