@@ -518,6 +518,14 @@ def test_resume_without_the_job_file_says_it_is_missing(tmp_path):
     )
 
 
+def test_ray_serve_ctrl_c_while_ray_imports_is_one_line(ctrl_c_while_importing):
+    """python -m deniro_rt.serve.ray: Ctrl-C while Ray imported and started (seconds, before the SIGINT handler that
+    tears the deployment down) was a KeyboardInterrupt traceback."""
+    code, err = ctrl_c_while_importing("ray", "deniro_rt.serve.ray:run", ["--port", "0"])
+    assert (code, err.strip().splitlines()[-1:]) == (130, ["interrupted before the deployment started"]), err[-3000:]
+    assert "Traceback" not in err
+
+
 def test_a_shard_is_on_disk_as_soon_as_it_is_full(tmp_path):
     """Rows arrive in batches of 4 for shards of 4 and 6: each full shard is written at once (what a killed run
     keeps), the rest waits for more rows or close(), and the shards hold every row once, in order."""

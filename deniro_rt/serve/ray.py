@@ -309,7 +309,9 @@ def run(argv: list[str] | None = None) -> int:
 
     setup_logging(logging.INFO, ours=(__name__,))
     config = parse_args(argv)
-    return run_main(lambda: main(config))
+    # once deployed, Ctrl-C tears the application down (exit 0); while Ray imports and starts (seconds) it was a
+    # KeyboardInterrupt traceback
+    return run_main(lambda: main(config), interrupted="interrupted before the deployment started")
 
 
 if __name__ == "__main__":
