@@ -184,3 +184,21 @@ def test_a_file_that_is_not_parquet_is_named_before_any_work_and_a_damaged_page_
         ".txt file with one text per line"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.parquet", "parts"]  # no output, no .partial
+
+
+def test_ray_windows_grow_with_the_pool_so_model_loads_stay_rare(tmp_path):
+    """Each --ray window is a Ray dataset whose actors start and load the model again: a fixed 262,144 rows
+    gave 64 actors of 256-row batches 16 batches each between loads; a window now holds at least 256 batches an
+    actor, in whole shards, and never less than RAY_WINDOW_ROWS."""
+    import pyarrow as pa
+
+    from deniro_rt.batch.cli import BatchConfig, ray_windows, window_rows
+    from deniro_rt.batch.source import TableInput
+
+    config = BatchConfig(input="x", output="y", batch_size=256, rows_per_shard=8192)
+    assert window_rows(config, 1) == window_rows(config, 4) == 262_144
+    assert window_rows(config, 64) == 64 * 256 * 256
+    small = BatchConfig(input="x", output="y", batch_size=4, rows_per_shard=10)
+    source = TableInput(pa.table({"text": [f"a [MASK] {i}" for i in range(45)]}))
+    small_windows = [[b.num_rows for b in w] for w in ray_windows(source, 0, small, pool=2)]
+    assert small_windows == [[4, 4, 2] * 4 + [4, 1]]  # 45 rows < 262,144: one window of 5 whole shards

@@ -179,13 +179,14 @@ def corpus(tmp_path, sentences):
     "extra", [[], ["--ray", "--concurrency", "2", "--batch-size", "8"]], ids=["in-process", "ray-data"]
 )
 def test_batch_command_writes_parquet_equal_to_fill(local_ray, corpus, sentences, tmp_path, extra, monkeypatch):
-    """With --ray, windows of one 16-row shard (RAY_WINDOW_ROWS): each its own Ray dataset, in order."""
+    """With --ray, windows of one 16-row shard (RAY_WINDOW_ROWS, window_rows): each its own Ray dataset, in order."""
     windows = []  # the rows of each list of blocks handed to Ray
     from_arrow = ray.data.from_arrow
     monkeypatch.setattr(
         ray.data, "from_arrow", lambda blocks: windows.append([b.num_rows for b in blocks]) or from_arrow(blocks)
     )
     monkeypatch.setattr("deniro_rt.batch.cli.RAY_WINDOW_ROWS", 16)
+    monkeypatch.setattr("deniro_rt.batch.cli.WINDOW_BATCHES_PER_ACTOR", 1)  # 2 actors x 8 rows: 16 too
     out = tmp_path / "out"
     argv = [
         "--input",

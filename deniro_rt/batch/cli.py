@@ -22,8 +22,8 @@ positions) are listed before any work.
 Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with
 --ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs
 and running that many ORT threads. The input is read and the shards written by this (driver) process
-in input order; the actors do the fill, handed 262,144 rows of whole shards at a time (each window a Ray
-dataset of its own, whose actors load the model again). Neither a parquet input nor the output is held
+in input order; the actors do the fill, handed whole shards a window at a time: at least 262,144 rows, and
+256 batches for each actor (each window a Ray dataset of its own, whose actors load the model again). Neither a parquet input nor the output is held
 whole: the checks read the text column alone, a chunk at a time, and the fill reads 131,072 rows at a time
 (a whole row group for a file of other columns than the folder's first, or under a hive partition); a text
 file is held whole. Peak RSS in process, 60-character rows and an id column in one file of pyarrow's default
@@ -56,7 +56,10 @@ TEXT_SUFFIXES = (".txt", ".text")
 SHOWN_ROWS = 5  # row numbers listed in an error message
 LENGTH_CHUNK = 4096  # texts tokenized at once by the up-front length check
 CHECK_CHUNK = 65_536  # rows the up-front checks turn into Python strings at once (column_chunks)
-RAY_WINDOW_ROWS = 262_144  # rows (whole shards) --ray hands Ray Data at once (ray_windows)
+RAY_WINDOW_ROWS = 262_144  # rows (whole shards) --ray hands Ray Data at once at least (ray_windows)
+# and at least this many batches for each actor of the pool: every window starts its actors and loads the model
+# again, so a large pool gets windows large enough for that to stay a small share of each actor's work
+WINDOW_BATCHES_PER_ACTOR = 256
 
 
 @dataclass
@@ -553,7 +556,7 @@ def fill_on_ray(source, config: BatchConfig, writer: ShardWriter) -> None:
         pool = _pool_size(ray, config)
         with _progress(source.num_rows, "fill (ray)") as bar:
             bar.update(writer.first_row)
-            for blocks in ray_windows(source, writer.first_row, config):
+            for blocks in ray_windows(source, writer.first_row, config, pool):
                 _collect(fill_dataset(ray.data.from_arrow(blocks), config.spec(), pool, config.batch_size), writer, bar)
         writer.close()
     except Exception as exc:  # a DeniroError of a worker arrives wrapped (RayTaskError, UserCodeException)
@@ -570,15 +573,21 @@ def _pool_size(ray, config: BatchConfig) -> int:
     return max(1, int(cpus // config.cpus_per_worker))
 
 
-def ray_windows(source, first_row: int, config: BatchConfig):
-    """Lists of blocks (tables of shard_batches' batches) of whole shards, RAY_WINDOW_ROWS rows or one shard
+def window_rows(config: BatchConfig, pool: int) -> int:
+    """Rows a --ray window holds at least: RAY_WINDOW_ROWS, or WINDOW_BATCHES_PER_ACTOR batches for each of
+    the pool's actors where that is more (64 actors of 256-row batches: 4,194,304 rows)."""
+    return max(RAY_WINDOW_ROWS, pool * config.batch_size * WINDOW_BATCHES_PER_ACTOR)
+
+
+def ray_windows(source, first_row: int, config: BatchConfig, pool: int):
+    """Lists of blocks (tables of shard_batches' batches) of whole shards, window_rows rows or one shard
     each: Ray Data takes a list of blocks, so one list of every block held the whole input on the driver (and
     in Ray's object store). Each window is a Ray dataset of its own; its actors load the model again."""
     import pyarrow as pa
 
     from .source import shards
 
-    per_window = max(1, RAY_WINDOW_ROWS // config.rows_per_shard)
+    per_window = max(1, window_rows(config, pool) // config.rows_per_shard)
     window = []
     for n, shard in enumerate(shards(source, first_row, config.rows_per_shard), 1):
         window += [pa.Table.from_batches([b]) for b in shard.to_batches(max_chunksize=config.batch_size)]
