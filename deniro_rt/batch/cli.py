@@ -19,16 +19,16 @@ replaced then (with --overwrite), so a failing run keeps it. A run that was kill
 in size and time, and same options; a shard damaged since is filled again); a complete <output> has nothing
 to resume. Rows that cannot be filled (not text, no [MASK], or without --truncation over the model's
 positions) are listed before any work.
-Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with
---ray on a fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs
-and running that many ORT threads. The input is read and the shards written by this (driver) process
-in input order; the actors do the fill, handed whole shards a window at a time: at least 262,144 rows, and
-256 batches for each actor (each window a Ray dataset of its own, whose actors load the model again). Neither a parquet input nor the output is held
-whole: the checks read the text column alone, a chunk at a time, and the fill reads 131,072 rows at a time
-(a whole row group for a file of other columns than the folder's first, or under a hive partition); a text
-file is held whole. Peak RSS in process, 60-character rows and an id column in one file of pyarrow's default
-row groups (1,048,576 rows): a 2-layer test model 317 MB at 1M rows and 559 MB at 4M when the input was read
-whole, 258 and 262 MB now; the shipped model in fp32 at 1M rows 445 MB then, 402 MB now.
+Without --ray the fill runs in this process in batches (all cores, one ONNX Runtime session); with --ray on a
+fixed pool of Ray Data actors (extra deniro[ray]), each reserving --cpus-per-worker CPUs and running that many
+ORT threads. The input is read and the shards written by this (driver) process in input order; the actors do
+the fill, handed whole shards a window at a time: at least 262,144 rows, and 256 batches for each actor (each
+window a Ray dataset of its own, whose actors load the model again). Neither a parquet input nor the output is
+held whole: the checks read the text column alone, a chunk at a time, and the fill reads 131,072 rows at a
+time (a whole row group for a file of other columns than the folder's first, or under a hive partition); a
+text file is held whole. Peak RSS in process, 60-character rows and an id column in one file of pyarrow's
+default row groups (1,048,576 rows): a 2-layer test model 317 MB at 1M rows and 559 MB at 4M when the input
+was read whole, 258 and 262 MB now; the shipped model in fp32 at 1M rows 445 MB then, 402 MB now.
 """
 
 from __future__ import annotations
