@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Bad shapes and numbers fail before any loop runs (a --steps 0 row died in a ZeroDivisionError)."""
     from deniro_rt.cli import check_least
-    from deniro_rt.files import check_writable
+    from deniro_rt.files import check_output_file
     from train.config import SHAPES
 
     unknown = [s for s in args.shapes.split(",") if s and s not in SHAPES]
@@ -374,10 +374,8 @@ def check_args(args: argparse.Namespace) -> None:
         what = f"unknown shape {', '.join(unknown)}" if unknown else "no shape given"
         raise DeniroError(f"--shapes: {what}; choose from {', '.join(SHAPES)}")
     check_least(args, dict(rounds=1, steps=1, warmup=0, batch_size=1, chunk_size=2))
-    if args.json and args.json.is_dir():  # written after the first row: an error then lost the row
-        raise DeniroError(f"--json {args.json} is a folder; pass a path for the JSON file")
-    if args.json:
-        check_writable(args.json, args.json.parent, flag="--json")
+    if args.json:  # written after the first row: an error then lost the row
+        check_output_file(args.json, {}, flag="--json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -721,3 +721,13 @@ def test_train_bench_ctrl_c_is_one_line(tmp_path, ctrl_c_while_importing):
     line = "interrupted: --json holds the rows finished so far (rewritten after each); without it none are kept"
     assert (code, err.strip().splitlines()[-1:]) == (130, [line]), err[-3000:]
     assert "Traceback" not in err
+
+
+def test_train_bench_json_that_is_a_folder_is_refused_before_any_loop(tmp_path, capsys):
+    """--json is written after the first row: a folder there lost that row; refused up front
+    (deniro_rt.files.check_output_file, as train.shrink's --output)."""
+    from bench.train_bench import main
+
+    expected = f"--json {tmp_path} is a folder; pass a path for the JSON file"
+    with pytest.raises(DeniroError, match=f"^{re.escape(expected)}$"):
+        main(["--shapes", "tiny", "--json", str(tmp_path)])
